@@ -1,0 +1,111 @@
+"""The one place that chooses the array module (NumPy or CuPy) and the torch device.
+
+Each MPI rank binds ``cuda:(local_rank % n_visible_gpus)``: ranks on a node share its GPUs
+round-robin, and GPUs are never hidden per task (that breaks CUDA IPC for GPU-aware MPI).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import types
+from typing import Any
+
+import numpy as np
+
+from hpc_adept.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices torch can use (0 when torch has no CUDA or none is visible)."""
+    import torch
+
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except RuntimeError:  # a broken driver counts as no GPU
+        return 0
+
+
+def select_torch_device(requested: str, local_rank: int = 0) -> Any:
+    """Torch device of this rank.
+
+    Parameters
+    ----------
+    requested : {'auto', 'cpu', 'cuda'}
+        ``auto`` takes a GPU when one is usable, else the CPU.
+    local_rank : int
+        Rank within the node; GPU index = local_rank % number of visible GPUs.
+
+    Raises
+    ------
+    ConfigError
+        ``cuda`` was requested and no GPU is usable.
+    """
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {requested!r}")
+    n_gpus = 0 if requested == "cpu" else cuda_device_count()
+    if requested == "cuda" and n_gpus == 0:
+        raise ConfigError("runtime.device is 'cuda' but no CUDA device is usable here")
+    if n_gpus == 0:
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank % n_gpus)
+    torch.cuda.set_device(device)
+    return device
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy_usable() -> bool:
+    if os.environ.get("ADEPT_DISABLE_CUPY"):
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - not installed, no driver, no device: all mean "no"
+        return False
+
+
+def array_module(device: Any) -> types.ModuleType:
+    """Array module for kernels running on ``device``: CuPy on a usable GPU, else NumPy.
+
+    CuPy is bound to the same GPU index as the torch device.
+    """
+    if getattr(device, "type", str(device)) == "cuda" and _cupy_usable():
+        import cupy
+
+        cupy.cuda.Device(device.index or 0).use()
+        return cupy
+    return np
+
+
+def get_array_module(array: Any) -> types.ModuleType:
+    """NumPy or CuPy, whichever owns ``array``."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Host NumPy copy of a NumPy, CuPy or torch array."""
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return np.asarray(array)
+
+
+def set_torch_threads(threads: int | None, local_size: int) -> int:
+    """Give each rank an even share of the node's cores for torch's CPU kernels."""
+    import torch
+
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, local_size))
+    torch.set_num_threads(threads)
+    return threads

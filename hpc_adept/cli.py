@@ -1,0 +1,154 @@
+"""The ``adept`` command (also ``python -m hpc_adept``).
+
+Every stage follows the same steps on every rank: load and validate the config, plan the
+stage against the file system (all checks, no output), then run. Problems found before the
+work are reported once, by rank 0, as one line with exit code 2; an error during the work on
+any rank is printed by that rank and ends the whole job (MPI abort), so no rank is left
+waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hpc_adept import __version__
+from hpc_adept.errors import AdeptError, ConfigError
+
+log = logging.getLogger("hpc_adept")
+
+EXIT_USAGE = 2
+STAGES = ("simulate", "ptycho", "align", "recon", "evaluate", "run")
+NOT_YET = {
+    "ptycho": "the ptychography stage (LSQ-ML)",
+    "align": "the alignment stage (projection matching)",
+    "evaluate": "the evaluation stage",
+    "run": "the whole-pipeline command",
+    "report": "the report",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adept",
+        description="ADePt ptycho-laminography of integrated circuits (MPI + GPUs).",
+    )
+    parser.add_argument("--version", action="version", version=f"hpc_adept {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "simulate": "IC phantom + simulated ptycho-laminography dataset",
+        "ptycho": "LSQ-ML ptychography of every scan -> projections.h5",
+        "align": "projection-matching alignment + center crop -> aligned.h5",
+        "recon": "volume reconstruction (fbp, dip) -> volume_*.h5",
+        "evaluate": "BER / PCC / PSD against a reference -> metrics.json",
+        "run": "all stages in order",
+    }
+    for name in STAGES:
+        p = sub.add_parser(name, help=helps[name])
+        p.add_argument("-c", "--config", required=True, help="YAML configuration file")
+        p.add_argument("--set", dest="overrides", nargs="+", action="append", default=[],
+                       metavar="KEY=VALUE",
+                       help="override config keys (dotted, values parsed as YAML); repeatable")
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p = sub.add_parser("report", help="HTML/Markdown report of a run directory")
+    p.add_argument("run_dir", help="run directory")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
+def _stage_runner(command: str) -> Callable:
+    """(plan, run) functions of a stage; imported lazily to keep ``--help`` fast."""
+    if command == "simulate":
+        from hpc_adept.stages.simulate import plan_simulation, run_simulate
+
+        return lambda cfg: (plan_simulation(cfg),
+                            lambda cfg, ctx, plan, device: run_simulate(cfg, ctx, plan))
+    if command == "recon":
+        from hpc_adept.stages.recon import plan_recon, run_recon
+
+        return lambda cfg: (plan_recon(cfg), run_recon)
+    raise ConfigError(f"'adept {command}': {NOT_YET[command]} is not available in this "
+                      f"version (see README: what exists)")
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    from hpc_adept.log import setup_logging
+    from hpc_adept.parallel import get_context
+
+    ctx = get_context()
+    setup_logging(ctx.rank, ctx.size)
+    overrides = [item for group in getattr(args, "overrides", []) for item in group]
+
+    # Phase 1: everything that can be checked before work; the same on every rank.
+    try:
+        if args.command == "report":
+            raise ConfigError(f"'adept report': {NOT_YET['report']} is not available in "
+                              f"this version")
+        from hpc_adept.config import load_config
+
+        cfg = load_config(args.config, overrides)
+        setup_logging(ctx.rank, ctx.size, cfg.runtime.log_level)
+        plan, run = _stage_runner(args.command)(cfg)
+        _check_output_dir(cfg.output.dir)
+        from hpc_adept.backend import select_torch_device, set_torch_threads
+
+        device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+        set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
+    except AdeptError as exc:
+        if ctx.is_root:
+            print(f"adept: error: {_error_line(exc)}", file=sys.stderr)
+            if args.debug:
+                traceback.print_exc()
+        return EXIT_USAGE
+
+    # Phase 2: the work. Any failure on any rank ends the job.
+    try:
+        if ctx.is_root:
+            _write_resolved_config(cfg)
+        log.info("adept %s %s: %d rank(s), device %s", __version__, args.command, ctx.size,
+                 device)
+        run(cfg, ctx, plan, device)
+    except KeyboardInterrupt:
+        print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
+        ctx.abort(130)
+    except Exception as exc:  # noqa: BLE001 - every failure must end all ranks
+        code = EXIT_USAGE if isinstance(exc, AdeptError) else 1
+        where = f" (rank {ctx.rank})" if ctx.is_parallel else ""
+        print(f"adept: error{where}: {_error_line(exc)}", file=sys.stderr)
+        if args.debug or not isinstance(exc, AdeptError):
+            traceback.print_exc()
+        ctx.abort(code)
+    return 0
+
+
+def _check_output_dir(path: str) -> None:
+    run_dir = Path(path)
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output.dir: {run_dir} is not writable")
+
+
+def _write_resolved_config(cfg) -> None:
+    from hpc_adept.io import write_text_atomic
+
+    run_dir = Path(cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

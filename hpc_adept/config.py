@@ -1,0 +1,494 @@
+"""Run configuration: frozen dataclasses per section, YAML loading, ``--set`` overrides.
+
+The configuration is a YAML mapping of sections (``data``, ``output``, ``simulate``,
+``ptycho``, ``align``, ``recon``, ``dip``, ``evaluate``, ``runtime``). Every key is checked
+against the dataclass fields below: an unknown key, a value of the wrong type or out of
+range stops the program with one :class:`~hpc_adept.errors.ConfigError` line naming the
+key, before any work. Relative paths are taken relative to the working directory.
+
+Example::
+
+    cfg = load_config("jobs/configs/demo.yaml", overrides=["dip.iterations=50"])
+    cfg.simulate.volume_shape  # (nz, ny, nx)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hpc_adept.errors import ConfigError
+
+IC_DATA_DIR = "../shared/data/ic"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input dataset.
+
+    Attributes
+    ----------
+    path : str or None
+        Dataset directory: one CXI file per rotation angle (DESIGN section 4). Written by
+        ``adept simulate``, read by ``adept ptycho``.
+    """
+
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Run directory.
+
+    Attributes
+    ----------
+    dir : str
+        Run directory: ``config.yaml``, ``projections.h5``, ``volume_*.h5``, figures, ...
+    """
+
+    dir: str = "runs/default"
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Simulated ptycho-laminography measurement of an IC phantom.
+
+    Attributes
+    ----------
+    phantom : {'layout', 'procedural'}
+        ``layout``: crop of a real DEF/LEF layout; ``procedural``: Manhattan test phantom.
+    layout_def, layout_lef : str
+        DEF routing and LEF technology files (``phantom: layout``).
+    layout_fallback : bool
+        When the layout files are missing, use the procedural phantom with a one-line
+        notice instead of stopping (for demos and benchmarks that run anywhere).
+    crop_origin_um : (x, y), um
+        DEF coordinates of the corner of voxel ``[:, 0, 0]``.
+    volume_shape : (nz, ny, nx)
+        Phantom size in voxels.
+    voxel_size_m : float, m
+        Voxel edge; the object pixel of the simulated ptychography equals it.
+    supersample : int
+        Sub-voxels per axis used to anti-alias the layout rasterisation.
+    n_angles : int
+        Rotation angles, evenly over 360 deg.
+    tilt_deg : float, deg
+        Laminography angle L between beam and rotation axis (90 = tomography).
+    energy_ev : float, eV
+        Photon energy.
+    photons_per_pattern : float
+        Mean total counts per diffraction pattern.
+    poisson_noise : bool
+        Draw Poisson counts (else noiseless intensities).
+    absorption_ratio : float
+        beta/delta of the metal contrast (0 = pure phase object).
+    frame_size : int
+        Diffraction pattern size N (N x N pixels, even).
+    detector_pixel_m : float, m
+        Detector pixel size; the detector distance follows from
+        ``voxel = wavelength * distance / (N * pixel)``.
+    probe_diameter_px : float or None
+        Probe aperture diameter in object pixels (default N / 2).
+    overlap : float
+        Linear overlap of neighbouring probe positions, in (0, 1).
+    position_jitter_px : float
+        Uniform random jitter of the raster positions, object pixels.
+    projection_shape : (nv, nu) or None
+        Projection (field of view) size; default: just large enough for the volume.
+    write_projections : bool
+        Also write the true projections as ``output.dir/projections.h5`` so the
+        reconstruction stages can run before the ptychography stage.
+    seed : int
+        Seed of the measurement noise and position jitter (per-angle streams).
+    """
+
+    phantom: Literal["layout", "procedural"] = "layout"
+    layout_def: str = f"{IC_DATA_DIR}/gcd_nangate45.def"
+    layout_lef: str = f"{IC_DATA_DIR}/Nangate45_tech.lef"
+    layout_fallback: bool = False
+    crop_origin_um: tuple[float, float] = (20.0, 20.0)
+    volume_shape: tuple[int, int, int] = (144, 160, 160)
+    voxel_size_m: float = 27.2e-9
+    supersample: int = 4
+    n_angles: int = 125
+    tilt_deg: float = 61.0
+    energy_ev: float = 6200.0
+    photons_per_pattern: float = 1.0e6
+    poisson_noise: bool = True
+    absorption_ratio: float = 0.0
+    frame_size: int = 128
+    detector_pixel_m: float = 75.0e-6
+    probe_diameter_px: float | None = None
+    overlap: float = 0.65
+    position_jitter_px: float = 1.0
+    projection_shape: tuple[int, int] | None = None
+    write_projections: bool = True
+    seed: int = 0
+
+    def check(self) -> None:
+        _positive("simulate", self, "voxel_size_m", "n_angles", "energy_ev",
+                  "photons_per_pattern", "frame_size", "detector_pixel_m", "supersample")
+        _shape("simulate.volume_shape", self.volume_shape)
+        if self.projection_shape is not None:
+            _shape("simulate.projection_shape", self.projection_shape)
+        if not 0.0 < self.tilt_deg <= 90.0:
+            raise ConfigError(f"simulate.tilt_deg must be in (0, 90], got {self.tilt_deg}")
+        if self.frame_size % 2:
+            raise ConfigError(f"simulate.frame_size must be even, got {self.frame_size}")
+        if not 0.0 < self.overlap < 1.0:
+            raise ConfigError(f"simulate.overlap must be in (0, 1), got {self.overlap}")
+        if self.probe_diameter_px is not None and not (
+            0.0 < self.probe_diameter_px <= self.frame_size
+        ):
+            raise ConfigError(
+                f"simulate.probe_diameter_px must be in (0, frame_size={self.frame_size}], "
+                f"got {self.probe_diameter_px}"
+            )
+        if self.position_jitter_px < 0 or self.absorption_ratio < 0:
+            raise ConfigError(
+                "simulate.position_jitter_px and simulate.absorption_ratio must be >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class PtychoConfig:
+    """Ptychographic reconstruction of every scan (LSQ-ML).
+
+    Attributes
+    ----------
+    iterations : int
+        LSQ-ML iterations (epochs) per scan.
+    """
+
+    iterations: int = 100
+
+    def check(self) -> None:
+        _positive("ptycho", self, "iterations")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Projection alignment and center crop.
+
+    Attributes
+    ----------
+    enabled : bool
+        Run projection matching (else only crop).
+    crop_shape : (nv, nu)
+        Center crop of the projections used by the reconstruction.
+    """
+
+    enabled: bool = True
+    crop_shape: tuple[int, int] = (256, 256)
+
+    def check(self) -> None:
+        _shape("align.crop_shape", self.crop_shape)
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Volume reconstruction.
+
+    Attributes
+    ----------
+    methods : list of {'fbp', 'dip'}
+        Reconstruction methods to run.
+    volume_shape : (nz, ny, nx)
+        Reconstructed volume in voxels (voxel = projection pixel).
+    input : {'auto', 'projections', 'aligned'}
+        Which run-directory file to reconstruct from; ``auto`` takes ``aligned.h5`` when
+        present, else ``projections.h5``.
+    """
+
+    methods: tuple[Literal["fbp", "dip"], ...] = ("fbp",)
+    volume_shape: tuple[int, int, int] = (144, 160, 160)
+    input: Literal["auto", "projections", "aligned"] = "auto"
+
+    def check(self) -> None:
+        _shape("recon.volume_shape", self.volume_shape)
+        if not self.methods:
+            raise ConfigError("recon.methods must name at least one method (fbp, dip)")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"recon.methods has duplicates: {list(self.methods)}")
+
+
+@dataclass(frozen=True)
+class DipConfig:
+    """Deep image prior reconstruction.
+
+    Attributes
+    ----------
+    iterations : int
+        Optimiser steps.
+    """
+
+    iterations: int = 1500
+
+    def check(self) -> None:
+        _positive("dip", self, "iterations")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation against a reference.
+
+    Attributes
+    ----------
+    reference : str or None
+        HDF5 file with ``/volume`` (and ``/occupancy`` if binary): a ground truth or a
+        dense reconstruction.
+    """
+
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Execution settings.
+
+    Attributes
+    ----------
+    device : {'auto', 'cpu', 'cuda'}
+        ``auto``: the rank's GPU ``cuda:(local_rank % n_gpus)`` when one is usable, else CPU.
+    seed : int
+        Seed of everything random in the reconstruction stages.
+    log_level : {'DEBUG', 'INFO', 'WARNING', 'ERROR'}
+        Level of rank 0's log (other ranks log warnings and errors only).
+    torch_threads : int or None
+        CPU threads per rank for torch (default: cores / ranks on the node).
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    torch_threads: int | None = None
+
+    def check(self) -> None:
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"runtime.torch_threads must be >= 1, got {self.torch_threads}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration (one frozen dataclass per section)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    ptycho: PtychoConfig = field(default_factory=PtychoConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    dip: DipConfig = field(default_factory=DipConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "check"):
+                section.check()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), as written to ``config.yaml``."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, build and validate the dataclasses.
+
+    Parameters
+    ----------
+    path : str, Path or None
+        YAML file; None gives the defaults.
+    overrides : iterable of str
+        ``dotted.key=value`` strings; values are parsed as YAML.
+
+    Raises
+    ------
+    ConfigError
+        Missing/unreadable file, YAML syntax error, unknown key, wrong type, bad value.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from None
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {first}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, "")
+    cfg.check()
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from mapping ``raw``, checking keys and types."""
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            did_you_mean = f" (did you mean {prefix}{hint[0]}?)" if hint else ""
+            valid = ", ".join(names)
+            raise ConfigError(
+                f"unknown config key {prefix}{key}{did_you_mean}; valid keys: {valid}"
+            )
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(raw[name], tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {len(value)}")
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e6" (no dot) as a string; accept plain numeric strings.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug, not input
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _positive(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def _shape(key: str, shape: tuple[int, ...]) -> None:
+    if any(n < 1 for n in shape):
+        raise ConfigError(f"{key} must hold positive sizes, got {list(shape)}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def require_file(path: str | Path | None, key: str) -> Path:
+    """Return ``path`` as a Path, or raise ConfigError naming ``key`` when it is missing."""
+    if path is None:
+        raise ConfigError(f"{key} is not set")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: file not found: {p}")
+    return p
+
+
+def require_dir(path: str | Path | None, key: str) -> Path:
+    """Return ``path`` as a Path, or raise ConfigError naming ``key`` when it is missing."""
+    if path is None:
+        raise ConfigError(f"{key} is not set")
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"{key}: directory not found: {p}")
+    return p

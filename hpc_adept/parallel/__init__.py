@@ -1,0 +1,21 @@
+"""Everything that talks MPI or torch.distributed lives in this package.
+
+Kernels (lamino, phantom, sim, ptycho, ...) take arrays and return arrays; stages combine
+them with the helpers here.
+"""
+
+from hpc_adept.parallel.collectives import allreduce_sum, barrier, bcast, bcast_array, gather_dict
+from hpc_adept.parallel.context import ParallelContext, get_context
+from hpc_adept.parallel.partition import block_range, cyclic_indices
+
+__all__ = [
+    "ParallelContext",
+    "allreduce_sum",
+    "barrier",
+    "bcast",
+    "bcast_array",
+    "block_range",
+    "cyclic_indices",
+    "gather_dict",
+    "get_context",
+]
