@@ -1,0 +1,473 @@
+"""Run-directory HDF5 files: projections, aligned projections, volumes, ground truth.
+
+Layouts (DESIGN section 4):
+
+``projections.h5`` / ``aligned.h5``
+    ``/projections`` ``[n_angles, nv, nu]`` float32 (radians of phase), ``/angles_deg``
+    ``[n_angles]`` float64, optional ``/probes`` ``[n_angles, N, N]`` complex64, optional
+    per-angle extras beside them (``/shifts_px`` ``[n_angles, 2]`` (row, col) pixels,
+    ``/fourier_error``, ...); root attributes ``tilt_deg`` and ``pixel_size_m``.
+``volume_fbp.h5`` / ``volume_dip.h5``
+    ``/volume`` ``[nz, ny, nx]`` float32; root attribute ``voxel_size_m`` and any others.
+``ground_truth.h5``
+    ``/volume`` ``[nz, ny, nx]`` float32 (phase per voxel, radians), ``/occupancy``
+    ``[nz, ny, nx]`` uint8 (1 = metal); root attribute ``voxel_size_m``.
+
+All writes are atomic and reproducible (:mod:`hpc_adept.io.atomic`); all reads validate
+and raise a one-line :class:`~hpc_adept.errors.DataError` naming the file and dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpc_adept.io.atomic import (
+    data_error,
+    open_h5,
+    read_array,
+    read_attrs,
+    read_scalar_attr,
+    require_dataset,
+    write_h5_atomic,
+)
+
+__all__ = [
+    "GroundTruth",
+    "ProjectionSet",
+    "read_ground_truth",
+    "read_projections",
+    "read_volume",
+    "write_ground_truth",
+    "write_projections",
+    "write_volume",
+]
+
+PathLike = str | os.PathLike
+
+PROJECTIONS = "projections"
+ANGLES = "angles_deg"
+PROBES = "probes"
+SHIFTS = "shifts_px"
+VOLUME = "volume"
+OCCUPANCY = "occupancy"
+TILT_ATTR = "tilt_deg"
+PIXEL_ATTR = "pixel_size_m"
+VOXEL_ATTR = "voxel_size_m"
+
+_RESERVED = frozenset({PROJECTIONS, ANGLES, PROBES})
+# Extra names become root dataset names: keep them plain identifiers.
+_EXTRA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _nonfinite(array: np.ndarray) -> bool:
+    """True when a float/complex array holds NaN or infinity."""
+    return array.dtype.kind in "fc" and not np.isfinite(array).all()
+
+
+def _positive_finite(value: float) -> bool:
+    """True for a finite number > 0."""
+    return bool(np.isfinite(value) and value > 0)
+
+
+# --------------------------------------------------------------------------- projections
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectionSet:
+    """Phase projections over rotation angles (``projections.h5``, ``aligned.h5``).
+
+    Attributes
+    ----------
+    projections : numpy.ndarray
+        ``[n_angles, nv, nu]`` float32 phase projections, radians, indexed ``[row, col]``.
+    angles_deg : numpy.ndarray
+        ``[n_angles]`` float64 rotation angles theta, degrees.
+    tilt_deg : float
+        Laminography angle L, degrees.
+    pixel_size_m : float
+        Projection pixel size, metres.
+    probes : numpy.ndarray or None
+        ``[n_angles, N, N]`` complex64 reconstructed probes.
+    extra : mapping of str to numpy.ndarray
+        Per-angle arrays stored beside (first axis ``n_angles``, 1-D or 2-D, real, finite),
+        e.g. ``"shifts_px"`` ``[n_angles, 2]`` (row, col) pixels or ``"fourier_error"``.
+        Names are identifiers other than ``projections``, ``angles_deg``, ``probes``.
+
+    Notes
+    -----
+    Arrays are converted to the dtypes above on construction; inconsistent shapes or
+    names raise ValueError.
+    """
+
+    projections: np.ndarray
+    angles_deg: np.ndarray
+    tilt_deg: float
+    pixel_size_m: float
+    probes: np.ndarray | None = None
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        coerce: dict[str, Any] = {
+            "projections": np.asarray(self.projections, dtype=np.float32),
+            "angles_deg": np.asarray(self.angles_deg, dtype=np.float64),
+            "tilt_deg": float(self.tilt_deg),
+            "pixel_size_m": float(self.pixel_size_m),
+            "extra": {str(k): np.asarray(v) for k, v in self.extra.items()},
+        }
+        if self.probes is not None:
+            coerce["probes"] = np.asarray(self.probes, dtype=np.complex64)
+        for name, value in coerce.items():
+            object.__setattr__(self, name, value)
+        problem = _projection_set_problem(self)
+        if problem:
+            raise ValueError(f"ProjectionSet: {problem}")
+
+    @property
+    def n_angles(self) -> int:
+        """Number of projections."""
+        return int(self.projections.shape[0])
+
+    @property
+    def shifts_px(self) -> np.ndarray | None:
+        """``[n_angles, 2]`` (row, col) alignment shifts, pixels, when stored."""
+        return self.extra.get(SHIFTS)
+
+
+def _extra_problem(name: str, array: np.ndarray, n: int) -> str | None:
+    """Why ``array`` cannot be stored as extra ``name`` of ``n`` projections, or None."""
+    if name in _RESERVED or not _EXTRA_NAME.match(name):
+        return f"extra name {name!r} is reserved or not an identifier"
+    if array.dtype.kind not in "biuf" or array.ndim not in (1, 2) or array.shape[0] != n:
+        return (
+            f"extra {name!r} must be real 1-D/2-D with first axis {n}, got "
+            f"{array.dtype} {array.shape}"
+        )
+    if name == SHIFTS and array.shape != (n, 2):
+        return f"{SHIFTS} must have shape ({n}, 2), got {array.shape}"
+    return None
+
+
+def _projection_set_problem(ps: ProjectionSet) -> str | None:
+    """Structural problem of ``ps`` (shapes, names), or None."""
+    if ps.projections.ndim != 3 or 0 in ps.projections.shape:
+        return f"projections must be non-empty 3-D, got shape {ps.projections.shape}"
+    n = ps.n_angles
+    if ps.angles_deg.shape != (n,):
+        return f"angles_deg shape {ps.angles_deg.shape} != ({n},)"
+    if ps.probes is not None and (ps.probes.ndim != 3 or ps.probes.shape[0] != n):
+        return f"probes must be [{n}, N, N], got shape {ps.probes.shape}"
+    for name, array in ps.extra.items():
+        problem = _extra_problem(name, array, n)
+        if problem:
+            return problem
+    return None
+
+
+def _projection_values_problem(ps: ProjectionSet) -> str | None:
+    """Value problem of ``ps`` (non-finite data, bad pixel size), or None."""
+    arrays = {PROJECTIONS: ps.projections, ANGLES: ps.angles_deg, **ps.extra}
+    if ps.probes is not None:
+        arrays[PROBES] = ps.probes
+    for name, array in arrays.items():
+        if _nonfinite(array):
+            return f"{name} contains NaN or infinite values"
+    if not np.isfinite(ps.tilt_deg):
+        return f"{TILT_ATTR} is not finite"
+    if not _positive_finite(ps.pixel_size_m):
+        return f"{PIXEL_ATTR} must be finite and positive, got {ps.pixel_size_m:g}"
+    return None
+
+
+def write_projections(path: PathLike, ps: ProjectionSet) -> None:
+    """Write ``ps`` to ``path`` (``projections.h5`` or ``aligned.h5``) atomically.
+
+    Raises
+    ------
+    ValueError
+        When ``ps`` holds non-finite values or a non-positive pixel size.
+    """
+    problem = _projection_values_problem(ps)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    datasets = {PROJECTIONS: ps.projections, ANGLES: ps.angles_deg, **ps.extra}
+    if ps.probes is not None:
+        datasets[PROBES] = ps.probes
+    attrs = {TILT_ATTR: ps.tilt_deg, PIXEL_ATTR: ps.pixel_size_m}
+    write_h5_atomic(path, datasets, attrs=attrs)
+
+
+def _read_angles(f: h5py.File, path: Path, n: int) -> np.ndarray:
+    """``[n]`` float64 finite angles; DataError naming both lengths on a mismatch."""
+    ds = require_dataset(f, ANGLES, path)
+    if len(ds.shape) == 1 and ds.shape[0] != n:
+        raise data_error(path, f"{ds.shape[0]} angles for {n} projections", ANGLES)
+    return read_array(f, ANGLES, path, ndim=1, dtype=np.float64, expected=(n,))
+
+
+def _read_probes(f: h5py.File, path: Path, n: int) -> np.ndarray | None:
+    """Optional ``[n, N, N]`` complex64 probes."""
+    if f.get(PROBES) is None:
+        return None
+    return read_array(
+        f, PROBES, path, ndim=3, dtype=np.complex64, kind="complex", expected=(n, None, None)
+    )
+
+
+def _read_extras(f: h5py.File, path: Path, n: int) -> dict[str, np.ndarray]:
+    """Every other root dataset, validated as a per-angle extra."""
+    extras: dict[str, np.ndarray] = {}
+    for name in sorted(f):
+        if name in _RESERVED or not isinstance(f.get(name), h5py.Dataset):
+            continue
+        if not _EXTRA_NAME.match(name):
+            raise data_error(path, "dataset name is not an identifier", name)
+        ds = f[name]
+        ndim = len(ds.shape)
+        if ndim not in (1, 2):
+            raise data_error(path, f"expected a 1-D or 2-D per-angle array, got {ds.shape}", name)
+        expected = (n, 2) if name == SHIFTS else (n,) + (None,) * (ndim - 1)
+        extras[name] = read_array(f, name, path, ndim=ndim, dtype=ds.dtype, expected=expected)
+    return extras
+
+
+def read_projections(path: PathLike) -> ProjectionSet:
+    """Read and validate ``projections.h5`` or ``aligned.h5``.
+
+    Returns
+    -------
+    ProjectionSet
+
+    Raises
+    ------
+    DataError
+        Missing/corrupt file, missing ``/projections`` or ``/angles_deg`` or attributes,
+        wrong dimensions or dtypes, non-finite values, or lengths that disagree with the
+        number of projections.
+    """
+    p = Path(path)
+    with open_h5(p) as f:
+        projections = read_array(f, PROJECTIONS, p, ndim=3, dtype=np.float32)
+        n = projections.shape[0]
+        angles = _read_angles(f, p, n)
+        probes = _read_probes(f, p, n)
+        extras = _read_extras(f, p, n)
+        tilt = read_scalar_attr(f, TILT_ATTR, p)
+        pixel = read_scalar_attr(f, PIXEL_ATTR, p, positive=True)
+    return ProjectionSet(projections, angles, tilt, pixel, probes=probes, extra=extras)
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def _volume_problem(volume: np.ndarray, voxel_size_m: float) -> str | None:
+    """Why ``volume`` / ``voxel_size_m`` cannot be written, or None."""
+    if volume.ndim != 3 or 0 in volume.shape:
+        return f"volume must be non-empty 3-D [nz, ny, nx], got shape {volume.shape}"
+    if _nonfinite(volume):
+        return "volume contains NaN or infinite values"
+    if not _positive_finite(voxel_size_m):
+        return f"{VOXEL_ATTR} must be finite and positive, got {voxel_size_m:g}"
+    return None
+
+
+def _merged_attrs(attrs: Mapping[str, Any] | None, voxel_size_m: float) -> dict[str, Any]:
+    """User attributes plus ``voxel_size_m``; ValueError when the user tries to set it."""
+    attrs = dict(attrs or {})
+    if VOXEL_ATTR in attrs:
+        raise ValueError(f"pass {VOXEL_ATTR} as the argument, not in attrs")
+    attrs[VOXEL_ATTR] = float(voxel_size_m)
+    return attrs
+
+
+def write_volume(
+    path: PathLike,
+    volume: np.ndarray,
+    voxel_size_m: float,
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a reconstructed volume (``volume_fbp.h5``, ``volume_dip.h5``) atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    volume : numpy.ndarray
+        ``[nz, ny, nx]`` phase per voxel, radians; stored as float32.
+    voxel_size_m : float
+        Voxel edge, metres.
+    attrs : mapping, optional
+        Further root attributes (str, numbers, numeric arrays), e.g. the method name.
+
+    Raises
+    ------
+    ValueError
+        Wrong dimensions, non-finite values, or a non-positive voxel size.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    problem = _volume_problem(volume, float(voxel_size_m))
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    write_h5_atomic(path, {VOLUME: volume}, attrs=_merged_attrs(attrs, voxel_size_m))
+
+
+def _read_volume_and_attrs(f: h5py.File, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """``/volume`` as finite float32 ``[nz, ny, nx]`` and the root attributes."""
+    volume = read_array(f, VOLUME, path, ndim=3, dtype=np.float32)
+    attrs = read_attrs(f, path)
+    attrs[VOXEL_ATTR] = read_scalar_attr(f, VOXEL_ATTR, path, positive=True)
+    return volume, attrs
+
+
+def read_volume(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read and validate a volume file.
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        ``[nz, ny, nx]`` float32, finite.
+    attrs : dict
+        Root attributes as plain values; ``attrs["voxel_size_m"]`` is a positive float
+        (metres).
+
+    Raises
+    ------
+    DataError
+        Missing/corrupt file, missing ``/volume`` or ``voxel_size_m``, wrong dimensions
+        or dtype, non-finite values.
+    """
+    p = Path(path)
+    with open_h5(p) as f:
+        return _read_volume_and_attrs(f, p)
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+@dataclass(frozen=True, eq=False)
+class GroundTruth:
+    """A simulated dataset's ground truth (``ground_truth.h5``).
+
+    Attributes
+    ----------
+    volume : numpy.ndarray
+        ``[nz, ny, nx]`` float32 phase per voxel, radians.
+    occupancy : numpy.ndarray or None
+        ``[nz, ny, nx]`` uint8, 1 = metal, 0 = dielectric. None only when read with
+        ``require_occupancy=False`` from a file without it (a dense reconstruction used
+        as the reference).
+    voxel_size_m : float
+        Voxel edge, metres.
+    attrs : dict
+        All root attributes as plain values (``voxel_size_m`` included).
+    """
+
+    volume: np.ndarray
+    occupancy: np.ndarray | None
+    voxel_size_m: float
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _occupancy_problem(occupancy: np.ndarray, shape: tuple[int, ...]) -> str | None:
+    """Why ``occupancy`` is not a 0/1 mask of ``shape``, or None."""
+    if occupancy.shape != shape:
+        return f"shape {occupancy.shape} != volume shape {shape}"
+    if occupancy.dtype.kind not in "biu":
+        return f"dtype {occupancy.dtype} is not integer"
+    if occupancy.size and int(occupancy.max()) > 1:
+        return "values must be 0 or 1"
+    if occupancy.size and occupancy.dtype.kind == "i" and int(occupancy.min()) < 0:
+        return "values must be 0 or 1"
+    return None
+
+
+def write_ground_truth(
+    path: PathLike,
+    volume: np.ndarray,
+    occupancy: np.ndarray,
+    voxel_size_m: float,
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``ground_truth.h5`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    volume : numpy.ndarray
+        ``[nz, ny, nx]`` phase per voxel, radians; stored as float32.
+    occupancy : numpy.ndarray
+        ``[nz, ny, nx]`` 0/1 (bool or integer); stored as uint8, 1 = metal.
+    voxel_size_m : float
+        Voxel edge, metres.
+    attrs : mapping, optional
+        Further root attributes.
+
+    Raises
+    ------
+    ValueError
+        Wrong dimensions, non-finite values, occupancy not 0/1 of the volume's shape,
+        non-positive voxel size.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    occupancy = np.asarray(occupancy)
+    problem = _volume_problem(volume, float(voxel_size_m))
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    problem = _occupancy_problem(occupancy, volume.shape)
+    if problem:
+        raise ValueError(f"{path}: {OCCUPANCY}: {problem}")
+    write_h5_atomic(
+        path,
+        {VOLUME: volume, OCCUPANCY: occupancy.astype(np.uint8)},
+        attrs=_merged_attrs(attrs, voxel_size_m),
+    )
+
+
+def _read_occupancy(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """``/occupancy`` as uint8 0/1 of ``shape``."""
+    ds = require_dataset(f, OCCUPANCY, path)
+    if ds.dtype.kind not in "biu":
+        raise data_error(path, f"dtype {ds.dtype} is not integer", OCCUPANCY)
+    if tuple(ds.shape) != shape:
+        raise data_error(path, f"shape {ds.shape} != volume shape {shape}", OCCUPANCY)
+    raw = np.asarray(ds[()])
+    problem = _occupancy_problem(raw, shape)
+    if problem:
+        raise data_error(path, problem, OCCUPANCY)
+    return raw.astype(np.uint8)
+
+
+def read_ground_truth(path: PathLike, require_occupancy: bool = True) -> GroundTruth:
+    """Read and validate ``ground_truth.h5`` (or any reference volume file).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    require_occupancy : bool
+        When False, a file without ``/occupancy`` gives ``occupancy=None``.
+
+    Returns
+    -------
+    GroundTruth
+
+    Raises
+    ------
+    DataError
+        As :func:`read_volume`, plus a missing (when required) or invalid ``/occupancy``.
+    """
+    p = Path(path)
+    with open_h5(p) as f:
+        volume, attrs = _read_volume_and_attrs(f, p)
+        occupancy = None
+        if require_occupancy or f.get(OCCUPANCY) is not None:
+            occupancy = _read_occupancy(f, p, volume.shape)
+    return GroundTruth(volume, occupancy, attrs[VOXEL_ATTR], attrs)
