@@ -1,0 +1,261 @@
+"""Rasterise a parsed DEF/LEF layout into a 3D metal-occupancy volume.
+
+Geometry contract (DESIGN.md, ``simulate.crop_origin_um``): voxel ``[k, j, i]`` of
+a volume of voxel size ``d`` covers ``x in [x0 + i d, x0 + (i+1) d)``,
+``y in [y0 + j d, y0 + (j+1) d)`` and heights ``[k d, (k+1) d)`` above the
+substrate, where ``(x0, y0)`` is the crop origin in DEF coordinates (um).
+
+Vertical extent of the metal: a routing layer occupies heights
+``[HEIGHT, HEIGHT + THICKNESS]`` (LEF); a cut layer (via) fills the dielectric gap
+from the top of the routing layer below it to the bottom of the one above it.
+
+Anti-aliasing: each voxel is split into ``s^3`` sub-voxels; a sub-voxel is metal
+when its centre lies inside any box (union, so overlapping boxes are not counted
+twice), and a voxel's occupancy is the fraction of its metal sub-voxels. The
+supersampled grid is built one z slab at a time, so memory stays bounded by
+``max_slab_bytes`` plus the float32 output.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hpc_adept.phantom.defparse import Layout, read_def
+from hpc_adept.phantom.lef import Technology, read_lef
+
+DEFAULT_MAX_SLAB_BYTES = 32 * 2**20
+"""Default memory bound (bytes) for the boolean supersampled slab."""
+
+
+def layer_z_ranges(tech: Technology) -> dict[str, tuple[float, float]]:
+    """Height range of every layer's metal above the substrate.
+
+    Parameters
+    ----------
+    tech : Technology
+
+    Returns
+    -------
+    dict of str to (z_bottom_um, z_top_um)
+        Routing layers: ``(HEIGHT, HEIGHT + THICKNESS)``; cut layers: from the top of
+        the routing layer below to the bottom of the routing layer above. Layers
+        whose heights are not known (missing HEIGHT/THICKNESS, no neighbour) are
+        omitted.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for name, layer in tech.routing.items():
+        if layer.height_um is not None and layer.thickness_um is not None:
+            out[name] = (layer.height_um, layer.height_um + layer.thickness_um)
+    for name, cut in tech.cuts.items():
+        if cut.below in out and cut.above in out:
+            out[name] = (out[cut.below][1], out[cut.above][0])
+    return out
+
+
+def layout_boxes_3d(layout: Layout, tech: Technology) -> np.ndarray:
+    """All boxes of a layout as 3D boxes.
+
+    Parameters
+    ----------
+    layout : Layout
+    tech : Technology
+
+    Returns
+    -------
+    ndarray, float64, [n, 6]
+        ``(x0, y0, z0, x1, y1, z1)`` in um (x, y in DEF coordinates, z above the
+        substrate).
+
+    Raises
+    ------
+    ValueError
+        If a layer holding boxes has no known height range.
+    """
+    zr = layer_z_ranges(tech)
+    parts = []
+    for layer, boxes in layout.boxes.items():
+        if len(boxes) == 0:
+            continue
+        if layer not in zr:
+            raise ValueError(f"layer {layer} has no HEIGHT/THICKNESS in {tech.path}")
+        z0, z1 = zr[layer]
+        part = np.empty((len(boxes), 6))
+        part[:, [0, 1, 3, 4]] = boxes
+        part[:, 2], part[:, 5] = z0, z1
+        parts.append(part)
+    return np.concatenate(parts) if parts else np.zeros((0, 6))
+
+
+def _subvoxel_ranges(boxes_vox: np.ndarray, shape: Sequence[int], s: int) -> np.ndarray:
+    """Sub-voxel index ranges covered by boxes (centre-inside rule), clipped.
+
+    Parameters
+    ----------
+    boxes_vox : ndarray, float64, [n, 6]
+        ``(x0, y0, z0, x1, y1, z1)`` in voxel units.
+    shape : (nz, ny, nx)
+    s : int
+        Supersampling factor.
+
+    Returns
+    -------
+    ndarray, int64, [m, 6]
+        ``(ilo, jlo, klo, ihi, jhi, khi)`` half-open sub-voxel ranges of the boxes
+        that cover at least one sub-voxel of the volume.
+    """
+    nz, ny, nx = shape
+    limits = np.array([nx, ny, nz, nx, ny, nz]) * s
+    # sub-voxel a has its centre at (a + 0.5) / s; covered when lo <= centre < hi
+    idx = np.ceil(boxes_vox * s - 0.5).astype(np.int64)
+    idx = np.clip(idx, 0, limits)
+    keep = np.all(idx[:, 3:] > idx[:, :3], axis=1)
+    return idx[keep]
+
+
+def _downsample(hi: np.ndarray, s: int) -> np.ndarray:
+    """Fraction of True sub-voxels per voxel: bool ``[a*s, b*s, c*s]`` -> float32 ``[a, b, c]``."""
+    a, b, c = (n // s for n in hi.shape)
+    counts = hi.view(np.uint8).reshape(a * s * b * s * c, s).sum(axis=1, dtype=np.uint16)
+    counts = counts.reshape(a * s * b, s, c).sum(axis=1, dtype=np.uint16)
+    counts = counts.reshape(a, s, b * c).sum(axis=1, dtype=np.uint32)
+    return (counts.reshape(a, b, c) * np.float32(1.0 / s**3)).astype(np.float32)
+
+
+def rasterise_boxes(
+    boxes_vox: np.ndarray,
+    shape: Sequence[int],
+    supersample: int = 4,
+    max_slab_bytes: int = DEFAULT_MAX_SLAB_BYTES,
+) -> np.ndarray:
+    """Occupancy fraction of the union of axis-aligned boxes.
+
+    Parameters
+    ----------
+    boxes_vox : ndarray, float, [n, 6]
+        ``(x0, y0, z0, x1, y1, z1)`` in voxel units: voxel ``[k, j, i]`` is the cube
+        ``[i, i+1) x [j, j+1) x [k, k+1)``.
+    shape : (nz, ny, nx)
+    supersample : int
+        Sub-voxels per voxel and axis, ``s >= 1``.
+    max_slab_bytes : int
+        Bound on the boolean supersampled slab (at least one voxel layer is used).
+
+    Returns
+    -------
+    ndarray, float32, [nz, ny, nx]
+        Fraction of each voxel's ``s^3`` sub-voxel centres inside any box, in [0, 1].
+    """
+    s = int(supersample)
+    if s < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
+    nz, ny, nx = (int(n) for n in shape)
+    out = np.zeros((nz, ny, nx), np.float32)
+    idx = _subvoxel_ranges(np.asarray(boxes_vox, np.float64).reshape(-1, 6), (nz, ny, nx), s)
+    if len(idx) == 0 or out.size == 0:
+        return out
+    layer_bytes = s * (ny * s) * (nx * s)
+    slab = int(max(1, min(nz, max_slab_bytes // layer_bytes)))
+    for z0 in range(0, nz, slab):
+        z1 = min(nz, z0 + slab)
+        sel = idx[(idx[:, 2] < z1 * s) & (idx[:, 5] > z0 * s)]
+        if len(sel) == 0:
+            continue
+        hi = np.zeros(((z1 - z0) * s, ny * s, nx * s), bool)
+        sel = sel.copy()
+        sel[:, [2, 5]] = np.clip(sel[:, [2, 5]] - z0 * s, 0, (z1 - z0) * s)
+        for i0, j0, k0, i1, j1, k1 in sel.tolist():
+            hi[k0:k1, j0:j1, i0:i1] = True
+        out[z0:z1] = _downsample(hi, s)
+    return out
+
+
+def rasterise_layout(
+    layout: Layout,
+    tech: Technology,
+    origin_um: Sequence[float],
+    shape: Sequence[int],
+    voxel_size_m: float,
+    supersample: int = 4,
+    max_slab_bytes: int = DEFAULT_MAX_SLAB_BYTES,
+) -> np.ndarray:
+    """Metal occupancy of a crop of a layout.
+
+    Parameters
+    ----------
+    layout : Layout
+        From :func:`hpc_adept.phantom.defparse.read_def`.
+    tech : Technology
+        From :func:`hpc_adept.phantom.lef.read_lef` (layer heights).
+    origin_um : (x0, y0)
+        DEF coordinates (um) of the corner of voxel ``[:, 0, 0]``.
+    shape : (nz, ny, nx)
+    voxel_size_m : float
+        Cubic voxel edge, metres.
+    supersample : int
+        Sub-voxels per voxel and axis for anti-aliasing.
+    max_slab_bytes : int
+        Memory bound of the supersampled working slab.
+
+    Returns
+    -------
+    ndarray, float32, [nz, ny, nx]
+        Metal occupancy fraction in [0, 1]; voxel ``[k, j, i]`` covers
+        ``x in [x0 + i d, x0 + (i+1) d)``, ``y in [y0 + j d, y0 + (j+1) d)``, heights
+        ``[k d, (k+1) d)`` above the substrate.
+    """
+    if voxel_size_m <= 0:
+        raise ValueError(f"voxel_size_m must be positive, got {voxel_size_m}")
+    if len(shape) != 3 or len(origin_um) != 2:
+        raise ValueError("shape must be (nz, ny, nx) and origin_um (x, y)")
+    d_um = voxel_size_m * 1e6
+    boxes = layout_boxes_3d(layout, tech)
+    vox = np.empty_like(boxes)
+    x0, y0 = float(origin_um[0]), float(origin_um[1])
+    vox[:, [0, 3]] = (boxes[:, [0, 3]] - x0) / d_um
+    vox[:, [1, 4]] = (boxes[:, [1, 4]] - y0) / d_um
+    vox[:, [2, 5]] = boxes[:, [2, 5]] / d_um
+    return rasterise_boxes(vox, shape, supersample, max_slab_bytes)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(def_path: str, lef_path: str, _stamp: tuple) -> tuple[Layout, Technology]:
+    tech = read_lef(lef_path)
+    return read_def(def_path, tech), tech
+
+
+def load_layout(def_path: str | Path, lef_path: str | Path) -> tuple[Layout, Technology]:
+    """Read a DEF and its technology LEF (cached while the files are unchanged).
+
+    Parameters
+    ----------
+    def_path, lef_path : str or Path
+
+    Returns
+    -------
+    (Layout, Technology)
+    """
+    stamp = []
+    for p in (def_path, lef_path):
+        try:
+            st = os.stat(p)
+        except OSError as exc:
+            raise ValueError(f"{p}: cannot read file: {exc.strerror}") from exc
+        stamp.append((st.st_mtime_ns, st.st_size))
+    return _load_cached(str(def_path), str(lef_path), tuple(stamp))
+
+
+def centred_crop_origin(layout: Layout, shape: Sequence[int], voxel_size_m: float) -> tuple:
+    """Crop origin (um) that centres a ``shape`` crop on the die.
+
+    Returns
+    -------
+    (x0_um, y0_um)
+    """
+    x0, y0, x1, y1 = layout.die_area_um
+    d_um = voxel_size_m * 1e6
+    return (0.5 * (x0 + x1) - 0.5 * shape[2] * d_um, 0.5 * (y0 + y1) - 0.5 * shape[1] * d_um)
