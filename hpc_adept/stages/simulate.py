@@ -1,0 +1,204 @@
+"""``adept simulate``: IC phantom -> laminography projections -> ptychography scans.
+
+Rank 0 builds the phantom and broadcasts it; every rank projects and simulates its block of
+angles and writes one CXI file per angle. The noise of angle ``i`` comes from the stream
+``default_rng([seed, i])``, so the files do not depend on the number of ranks. Rank 0
+finally writes ``ground_truth.h5`` and ``true_projections.h5`` beside the scans (and, with
+``simulate.write_projections``, ``projections.h5`` into the run directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpc_adept import sim
+from hpc_adept.config import Config
+from hpc_adept.errors import ConfigError
+from hpc_adept.io import (
+    ProjectionSet,
+    Scan,
+    write_cxi,
+    write_ground_truth,
+    write_projections,
+)
+from hpc_adept.log import Progress
+from hpc_adept.parallel import ParallelContext, barrier, bcast_array, block_range, gather_dict
+from hpc_adept.phantom import ground_truth_volume, make_phantom, wavelength_m
+
+log = logging.getLogger(__name__)
+
+ELECTRON_VOLT_J = 1.602176634e-19
+SCAN_NAME = "scan_{:04d}.cxi"
+_SCAN_RE = re.compile(r"scan_(\d{4,})\.cxi$")
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    """Everything about the simulated measurement that follows from the config."""
+
+    dataset_dir: Path
+    phantom_kind: str
+    angles_deg: np.ndarray
+    projection_shape: tuple[int, int]
+    probe_diameter_px: float
+    distance_m: float
+    wavelength_m: float
+
+
+def auto_projection_shape(volume_shape: tuple[int, int, int], tilt_deg: float,
+                          margin_px: int = 2) -> tuple[int, int]:
+    """Smallest even (nv, nu) that holds every projection of the volume at this tilt."""
+    nz, ny, nx = volume_shape
+    a = math.radians(90.0 - tilt_deg)
+    r_xy = math.hypot((nx - 1) / 2.0, (ny - 1) / 2.0)
+    half_u = r_xy + margin_px
+    half_v = abs(math.sin(a)) * r_xy + abs(math.cos(a)) * (nz - 1) / 2.0 + margin_px
+    return (2 * math.ceil(half_v), 2 * math.ceil(half_u))
+
+
+def plan_simulation(cfg: Config) -> SimulationPlan:
+    """Validate the simulate config against the file system; no work, no output."""
+    s = cfg.simulate
+    if cfg.data.path is None:
+        raise ConfigError("data.path is not set (the dataset directory to write)")
+    dataset_dir = Path(cfg.data.path)
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise ConfigError(f"data.path: {dataset_dir} exists and is not a directory")
+    if dataset_dir.is_dir():
+        foreign = [p.name for p in dataset_dir.glob("*.cxi") if not _SCAN_RE.match(p.name)]
+        if foreign:
+            raise ConfigError(
+                f"data.path: {dataset_dir} already holds CXI files not written by adept "
+                f"simulate ({foreign[0]}, ...); choose an empty directory"
+            )
+    kind = s.phantom
+    if kind == "layout":
+        missing = [(k, p) for k, p in (("simulate.layout_def", s.layout_def),
+                                       ("simulate.layout_lef", s.layout_lef))
+                   if not Path(p).is_file()]
+        if missing and s.layout_fallback:
+            log.warning("layout files not found (%s): using the procedural phantom instead",
+                        missing[0][1])
+            kind = "procedural"
+        elif missing:
+            raise ConfigError(f"{missing[0][0]}: file not found: {missing[0][1]}")
+    shape = s.projection_shape or auto_projection_shape(s.volume_shape, s.tilt_deg)
+    needed = auto_projection_shape(s.volume_shape, s.tilt_deg, margin_px=0)
+    if shape[0] < needed[0] or shape[1] < needed[1]:
+        log.warning("simulate.projection_shape %s cuts off parts of the volume's projections "
+                    "(%s needed)", list(shape), list(needed))
+    diameter = s.probe_diameter_px or s.frame_size / 2.0
+    lam = wavelength_m(s.energy_ev)
+    distance = sim.detector_distance_m(s.voxel_size_m, lam, s.frame_size, s.detector_pixel_m)
+    angles = np.arange(s.n_angles, dtype=np.float64) * (360.0 / s.n_angles)
+    return SimulationPlan(dataset_dir, kind, angles, tuple(shape), diameter, distance, lam)
+
+
+def build_ground_truth(cfg: Config, plan: SimulationPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Phantom occupancy fraction and per-voxel phase, both float32 [nz, ny, nx]."""
+    s = cfg.simulate
+    occupancy = make_phantom(
+        plan.phantom_kind, s.volume_shape, s.voxel_size_m,
+        layout_def=s.layout_def, layout_lef=s.layout_lef,
+        crop_origin_um=s.crop_origin_um, seed=s.seed, supersample=s.supersample,
+    )
+    volume = ground_truth_volume(occupancy, s.energy_ev, s.voxel_size_m)
+    return occupancy.astype(np.float32), volume.astype(np.float32)
+
+
+def simulate_scan(projection: np.ndarray, probe: np.ndarray, angle_index: int,
+                  cfg: Config, plan: SimulationPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Counts [n_positions, N, N] float32 and positions (row, col) px of one angle."""
+    s = cfg.simulate
+    rng = np.random.default_rng([s.seed, angle_index])
+    step = plan.probe_diameter_px * (1.0 - s.overlap)
+    positions = sim.raster_positions(plan.projection_shape, step, s.position_jitter_px, rng)
+    pad = s.frame_size // 2 + int(math.ceil(s.position_jitter_px)) + 2
+    obj = sim.object_from_projection(projection, s.absorption_ratio, pad)
+    intensity = sim.diffraction_patterns(obj, pad, plan.projection_shape,
+                                         probe * math.sqrt(s.photons_per_pattern), positions)
+    counts = rng.poisson(intensity) if s.poisson_noise else intensity
+    return counts.astype(np.float32), positions
+
+
+def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> None:
+    """Run the stage (all ranks); ``plan`` comes from :func:`plan_simulation`."""
+    import torch
+
+    from hpc_adept.lamino import Geometry, project
+
+    s = cfg.simulate
+    t0 = time.perf_counter()
+    if ctx.is_root:
+        plan.dataset_dir.mkdir(parents=True, exist_ok=True)
+        log.info("simulate: %s phantom %s at %.1f nm, %d angles, tilt %.2f deg, "
+                 "projections %s, frames %d^2, distance %.3f m",
+                 plan.phantom_kind, list(s.volume_shape), s.voxel_size_m * 1e9, s.n_angles,
+                 s.tilt_deg, list(plan.projection_shape), s.frame_size, plan.distance_m)
+        occupancy, volume = build_ground_truth(cfg, plan)
+        log.info("phantom ready in %.1f s: metal fraction %.3f",
+                 time.perf_counter() - t0, float(occupancy.mean()))
+    else:
+        occupancy = volume = None
+    volume = bcast_array(ctx, volume)
+
+    mine = block_range(s.n_angles, ctx.size, ctx.rank)
+    geometry = Geometry(plan.angles_deg[mine.start:mine.stop], s.tilt_deg,
+                        s.volume_shape, plan.projection_shape)
+    with torch.no_grad():
+        # float64 keeps the simulated data free of projector rounding.
+        projections = project(torch.from_numpy(volume.astype(np.float64)), geometry).numpy()
+    probe = sim.make_probe(s.frame_size, plan.probe_diameter_px)
+    energy_j = s.energy_ev * ELECTRON_VOLT_J
+    progress = Progress(s.n_angles, "simulated scans", log)
+    for local, index in enumerate(mine):
+        counts, positions_px = simulate_scan(projections[local], probe, index, cfg, plan)
+        translation = np.zeros((len(positions_px), 3))
+        translation[:, 0] = positions_px[:, 1] * s.voxel_size_m  # x along detector columns
+        translation[:, 1] = positions_px[:, 0] * s.voxel_size_m  # y along rows
+        scan = Scan(counts=counts, positions_m=translation, energy_j=energy_j,
+                    distance_m=plan.distance_m, x_pixel_size_m=s.detector_pixel_m,
+                    y_pixel_size_m=s.detector_pixel_m,
+                    rotation_angle_deg=float(plan.angles_deg[index]),
+                    laminography_angle_deg=s.tilt_deg)
+        write_cxi(plan.dataset_dir / SCAN_NAME.format(index), scan)
+        progress.update(ctx.size if ctx.is_root else 1)
+
+    gathered = gather_dict(ctx, {i: projections[k] for k, i in enumerate(mine)})
+    barrier(ctx)  # every scan is on disk before the dataset is declared complete
+    if ctx.is_root:
+        _remove_stale_scans(plan.dataset_dir, s.n_angles)
+        all_proj = np.stack([gathered[i] for i in range(s.n_angles)]).astype(np.float32)
+        truth = ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
+                              tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m,
+                              probes=np.broadcast_to(probe.astype(np.complex64),
+                                                     (s.n_angles, *probe.shape)).copy())
+        write_projections(plan.dataset_dir / "true_projections.h5", truth)
+        write_ground_truth(plan.dataset_dir / "ground_truth.h5", volume,
+                           (occupancy >= 0.5).astype(np.uint8), s.voxel_size_m,
+                           attrs={"phantom": plan.phantom_kind, "energy_ev": s.energy_ev,
+                                  "tilt_deg": s.tilt_deg})
+        if s.write_projections:
+            run_dir = Path(cfg.output.dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_projections(run_dir / "projections.h5",
+                              ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
+                                            tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m))
+        log.info("simulate: wrote %d scans and ground_truth.h5 to %s in %.1f s",
+                 s.n_angles, plan.dataset_dir, time.perf_counter() - t0)
+
+
+def _remove_stale_scans(directory: Path, n_angles: int) -> None:
+    """Drop scan files of an earlier, larger simulation into the same directory."""
+    for path in directory.glob("scan_*.cxi"):
+        match = _SCAN_RE.match(path.name)
+        if match and int(match.group(1)) >= n_angles:
+            log.warning("removing stale %s from an earlier simulation", path.name)
+            path.unlink()
