@@ -1,0 +1,1 @@
+"""Pipeline stages: each combines kernels with hpc_adept.parallel; plan (checks) then run."""
