@@ -46,3 +46,18 @@ def test_torch_distributed_from_mpi_two_ranks():
     result = run_cmd([str(REPO / "tests" / "mpi" / "check_torchdist.py")], n_ranks=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gloo allreduce ok" in result.stdout
+
+
+def test_dynamic_queue_serial():
+    from hpc_adept.parallel.workqueue import DynamicQueue
+
+    with DynamicQueue(SERIAL, 4) as queue:
+        assert list(queue) == [0, 1, 2, 3]
+        assert queue.take() is None
+
+
+@pytest.mark.mpi
+def test_dynamic_queue_two_ranks():
+    result = run_cmd([str(REPO / "tests" / "mpi" / "check_workqueue.py")], n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "workqueue ok" in result.stdout
