@@ -203,26 +203,26 @@ def test_chunking_does_not_change_results():
     g = Geometry(np.linspace(0, 360, 7, endpoint=False), 61.0, (6, 9, 8), (10, 12))
     x = torch.randn(g.volume_shape, dtype=torch.float64, generator=gen)
     y = torch.randn(g.projection_shape, dtype=torch.float64, generator=gen)
+    whole = 2**30  # every angle in one chunk
     for budget in (1, 3 * 6 * 16 * 12 * 8):  # one angle per chunk; a few angles
-        torch.testing.assert_close(project(x, g, max_chunk_bytes=budget), project(x, g))
+        torch.testing.assert_close(project(x, g, max_chunk_bytes=budget),
+                                   project(x, g, max_chunk_bytes=whole))
         torch.testing.assert_close(backproject(y, g, max_chunk_bytes=budget),
-                                   backproject(y, g))
+                                   backproject(y, g, max_chunk_bytes=whole))
 
 
-def test_band_split_does_not_change_results():
-    # the CPU layout splits the sample rows into one band per thread
-    g = Geometry(ANGLES, 61.0, (6, 9, 8), (10, 12))
-    x = torch.randn(g.volume_shape, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(7))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = project(x, g)
-        torch.set_num_threads(3)
-        triple = project(x, g)
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(single, triple, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize(("per_batch", "per_group"), [(1, 1), (2, 6), (4, 4), (5, 10)])
+def test_slice_grouping_does_not_change_results(monkeypatch, per_batch, per_group):
+    # CPU layout: z slices in batch entries and groups; (5, 10) pads 13 slices to 15
+    g = Geometry(ANGLES, 61.0, (13, 9, 8), (20, 12))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(g.volume_shape, dtype=torch.float64, generator=gen)
+    y = torch.randn(g.projection_shape, dtype=torch.float64, generator=gen)
+    expected = project(x, g), backproject(y, g)
+    monkeypatch.setattr(projector_module, "CPU_SLICES_PER_BATCH", per_batch)
+    monkeypatch.setattr(projector_module, "CPU_SLICES_PER_GROUP", per_group)
+    torch.testing.assert_close(project(x, g), expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(backproject(y, g), expected[1], rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- FBP

@@ -12,8 +12,8 @@ bilinear, a 2-D grid per angle) followed by ONE oblique projection P0 that is th
 for every angle. P0 acts on each x column separately (u0 = x) as a 2-D parallel
 projection in the (y, z) plane, a fixed sparse matrix M of shape [nv, nz * ny_s]
 (Joseph-style linear interpolation). Angles are processed in chunks laid side by side
-along the sampled image width, so memory is O(volume + projections + one chunk), and
-no 3-D sampling grid is ever built.
+along the sampled image width (on CPU also the z slices, in groups), so memory is
+O(volume + projections + one chunk), and no 3-D sampling grid is ever built.
 
 The adjoint applies M^T (as an ELLPACK gather through ``embedding_bag``, faster than a
 CSR product for a matrix with at most two entries per row) and then the adjoint of
@@ -35,9 +35,23 @@ import torch.nn.functional as F
 
 from hpc_adept.lamino.geometry import Geometry, GeometryError
 
-#: Default byte budget of the per-chunk intermediate (the rotated volume of a chunk of
-#: angles, [nz, ny_s, n_chunk * nu_used]); override per call with ``max_chunk_bytes``.
-MAX_CHUNK_BYTES: int = 256 * 2**20
+#: Default byte budget of the per-chunk intermediate (the rotated z slices of one slice
+#: group for a chunk of angles), by device type; override per call with
+#: ``max_chunk_bytes``. On CPU it stays under glibc's largest dynamic mmap threshold
+#: (32 MiB) so that chunk buffers are recycled from the heap instead of being
+#: page-faulted in afresh for every chunk (which cost more than the arithmetic); on GPUs
+#: larger chunks are faster.
+MAX_CHUNK_BYTES: dict[str, int] = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
+_OTHER_DEVICE_CHUNK_BYTES = 256 * 2**20
+
+#: On CPU, ``grid_sample`` sees the z slices in batch entries of this many channels:
+#: its CPU backward runs in parallel over the batch only, and few channels per entry
+#: keep the gathered (and scattered) input planes in cache.
+CPU_SLICES_PER_BATCH: int = 8
+
+#: On CPU, z slices are processed in groups of this many (rounded to a multiple of
+#: CPU_SLICES_PER_BATCH), so that a chunk holds many angles within its byte budget.
+CPU_SLICES_PER_GROUP: int = 32
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -47,33 +61,32 @@ _FLOAT_DTYPES = (torch.float32, torch.float64)
 _USE_ATEN_GRID_BACKWARD: bool = hasattr(torch.ops.aten, "grid_sampler_2d_backward")
 
 
-#: On CPU, ``grid_sample`` sees the z slices in groups of this many channels, as its
-#: batch dimension: its backward runs in parallel over the batch only, and small groups
-#: keep the gathered (scattered) input planes in cache. Measured on 2 cores, 144 x 160 x
-#: 160 float32: see profiling/RESULTS.md.
-CPU_SLICES_PER_BATCH: int = 8
-
-
 @dataclass(frozen=True)
 class _Layout:
-    """How the rotated volume of one chunk is sampled and laid out in memory.
+    """How the rotated volume is sampled, grouped and laid out in memory.
 
-    The z slices (zero-padded to ``nz_pad`` when the groups do not divide nz) are split
-    into ``n_batch`` groups of ``nz_pad // n_batch`` channels: the volume is the
-    ``grid_sample`` input [n_batch, nz_pad / n_batch, ny, nx] (a view when nz_pad == nz)
-    and every batch entry uses the same grid. The rotated chunk
-    [n_batch, nz_pad / n_batch, n_rows, W] is then the row-major matrix [nz_pad * n_rows, W]
-    with row index ``k * n_rows + j`` (slice k, in-plane sample row j, y_j = j - y_center),
-    and the scatter of the adjoint writes disjoint slices from each batch entry.
-    Only detector columns ``col_start .. col_start + n_cols - 1`` are sampled.
+    In-plane samples: rows y_j = j - y_center (j < n_rows, covering the volume's
+    circumscribed circle) and detector columns ``col_start .. col_start + n_cols - 1``
+    (the others see only zeros). The z slices, zero-padded to ``nz_pad``, are processed
+    in groups of ``group`` slices (the last one may be shorter). Within a group,
+    ``grid_sample`` sees them as [n_b, batch, ny, nx] (entries of ``batch`` slices, all
+    with the same grid), so its rotated output [n_b, batch, n_rows, W] is the row-major
+    matrix [n_slices * n_rows, W] with row ``k * n_rows + j``, and the scatter of the
+    adjoint writes disjoint slices from each batch entry.
     """
 
-    n_batch: int
-    nz_pad: int
     n_rows: int
     y_center: float
     col_start: int
     n_cols: int
+    nz_pad: int
+    batch: int
+    group: int
+
+    def groups(self) -> list[tuple[int, int]]:
+        """Slice ranges (k0, k1) of the groups, covering 0 .. nz_pad."""
+        return [(k0, min(k0 + self.group, self.nz_pad))
+                for k0 in range(0, self.nz_pad, self.group)]
 
 
 def _layout(geometry: Geometry, device: torch.device) -> _Layout:
@@ -82,7 +95,6 @@ def _layout(geometry: Geometry, device: torch.device) -> _Layout:
     nu = geometry.detector_shape[1]
     # bilinear interpolation with zero padding reaches (n + 1) / 2 voxels from the center
     radius = math.hypot((nx + 1) / 2, (ny + 1) / 2)
-    # detector columns at |x_c| >= radius see only zeros: skip them
     col_start = max(0, math.floor((nu - 1) / 2 - radius) + 1)
     col_stop = min(nu, math.ceil((nu - 1) / 2 + radius))
     n_rows = 2 * math.ceil(radius) + 1
@@ -90,12 +102,13 @@ def _layout(geometry: Geometry, device: torch.device) -> _Layout:
         # same parity as ny: at theta = 0 the samples hit voxel centers exactly
         n_rows += 1
     if device.type == "cpu":
-        n_batch = max(1, math.ceil(nz / CPU_SLICES_PER_BATCH))
-    else:  # CUDA parallelises over every output sample: one batch entry
-        n_batch = 1
-    nz_pad = math.ceil(nz / n_batch) * n_batch
-    return _Layout(n_batch, nz_pad, n_rows, (n_rows - 1) / 2, col_start,
-                   col_stop - col_start)
+        batch = max(1, min(CPU_SLICES_PER_BATCH, nz))
+        nz_pad = math.ceil(nz / batch) * batch
+        group = min(nz_pad, max(1, CPU_SLICES_PER_GROUP // batch) * batch)
+    else:  # GPUs parallelise over every output sample: all slices at once
+        batch = group = nz_pad = nz
+    return _Layout(n_rows, (n_rows - 1) / 2, col_start, col_stop - col_start, nz_pad,
+                   batch, group)
 
 
 def _linear_taps(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -152,15 +165,16 @@ def _oblique_entries(
 
 @dataclass(frozen=True)
 class _Oblique:
-    """P0 on one device/dtype: CSR for M (forward), ELLPACK for M^T (adjoint).
+    """P0 on one device/dtype, split by slice group.
 
-    ``matrix`` is the sparse CSR [nv, n_in] with n_in = nz * n_rows; ``t_index``
-    [n_in, K] int64 and ``t_weight`` [n_in, K] hold, for each column of M, its K
-    (<= 2 in practice) rows and weights, padded with row index nv (a zero row appended
-    to the input) and weight 0.
+    ``matrices[g]`` is the sparse CSR block [nv, (k1 - k0) * n_rows] of M for slices
+    k0 .. k1 - 1 of group g (forward). ``t_index`` [nz_pad * n_rows, K] int64 and
+    ``t_weight`` [nz_pad * n_rows, K] are M^T in ELLPACK form (adjoint): for each column
+    of M its K (<= 2 in practice) rows and weights, padded with row index nv (a zero row
+    appended to the input) and weight 0; group g owns rows k0 * n_rows .. k1 * n_rows.
     """
 
-    matrix: torch.Tensor
+    matrices: tuple[torch.Tensor, ...]
     t_index: torch.Tensor
     t_weight: torch.Tensor
 
@@ -219,10 +233,16 @@ def _oblique_operator(
 ) -> _Oblique:
     """Build (once per geometry, layout, device and dtype) the sparse operator P0."""
     rows, cols, vals = _oblique_entries(tilt_deg, nz, nv, layout)
-    n_in = layout.nz_pad * layout.n_rows  # padded slices: empty columns
-    index, weight = _ell_transpose(rows, cols, vals, nv, n_in)
+    index, weight = _ell_transpose(rows, cols, vals, nv, layout.nz_pad * layout.n_rows)
+    matrices = []
+    for k0, k1 in layout.groups():
+        lo, hi = k0 * layout.n_rows, k1 * layout.n_rows
+        sel = (cols >= lo) & (cols < hi)
+        matrices.append(
+            _csr(rows[sel], cols[sel] - lo, vals[sel], (nv, hi - lo), device, dtype)
+        )
     return _Oblique(
-        _csr(rows, cols, vals, (nv, n_in), device, dtype),
+        tuple(matrices),
         torch.from_numpy(index).to(device),
         torch.from_numpy(weight).to(device=device, dtype=dtype),
     )
@@ -245,8 +265,7 @@ def _rotation_grid(
 
     Returns
     -------
-    torch.Tensor, ``dtype``, shape [n_batch, n_rows, n_chunk * n_cols, 2]
-        (expanded: the same grid for every batch entry)
+    torch.Tensor, ``dtype``, shape [1, n_rows, n_chunk * n_cols, 2]
         Angles side by side along the width: column ``i * n_cols + c`` is angle i,
         detector column ``col_start + c``.
     """
@@ -261,8 +280,8 @@ def _rotation_grid(
     y_j = (torch.arange(layout.n_rows, **f64) - layout.y_center)[:, None, None]
     x = cos_t * x_c - sin_t * y_j
     y = sin_t * x_c + cos_t * y_j
-    grid = torch.stack([x * (2.0 / nx), y * (2.0 / ny)], dim=-1).to(dtype)
-    return grid.reshape(1, layout.n_rows, -1, 2).expand(layout.n_batch, -1, -1, -1)
+    grid = torch.stack([x * (2.0 / nx), y * (2.0 / ny)], dim=-1)
+    return grid.reshape(1, layout.n_rows, -1, 2).to(dtype)
 
 
 def _grid_sample_adjoint(
@@ -284,21 +303,39 @@ def _grid_sample_adjoint(
     return grad_input
 
 
-def _chunks(geometry: Geometry, layout: _Layout, itemsize: int, max_chunk_bytes: int):
-    """Yield (start, stop) angle ranges whose rotated chunk fits in ``max_chunk_bytes``."""
-    per_angle = layout.nz_pad * layout.n_rows * layout.n_cols * itemsize
+def _angle_chunks(geometry: Geometry, layout: _Layout, itemsize: int, max_chunk_bytes: int):
+    """Yield (start, stop) angle ranges whose rotated slice group fits the byte budget."""
+    per_angle = layout.group * layout.n_rows * layout.n_cols * itemsize
     size = max(1, min(geometry.n_angles, max_chunk_bytes // per_angle))
     for start in range(0, geometry.n_angles, size):
         yield start, min(start + size, geometry.n_angles)
 
 
-def _batched_volume(volume: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """The volume as ``grid_sample`` input [n_batch, nz_pad / n_batch, ny, nx]."""
-    nz = volume.shape[0]
+def _padded_slices(volume: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """The volume, contiguous and zero-padded along z to [nz_pad, ny, nx]."""
     volume = volume.contiguous()
-    if layout.nz_pad > nz:
-        volume = F.pad(volume, (0, 0, 0, 0, 0, layout.nz_pad - nz))
-    return volume.view(layout.n_batch, layout.nz_pad // layout.n_batch, *volume.shape[1:])
+    if layout.nz_pad > volume.shape[0]:
+        volume = F.pad(volume, (0, 0, 0, 0, 0, layout.nz_pad - volume.shape[0]))
+    return volume
+
+
+def _rotate(slices: torch.Tensor, grid: torch.Tensor, batch: int) -> torch.Tensor:
+    """In-plane rotation of slices [n, ny, nx] -> matrix [n * n_rows, W]."""
+    n, ny, nx = slices.shape
+    image = slices.view(n // batch, batch, ny, nx)
+    out = F.grid_sample(image, grid.expand(n // batch, -1, -1, -1), mode="bilinear",
+                        padding_mode="zeros", align_corners=False)
+    return out.view(-1, grid.shape[2])
+
+
+def _rotate_adjoint(
+    rotated: torch.Tensor, grid: torch.Tensor, batch: int, slice_shape: tuple[int, int, int]
+) -> torch.Tensor:
+    """Adjoint of :func:`_rotate`: matrix [n * n_rows, W] -> slices [n, ny, nx]."""
+    n, ny, nx = slice_shape
+    grad_out = rotated.view(n // batch, batch, grid.shape[1], grid.shape[2])
+    grid = grid.expand(n // batch, -1, -1, -1)
+    return _grid_sample_adjoint(grad_out, grid, (n // batch, batch, ny, nx)).view(n, ny, nx)
 
 
 def _project_impl(volume: torch.Tensor, geometry: Geometry, max_chunk_bytes: int) -> torch.Tensor:
@@ -310,15 +347,15 @@ def _project_impl(volume: torch.Tensor, geometry: Geometry, max_chunk_bytes: int
     cols = slice(layout.col_start, layout.col_start + layout.n_cols)
     op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype)
     theta = geometry.angles_rad
-    image = _batched_volume(volume, layout)
+    slices = _padded_slices(volume, layout)
     # columns outside the volume's in-plane circle stay zero
     out = volume.new_zeros(geometry.projection_shape)
-    for start, stop in _chunks(geometry, layout, volume.element_size(), max_chunk_bytes):
+    for start, stop in _angle_chunks(geometry, layout, volume.element_size(), max_chunk_bytes):
         grid = _rotation_grid(theta[start:stop], geometry, layout, device, dtype)
-        rotated = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)
-        # [n_batch, nz_pad / n_batch, n_rows, W] is the row-major matrix [nz_pad * n_rows, W]
-        proj = op.matrix @ rotated.view(-1, grid.shape[2])
+        proj = None
+        for (k0, k1), matrix in zip(layout.groups(), op.matrices, strict=True):
+            part = matrix @ _rotate(slices[k0:k1], grid, layout.batch)
+            proj = part if proj is None else proj.add_(part)
         out[start:stop, :, cols] = proj.view(nv, stop - start, layout.n_cols).transpose(0, 1)
     return out
 
@@ -334,23 +371,22 @@ def _backproject_impl(
     cols = slice(layout.col_start, layout.col_start + layout.n_cols)
     op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype)
     theta = geometry.angles_rad
-    batch_shape = (layout.n_batch, layout.nz_pad // layout.n_batch, ny, nx)
-    volume = None
-    for start, stop in _chunks(geometry, layout, projections.element_size(), max_chunk_bytes):
+    volume = projections.new_zeros((layout.nz_pad, ny, nx))
+    itemsize = projections.element_size()
+    for start, stop in _angle_chunks(geometry, layout, itemsize, max_chunk_bytes):
         width = (stop - start) * layout.n_cols
         # [nv + 1, width]: the chunk as a matrix, plus the zero row the ELL padding uses
         stacked = projections.new_zeros(nv + 1, width)
         stacked[:nv].view(nv, stop - start, layout.n_cols).copy_(
             projections[start:stop, :, cols].transpose(0, 1)
         )
-        rotated = F.embedding_bag(op.t_index, stacked, per_sample_weights=op.t_weight,
-                                  mode="sum")
         grid = _rotation_grid(theta[start:stop], geometry, layout, device, dtype)
-        rotated = rotated.view(layout.n_batch, -1, layout.n_rows, width)
-        part = _grid_sample_adjoint(rotated, grid, batch_shape)
-        # the first chunk's scatter target becomes the accumulator
-        volume = part if volume is None else volume.add_(part)
-    return volume.view(layout.nz_pad, ny, nx)[:nz]
+        for k0, k1 in layout.groups():
+            rows = slice(k0 * layout.n_rows, k1 * layout.n_rows)
+            rotated = F.embedding_bag(op.t_index[rows], stacked,
+                                      per_sample_weights=op.t_weight[rows], mode="sum")
+            volume[k0:k1] += _rotate_adjoint(rotated, grid, layout.batch, (k1 - k0, ny, nx))
+    return volume[:nz]
 
 
 class _Project(torch.autograd.Function):
@@ -395,10 +431,10 @@ def _check_input(x: object, shape: tuple[int, ...], name: str, what: str) -> Non
         )
 
 
-def _check_budget(max_chunk_bytes: int | None) -> int:
-    """Return the chunk byte budget, the module default when None."""
+def _check_budget(max_chunk_bytes: int | None, device: torch.device) -> int:
+    """Return the chunk byte budget, the module default for ``device`` when None."""
     if max_chunk_bytes is None:
-        return MAX_CHUNK_BYTES
+        return MAX_CHUNK_BYTES.get(device.type, _OTHER_DEVICE_CHUNK_BYTES)
     if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, int) \
             or max_chunk_bytes < 1:
         raise ValueError(f"max_chunk_bytes must be a positive int, got {max_chunk_bytes!r}")
@@ -417,9 +453,10 @@ def project(
     geometry : Geometry
         Angles, tilt and shapes; ``geometry.volume_shape`` must equal ``volume.shape``.
     max_chunk_bytes : int, optional
-        Byte budget of the per-chunk intermediate, [nz, ny_s, n_chunk * nu] in the
-        input's dtype (ny_s ~ in-plane diagonal of the volume); default
-        :data:`MAX_CHUNK_BYTES`. At least one angle is processed at a time.
+        Byte budget of the per-chunk intermediate, the rotated slices of one slice group
+        for a chunk of angles, [n_slices, ny_s, n_chunk * nu'] in the input's dtype
+        (ny_s, nu' <= in-plane diagonal of the volume); default
+        ``MAX_CHUNK_BYTES[device type]``. At least one angle is processed at a time.
 
     Returns
     -------
@@ -434,7 +471,7 @@ def project(
         ``volume.shape`` differs from ``geometry.volume_shape``.
     """
     _check_input(volume, geometry.volume_shape, "volume", "volume_shape")
-    return _Project.apply(volume, geometry, _check_budget(max_chunk_bytes))
+    return _Project.apply(volume, geometry, _check_budget(max_chunk_bytes, volume.device))
 
 
 def backproject(
@@ -465,4 +502,6 @@ def backproject(
         ``projections.shape`` differs from ``geometry.projection_shape``.
     """
     _check_input(projections, geometry.projection_shape, "projections", "projection shape")
-    return _Backproject.apply(projections, geometry, _check_budget(max_chunk_bytes))
+    return _Backproject.apply(
+        projections, geometry, _check_budget(max_chunk_bytes, projections.device)
+    )

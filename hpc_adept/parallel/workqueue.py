@@ -103,6 +103,11 @@ class DynamicQueue:
             return None
         return index
 
+    def claimed(self) -> int:
+        """Items handed out so far: exact on rank 0 (the keeper), else this rank's own view."""
+        with self._lock:
+            return min(self._next, self.n_items)
+
     def __iter__(self) -> Iterator[int]:
         while (index := self.take()) is not None:
             yield index
