@@ -100,6 +100,8 @@ def test_project_rejects_bad_tensors():
         project(torch.zeros(4, 5, 6, dtype=torch.int32), g)
     with pytest.raises(ValueError, match="max_chunk_bytes"):
         project(torch.zeros(4, 5, 6), g, max_chunk_bytes=0)
+    with pytest.raises(ValueError, match="projections has shape"):
+        fbp(np.zeros((5, 7, 9), dtype=np.float32), g)
 
 
 # --------------------------------------------------------------------------- adjoint

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from hpc_adept.lamino.geometry import Geometry, _as_tilt
+from hpc_adept.lamino.geometry import Geometry, GeometryError, _as_tilt
 from hpc_adept.lamino.projector import backproject
 
 
@@ -118,6 +118,11 @@ def fbp(
     max_chunk_bytes : int, optional
         Passed to :func:`~hpc_adept.lamino.projector.backproject`.
 
+    Raises
+    ------
+    GeometryError (a ValueError)
+        ``projections.shape`` differs from ``geometry.projection_shape``.
+
     Returns
     -------
     Same type, dtype and device as ``projections``, shape [nz, ny, nx]
@@ -125,10 +130,10 @@ def fbp(
         missing cone (laminography) leaves low axial frequencies unrecovered.
     """
     p, was_numpy = _as_tensor(projections, "projections")
-    filtered = ramp_filter(p, geometry.tilt_deg)
-    if tuple(filtered.shape) == geometry.projection_shape:
-        weights = torch.as_tensor(angular_weights(geometry), dtype=p.dtype, device=p.device)
-        filtered = filtered * weights[:, None, None]
-    # a wrong shape is reported by backproject
+    if tuple(p.shape) != geometry.projection_shape:
+        raise GeometryError(f"projections has shape {tuple(p.shape)} but the geometry's "
+                            f"projection shape is {geometry.projection_shape}")
+    weights = torch.as_tensor(angular_weights(geometry), dtype=p.dtype, device=p.device)
+    filtered = ramp_filter(p, geometry.tilt_deg) * weights[:, None, None]
     volume = backproject(filtered, geometry, max_chunk_bytes=max_chunk_bytes)
     return volume.detach().numpy() if was_numpy else volume
