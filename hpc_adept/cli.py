@@ -25,7 +25,6 @@ log = logging.getLogger("hpc_adept")
 EXIT_USAGE = 2
 STAGES = ("simulate", "ptycho", "align", "recon", "evaluate", "run")
 NOT_YET = {
-    "ptycho": "the ptychography stage (LSQ-ML)",
     "align": "the alignment stage (projection matching)",
     "evaluate": "the evaluation stage",
     "run": "the whole-pipeline command",
@@ -68,6 +67,10 @@ def _stage_runner(command: str) -> Callable:
 
         return lambda cfg: (plan_simulation(cfg),
                             lambda cfg, ctx, plan, device: run_simulate(cfg, ctx, plan))
+    if command == "ptycho":
+        from hpc_adept.stages.ptycho import plan_ptycho, run_ptycho
+
+        return lambda cfg: (plan_ptycho(cfg), run_ptycho)
     if command == "recon":
         from hpc_adept.stages.recon import plan_recon, run_recon
 

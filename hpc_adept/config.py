@@ -104,6 +104,9 @@ class SimulateConfig:
         Uniform random jitter of the raster positions, object pixels.
     projection_shape : (nv, nu) or None
         Projection (field of view) size; default: just large enough for the volume.
+    store_probe : bool
+        Store the probe in every CXI file as the initial probe, as a beamline does with the
+        illumination reconstructed from a reference scan (LSQ-ML still refines it).
     write_projections : bool
         Also write the true projections as ``output.dir/projections.h5`` so the
         reconstruction stages can run before the ptychography stage.
@@ -131,6 +134,7 @@ class SimulateConfig:
     overlap: float = 0.65
     position_jitter_px: float = 1.0
     projection_shape: tuple[int, int] | None = None
+    store_probe: bool = True
     write_projections: bool = True
     seed: int = 0
 
@@ -161,18 +165,43 @@ class SimulateConfig:
 
 @dataclass(frozen=True)
 class PtychoConfig:
-    """Ptychographic reconstruction of every scan (LSQ-ML).
+    """Ptychographic reconstruction of every scan (LSQ-ML, Odstrcil et al. 2018).
 
     Attributes
     ----------
     iterations : int
         LSQ-ML iterations (epochs) per scan.
+    noise_model : {'gaussian', 'poisson'}
+        Likelihood of the counts (``gaussian``: amplitude model).
+    batch_mode : {'sparse', 'compact'}
+        ``sparse``: spread-out random groups, object updated after each batch;
+        ``compact``: updates accumulated over the epoch.
+    batch_size : int
+        Positions per batch.
+    probe_modes : int
+        Incoherent probe modes.
+    position_correction : bool
+        Refine the probe positions.
+    momentum : bool
+        Momentum on the object update.
+    projection_shape : (nv, nu) or None
+        Projection grid of the phase images; default: the smallest even grid holding every
+        probe position.
     """
 
     iterations: int = 100
+    noise_model: Literal["gaussian", "poisson"] = "gaussian"
+    batch_mode: Literal["sparse", "compact"] = "sparse"
+    batch_size: int = 32
+    probe_modes: int = 1
+    position_correction: bool = False
+    momentum: bool = False
+    projection_shape: tuple[int, int] | None = None
 
     def check(self) -> None:
-        _positive("ptycho", self, "iterations")
+        _positive("ptycho", self, "iterations", "batch_size", "probe_modes")
+        if self.projection_shape is not None:
+            _shape("ptycho.projection_shape", self.projection_shape)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,8 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
         projections = project(torch.from_numpy(volume.astype(np.float64)), geometry).numpy()
     probe = sim.make_probe(s.frame_size, plan.probe_diameter_px)
     energy_j = s.energy_ev * ELECTRON_VOLT_J
+    stored_probe = (probe * math.sqrt(s.photons_per_pattern)).astype(np.complex64) \
+        if s.store_probe else None
     progress = Progress(s.n_angles, "simulated scans", log)
     for local, index in enumerate(mine):
         counts, positions_px = simulate_scan(projections[local], probe, index, cfg, plan)
@@ -167,7 +169,8 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
                     distance_m=plan.distance_m, x_pixel_size_m=s.detector_pixel_m,
                     y_pixel_size_m=s.detector_pixel_m,
                     rotation_angle_deg=float(plan.angles_deg[index]),
-                    laminography_angle_deg=s.tilt_deg)
+                    laminography_angle_deg=s.tilt_deg,
+                    probe=stored_probe)
         write_cxi(plan.dataset_dir / SCAN_NAME.format(index), scan)
         progress.update(ctx.size if ctx.is_root else 1)
 

@@ -1,0 +1,175 @@
+"""Initial probes and probe-mode algebra for LSQ-ML.
+
+Conventions (DESIGN section 4): a probe is complex ``[N, N]`` (or ``[modes, N, N]``) with its
+center at ``(N - 1) / 2``; its intensity is in photons, so that ``sum |P|^2`` over all modes
+equals the mean total counts of a frame for a unit-modulus object.
+
+Every function takes and returns arrays of one array module (NumPy or CuPy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpc_adept.backend import get_array_module
+
+__all__ = [
+    "add_probe_modes",
+    "mean_total_counts",
+    "orthogonalize_modes",
+    "probe_from_data",
+    "scale_probe",
+]
+
+
+def mean_total_counts(counts: Any, valid: Any | None = None) -> float:
+    """Mean photons per frame, extrapolated over bad pixels.
+
+    Parameters
+    ----------
+    counts : array, float, [n, N, N]
+        Photon counts.
+    valid : array, bool or float, [N, N], optional
+        1 for good pixels; the masked pixels are assumed to hold the same mean intensity per
+        pixel as the good ones (they are few and scattered, or the mask is empty).
+    """
+    xp = get_array_module(counts)
+    if valid is None:
+        return float(xp.sum(counts, dtype=xp.float64)) / counts.shape[0]
+    good = float(xp.sum(valid, dtype=xp.float64))
+    total = float(xp.sum(counts * valid, dtype=xp.float64)) / counts.shape[0]
+    return total * valid.size / max(good, 1.0)
+
+
+def scale_probe(probe: Any, total_intensity: float) -> Any:
+    """``probe`` scaled so that ``sum |P|^2`` over all modes equals ``total_intensity``."""
+    xp = get_array_module(probe)
+    power = float(xp.sum(xp.abs(probe) ** 2, dtype=xp.float64))
+    if power <= 0:
+        raise ValueError("the probe is zero everywhere")
+    return (probe * (total_intensity / power) ** 0.5).astype(probe.dtype)
+
+
+def probe_from_data(counts: Any, valid: Any | None = None, *, defocus: float | None = None,
+                    dtype: str = "complex64") -> Any:
+    """Initial probe: the back-propagated mean diffraction pattern with a defocus phase.
+
+    The mean pattern's amplitude ``sqrt(mean_j d_j)`` is the probe's far-field modulus for a
+    weakly scattering object. With a flat phase its back-propagation is a tiny spot (all
+    the power in phase); a quadratic (defocus) phase spreads it over an area comparable to
+    the real probe, which gives LSQ-ML a much better start on the overlap constraint.
+
+    Parameters
+    ----------
+    counts : array, float32, [n, N, N]
+        Photon counts, DC at index ``N // 2``.
+    valid : array, bool or float, [N, N], optional
+        1 for good pixels, DC at ``N // 2``; bad pixels are filled by the pattern's mirror
+        image through DC (Friedel symmetry of a weak object's pattern) or zero.
+    defocus : float or None
+        ``lambda * z`` of the quadratic phase ``exp(-i pi lambda z |k|^2)`` in pixel units
+        (``k`` in cycles per pixel). None chooses it so that the back-propagated probe's
+        radius is about a quarter of the frame (:func:`_auto_defocus`).
+    dtype : str
+        Complex dtype of the result.
+
+    Returns
+    -------
+    array, complex, [N, N]
+        Probe centered at ``(N - 1) / 2`` with ``sum |P|^2`` = the mean total counts.
+    """
+    xp = get_array_module(counts)
+    n = counts.shape[-1]
+    mean_pattern = xp.mean(counts, axis=0, dtype=xp.float64)
+    if valid is not None:
+        valid = xp.asarray(valid, dtype=xp.float64)
+        mirror = xp.roll(mean_pattern[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
+        mirror_valid = xp.roll(valid[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
+        mean_pattern = valid * mean_pattern + (1 - valid) * mirror_valid * mirror
+    amplitude = xp.fft.ifftshift(xp.sqrt(xp.maximum(mean_pattern, 0.0)))
+    k = xp.fft.fftfreq(n)
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    if defocus is None:
+        defocus = _auto_defocus(amplitude**2, k2, target_radius=n / 4.0)
+    # A ramp that puts the probe's center at (N - 1) / 2 instead of the origin.
+    center = (n - 1) / 2.0
+    ramp = xp.exp(-2j * xp.pi * center * (k[:, None] + k[None, :]))
+    spectrum = amplitude * xp.exp(-1j * xp.pi * defocus * k2) * ramp
+    probe = xp.fft.ifft2(spectrum, norm="ortho")
+    total = mean_total_counts(counts, valid)
+    return scale_probe(probe.astype(dtype), total)
+
+
+def _auto_defocus(power: Any, k2: Any, target_radius: float) -> float:
+    """``lambda z`` that spreads a pupil of rms radius ``k_rms`` to ``target_radius`` pixels.
+
+    Under a quadratic phase ``exp(-i pi lz k^2)`` the far-field point ``k`` lands at
+    ``x = lz k`` (stationary phase), so the spot's rms radius is ``lz * k_rms``.
+    """
+    xp = get_array_module(power)
+    k_rms = float(xp.sqrt(xp.sum(power * k2) / xp.sum(power)))
+    return target_radius / max(k_rms, 1e-6)
+
+
+def add_probe_modes(probe: Any, n_modes: int, energy_fraction: float = 0.05) -> Any:
+    """Extend a probe to ``n_modes`` incoherent modes.
+
+    The new modes are the first mode times low-order polynomials (x, y, xy, x^2 - y^2, ...),
+    like the Hermite-Gauss modes of a partially coherent beam, each carrying
+    ``energy_fraction`` of the first mode's power; the set is then orthogonalised.
+
+    Parameters
+    ----------
+    probe : array, complex, [N, N] or [K, N, N]
+    n_modes : int
+        Number of modes wanted (>= K).
+    energy_fraction : float
+        Power of each added mode relative to mode 0.
+
+    Returns
+    -------
+    array, complex, [n_modes, N, N], same total power as the input plus the added modes.
+    """
+    xp = get_array_module(probe)
+    modes = probe[None] if probe.ndim == 2 else probe
+    if modes.shape[0] >= n_modes:
+        return modes[:n_modes]
+    n = modes.shape[-1]
+    coords = (xp.arange(n) - (n - 1) / 2.0) / (n / 4.0)
+    y, x = coords[:, None], coords[None, :]
+    shapes = [x, y, x * y, x * x - y * y, x * x + y * y - 1.0, x * x * x, y * y * y]
+    base = modes[0]
+    base_power = float(xp.sum(xp.abs(base) ** 2))
+    extra = []
+    for index in range(n_modes - modes.shape[0]):
+        mode = base * shapes[index % len(shapes)]
+        power = float(xp.sum(xp.abs(mode) ** 2))
+        extra.append(mode * (energy_fraction * base_power / max(power, 1e-30)) ** 0.5)
+    combined = xp.concatenate([modes, xp.stack(extra).astype(modes.dtype)], axis=0)
+    return orthogonalize_modes(combined)
+
+
+def orthogonalize_modes(modes: Any) -> Any:
+    """Orthogonal modes spanning the same incoherent mixture, strongest first.
+
+    The mixture's mutual intensity ``sum_k P_k(r) P_k*(r')`` is invariant under a unitary
+    mixing of the modes; the eigen-decomposition of the K x K Gram matrix picks the mixing
+    that makes the modes orthogonal (the "coherent modes").
+
+    Parameters
+    ----------
+    modes : array, complex, [K, N, N]
+
+    Returns
+    -------
+    array, complex, [K, N, N], ``sum_r P_a conj(P_b) = 0`` for ``a != b``, power decreasing.
+    """
+    xp = get_array_module(modes)
+    if modes.shape[0] == 1:
+        return modes
+    flat = modes.reshape(modes.shape[0], -1).astype(xp.complex128)
+    gram = flat.conj() @ flat.T  # [K, K], Hermitian: G[a, b] = <P_a, P_b>
+    _, vectors = xp.linalg.eigh(gram)
+    vectors = vectors[:, ::-1]  # eigh sorts ascending; strongest mode first
+    mixed = vectors.T @ flat
+    return mixed.reshape(modes.shape).astype(modes.dtype)

@@ -1,0 +1,211 @@
+"""``adept ptycho``: LSQ-ML reconstruction of every scan, gathered into ``projections.h5``.
+
+Rank 0 lists the dataset (headers only) and every rank checks the same list; ranks then
+take scans first come, first served (:class:`~hpc_adept.parallel.workqueue.DynamicQueue`),
+each on its own GPU or CPU. Each finished scan is kept in ``output.dir/ptycho/`` at once,
+keyed by a hash of its input file and the ptycho settings, so a rerun after a crash skips
+the finished scans. Finally rank 0 assembles ```projections.h5`` in angle order: the file
+does not depend on which rank did which scan. The amplitude images stay in the per-scan
+files (``/amplitude``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpc_adept.backend import array_module, to_numpy
+from hpc_adept.config import Config, require_dir
+from hpc_adept.errors import DataError
+from hpc_adept.io import ProjectionSet, Scan, list_dataset, read_cxi, write_projections
+from hpc_adept.io.atomic import open_h5, write_h5_atomic
+from hpc_adept.log import Progress
+from hpc_adept.parallel import ParallelContext, barrier
+from hpc_adept.parallel.workqueue import DynamicQueue
+
+log = logging.getLogger(__name__)
+
+SCAN_RESULT = "scan_{:04d}.h5"
+
+
+@dataclass(frozen=True)
+class PtychoPlan:
+    """The scans to reconstruct and where their results go; checked before any work."""
+
+    scans: tuple[Scan, ...]
+    field_shape: tuple[int, int]
+    object_pixel_m: float
+    run_dir: Path
+    cache_dir: Path
+    settings_key: str
+
+
+def _positions_px(scan: Scan) -> np.ndarray:
+    """(row, col) probe offsets in object pixels from the translations in metres."""
+    dy, dx = scan.object_pixel_size_m
+    return np.stack([scan.positions_m[:, 1] / dy, scan.positions_m[:, 0] / dx], axis=1)
+
+
+def auto_field_shape(scans: tuple[Scan, ...]) -> tuple[int, int]:
+    """Smallest even projection grid whose center-relative extent holds every position."""
+    extent = [0.0, 0.0]
+    for scan in scans:
+        pos = np.abs(_positions_px(scan)).max(axis=0)
+        extent = [max(extent[0], pos[0]), max(extent[1], pos[1])]
+    return (2 * math.floor(extent[0]) + 2, 2 * math.floor(extent[1]) + 2)
+
+
+def plan_ptycho(cfg: Config) -> PtychoPlan:
+    """List and validate the dataset headers (no work, no output)."""
+    directory = require_dir(cfg.data.path, "data.path")
+    scans = tuple(list_dataset(directory))
+    pixel = scans[0].object_pixel_size_m
+    if not math.isclose(pixel[0], pixel[1], rel_tol=1e-6):
+        raise DataError(f"{scans[0].path}: non-square object pixels {pixel} are not supported")
+    for scan in scans:
+        if scan.probe is not None and scan.probe.shape != scan.frame_shape:
+            raise DataError(f"{scan.path}: probe shape {scan.probe.shape} != frame shape")
+    field = cfg.ptycho.projection_shape or auto_field_shape(scans)
+    settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
+    key = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    run_dir = Path(cfg.output.dir)
+    return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key)
+
+
+def _input_key(plan: PtychoPlan, scan: Scan) -> str:
+    """Identity of one scan's input and settings: a changed file or config redoes it."""
+    stat = os.stat(scan.path)
+    text = f"{plan.settings_key}|{plan.field_shape}|{Path(scan.path).name}|" \
+           f"{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached(path: Path, key: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with open_h5(path) as f:
+            return f.attrs.get("input_key") == key
+    except DataError:
+        return False  # unreadable leftovers are recomputed
+
+
+def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object) -> dict:
+    """LSQ-ML of scan ``index`` and its phase projection; host arrays."""
+    from hpc_adept.ptycho import LsqmlOptions, phase_projection, reconstruct
+
+    p = cfg.ptycho
+    scan = read_cxi(plan.scans[index].path)
+    xp = array_module(device)
+    options = LsqmlOptions(
+        iterations=p.iterations, noise_model=p.noise_model, batch_mode=p.batch_mode,
+        batch_size=p.batch_size, n_probe_modes=p.probe_modes,
+        position_correction=p.position_correction, momentum=p.momentum,
+        seed=cfg.runtime.seed * 100_003 + index,
+    )
+    mask = None if scan.mask is None else xp.asarray(scan.mask)
+    probe = None if scan.probe is None else xp.asarray(scan.probe)
+    result = reconstruct(xp.asarray(scan.counts), _positions_px(scan), plan.field_shape,
+                         options, probe=probe, mask=mask, xp=xp)
+    errors = np.asarray(to_numpy(result.fourier_error), dtype=np.float64)
+    if not np.all(np.isfinite(errors)):
+        raise DataError(f"{scan.path}: LSQ-ML diverged (non-finite Fourier error at "
+                        f"iteration {int(np.argmin(np.isfinite(errors)))})")
+    phase, amplitude = phase_projection(result)
+    probe_out = to_numpy(result.probe)
+    return {
+        "phase": phase,
+        "amplitude": amplitude,
+        "probe": np.asarray(probe_out[0], dtype=np.complex64),
+        "fourier_error": errors,
+        "positions_px": np.asarray(to_numpy(result.positions_px), dtype=np.float64),
+        "iterations": int(result.iterations),
+    }
+
+
+def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: object) -> None:
+    """Run the stage on all ranks."""
+    t0 = time.perf_counter()
+    n_scans = len(plan.scans)
+    if ctx.is_root:
+        plan.cache_dir.mkdir(parents=True, exist_ok=True)
+        log.info("ptycho: %d scans, frames %s, field %s, %d LSQ-ML iterations each, %d rank(s)",
+                 n_scans, list(plan.scans[0].frame_shape), list(plan.field_shape),
+                 cfg.ptycho.iterations, ctx.size)
+    barrier(ctx)
+    progress = Progress(n_scans, "scans taken", log)
+    done_here = reused = 0
+    with DynamicQueue(ctx, n_scans) as queue:
+        for index in queue:
+            scan = plan.scans[index]
+            out = plan.cache_dir / SCAN_RESULT.format(index)
+            key = _input_key(plan, scan)
+            if _cached(out, key):
+                reused += 1
+            else:
+                t_scan = time.perf_counter()
+                res = reconstruct_scan(cfg, plan, index, device)
+                write_h5_atomic(
+                    out,
+                    {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
+                    attrs={"input_key": key, "source": Path(scan.path).name,
+                           "rotation_angle_deg": scan.rotation_angle_deg,
+                           "iterations": res["iterations"],
+                           "seconds": time.perf_counter() - t_scan},
+                )
+                done_here += 1
+            if ctx.is_root:
+                progress.done = queue.claimed()
+                progress.update(0, extra=f"scans done on rank 0: {done_here + reused}")
+    total_reused = _sum(ctx, reused)
+    if ctx.is_root:
+        if total_reused:
+            log.info("ptycho: reused %d finished scan(s) from %s", total_reused, plan.cache_dir)
+        assemble_projections(plan, cfg)
+        log.info("ptycho: wrote %s in %.1f s", plan.run_dir / "projections.h5",
+                 time.perf_counter() - t0)
+    barrier(ctx)
+
+
+def _sum(ctx: ParallelContext, value: int) -> int:
+    if not ctx.is_parallel:
+        return value
+    return int(sum(ctx.comm.allgather(value)))
+
+
+def assemble_projections(plan: PtychoPlan, cfg: Config) -> None:
+    """Read the per-scan results in angle order and write ``projections.h5`` (rank 0)."""
+    n = len(plan.scans)
+    nv, nu = plan.field_shape
+    phases = np.empty((n, nv, nu), np.float32)
+    final_error = np.empty(n)
+    iterations = np.empty(n)
+    probes = None
+    for i in range(n):
+        path = plan.cache_dir / SCAN_RESULT.format(i)
+        with open_h5(path) as f:
+            phase = np.asarray(f["phase"])
+            probe = np.asarray(f["probe"])
+            errors = np.asarray(f["fourier_error"])
+            its = int(f.attrs["iterations"])
+        if phase.shape != (nv, nu) or probe.ndim != 2:
+            raise DataError(f"{path}: unexpected shapes; delete it to recompute the scan")
+        if probes is None:
+            probes = np.empty((n, *probe.shape), np.complex64)
+        phases[i], probes[i] = phase, probe
+        final_error[i] = errors[-1] if errors.size else np.nan
+        iterations[i] = its
+    angles = np.array([s.rotation_angle_deg for s in plan.scans], dtype=np.float64)
+    ps = ProjectionSet(projections=phases, angles_deg=angles,
+                       tilt_deg=plan.scans[0].laminography_angle_deg,
+                       pixel_size_m=plan.object_pixel_m, probes=probes,
+                       extra={"fourier_error": final_error, "iterations": iterations})
+    write_projections(plan.run_dir / "projections.h5", ps)
