@@ -137,6 +137,8 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
     n_scans = len(plan.scans)
     if ctx.is_root:
         plan.cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in plan.cache_dir.glob(".scan_*.tmp"):  # left by a killed earlier run
+            stale.unlink()
         log.info("ptycho: %d scans, frames %s, field %s, %d LSQ-ML iterations each, %d rank(s)",
                  n_scans, list(plan.scans[0].frame_shape), list(plan.field_shape),
                  cfg.ptycho.iterations, ctx.size)
