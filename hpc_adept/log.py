@@ -24,6 +24,8 @@ def setup_logging(rank: int = 0, size: int = 1, level: str = "INFO") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level if rank == 0 else "WARNING")
+    for noisy in ("matplotlib", "PIL", "h5py"):  # third-party INFO chatter
+        logging.getLogger(noisy).setLevel("WARNING")
 
 
 class Progress:
