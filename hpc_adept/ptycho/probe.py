@@ -18,6 +18,8 @@ __all__ = [
     "mean_total_counts",
     "orthogonalize_modes",
     "probe_from_data",
+    "probe_from_scan",
+    "retrieve_pupil",
     "scale_probe",
 ]
 
@@ -98,6 +100,190 @@ def probe_from_data(counts: Any, valid: Any | None = None, *, defocus: float | N
     probe = xp.fft.ifft2(spectrum, norm="ortho")
     total = mean_total_counts(counts, valid)
     return scale_probe(probe.astype(dtype), total)
+
+
+def retrieve_pupil(mean_pattern: Any, known: Any | None = None, *, iterations: int = 300,
+                   er_iterations: int = 100, beta: float = 0.9, threshold: float = 0.02,
+                   margin: float = 1.15) -> tuple[Any, float]:
+    """Real, non-negative pupil whose far-field modulus is ``sqrt(mean_pattern)``.
+
+    A defocused aperture ``P = prop_z(A)`` has the far-field modulus ``|F A|`` of its real,
+    non-negative aperture ``A`` whatever ``z`` (propagation is a pure phase in the far
+    field), so the mean pattern of a weak object fixes ``A`` but not the defocus. ``A`` is
+    retrieved by HIO then error reduction with a disk support and positivity; the disk's
+    radius is half that of the pattern's autocorrelation (``ifft`` of the pattern, whose
+    support is twice the aperture's), thresholded at ``threshold`` of its peak, times
+    ``margin``. Positivity also removes the twin ambiguity (the twin of a real aperture is
+    its mirror image, equally good).
+
+    Parameters
+    ----------
+    mean_pattern : array, float, [N, N]
+        Mean diffraction pattern, DC at ``N // 2``.
+    known : array, bool or float, [N, N], optional
+        1 where the pattern constrains the far field (DC at ``N // 2``); elsewhere the far
+        field is left free.
+    iterations, er_iterations : int
+        HIO and then error-reduction iterations (one N x N FFT pair each).
+    beta : float
+        HIO feedback.
+    threshold, margin : float
+        Autocorrelation threshold (fraction of its peak) and support enlargement.
+
+    Returns
+    -------
+    pupil : array, float64, [N, N]
+        The aperture, on the array's center ``(N - 1) / 2`` up to the support's slack.
+    radius : float
+        Radius of the support used, pixels (``margin`` times the estimated aperture radius).
+    """
+    xp = get_array_module(mean_pattern)
+    n = mean_pattern.shape[-1]
+    pattern = xp.fft.ifftshift(xp.maximum(xp.asarray(mean_pattern, dtype=xp.float64), 0.0))
+    amplitude = xp.sqrt(pattern)
+    free = None
+    if known is not None:
+        free = xp.fft.ifftshift(xp.asarray(known, dtype=xp.float64)) <= 0
+    autocorrelation = xp.abs(xp.fft.ifft2(pattern))
+    # The photon noise's flat floor is a spike at the origin: replace it by its neighbours.
+    autocorrelation[0, 0] = 0.25 * (autocorrelation[0, 1] + autocorrelation[1, 0]
+                                    + autocorrelation[0, -1] + autocorrelation[-1, 0])
+    area = float(xp.sum(autocorrelation >= threshold * autocorrelation.max()))
+    radius = 0.5 * (area / 3.141592653589793) ** 0.5 * margin
+    coords = xp.arange(n) - (n - 1) / 2.0
+    support = xp.hypot(coords[:, None], coords[None, :]) <= radius
+    pupil = support.astype(xp.float64)
+    for iteration in range(iterations + er_iterations):
+        spectrum = xp.fft.fft2(pupil)
+        projected = amplitude * xp.exp(1j * xp.angle(spectrum))
+        if free is not None:
+            projected = xp.where(free, spectrum, projected)
+        image = xp.fft.ifft2(projected).real
+        inside = support & (image >= 0)
+        if iteration < iterations:
+            pupil = xp.where(inside, image, pupil - beta * image)
+        else:
+            pupil = xp.where(inside, image, 0.0)
+    return pupil, float(radius)
+
+
+def defocused_probe(pupil: Any, defocus: float) -> Any:
+    """The pupil propagated by ``lambda z = defocus``, its intensity centroid at ``(N - 1) / 2``.
+
+    Parameters
+    ----------
+    pupil : array, [N, N]
+        Aperture (real or complex).
+    defocus : float
+        ``lambda * z`` of ``exp(-i pi lambda z |k|^2)``, pixel units (``k`` in cycles/pixel).
+
+    Returns
+    -------
+    array, complex128, [N, N]
+    """
+    xp = get_array_module(pupil)
+    n = pupil.shape[-1]
+    k = xp.fft.fftfreq(n)
+    spectrum = xp.fft.fft2(pupil) * xp.exp(-1j * xp.pi * defocus * (k[:, None] ** 2
+                                                                   + k[None, :] ** 2))
+    probe = xp.fft.ifft2(spectrum)
+    weight = xp.abs(probe) ** 2
+    index = xp.arange(n)
+    total = float(xp.sum(weight))
+    shift_r = (n - 1) / 2.0 - float(xp.sum(weight.sum(1) * index)) / total
+    shift_c = (n - 1) / 2.0 - float(xp.sum(weight.sum(0) * index)) / total
+    ramp = xp.exp(-2j * xp.pi * (k[:, None] * shift_r + k[None, :] * shift_c))
+    return xp.fft.ifft2(xp.fft.fft2(probe) * ramp)
+
+
+def probe_from_scan(counts: Any, positions_px: Any, field_shape: tuple[int, int],
+                    mask: Any | None = None, *, defocus: float | None = None,
+                    relative_defocus: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.125, 0.25,
+                                                           0.375, 0.5, 0.75, 1.0),
+                    trial_epochs: int = 3, refine_steps: int = 5,
+                    options: Any | None = None,
+                    dtype: str = "complex64") -> Any:
+    """Initial probe for large, structured probes: retrieved pupil plus a fitted defocus.
+
+    The mean pattern fixes the aperture (:func:`retrieve_pupil`) but not its defocus, and
+    LSQ-ML only converges from a probe with about the right defocus (measured at 128^2 and
+    256^2 frames with N/2 probes, profiling/RESULTS.md). Unless ``defocus`` is given, each
+    candidate ``lambda z = f * r^2`` (``r`` the aperture radius, ``f`` in
+    ``relative_defocus``; ``f = 1 / F`` for a Fresnel number ``F``) runs ``trial_epochs``
+    LSQ-ML epochs on the scan, and the one with the lowest final Fourier error wins (the
+    error is sharply lowest at the true defocus); ``refine_steps`` bisections around it
+    (two trials each) refine it.
+
+    Parameters
+    ----------
+    counts : array, float, [n, N, N]
+        Photon counts, DC at ``N // 2``.
+    positions_px : array, float, [n, 2]
+        Positions as for :func:`hpc_adept.ptycho.lsqml.reconstruct`.
+    field_shape : (nv, nu)
+        Projection grid the positions refer to.
+    mask : array, bool, [N, N], optional
+        True = bad pixel, DC at ``N // 2``.
+    defocus : float, optional
+        Known ``lambda z`` (pixel units); skips the trials.
+    relative_defocus : tuple of float
+        Candidate ``lambda z / r^2``, increasing; both signs (the sign is not known).
+    trial_epochs : int
+        LSQ-ML epochs per candidate.
+    refine_steps : int
+        Bisections of the grid's smallest spacing around the best candidate.
+    options : LsqmlOptions, optional
+        Options of the trials (their ``iterations`` is replaced by ``trial_epochs``).
+    dtype : str
+        Complex dtype of the result.
+
+    Returns
+    -------
+    array, complex, [N, N]
+        Probe centered at ``(N - 1) / 2`` with ``sum |P|^2`` = the mean total counts.
+    """
+    from dataclasses import replace
+
+    from hpc_adept.ptycho.lsqml import LsqmlOptions, reconstruct
+
+    xp = get_array_module(counts)
+    n = counts.shape[-1]
+    mean_pattern = xp.mean(counts, axis=0, dtype=xp.float64)
+    valid = known = None
+    if mask is not None:
+        valid = 1.0 - xp.asarray(mask, dtype=xp.float64)
+        mirror = xp.roll(mean_pattern[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
+        mirror_valid = xp.roll(valid[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
+        mean_pattern = valid * mean_pattern + (1 - valid) * mirror_valid * mirror
+        known = xp.maximum(valid, mirror_valid)
+    pupil, radius = retrieve_pupil(mean_pattern, known)
+    total = mean_total_counts(counts, valid)
+
+    def make(lz: float) -> Any:
+        return scale_probe(defocused_probe(pupil, lz).astype(dtype), total)
+
+    if defocus is not None:
+        return make(defocus)
+    scale = (radius / 1.15) ** 2
+    trial = replace(options or LsqmlOptions(), iterations=trial_epochs, position_correction=False)
+    errors: dict[float, float] = {}
+
+    def error_at(fraction: float) -> float:
+        if fraction not in errors:
+            result = reconstruct(counts, positions_px, field_shape, trial,
+                                 probe=make(fraction * scale), mask=mask)
+            errors[fraction] = float(result.fourier_error[-1])
+        return errors[fraction]
+
+    fraction = min(relative_defocus, key=error_at)
+    # The error has a cusp at the true defocus (a parabola through three grid points lands
+    # ~7 % short at 256^2, enough to stall LSQ-ML): bisect around the best point instead.
+    grid = sorted(relative_defocus)
+    step = min((b - a for a, b in zip(grid[:-1], grid[1:], strict=True)), default=0.125)
+    for _ in range(refine_steps):
+        step /= 2
+        fraction = min((fraction - step, fraction, fraction + step), key=error_at)
+    return make(fraction * scale)
 
 
 def _auto_defocus(power: Any, k2: Any, target_radius: float) -> float:
