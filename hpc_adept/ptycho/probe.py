@@ -52,6 +52,36 @@ def scale_probe(probe: Any, total_intensity: float) -> Any:
     return (probe * (total_intensity / power) ** 0.5).astype(probe.dtype)
 
 
+def mean_pattern_filled(counts: Any, valid: Any | None) -> tuple[Any, Any | None]:
+    """Mean diffraction pattern with bad pixels filled from their Friedel mirror.
+
+    Parameters
+    ----------
+    counts : array, float, [n, N, N]
+        Patterns, DC at ``N // 2``.
+    valid : array, float, [N, N] or None
+        1 = good pixel, 0 = bad.
+
+    Returns
+    -------
+    mean : array, float64, [N, N]
+        Mean pattern; a bad pixel takes its mirror image through DC (a weak object's
+        pattern is nearly centro-symmetric), or 0 when that is bad too.
+    known : array, float64, [N, N] or None
+        1 where the mean is measured directly or through the mirror (None without a mask).
+    """
+    xp = get_array_module(counts)
+    n = counts.shape[-1]
+    mean = xp.mean(counts, axis=0, dtype=xp.float64)
+    if valid is None:
+        return mean, None
+    shift = (1 - n % 2, 1 - n % 2)  # mirror through index N // 2
+    mirror = xp.roll(mean[::-1, ::-1], shift, axis=(0, 1))
+    mirror_valid = xp.roll(valid[::-1, ::-1], shift, axis=(0, 1))
+    filled = valid * mean + (1 - valid) * mirror_valid * mirror
+    return filled, xp.maximum(valid, mirror_valid)
+
+
 def probe_from_data(counts: Any, valid: Any | None = None, *, defocus: float | None = None,
                     dtype: str = "complex64") -> Any:
     """Initial probe: the back-propagated mean diffraction pattern with a defocus phase.
@@ -82,12 +112,9 @@ def probe_from_data(counts: Any, valid: Any | None = None, *, defocus: float | N
     """
     xp = get_array_module(counts)
     n = counts.shape[-1]
-    mean_pattern = xp.mean(counts, axis=0, dtype=xp.float64)
     if valid is not None:
         valid = xp.asarray(valid, dtype=xp.float64)
-        mirror = xp.roll(mean_pattern[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
-        mirror_valid = xp.roll(valid[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
-        mean_pattern = valid * mean_pattern + (1 - valid) * mirror_valid * mirror
+    mean_pattern, _ = mean_pattern_filled(counts, valid)
     amplitude = xp.fft.ifftshift(xp.sqrt(xp.maximum(mean_pattern, 0.0)))
     k = xp.fft.fftfreq(n)
     k2 = k[:, None] ** 2 + k[None, :] ** 2
@@ -247,15 +274,8 @@ def probe_from_scan(counts: Any, positions_px: Any, field_shape: tuple[int, int]
     from hpc_adept.ptycho.lsqml import LsqmlOptions, reconstruct
 
     xp = get_array_module(counts)
-    n = counts.shape[-1]
-    mean_pattern = xp.mean(counts, axis=0, dtype=xp.float64)
-    valid = known = None
-    if mask is not None:
-        valid = 1.0 - xp.asarray(mask, dtype=xp.float64)
-        mirror = xp.roll(mean_pattern[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
-        mirror_valid = xp.roll(valid[::-1, ::-1], (1 - n % 2, 1 - n % 2), axis=(0, 1))
-        mean_pattern = valid * mean_pattern + (1 - valid) * mirror_valid * mirror
-        known = xp.maximum(valid, mirror_valid)
+    valid = None if mask is None else 1.0 - xp.asarray(mask, dtype=xp.float64)
+    mean_pattern, known = mean_pattern_filled(counts, valid)
     pupil, radius = retrieve_pupil(mean_pattern, known)
     total = mean_total_counts(counts, valid)
 
