@@ -187,6 +187,13 @@ class PtychoConfig:
     projection_shape : (nv, nu) or None
         Projection grid of the phase images; default: the smallest even grid holding every
         probe position.
+    initial_probe : {'auto', 'file', 'fitted', 'mean_pattern'}
+        Start of the probe: ``file`` the scan's stored probe (error when a scan has none);
+        ``fitted`` a pupil retrieved from the mean pattern with its defocus fitted by short
+        LSQ-ML trials on the scan (robust for large structured probes, costs about 60
+        extra epochs); ``mean_pattern`` the back-propagated mean pattern with a default
+        defocus (cheap; reliable for small frames only); ``auto`` the file's probe when
+        present, else ``fitted``.
     """
 
     iterations: int = 100
@@ -197,6 +204,7 @@ class PtychoConfig:
     position_correction: bool = False
     momentum: bool = False
     projection_shape: tuple[int, int] | None = None
+    initial_probe: Literal["auto", "file", "fitted", "mean_pattern"] = "auto"
 
     def check(self) -> None:
         _positive("ptycho", self, "iterations", "batch_size", "probe_modes")

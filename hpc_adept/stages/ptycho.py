@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,9 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
     for scan in scans:
         if scan.probe is not None and scan.probe.shape != scan.frame_shape:
             raise DataError(f"{scan.path}: probe shape {scan.probe.shape} != frame shape")
+        if cfg.ptycho.initial_probe == "file" and scan.probe is None:
+            raise DataError(f"{scan.path}: no probe stored (/entry_1/instrument_1/source_1/"
+                            f"probe) but ptycho.initial_probe is 'file'")
     field = cfg.ptycho.projection_shape or auto_field_shape(scans)
     settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
@@ -112,8 +116,9 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object) 
         seed=cfg.runtime.seed * 100_003 + index,
     )
     mask = None if scan.mask is None else xp.asarray(scan.mask)
-    probe = None if scan.probe is None else xp.asarray(scan.probe)
-    result = reconstruct(xp.asarray(scan.counts), _positions_px(scan), plan.field_shape,
+    counts = xp.asarray(scan.counts)
+    probe = initial_probe(p.initial_probe, scan, counts, plan.field_shape, options, mask, xp)
+    result = reconstruct(counts, _positions_px(scan), plan.field_shape,
                          options, probe=probe, mask=mask, xp=xp)
     errors = np.asarray(to_numpy(result.fourier_error), dtype=np.float64)
     if not np.all(np.isfinite(errors)):
@@ -129,6 +134,19 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object) 
         "positions_px": np.asarray(to_numpy(result.positions_px), dtype=np.float64),
         "iterations": int(result.iterations),
     }
+
+
+def initial_probe(choice: str, scan: Scan, counts: Any, field_shape: tuple[int, int],
+                  options: Any, mask: Any, xp: Any) -> Any | None:
+    """The probe LSQ-ML starts from (``ptycho.initial_probe``); None = its own default."""
+    from hpc_adept.ptycho.probe import probe_from_scan
+
+    if scan.probe is not None and choice in ("auto", "file"):
+        return xp.asarray(scan.probe)
+    if choice in ("auto", "fitted"):
+        return probe_from_scan(counts, _positions_px(scan), field_shape, mask,
+                               options=options, dtype=options.dtype)
+    return None  # mean_pattern: reconstruct() back-propagates the mean pattern
 
 
 def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: object) -> None:
