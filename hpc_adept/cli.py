@@ -27,8 +27,6 @@ STAGES = ("simulate", "ptycho", "align", "recon", "evaluate", "run")
 NOT_YET = {
     "align": "the alignment stage (projection matching)",
     "evaluate": "the evaluation stage",
-    "run": "the whole-pipeline command",
-    "report": "the report",
 }
 
 
@@ -75,6 +73,10 @@ def _stage_runner(command: str) -> Callable:
         from hpc_adept.stages.recon import plan_recon, run_recon
 
         return lambda cfg: (plan_recon(cfg), run_recon)
+    if command == "run":
+        from hpc_adept.pipeline import plan_run, run_pipeline
+
+        return lambda cfg: (plan_run(cfg), run_pipeline)
     raise ConfigError(f"'adept {command}': {NOT_YET[command]} is not available in this "
                       f"version (see README: what exists)")
 
@@ -97,8 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Phase 1: everything that can be checked before work; the same on every rank.
     try:
         if args.command == "report":
-            raise ConfigError(f"'adept report': {NOT_YET['report']} is not available in "
-                              f"this version")
+            return _report(args.run_dir, ctx)
         from hpc_adept.config import load_config
 
         cfg = load_config(args.config, overrides)
@@ -120,9 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ctx.is_root:
             _write_resolved_config(cfg)
+            if args.command != "simulate":
+                from hpc_adept.log import add_log_file
+
+                add_log_file(Path(cfg.output.dir) / "adept.log", ctx.rank, ctx.size,
+                             cfg.runtime.log_level)
         log.info("adept %s %s: %d rank(s), device %s", __version__, args.command, ctx.size,
                  device)
-        run(cfg, ctx, plan, device)
+        _timed_run(args.command, run, cfg, ctx, plan, device)
+        if args.command == "run" and ctx.is_root:
+            from hpc_adept.report.document import write_report
+
+            html_path, _ = write_report(cfg.output.dir)
+            log.info("run: report %s", html_path)
     except KeyboardInterrupt:
         print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
         ctx.abort(130)
@@ -133,6 +144,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or not isinstance(exc, AdeptError):
             traceback.print_exc()
         ctx.abort(code)
+    return 0
+
+
+def _timed_run(command: str, run: Callable, cfg, ctx, plan, device) -> None:
+    """Run a command with its stage timed on every rank; timing.json merged at the end."""
+    import time
+
+    from hpc_adept import timing
+
+    timing.RECORDER.reset()
+    timing.enable(cfg.runtime.timing)
+    start = time.perf_counter()
+    if command == "run":  # the pipeline times each stage itself
+        run(cfg, ctx, plan, device)
+    else:
+        with timing.region(command, device):
+            run(cfg, ctx, plan, device)
+    if cfg.runtime.timing and command != "simulate":
+        timing.write_timing(cfg.output.dir, ctx, command, time.perf_counter() - start,
+                            cfg.to_yaml())
+
+
+def _report(run_dir: str, ctx) -> int:
+    """``adept report RUN_DIR``: written by rank 0 (it reads files only)."""
+    if ctx.is_root:
+        from hpc_adept.report.document import write_report
+
+        html_path, md_path = write_report(run_dir)
+        log.info("report: wrote %s and %s", html_path, md_path)
     return 0
 
 

@@ -302,12 +302,16 @@ class RuntimeConfig:
         Level of rank 0's log (other ranks log warnings and errors only).
     torch_threads : int or None
         CPU threads per rank for torch (default: cores / ranks on the node).
+    timing : bool
+        Time every stage and its parts on every rank (host clock; CUDA events and NVTX
+        ranges on GPUs) and write ``output.dir/timing.json``.
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     torch_threads: int | None = None
+    timing: bool = True
 
     def check(self) -> None:
         if self.torch_threads is not None and self.torch_threads < 1:

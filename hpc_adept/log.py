@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 _FORMAT = "%(asctime)s [rank {rank}/{size}] %(levelname)s %(name)s: %(message)s"
 
@@ -26,6 +27,17 @@ def setup_logging(rank: int = 0, size: int = 1, level: str = "INFO") -> None:
     root.setLevel(level if rank == 0 else "WARNING")
     for noisy in ("matplotlib", "PIL", "h5py"):  # third-party INFO chatter
         logging.getLogger(noisy).setLevel("WARNING")
+
+
+def add_log_file(path: str | Path, rank: int, size: int, level: str = "INFO") -> None:
+    """Also append this process's log to ``path`` (the run's log; rank 0 calls it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank, size=size),
+                                           datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(level)
+    logging.getLogger().addHandler(handler)
 
 
 class Progress:

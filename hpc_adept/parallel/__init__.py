@@ -4,7 +4,14 @@ Kernels (lamino, phantom, sim, ptycho, ...) take arrays and return arrays; stage
 them with the helpers here.
 """
 
-from hpc_adept.parallel.collectives import allreduce_sum, barrier, bcast, bcast_array, gather_dict
+from hpc_adept.parallel.collectives import (
+    allreduce_sum,
+    barrier,
+    bcast,
+    bcast_array,
+    gather_dict,
+    gather_objects,
+)
 from hpc_adept.parallel.context import ParallelContext, get_context
 from hpc_adept.parallel.partition import block_range, cyclic_indices
 
@@ -17,5 +24,6 @@ __all__ = [
     "block_range",
     "cyclic_indices",
     "gather_dict",
+    "gather_objects",
     "get_context",
 ]

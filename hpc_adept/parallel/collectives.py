@@ -53,6 +53,17 @@ def gather_dict(ctx: ParallelContext, local: dict[int, Any], root: int = 0) -> d
     return merged
 
 
+def gather_objects(ctx: ParallelContext, obj: Any, root: int = 0) -> list[Any]:
+    """Per-rank small objects (our own records, never file content) as a list on ``root``.
+
+    Other ranks get an empty list.
+    """
+    if not ctx.is_parallel:
+        return [obj]
+    parts = ctx.comm.gather(obj, root=root)
+    return list(parts) if ctx.rank == root else []
+
+
 def allreduce_sum(ctx: ParallelContext, array: np.ndarray) -> np.ndarray:
     """Element-wise sum of a NumPy array over ranks (every rank gets the result)."""
     if not ctx.is_parallel:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hpc_adept import timing
 from hpc_adept.backend import array_module, to_numpy
 from hpc_adept.config import Config, require_dir
 from hpc_adept.errors import DataError
@@ -107,7 +108,8 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object) 
     from hpc_adept.ptycho import LsqmlOptions, phase_projection, reconstruct
 
     p = cfg.ptycho
-    scan = read_cxi(plan.scans[index].path)
+    with timing.region("ptycho/read"):
+        scan = read_cxi(plan.scans[index].path)
     xp = array_module(device)
     options = LsqmlOptions(
         iterations=p.iterations, noise_model=p.noise_model, batch_mode=p.batch_mode,
@@ -117,9 +119,12 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object) 
     )
     mask = None if scan.mask is None else xp.asarray(scan.mask)
     counts = xp.asarray(scan.counts)
-    probe = initial_probe(p.initial_probe, scan, counts, plan.field_shape, options, mask, xp)
-    result = reconstruct(counts, _positions_px(scan), plan.field_shape,
-                         options, probe=probe, mask=mask, xp=xp)
+    with timing.region("ptycho/probe_init", device):
+        probe = initial_probe(p.initial_probe, scan, counts, plan.field_shape, options, mask,
+                              xp)
+    with timing.region("ptycho/lsqml", device):
+        result = reconstruct(counts, _positions_px(scan), plan.field_shape,
+                             options, probe=probe, mask=mask, xp=xp)
     errors = np.asarray(to_numpy(result.fourier_error), dtype=np.float64)
     if not np.all(np.isfinite(errors)):
         raise DataError(f"{scan.path}: LSQ-ML diverged (non-finite Fourier error at "
@@ -173,23 +178,26 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
             else:
                 t_scan = time.perf_counter()
                 res = reconstruct_scan(cfg, plan, index, device)
-                write_h5_atomic(
-                    out,
-                    {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
-                    attrs={"input_key": key, "source": Path(scan.path).name,
-                           "rotation_angle_deg": scan.rotation_angle_deg,
-                           "iterations": res["iterations"],
-                           "seconds": time.perf_counter() - t_scan},
-                )
+                with timing.region("ptycho/write"):
+                    write_h5_atomic(
+                        out,
+                        {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
+                        attrs={"input_key": key, "source": Path(scan.path).name,
+                               "rotation_angle_deg": scan.rotation_angle_deg,
+                               "iterations": res["iterations"],
+                               "seconds": time.perf_counter() - t_scan},
+                    )
                 done_here += 1
             if ctx.is_root:
                 progress.done = queue.claimed()
                 progress.update(0, extra=f"scans done on rank 0: {done_here + reused}")
-    total_reused = _sum(ctx, reused)
+    with timing.region("ptycho/wait"):  # ranks idle while the last scans finish
+        total_reused = _sum(ctx, reused)
     if ctx.is_root:
         if total_reused:
             log.info("ptycho: reused %d finished scan(s) from %s", total_reused, plan.cache_dir)
-        assemble_projections(plan, cfg)
+        with timing.region("ptycho/assemble"):
+            assemble_projections(plan, cfg)
         log.info("ptycho: wrote %s in %.1f s", plan.run_dir / "projections.h5",
                  time.perf_counter() - t0)
     barrier(ctx)

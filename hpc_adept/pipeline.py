@@ -1,0 +1,186 @@
+"""``adept run``: ptycho -> align -> recon -> evaluate -> report, continuing after failures.
+
+A stage is skipped when its outputs exist, are newer than its inputs, and were made with the
+same settings (a hash of the config sections the stage reads, kept in
+``output.dir/pipeline_state.json``). Every output is written atomically, so an interrupted
+run leaves either a complete file or none, and rerunning the same command continues where
+it stopped. The decision is made on rank 0 and broadcast, so all ranks run the same stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpc_adept import timing
+from hpc_adept.config import Config
+from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.parallel import ParallelContext, barrier, bcast
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "pipeline_state.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    Attributes
+    ----------
+    name : str
+        Stage name (also its timing region).
+    module : str
+        Module with ``plan_<name>(cfg)`` and ``run_<name>(cfg, ctx, plan, device)``.
+    sections : tuple of str
+        Config sections (or ``section.key``) whose values change the stage's result.
+    inputs, outputs : callable
+        ``cfg -> list[Path]`` of the files read and written.
+    enabled : callable
+        ``cfg -> bool``: whether the run includes the stage.
+    """
+
+    name: str
+    module: str
+    sections: tuple[str, ...]
+    inputs: Callable[[Config], list[Path]]
+    outputs: Callable[[Config], list[Path]]
+    enabled: Callable[[Config], bool] = lambda cfg: True
+
+
+def _run_dir(cfg: Config) -> Path:
+    return Path(cfg.output.dir)
+
+
+def _dataset_files(cfg: Config) -> list[Path]:
+    return sorted(Path(cfg.data.path).glob("*.cxi")) if cfg.data.path else []
+
+
+def _recon_input(cfg: Config) -> list[Path]:
+    run = _run_dir(cfg)
+    if cfg.recon.input == "projections":
+        return [run / "projections.h5"]
+    return [run / "aligned.h5"]  # 'auto' in the pipeline: align always writes aligned.h5
+
+
+def _volumes(cfg: Config) -> list[Path]:
+    return [_run_dir(cfg) / f"volume_{m}.h5" for m in cfg.recon.methods]
+
+
+def _reference(cfg: Config) -> list[Path]:
+    return [Path(cfg.evaluate.reference)] if cfg.evaluate.reference else []
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ptycho", "hpc_adept.stages.ptycho", ("data", "ptycho", "runtime.seed"),
+          _dataset_files, lambda cfg: [_run_dir(cfg) / "projections.h5"]),
+    Stage("align", "hpc_adept.stages.align", ("align", "runtime.seed"),
+          lambda cfg: [_run_dir(cfg) / "projections.h5"],
+          lambda cfg: [_run_dir(cfg) / "aligned.h5"]),
+    Stage("recon", "hpc_adept.stages.recon", ("recon", "dip", "runtime.seed"),
+          _recon_input, _volumes),
+    Stage("evaluate", "hpc_adept.stages.evaluate", ("evaluate", "recon.methods"),
+          lambda cfg: _volumes(cfg) + _reference(cfg),
+          lambda cfg: [_run_dir(cfg) / "metrics.json"],
+          enabled=lambda cfg: cfg.evaluate.reference is not None),
+)
+
+
+def settings_hash(cfg: Config, sections: tuple[str, ...]) -> str:
+    """Hash of the config values a stage depends on."""
+    plain = cfg.to_dict()
+    picked: dict[str, Any] = {}
+    for item in sections:
+        section, _, key = item.partition(".")
+        picked[item] = plain[section][key] if key else plain[section]
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def up_to_date(stage: Stage, cfg: Config, state: dict[str, Any]) -> tuple[bool, str]:
+    """Whether ``stage`` can be skipped, and why (or why not)."""
+    outputs = stage.outputs(cfg)
+    missing = [p.name for p in outputs if not p.is_file()]
+    if missing:
+        return False, f"missing {', '.join(missing)}"
+    entry = state.get(stage.name, {})
+    if entry.get("settings") != settings_hash(cfg, stage.sections):
+        return False, "settings changed" if entry else "no record of a finished run"
+    oldest_output = min(p.stat().st_mtime_ns for p in outputs)
+    inputs = [p for p in stage.inputs(cfg) if p.is_file()]
+    if inputs and max(p.stat().st_mtime_ns for p in inputs) > oldest_output:
+        return False, "inputs are newer"
+    return True, "outputs complete and newer than the inputs"
+
+
+def plan_run(cfg: Config) -> tuple[Stage, ...]:
+    """Checks before any work: the stages are importable and the first one can start."""
+    stages = tuple(s for s in STAGES if s.enabled(cfg))
+    state = _read_state(_run_dir(cfg))
+    for stage in stages:
+        try:
+            importlib.import_module(stage.module)
+        except ModuleNotFoundError as exc:
+            if exc.name != stage.module:
+                raise
+            raise ConfigError(f"'adept run': the {stage.name} stage is not available in this "
+                              f"version (see README: what exists)") from None
+    first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
+    if first is not None:
+        _plan(first, cfg)
+    if cfg.evaluate.reference and not Path(cfg.evaluate.reference).is_file():
+        raise DataError(f"evaluate.reference: file not found: {cfg.evaluate.reference}")
+    return stages
+
+
+def _plan(stage: Stage, cfg: Config) -> Any:
+    module = importlib.import_module(stage.module)
+    return getattr(module, f"plan_{stage.name}")(cfg)
+
+
+def run_pipeline(cfg: Config, ctx: ParallelContext, stages: tuple[Stage, ...],
+                 device: Any) -> None:
+    """Run (or skip) every stage in order on all ranks, then write the report."""
+    run_dir = _run_dir(cfg)
+    t0 = time.perf_counter()
+    for stage in stages:
+        decision = None
+        if ctx.is_root:
+            decision = up_to_date(stage, cfg, _read_state(run_dir))
+        skip, reason = bcast(ctx, decision)
+        if skip:
+            log.info("run: %s skipped (%s)", stage.name, reason)
+            continue
+        log.info("run: %s (%s)", stage.name, reason)
+        module = importlib.import_module(stage.module)
+        with timing.region(stage.name, device):
+            plan = getattr(module, f"plan_{stage.name}")(cfg)
+            getattr(module, f"run_{stage.name}")(cfg, ctx, plan, device)
+        barrier(ctx)
+        if ctx.is_root:
+            _record(run_dir, stage, cfg)
+    if ctx.is_root:
+        log.info("run: stages done in %.1f s", time.perf_counter() - t0)
+
+
+def _record(run_dir: Path, stage: Stage, cfg: Config) -> None:
+    from hpc_adept.io import write_json_atomic
+
+    state = _read_state(run_dir)
+    state[stage.name] = {"settings": settings_hash(cfg, stage.sections),
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json_atomic(run_dir / STATE_FILE, state)

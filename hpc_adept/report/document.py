@@ -1,0 +1,417 @@
+"""``adept report RUN_DIR``: one self-contained HTML page and a Markdown twin.
+
+The report is built from the run directory's files alone, so it can be written at any time
+(also for a run that stopped halfway: sections whose files are missing say so). Figures are
+drawn headless into ``RUN_DIR/figures/`` and embedded in ``report.html`` as base64 PNGs, so
+the page can be mailed or archived on its own; ``report.md`` links the same PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from hpc_adept.errors import DataError
+from hpc_adept.io import atomic_output, read_projections, read_volume, write_text_atomic
+from hpc_adept.io.atomic import open_h5
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Section:
+    """One part of the report: a title, paragraphs, tables and figures, in order."""
+
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def text(self, value: str) -> Section:
+        self.blocks.append(("text", value))
+        return self
+
+    def table(self, header: list[str], rows: list[list[Any]]) -> Section:
+        self.blocks.append(("table", (header, rows)))
+        return self
+
+    def figure(self, path: Path, caption: str) -> Section:
+        self.blocks.append(("figure", (path, caption)))
+        return self
+
+    def code(self, value: str) -> Section:
+        self.blocks.append(("code", value))
+        return self
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.{digits}e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("report: ignoring unreadable %s (%s)", path, exc)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def section_config(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Configuration")
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        sec.text("The fully resolved configuration of the last command run here "
+                 "(`config.yaml`).").code(path.read_text())
+    else:
+        sec.text("No `config.yaml` in the run directory.")
+    return sec
+
+
+def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Timing breakdown")
+    doc = _read_json(run_dir / "timing.json")
+    if doc is None or not doc.get("regions"):
+        return sec.text("No `timing.json` (run with `runtime.timing: true`).")
+    run = doc.get("run", {})
+    sec.text(f"{doc.get('n_ranks', '?')} rank(s) on {run.get('n_nodes', '?')} node(s); "
+             f"devices: {', '.join(doc.get('devices', [])) or '?'}; revision "
+             f"{run.get('git_revision', '?')}; SLURM job {run.get('slurm_job_id') or '-'}. "
+             f"Wall time of the commands: {_fmt(float(doc.get('wall_s', 0.0)), 1)} s. "
+             "Seconds per rank (min / mean / max over ranks); imbalance = max / mean - 1; "
+             "share = mean / wall time of the command that ran the stage.")
+    rows = []
+    for name, entry in doc["regions"].items():
+        label = name if "/" not in name else "&nbsp;&nbsp;" + name.split("/", 1)[1]
+        rows.append([label, _fmt(float(entry.get("count", 0)), 1),
+                     _fmt(float(entry["min_s"]), 2), _fmt(float(entry["mean_s"]), 2),
+                     _fmt(float(entry["max_s"]), 2), f"{100 * entry.get('imbalance', 0):.0f}%",
+                     f"{100 * entry.get('share', 0):.0f}%",
+                     _fmt(float(entry["device_mean_s"]), 2) if "device_mean_s" in entry else "-"])
+    sec.table(["region", "count", "min s", "mean s", "max s", "imbalance", "share",
+               "GPU s (events)"], rows)
+    stages = doc.get("stages", {})
+    if stages:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(stages)))
+        names = list(stages)
+        means = [stages[n]["mean_s"] for n in names]
+        lo = [stages[n]["mean_s"] - stages[n]["min_s"] for n in names]
+        hi = [stages[n]["max_s"] - stages[n]["mean_s"] for n in names]
+        ax.barh(names, means, xerr=[lo, hi], color="tab:blue", capsize=3)
+        ax.invert_yaxis()
+        ax.set_xlabel("seconds (mean over ranks; bars: min-max)")
+        fig.tight_layout()
+        sec.figure(_save(fig, run_dir / "figures" / "timing_stages.png"),
+                   "Time per stage over ranks.")
+    return sec
+
+
+def _reference_volume(config: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+    candidates = [config.get("evaluate", {}).get("reference")]
+    data = config.get("data", {}).get("path")
+    if data:
+        candidates.append(str(Path(data) / "ground_truth.h5"))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            try:
+                volume, _ = read_volume(candidate)
+            except DataError as exc:
+                log.warning("report: ignoring reference %s (%s)", candidate, exc)
+                continue
+            return volume, str(candidate)
+    return None, ""
+
+
+def center_crop(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The central ``shape`` block of ``volume`` (None when ``volume`` is smaller)."""
+    if any(s > v for s, v in zip(shape, volume.shape, strict=True)):
+        return None
+    starts = [(v - s) // 2 for s, v in zip(shape, volume.shape, strict=True)]
+    return volume[tuple(slice(a, a + s) for a, s in zip(starts, shape, strict=True))]
+
+
+def section_volumes(run_dir: Path, config: dict[str, Any]) -> Section:
+    from hpc_adept.report.figures import save_orthoslices
+
+    sec = Section("Reconstructions")
+    volumes: dict[str, np.ndarray] = {}
+    for path in sorted(run_dir.glob("volume_*.h5")):
+        try:
+            volumes[path.stem.removeprefix("volume_").upper()], _ = read_volume(path)
+        except DataError as exc:
+            sec.text(f"Unreadable {path.name}: {exc}")
+    if not volumes:
+        return sec.text("No reconstructed volume yet.")
+    shape = next(iter(volumes.values())).shape
+    panels: dict[str, np.ndarray] = {}
+    reference, source = _reference_volume(config)
+    if reference is not None:
+        cropped = center_crop(reference, shape)
+        if cropped is not None:
+            panels["reference"] = cropped
+    panels.update({k: v for k, v in volumes.items() if v.shape == shape})
+    path = save_orthoslices(run_dir / "figures" / "report_orthoslices.png", panels,
+                            title="xy slices at the reference's busiest depths, central xz/yz")
+    caption = (f"Orthoslices with one colour scale; reference: {source} (central crop)."
+               if "reference" in panels else "Orthoslices with one colour scale.")
+    sec.figure(path, caption)
+    sec.table(["volume", "shape [z, y, x]", "min", "max"],
+              [[k, str(list(v.shape)), _fmt(float(v.min())), _fmt(float(v.max()))]
+               for k, v in volumes.items()])
+    return sec
+
+
+def section_metrics(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Evaluation")
+    doc = _read_json(run_dir / "metrics.json")
+    if doc is None:
+        return sec.text("No `metrics.json` (set `evaluate.reference` and run "
+                        "`adept evaluate`).")
+    methods = doc.get("methods", doc)
+    rows = []
+    for method, entry in methods.items():
+        if not isinstance(entry, dict) or "ber" not in entry:
+            continue
+        ranges = entry.get("ranges", {})
+        extra = "; ".join(
+            f"{name}: BER {_fmt(float(r['ber']))}, PCC {_fmt(float(r['pcc']))}"
+            for name, r in ranges.items() if isinstance(r, dict) and "ber" in r)
+        rows.append([method.upper(), _fmt(float(entry["ber"]), 4), _fmt(float(entry["pcc"]), 4),
+                     extra or "-"])
+    if rows:
+        sec.text("Bit error rate (BER) of the Gaussian-mixture binarisations and Pearson "
+                 "correlation (PCC) against the reference, over all evaluated voxels and "
+                 "per depth range.")
+        sec.table(["method", "BER", "PCC", "per range"], rows)
+    return sec
+
+
+def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Alignment")
+    path = run_dir / "aligned.h5"
+    if not path.is_file():
+        return sec.text("No `aligned.h5`.")
+    try:
+        ps = read_projections(path)
+    except DataError as exc:
+        return sec.text(f"Unreadable aligned.h5: {exc}")
+    shifts = ps.shifts_px
+    if shifts is None:
+        return sec.text("aligned.h5 holds no `/shifts_px`.")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    order = np.argsort(ps.angles_deg)
+    ax.plot(ps.angles_deg[order], shifts[order, 0], ".-", label="row shift")
+    ax.plot(ps.angles_deg[order], shifts[order, 1], ".-", label="column shift")
+    ax.set_xlabel("rotation angle (deg)")
+    ax.set_ylabel("shift (px)")
+    ax.legend()
+    fig.tight_layout()
+    sec.figure(_save(fig, run_dir / "figures" / "report_shifts.png"),
+               "Shift found in each measured projection (DESIGN: measured[r, c] = "
+               "ideal[r - s_r, c - s_c]).")
+    rms = np.sqrt(np.mean(shifts**2, axis=0))
+    sec.text(f"{len(shifts)} projections; RMS shift {rms[0]:.2f} px (rows), "
+             f"{rms[1]:.2f} px (columns); largest |shift| {np.abs(shifts).max():.2f} px.")
+    return sec
+
+
+def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Ptychography (LSQ-ML) convergence")
+    files = sorted((run_dir / "ptycho").glob("scan_*.h5"))
+    curves = []
+    for path in files:
+        try:
+            with open_h5(path) as f:
+                curves.append(np.asarray(f["fourier_error"], dtype=np.float64))
+        except (DataError, KeyError):
+            continue
+    if not curves:
+        return sec.text("No per-scan LSQ-ML results in `ptycho/`.")
+    length = min(len(c) for c in curves)
+    stack = np.stack([c[:length] for c in curves])
+    stack = stack / np.maximum(stack[:, :1], 1e-30)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    it = np.arange(1, length + 1)
+    ax.fill_between(it, stack.min(0), stack.max(0), alpha=0.3, label="range over scans")
+    ax.plot(it, np.median(stack, axis=0), label="median")
+    ax.set_yscale("log")
+    ax.set_xlabel("LSQ-ML iteration")
+    ax.set_ylabel("Fourier error / first")
+    ax.legend()
+    fig.tight_layout()
+    sec.figure(_save(fig, run_dir / "figures" / "report_lsqml.png"),
+               f"Relative Fourier error of {len(curves)} scans.")
+    return sec
+
+
+def section_dip(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Deep image prior training")
+    doc = _read_json(run_dir / "dip_history.json")
+    loss = doc.get("loss") if doc else None
+    if not loss:
+        return sec.text("No DIP loss history (`dip_history.json`).")
+    loss = np.asarray(loss, dtype=np.float64)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    ax.plot(np.arange(1, len(loss) + 1), loss)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    fig.tight_layout()
+    sec.figure(_save(fig, run_dir / "figures" / "report_dip_loss.png"),
+               f"DIP loss over {len(loss)} iterations (final {_fmt(float(loss[-1]))}).")
+    return sec
+
+
+SECTIONS: tuple[Callable[[Path, dict[str, Any]], Section], ...] = (
+    section_timing, section_volumes, section_metrics, section_alignment, section_ptycho,
+    section_dip, section_config,
+)
+
+
+def _other_figures(run_dir: Path, used: set[Path]) -> Section | None:
+    extra = [p for p in sorted((run_dir / "figures").glob("*.png"))
+             if p.resolve() not in used]
+    if not extra:
+        return None
+    sec = Section("Stage figures")
+    for path in extra:
+        sec.figure(path, path.name)
+    return sec
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _html_table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if str(c).startswith('&nbsp;') else html.escape(str(c))}"
+                         f"</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;"
+             "padding:1em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px "
+             "solid #bbb;padding:2px 8px;text-align:right}th{background:#eee}"
+             "td:first-child{text-align:left}pre{background:#f6f6f6;padding:.5em;"
+             "overflow-x:auto}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        for kind, value in sec.blocks:
+            if kind == "text":
+                parts.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "code":
+                parts.append(f"<pre>{html.escape(value)}</pre>")
+            elif kind == "table":
+                parts.append(_html_table(*value))
+            elif kind == "figure":
+                path, caption = value
+                data = base64.b64encode(Path(path).read_bytes()).decode()
+                parts.append(f"<figure><img src='data:image/png;base64,{data}' "
+                             f"alt='{html.escape(caption)}'><figcaption>"
+                             f"{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(title: str, sections: list[Section], run_dir: Path) -> str:
+    lines = [f"# {title}", ""]
+    for sec in sections:
+        lines += [f"## {sec.title}", ""]
+        for kind, value in sec.blocks:
+            if kind == "text":
+                lines += [value, ""]
+            elif kind == "code":
+                lines += ["```yaml", value.rstrip(), "```", ""]
+            elif kind == "table":
+                header, rows = value
+                lines.append("| " + " | ".join(header) + " |")
+                lines.append("|" + "---|" * len(header))
+                for row in rows:
+                    cells = [str(c).replace("&nbsp;", " ") for c in row]
+                    lines.append("| " + " | ".join(cells) + " |")
+                lines.append("")
+            elif kind == "figure":
+                path, caption = value
+                rel = Path(path).resolve().relative_to(run_dir.resolve())
+                lines += [f"![{caption}]({rel.as_posix()})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` into ``run_dir``.
+
+    Raises
+    ------
+    DataError
+        When ``run_dir`` is not a directory or holds no result of any stage.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"report: run directory not found: {run_dir}")
+    known = ("projections.h5", "aligned.h5", "timing.json", "metrics.json", "config.yaml")
+    if not any((run_dir / k).is_file() for k in known) and not list(run_dir.glob("volume_*.h5")):
+        raise DataError(f"report: {run_dir} holds no results of adept (no projections.h5, "
+                        f"volume_*.h5, timing.json, ...)")
+    config = _run_config(run_dir)
+    sections = [build(run_dir, config) for build in SECTIONS]
+    used = {Path(v[0]).resolve() for s in sections for k, v in s.blocks if k == "figure"}
+    extra = _other_figures(run_dir, used)
+    if extra is not None:
+        sections.insert(len(sections) - 1, extra)
+    title = f"ADePt run report: {run_dir.resolve().name}"
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    write_text_atomic(html_path, render_html(title, sections))
+    write_text_atomic(md_path, render_markdown(title, sections, run_dir))
+    return html_path, md_path
