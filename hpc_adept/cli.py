@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(ctx.rank, ctx.size, cfg.runtime.log_level)
         plan, run = _stage_runner(args.command)(cfg)
         _check_output_dir(cfg.output.dir)
+        if hasattr(plan, "validate"):  # checks that read the data, shared by the ranks
+            plan.validate(ctx)
         from hpc_adept.backend import select_torch_device, set_torch_threads
 
         device = select_torch_device(cfg.runtime.device, ctx.local_rank)

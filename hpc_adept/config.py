@@ -110,6 +110,12 @@ class SimulateConfig:
     write_projections : bool
         Also write the true projections as ``output.dir/projections.h5`` so the
         reconstruction stages can run before the ptychography stage.
+    projection_noise : float
+        Gaussian noise added to that ``projections.h5``, standard deviation as a fraction of
+        the projections' RMS (0 = exact); for studies of the reconstruction stages alone.
+    scans : bool
+        Simulate the ptychography scans (CXI files); false writes only the ground truth
+        and the projections, for studies that start at the reconstruction.
     seed : int
         Seed of the measurement noise and position jitter (per-angle streams).
     """
@@ -136,6 +142,8 @@ class SimulateConfig:
     projection_shape: tuple[int, int] | None = None
     store_probe: bool = True
     write_projections: bool = True
+    projection_noise: float = 0.0
+    scans: bool = True
     seed: int = 0
 
     def check(self) -> None:
@@ -157,6 +165,12 @@ class SimulateConfig:
                 f"simulate.probe_diameter_px must be in (0, frame_size={self.frame_size}], "
                 f"got {self.probe_diameter_px}"
             )
+        if self.projection_noise < 0:
+            raise ConfigError(f"simulate.projection_noise must be >= 0, got "
+                              f"{self.projection_noise}")
+        if not (self.scans or self.write_projections):
+            raise ConfigError("simulate.scans and simulate.write_projections are both false: "
+                              "nothing to simulate")
         if self.position_jitter_px < 0 or self.absorption_ratio < 0:
             raise ConfigError(
                 "simulate.position_jitter_px and simulate.absorption_ratio must be >= 0"

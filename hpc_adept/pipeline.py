@@ -127,7 +127,20 @@ def up_to_date(stage: Stage, cfg: Config, state: dict[str, Any]) -> tuple[bool, 
     return True, "outputs complete and newer than the inputs"
 
 
-def plan_run(cfg: Config) -> tuple[Stage, ...]:
+@dataclass(frozen=True)
+class RunPlan:
+    """The stages of this run and the plan of the first one that has work to do."""
+
+    stages: tuple[Stage, ...]
+    first_plan: Any = None
+
+    def validate(self, ctx: ParallelContext) -> None:
+        """The first stage's checks that read the data (collective), before any work."""
+        if hasattr(self.first_plan, "validate"):
+            self.first_plan.validate(ctx)
+
+
+def plan_run(cfg: Config) -> RunPlan:
     """Checks before any work: the stages are importable and the first one can start."""
     stages = tuple(s for s in STAGES if s.enabled(cfg))
     state = _read_state(_run_dir(cfg))
@@ -139,12 +152,10 @@ def plan_run(cfg: Config) -> tuple[Stage, ...]:
                 raise
             raise ConfigError(f"'adept run': the {stage.name} stage is not available in this "
                               f"version (see README: what exists)") from None
-    first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
-    if first is not None:
-        _plan(first, cfg)
     if cfg.evaluate.reference and not Path(cfg.evaluate.reference).is_file():
         raise DataError(f"evaluate.reference: file not found: {cfg.evaluate.reference}")
-    return stages
+    first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
+    return RunPlan(stages, _plan(first, cfg) if first is not None else None)
 
 
 def _plan(stage: Stage, cfg: Config) -> Any:
@@ -152,12 +163,11 @@ def _plan(stage: Stage, cfg: Config) -> Any:
     return getattr(module, f"plan_{stage.name}")(cfg)
 
 
-def run_pipeline(cfg: Config, ctx: ParallelContext, stages: tuple[Stage, ...],
-                 device: Any) -> None:
-    """Run (or skip) every stage in order on all ranks, then write the report."""
+def run_pipeline(cfg: Config, ctx: ParallelContext, plan: RunPlan, device: Any) -> None:
+    """Run (or skip) every stage in order on all ranks."""
     run_dir = _run_dir(cfg)
     t0 = time.perf_counter()
-    for stage in stages:
+    for stage in plan.stages:
         decision = None
         if ctx.is_root:
             decision = up_to_date(stage, cfg, _read_state(run_dir))

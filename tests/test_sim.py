@@ -81,3 +81,30 @@ def test_auto_projection_shape_holds_the_volume():
     assert nv % 2 == 0 and nu % 2 == 0
     assert 230 <= nu <= 240 and 236 <= nv <= 246
     assert auto_projection_shape((10, 10, 10), 90.0)[0] >= 10
+
+
+def test_projection_only_simulation_with_noise(tmp_path):
+    """``simulate.scans: false`` writes no scan; ``projection_noise`` is Gaussian noise of the
+    requested relative RMS on projections.h5, the truth stays exact."""
+    import numpy as np
+    import yaml
+
+    from hpc_adept.io import read_projections
+
+    from .conftest import adept
+
+    config = {"data": {"path": "dataset"}, "output": {"dir": "run"},
+              "simulate": {"phantom": "procedural", "volume_shape": [16, 24, 24],
+                           "n_angles": 8, "scans": False, "projection_noise": 0.05},
+              "runtime": {"device": "cpu"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = adept("simulate", "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list((tmp_path / "dataset").glob("*.cxi"))
+    noisy = read_projections(tmp_path / "run" / "projections.h5").projections
+    exact = read_projections(tmp_path / "dataset" / "true_projections.h5").projections
+    ratio = np.sqrt(np.mean((noisy - exact) ** 2) / np.mean(exact.astype(np.float64) ** 2))
+    assert abs(ratio - 0.05) < 0.005
+    result = adept("simulate", "-c", "c.yaml", "--set", "simulate.write_projections=false",
+                   cwd=tmp_path)
+    assert result.returncode == 2 and "nothing to simulate" in result.stderr

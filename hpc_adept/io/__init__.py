@@ -11,7 +11,7 @@ from hpc_adept.io.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
-from hpc_adept.io.cxi import Scan, list_dataset, read_cxi, write_cxi
+from hpc_adept.io.cxi import Scan, check_counts, list_dataset, read_cxi, write_cxi
 from hpc_adept.io.runfiles import (
     GroundTruth,
     ProjectionSet,
@@ -28,6 +28,7 @@ __all__ = [
     "ProjectionSet",
     "Scan",
     "atomic_output",
+    "check_counts",
     "list_dataset",
     "read_cxi",
     "read_ground_truth",

@@ -389,6 +389,32 @@ def read_cxi(path: PathLike, load_counts: bool = True) -> Scan:
     )
 
 
+def check_counts(path: PathLike, frames_per_read: int = 64) -> None:
+    """Validate a scan's counts frame block by frame block (bounded memory).
+
+    Raises
+    ------
+    DataError
+        One line naming the file and dataset when the counts hold NaN/Inf or negative
+        values, are all zero, or cannot be read.
+    """
+    p = Path(path)
+    with open_h5(p) as f:
+        key, ds = _counts_dataset(f, p)
+        check_shape(ds.shape, 3, p, key)
+        total = 0.0
+        for start in range(0, ds.shape[0], frames_per_read):
+            block = np.asarray(ds[start:start + frames_per_read], dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise data_error(p, "contains NaN or infinite values", key)
+            if (block < 0).any():
+                raise data_error(p, f"contains negative counts (min {float(block.min()):g})",
+                                 key)
+            total += float(block.sum(dtype=np.float64))
+        if not total > 0:
+            raise data_error(p, "all counts are zero", key)
+
+
 # --------------------------------------------------------------------------- datasets
 
 

@@ -9,6 +9,7 @@ from hpc_adept.parallel.collectives import (
     barrier,
     bcast,
     bcast_array,
+    first_problem,
     gather_dict,
     gather_objects,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "bcast_array",
     "block_range",
     "cyclic_indices",
+    "first_problem",
     "gather_dict",
     "gather_objects",
     "get_context",

@@ -64,6 +64,16 @@ def gather_objects(ctx: ParallelContext, obj: Any, root: int = 0) -> list[Any]:
     return list(parts) if ctx.rank == root else []
 
 
+def first_problem(ctx: ParallelContext, problem: str | None) -> str | None:
+    """The problem found by the lowest rank that found one (every rank gets the same).
+
+    Lets ranks check disjoint parts of the input and then fail together, with one message.
+    """
+    if not ctx.is_parallel:
+        return problem
+    return next((p for p in ctx.comm.allgather(problem) if p is not None), None)
+
+
 def allreduce_sum(ctx: ParallelContext, array: np.ndarray) -> np.ndarray:
     """Element-wise sum of a NumPy array over ranks (every rank gets the result)."""
     if not ctx.is_parallel:

@@ -27,10 +27,17 @@ from hpc_adept import timing
 from hpc_adept.backend import array_module, to_numpy
 from hpc_adept.config import Config, require_dir
 from hpc_adept.errors import DataError
-from hpc_adept.io import ProjectionSet, Scan, list_dataset, read_cxi, write_projections
+from hpc_adept.io import (
+    ProjectionSet,
+    Scan,
+    check_counts,
+    list_dataset,
+    read_cxi,
+    write_projections,
+)
 from hpc_adept.io.atomic import open_h5, write_h5_atomic
 from hpc_adept.log import Progress
-from hpc_adept.parallel import ParallelContext, barrier
+from hpc_adept.parallel import ParallelContext, barrier, block_range, first_problem
 from hpc_adept.parallel.workqueue import DynamicQueue
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,23 @@ class PtychoPlan:
     run_dir: Path
     cache_dir: Path
     settings_key: str
+
+    def validate(self, ctx: ParallelContext) -> None:
+        """Check every scan's counts before any work, ranks sharing the files (collective).
+
+        Raises the same DataError on every rank, so the job stops with one message and
+        writes nothing.
+        """
+        problem = None
+        for index in block_range(len(self.scans), ctx.size, ctx.rank):
+            try:
+                check_counts(self.scans[index].path)
+            except DataError as exc:
+                problem = str(exc)
+                break
+        problem = first_problem(ctx, problem)
+        if problem is not None:
+            raise DataError(problem)
 
 
 def _positions_px(scan: Scan) -> np.ndarray:
@@ -69,6 +93,10 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
     """List and validate the dataset headers (no work, no output)."""
     directory = require_dir(cfg.data.path, "data.path")
     scans = tuple(list_dataset(directory))
+    ny, nx = scans[0].frame_shape
+    if ny != nx or ny % 2:
+        raise DataError(f"{scans[0].path}: frames of {ny} x {nx} pixels are not supported "
+                        f"(LSQ-ML needs square frames of an even size)")
     pixel = scans[0].object_pixel_size_m
     if not math.isclose(pixel[0], pixel[1], rel_tol=1e-6):
         raise DataError(f"{scans[0].path}: non-square object pixels {pixel} are not supported")

@@ -160,7 +160,7 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
     stored_probe = (probe * math.sqrt(s.photons_per_pattern)).astype(np.complex64) \
         if s.store_probe else None
     progress = Progress(s.n_angles, "simulated scans", log)
-    for local, index in enumerate(mine):
+    for local, index in enumerate(mine if s.scans else ()):
         counts, positions_px = simulate_scan(projections[local], probe, index, cfg, plan)
         translation = np.zeros((len(positions_px), 3))
         translation[:, 0] = positions_px[:, 1] * s.voxel_size_m  # x along detector columns
@@ -177,7 +177,7 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
     gathered = gather_dict(ctx, {i: projections[k] for k, i in enumerate(mine)})
     barrier(ctx)  # every scan is on disk before the dataset is declared complete
     if ctx.is_root:
-        _remove_stale_scans(plan.dataset_dir, s.n_angles)
+        _remove_stale_scans(plan.dataset_dir, s.n_angles if s.scans else 0)
         all_proj = np.stack([gathered[i] for i in range(s.n_angles)]).astype(np.float32)
         truth = ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
                               tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m,
@@ -192,10 +192,22 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
             run_dir = Path(cfg.output.dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_projections(run_dir / "projections.h5",
-                              ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
+                              ProjectionSet(projections=_noisy(all_proj, s.projection_noise,
+                                                               s.seed),
+                                            angles_deg=plan.angles_deg,
                                             tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m))
         log.info("simulate: wrote %d scans and ground_truth.h5 to %s in %.1f s",
-                 s.n_angles, plan.dataset_dir, time.perf_counter() - t0)
+                 s.n_angles if s.scans else 0, plan.dataset_dir, time.perf_counter() - t0)
+
+
+def _noisy(projections: np.ndarray, relative_std: float, seed: int) -> np.ndarray:
+    """``projections`` plus Gaussian noise of ``relative_std`` times their RMS (float32)."""
+    if relative_std == 0:
+        return projections
+    rng = np.random.default_rng([seed, 0x9E3779B9])  # a stream apart from the scans' noise
+    rms = float(np.sqrt(np.mean(projections.astype(np.float64) ** 2)))
+    noise = rng.standard_normal(projections.shape) * (relative_std * rms)
+    return (projections + noise).astype(np.float32)
 
 
 def _remove_stale_scans(directory: Path, n_angles: int) -> None:
