@@ -78,3 +78,52 @@ def test_center_crop():
     volume = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
     np.testing.assert_array_equal(center_crop(volume, (3, 2, 5)), volume[1:4, 2:4, 1:6])
     assert center_crop(volume, (6, 6, 7)) is None
+
+
+def _chromium() -> str:
+    """Path of a headless-capable Chromium, installed from Debian's packages if missing."""
+    import os
+    import shutil
+    import subprocess
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("headless browser test: no Chromium and no root/apt-get to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+    done = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                           "chromium"], env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 or not shutil.which("chromium"):
+        pytest.skip(f"headless browser test: installing chromium failed: {done.stderr[-300:]}")
+    return shutil.which("chromium")
+
+
+def test_report_opens_in_headless_chromium(run_dir, tmp_path):
+    """The page loads in a real browser, every embedded image decodes, nothing is fetched."""
+    import subprocess
+
+    browser = _chromium()
+    result = adept("report", str(run_dir), cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (run_dir / "report.html").read_text()
+    probe = page.replace(
+        "</body>",
+        "<script>addEventListener('load', () => { const imgs = [...document.images];"
+        " document.title = (imgs.length > 0 && imgs.every(i => i.complete &&"
+        " i.naturalWidth > 0)) ? 'IMAGES-OK ' + imgs.length : 'IMAGES-BROKEN'; });"
+        "</script></body>")
+    (tmp_path / "probe.html").write_text(probe)
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+              "--disable-extensions", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*common, "--dump-dom", f"file://{tmp_path / 'probe.html'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    n_images = len(re.findall(r"<img ", page))
+    assert f"<title>IMAGES-OK {n_images}</title>" in dom.stdout, dom.stdout[:300]
+    shot = tmp_path / "report.png"
+    done = subprocess.run([*common, f"--screenshot={shot}", "--window-size=1100,1600",
+                           f"file://{run_dir / 'report.html'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.stat().st_size > 20_000, done.stderr[-2000:]
