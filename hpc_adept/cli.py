@@ -26,7 +26,6 @@ EXIT_USAGE = 2
 STAGES = ("simulate", "ptycho", "align", "recon", "evaluate", "run")
 NOT_YET = {
     "align": "the alignment stage (projection matching)",
-    "evaluate": "the evaluation stage",
 }
 
 
@@ -73,6 +72,10 @@ def _stage_runner(command: str) -> Callable:
         from hpc_adept.stages.recon import plan_recon, run_recon
 
         return lambda cfg: (plan_recon(cfg), run_recon)
+    if command == "evaluate":
+        from hpc_adept.stages.evaluate import plan_evaluate, run_evaluate
+
+        return lambda cfg: (plan_evaluate(cfg), run_evaluate)
     if command == "run":
         from hpc_adept.pipeline import plan_run, run_pipeline
 

@@ -296,10 +296,50 @@ class EvaluateConfig:
     ----------
     reference : str or None
         HDF5 file with ``/volume`` (and ``/occupancy`` if binary): a ground truth or a
-        dense reconstruction.
+        dense reconstruction. Same voxel size as the reconstructions; both volumes are
+        centred on the same point.
+    z_boundaries_um : list of float, um
+        Heights (above the bottom face of the reference) that split the layers into
+        ranges for per-range BER/PCC; default the paper's split at 2.75 um.
+    gmm_samples : int
+        Voxels drawn (seeded by ``runtime.seed``) to fit each two-component mixture.
+    register : bool
+        Find and undo a residual (sub-voxel) shift of each reconstruction.
+    max_shift_voxels : int
+        Largest shift searched per axis, voxels.
+    min_class_fraction : float
+        A reference layer where metal or dielectric is rarer than this fraction of its
+        voxels is excluded from BER/PCC (listed in ``metrics.json``).
+    max_uncertain_fraction : float
+        A layer of a GMM-binarised reference with more than this fraction of voxels of
+        metal posterior between 0.1 and 0.9 is excluded (ambiguous binarisation).
+    psd_window : bool
+        Taper volumes with a Hann window before the power spectrum.
     """
 
     reference: str | None = None
+    z_boundaries_um: tuple[float, ...] = (2.75,)
+    gmm_samples: int = 200_000
+    register: bool = True
+    max_shift_voxels: int = 8
+    min_class_fraction: float = 1e-3
+    max_uncertain_fraction: float = 0.15
+    psd_window: bool = True
+
+    def check(self) -> None:
+        _positive("evaluate", self, "gmm_samples")
+        bounds = self.z_boundaries_um
+        increasing = all(b < c for b, c in zip(bounds[:-1], bounds[1:], strict=True))
+        if any(b <= 0 for b in bounds) or not increasing:
+            raise ConfigError(f"evaluate.z_boundaries_um must be positive and increasing, "
+                              f"got {list(bounds)}")
+        if self.max_shift_voxels < 0:
+            raise ConfigError(f"evaluate.max_shift_voxels must be >= 0, got "
+                              f"{self.max_shift_voxels}")
+        for name in ("min_class_fraction", "max_uncertain_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"evaluate.{name} must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ STAGES: tuple[Stage, ...] = (
           lambda cfg: [_run_dir(cfg) / "aligned.h5"]),
     Stage("recon", "hpc_adept.stages.recon", ("recon", "dip", "runtime.seed"),
           _recon_input, _volumes),
-    Stage("evaluate", "hpc_adept.stages.evaluate", ("evaluate", "recon.methods"),
+    Stage("evaluate", "hpc_adept.stages.evaluate", ("evaluate", "recon.methods", "runtime.seed"),
           lambda cfg: _volumes(cfg) + _reference(cfg),
           lambda cfg: [_run_dir(cfg) / "metrics.json"],
           enabled=lambda cfg: cfg.evaluate.reference is not None),

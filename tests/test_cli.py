@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,19 @@ def test_recon_fbp_correlates_with_truth(serial_run):
     pcc = np.corrcoef(volume.ravel(), truth.ravel())[0, 1]
     assert pcc > 0.5  # 6 angles only: a rough but clearly related volume
     assert (serial_run / "run" / "figures" / "fbp_slices.png").stat().st_size > 1000
+
+
+def test_evaluate_fbp_against_the_ground_truth(serial_run):
+    config = write_config(serial_run)
+    result = adept("evaluate", "-c", str(config), "--set",
+                   "evaluate.reference=dataset/ground_truth.h5", cwd=serial_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((serial_run / "run" / "metrics.json").read_text())
+    fbp = metrics["fbp"]
+    assert 0.0 <= fbp["ber"] < 0.5 and fbp["pcc"] > 0.5
+    assert len(fbp["layers"]["ber"]) == len(fbp["layers"]["z_um"]) >= 18
+    assert max(abs(s) for s in fbp["registration"]["shift_voxels"]) < 1.0
+    assert (serial_run / "run" / "figures" / "psd_cuts.png").is_file()
 
 
 @pytest.mark.mpi

@@ -76,6 +76,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _value(value: Any, digits: int = 3) -> str:
+    """A metric that may be undefined (null in metrics.json)."""
+    return "n/a" if value is None else _fmt(float(value), digits)
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -219,9 +224,9 @@ def section_metrics(run_dir: Path, config: dict[str, Any]) -> Section:
             continue
         ranges = entry.get("ranges", {})
         extra = "; ".join(
-            f"{name}: BER {_fmt(float(r['ber']))}, PCC {_fmt(float(r['pcc']))}"
-            for name, r in ranges.items() if isinstance(r, dict) and "ber" in r)
-        rows.append([method.upper(), _fmt(float(entry["ber"]), 4), _fmt(float(entry["pcc"]), 4),
+            f"{name}: BER {_value(r.get('ber'))}, PCC {_value(r.get('pcc'))}"
+            for name, r in ranges.items() if isinstance(r, dict))
+        rows.append([method.upper(), _value(entry.get("ber"), 4), _value(entry.get("pcc"), 4),
                      extra or "-"])
     if rows:
         sec.text("Bit error rate (BER) of the Gaussian-mixture binarisations and Pearson "

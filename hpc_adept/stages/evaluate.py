@@ -1,0 +1,329 @@
+"""``adept evaluate``: BER, PCC and power spectra of each reconstruction against a reference.
+
+For every ``volume_<method>.h5`` of ``recon.methods`` in the run directory:
+
+1. register it to ``evaluate.reference`` (centre alignment of the two grids, then an
+   optional integer + sub-voxel shift from FFT cross-correlation) and cut both to the
+   common region;
+2. binarise the reference (its ``/occupancy`` when it has one, else a two-component
+   Gaussian mixture of ``/volume``) and the reconstruction (its own mixture);
+3. score: BER and PCC over all voxels of the layers kept, per z layer, and per z range
+   (``evaluate.z_boundaries_um``), leaving out the layers whose reference binarisation is
+   ambiguous (listed with the reason); an affine intensity fit ``ref ~ a * rec + b``;
+4. power spectral density cuts (kx-ky, ky-kz) of the reference and each reconstruction.
+
+Results go to ``output.dir/metrics.json`` (one entry per method) and the figures
+``output.dir/figures/metrics_layers.png`` and ``figures/psd_cuts.png``.
+
+The work is a few FFTs and mixture fits on one volume per method (seconds at the paper's
+160 x 160 x 144 voxels), so it runs on rank 0 alone; the other ranks return at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpc_adept.config import Config, require_file
+from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.io import GroundTruth, read_ground_truth, read_volume, write_json_atomic
+from hpc_adept.metrics import LayerExclusion
+from hpc_adept.parallel import ParallelContext
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+LAYER_FIGURE = "figures/metrics_layers.png"
+PSD_FIGURE = "figures/psd_cuts.png"
+# Voxel sizes of reference and reconstruction must agree this well (no resampling here).
+VOXEL_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """Inputs and outputs of the stage, resolved and checked before any work.
+
+    Attributes
+    ----------
+    reference_path : Path
+        The reference file.
+    volumes : tuple of (str, Path)
+        ``(method, volume_<method>.h5)`` for every method whose volume exists.
+    run_dir : Path
+        Where ``metrics.json`` and the figures go.
+    voxel_size_m : float
+        Voxel edge of the reference, metres.
+    """
+
+    reference_path: Path
+    volumes: tuple[tuple[str, Path], ...]
+    run_dir: Path
+    voxel_size_m: float
+
+
+def _check_varies(volume: np.ndarray, path: Path) -> None:
+    if float(volume.max()) == float(volume.min()):
+        raise DataError(f"{path}: volume: constant (value {float(volume.min()):g}); "
+                        f"nothing to evaluate")
+
+
+def plan_evaluate(cfg: Config) -> EvaluatePlan:
+    """Check the reference and the run directory's volumes; no work, no output.
+
+    Raises
+    ------
+    ConfigError
+        ``evaluate.reference`` unset or missing; no ``volume_<method>.h5`` of
+        ``recon.methods`` in ``output.dir``.
+    DataError
+        An unreadable or invalid reference or volume (wrong dimensions, NaN/Inf, missing
+        ``voxel_size_m``, constant), or voxel sizes that disagree.
+    """
+    if cfg.evaluate.reference is None:
+        raise ConfigError("evaluate.reference is not set (an HDF5 file with /volume: a "
+                          "ground truth or a dense reconstruction)")
+    reference_path = require_file(cfg.evaluate.reference, "evaluate.reference")
+    reference = read_ground_truth(reference_path, require_occupancy=False)
+    if reference.occupancy is None:
+        _check_varies(reference.volume, reference_path)
+    elif not 0 < int(reference.occupancy.sum()) < reference.occupancy.size:
+        raise DataError(f"{reference_path}: occupancy: a single class everywhere; "
+                        f"nothing to evaluate")
+    run_dir = Path(cfg.output.dir)
+    found = []
+    for method in cfg.recon.methods:
+        path = run_dir / f"volume_{method}.h5"
+        if not path.is_file():
+            continue
+        volume, attrs = read_volume(path)
+        _check_varies(volume, path)
+        voxel = float(attrs["voxel_size_m"])
+        if not math.isclose(voxel, reference.voxel_size_m, rel_tol=VOXEL_RTOL):
+            raise DataError(
+                f"{path}: voxel_size_m {voxel:.4g} differs from the reference's "
+                f"{reference.voxel_size_m:.4g} ({reference_path}); resample one of them"
+            )
+        found.append((method, path))
+    if not found:
+        names = ", ".join(f"volume_{m}.h5" for m in cfg.recon.methods)
+        raise ConfigError(f"evaluate: none of {names} found in output.dir {run_dir} "
+                          f"(run adept recon first)")
+    missing = set(cfg.recon.methods) - {m for m, _ in found}
+    if missing:
+        log.warning("evaluate: no volume for %s in %s; evaluating %s only",
+                    ", ".join(sorted(missing)), run_dir, ", ".join(m for m, _ in found))
+    return EvaluatePlan(reference_path, tuple(found), run_dir, reference.voxel_size_m)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _number(value: float) -> float | None:
+    """A JSON-safe float: NaN/Inf (an undefined metric) become None (null)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _numbers(values: np.ndarray) -> list[float | None]:
+    return [_number(v) for v in values]
+
+
+@dataclass(frozen=True)
+class _ReferenceBinarisation:
+    occupancy: np.ndarray  # bool [nz, ny, nx]
+    exclusion: LayerExclusion  # over all reference layers
+    description: dict[str, Any]
+
+
+def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinarisation:
+    from hpc_adept.metrics import exclude_ambiguous_layers, fit_gmm
+
+    ev = cfg.evaluate
+    if reference.occupancy is not None:
+        occupancy = reference.occupancy.astype(bool)
+        exclusion = exclude_ambiguous_layers(occupancy, None, ev.min_class_fraction,
+                                             ev.max_uncertain_fraction)
+        description = {"source": "occupancy", "metal_fraction": float(occupancy.mean())}
+        return _ReferenceBinarisation(occupancy, exclusion, description)
+    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed)
+    if not model.separated or model.separation < 2.0:
+        log.warning("evaluate: the reference's two classes overlap (Ashman D %.2f < 2): "
+                    "its binarisation, and so the BER, is uncertain", model.separation)
+    occupancy = model.binarize(reference.volume)
+    exclusion = exclude_ambiguous_layers(occupancy, model.posterior(reference.volume),
+                                         ev.min_class_fraction, ev.max_uncertain_fraction)
+    description = {"source": "gmm", "metal_fraction": float(occupancy.mean()),
+                   "gmm": model.as_dict()}
+    return _ReferenceBinarisation(occupancy, exclusion, description)
+
+
+def _score_region(ref_occ: np.ndarray, est_occ: np.ndarray, ref_val: np.ndarray,
+                  est_val: np.ndarray, layers: np.ndarray) -> tuple[float | None, float | None]:
+    """BER and PCC over the given layers (indices into the region), None when empty."""
+    from hpc_adept.metrics import ber, pcc
+
+    if len(layers) == 0:
+        return None, None
+    return (_number(ber(ref_occ[layers], est_occ[layers])),
+            _number(pcc(ref_val[layers], est_val[layers])))
+
+
+def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
+                    volume: np.ndarray, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of one reconstruction.
+
+    Returns
+    -------
+    entry : dict
+        The method's ``metrics.json`` entry (see the module docstring of
+        :mod:`hpc_adept.stages.evaluate` and the README for the keys).
+    layers : dict
+        ``z_um``, ``ber``, ``pcc`` (float arrays, NaN = undefined) and ``excluded`` (bool)
+        per layer of the evaluated region, for the figures.
+    """
+    from hpc_adept.metrics import (
+        affine_fit,
+        ber_per_layer,
+        fit_gmm,
+        layer_ranges,
+        pcc_per_layer,
+        register,
+    )
+
+    ev = cfg.evaluate
+    voxel = reference.voxel_size_m
+    reg = register(reference.volume, volume, enabled=ev.register,
+                   max_shift=ev.max_shift_voxels)
+    ref_val = np.asarray(reference.volume[reg.reference_slices], np.float64)
+    ref_occ = binarised.occupancy[reg.reference_slices]
+    est_val = reg.aligned
+    model = fit_gmm(est_val, ev.gmm_samples, cfg.runtime.seed)
+    est_occ = model.binarize(est_val)
+
+    z_slice = reg.reference_slices[0]
+    layer_index = np.arange(z_slice.start, z_slice.stop)
+    layer_z_m = (layer_index + 0.5) * voxel
+    excluded = binarised.exclusion.excluded[layer_index]
+    kept = np.flatnonzero(~excluded)
+    every = np.arange(len(layer_index))
+
+    ber_value, pcc_value = _score_region(ref_occ, est_occ, ref_val, est_val, kept)
+    ber_all, pcc_all = _score_region(ref_occ, est_occ, ref_val, est_val, every)
+    ranges = {}
+    for zr in layer_ranges(layer_z_m, [b * 1e-6 for b in ev.z_boundaries_um]):
+        if len(zr.layers) == 0:  # the range lies outside the evaluated volume
+            continue
+        in_range = np.intersect1d(zr.layers, kept)
+        r_ber, r_pcc = _score_region(ref_occ, est_occ, ref_val, est_val, in_range)
+        ranges[zr.name] = {
+            "z_min_um": zr.z_min_m * 1e6,
+            "z_max_um": zr.z_max_m * 1e6 if math.isfinite(zr.z_max_m) else None,
+            "n_layers": int(len(in_range)),
+            "n_layers_excluded": int(len(zr.layers) - len(in_range)),
+            "ber": r_ber,
+            "pcc": r_pcc,
+        }
+    if len(kept):
+        scale, offset, rel_rmse = affine_fit(ref_val[kept], est_val[kept])
+    else:
+        scale, offset, rel_rmse = affine_fit(ref_val, est_val)
+    per_layer_ber = ber_per_layer(ref_occ, est_occ)
+    per_layer_pcc = pcc_per_layer(ref_val, est_val)
+    reasons = binarised.exclusion.reasons
+    entry = {
+        "ber": ber_value,
+        "pcc": pcc_value,
+        "ber_all_layers": ber_all,
+        "pcc_all_layers": pcc_all,
+        "n_voxels": int(len(kept) * est_val.shape[1] * est_val.shape[2]),
+        "ranges": ranges,
+        "layers": {
+            "index": layer_index.tolist(),
+            "z_um": (layer_z_m * 1e6).tolist(),
+            "ber": _numbers(per_layer_ber),
+            "pcc": _numbers(per_layer_pcc),
+            "excluded": excluded.tolist(),
+        },
+        "excluded_layers": [
+            {"index": int(k), "z_um": float((k + 0.5) * voxel * 1e6), "reason": reasons[int(k)]}
+            for k in layer_index[excluded]
+        ],
+        "registration": {
+            "enabled": ev.register,
+            "shift_voxels": [float(s) for s in reg.shift_voxels],
+            "peak_correlation": (None if reg.peak_correlation is None
+                                 else _number(reg.peak_correlation)),
+            "region_start": [s.start for s in reg.reference_slices],
+            "region_shape": list(est_val.shape),
+        },
+        "intensity_fit": {"scale": _number(scale), "offset": _number(offset),
+                          "relative_rmse": _number(rel_rmse)},
+        "binarization": {"metal_fraction": float(est_occ.mean()), **model.as_dict()},
+    }
+    layers = {"z_um": layer_z_m * 1e6, "ber": per_layer_ber, "pcc": per_layer_pcc,
+              "excluded": excluded}
+    return entry, layers
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: object) -> None:
+    """Compute the metrics on rank 0 and write ``metrics.json`` and the figures.
+
+    Other ranks return at once: the work is small (see the module docstring). ``device`` is
+    unused (NumPy on the CPU).
+    """
+    if not ctx.is_root:
+        return
+    from hpc_adept.metrics import psd_cuts
+    from hpc_adept.report.metric_plots import save_layer_metrics, save_psd_cuts
+
+    t0 = time.perf_counter()
+    reference = read_ground_truth(plan.reference_path, require_occupancy=False)
+    binarised = _binarise_reference(reference, cfg)
+    log.info("evaluate: reference %s %s (%s), %d of %d layers excluded as ambiguous",
+             plan.reference_path, list(reference.volume.shape),
+             binarised.description["source"], int(binarised.exclusion.excluded.sum()),
+             len(binarised.exclusion.excluded))
+    window = cfg.evaluate.psd_window
+    cuts = {"reference": psd_cuts(reference.volume, reference.voxel_size_m, window=window)}
+    metrics: dict[str, Any] = {}
+    per_layer: dict[str, dict[str, Any]] = {}
+    for method, path in plan.volumes:
+        volume, _ = read_volume(path)
+        entry, layers = evaluate_method(reference, binarised, volume, cfg)
+        entry = {
+            "volume": str(path),
+            "reference": {"path": str(plan.reference_path),
+                          "shape": list(reference.volume.shape),
+                          "voxel_size_m": reference.voxel_size_m,
+                          **binarised.description},
+            **entry,
+            "settings": {**{k: v for k, v in cfg.to_dict()["evaluate"].items()
+                            if k != "reference"}, "seed": cfg.runtime.seed},
+            "figures": {"layers": LAYER_FIGURE, "psd": PSD_FIGURE},
+        }
+        metrics[method] = entry
+        per_layer[method] = layers
+        cuts[method] = psd_cuts(volume, reference.voxel_size_m, window=window)
+        log.info("evaluate: %s: BER %s, PCC %s over %d layers; shift %s voxels",
+                 method, _fmt(entry["ber"]), _fmt(entry["pcc"]),
+                 len(entry["layers"]["index"]) - len(entry["excluded_layers"]),
+                 np.round(entry["registration"]["shift_voxels"], 2).tolist())
+    save_layer_metrics(plan.run_dir / LAYER_FIGURE, per_layer,
+                       list(cfg.evaluate.z_boundaries_um))
+    save_psd_cuts(plan.run_dir / PSD_FIGURE, cuts)
+    write_json_atomic(plan.run_dir / METRICS_FILE, metrics)
+    log.info("evaluate: done in %.1f s -> %s", time.perf_counter() - t0,
+             plan.run_dir / METRICS_FILE)
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"

@@ -1,0 +1,189 @@
+"""The evaluate stage end to end on tiny hand-made run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import ndimage
+
+from hpc_adept.cli import main
+from hpc_adept.io import write_ground_truth, write_h5_atomic, write_volume
+
+from .conftest import adept
+from .test_metrics import blocky_occupancy, flip_voxels
+
+SHAPE = (12, 16, 16)
+VOXEL = 0.3e-6  # layer centres 0.15 ... 3.45 um: layers 9, 10, 11 lie above 2.75 um
+EMPTY_LAYERS = (0, 6)
+FLIPS = {2: 5, 9: 3, 6: 4}  # layer 6 is empty in the reference, hence excluded
+
+
+def reference_occupancy() -> np.ndarray:
+    occupancy = blocky_occupancy(SHAPE, seed=21, fraction=0.35)
+    for k in EMPTY_LAYERS:
+        occupancy[k] = False
+    return occupancy
+
+
+def write_config(work: Path, **evaluate) -> Path:
+    cfg = {
+        "output": {"dir": str(work / "run")},
+        "recon": {"methods": ["fbp", "dip"], "volume_shape": list(SHAPE)},
+        "evaluate": {"reference": str(work / "ground_truth.h5"), **evaluate},
+        "runtime": {"device": "cpu", "seed": 3},
+    }
+    path = work / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def flipped_run(tmp_path) -> tuple[Path, dict]:
+    """Reference + a reconstruction whose binarisation differs in exactly FLIPS voxels."""
+    rng = np.random.default_rng(22)
+    occupancy = reference_occupancy()
+    ref_volume = (0.026 * occupancy + 0.001 * rng.standard_normal(SHAPE)).astype(np.float32)
+    write_ground_truth(tmp_path / "ground_truth.h5", ref_volume, occupancy, VOXEL)
+    estimate = flip_voxels(occupancy, FLIPS, seed=23)
+    rec = (0.02 + 0.03 * estimate + 0.002 * rng.standard_normal(SHAPE)).astype(np.float32)
+    write_volume(tmp_path / "run" / "volume_fbp.h5", rec, VOXEL)
+    return tmp_path, {"occupancy": occupancy, "ref": ref_volume, "rec": rec}
+
+
+def test_metrics_json_exact_ber_and_independent_pcc(flipped_run, capsys):
+    work, arrays = flipped_run
+    config = write_config(work, register=False)
+    assert main(["evaluate", "-c", str(config)]) == 0
+    metrics = json.loads((work / "run" / "metrics.json").read_text())
+    assert list(metrics) == ["fbp"]  # dip has no volume: skipped with a warning
+    assert "no volume for dip" in capsys.readouterr().err
+    fbp = metrics["fbp"]
+    per_layer = SHAPE[1] * SHAPE[2]
+    kept = [k for k in range(SHAPE[0]) if k not in EMPTY_LAYERS]
+    # BER known exactly: flipped voxels over the voxels of the layers kept.
+    assert fbp["ber"] == (FLIPS[2] + FLIPS[9]) / (len(kept) * per_layer)
+    assert fbp["ber_all_layers"] == sum(FLIPS.values()) / (SHAPE[0] * per_layer)
+    assert fbp["n_voxels"] == len(kept) * per_layer
+    assert [e["index"] for e in fbp["excluded_layers"]] == list(EMPTY_LAYERS)
+    assert "metal fraction" in fbp["excluded_layers"][0]["reason"]
+    layers = fbp["layers"]
+    assert layers["index"] == list(range(SHAPE[0]))
+    assert layers["excluded"] == [k in EMPTY_LAYERS for k in range(SHAPE[0])]
+    assert layers["z_um"] == pytest.approx([(k + 0.5) * 0.3 for k in range(SHAPE[0])])
+    assert layers["ber"] == [FLIPS.get(k, 0) / per_layer for k in range(SHAPE[0])]
+    # PCC against an independent float64 computation on the same voxels.
+    ref = arrays["ref"].astype(np.float64)
+    rec = arrays["rec"].astype(np.float64)
+    assert fbp["pcc"] == pytest.approx(
+        np.corrcoef(ref[kept].ravel(), rec[kept].ravel())[0, 1], abs=1e-12)
+    assert fbp["pcc_all_layers"] == pytest.approx(
+        np.corrcoef(ref.ravel(), rec.ravel())[0, 1], abs=1e-12)
+    assert layers["pcc"][3] == pytest.approx(np.corrcoef(ref[3].ravel(), rec[3].ravel())[0, 1],
+                                             abs=1e-12)
+    # Per range (the paper's split at 2.75 um).
+    assert list(fbp["ranges"]) == ["z < 2.75 um", "z >= 2.75 um"]
+    below, above = fbp["ranges"].values()
+    assert (below["z_min_um"], below["z_max_um"], above["z_max_um"]) == (0.0, 2.75, None)
+    assert (below["n_layers"], below["n_layers_excluded"]) == (7, 2)
+    assert above["n_layers"] == 3
+    assert below["ber"] == FLIPS[2] / (7 * per_layer)
+    assert above["ber"] == FLIPS[9] / (3 * per_layer)
+    assert above["pcc"] == pytest.approx(
+        np.corrcoef(ref[9:].ravel(), rec[9:].ravel())[0, 1], abs=1e-12)
+    # Registration off, the affine intensity fit maps 0.03-contrast onto 0.026.
+    assert fbp["registration"]["shift_voxels"] == [0.0, 0.0, 0.0]
+    assert fbp["intensity_fit"]["scale"] == pytest.approx(0.026 / 0.03, rel=0.05)
+    assert fbp["reference"]["source"] == "occupancy"
+    assert fbp["binarization"]["separated"] is True
+    for name in ("metrics_layers.png", "psd_cuts.png"):
+        assert (work / "run" / "figures" / name).stat().st_size > 5000
+
+
+def smooth_field(shape, seed):
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.standard_normal(shape), 1.5, mode="wrap")
+
+
+def test_registration_of_a_shifted_larger_dense_reconstruction(tmp_path):
+    """A reference without /occupancy (GMM-binarised) and a shifted, larger volume."""
+    field = smooth_field((16, 22, 22), seed=24)
+    # Two classes with slightly soft edges, as in a dense reconstruction.
+    big = ndimage.gaussian_filter(field + 2.0 * (field > 0.08), 0.7, mode="wrap")
+    true_shift = (0.0, 1.0, -0.4)
+    moved = np.fft.ifftn(ndimage.fourier_shift(np.fft.fftn(big), true_shift)).real
+    reference = big[2:14, 3:19, 3:19]  # 12 x 16 x 16, centre (7.5, 10.5, 10.5) of big
+    volume = moved[2:14, 2:20, 1:21]  # 12 x 18 x 20, the same centre
+    write_h5_atomic(tmp_path / "ground_truth.h5", {"volume": reference.astype(np.float32)},
+                    attrs={"voxel_size_m": VOXEL})
+    write_volume(tmp_path / "run" / "volume_fbp.h5", volume, VOXEL)
+    config = write_config(tmp_path, max_shift_voxels=3, z_boundaries_um=[1.0, 2.5, 50.0])
+    assert main(["evaluate", "-c", str(config)]) == 0
+    fbp = json.loads((tmp_path / "run" / "metrics.json").read_text())["fbp"]
+    np.testing.assert_allclose(fbp["registration"]["shift_voxels"], true_shift, atol=0.05)
+    assert fbp["reference"]["source"] == "gmm"
+    assert fbp["reference"]["gmm"]["separated"] is True
+    assert fbp["pcc"] > 0.95 and fbp["ber"] < 0.05
+    # The volume is 3.6 um high: the range above 50 um holds no layer and is left out.
+    assert list(fbp["ranges"]) == ["z < 1 um", "1 <= z < 2.5 um", "2.5 <= z < 50 um"]
+    assert fbp["registration"]["region_shape"][1] <= 16
+
+
+def bad_input_cases():
+    return {
+        "missing reference": ("evaluate.reference: file not found", None),
+        "unset reference": ("evaluate.reference is not set", None),
+        "2-D reference": ("volume: expected 3-D", None),
+        "NaN volume": ("volume: contains NaN", None),
+        "no volumes": ("none of volume_fbp.h5, volume_dip.h5 found", None),
+        "voxel size": ("differs from the reference", None),
+        "bad boundaries": ("evaluate.z_boundaries_um must be positive and increasing", None),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_input_cases()))
+def test_bad_inputs_exit_2_one_line_no_output(flipped_run, case, capsys):
+    work, arrays = flipped_run
+    needle = bad_input_cases()[case][0]
+    extra: list[str] = []
+    config = write_config(work)
+    if case == "missing reference":
+        (work / "ground_truth.h5").unlink()
+    elif case == "unset reference":
+        extra = ["--set", "evaluate.reference=null"]
+    elif case == "2-D reference":
+        write_h5_atomic(work / "ground_truth.h5", {"volume": np.ones((4, 4), np.float32)},
+                        attrs={"voxel_size_m": VOXEL})
+    elif case == "NaN volume":
+        rec = arrays["rec"].copy()
+        rec[1, 2, 3] = np.nan
+        write_h5_atomic(work / "run" / "volume_fbp.h5", {"volume": rec},
+                        attrs={"voxel_size_m": VOXEL})
+    elif case == "no volumes":
+        (work / "run" / "volume_fbp.h5").unlink()
+    elif case == "voxel size":
+        write_volume(work / "run" / "volume_fbp.h5", arrays["rec"], 2 * VOXEL)
+    elif case == "bad boundaries":
+        extra = ["--set", "evaluate.z_boundaries_um=[2.0,1.0]"]
+    capsys.readouterr()
+    assert main(["evaluate", "-c", str(config), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (work / "run" / "metrics.json").exists()
+    assert not (work / "run" / "config.yaml").exists()
+    assert not (work / "run" / "figures").exists()
+
+
+@pytest.mark.mpi
+def test_two_ranks_write_the_same_metrics(flipped_run):
+    work, _ = flipped_run
+    config = write_config(work)
+    assert main(["evaluate", "-c", str(config)]) == 0
+    first = (work / "run" / "metrics.json").read_text()
+    (work / "run" / "metrics.json").unlink()
+    two = adept("evaluate", "-c", str(config), cwd=work, n_ranks=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert (work / "run" / "metrics.json").read_text() == first
