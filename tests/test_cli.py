@@ -148,8 +148,25 @@ def test_recon_without_projections_is_a_clear_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_dip_not_yet_available_is_said_plainly(tmp_path):
+def test_recon_dip_writes_volume_dip_beside_volume_fbp(serial_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "projections.h5").write_bytes((serial_run / "run" / "projections.h5").read_bytes())
     config = write_config(tmp_path)
-    result = adept("recon", "-c", str(config), "--set", "recon.methods=[fbp,dip]", cwd=tmp_path)
+    result = adept("recon", "-c", str(config), "--set", "recon.methods=[fbp,dip]",
+                   "--set", "dip.iterations=3", "--set", "dip.channels=[4,8]",
+                   "--set", "dip.strides=[2,1]", "--set", "dip.in_channels=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fbp_volume, _ = read_volume(run_dir / "volume_fbp.h5")
+    dip_volume, attrs = read_volume(run_dir / "volume_dip.h5")
+    assert dip_volume.shape == fbp_volume.shape and attrs["method"] == "dip"
+    assert np.abs(dip_volume).max() <= 0.03 and np.ptp(dip_volume) > 0
+
+
+def test_bad_dip_key_is_a_clear_error(tmp_path):
+    config = write_config(tmp_path)
+    result = adept("recon", "-c", str(config), "--set", "recon.methods=[fbp,dip]",
+                   "--set", "dip.tv_weights=[1.0e-6]", cwd=tmp_path)
     assert result.returncode == 2
-    assert "'dip' is not available in this version" in result.stderr
+    assert "dip.tv_weights needs one more value" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -14,10 +14,13 @@ from hpc_adept.parallel.collectives import (
     gather_objects,
 )
 from hpc_adept.parallel.context import ParallelContext, get_context
+from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
 from hpc_adept.parallel.partition import block_range, cyclic_indices
 
 __all__ = [
+    "DdpCommunicator",
     "ParallelContext",
+    "StopFlag",
     "allreduce_sum",
     "barrier",
     "bcast",

@@ -2,6 +2,14 @@
 
 FBP is distributed like every backprojection here: each rank filters and backprojects its
 block of angles and the partial volumes are summed over ranks.
+
+DIP (deep image prior) is data parallel: every rank builds the same network from the same
+seed, projects only its block of angles, and the network's gradients are all-reduced by
+DistributedDataParallel (:mod:`hpc_adept.parallel.ddp`). Checkpoints go to
+``output.dir/checkpoints/dip``; a rerun resumes from the newest one. SIGTERM/SIGUSR1 during
+training make all ranks stop at the same iteration, write a checkpoint and end the stage
+normally (exit code 0, log line "stopped at iteration k, checkpoint written"), without
+``volume_dip.h5``.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from hpc_adept.parallel import ParallelContext, allreduce_sum, block_range
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTED_METHODS = ("fbp",)
+IMPLEMENTED_METHODS = ("fbp", "dip")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,8 @@ def plan_recon(cfg: Config) -> ReconPlan:
                 f"recon.methods: {method!r} is not available in this version "
                 f"(available: {', '.join(IMPLEMENTED_METHODS)})"
             )
+    if "dip" in cfg.recon.methods:
+        _plan_dip(cfg)
     run_dir = Path(cfg.output.dir)
     choice = cfg.recon.input
     aligned, raw = run_dir / "aligned.h5", run_dir / "projections.h5"
@@ -88,20 +98,29 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
     from hpc_adept.report.figures import save_orthoslices
 
     ps = read_projections(plan.input_path)
+    if len(ps.angles_deg) < ctx.size and "dip" in plan.methods:
+        log.warning("recon: %d ranks for %d angles: some ranks only run the network",
+                    ctx.size, len(ps.angles_deg))
     log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
              ps.tilt_deg, list(cfg.recon.volume_shape))
     for method in plan.methods:
         t0 = time.perf_counter()
+        attrs: dict[str, object] = {"method": method}
         if method == "fbp":
             volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device)
+        elif method == "dip":
+            outcome = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
+            if outcome is None:  # stopped by a signal; the checkpoint is written
+                return
+            volume, attrs = outcome
         else:  # plan_recon admits implemented methods only
             raise AssertionError(method)
         if not np.all(np.isfinite(volume)):
             raise DataError(f"recon: the {method} volume holds NaN/Inf (input {plan.input_path})")
         if ctx.is_root:
             out = plan.run_dir / f"volume_{method}.h5"
-            write_volume(out, volume, ps.pixel_size_m, attrs={"method": method})
+            write_volume(out, volume, ps.pixel_size_m, attrs=attrs)
             log.info("recon: %s done in %.1f s -> %s", method, time.perf_counter() - t0, out)
             panels = {method.upper(): volume}
             truth = _matching_ground_truth(cfg, volume.shape)
@@ -126,3 +145,159 @@ def _matching_ground_truth(cfg: Config, shape: tuple[int, ...]) -> np.ndarray | 
             if volume.shape == tuple(shape):
                 return volume
     return None
+
+
+def _plan_dip(cfg: Config) -> None:
+    """DIP checks that need no data: the wavelet and the checkpoint directory."""
+    d = cfg.dip
+    if d.hpf == "wavelet":
+        import pywt
+
+        if d.hpf_wavelet not in pywt.wavelist(kind="discrete"):
+            raise ConfigError(f"dip.hpf_wavelet: {d.hpf_wavelet!r} is not a discrete "
+                              f"PyWavelets wavelet (e.g. db8, sym8, haar)")
+    ckpt = Path(cfg.output.dir) / "checkpoints" / "dip"
+    if ckpt.exists() and not ckpt.is_dir():
+        raise ConfigError(f"output.dir: {ckpt} exists and is not a directory")
+
+
+def dip_settings(cfg: Config) -> dict[str, object]:
+    """The settings that define a DIP problem (fingerprinted in its checkpoints).
+
+    Leaves out what may change between a run and its resume: the iteration count,
+    checkpoint interval, resume flag and the number of ranks.
+    """
+    d = cfg.dip.__dict__
+    skip = {"iterations", "checkpoint_every", "resume"}
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
+                if k not in skip}
+    settings["seed"] = cfg.runtime.seed
+    settings["volume_shape"] = list(cfg.recon.volume_shape)
+    return settings
+
+
+def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
+                    run_dir: Path) -> tuple[np.ndarray, dict[str, object]] | None:
+    """Deep image prior with the angles split over ranks (DDP); every rank gets the volume.
+
+    Returns
+    -------
+    (volume, attrs) : ndarray float32 [nz, ny, nx] (the lowest-loss state) and attributes
+        for ``volume_dip.h5``; None when a stop signal ended the training early.
+    """
+    import torch
+
+    from hpc_adept.dip import (
+        DipNetwork,
+        ShardData,
+        TrainSettings,
+        count_parameters,
+        data_weight,
+        emphasise,
+        fingerprint,
+        list_checkpoints,
+        load_latest_checkpoint,
+        make_input_noise,
+        save_checkpoint,
+        train_dip,
+        tv_slice_weights,
+    )
+    from hpc_adept.io import write_json_atomic
+    from hpc_adept.lamino import Geometry
+    from hpc_adept.log import Progress
+    from hpc_adept.parallel import bcast
+    from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
+    from hpc_adept.parallel.torchdist import destroy_torch_distributed
+
+    d = cfg.dip
+    shape = tuple(cfg.recon.volume_shape)
+    n_total = len(ps.angles_deg)
+    detector = tuple(ps.projections.shape[1:])
+    full = Geometry(ps.angles_deg, ps.tilt_deg, shape, detector)
+    mine = block_range(n_total, ctx.size, ctx.rank)
+    local = ps.projections[mine.start:mine.stop]
+    # The emphasis acts per projection: each rank filters only its own shard.
+    targets = emphasise(local, d.hpf, d.hpf_wavelet, d.hpf_levels, d.hpf_gain) if len(mine) \
+        else np.zeros((0, *detector), np.float32)
+    weights = tv_slice_weights(shape[0], ps.pixel_size_m, d.tv_weights, d.tv_z_bounds_m)
+    log.info("dip: %d angles (%d on rank 0), hpf %s, data term %s, TV weight per slice "
+             "from bottom %s ... top %s", n_total, len(mine), d.hpf, d.data_term,
+             weights[0], weights[-1])
+    shard = ShardData(
+        torch.from_numpy(targets).to(device),
+        full.subset(slice(mine.start, mine.stop)) if len(mine) else None,
+        np.arange(mine.start, mine.stop), n_total,
+        torch.from_numpy(weights).float().to(device),
+        data_weight(d.data_term, n_total, detector))
+
+    torch.manual_seed(cfg.runtime.seed)  # the same initial network on every rank
+    model = DipNetwork(d.in_channels, d.channels, d.strides, d.skip_channels,
+                       init_gain=d.init_gain,
+                       activation_checkpointing=d.activation_checkpointing).to(device)
+    noise = make_input_noise(d.in_channels, shape, d.input_noise_scale,
+                             torch.Generator().manual_seed(cfg.runtime.seed + 1)).to(device)
+    log.info("dip: network with %d parameters, input %s, device %s",
+             count_parameters(model), list(noise.shape), device)
+
+    fp = fingerprint(dip_settings(cfg), np.asarray(ps.angles_deg), ps.projections,
+                     np.asarray([ps.tilt_deg, ps.pixel_size_m]))
+    ckpt_dir = run_dir / "checkpoints" / "dip"
+    resume_state = None
+    if d.resume:
+        found = load_latest_checkpoint(ckpt_dir, fp, map_location=device)
+        if found is not None:
+            path, resume_state = found
+            log.info("dip: resuming from %s (iteration %d)", path, resume_state["iteration"])
+    elif ctx.is_root:
+        for _, old in list_checkpoints(ckpt_dir):
+            old.unlink()
+    start = int(resume_state["iteration"]) if resume_state is not None else 0
+    root_start = bcast(ctx, start)
+    if root_start != start:
+        raise DataError(f"dip: rank {ctx.rank} sees checkpoint iteration {start} in "
+                        f"{ckpt_dir}, rank 0 sees {root_start} (output.dir must be shared)")
+
+    settings = TrainSettings(
+        iterations=d.iterations, lr=d.lr, lr_step=d.lr_step, lr_gamma=d.lr_gamma,
+        betas=d.betas, angles_per_step=d.angles_per_step,
+        input_perturbation=d.input_perturbation, bf16=d.bf16 and device.type == "cuda",
+        checkpoint_every=d.checkpoint_every, guard=d.guard, guard_jump=d.guard_jump,
+        guard_lr_factor=d.guard_lr_factor, guard_max_rollbacks=d.guard_max_rollbacks,
+        guard_snapshot_every=d.guard_snapshot_every, seed=cfg.runtime.seed)
+    if d.bf16 and device.type != "cuda":
+        log.warning("dip.bf16 applies on GPU only: training in float32 on %s", device)
+    progress = Progress(max(1, d.iterations - start), "dip iterations", log)
+
+    def on_iteration(it: int, values: dict[str, float]) -> None:
+        progress.update(extra=f"loss {values['loss']:.5g}, lr {values['lr']:.2g}")
+
+    def save(state: dict[str, object]) -> None:
+        save_checkpoint(ckpt_dir, {**state, "fingerprint": fp})
+
+    comm = DdpCommunicator(ctx, device)
+    try:
+        with StopFlag() as stop:
+            result = train_dip(model, noise, shard, settings, comm, stop_requested=stop,
+                               save_checkpoint=save if ctx.is_root else None,
+                               resume_state=resume_state, on_iteration=on_iteration)
+    finally:
+        destroy_torch_distributed()
+    history = {**result.history, "best_iteration": result.best_iteration,
+               "best_loss": result.best_loss, "iterations_done": result.next_iteration,
+               "stopped": result.stopped, "n_ranks": ctx.size}
+    if ctx.is_root:
+        write_json_atomic(run_dir / "dip_history.json", history)
+    if result.stopped:
+        log.info("dip: stopped at iteration %d, checkpoint written in %s; run adept recon "
+                 "again to resume", result.next_iteration, ckpt_dir)
+        return None
+    if ctx.is_root:
+        from hpc_adept.report.dip_plots import save_loss_curve
+
+        save_loss_curve(run_dir / "figures" / "dip_loss.png", history)
+    log.info("dip: best loss %.5g at iteration %d of %d, %d rollback(s)", result.best_loss,
+             result.best_iteration, result.next_iteration, len(result.history["rollbacks"]))
+    attrs = {"method": "dip", "best_iteration": result.best_iteration,
+             "best_loss": result.best_loss, "iterations": result.next_iteration,
+             "n_ranks": ctx.size}
+    return result.volume, attrs

@@ -1,0 +1,123 @@
+"""The untrained 3-D encoder-decoder of the deep image prior (after ADePt's reference).
+
+Architecture (REFERENCE.md, "The ADePt reference implementation"), all 3-D:
+
+- input: fixed noise ``[1, in_channels, nz, ny, nx]`` drawn from U[0, noise_scale];
+- encoder block i: conv3 (stride s_i) + BN + ReLU, conv3 + BN + ReLU;
+- skip i: 1x1x1 conv of the encoder block's *input* to ``skip_channels`` + BN + LeakyReLU;
+- decoder level i (deepest first): nearest upsampling to the skip's size, concatenation
+  with skip i, BN, conv3, BN, ReLU, conv1, BN, ReLU;
+- head: conv1 to one channel, ``sigmoid(t) * (hi - lo) + lo``.
+
+With the default strides (2, 2, 1, 1, 1) the bottleneck is reduced by 4 along every axis
+(lateral and depth). Upsampling goes to the exact size of the skip tensor, so any volume
+shape works (odd sizes included). BatchNorm stays in training mode, as in the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    # No bias before BatchNorm: BN removes it exactly, so its true gradient is zero and
+    # Adam would only amplify rounding noise in it (a needless rank-count dependence).
+    return [nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)]
+
+
+class DipNetwork(nn.Module):
+    """3-D encoder-decoder with skip connections, output in ``[out_min, out_max]``.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input noise (reference: 48).
+    channels : sequence of int
+        Output channels of the encoder blocks (= decoder channels at the same level);
+        reference: (32, 64, 96, 96, 96).
+    strides : sequence of int
+        Stride of each encoder block's first convolution (reference: (2, 2, 1, 1, 1)).
+    skip_channels : int
+        Channels of each skip branch (reference: 8).
+    out_range : (float, float)
+        Output interval of the scaled sigmoid (reference: (-0.03, 0.03)), phase per voxel.
+    init_gain : float
+        Gain of the Xavier-uniform initialisation of every convolution (reference: 0.2).
+    activation_checkpointing : bool
+        Recompute each block's activations in the backward pass (less memory, ~30% more
+        compute), for large volumes.
+    """
+
+    def __init__(self, in_channels: int = 48, channels: Sequence[int] = (32, 64, 96, 96, 96),
+                 strides: Sequence[int] = (2, 2, 1, 1, 1), skip_channels: int = 8,
+                 out_range: tuple[float, float] = (-0.03, 0.03), init_gain: float = 0.2,
+                 activation_checkpointing: bool = False) -> None:
+        super().__init__()
+        if len(channels) != len(strides) or not channels:
+            raise ValueError("channels and strides must be non-empty and of equal length")
+        self.out_min, self.out_max = float(out_range[0]), float(out_range[1])
+        self.activation_checkpointing = activation_checkpointing
+        c_prev = in_channels
+        encoders, skips, decoders = [], [], []
+        for c, s in zip(channels, strides, strict=True):
+            encoders.append(nn.Sequential(*_conv_bn_relu(c_prev, c, 3, s),
+                                          *_conv_bn_relu(c, c, 3)))
+            skips.append(nn.Sequential(nn.Conv3d(c_prev, skip_channels, 1, bias=False),
+                                       nn.BatchNorm3d(skip_channels),
+                                       nn.LeakyReLU(0.2, inplace=True)))
+            c_prev = c
+        # Decoder level i takes the deeper level's output (or the bottleneck) plus skip i.
+        deeper = list(channels[1:]) + [channels[-1]]
+        for c, c_deep in zip(channels, deeper, strict=True):
+            decoders.append(nn.Sequential(nn.BatchNorm3d(c_deep + skip_channels),
+                                          *_conv_bn_relu(c_deep + skip_channels, c, 3),
+                                          *_conv_bn_relu(c, c, 1)))
+        self.encoders = nn.ModuleList(encoders)
+        self.skips = nn.ModuleList(skips)
+        self.decoders = nn.ModuleList(decoders)
+        self.head = nn.Conv3d(channels[0], 1, 1)
+        self.reset_parameters(init_gain)
+
+    def reset_parameters(self, gain: float) -> None:
+        """Xavier-uniform weights with ``gain``, zero biases; BN to identity."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.xavier_uniform_(module.weight, gain=gain)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and x.requires_grad:
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        """Map the input ``[1, in_channels, nz, ny, nx]`` to the volume ``[nz, ny, nx]``."""
+        feats, skip_out = noise, []
+        for enc, skip in zip(self.encoders, self.skips, strict=True):
+            skip_out.append(self._run(skip, feats))
+            feats = self._run(enc, feats)
+        for level in reversed(range(len(self.decoders))):
+            target = skip_out[level]
+            if feats.shape[2:] != target.shape[2:]:
+                feats = F.interpolate(feats, size=target.shape[2:], mode="nearest")
+            feats = self._run(self.decoders[level], torch.cat([feats, target], dim=1))
+        out = torch.sigmoid(self.head(feats).float())
+        return (out * (self.out_max - self.out_min) + self.out_min)[0, 0]
+
+
+def make_input_noise(in_channels: int, shape: Sequence[int], scale: float,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Fixed network input, U[0, scale], float32 ``[1, in_channels, nz, ny, nx]`` on CPU."""
+    return torch.rand((1, in_channels, *shape), generator=generator) * scale
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable values."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

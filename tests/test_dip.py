@@ -1,0 +1,495 @@
+"""Deep image prior: network, loss terms, trainer (guard, best state, stop, resume),
+checkpoints, and the ``adept recon`` dip method on 1 and 2 ranks, SIGTERM and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hpc_adept.config import load_config
+from hpc_adept.dip import (
+    DipNetwork,
+    ShardData,
+    TrainSettings,
+    count_parameters,
+    data_loss,
+    emphasise,
+    fingerprint,
+    fourier_emphasis,
+    list_checkpoints,
+    load_latest_checkpoint,
+    make_input_noise,
+    save_checkpoint,
+    train_dip,
+    tv_loss,
+    tv_slice_weights,
+    wavelet_emphasis,
+)
+from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.io import read_volume
+from hpc_adept.lamino import Geometry, backproject, project
+
+from .conftest import REPO, adept, mpiexec_path, run_cmd
+
+TINY_NET = {"in_channels": 4, "channels": [4, 8], "strides": [2, 1], "skip_channels": 2}
+
+
+# ----------------------------------------------------------------------------- network
+def test_reference_network_size_and_output_range():
+    net = DipNetwork()  # the reference sizes
+    assert 2.5e6 < count_parameters(net) < 3.0e6  # "about 2.8 M parameters"
+    small = DipNetwork(3, (4, 6, 6), (2, 2, 1), 2)
+    noise = make_input_noise(3, (9, 11, 13), 0.1, torch.Generator().manual_seed(0))
+    assert float(noise.min()) >= 0.0 and float(noise.max()) <= 0.1
+    out = small(noise)
+    assert out.shape == (9, 11, 13)  # odd sizes: upsampling goes to the skip's size
+    assert float(out.detach().min()) >= -0.03 and float(out.detach().max()) <= 0.03
+
+
+def test_network_init_is_xavier_with_gain_and_seeded():
+    torch.manual_seed(5)
+    a = DipNetwork(4, (8, 8), (2, 1), 2, init_gain=0.2)
+    torch.manual_seed(5)
+    b = DipNetwork(4, (8, 8), (2, 1), 2, init_gain=0.2)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    w = a.encoders[1][0].weight.detach()  # 8 -> 8 channels, 3x3x3
+    bound = 0.2 * np.sqrt(6.0 / (8 * 27 + 8 * 27))
+    assert float(w.abs().max()) <= bound + 1e-7 and float(w.abs().max()) > 0.8 * bound
+    # convolutions feeding BatchNorm carry no bias (it would be removed by BN anyway)
+    assert a.encoders[0][0].bias is None and a.head.bias is not None
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    noise = make_input_noise(3, (6, 8, 8), 0.1, torch.Generator().manual_seed(0))
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(1)
+        net = DipNetwork(3, (4, 6), (2, 1), 2, activation_checkpointing=flag)
+        net(noise.requires_grad_(flag)).square().sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_and_checkpointing_train():
+    truth, shard = _tiny_problem()
+    device = torch.device("cuda")
+    shard = ShardData(shard.targets.to(device), shard.geometry, shard.global_index,
+                      shard.n_total, shard.tv_weights.to(device))
+    torch.manual_seed(0)
+    model = DipNetwork(4, (4, 8), (2, 1), 2, activation_checkpointing=True).to(device)
+    noise = make_input_noise(4, truth.shape, 0.1, torch.Generator().manual_seed(1)).to(device)
+    result = train_dip(model, noise, shard, TrainSettings(iterations=30, lr=3e-3, bf16=True))
+    assert np.isfinite(result.volume).all()
+    assert result.best_loss < 0.5 * result.history["loss"][0]
+
+
+# ----------------------------------------------------------------------------- losses
+def _images(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(3, 64, 48))
+    return np.cumsum(np.cumsum(base, axis=1), axis=2)  # smooth-ish, like projections
+
+
+def test_wavelet_emphasis_scales_detail_bands_and_keeps_energy():
+    import pywt
+
+    images = _images()
+    out = wavelet_emphasis(images, "db8", levels=2, gain=2.5)
+    assert out.dtype == np.float32 and out.shape == images.shape
+    np.testing.assert_allclose(np.linalg.norm(out, axis=(1, 2)),
+                               np.linalg.norm(images, axis=(1, 2)), rtol=1e-5)
+    with warnings.catch_warnings():  # "level too high": exact with periodization
+        warnings.simplefilter("ignore", UserWarning)
+        c_in = pywt.wavedec2(images[1], "db8", level=2, mode="periodization")
+        c_out = pywt.wavedec2(out[1].astype(np.float64), "db8", level=2,
+                              mode="periodization")
+    factor = c_out[0] / c_in[0]
+    f = float(np.median(factor))
+    np.testing.assert_allclose(c_out[0], f * c_in[0], rtol=1e-4, atol=1e-4 * abs(c_in[0]).max())
+    for k, gain in ((1, 2.5), (2, 6.25)):  # coarsest detail x2.5, finest x2.5^2
+        for band_in, band_out in zip(c_in[k], c_out[k], strict=True):
+            np.testing.assert_allclose(band_out, f * gain * band_in, rtol=1e-3,
+                                       atol=1e-4 * abs(f * gain * band_in).max())
+    np.testing.assert_allclose(wavelet_emphasis(images, gain=1.0), images, rtol=1e-5,
+                               atol=1e-5 * abs(images).max())
+    odd = images[:, :45, :37]  # odd sizes, 4 levels: still an exact round trip
+    np.testing.assert_allclose(wavelet_emphasis(odd, levels=4, gain=1.0), odd, rtol=1e-5,
+                               atol=1e-5 * abs(odd).max())
+
+
+def test_fourier_emphasis_and_none():
+    images = _images(1)
+    np.testing.assert_allclose(fourier_emphasis(images, gain=1.0), images, rtol=1e-5,
+                               atol=1e-5 * abs(images).max())
+    out = fourier_emphasis(images, levels=3, gain=2.0)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=(1, 2)),
+                               np.linalg.norm(images, axis=(1, 2)), rtol=1e-5)
+
+    def high_fraction(x):
+        spec = np.abs(np.fft.fft2(x)) ** 2
+        k = np.hypot(*np.meshgrid(np.fft.fftfreq(x.shape[1]), np.fft.fftfreq(x.shape[2]),
+                                  indexing="ij"))
+        return spec[:, k > 0.25].sum() / spec.sum()
+
+    assert high_fraction(out) > 5 * high_fraction(images)
+    same = emphasise(images, "none")
+    np.testing.assert_array_equal(same, images.astype(np.float32))
+    with pytest.raises(ValueError, match="unknown high-pass"):
+        emphasise(images, "median")
+
+
+def test_tv_slice_weights_from_heights():
+    w = tv_slice_weights(144, 27.2e-9, (3e-6, 3e-8), (2.75e-6,))
+    # slice k is below 2.75 um when its centre (k + 0.5) * 27.2 nm is: k <= 100
+    assert (w[:101] == 3e-6).all() and (w[101:] == 3e-8).all()
+    w3 = tv_slice_weights(10, 1.0, (1.0, 2.0, 3.0), (3.0, 6.0))
+    np.testing.assert_array_equal(w3, [1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+
+
+def test_tv_loss_matches_explicit_sum_float64():
+    rng = np.random.default_rng(2)
+    vol = rng.normal(size=(4, 5, 6))
+    weights = np.array([1.0, 0.5, 0.0, 2.0])
+    expected = 0.0
+    for z in range(4):
+        for y in range(5):
+            for x in range(6):
+                if y + 1 < 5:
+                    expected += weights[z] * abs(vol[z, y + 1, x] - vol[z, y, x])
+                if x + 1 < 6:
+                    expected += weights[z] * abs(vol[z, y, x + 1] - vol[z, y, x])
+    got = tv_loss(torch.from_numpy(vol), torch.from_numpy(weights))
+    assert got.dtype == torch.float64
+    assert abs(float(got) - expected) < 1e-12 * expected
+
+
+def test_data_term_gradient_is_the_backprojected_residual_float64():
+    geometry = Geometry(np.arange(5) * 72.0, 61.0, (6, 8, 8), (14, 14))
+    rng = np.random.default_rng(3)
+    vol = torch.from_numpy(rng.normal(size=(6, 8, 8))).requires_grad_(True)
+    target = torch.from_numpy(rng.normal(size=(5, 14, 14)))
+    loss = data_loss(project(vol, geometry), target)
+    loss.backward()
+    with torch.no_grad():
+        expected = backproject(project(vol, geometry) - target, geometry)
+        assert abs(float(loss) - 0.5 * float(((project(vol, geometry) - target) ** 2).sum())) \
+            < 1e-10 * float(loss)
+    torch.testing.assert_close(vol.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- trainer
+def _tiny_problem(n_angles: int = 6, shape=(8, 12, 12), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    truth = np.zeros(shape, np.float32)
+    truth[2:4, 3:9, 2:10] = 0.02
+    truth[5:7, 2:10, 6:8] = 0.02
+    geometry = Geometry(np.arange(n_angles) * 360.0 / n_angles, 61.0, shape, (16, 20))
+    with torch.no_grad():
+        proj = project(torch.from_numpy(truth), geometry).numpy()
+    proj = proj + rng.normal(0, 0.002, proj.shape).astype(np.float32)
+    shard = ShardData(torch.from_numpy(proj), geometry, np.arange(n_angles), n_angles,
+                      torch.full((shape[0],), 1e-5))
+    return truth, shard
+
+
+def _model_and_noise(shape, seed: int = 0):
+    torch.manual_seed(seed)
+    model = DipNetwork(TINY_NET["in_channels"], TINY_NET["channels"], TINY_NET["strides"],
+                       TINY_NET["skip_channels"])
+    noise = make_input_noise(4, shape, 0.1, torch.Generator().manual_seed(seed + 1))
+    return model, noise
+
+
+def test_training_reduces_the_loss_and_returns_the_best_state():
+    truth, shard = _tiny_problem()
+    model, noise = _model_and_noise(truth.shape)
+    result = train_dip(model, noise, shard, TrainSettings(iterations=40, lr=3e-3))
+    loss = np.array(result.history["loss"])
+    assert len(loss) == 40 and loss[-5:].min() < 0.2 * loss[0]
+    assert result.best_loss == pytest.approx(loss.min())
+    assert result.history["iteration"][int(np.argmin(loss))] == result.best_iteration
+    assert result.volume.shape == truth.shape and result.next_iteration == 40
+    # the best volume reproduces the best loss
+    with torch.no_grad():
+        v = torch.from_numpy(result.volume)
+        value = float(data_loss(project(v, shard.geometry), shard.targets)
+                      + tv_loss(v, shard.tv_weights))
+    assert value == pytest.approx(result.best_loss, rel=1e-4)
+
+
+def test_angle_groups_cover_the_angles_and_estimate_the_full_loss():
+    truth, shard = _tiny_problem(n_angles=6)
+    model, noise = _model_and_noise(truth.shape)
+    full = train_dip(model, noise, shard, TrainSettings(iterations=1, guard=False))
+    model, noise = _model_and_noise(truth.shape)
+    halves = train_dip(model, noise, shard,
+                       TrainSettings(iterations=2, guard=False, angles_per_step=3))
+    # same initial network: half the angles x 2 estimates the full data term
+    assert halves.history["data"][0] == pytest.approx(full.history["data"][0], rel=0.3)
+    assert halves.history["data"][0] != pytest.approx(full.history["data"][0], rel=1e-6)
+
+
+def test_guard_rolls_back_a_blow_up_and_lowers_the_rate():
+    truth, shard = _tiny_problem()
+    model, noise = _model_and_noise(truth.shape)
+    sabotaged = []
+
+    def sabotage(it, values):
+        if it == 12 and not sabotaged:  # a blow-up: wreck the head's weights once
+            sabotaged.append(values["loss"])
+            with torch.no_grad():
+                model.head.weight.mul_(-300.0)
+                model.head.bias.fill_(50.0)
+
+    settings = TrainSettings(iterations=20, lr=2e-3, guard_snapshot_every=5, guard_jump=3.0)
+    result = train_dip(model, noise, shard, settings, on_iteration=sabotage)
+    assert result.history["rollbacks"] and result.history["rollbacks"][0] == [12, 10]
+    lrs = result.history["lr"]
+    assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(1e-3)
+    assert result.best_loss <= sabotaged[0] * 1.0001
+    assert max(result.history["loss"]) < 3.0 * result.history["loss"][0]
+    # without the guard, the sabotage is accepted and the loss history shows the jump
+    model, noise = _model_and_noise(truth.shape)
+    sabotaged.clear()
+    unguarded = train_dip(model, noise, shard, TrainSettings(iterations=20, lr=2e-3,
+                                                             guard=False),
+                          on_iteration=sabotage)
+    assert not unguarded.history["rollbacks"]
+    assert max(unguarded.history["loss"]) > 3.0 * min(unguarded.history["loss"][:12])
+
+
+def test_stop_and_resume_reach_the_uninterrupted_result(tmp_path):
+    truth, shard = _tiny_problem()
+    model, noise = _model_and_noise(truth.shape)
+    settings = TrainSettings(iterations=14, lr=2e-3, guard_snapshot_every=4)
+    straight = train_dip(model, noise, shard, settings)
+
+    saved = []
+    model, noise = _model_and_noise(truth.shape)
+    calls = []
+
+    def stop_after_six():
+        calls.append(1)
+        return len(calls) >= 6
+
+    first = train_dip(model, noise, shard, settings, stop_requested=stop_after_six,
+                      save_checkpoint=lambda s: saved.append(
+                          save_checkpoint(tmp_path, {**s, "fingerprint": "f"})))
+    assert first.stopped and first.next_iteration == 6 and len(saved) == 1
+    found = load_latest_checkpoint(tmp_path, "f")
+    assert found is not None and found[1]["iteration"] == 6
+    model, _ = _model_and_noise(truth.shape, seed=99)  # other weights: must be replaced
+    resumed = train_dip(model, noise, shard, settings, resume_state=found[1])
+    assert resumed.next_iteration == 14 and not resumed.stopped
+    np.testing.assert_array_equal(resumed.history["loss"], straight.history["loss"])
+    np.testing.assert_array_equal(resumed.volume, straight.volume)
+
+
+def test_checkpoints_keep_two_and_refuse_a_different_problem(tmp_path):
+    state = {"iteration": 0, "fingerprint": fingerprint({"a": 1}, np.ones(3)),
+             "model": {"w": torch.ones(2)}, "history": {"loss": [1.0, 0.5]}}
+    for it in (5, 10, 15):
+        save_checkpoint(tmp_path, {**state, "iteration": it})
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [10, 15]
+    assert not list(tmp_path.glob(".*tmp*"))
+    path, loaded = load_latest_checkpoint(tmp_path, state["fingerprint"])
+    assert path.name == "dip_0000015.pt" and loaded["history"]["loss"] == [1.0, 0.5]
+    assert fingerprint({"a": 1}, np.ones(3)) != fingerprint({"a": 2}, np.ones(3))
+    assert fingerprint({"a": 1}, np.ones(3)) != fingerprint({"a": 1}, np.ones(3) * 2)
+    with pytest.raises(DataError, match="different dip config or input data"):
+        load_latest_checkpoint(tmp_path, fingerprint({"a": 2}, np.ones(3)))
+    assert load_latest_checkpoint(tmp_path / "none", "x") is None
+
+
+def test_dip_config_is_validated(tmp_path):
+    cfg = load_config(None, ["dip.lr=2e-4", "dip.hpf=wavelet", "dip.channels=[8,16]",
+                             "dip.strides=[2,1]"])
+    assert cfg.dip.lr == 2e-4 and cfg.dip.channels == (8, 16)
+    for bad, message in (("dip.tv_weights=[1e-6]", "one more value"),
+                         ("dip.strides=[2]", "equal, non-zero lengths"),
+                         ("dip.hpf=median", "dip.hpf must be one of"),
+                         ("dip.lr=0", "dip.lr must be > 0"),
+                         ("dip.betas=[0.9,1.0]", "dip.betas"),
+                         ("dip.guard_jump=1", "guard_jump")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [bad])
+
+
+# ----------------------------------------------------------------------------- stage / CLI
+DIP_CONFIG = {
+    "data": {"path": "dataset"},
+    "output": {"dir": "run"},
+    "simulate": {"phantom": "procedural", "volume_shape": [16, 16, 16],
+                 "voxel_size_m": 2.72e-8, "n_angles": 8, "frame_size": 32,
+                 "photons_per_pattern": 1.0e5, "seed": 3, "write_projections": True},
+    "recon": {"methods": ["fbp", "dip"], "volume_shape": [16, 16, 16]},
+    "dip": {"iterations": 20, "checkpoint_every": 5, **TINY_NET},
+    "runtime": {"device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def dip_dataset(tmp_path_factory) -> Path:
+    """A simulated dataset and its projections.h5 (written once for the module)."""
+    work = tmp_path_factory.mktemp("dip")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(DIP_CONFIG))
+    result = adept("simulate", "-c", "tiny.yaml", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+def _recon(work: Path, out: str, *sets: str, n_ranks: int = 1):
+    run_dir = work / out
+    run_dir.mkdir(exist_ok=True)
+    target = run_dir / "projections.h5"
+    if not target.exists():
+        target.write_bytes((work / "run" / "projections.h5").read_bytes())
+    return adept("recon", "-c", "tiny.yaml", "--set", f"output.dir={out}", *sets,
+                 n_ranks=n_ranks, cwd=work)
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def test_recon_dip_writes_volume_history_and_resumes(dip_dataset):
+    result = _recon(dip_dataset, "serial")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = dip_dataset / "serial"
+    volume, attrs = read_volume(run_dir / "volume_dip.h5")
+    assert volume.shape == (16, 16, 16) and (run_dir / "volume_fbp.h5").is_file()
+    assert attrs["method"] == "dip" and 0 <= attrs["best_iteration"] < 20
+    history = json.loads((run_dir / "dip_history.json").read_text())
+    assert len(history["loss"]) == 20 and history["loss"][-1] < history["loss"][0]
+    assert (run_dir / "figures" / "dip_loss.png").is_file()
+    assert [it for it, _ in list_checkpoints(run_dir / "checkpoints" / "dip")] == [15, 20]
+    # a rerun resumes at the end: nothing to train, same volume
+    again = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]")
+    assert again.returncode == 0 and "resuming from" in again.stderr
+    np.testing.assert_array_equal(read_volume(run_dir / "volume_dip.h5")[0], volume)
+    # a different problem is refused, with one clear line
+    other = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]",
+                   "--set", "dip.lr=5e-4")
+    assert other.returncode == 2
+    assert "different dip config or input data" in other.stderr
+
+
+@pytest.mark.mpi
+def test_recon_dip_one_and_two_ranks_agree(dip_dataset):
+    one = _recon(dip_dataset, "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _recon(dip_dataset, "two", n_ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    v1 = read_volume(dip_dataset / "one" / "volume_dip.h5")[0]
+    v2 = read_volume(dip_dataset / "two" / "volume_dip.h5")[0]
+    assert _relative(v1, v2) < 1e-4
+    h1 = json.loads((dip_dataset / "one" / "dip_history.json").read_text())
+    h2 = json.loads((dip_dataset / "two" / "dip_history.json").read_text())
+    assert h2["n_ranks"] == 2 and len(h1["loss"]) == len(h2["loss"]) == 20
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-4)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _python_ranks(pid: int) -> list[int]:
+    ranks = []
+    for child in _descendants(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"hpc_adept" in part for part in cmd):
+            ranks.append(child)
+    return ranks
+
+
+def _start_and_terminate(work: Path, out: str, n_ranks: int) -> subprocess.CompletedProcess:
+    """Start a long dip run, SIGTERM one rank after the first checkpoint, wait."""
+    run_dir = work / out
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "projections.h5").write_bytes((work / "run" / "projections.h5").read_bytes())
+    cmd = [sys.executable, "-m", "hpc_adept", "recon", "-c", "tiny.yaml", "--set",
+           f"output.dir={out}", "--set", "recon.methods=[dip]", "--set", "dip.iterations=400"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPIEXEC_TIMEOUT="240",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if n_ranks > 1:
+        cmd = [mpiexec_path(), "-n", str(n_ranks), *cmd]
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = run_dir / "checkpoints" / "dip"
+    deadline = time.monotonic() + 180
+    while not list_checkpoints(ckpt) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    targets = _python_ranks(proc.pid) if n_ranks > 1 else [proc.pid]
+    assert len(targets) == n_ranks, targets
+    os.kill(targets[-1], signal.SIGTERM)  # one rank only: the others learn it collectively
+    stdout, stderr = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("n_ranks", [1, pytest.param(2, marks=[pytest.mark.mpi,
+                                                                pytest.mark.slow])])
+def test_sigterm_checkpoints_and_a_rerun_reaches_the_uninterrupted_volume(dip_dataset,
+                                                                          n_ranks):
+    if n_ranks > 1 and mpiexec_path() is None:
+        pytest.skip("mpiexec not available")
+    out = f"term{n_ranks}"
+    stopped = _start_and_terminate(dip_dataset, out, n_ranks)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "stopped at iteration" in stopped.stderr and "checkpoint written" in stopped.stderr
+    run_dir = dip_dataset / out
+    assert not (run_dir / "volume_dip.h5").exists()
+    history = json.loads((run_dir / "dip_history.json").read_text())
+    k = history["iterations_done"]
+    assert history["stopped"] and 5 <= k < 400
+    assert list_checkpoints(run_dir / "checkpoints" / "dip")[-1][0] == k
+    # finish a short run: resume to k + 6 iterations and compare with a straight run
+    n = str(k + 6)
+    resumed = _recon(dip_dataset, out, "--set", "recon.methods=[dip]",
+                     "--set", f"dip.iterations={n}", n_ranks=n_ranks)
+    assert resumed.returncode == 0 and f"(iteration {k})" in resumed.stderr
+    straight = _recon(dip_dataset, f"straight{n_ranks}", "--set", "recon.methods=[dip]",
+                      "--set", f"dip.iterations={n}", n_ranks=n_ranks)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    v_resumed = read_volume(run_dir / "volume_dip.h5")[0]
+    v_straight = read_volume(dip_dataset / f"straight{n_ranks}" / "volume_dip.h5")[0]
+    assert _relative(v_straight, v_resumed) < 1e-6
+
+
+@pytest.mark.mpi
+def test_ddp_kernel_matches_serial_under_mpiexec():
+    result = run_cmd(["tests/mpi/check_dip.py"], n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dip ddp matches serial" in result.stdout
