@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hpc_adept import __version__
-from hpc_adept.errors import AdeptError, ConfigError
+from hpc_adept.errors import EXIT_STOPPED, AdeptError, ConfigError, StopRequested
 
 log = logging.getLogger("hpc_adept")
 
@@ -139,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             html_path, _ = write_report(cfg.output.dir)
             log.info("run: report %s", html_path)
+    except StopRequested as exc:  # every rank stops at the same point, after a checkpoint
+        if ctx.is_root:
+            print(f"adept: stopped: {_error_line(exc)}", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
         ctx.abort(130)

@@ -16,3 +16,15 @@ class ConfigError(AdeptError):
 
 class DataError(AdeptError):
     """Invalid or unreadable input data: missing/corrupt file, wrong shape, NaN, ..."""
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """A stop signal (SIGTERM, SIGUSR1) ended the work after a checkpoint was written.
+
+    Every rank raises it at the same point; the command exits with :data:`EXIT_STOPPED` so
+    that scripts and batch systems see that the run is unfinished and can be resumed by
+    running the same command again.
+    """
+
+
+EXIT_STOPPED = 75  # EX_TEMPFAIL: try again later

@@ -36,7 +36,7 @@ from hpc_adept.dip import (
     tv_slice_weights,
     wavelet_emphasis,
 )
-from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.errors import EXIT_STOPPED, ConfigError, DataError
 from hpc_adept.io import read_volume
 from hpc_adept.lamino import Geometry, backproject, project
 
@@ -467,8 +467,9 @@ def test_sigterm_checkpoints_and_a_rerun_reaches_the_uninterrupted_volume(dip_da
         pytest.skip("mpiexec not available")
     out = f"term{n_ranks}"
     stopped = _start_and_terminate(dip_dataset, out, n_ranks)
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
-    assert "stopped at iteration" in stopped.stderr and "checkpoint written" in stopped.stderr
+    assert stopped.returncode == EXIT_STOPPED, stopped.stderr[-3000:]
+    assert "adept: stopped: dip: stopped at iteration" in stopped.stderr
+    assert "checkpoint written" in stopped.stderr
     run_dir = dip_dataset / out
     assert not (run_dir / "volume_dip.h5").exists()
     history = json.loads((run_dir / "dip_history.json").read_text())

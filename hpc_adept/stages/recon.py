@@ -7,9 +7,9 @@ DIP (deep image prior) is data parallel: every rank builds the same network from
 seed, projects only its block of angles, and the network's gradients are all-reduced by
 DistributedDataParallel (:mod:`hpc_adept.parallel.ddp`). Checkpoints go to
 ``output.dir/checkpoints/dip``; a rerun resumes from the newest one. SIGTERM/SIGUSR1 during
-training make all ranks stop at the same iteration, write a checkpoint and end the stage
-normally (exit code 0, log line "stopped at iteration k, checkpoint written"), without
-``volume_dip.h5``.
+training make all ranks stop at the same iteration, write a checkpoint and raise
+:class:`~hpc_adept.errors.StopRequested` (the command exits with code 75, "stopped at
+iteration k, checkpoint written"), without ``volume_dip.h5``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hpc_adept.config import Config
-from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
 from hpc_adept.parallel import ParallelContext, allreduce_sum, block_range
 
@@ -110,10 +110,7 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         if method == "fbp":
             volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device)
         elif method == "dip":
-            outcome = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
-            if outcome is None:  # stopped by a signal; the checkpoint is written
-                return
-            volume, attrs = outcome
+            volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
         else:  # plan_recon admits implemented methods only
             raise AssertionError(method)
         if not np.all(np.isfinite(volume)):
@@ -177,13 +174,18 @@ def dip_settings(cfg: Config) -> dict[str, object]:
 
 
 def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
-                    run_dir: Path) -> tuple[np.ndarray, dict[str, object]] | None:
+                    run_dir: Path) -> tuple[np.ndarray, dict[str, object]]:
     """Deep image prior with the angles split over ranks (DDP); every rank gets the volume.
 
     Returns
     -------
     (volume, attrs) : ndarray float32 [nz, ny, nx] (the lowest-loss state) and attributes
-        for ``volume_dip.h5``; None when a stop signal ended the training early.
+        for ``volume_dip.h5``.
+
+    Raises
+    ------
+    StopRequested
+        When a stop signal ended the training early (after the checkpoint was written).
     """
     import torch
 
@@ -288,9 +290,8 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     if ctx.is_root:
         write_json_atomic(run_dir / "dip_history.json", history)
     if result.stopped:
-        log.info("dip: stopped at iteration %d, checkpoint written in %s; run adept recon "
-                 "again to resume", result.next_iteration, ckpt_dir)
-        return None
+        raise StopRequested(f"dip: stopped at iteration {result.next_iteration}, checkpoint "
+                            f"written in {ckpt_dir}; run the same command again to resume")
     if ctx.is_root:
         from hpc_adept.report.dip_plots import save_loss_curve
 
