@@ -13,7 +13,9 @@ The study file (example: ``jobs/configs/ablations.yaml``)::
         set: {simulate.n_angles: 16, recon.methods: [dip], dip.tv_weights: [0.0, 0.0]}
 
 For each variant: ``adept simulate`` (into a dataset directory per distinct simulation
-setting, reused between variants that share it), ``adept recon`` and ``adept evaluate``
+setting, reused between variants that share it; its ``projections.h5`` is linked into each
+variant's run directory, so the base config reads ``recon.input: projections``),
+``adept recon`` and ``adept evaluate``
 into ``OUTPUT/<slug>``; then ``OUTPUT/ablation.md`` (a table like the paper's Fig. 5: BER
 and PCC overall and per depth range, per variant and method), ``ablation.json`` and
 ``ablation.png`` (bar charts). Runs whose ``metrics.json`` is newer than their config are
@@ -28,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +98,18 @@ def run_variant(study: dict[str, Any], variant: dict[str, Any], ranks: int) -> d
     if metrics.is_file() and stamp.is_file() and stamp.read_text() == wanted:
         print(f"{variant['name']}: reusing {metrics}", flush=True)
         return json.loads(metrics.read_text())
-    if not (dataset / "ground_truth.h5").is_file():
+    if not (dataset / "projections.h5").is_file():
         print(f"{variant['name']}: simulate -> {dataset}", flush=True)
-        _adept(["simulate", "-c", str(base), "--set", *_sets(sets)], ranks, log)
+        # The simulated projections.h5 goes to the dataset, shared by its variants.
+        _adept(["simulate", "-c", str(base), "--set", *_sets({**sets, "output.dir": str(dataset)})],
+               ranks, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "projections.h5"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(dataset / "projections.h5", target)
+    except OSError:
+        shutil.copyfile(dataset / "projections.h5", target)
     print(f"{variant['name']}: recon + evaluate -> {run_dir}", flush=True)
     _adept(["recon", "-c", str(base), "--set", *_sets(sets)], ranks, log)
     _adept(["evaluate", "-c", str(base), "--set", *_sets(sets)], 1, log)
