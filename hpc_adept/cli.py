@@ -24,9 +24,7 @@ log = logging.getLogger("hpc_adept")
 
 EXIT_USAGE = 2
 STAGES = ("simulate", "ptycho", "align", "recon", "evaluate", "run")
-NOT_YET = {
-    "align": "the alignment stage (projection matching)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +66,10 @@ def _stage_runner(command: str) -> Callable:
         from hpc_adept.stages.ptycho import plan_ptycho, run_ptycho
 
         return lambda cfg: (plan_ptycho(cfg), run_ptycho)
+    if command == "align":
+        from hpc_adept.stages.align import plan_align, run_align
+
+        return lambda cfg: (plan_align(cfg), run_align)
     if command == "recon":
         from hpc_adept.stages.recon import plan_recon, run_recon
 

@@ -235,14 +235,61 @@ class AlignConfig:
     enabled : bool
         Run projection matching (else only crop).
     crop_shape : (nv, nu)
-        Center crop of the projections used by the reconstruction.
+        Center crop of the projections used by the reconstruction (kept whole, with a
+        warning, along an axis where the projections are smaller).
+    volume_shape : (nz, ny, nx) or None
+        Volume reconstructed inside projection matching (voxel = projection pixel);
+        default ``recon.volume_shape``. It should hold the object (its z extent included).
+    binning : list of int
+        Binning factor of each coarse-to-fine level; every factor divides the first.
+    max_iterations : int
+        Alignment iterations per level at most.
+    tolerance_px : float, pixels
+        Stop when the largest shift update is below this (last level; coarser levels stop
+        at 0.05 of their pixels).
+    max_update_px : float, pixels of the level
+        Clamp of each per-iteration shift update.
+    highpass_sigma_px : float, pixels of the level
+        Gaussian high-pass of the residual (removes slow phase offsets and ramps).
+    reconstruct_iterations : int
+        Warm-started least-squares (CGLS) iterations per alignment iteration.
+    support : bool
+        Zero the volume where some projection does not see it (loose support).
+    coarse_rounds : int
+        Rounds of the low-pass, window-bounded cross-correlation estimate before the
+        optical-flow iterations (0 = none).
+    coarse_lowpass_px : float, pixels
+        Low-pass sigma of that estimate (about the period of the IC patterns or more).
+    coarse_search_px : float, pixels
+        Largest shift per axis that estimate looks for.
     """
 
     enabled: bool = True
     crop_shape: tuple[int, int] = (256, 256)
+    volume_shape: tuple[int, int, int] | None = None
+    binning: tuple[int, ...] = (4, 2, 1)
+    max_iterations: int = 50
+    tolerance_px: float = 0.01
+    max_update_px: float = 0.5
+    highpass_sigma_px: float = 8.0
+    reconstruct_iterations: int = 5
+    support: bool = True
+    coarse_rounds: int = 3
+    coarse_lowpass_px: float = 8.0
+    coarse_search_px: float = 16.0
 
     def check(self) -> None:
         _shape("align.crop_shape", self.crop_shape)
+        if self.volume_shape is not None:
+            _shape("align.volume_shape", self.volume_shape)
+        _positive("align", self, "max_iterations", "tolerance_px", "max_update_px",
+                  "coarse_lowpass_px", "coarse_search_px")
+        if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
+            raise ConfigError(f"align.binning must be positive factors that divide the "
+                              f"first, got {list(self.binning)}")
+        for name in ("highpass_sigma_px", "reconstruct_iterations", "coarse_rounds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"align.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

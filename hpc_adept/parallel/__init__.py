@@ -19,8 +19,10 @@ from hpc_adept.parallel.partition import block_range, cyclic_indices
 
 __all__ = [
     "DdpCommunicator",
+    "DistributedLamino",
     "ParallelContext",
     "StopFlag",
+    "allgather_blocks",
     "allreduce_sum",
     "barrier",
     "bcast",
@@ -32,3 +34,12 @@ __all__ = [
     "gather_objects",
     "get_context",
 ]
+
+
+def __getattr__(name: str):
+    # distops imports torch: loaded on first use, so `adept --help` and config errors stay fast
+    if name in ("DistributedLamino", "allgather_blocks"):
+        from hpc_adept.parallel import distops
+
+        return getattr(distops, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

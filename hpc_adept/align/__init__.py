@@ -1,0 +1,52 @@
+"""Projection-matching alignment kernels (no MPI: arrays in, arrays out).
+
+Sign convention (DESIGN section 4): a projection displaced by ``s = (s_r, s_c)`` pixels
+holds ``measured[r, c] = ideal[r - s_r, c - s_c]``; shifting it by ``-s`` aligns it.
+"""
+
+from hpc_adept.align.drift import fit_rigid_drift, remove_rigid_drift, rigid_drift_basis
+from hpc_adept.align.estimate import optical_flow_update, xcorr_shift
+from hpc_adept.align.imaging import (
+    bin_images,
+    border_taper,
+    crop_window,
+    fourier_shift,
+    highpass,
+    highpass_with_gradient,
+    lowpass,
+    shift_images,
+    unbin_images,
+)
+from hpc_adept.align.matching import (
+    AlignOptions,
+    AlignResult,
+    LaminoOps,
+    LocalLamino,
+    projection_matching,
+    working_frame,
+)
+from hpc_adept.align.support import visible_support
+
+__all__ = [
+    "AlignOptions",
+    "AlignResult",
+    "LaminoOps",
+    "LocalLamino",
+    "bin_images",
+    "border_taper",
+    "crop_window",
+    "fit_rigid_drift",
+    "fourier_shift",
+    "highpass",
+    "highpass_with_gradient",
+    "lowpass",
+    "optical_flow_update",
+    "projection_matching",
+    "remove_rigid_drift",
+    "rigid_drift_basis",
+    "shift_images",
+    "unbin_images",
+    "visible_support",
+    "working_frame",
+    "xcorr_shift",
+]

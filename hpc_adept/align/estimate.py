@@ -1,0 +1,124 @@
+"""Per-projection shift estimates: linearised optical flow and a bounded cross-correlation.
+
+Both compare aligned projections ``data`` with reprojections ``model`` of the current
+reconstruction and return the remaining displacement ``e`` (pixels, (row, col)) with
+``data[r] ~ model[r - e]``: adding ``e`` to the shift estimate of a projection aligns it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hpc_adept.align.imaging import highpass_with_gradient, lowpass
+
+
+def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.Tensor,
+                        highpass_sigma_px: float, max_update_px: float,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift update by linearised optical flow on high-pass filtered images.
+
+    With ``r = HP(data) - HP(model)`` and ``g = grad HP(model)``, ``data = model(x - e)``
+    linearises to ``r = -e.g``; the weighted least-squares solution is
+    ``e = -(sum w g g^T)^-1 sum w g r`` per projection (a 2 x 2 solve, so correlated row and
+    column gradients are handled). Each component is clamped to ``+-max_update_px`` so one
+    step stays inside the range where the linearisation holds.
+
+    Parameters
+    ----------
+    data, model : torch.Tensor, float, [n, h, w]
+        Aligned projections and reprojections (same units).
+    weights : torch.Tensor, float, [h, w] or [n, h, w]
+        Non-negative pixel weights (zero where the data cannot be trusted).
+    highpass_sigma_px : float
+        Gaussian high-pass scale, pixels (0 = no filter).
+    max_update_px : float
+        Clamp of each update component, pixels.
+
+    Returns
+    -------
+    (update, residual_rms) : torch.Tensor [n, 2] float64, torch.Tensor [n] float64
+        The update ``e`` (row, col) in pixels and the weighted RMS of ``r`` per projection.
+    """
+    model_hp, d_row, d_col = highpass_with_gradient(model, highpass_sigma_px)
+    data_hp, _, _ = highpass_with_gradient(data, highpass_sigma_px)
+    residual = (data_hp - model_hp).double()
+    w = weights.double().expand_as(residual)
+    g_r, g_c = d_row.double(), d_col.double()
+    a_rr = (w * g_r * g_r).sum(dim=(-2, -1))
+    a_rc = (w * g_r * g_c).sum(dim=(-2, -1))
+    a_cc = (w * g_c * g_c).sum(dim=(-2, -1))
+    b_r = (w * g_r * residual).sum(dim=(-2, -1))
+    b_c = (w * g_c * residual).sum(dim=(-2, -1))
+    # a tiny ridge keeps featureless projections (all gradients ~0) at a zero update
+    ridge = 1e-9 * (a_rr + a_cc) + torch.finfo(torch.float64).tiny
+    a_rr, a_cc = a_rr + ridge, a_cc + ridge
+    det = a_rr * a_cc - a_rc * a_rc
+    e_r = -(a_cc * b_r - a_rc * b_c) / det
+    e_c = -(a_rr * b_c - a_rc * b_r) / det
+    update = torch.stack([e_r, e_c], dim=-1).clamp(-max_update_px, max_update_px)
+    residual_rms = torch.sqrt((w * residual ** 2).sum(dim=(-2, -1))
+                              / w.sum(dim=(-2, -1)).clamp_min(1e-30))
+    return update, residual_rms
+
+
+def _parabola_vertex(left: torch.Tensor, mid: torch.Tensor, right: torch.Tensor
+                     ) -> torch.Tensor:
+    """Sub-sample offset in [-0.5, 0.5] of the vertex of the parabola through 3 samples."""
+    denom = left - 2.0 * mid + right
+    offset = torch.where(denom < 0, 0.5 * (left - right) / denom.clamp(max=-1e-30),
+                         torch.zeros_like(mid))
+    return offset.clamp(-0.5, 0.5)
+
+
+def xcorr_shift(data: torch.Tensor, model: torch.Tensor, weights: torch.Tensor | None = None,
+                lowpass_sigma_px: float = 0.0, window_px: float | None = None
+                ) -> torch.Tensor:
+    """Displacement of ``data`` relative to ``model`` from the peak of their (circular,
+    FFT) cross-correlation, with optional low-pass and a bounded search window.
+
+    Integrated circuits are periodic: the cross-correlation of two views of a grating has
+    peaks one period apart, and an unrestricted search can pick the wrong one. Low-pass
+    filtering with ``lowpass_sigma_px`` about the period removes the grating and leaves the
+    aperiodic coarse structure, and ``window_px`` confines the peak to plausible shifts.
+    ``lowpass_sigma_px = 0`` and ``window_px = None`` give plain FFT cross-correlation.
+
+    Parameters
+    ----------
+    data, model : torch.Tensor, float, [n, h, w]
+    weights : torch.Tensor, float, [h, w], optional
+        Applied after mean removal (e.g. a border taper).
+    lowpass_sigma_px : float
+        Gaussian low-pass of both inputs, pixels.
+    window_px : float, optional
+        Largest ``|e|`` searched along each axis, pixels.
+
+    Returns
+    -------
+    torch.Tensor, float64, [n, 2]
+        ``e`` (row, col) in pixels with ``data[r] ~ model[r - e]``; sub-pixel by a
+        parabola through the peak and its neighbours along each axis.
+    """
+    n, h, w = data.shape
+    a = lowpass(data.double(), lowpass_sigma_px)
+    b = lowpass(model.double(), lowpass_sigma_px)
+    a = a - a.mean(dim=(-2, -1), keepdim=True)
+    b = b - b.mean(dim=(-2, -1), keepdim=True)
+    if weights is not None:
+        a, b = a * weights.double(), b * weights.double()
+    corr = torch.fft.ifft2(torch.fft.fft2(a) * torch.fft.fft2(b).conj()).real
+    lag_r = torch.fft.fftfreq(h, 1.0 / h, dtype=torch.float64, device=data.device)
+    lag_c = torch.fft.fftfreq(w, 1.0 / w, dtype=torch.float64, device=data.device)
+    if window_px is not None:
+        allowed = (lag_r.abs()[:, None] <= window_px) & (lag_c.abs()[None, :] <= window_px)
+        corr_search = torch.where(allowed, corr, torch.full_like(corr, -math.inf))
+    else:
+        corr_search = corr
+    flat = corr_search.reshape(n, -1).argmax(dim=1)
+    ir, ic = flat // w, flat % w
+    rows = torch.arange(n, device=data.device)
+    mid = corr[rows, ir, ic]
+    off_r = _parabola_vertex(corr[rows, (ir - 1) % h, ic], mid, corr[rows, (ir + 1) % h, ic])
+    off_c = _parabola_vertex(corr[rows, ir, (ic - 1) % w], mid, corr[rows, ir, (ic + 1) % w])
+    return torch.stack([lag_r[ir] + off_r, lag_c[ic] + off_c], dim=-1)

@@ -1,0 +1,361 @@
+"""Projection-matching alignment (Odstrcil et al., Opt. Express 27, 36637, 2019).
+
+Coarse to fine over binning levels; at each level iterate: shift the measured projections
+by the current estimates, reconstruct (an FBP at the start of the level, then a few
+warm-started least-squares iterations per alignment iteration, with a loose support mask),
+reproject, and update every projection's shift from the high-pass filtered residual by
+linearised optical flow (clamped), then project out the rigid-translation drift that
+laminography cannot observe.
+A level ends when the largest update falls below the tolerance. Before the first optical
+flow step, a few rounds of low-pass, window-bounded cross-correlation against the
+reprojections give a coarse estimate that periodic IC patterns cannot pull onto the wrong
+period.
+
+The reconstruct and reproject steps come from an operator object (:class:`LaminoOps`), so
+a stage can pass a distributed implementation; this module knows nothing about MPI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from hpc_adept.align.drift import remove_rigid_drift
+from hpc_adept.align.estimate import optical_flow_update, xcorr_shift
+from hpc_adept.align.imaging import (
+    bin_images,
+    border_taper,
+    crop_window,
+    highpass,
+    shift_images,
+)
+from hpc_adept.align.support import visible_support
+from hpc_adept.lamino import Geometry
+
+log = logging.getLogger(__name__)
+
+# Stop of the levels before the last, in pixels of the level.
+COARSE_TOLERANCE = 0.05
+
+
+class LaminoOps(Protocol):
+    """Reconstruct / reproject steps of projection matching.
+
+    Both take and return full stacks (every angle of ``geometry``) on the caller's device;
+    a distributed implementation shares the work between ranks and returns the same full
+    result on every rank.
+    """
+
+    def fbp(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        """Filtered backprojection ``[n, nv, nu] -> [nz, ny, nx]``."""
+        ...
+
+    def project(self, volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        """Forward projection ``[nz, ny, nx] -> [n, nv, nu]``."""
+        ...
+
+    def backproject(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        """Exact adjoint of :meth:`project`, ``[n, nv, nu] -> [nz, ny, nx]``."""
+        ...
+
+
+class LocalLamino:
+    """:class:`LaminoOps` in this process (:func:`hpc_adept.lamino.fbp` / ``project``)."""
+
+    def fbp(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        from hpc_adept.lamino import fbp
+
+        with torch.no_grad():
+            return fbp(projections, geometry)
+
+    def project(self, volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        from hpc_adept.lamino import project
+
+        with torch.no_grad():
+            return project(volume, geometry)
+
+    def backproject(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+        from hpc_adept.lamino import backproject
+
+        with torch.no_grad():
+            return backproject(projections, geometry)
+
+
+def least_squares(ops: LaminoOps, data: torch.Tensor, geometry: Geometry,
+                  volume: torch.Tensor, support: torch.Tensor, iterations: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CGLS iterations on ``min ||A (m x) - data||^2`` from ``volume`` (warm start).
+
+    ``A`` is the projector of ``geometry`` and ``m`` the support mask (the returned volume
+    is zero outside it). A laminographic FBP is not data-consistent (the missing cone):
+    its reprojections differ from the data by structure-dependent sub-pixel displacements
+    that projection matching would take for misalignment; a few warm-started least-squares
+    iterations per alignment iteration remove that bias.
+
+    Parameters
+    ----------
+    data : torch.Tensor, [n, nv, nu]
+    volume : torch.Tensor, [nz, ny, nx]
+        Starting volume.
+    support : torch.Tensor, bool or float, [nz, ny, nx]
+    iterations : int
+
+    Returns
+    -------
+    (volume, reprojection) : torch.Tensor [nz, ny, nx], torch.Tensor [n, nv, nu]
+        The volume and its projections ``A (m x)``, the latter from the CGLS residual
+        recursion (``data - r``), which saves one projection per call.
+    """
+    mask = support.to(volume.dtype)
+    x = volume * mask
+    r = data - ops.project(x, geometry)
+    s = ops.backproject(r, geometry) * mask
+    p = s.clone()
+    gamma = float((s.double() ** 2).sum())
+    for _ in range(iterations):
+        if gamma <= 0.0:
+            break
+        q = ops.project(p, geometry)
+        qq = float((q.double() ** 2).sum())
+        if qq <= 0.0:
+            break
+        alpha = gamma / qq
+        x = x + alpha * p
+        r = r - alpha * q
+        s = ops.backproject(r, geometry) * mask
+        gamma_new = float((s.double() ** 2).sum())
+        p = s + (gamma_new / gamma) * p
+        gamma = gamma_new
+    return x, data - r
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """Settings of :func:`projection_matching` (config section ``align``).
+
+    Attributes
+    ----------
+    binning : tuple of int
+        Binning factor of each level, coarse to fine (e.g. ``(4, 2, 1)``); every factor
+        divides the first.
+    max_iterations : int
+        Iterations per level at most.
+    tolerance_px : float
+        The last level ends when the largest shift update (after drift removal) is below
+        ``tolerance_px`` full-resolution pixels; earlier levels when it is below
+        ``max(tolerance_px, 0.05)`` pixels of the level.
+    max_update_px : float
+        Clamp of each update component, in pixels of the level.
+    highpass_sigma_px : float
+        Gaussian high-pass scale of the residual, in pixels of the level.
+    reconstruct_iterations : int
+        Warm-started CGLS iterations per alignment iteration (:func:`least_squares`; the
+        first volume of each level is an FBP).
+    support : bool
+        Zero the voxels that some projection does not see (:func:`visible_support`).
+    coarse_rounds : int
+        Rounds of the cross-correlation estimate at the first level (0 = none).
+    coarse_lowpass_px : float
+        Low-pass sigma of the cross-correlation, full-resolution pixels.
+    coarse_search_px : float
+        Largest shift (each axis) the cross-correlation looks for, full-resolution pixels.
+    """
+
+    binning: tuple[int, ...] = (4, 2, 1)
+    max_iterations: int = 50
+    tolerance_px: float = 0.01
+    max_update_px: float = 0.5
+    highpass_sigma_px: float = 8.0
+    reconstruct_iterations: int = 5
+    support: bool = True
+    coarse_rounds: int = 3
+    coarse_lowpass_px: float = 8.0
+    coarse_search_px: float = 16.0
+
+    def __post_init__(self) -> None:
+        if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
+            raise ValueError(f"binning {self.binning}: positive factors dividing the first")
+        if self.max_iterations < 1 or self.tolerance_px <= 0 or self.max_update_px <= 0:
+            raise ValueError("max_iterations, tolerance_px and max_update_px must be > 0")
+
+
+@dataclass
+class AlignResult:
+    """Outcome of :func:`projection_matching`.
+
+    Attributes
+    ----------
+    shifts_px : ndarray, float64, [n_angles, 2]
+        ``(row, col)`` displacement found in each measured projection, full-resolution
+        pixels: ``measured[r, c] = ideal[r - s_r, c - s_c]``; rigid-drift free.
+    history : list of dict
+        One entry per iteration: ``level`` (binning), ``iteration`` (within the level),
+        ``step`` (``xcorr`` or ``flow``), ``residual_rms`` (weighted RMS of the high-pass
+        filtered residual data - reprojection over all projections, data units),
+        ``max_update_px``, ``rms_update_px`` (change of the estimates after drift removal,
+        full-resolution pixels), ``seconds``.
+    residual_per_angle : ndarray, float64, [n_angles, n_iterations]
+        Weighted RMS of each projection's filtered residual at each iteration.
+    shifts_per_iteration : ndarray, float64, [n_iterations, n_angles, 2]
+        Shift estimates after each iteration (for plots).
+    """
+
+    shifts_px: np.ndarray
+    history: list[dict] = field(default_factory=list)
+    residual_per_angle: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    shifts_per_iteration: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+
+
+def working_frame(shape: tuple[int, int], factor: int) -> tuple[tuple[int, int], np.ndarray,
+                                                                  tuple[int, int]]:
+    """Largest centred crop of ``shape`` divisible by ``factor``.
+
+    Returns
+    -------
+    (start, centre_offset, size) : (int, int), ndarray [2] float64, (int, int)
+        Crop origin, the half-pixel centre offset of :func:`crop_window` per axis, and
+        the crop size.
+    """
+    starts, offsets, sizes = [], [], []
+    for n in shape:
+        size = (n // factor) * factor
+        start, offset = crop_window(n, size)
+        starts.append(start)
+        offsets.append(offset)
+        sizes.append(size)
+    return (starts[0], starts[1]), np.asarray(offsets), (sizes[0], sizes[1])
+
+
+def _binned(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    return tuple(max(1, int(round(n / factor))) for n in shape)
+
+
+def projection_matching(
+    projections: torch.Tensor,
+    angles_deg: np.ndarray,
+    tilt_deg: float,
+    volume_shape: tuple[int, int, int],
+    options: AlignOptions,
+    ops: LaminoOps | None = None,
+    initial_shifts_px: np.ndarray | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> AlignResult:
+    """Estimate per-projection shifts by projection matching.
+
+    Parameters
+    ----------
+    projections : torch.Tensor, float32/float64, [n_angles, nv, nu]
+        Measured projections (phase, radians) on the compute device.
+    angles_deg : ndarray, [n_angles], degrees
+    tilt_deg : float, degrees (laminography angle L)
+    volume_shape : (nz, ny, nx)
+        Reconstruction volume at full resolution (voxel = pixel); binned with the
+        projections at coarse levels.
+    options : AlignOptions
+    ops : LaminoOps, optional
+        Reconstruct / reproject implementation (default :class:`LocalLamino`).
+    initial_shifts_px : ndarray [n_angles, 2], optional
+        Starting estimate (default zeros).
+    callback : callable, optional
+        Called with each history entry (e.g. for progress logging).
+
+    Returns
+    -------
+    AlignResult
+    """
+    ops = ops or LocalLamino()
+    n = projections.shape[0]
+    angles = np.asarray(angles_deg, dtype=np.float64)
+    shifts = np.zeros((n, 2)) if initial_shifts_px is None else \
+        np.asarray(initial_shifts_px, np.float64).copy()
+    start, centre_offset, size = working_frame(tuple(projections.shape[1:]),
+                                               options.binning[0])
+    history: list[dict] = []
+    residuals: list[np.ndarray] = []
+    snapshots: list[np.ndarray] = []
+    device, dtype = projections.device, projections.dtype
+    search = options.coarse_search_px
+    pad = int(math.ceil(search + 2))
+
+    def aligned_at(factor: int) -> torch.Tensor:
+        # shift by -s (undo the measured displacement) and by the crop's centre offset
+        total = torch.as_tensor(-(shifts + centre_offset), dtype=dtype, device=device)
+        moved = shift_images(projections, total, pad=pad)
+        frame = moved[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
+        return bin_images(frame, factor)
+
+    for level_index, factor in enumerate(options.binning):
+        det = (size[0] // factor, size[1] // factor)
+        vol = _binned(volume_shape, factor)
+        geometry = Geometry(angles, tilt_deg, vol, det)
+        support = torch.as_tensor(
+            visible_support(vol, det, tilt_deg) if options.support else np.ones(vol, bool),
+            device=device)
+        # weight: the volume's shadow (path length through it), tapered at the border
+        path = ops.project(torch.ones(vol, dtype=dtype, device=device), geometry)
+        shadow = (path / path.amax().clamp_min(1e-30) * 4.0).clamp(0.0, 1.0)
+        taper_px = max(2, int(math.ceil(options.highpass_sigma_px)))
+        weights = shadow * border_taper(det, taper_px, projections)
+        rounds = options.coarse_rounds if level_index == 0 else 0
+        # coarse levels only prepare the next one: a looser stop saves iterations there
+        last_level = level_index == len(options.binning) - 1
+        tolerance = options.tolerance_px if last_level else \
+            max(options.tolerance_px, COARSE_TOLERANCE) * factor
+        volume = None
+        for iteration in range(rounds + options.max_iterations):
+            t0 = time.perf_counter()
+            data = aligned_at(factor)
+            if volume is None:
+                volume = ops.fbp(data, geometry) * support
+            volume, model = least_squares(ops, data, geometry, volume, support,
+                                          options.reconstruct_iterations)
+            coarse = iteration < rounds
+            if coarse:
+                update = xcorr_shift(data, model, weights.mean(dim=0),
+                                     options.coarse_lowpass_px / factor, search / factor)
+                diff = highpass((data - model).double(), options.highpass_sigma_px)
+                residual = torch.sqrt((weights * diff ** 2).sum(dim=(-2, -1))
+                                      / weights.sum(dim=(-2, -1)))
+            else:
+                update, residual = optical_flow_update(
+                    data, model, weights, options.highpass_sigma_px, options.max_update_px)
+            previous = shifts
+            shifts, _ = remove_rigid_drift(shifts + update.cpu().numpy() * factor, angles,
+                                           tilt_deg)
+            step = shifts - previous  # the drift part of an update changes nothing
+            res = residual.cpu().numpy()
+            entry = {
+                "level": int(factor), "iteration": int(iteration),
+                "step": "xcorr" if coarse else "flow",
+                "residual_rms": float(np.sqrt(np.mean(res ** 2))),
+                "max_update_px": float(np.abs(step).max()),
+                "rms_update_px": float(np.sqrt(np.mean(step ** 2))),
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(entry)
+            residuals.append(res)
+            snapshots.append(shifts.copy())
+            if callback is not None:
+                callback(entry)
+            if not coarse and entry["max_update_px"] < tolerance:
+                log.info("projection matching: binning %d converged after %d iterations",
+                         factor, iteration + 1)
+                break
+        else:
+            log.warning("projection matching: binning %d stopped at %d iterations, largest "
+                        "update %.4f px (tolerance %.4f px)", factor,
+                        rounds + options.max_iterations, history[-1]["max_update_px"],
+                        tolerance)
+    return AlignResult(
+        shifts_px=shifts,
+        history=history,
+        residual_per_angle=np.stack(residuals, axis=1) if residuals else np.zeros((n, 0)),
+        shifts_per_iteration=np.stack(snapshots) if snapshots else np.zeros((0, n, 2)),
+    )

@@ -1,0 +1,228 @@
+"""``adept align``: projection-matching alignment and centre crop -> ``aligned.h5``.
+
+Rank 0 reads ``projections.h5`` and broadcasts it; every rank runs the same projection
+matching loop (:func:`hpc_adept.align.projection_matching`) with the reconstruct and
+reproject steps shared out by angle (:class:`hpc_adept.parallel.DistributedLamino`), so the
+heavy work per iteration divides by the number of ranks while the cheap per-projection
+shift updates are computed identically everywhere. Rank 0 writes ``aligned.h5`` (shifted,
+centre-cropped projections, ``/shifts_px``, ``/align_residual``), ``align_history.json``
+and the figures ``figures/align_shifts.png`` and ``figures/align_convergence.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hpc_adept.config import Config
+from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, write_projections
+from hpc_adept.io.atomic import open_h5, require_dataset
+from hpc_adept.parallel import ParallelContext, bcast, bcast_array
+
+if TYPE_CHECKING:
+    from hpc_adept.align import AlignOptions
+
+log = logging.getLogger(__name__)
+
+HISTORY_NAME = "align_history.json"
+# Smallest projection side at the coarsest binning level that still carries structure.
+MIN_BINNED_PX = 8
+
+
+@dataclass(frozen=True)
+class AlignPlan:
+    """Inputs, outputs and settings of the stage, checked before any work.
+
+    Attributes
+    ----------
+    input_path, output_path, history_path : Path
+        ``projections.h5``, ``aligned.h5``, ``align_history.json`` of the run directory.
+    run_dir : Path
+    projection_shape : (n_angles, nv, nu)
+        Shape of the input projections.
+    crop_shape : (nv, nu)
+        Centre crop written (``align.crop_shape``, limited to the projection size).
+    volume_shape : (nz, ny, nx)
+        Volume of the projection matching reconstructions.
+    """
+
+    input_path: Path
+    output_path: Path
+    history_path: Path
+    run_dir: Path
+    projection_shape: tuple[int, int, int]
+    crop_shape: tuple[int, int]
+    volume_shape: tuple[int, int, int]
+
+
+def _stored_shape(path: Path) -> tuple[int, int, int]:
+    """Shape of ``/projections`` in ``path`` without reading the data."""
+    with open_h5(path) as f:
+        shape = tuple(int(n) for n in require_dataset(f, "projections", path).shape)
+    if len(shape) != 3 or 0 in shape:
+        raise DataError(f"{path}: /projections must be [n_angles, nv, nu], got {list(shape)}")
+    return shape  # type: ignore[return-value]
+
+
+def plan_align(cfg: Config) -> AlignPlan:
+    """Check the config and the run directory; no work, no output.
+
+    Raises
+    ------
+    ConfigError
+        ``projections.h5`` missing, or settings that do not fit the projections.
+    DataError
+        ``projections.h5`` unreadable or of the wrong layout.
+    """
+    a = cfg.align
+    run_dir = Path(cfg.output.dir)
+    source = run_dir / "projections.h5"
+    if not source.is_file():
+        raise ConfigError(
+            f"align: {source} not found (run adept ptycho first, or adept simulate with "
+            f"simulate.write_projections: true)"
+        )
+    shape = _stored_shape(source)
+    crop = (min(a.crop_shape[0], shape[1]), min(a.crop_shape[1], shape[2]))
+    if crop != tuple(a.crop_shape):
+        log.warning("align.crop_shape %s is larger than the projections %s in %s: keeping "
+                    "%s", list(a.crop_shape), list(shape[1:]), source.name, list(crop))
+    volume_shape = tuple(a.volume_shape or cfg.recon.volume_shape)
+    if a.enabled and min(shape[1:]) // a.binning[0] < MIN_BINNED_PX:
+        raise ConfigError(
+            f"align.binning: the coarsest level ({a.binning[0]}) leaves fewer than "
+            f"{MIN_BINNED_PX} pixels of the {list(shape[1:])} projections in {source}"
+        )
+    return AlignPlan(source, run_dir / "aligned.h5", run_dir / HISTORY_NAME, run_dir,
+                     shape, crop, volume_shape)  # type: ignore[arg-type]
+
+
+def align_options(cfg: Config) -> AlignOptions:
+    """:class:`hpc_adept.align.AlignOptions` from the ``align`` config section."""
+    from hpc_adept.align import AlignOptions
+
+    a = cfg.align
+    return AlignOptions(
+        binning=tuple(a.binning), max_iterations=a.max_iterations,
+        tolerance_px=a.tolerance_px, max_update_px=a.max_update_px,
+        highpass_sigma_px=a.highpass_sigma_px,
+        reconstruct_iterations=a.reconstruct_iterations, support=a.support,
+        coarse_rounds=a.coarse_rounds, coarse_lowpass_px=a.coarse_lowpass_px,
+        coarse_search_px=a.coarse_search_px,
+    )
+
+
+def shift_and_crop(projections: np.ndarray, shifts_px: np.ndarray, crop_shape: tuple[int, int],
+                   device: object = "cpu") -> np.ndarray:
+    """Undo the displacements and cut the centred window.
+
+    Parameters
+    ----------
+    projections : ndarray, float32, [n, nv, nu]
+    shifts_px : ndarray, [n, 2], pixels (row, col): ``measured = ideal(r - s)``
+    crop_shape : (cv, cu)
+
+    Returns
+    -------
+    ndarray, float32, [n, cv, cu]
+        Each projection shifted by ``-s`` (Fourier shift, edge-replicated padding) and the
+        centred crop taken; an odd size difference is compensated by a half-pixel shift, so
+        the crop centre stays the detector centre.
+    """
+    import torch
+
+    from hpc_adept.align import crop_window, shift_images
+
+    (r0, off_r), (c0, off_c) = (crop_window(projections.shape[1], crop_shape[0]),
+                                crop_window(projections.shape[2], crop_shape[1]))
+    total = -(np.asarray(shifts_px, np.float64) + np.array([off_r, off_c]))
+    pad = int(math.ceil(np.abs(total).max(initial=0.0))) + 2
+    with torch.no_grad():
+        moved = shift_images(torch.from_numpy(projections).to(device),
+                             torch.from_numpy(total).to(device), pad=pad)
+    out = moved[:, r0:r0 + crop_shape[0], c0:c0 + crop_shape[1]].cpu().numpy()
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _shared_input(ctx: ParallelContext, plan: AlignPlan) -> tuple[ProjectionSet | None,
+                                                                  np.ndarray, np.ndarray, float]:
+    """Rank 0 reads the file; projections, angles and tilt go to every rank."""
+    ps = read_projections(plan.input_path) if ctx.is_root else None
+    projections = bcast_array(ctx, ps.projections if ps is not None else None)
+    angles = bcast_array(ctx, ps.angles_deg if ps is not None else None)
+    tilt = float(bcast(ctx, ps.tilt_deg if ps is not None else None))
+    return ps, projections, angles, tilt
+
+
+def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object) -> None:
+    """Run the stage on all ranks."""
+    import torch
+
+    from hpc_adept.align import AlignResult, projection_matching
+    from hpc_adept.parallel import DistributedLamino
+
+    t0 = time.perf_counter()
+    ps, projections, angles, tilt = _shared_input(ctx, plan)
+    n = len(angles)
+    if cfg.align.enabled:
+        options = align_options(cfg)
+        log.info("align: %d projections %s, tilt %.2f deg, volume %s, binning %s, %d rank(s)",
+                 n, list(projections.shape[1:]), tilt, list(plan.volume_shape),
+                 list(options.binning), ctx.size)
+
+        def report(entry: dict) -> None:
+            log.info("align: bin %d it %2d %-5s residual %.4e  max update %.4f px  "
+                     "(%.2f s)", entry["level"], entry["iteration"], entry["step"],
+                     entry["residual_rms"], entry["max_update_px"], entry["seconds"])
+
+        result = projection_matching(
+            torch.from_numpy(projections).to(device), angles, tilt, plan.volume_shape,
+            options, ops=DistributedLamino(ctx), callback=report)
+    else:
+        options = None
+        result = AlignResult(shifts_px=np.zeros((n, 2)))
+        log.info("align: align.enabled is false: centre crop only")
+    if not np.all(np.isfinite(result.shifts_px)):
+        raise DataError(f"align: the shift estimates of {plan.input_path} are not finite")
+    if not ctx.is_root:
+        return
+    assert ps is not None
+    aligned = shift_and_crop(projections, result.shifts_px, plan.crop_shape, device)
+    extra = {k: v for k, v in ps.extra.items() if k != "shifts_px"}
+    extra["shifts_px"] = result.shifts_px.astype(np.float64)
+    if result.residual_per_angle.size:
+        extra["align_residual"] = result.residual_per_angle.astype(np.float64)
+    write_projections(plan.output_path, ProjectionSet(
+        aligned, ps.angles_deg, ps.tilt_deg, ps.pixel_size_m, probes=ps.probes, extra=extra))
+    write_json_atomic(plan.history_path, {
+        "enabled": cfg.align.enabled,
+        "options": dataclasses.asdict(options) if options is not None else None,
+        "volume_shape": list(plan.volume_shape),
+        "crop_shape": list(plan.crop_shape),
+        "n_ranks": ctx.size,
+        "iterations": result.history,
+        "shifts_px": result.shifts_px.tolist(),
+    })
+    if result.history:
+        from hpc_adept.report.align_plots import plot_convergence, plot_shifts
+
+        figures = plan.run_dir / "figures"
+        levels = [h["level"] for h in result.history]
+        last_of = {b: i for i, b in enumerate(levels)}  # last iteration of each level
+        ends = {f"after binning {b}": result.shifts_per_iteration[i]
+                for b, i in last_of.items() if b != levels[-1]}
+        plot_shifts(figures / "align_shifts.png", ps.angles_deg, result.shifts_px,
+                    intermediate=ends)
+        plot_convergence(figures / "align_convergence.png", result.history)
+    max_shift = float(np.abs(result.shifts_px).max(initial=0.0))
+    log.info("align: done in %.1f s, %d iterations, largest shift %.2f px -> %s %s",
+             time.perf_counter() - t0, len(result.history), max_shift, plan.output_path,
+             list(aligned.shape))

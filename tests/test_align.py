@@ -1,0 +1,424 @@
+"""Projection-matching alignment: kernels (adjoints, shifts, drift, periodic-robust
+estimate), the matching loop on a real-layout phantom, and ``adept align`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hpc_adept.align import (
+    AlignOptions,
+    LocalLamino,
+    bin_images,
+    border_taper,
+    crop_window,
+    fourier_shift,
+    highpass,
+    highpass_with_gradient,
+    lowpass,
+    optical_flow_update,
+    projection_matching,
+    remove_rigid_drift,
+    rigid_drift_basis,
+    unbin_images,
+    visible_support,
+    xcorr_shift,
+)
+from hpc_adept.align.matching import least_squares
+from hpc_adept.io import ProjectionSet, read_projections, write_projections
+from hpc_adept.lamino import Geometry, project
+from hpc_adept.parallel import DistributedLamino, get_context
+from hpc_adept.phantom import make_phantom
+from hpc_adept.stages.simulate import auto_projection_shape
+
+from .conftest import IC_DEF, IC_LEF, adept
+
+TILT = 61.0
+RNG = np.random.default_rng(1234)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() * b.double()).sum())
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape))
+
+
+def residual_error_px(estimate: np.ndarray, truth: np.ndarray, angles: np.ndarray) -> float:
+    """RMS of the shift error after removing the global offset and the rigid drift."""
+    err = estimate - truth
+    for _ in range(3):  # alternate: the drift basis holds a row offset, the mean a column one
+        err = err - err.mean(axis=0)
+        err, _ = remove_rigid_drift(err, angles, TILT)
+    return float(np.sqrt(np.mean(err ** 2)))
+
+
+# ------------------------------------------------------------------------- image kernels
+
+
+def test_fourier_shift_integer_equals_roll_and_sign_convention():
+    x = _rand(2, 12, 10)
+    shifts = torch.tensor([[3.0, -2.0], [-1.0, 4.0]], dtype=torch.float64)
+    y = fourier_shift(x, shifts)
+    for k in range(2):
+        expected = torch.roll(x[k], shifts=(int(shifts[k, 0]), int(shifts[k, 1])), dims=(0, 1))
+        torch.testing.assert_close(y[k], expected, atol=1e-12, rtol=0)
+    # measured[r, c] = ideal[r - s_r, c - s_c]: content at (5, 5) moves to (8, 3)
+    assert y[0, 8, 3] == pytest.approx(float(x[0, 5, 5]), abs=1e-12)
+
+
+def test_fourier_shift_adjoint_and_composition():
+    x, y = _rand(3, 16, 15, seed=1), _rand(3, 16, 15, seed=2)
+    s = torch.from_numpy(RNG.uniform(-4, 4, (3, 2)))
+    lhs = _dot(fourier_shift(x, s), y)
+    rhs = _dot(x, fourier_shift(y, -s))
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+    # odd sizes have no Nyquist term: shifts compose and invert exactly
+    x = _rand(3, 15, 13, seed=1)
+    both = fourier_shift(fourier_shift(x, s), 0.5 * s)
+    torch.testing.assert_close(both, fourier_shift(x, 1.5 * s), atol=1e-10, rtol=0)
+    torch.testing.assert_close(fourier_shift(fourier_shift(x, s), -s), x, atol=1e-10, rtol=0)
+
+
+def test_binning_adjoint_and_centre():
+    x, y = _rand(2, 12, 8, seed=3), _rand(2, 3, 2, seed=4)
+    assert _dot(bin_images(x, 4), y) == pytest.approx(_dot(x, unbin_images(y, 4)), rel=1e-12)
+    assert bin_images(x, 4).shape == (2, 3, 2)
+    torch.testing.assert_close(bin_images(x, 2)[0, 0, 0], x[0, :2, :2].mean())
+    with pytest.raises(ValueError, match="multiple"):
+        bin_images(_rand(1, 10, 8), 4)
+
+
+def test_filters_are_self_adjoint_and_complementary():
+    x, y = _rand(2, 20, 18, seed=5), _rand(2, 20, 18, seed=6)
+    for op in (lambda t: lowpass(t, 2.5), lambda t: highpass(t, 2.5)):
+        assert _dot(op(x), y) == pytest.approx(_dot(x, op(y)), rel=1e-12)
+    torch.testing.assert_close(lowpass(x, 2.5) + highpass(x, 2.5), x, atol=1e-12, rtol=0)
+    assert float(highpass(torch.ones(1, 8, 8, dtype=torch.float64), 2.0).abs().max()) < 1e-12
+
+
+def test_spectral_gradient_of_a_sinusoid():
+    r, c = np.meshgrid(np.arange(32), np.arange(30), indexing="ij")
+    kr, kc = 3 / 32, 2 / 30
+    img = torch.from_numpy(np.sin(2 * np.pi * (kr * r + kc * c)))[None]
+    _, d_row, d_col = highpass_with_gradient(img, 0.0)
+    arg = 2 * np.pi * (kr * r + kc * c)
+    np.testing.assert_allclose(d_row[0].numpy(), 2 * np.pi * kr * np.cos(arg), atol=1e-10)
+    np.testing.assert_allclose(d_col[0].numpy(), 2 * np.pi * kc * np.cos(arg), atol=1e-10)
+
+
+def test_crop_window_keeps_the_centre():
+    assert crop_window(10, 6) == (2, 0.0)
+    start, offset = crop_window(11, 6)
+    assert (start, offset) == (2, 0.5)
+    assert (11 - 1) / 2 == pytest.approx(start + (6 - 1) / 2 + offset)
+    with pytest.raises(ValueError):
+        crop_window(5, 6)
+
+
+# ------------------------------------------------------------------------ shift estimates
+
+
+def _smooth_image(n: int, seed: int) -> torch.Tensor:
+    return lowpass(_rand(1, n, n, seed=seed), 2.0)[0] * 10
+
+
+def test_optical_flow_recovers_a_subpixel_shift():
+    model = torch.stack([_smooth_image(48, 7), _smooth_image(48, 8)])
+    truth = torch.tensor([[0.3, -0.2], [-0.45, 0.1]], dtype=torch.float64)
+    data = fourier_shift(model, truth)
+    weights = border_taper((48, 48), 6, model)
+    update, residual = optical_flow_update(data, model, weights, 6.0, 2.0)
+    torch.testing.assert_close(update, truth, atol=0.03, rtol=0)
+    assert residual.shape == (2,) and bool((residual > 0).all())
+    clamped, _ = optical_flow_update(data, model, weights, 6.0, 0.25)
+    assert float(clamped.abs().max()) == pytest.approx(0.25)
+    zero, residual0 = optical_flow_update(model, model, weights, 6.0, 2.0)
+    assert float(zero.abs().max()) < 1e-9 and float(residual0.max()) < 1e-9
+
+
+def test_bounded_lowpass_xcorr_is_robust_to_periodic_patterns():
+    """A grating of period 6 px over the whole field plus one broad feature: the sample
+    moved by +5 columns. Plain FFT cross-correlation locks onto the grating peak one period
+    away (-1); the low-pass, window-bounded estimate follows the feature."""
+    big_n, n = 160, 96
+    r, c = np.meshgrid(np.arange(big_n), np.arange(big_n), indexing="ij")
+    sample = np.cos(2 * np.pi * c / 6.0) + 0.8 * np.exp(-((r - 80) ** 2 + (c - 84) ** 2)
+                                                         / (2 * 10.0 ** 2))
+    reference = torch.from_numpy(sample[32:32 + n, 32:32 + n].copy())[None]
+    data = torch.from_numpy(sample[32:32 + n, 27:27 + n].copy())[None]  # data = ref(c - 5)
+    weights = border_taper((n, n), 8, reference)
+    plain = xcorr_shift(data, reference, weights)[0].numpy()
+    robust = xcorr_shift(data, reference, weights, lowpass_sigma_px=4.0, window_px=12)[0]
+    assert abs(plain[1] - 5.0) > 3.0  # the wrong period
+    assert abs(float(robust[1]) - 5.0) < 0.5 and abs(float(robust[0])) < 0.1
+
+
+def test_xcorr_window_bounds_the_search():
+    img = torch.stack([_smooth_image(40, 9)])
+    moved = fourier_shift(img, torch.tensor([[0.0, 9.0]], dtype=torch.float64))
+    free = xcorr_shift(moved, img)[0]
+    assert abs(float(free[1]) - 9.0) < 0.2
+    bounded = xcorr_shift(moved, img, window_px=4.0)[0]
+    assert abs(float(bounded[1])) <= 4.5
+
+
+# --------------------------------------------------------------------- drift and support
+
+
+def test_rigid_drift_basis_matches_the_geometry_vectors():
+    angles = np.array([0.0, 37.0, 123.0, 250.0])
+    geometry = Geometry(angles, TILT, (8, 8, 8), (16, 16))
+    _, u, v = geometry.vectors()
+    p = np.array([1.5, -0.7, 2.0])
+    expected = np.stack([v @ p, u @ p], axis=1)
+    np.testing.assert_allclose(rigid_drift_basis(angles, TILT) @ p, expected, atol=1e-12)
+
+
+def test_rigid_drift_basis_is_the_shift_of_a_translated_volume():
+    """Projecting a translated volume equals shifting its projections by the basis."""
+    shape, det = (12, 16, 16), (32, 32)
+    volume = np.zeros(shape)
+    volume[4:8, 5:11, 6:10] = 1.0
+    volume = lowpass(torch.from_numpy(volume), 1.0).numpy()  # smooth: shifts interpolate well
+    angles = np.array([0.0, 50.0, 140.0, 300.0])
+    geometry = Geometry(angles, TILT, shape, det)
+    base = project(torch.from_numpy(volume), geometry)
+    moved = project(torch.from_numpy(np.roll(volume, (1, -1, 2), axis=(0, 1, 2))), geometry)
+    shifts = rigid_drift_basis(angles, TILT) @ np.array([2.0, -1.0, 1.0])  # (x, y, z)
+    predicted = fourier_shift(base, torch.from_numpy(shifts))
+    err = float((moved - predicted).norm() / moved.norm())
+    assert err < 0.05, err
+
+
+def test_remove_rigid_drift_is_a_projection():
+    angles = np.linspace(0, 360, 25, endpoint=False)
+    basis = rigid_drift_basis(angles, TILT)
+    pattern = basis @ np.array([0.4, -1.2, 0.8])
+    noise = RNG.normal(0, 1, (25, 2))
+    cleaned, coef = remove_rigid_drift(pattern + noise, angles, TILT)
+    again, coef2 = remove_rigid_drift(cleaned, angles, TILT)
+    np.testing.assert_allclose(again, cleaned, atol=1e-12)
+    assert np.abs(coef2).max() < 1e-12
+    np.testing.assert_allclose(np.einsum("nij,ni->j", basis, cleaned), 0.0, atol=1e-10)
+    np.testing.assert_allclose(remove_rigid_drift(pattern, angles, TILT)[0], 0.0, atol=1e-12)
+
+
+def test_visible_support():
+    shape = (10, 20, 20)
+    full = auto_projection_shape(shape, TILT, margin_px=0)
+    assert visible_support(shape, full, TILT, margin_px=0).all()
+    narrow = visible_support(shape, (full[0], 16), TILT, margin_px=0)
+    assert narrow[:, 10, 10].all() and not narrow[:, 0, 0].any()
+    # the mask is right: a voxel inside projects inside the detector at every angle
+    z, y, x = np.argwhere(narrow)[-1]
+    angles = np.linspace(0, 360, 72, endpoint=False)
+    _, u, v = Geometry(angles, TILT, shape, (full[0], 16)).vectors()
+    p = np.array([x - 9.5, y - 9.5, z - 4.5])
+    assert np.abs(u @ p).max() <= 7.5 + 0.5
+
+
+# ------------------------------------------------------------ operators and the loop
+
+
+def _layout_volume(shape: tuple[int, int, int]) -> np.ndarray:
+    """Per-voxel phase of the real layout (or the procedural phantom without it)."""
+    if IC_DEF.is_file() and IC_LEF.is_file():
+        occ = make_phantom("layout", shape, 2.72e-8, layout_def=IC_DEF, layout_lef=IC_LEF,
+                           crop_origin_um=(40.0, 28.0))
+    else:
+        occ = make_phantom("procedural", shape, 2.72e-8, seed=2)
+    return (occ * 0.026).astype(np.float64)
+
+
+def test_distributed_ops_on_one_rank_equal_local_ops():
+    shape = (6, 10, 10)
+    geometry = Geometry(np.arange(7) * 360 / 7, TILT, shape, (16, 18))
+    volume = _rand(*shape, seed=10)
+    proj = _rand(7, 16, 18, seed=11)
+    local, dist = LocalLamino(), DistributedLamino(get_context())
+    torch.testing.assert_close(dist.project(volume, geometry), local.project(volume, geometry))
+    torch.testing.assert_close(dist.backproject(proj, geometry),
+                               local.backproject(proj, geometry))
+    torch.testing.assert_close(dist.fbp(proj, geometry), local.fbp(proj, geometry))
+    # adjoint pair
+    lhs = _dot(dist.project(volume, geometry), proj)
+    assert lhs == pytest.approx(_dot(volume, dist.backproject(proj, geometry)), rel=1e-10)
+
+
+def test_least_squares_fits_the_data_and_keeps_the_support():
+    shape = (8, 12, 12)
+    geometry = Geometry(np.arange(20) * 18.0, TILT, shape, auto_projection_shape(shape, TILT))
+    data = project(_rand(*shape, seed=12), geometry)
+    support = torch.ones(shape, dtype=torch.bool)
+    support[:, 0, 0] = False
+    ops = LocalLamino()
+    x0 = ops.fbp(data, geometry) * support
+    x, reprojection = least_squares(ops, data, geometry, x0, support, 10)
+    before = float((ops.project(x0, geometry) - data).norm())
+    after = float((ops.project(x, geometry) - data).norm())
+    assert after < 0.5 * before
+    torch.testing.assert_close(reprojection, ops.project(x, geometry), atol=1e-9, rtol=0)
+    assert float(x[:, 0, 0].abs().max()) == 0.0
+
+
+def _misaligned(shape, n_angles, sigma, seed, noise=0.0):
+    volume = _layout_volume(shape)
+    det = auto_projection_shape(shape, TILT, margin_px=12)
+    angles = np.arange(n_angles) * 360.0 / n_angles
+    ideal = project(torch.from_numpy(volume), Geometry(angles, TILT, shape, det))
+    rng = np.random.default_rng(seed)
+    truth = np.clip(rng.normal(0, sigma, (n_angles, 2)), -10, 10)
+    measured = fourier_shift(ideal, torch.from_numpy(truth))
+    if noise:
+        measured = measured + noise * torch.from_numpy(rng.standard_normal(measured.shape))
+    return volume, angles, ideal, truth, measured.float()
+
+
+def test_projection_matching_recovers_random_shifts():
+    shape = (24, 40, 40)
+    _, angles, _, truth, measured = _misaligned(shape, 40, 3.0, seed=5)
+    before = residual_error_px(np.zeros_like(truth), truth, angles)
+    result = projection_matching(measured, angles, TILT, shape,
+                                 AlignOptions(binning=(4, 2, 1), max_iterations=40))
+    after = residual_error_px(result.shifts_px, truth, angles)
+    assert before > 2.0
+    assert after < 0.1, after
+    # the estimate is drift free and the history is complete
+    assert np.abs(remove_rigid_drift(result.shifts_px, angles, TILT)[1]).max() < 1e-9
+    assert result.residual_per_angle.shape == (40, len(result.history))
+    assert result.history[0]["step"] == "xcorr" and result.history[-1]["level"] == 1
+    flow = [h for h in result.history if h["level"] == 1]
+    assert flow[-1]["residual_rms"] < result.history[0]["residual_rms"]
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _stage_config(directory: Path, **align) -> Path:
+    cfg = {
+        "output": {"dir": "run"},
+        "align": {"crop_shape": [40, 44], "binning": [2, 1], "max_iterations": 30, **align},
+        "recon": {"volume_shape": [20, 32, 32]},
+        "runtime": {"device": "cpu"},
+    }
+    path = directory / "align.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stage_input(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    work = tmp_path_factory.mktemp("align_stage")
+    _, angles, _, truth, measured = _misaligned((20, 32, 32), 30, 2.0, seed=8)
+    write_projections(work / "run" / "projections.h5", ProjectionSet(
+        measured.numpy(), angles, TILT, 2.72e-8,
+        extra={"fourier_error": np.arange(30, dtype=np.float64)}))
+    return work, angles, truth
+
+
+def _run_stage(stage_input, directory: Path, n_ranks: int = 1, **align):
+    work, _, _ = stage_input
+    run = directory / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "projections.h5").write_bytes((work / "run" / "projections.h5").read_bytes())
+    result = adept("align", "-c", str(_stage_config(directory, **align)), cwd=directory,
+                   n_ranks=n_ranks)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def serial_stage(stage_input, tmp_path_factory) -> Path:
+    return _run_stage(stage_input, tmp_path_factory.mktemp("serial_align"))
+
+
+def test_adept_align_writes_aligned_projections(stage_input, serial_stage):
+    _, angles, truth = stage_input
+    out = read_projections(serial_stage / "aligned.h5")
+    assert out.projections.shape == (30, 40, 44)
+    np.testing.assert_array_equal(out.angles_deg, angles)
+    assert out.tilt_deg == TILT and out.pixel_size_m == pytest.approx(2.72e-8)
+    assert out.shifts_px.shape == (30, 2)
+    assert residual_error_px(out.shifts_px, truth, angles) < 0.15
+    np.testing.assert_array_equal(out.extra["fourier_error"], np.arange(30))
+    history = json.loads((serial_stage / "align_history.json").read_text())
+    assert out.extra["align_residual"].shape == (30, len(history["iterations"]))
+    assert history["iterations"][-1]["max_update_px"] < 0.01 or \
+        len([h for h in history["iterations"] if h["level"] == 1]) == 30
+    for name in ("align_shifts.png", "align_convergence.png"):
+        assert (serial_stage / "figures" / name).stat().st_size > 1000
+
+
+def test_aligned_projections_match_the_ideal_ones(stage_input, serial_stage):
+    """Undoing the estimated shifts gives the ideal projections up to the rigid drift."""
+    _, angles, truth = stage_input
+    out = read_projections(serial_stage / "aligned.h5")
+    raw = read_projections(serial_stage / "projections.h5").projections
+    from hpc_adept.stages.align import shift_and_crop
+
+    # re-shift the raw data by the truth (less the drift the estimate cannot see)
+    offset = out.shifts_px - truth
+    offset_clean = offset - remove_rigid_drift(offset - offset.mean(0), angles, TILT)[0]
+    ideal = shift_and_crop(raw, truth + offset_clean, (40, 44))
+    rel = np.linalg.norm(out.projections - ideal) / np.linalg.norm(ideal)
+    misaligned = shift_and_crop(raw, np.zeros_like(truth), (40, 44))
+    rel0 = np.linalg.norm(misaligned - ideal) / np.linalg.norm(ideal)
+    assert rel < 0.15 * rel0, (rel, rel0)
+
+
+def test_align_disabled_only_crops(stage_input, tmp_path):
+    run = _run_stage(stage_input, tmp_path, enabled=False, crop_shape=[40, 500])
+    out = read_projections(run / "aligned.h5")
+    raw = read_projections(run / "projections.h5").projections
+    assert out.projections.shape == (30, 40, raw.shape[2])  # 500 > width: kept whole
+    assert not out.shifts_px.any()
+    start = (raw.shape[1] - 40) // 2
+    np.testing.assert_allclose(out.projections, raw[:, start:start + 40], atol=1e-5)
+    assert not (run / "figures" / "align_convergence.png").exists()
+
+
+def test_align_without_projections_is_a_clear_error(tmp_path):
+    result = adept("align", "-c", str(_stage_config(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "projections.h5 not found" in lines[0]
+    assert not (tmp_path / "run" / "aligned.h5").exists()
+
+
+def test_align_bad_binning_is_a_config_error(tmp_path):
+    result = adept("align", "-c", str(_stage_config(tmp_path, binning=[4, 3, 1])),
+                   cwd=tmp_path)
+    assert result.returncode == 2
+    assert "align.binning must be positive factors that divide the first" in result.stderr
+
+
+@pytest.mark.mpi
+def test_two_ranks_give_the_same_shifts(stage_input, serial_stage, tmp_path):
+    run = _run_stage(stage_input, tmp_path, n_ranks=2)
+    one = read_projections(serial_stage / "aligned.h5")
+    two = read_projections(run / "aligned.h5")
+    np.testing.assert_allclose(two.shifts_px, one.shifts_px, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(two.projections, one.projections, rtol=0,
+                               atol=1e-5 * math.ceil(np.abs(one.projections).max()))
+    history = json.loads((run / "align_history.json").read_text())
+    assert history["n_ranks"] == 2
+
+
+@pytest.mark.gpu
+def test_cuda_alignment_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    shape = (20, 32, 32)
+    _, angles, _, _, measured = _misaligned(shape, 24, 2.0, seed=3)
+    options = AlignOptions(binning=(2, 1), max_iterations=10)
+    cpu = projection_matching(measured, angles, TILT, shape, options)
+    gpu = projection_matching(measured.cuda(), angles, TILT, shape, options)
+    np.testing.assert_allclose(gpu.shifts_px, cpu.shifts_px, rtol=0, atol=1e-3)

@@ -1,0 +1,66 @@
+"""``adept run``: every stage in order, skipping up-to-date stages, timing that adds up."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from .conftest import adept
+
+CONFIG = {
+    "data": {"path": "dataset"},
+    "output": {"dir": "run"},
+    "simulate": {"phantom": "procedural", "volume_shape": [16, 24, 24], "n_angles": 8,
+                 "frame_size": 32, "seed": 6, "write_projections": False},
+    "ptycho": {"iterations": 4},
+    "align": {"crop_shape": [24, 24], "max_iterations": 3, "binning": [2, 1]},
+    "recon": {"methods": ["fbp", "dip"], "volume_shape": [16, 24, 24]},
+    "dip": {"iterations": 4, "channels": [4, 8], "strides": [2, 1], "in_channels": 4,
+            "checkpoint_every": 2},
+    "evaluate": {"reference": "dataset/ground_truth.h5"},
+    "runtime": {"device": "cpu"},
+}
+OUTPUTS = ("projections.h5", "aligned.h5", "volume_fbp.h5", "volume_dip.h5", "metrics.json",
+           "timing.json", "report.html", "report.md", "adept.log", "pipeline_state.json")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline")
+    (work / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    result = adept("simulate", "-c", "c.yaml", cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return work
+
+
+@pytest.mark.mpi
+def test_run_all_stages_then_skip_and_continue(work):
+    result = adept("run", "-c", "c.yaml", cwd=work, n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = work / "run"
+    for name in OUTPUTS:
+        assert (run / name).is_file(), name
+    timing = json.loads((run / "timing.json").read_text())
+    assert set(timing["stages"]) == {"ptycho", "align", "recon", "evaluate"}
+    assert timing["n_ranks"] == 2
+    stage_sum = sum(s["max_s"] for s in timing["stages"].values())
+    assert abs(stage_sum - timing["wall_s"]) <= 0.05 * timing["wall_s"], (stage_sum, timing)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"fbp", "dip"}
+    # A second run finds everything up to date and redoes nothing.
+    stamps = {n: (run / n).stat().st_mtime_ns for n in OUTPUTS[:5]}
+    result = adept("run", "-c", "c.yaml", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("ptycho", "align", "recon", "evaluate"):
+        assert f"run: {stage} skipped" in result.stderr
+    assert {n: (run / n).stat().st_mtime_ns for n in OUTPUTS[:5]} == stamps
+    # New DIP settings: recon and evaluate run again, the earlier stages are kept.
+    result = adept("run", "-c", "c.yaml", "--set", "dip.iterations=5", cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run: ptycho skipped" in result.stderr and "run: align skipped" in result.stderr
+    assert "run: recon (settings changed)" in result.stderr
+    assert "run: evaluate (inputs are newer)" in result.stderr
+    assert (run / "projections.h5").stat().st_mtime_ns == stamps["projections.h5"]
+    assert (run / "metrics.json").stat().st_mtime_ns > stamps["metrics.json"]
