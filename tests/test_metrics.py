@@ -239,3 +239,24 @@ def test_psd_of_a_sinusoid_peaks_at_its_frequency():
     assert spectrum.sum() == pytest.approx((vertical ** 2).sum(), rel=1e-10)
     assert np.sort(spectrum.ravel())[-2:].sum() == pytest.approx(spectrum.sum(), rel=1e-10)
     assert np.isfinite(cuts.kx_ky).all() and cuts.kx_ky.shape == (ny, nx)
+
+
+def test_tied_mixture_threshold_ignores_a_narrow_background():
+    """A near-noiseless background with a faint halo of dielectric voxels next to the metal
+    (the blur of a clean reconstruction) and a broad metal class: the full mixture puts its
+    threshold next to the narrow background and calls the halo metal; the tied one does
+    not."""
+    from hpc_adept.metrics.binarize import fit_gmm
+
+    rng = np.random.default_rng(3)
+    kind = rng.choice(3, size=60_000, p=[0.75, 0.10, 0.15])  # background, halo, metal
+    values = np.select([kind == 0, kind == 1],
+                       [np.abs(rng.normal(0.0, 0.0005, kind.size)),
+                        rng.uniform(0.002, 0.005, kind.size)],
+                       rng.normal(0.02, 0.006, kind.size))
+    truth = kind == 2
+    full = fit_gmm(values, seed=0, covariance="full")
+    tied = fit_gmm(values, seed=0, covariance="tied")
+    assert full.threshold < 0.004 < tied.threshold
+    assert np.mean(tied.binarize(values) != truth) < 0.02
+    assert np.mean(full.binarize(values) != truth) > 0.05

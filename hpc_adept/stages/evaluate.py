@@ -151,7 +151,7 @@ def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinari
                                              ev.max_uncertain_fraction)
         description = {"source": "occupancy", "metal_fraction": float(occupancy.mean())}
         return _ReferenceBinarisation(occupancy, exclusion, description)
-    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed)
+    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
     if not model.separated or model.separation < 2.0:
         log.warning("evaluate: the reference's two classes overlap (Ashman D %.2f < 2): "
                     "its binarisation, and so the BER, is uncertain", model.separation)
@@ -203,7 +203,7 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
     ref_val = np.asarray(reference.volume[reg.reference_slices], np.float64)
     ref_occ = binarised.occupancy[reg.reference_slices]
     est_val = reg.aligned
-    model = fit_gmm(est_val, ev.gmm_samples, cfg.runtime.seed)
+    model = fit_gmm(est_val, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
     est_occ = model.binarize(est_val)
 
     z_slice = reg.reference_slices[0]

@@ -234,7 +234,7 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
 
     torch.manual_seed(cfg.runtime.seed)  # the same initial network on every rank
     model = DipNetwork(d.in_channels, d.channels, d.strides, d.skip_channels,
-                       init_gain=d.init_gain,
+                       init_gain=d.init_gain, out_range=tuple(d.output_range),
                        activation_checkpointing=d.activation_checkpointing).to(device)
     noise = make_input_noise(d.in_channels, shape, d.input_noise_scale,
                              torch.Generator().manual_seed(cfg.runtime.seed + 1)).to(device)
