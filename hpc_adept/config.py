@@ -110,6 +110,11 @@ class SimulateConfig:
     write_projections : bool
         Also write the true projections as ``output.dir/projections.h5`` so the
         reconstruction stages can run before the ptychography stage.
+    drift_px : float, px
+        Standard deviation of a random rigid shift of each angle's projection (row and
+        column, clipped at 3 sigma) before the scan is simulated: the sample drift that the
+        alignment stage removes (0 = none). ``true_projections.h5`` keeps the unshifted
+        projections and the shifts in ``/drift_px`` (row, col; DESIGN's sign).
     projection_noise : float
         Gaussian noise added to that ``projections.h5``, standard deviation as a fraction of
         the projections' RMS (0 = exact); for studies of the reconstruction stages alone.
@@ -143,6 +148,7 @@ class SimulateConfig:
     store_probe: bool = True
     write_projections: bool = True
     projection_noise: float = 0.0
+    drift_px: float = 0.0
     scans: bool = True
     seed: int = 0
 
@@ -165,6 +171,8 @@ class SimulateConfig:
                 f"simulate.probe_diameter_px must be in (0, frame_size={self.frame_size}], "
                 f"got {self.probe_diameter_px}"
             )
+        if self.drift_px < 0:
+            raise ConfigError(f"simulate.drift_px must be >= 0, got {self.drift_px}")
         if self.projection_noise < 0:
             raise ConfigError(f"simulate.projection_noise must be >= 0, got "
                               f"{self.projection_noise}")

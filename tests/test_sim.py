@@ -108,3 +108,33 @@ def test_projection_only_simulation_with_noise(tmp_path):
     result = adept("simulate", "-c", "c.yaml", "--set", "simulate.write_projections=false",
                    cwd=tmp_path)
     assert result.returncode == 2 and "nothing to simulate" in result.stderr
+
+
+def test_drift_shifts_the_scans_and_is_recorded(tmp_path):
+    import numpy as np
+    import yaml
+
+    from hpc_adept.io import read_cxi, read_projections
+    from hpc_adept.stages.simulate import drift_shifts
+
+    from .conftest import adept
+
+    shifts = drift_shifts(2000, 2.0, seed=1)
+    assert shifts.shape == (2000, 2) and abs(shifts.std() - 2.0) < 0.1
+    assert np.abs(shifts).max() <= 6.0
+    config = {"data": {"path": "plain"}, "output": {"dir": "run"},
+              "simulate": {"phantom": "procedural", "volume_shape": [8, 16, 16],
+                           "n_angles": 3, "frame_size": 16, "poisson_noise": False,
+                           "position_jitter_px": 0.0, "write_projections": False},
+              "runtime": {"device": "cpu"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert adept("simulate", "-c", "c.yaml", cwd=tmp_path).returncode == 0
+    result = adept("simulate", "-c", "c.yaml", "--set", "data.path=drifted",
+                   "simulate.drift_px=1.5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    truth = read_projections(tmp_path / "drifted" / "true_projections.h5")
+    np.testing.assert_allclose(truth.extra["drift_px"], drift_shifts(3, 1.5, 0))
+    assert "drift_px" not in read_projections(tmp_path / "plain" / "true_projections.h5").extra
+    plain = read_cxi(tmp_path / "plain" / "scan_0000.cxi").counts
+    drifted = read_cxi(tmp_path / "drifted" / "scan_0000.cxi").counts
+    assert not np.allclose(plain, drifted)

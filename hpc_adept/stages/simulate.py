@@ -160,8 +160,12 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
     stored_probe = (probe * math.sqrt(s.photons_per_pattern)).astype(np.complex64) \
         if s.store_probe else None
     progress = Progress(s.n_angles, "simulated scans", log)
+    drift = drift_shifts(s.n_angles, s.drift_px, s.seed)
     for local, index in enumerate(mine if s.scans else ()):
-        counts, positions_px = simulate_scan(projections[local], probe, index, cfg, plan)
+        measured = projections[local]
+        if s.drift_px > 0:  # measured[r, c] = ideal[r - s_r, c - s_c]
+            measured = np.real(sim.shift_image(measured, tuple(drift[index])))
+        counts, positions_px = simulate_scan(measured, probe, index, cfg, plan)
         translation = np.zeros((len(positions_px), 3))
         translation[:, 0] = positions_px[:, 1] * s.voxel_size_m  # x along detector columns
         translation[:, 1] = positions_px[:, 0] * s.voxel_size_m  # y along rows
@@ -182,7 +186,8 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
         truth = ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
                               tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m,
                               probes=np.broadcast_to(probe.astype(np.complex64),
-                                                     (s.n_angles, *probe.shape)).copy())
+                                                     (s.n_angles, *probe.shape)).copy(),
+                              extra={"drift_px": drift} if s.drift_px > 0 else {})
         write_projections(plan.dataset_dir / "true_projections.h5", truth)
         write_ground_truth(plan.dataset_dir / "ground_truth.h5", volume,
                            (occupancy >= 0.5).astype(np.uint8), s.voxel_size_m,
@@ -198,6 +203,12 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
                                             tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m))
         log.info("simulate: wrote %d scans and ground_truth.h5 to %s in %.1f s",
                  s.n_angles if s.scans else 0, plan.dataset_dir, time.perf_counter() - t0)
+
+
+def drift_shifts(n_angles: int, sigma_px: float, seed: int) -> np.ndarray:
+    """Per-angle rigid shifts ``[n_angles, 2]`` (row, col) px: normal, clipped at 3 sigma."""
+    rng = np.random.default_rng([seed, 0xD81F7])
+    return np.clip(rng.standard_normal((n_angles, 2)) * sigma_px, -3 * sigma_px, 3 * sigma_px)
 
 
 def _noisy(projections: np.ndarray, relative_std: float, seed: int) -> np.ndarray:
