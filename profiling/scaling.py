@@ -7,6 +7,8 @@ The study file (example: ``profiling/scaling_cpu.yaml``)::
     config: jobs/configs/scaling_cpu.yaml   # base config of every run
     command: run                  # the adept command timed (run, ptycho, recon, ...)
     prepare: [simulate]           # commands run once per dataset before timing (untimed)
+    seed_files: [projections.h5]  # files of the prepare commands' output.dir linked into
+                                  # every run directory (to time a later stage alone)
     ranks: [1, 2]
     mode: strong                  # strong: same problem; weak: `weak.key` = per_rank * ranks
     weak: {key: simulate.n_angles, per_rank: 8}
@@ -31,6 +33,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,8 +44,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-KNOWN_KEYS = {"config", "command", "prepare", "ranks", "mode", "weak", "problems", "repeats",
-              "launcher", "sbatch", "output", "timeout_s"}
+KNOWN_KEYS = {"config", "command", "prepare", "seed_files", "ranks", "mode", "weak",
+              "problems", "repeats", "launcher", "sbatch", "output", "timeout_s"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Study:
     config: Path
     command: str = "run"
     prepare: tuple[str, ...] = ()
+    seed_files: tuple[str, ...] = ()
     ranks: tuple[int, ...] = (1, 2)
     mode: str = "strong"
     weak_key: str | None = None
@@ -93,7 +97,8 @@ def load_study(path: Path) -> Study:
                      for p in raw.get("problems") or [{"name": "default"}])
     return Study(
         config=Path(raw["config"]), command=str(raw.get("command", "run")),
-        prepare=tuple(raw.get("prepare") or ()), ranks=tuple(sorted(set(ranks))), mode=mode,
+        prepare=tuple(raw.get("prepare") or ()),
+        seed_files=tuple(raw.get("seed_files") or ()), ranks=tuple(sorted(set(ranks))), mode=mode,
         weak_key=weak.get("key"), weak_per_rank=int(weak.get("per_rank", 1)),
         problems=problems, repeats=int(raw.get("repeats", 1)), launcher=launcher,
         sbatch=str(raw.get("sbatch", "")), output=Path(raw.get("output", "runs/scaling")),
@@ -124,6 +129,20 @@ def _launch(study: Study, ranks: int, args: list[str], log_path: Path) -> int:
     return done.returncode
 
 
+def _seed(source: Path, run_dir: Path, names: tuple[str, ...]) -> None:
+    """Link (or copy) the prepared files into a fresh run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        target = run_dir / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(source / name, target)
+        except OSError as exc:
+            if not (source / name).is_file():
+                raise SystemExit(f"scaling: seed file {source / name} missing ({exc})") from None
+            shutil.copyfile(source / name, target)
+
+
 def run_study(study: Study, dry_run: bool = False) -> list[dict[str, Any]]:
     """Run every (problem, ranks, repeat) and return one record per run."""
     records = []
@@ -134,12 +153,15 @@ def run_study(study: Study, dry_run: bool = False) -> list[dict[str, Any]]:
             if study.mode == "weak":
                 sets[study.weak_key] = study.weak_per_rank * ranks
                 sets["data.path"] = str(study.output / "data" / f"{name}-r{ranks}")
+            prepared_dir = study.output / "prepared" / (
+                f"{name}-r{ranks}" if study.mode == "weak" else name)
             for command in study.prepare:
                 key = (command, json.dumps(sets, sort_keys=True))
                 if key in prepared:
                     continue
                 prepared.add(key)
-                args = [command, "-c", str(study.config), "--set", *_sets(sets)]
+                args = [command, "-c", str(study.config), "--set",
+                        *_sets({**sets, "output.dir": str(prepared_dir)})]
                 print(f"prepare {name} r{ranks}: adept {shlex.join(args)}", flush=True)
                 if not dry_run and _launch(study, 1, args,
                                            study.output / "logs" / f"{command}-{name}-r{ranks}"
@@ -154,6 +176,7 @@ def run_study(study: Study, dry_run: bool = False) -> list[dict[str, Any]]:
                       flush=True)
                 if dry_run:
                     continue
+                _seed(prepared_dir, run_dir, study.seed_files)
                 code = _launch(study, ranks, args, run_dir.parent / f"rep{repeat}.log")
                 if code != 0:
                     raise SystemExit(f"scaling: run failed with exit code {code}: see "

@@ -151,7 +151,8 @@ def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinari
                                              ev.max_uncertain_fraction)
         description = {"source": "occupancy", "metal_fraction": float(occupancy.mean())}
         return _ReferenceBinarisation(occupancy, exclusion, description)
-    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
+    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed,
+                    covariance=ev.gmm_covariance)
     if not model.separated or model.separation < 2.0:
         log.warning("evaluate: the reference's two classes overlap (Ashman D %.2f < 2): "
                     "its binarisation, and so the BER, is uncertain", model.separation)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpc_adept import timing
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
@@ -108,9 +109,11 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         t0 = time.perf_counter()
         attrs: dict[str, object] = {"method": method}
         if method == "fbp":
-            volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device)
+            with timing.region("recon/fbp", device):
+                volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device)
         elif method == "dip":
-            volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
+            with timing.region("recon/dip", device):
+                volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
         else:  # plan_recon admits implemented methods only
             raise AssertionError(method)
         if not np.all(np.isfinite(volume)):
