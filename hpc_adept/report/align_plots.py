@@ -7,16 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpc_adept.io import atomic_output
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from hpc_adept.report.figures import pyplot, save_figure
 
 
 def plot_shifts(path: str | Path, angles_deg: np.ndarray, shifts_px: np.ndarray,
@@ -33,7 +24,7 @@ def plot_shifts(path: str | Path, angles_deg: np.ndarray, shifts_px: np.ndarray,
     intermediate : mapping of label -> ndarray [n_angles, 2], optional
         Earlier estimates (e.g. at the end of each binning level), drawn faintly.
     """
-    plt = _pyplot()
+    plt = pyplot()
     order = np.argsort(angles_deg)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
     for axis, (ax, name) in enumerate(zip(axes, ("row (v)", "column (u)"), strict=True)):
@@ -52,11 +43,7 @@ def plot_shifts(path: str | Path, angles_deg: np.ndarray, shifts_px: np.ndarray,
     fig.suptitle(title or "alignment shifts (measured[r, c] = ideal[r - s_r, c - s_c])",
                  fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_convergence(path: str | Path, history: Sequence[dict], title: str = "") -> Path:
@@ -68,7 +55,7 @@ def plot_convergence(path: str | Path, history: Sequence[dict], title: str = "")
         Entries of :attr:`hpc_adept.align.AlignResult.history` (``level``,
         ``residual_rms``, ``max_update_px``, ``rms_update_px``).
     """
-    plt = _pyplot()
+    plt = pyplot()
     steps = np.arange(len(history))
     levels = np.array([h["level"] for h in history])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -88,8 +75,4 @@ def plot_convergence(path: str | Path, history: Sequence[dict], title: str = "")
     binning = [int(b) for b in dict.fromkeys(levels)]
     fig.suptitle(title or f"projection matching, binning levels {binning}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

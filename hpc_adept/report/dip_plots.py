@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hpc_adept.io import atomic_output
-from hpc_adept.report.figures import _pyplot
+from hpc_adept.report.figures import pyplot, save_figure
 
 
 def save_loss_curve(path: str | Path, history: Mapping[str, Any]) -> Path:
@@ -23,7 +22,7 @@ def save_loss_curve(path: str | Path, history: Mapping[str, Any]) -> Path:
         ``iteration``, ``loss``, ``data``, ``tv`` (lists of equal length); optional
         ``rollbacks`` ([iteration, rolled back to] pairs) and ``best_iteration``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     it = np.asarray(history["iteration"], dtype=float)
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for key, style in (("loss", "-"), ("data", "--"), ("tv", ":")):
@@ -41,9 +40,4 @@ def save_loss_curve(path: str | Path, history: Mapping[str, Any]) -> Path:
     ax.set_title("DIP loss", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

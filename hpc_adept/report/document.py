@@ -21,8 +21,9 @@ import numpy as np
 import yaml
 
 from hpc_adept.errors import DataError
-from hpc_adept.io import atomic_output, read_projections, read_volume, write_text_atomic
+from hpc_adept.io import read_projections, read_volume, write_text_atomic
 from hpc_adept.io.atomic import open_h5
+from hpc_adept.report.figures import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,6 @@ class Section:
     def code(self, value: str) -> Section:
         self.blocks.append(("code", value))
         return self
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    _pyplot().close(fig)
-    return path
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -141,7 +125,7 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
                "GPU s (events)"], rows)
     stages = doc.get("stages", {})
     if stages:
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(stages)))
         names = list(stages)
         means = [stages[n]["mean_s"] for n in names]
@@ -151,7 +135,7 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
         ax.invert_yaxis()
         ax.set_xlabel("seconds (mean over ranks; bars: min-max)")
         fig.tight_layout()
-        sec.figure(_save(fig, run_dir / "figures" / "timing_stages.png"),
+        sec.figure(save_figure(fig, run_dir / "figures" / "timing_stages.png"),
                    "Time per stage over ranks.")
     return sec
 
@@ -248,7 +232,7 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     shifts = ps.shifts_px
     if shifts is None:
         return sec.text("aligned.h5 holds no `/shifts_px`.")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
     order = np.argsort(ps.angles_deg)
     ax.plot(ps.angles_deg[order], shifts[order, 0], ".-", label="row shift")
@@ -257,7 +241,7 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     ax.set_ylabel("shift (px)")
     ax.legend()
     fig.tight_layout()
-    sec.figure(_save(fig, run_dir / "figures" / "report_shifts.png"),
+    sec.figure(save_figure(fig, run_dir / "figures" / "report_shifts.png"),
                "Shift found in each measured projection (DESIGN: measured[r, c] = "
                "ideal[r - s_r, c - s_c]).")
     rms = np.sqrt(np.mean(shifts**2, axis=0))
@@ -281,7 +265,7 @@ def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:
     length = min(len(c) for c in curves)
     stack = np.stack([c[:length] for c in curves])
     stack = stack / np.maximum(stack[:, :1], 1e-30)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
     it = np.arange(1, length + 1)
     ax.fill_between(it, stack.min(0), stack.max(0), alpha=0.3, label="range over scans")
@@ -291,7 +275,7 @@ def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:
     ax.set_ylabel("Fourier error / first")
     ax.legend()
     fig.tight_layout()
-    sec.figure(_save(fig, run_dir / "figures" / "report_lsqml.png"),
+    sec.figure(save_figure(fig, run_dir / "figures" / "report_lsqml.png"),
                f"Relative Fourier error of {len(curves)} scans.")
     return sec
 
@@ -303,14 +287,14 @@ def section_dip(run_dir: Path, config: dict[str, Any]) -> Section:
     if not loss:
         return sec.text("No DIP loss history (`dip_history.json`).")
     loss = np.asarray(loss, dtype=np.float64)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
     ax.plot(np.arange(1, len(loss) + 1), loss)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     fig.tight_layout()
-    sec.figure(_save(fig, run_dir / "figures" / "report_dip_loss.png"),
+    sec.figure(save_figure(fig, run_dir / "figures" / "report_dip_loss.png"),
                f"DIP loss over {len(loss)} iterations (final {_fmt(float(loss[-1]))}).")
     return sec
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hpc_adept.io import atomic_output
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +66,7 @@ def save_orthoslices(path: str | Path, volumes: Mapping[str, np.ndarray],
         Depths of the xy slices (default: the three most structured depths of the first
         volume, see :func:`busiest_depths`).
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(volumes)
     shape = volumes[names[0]].shape
     nz, ny, nx = shape
@@ -90,9 +92,14 @@ def save_orthoslices(path: str | Path, volumes: Mapping[str, np.ndarray],
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (parents created) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     return path

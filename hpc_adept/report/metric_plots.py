@@ -8,20 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from hpc_adept.io import atomic_output
-from hpc_adept.report.figures import _pyplot
+from hpc_adept.report.figures import pyplot, save_figure
 
 __all__ = ["save_layer_metrics", "save_psd_cuts"]
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
 
 
 def save_layer_metrics(path: str | Path, per_method: Mapping[str, Mapping[str, Any]],
@@ -38,7 +27,7 @@ def save_layer_metrics(path: str | Path, per_method: Mapping[str, Mapping[str, A
     z_boundaries_um : sequence of float
         Range boundaries, drawn as dashed lines.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
     shaded = False
     for name, layers in per_method.items():
@@ -65,7 +54,7 @@ def save_layer_metrics(path: str | Path, per_method: Mapping[str, Mapping[str, A
     axes[0].set_title("Per-layer scores against the reference (grey: excluded layers)",
                       fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_psd_cuts(path: str | Path, cuts: Mapping[str, Any]) -> Path:
@@ -79,7 +68,7 @@ def save_psd_cuts(path: str | Path, cuts: Mapping[str, Any]) -> Path:
         One column each, in order (e.g. the reference, then every method). Each panel is
         shown relative to its own maximum, over 6 decades.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(cuts)
     fig, axes = plt.subplots(2, len(names), figsize=(3.0 * len(names), 5.8), squeeze=False)
     for col, name in enumerate(names):
@@ -99,4 +88,4 @@ def save_psd_cuts(path: str | Path, cuts: Mapping[str, Any]) -> Path:
     fig.suptitle("log10 power spectral density (relative to each panel's maximum)",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
