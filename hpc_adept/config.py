@@ -374,6 +374,10 @@ class DipConfig:
         Std of Gaussian noise added to the input at every step (0: fixed input).
     init_gain : float
         Xavier-uniform gain (0.2).
+    memory_guard : bool
+        Before any work, estimate the memory the DIP needs per rank (network activations
+        from a shape-only pass, optimiser, projections) and stop with a clear message when
+        it exceeds 90 % of what the rank has.
     output_range : (float, float), rad per voxel
         Interval of the network's scaled-sigmoid output (reference: -0.03, 0.03, which holds
         copper's 0.026 rad per 27.2 nm voxel at 6.2 keV); widen it for larger voxels or
@@ -419,6 +423,7 @@ class DipConfig:
     input_perturbation: float = 0.0
     init_gain: float = 0.2
     output_range: tuple[float, float] = (-0.03, 0.03)
+    memory_guard: bool = True
     checkpoint_every: int = 100
     resume: bool = True
     bf16: bool = False

@@ -179,6 +179,8 @@ def run_pipeline(cfg: Config, ctx: ParallelContext, plan: RunPlan, device: Any) 
         module = importlib.import_module(stage.module)
         with timing.region(stage.name, device):
             plan = getattr(module, f"plan_{stage.name}")(cfg)
+            if hasattr(plan, "validate"):  # data checks and the memory guard, collective
+                plan.validate(ctx)
             getattr(module, f"run_{stage.name}")(cfg, ctx, plan, device)
         barrier(ctx)
         if ctx.is_root:

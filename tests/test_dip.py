@@ -516,3 +516,24 @@ def test_a_rank_failing_inside_the_loop_ends_the_job_quickly(dip_dataset):
     assert "adept: error (rank 1)" in result.stderr
     assert elapsed < 30, elapsed
     assert not (run_dir / "volume_dip.h5").exists()
+
+
+def test_memory_guard_stops_a_dip_that_cannot_fit(dip_dataset):
+    """A volume far beyond this machine's memory is refused before any work, in one line."""
+    from hpc_adept.dip.memory import estimate_dip_bytes
+
+    small = estimate_dip_bytes(4, (4, 8), (2, 1), 2, (16, 16, 16), 8, (24, 24))
+    large = estimate_dip_bytes(4, (4, 8), (2, 1), 2, (32, 32, 32), 8, (24, 24))
+    assert large > small  # activations grow with the volume
+    run_dir = dip_dataset / "guard"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "projections.h5").write_bytes((dip_dataset / "run" / "projections.h5")
+                                             .read_bytes())
+    result = adept("recon", "-c", "tiny.yaml", "--set", "output.dir=guard",
+                   "recon.methods=[fbp,dip]", "recon.volume_shape=[512,2048,2048]",
+                   cwd=dip_dataset)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dip: needs about" in lines[0], result.stderr
+    assert "dip.activation_checkpointing" in lines[0]
+    assert not (run_dir / "volume_fbp.h5").exists()

@@ -39,6 +39,12 @@ class ReconPlan:
     input_path: Path
     run_dir: Path
     methods: tuple[str, ...]
+    cfg: Config | None = None
+
+    def validate(self, ctx: ParallelContext) -> None:
+        """Stop before any work when the DIP will not fit in this rank's memory."""
+        if "dip" in self.methods and self.cfg is not None and self.cfg.dip.memory_guard:
+            check_dip_memory(self.cfg, self.input_path, ctx)
 
 
 def plan_recon(cfg: Config) -> ReconPlan:
@@ -63,7 +69,52 @@ def plan_recon(cfg: Config) -> ReconPlan:
             f"recon: {path} not found (run adept ptycho/align first, or adept simulate "
             f"with simulate.write_projections: true)"
         )
-    return ReconPlan(path, run_dir, tuple(cfg.recon.methods))
+    return ReconPlan(path, run_dir, tuple(cfg.recon.methods), cfg)
+
+
+def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
+    """DataError (one line, with what to change) when the DIP would exceed the memory."""
+    import h5py
+
+    from hpc_adept.backend import select_torch_device
+    from hpc_adept.dip.memory import estimate_dip_bytes
+
+    with h5py.File(input_path, "r") as f:
+        n_angles, nv, nu = (int(n) for n in f["projections"].shape)
+    d = cfg.dip
+    per_step = min(n_angles, d.angles_per_step or n_angles)
+    local = -(-per_step // ctx.size)
+    need = estimate_dip_bytes(d.in_channels, d.channels, d.strides, d.skip_channels,
+                              tuple(cfg.recon.volume_shape), local, (nv, nu), d.bf16,
+                              d.activation_checkpointing)
+    device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+    if device.type == "cuda":
+        import torch
+
+        free = torch.cuda.mem_get_info(device)[0]
+        where = f"free memory of {device}"
+    else:
+        free = _host_available_bytes() // max(ctx.local_size, 1)
+        where = f"this rank's share of the host's available memory ({ctx.local_size} rank(s))"
+    if need > 0.9 * free:
+        raise DataError(
+            f"dip: needs about {need / 2**30:.1f} GiB per rank but {where} is "
+            f"{free / 2**30:.1f} GiB; reduce dip.channels / dip.in_channels or "
+            f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16 on a "
+            f"GPU), fewer dip.angles_per_step, or use larger nodes "
+            f"(dip.memory_guard: false skips this check)")
+    log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
+
+
+def _host_available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); a large value elsewhere."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 50
 
 
 def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
