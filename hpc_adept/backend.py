@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,3 +110,25 @@ def set_torch_threads(threads: int | None, local_size: int) -> int:
         threads = max(1, (os.cpu_count() or 1) // max(1, local_size))
     torch.set_num_threads(threads)
     return threads
+
+
+def available_memory_bytes(device: Any, ranks_on_node: int = 1) -> tuple[int, str]:
+    """Memory one rank can still use on ``device``, and a phrase saying what it is.
+
+    CUDA: the device's free memory. CPU: ``MemAvailable`` of /proc/meminfo shared by the
+    ranks of the node (a very large value where /proc is missing).
+    """
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0]), f"free memory of {device}"
+    available = 1 << 50
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except OSError:
+        pass
+    share = available // max(ranks_on_node, 1)
+    return share, f"this rank's share of the host's available memory ({ranks_on_node} rank(s))"

@@ -422,3 +422,28 @@ def test_cuda_alignment_matches_cpu():
     cpu = projection_matching(measured, angles, TILT, shape, options)
     gpu = projection_matching(measured.cuda(), angles, TILT, shape, options)
     np.testing.assert_allclose(gpu.shifts_px, cpu.shifts_px, rtol=0, atol=1e-3)
+
+
+def test_memory_guard_refuses_an_alignment_that_cannot_fit(tmp_path):
+    """A volume far beyond this machine's memory is refused before any work, in one line."""
+    import yaml
+
+    from hpc_adept.io import ProjectionSet, write_projections
+
+    from .conftest import adept
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    write_projections(run / "projections.h5", ProjectionSet(
+        projections=rng.random((4, 32, 32), dtype=np.float32),
+        angles_deg=np.arange(4) * 90.0, tilt_deg=61.0, pixel_size_m=1e-8))
+    config = {"output": {"dir": "run"}, "align": {"volume_shape": [4096, 4096, 4096],
+                                                  "crop_shape": [32, 32]},
+              "runtime": {"device": "cpu"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = adept("align", "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "align: needs about" in lines[0], result.stderr
+    assert not (run / "aligned.h5").exists()

@@ -61,6 +61,30 @@ class AlignPlan:
     projection_shape: tuple[int, int, int]
     crop_shape: tuple[int, int]
     volume_shape: tuple[int, int, int]
+    device_choice: str = "auto"
+    enabled: bool = True
+
+    def validate(self, ctx: ParallelContext) -> None:
+        """Stop before any work when projection matching will not fit in memory.
+
+        Every rank holds all projections (several working copies) and a few volumes (the
+        CGLS vectors) plus the projector's chunk buffer.
+        """
+        if not self.enabled:
+            return
+        from hpc_adept.backend import available_memory_bytes, select_torch_device
+
+        n, nv, nu = self.projection_shape
+        voxels = int(np.prod(self.volume_shape))
+        device = select_torch_device(self.device_choice, ctx.local_rank)
+        chunk = 1 << 30 if device.type == "cuda" else 32 << 20
+        need = (512 << 20) + 4 * (8 * n * nv * nu + 8 * voxels) + chunk
+        free, where = available_memory_bytes(device, ctx.local_size)
+        if need > 0.9 * free:
+            raise DataError(
+                f"align: needs about {need / 2**30:.1f} GiB per rank but {where} is "
+                f"{free / 2**30:.1f} GiB; set a smaller align.volume_shape, align.enabled: "
+                f"false (crop only), or use larger nodes")
 
 
 def _stored_shape(path: Path) -> tuple[int, int, int]:
@@ -102,7 +126,8 @@ def plan_align(cfg: Config) -> AlignPlan:
             f"{MIN_BINNED_PX} pixels of the {list(shape[1:])} projections in {source}"
         )
     return AlignPlan(source, run_dir / "aligned.h5", run_dir / HISTORY_NAME, run_dir,
-                     shape, crop, volume_shape)  # type: ignore[arg-type]
+                     shape, crop, volume_shape,  # type: ignore[arg-type]
+                     cfg.runtime.device, a.enabled)
 
 
 def align_options(cfg: Config) -> AlignOptions:

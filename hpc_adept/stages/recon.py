@@ -76,7 +76,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     """DataError (one line, with what to change) when the DIP would exceed the memory."""
     import h5py
 
-    from hpc_adept.backend import select_torch_device
+    from hpc_adept.backend import available_memory_bytes, select_torch_device
     from hpc_adept.dip.memory import estimate_dip_bytes
 
     with h5py.File(input_path, "r") as f:
@@ -88,14 +88,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
                               tuple(cfg.recon.volume_shape), local, (nv, nu), d.bf16,
                               d.activation_checkpointing)
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
-    if device.type == "cuda":
-        import torch
-
-        free = torch.cuda.mem_get_info(device)[0]
-        where = f"free memory of {device}"
-    else:
-        free = _host_available_bytes() // max(ctx.local_size, 1)
-        where = f"this rank's share of the host's available memory ({ctx.local_size} rank(s))"
+    free, where = available_memory_bytes(device, ctx.local_size)
     if need > 0.9 * free:
         raise DataError(
             f"dip: needs about {need / 2**30:.1f} GiB per rank but {where} is "
@@ -104,17 +97,6 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
             f"GPU), fewer dip.angles_per_step, or use larger nodes "
             f"(dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
-
-
-def _host_available_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux); a large value elsewhere."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 50
 
 
 def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
