@@ -537,3 +537,17 @@ def test_memory_guard_stops_a_dip_that_cannot_fit(dip_dataset):
     assert len(lines) == 1 and "dip: needs about" in lines[0], result.stderr
     assert "dip.activation_checkpointing" in lines[0]
     assert not (run_dir / "volume_fbp.h5").exists()
+
+
+def test_non_finite_loss_without_guard_stops_with_the_iteration():
+    truth, shard = _tiny_problem()
+    model, noise = _model_and_noise(truth.shape)
+
+    def poison(it, values):
+        if it == 3:  # NaN weights: every later loss is NaN
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+
+    with pytest.raises(DataError, match=r"dip: loss is nan at iteration \d+ \(dip.guard is off"):
+        train_dip(model, noise, shard, TrainSettings(iterations=10, guard=False),
+                  on_iteration=poison)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from hpc_adept.dip.losses import data_loss, tv_loss
+from hpc_adept.errors import DataError
 from hpc_adept.lamino import Geometry, project
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,10 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
         total = float(flags[0]) + float(tv.item())
         stop = bool(flags[1] > 0)
 
+        if not settings.guard and not math.isfinite(total):
+            # every rank sees the same all-reduced loss, so all stop here together
+            raise DataError(f"dip: loss is {total} at iteration {it} (dip.guard is off; turn "
+                            f"it on to roll back, or lower dip.lr)")
         jumped = best_loss < math.inf and total > settings.guard_jump * best_loss
         if settings.guard and (not math.isfinite(total) or jumped):
             if snapshot is None or len(history["rollbacks"]) >= settings.guard_max_rollbacks:
