@@ -447,3 +447,12 @@ def test_memory_guard_refuses_an_alignment_that_cannot_fit(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "align: needs about" in lines[0], result.stderr
     assert not (run / "aligned.h5").exists()
+
+
+def test_config_defaults_match_the_kernel_defaults():
+    """The align config section and the kernel's AlignOptions share names and defaults."""
+    from hpc_adept.align import AlignOptions
+    from hpc_adept.config import Config
+    from hpc_adept.stages.align import align_options
+
+    assert align_options(Config()) == AlignOptions()

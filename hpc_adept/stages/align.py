@@ -135,14 +135,8 @@ def align_options(cfg: Config) -> AlignOptions:
     from hpc_adept.align import AlignOptions
 
     a = cfg.align
-    return AlignOptions(
-        binning=tuple(a.binning), max_iterations=a.max_iterations,
-        tolerance_px=a.tolerance_px, max_update_px=a.max_update_px,
-        highpass_sigma_px=a.highpass_sigma_px,
-        reconstruct_iterations=a.reconstruct_iterations, support=a.support,
-        coarse_rounds=a.coarse_rounds, coarse_lowpass_px=a.coarse_lowpass_px,
-        coarse_search_px=a.coarse_search_px,
-    )
+    # The kernel's options are a subset of the config section, under the same names.
+    return AlignOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(AlignOptions)})
 
 
 def shift_and_crop(projections: np.ndarray, shifts_px: np.ndarray, crop_shape: tuple[int, int],
