@@ -374,6 +374,15 @@ class DipConfig:
         Std of Gaussian noise added to the input at every step (0: fixed input).
     init_gain : float
         Xavier-uniform gain (0.2).
+    decomposition : {'angles', 'volume'}
+        How the ranks share the work. ``angles``: every rank runs the whole network and
+        projects its share of the angles, gradients averaged (the paper's data
+        parallelism; the network's cost does not shrink with more ranks). ``volume``: every
+        rank computes a z slab of every feature map (neighbour planes exchanged for each
+        3x3x3 convolution, BatchNorm statistics summed) and projects it for all angles; the
+        projections are summed over ranks. Network time and activation memory shrink with
+        the ranks; it needs at least one block of ``prod(strides)`` slices per rank. Both
+        give the one-process result (up to rounding).
     memory_guard : bool
         Before any work, estimate the memory the DIP needs per rank (network activations
         from a shape-only pass, optimiser, projections) and stop with a clear message when
@@ -423,6 +432,7 @@ class DipConfig:
     input_perturbation: float = 0.0
     init_gain: float = 0.2
     output_range: tuple[float, float] = (-0.03, 0.03)
+    decomposition: Literal["angles", "volume"] = "angles"
     memory_guard: bool = True
     checkpoint_every: int = 100
     resume: bool = True

@@ -106,6 +106,7 @@ def speed_worker(args: argparse.Namespace) -> None:
     """Time DIP iterations on this process's share of the angles (under mpiexec or alone)."""
     from hpc_adept.parallel import block_range, get_context
     from hpc_adept.parallel.ddp import DdpCommunicator
+    from hpc_adept.parallel.slabs import SlabCommunicator
 
     ctx = get_context()
     device = torch.device(args.device)
@@ -116,14 +117,22 @@ def speed_worker(args: argparse.Namespace) -> None:
     mine = block_range(args.angles, ctx.size, ctx.rank)
     gen = torch.Generator().manual_seed(0)
     targets = torch.rand((len(mine), *det), generator=gen).to(device)
-    shard = ShardData(targets, full.subset(slice(mine.start, mine.stop)) if len(mine) else None,
-                      np.arange(mine.start, mine.stop), args.angles,
-                      torch.full((shape[0],), 3e-6, device=device))
     model = _network(args.channels, args.strides, args.in_channels, 8, 0, device,
                      args.checkpointing)
     noise = make_input_noise(args.in_channels, shape, 0.1,
                              torch.Generator().manual_seed(1)).to(device)
-    comm = DdpCommunicator(ctx, device)
+    if args.decomposition == "volume":
+        comm = SlabCommunicator(ctx, device, shape[0], int(np.prod(args.strides)))
+        z0, z1 = comm.start, comm.stop
+        shard = ShardData(targets, full.slab(z0, z1), np.arange(mine.start, mine.stop),
+                          args.angles, torch.full((z1 - z0,), 3e-6, device=device),
+                          slab=(z0, z1, shape[0]))
+        noise = noise[:, :, z0:z1].contiguous()
+    else:
+        comm = DdpCommunicator(ctx, device)
+        shard = ShardData(targets, full.subset(slice(mine.start, mine.stop)) if len(mine)
+                          else None, np.arange(mine.start, mine.stop), args.angles,
+                          torch.full((shape[0],), 3e-6, device=device))
     settings = _settings(args.warmup, guard=False, bf16=args.bf16)
     train_dip(model, noise, shard, settings, comm)  # warm-up (allocations, caches)
     if device.type == "cuda":
@@ -142,6 +151,7 @@ def speed_worker(args: argparse.Namespace) -> None:
         print(json.dumps({"ranks": ctx.size, "shape": list(shape), "angles": args.angles,
                           "detector": list(det), "device": str(device),
                           "parameters": count_parameters(model),
+                          "decomposition": args.decomposition,
                           "s_per_iteration": float(times[0]) / ctx.size,
                           "peak_mib_per_rank": float(peaks[0]) / ctx.size,
                           "memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
@@ -153,7 +163,8 @@ def _worker_cmd(args: argparse.Namespace, n_ranks: int, device: str) -> list[str
            "--shape", *map(str, args.shape), "--angles", str(args.angles),
            "--iterations", str(args.iterations), "--warmup", str(args.warmup),
            "--in-channels", str(args.in_channels),
-           "--channels", *map(str, args.channels), "--strides", *map(str, args.strides)]
+           "--channels", *map(str, args.channels), "--strides", *map(str, args.strides),
+           "--decomposition", args.decomposition]
     if args.detector:
         cmd += ["--detector", *map(str, args.detector)]
     if args.bf16:
@@ -175,23 +186,28 @@ def _run_worker(cmd: list[str], threads: int) -> dict:
 
 
 def speed(args: argparse.Namespace) -> None:
-    """CPU strong scaling: the same problem with 1 rank x 2 threads and 2 ranks x 1 thread,
-    and 1 rank x 1 thread (for the per-core efficiency)."""
+    """CPU strong scaling, in one run: the same problem with 1 rank x 1 thread, 1 rank x 2
+    threads, and 2 ranks x 1 thread with the angles split (DDP) and with the volume split
+    (z slabs)."""
     cores = os.cpu_count() or 1
     print(f"== CPU speed: volume {args.shape}, {args.angles} angles, channels "
           f"{args.channels}, {cores} cores")
     one_1 = _run_worker(_worker_cmd(args, 1, "cpu"), 1)
     one_2 = _run_worker(_worker_cmd(args, 1, "cpu"), 2)
-    two_1 = _run_worker(_worker_cmd(args, 2, "cpu"), 1)
-    for label, r in (("1 rank x 1 thread", one_1), ("1 rank x 2 threads", one_2),
-                     ("2 ranks x 1 thread", two_1)):
-        print(f"{label:>20}: {r['s_per_iteration'] * 1e3:9.1f} ms/iteration, peak "
+    runs = {"1 rank x 1 thread": one_1, "1 rank x 2 threads": one_2}
+    for how in ("angles", "volume"):
+        two = argparse.Namespace(**{**vars(args), "decomposition": how})
+        runs[f"2 ranks x 1 thread, {how} split"] = _run_worker(_worker_cmd(two, 2, "cpu"), 1)
+    for label, r in runs.items():
+        print(f"{label:>32}: {r['s_per_iteration'] * 1e3:9.1f} ms/iteration, peak "
               f"{r['peak_mib_per_rank']:.0f} MiB per rank ({r['memory_kind']})")
-    eff = one_1["s_per_iteration"] / (2 * two_1["s_per_iteration"])
-    print(f"strong-scaling efficiency 1 -> 2 ranks (1 thread each): {eff:.2f} "
-          f"(speed-up {one_1['s_per_iteration'] / two_1['s_per_iteration']:.2f}); "
-          f"2 ranks vs 1 rank x 2 threads: "
-          f"{one_2['s_per_iteration'] / two_1['s_per_iteration']:.2f}x")
+    for how in ("angles", "volume"):
+        two_1 = runs[f"2 ranks x 1 thread, {how} split"]
+        eff = one_1["s_per_iteration"] / (2 * two_1["s_per_iteration"])
+        print(f"{how} split: strong-scaling efficiency 1 -> 2 ranks (1 thread each) "
+              f"{eff:.2f} (speed-up {one_1['s_per_iteration'] / two_1['s_per_iteration']:.2f}"
+              f"); vs 1 rank x 2 threads: "
+              f"{one_2['s_per_iteration'] / two_1['s_per_iteration']:.2f}x")
 
 
 def gpu(args: argparse.Namespace) -> None:
@@ -301,6 +317,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--decomposition", choices=["angles", "volume"], default="angles",
+                        help="worker: how 2+ ranks share the DIP (speed runs both)")
     parser.add_argument("--qshape", type=int, nargs=3, default=[48, 64, 64])
     parser.add_argument("--qangles", type=int, default=50)
     parser.add_argument("--noise", type=float, default=0.05)

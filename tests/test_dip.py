@@ -404,6 +404,37 @@ def test_recon_dip_one_and_two_ranks_agree(dip_dataset):
     np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-4)
 
 
+@pytest.mark.mpi
+def test_recon_dip_volume_decomposition_on_two_ranks(dip_dataset):
+    # The exact equivalence (float64, 1e-9) is tests/mpi/check_dip_slabs.py; here the
+    # command in float32, where rounding differences grow slowly through Adam.
+    if not (dip_dataset / "one" / "volume_dip.h5").is_file():
+        assert _recon(dip_dataset, "one").returncode == 0
+    two = _recon(dip_dataset, "slabs", "--set", "dip.decomposition=volume", n_ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "volume split in z slabs, rank 0 computes slices 0-7 of 16" in two.stderr
+    v1 = read_volume(dip_dataset / "one" / "volume_dip.h5")[0]
+    v2, attrs = read_volume(dip_dataset / "slabs" / "volume_dip.h5")
+    assert attrs["decomposition"] == "volume" and attrs["n_ranks"] == 2
+    h1 = json.loads((dip_dataset / "one" / "dip_history.json").read_text())
+    h2 = json.loads((dip_dataset / "slabs" / "dip_history.json").read_text())
+    np.testing.assert_allclose(h2["loss"][:5], h1["loss"][:5], rtol=1e-4)
+    assert _relative(v1, v2) < 2e-2
+
+
+def test_volume_decomposition_needs_a_block_of_slices_per_rank():
+    from hpc_adept.config import load_config
+    from hpc_adept.errors import ConfigError
+    from hpc_adept.stages.recon import dip_slab
+
+    cfg = load_config(None, ["recon.volume_shape=[13, 16, 16]", "dip.decomposition=volume"])
+    # strides (2, 2, 1, 1, 1): blocks of 4 slices, the last one shorter
+    assert [dip_slab(cfg, 3, r) for r in range(3)] == [range(0, 8), range(8, 12),
+                                                       range(12, 13)]
+    with pytest.raises(ConfigError, match="use at most 4 ranks or dip.decomposition: angles"):
+        dip_slab(cfg, 5, 4)
+
+
 def _descendants(pid: int) -> list[int]:
     """Process ids below ``pid`` (from /proc), deepest last."""
     children: dict[int, list[int]] = {}
@@ -494,6 +525,13 @@ def test_ddp_kernel_matches_serial_under_mpiexec():
     result = run_cmd(["tests/mpi/check_dip.py"], n_ranks=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dip ddp matches serial" in result.stdout
+
+
+@pytest.mark.mpi
+def test_volume_decomposition_kernel_matches_serial_under_mpiexec():
+    result = run_cmd(["tests/mpi/check_dip_slabs.py"], n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dip volume decomposition matches serial on 2 ranks" in result.stdout
 
 
 @pytest.mark.mpi

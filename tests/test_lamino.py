@@ -227,6 +227,38 @@ def test_slice_grouping_does_not_change_results(monkeypatch, per_batch, per_grou
     torch.testing.assert_close(backproject(y, g), expected[1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("tilt", [61.0, 30.0, 90.0])  # both branches of P0, tomography
+def test_slab_projections_sum_to_the_whole(tilt):
+    # Volume decomposition of the DIP: every rank projects its slab of z slices with
+    # Geometry.slab; the parts must add up to the projections of the whole volume, and
+    # each slab's backprojection must be that slice range of the whole backprojection.
+    g = Geometry(ANGLES, tilt, (13, 9, 8), (20, 12))
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(g.volume_shape, dtype=torch.float64, generator=gen)
+    y = torch.randn(g.projection_shape, dtype=torch.float64, generator=gen)
+    whole, whole_adj = project(x, g), backproject(y, g)
+    bounds = [0, 4, 5, 13]
+    parts = [project(x[a:b], g.slab(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    torch.testing.assert_close(sum(parts), whole, rtol=1e-12, atol=1e-12)
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        torch.testing.assert_close(backproject(y, g.slab(a, b)), whole_adj[a:b],
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tilt", [61.0, 30.0])
+def test_adjoint_dot_product_with_z_offset(tilt):
+    g = Geometry(ANGLES, tilt, (5, 10, 9), (16, 14), z_offset=-2.5)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(g.volume_shape, dtype=torch.float64, generator=gen)
+    y = torch.randn(g.projection_shape, dtype=torch.float64, generator=gen)
+    lhs = float((project(x, g) * y).sum())
+    rhs = float((x * backproject(y, g)).sum())
+    assert abs(lhs - rhs) / abs(lhs) < 1e-10
+    assert g.subset([0, 1]).z_offset == -2.5
+    with pytest.raises(DataError, match="slab"):
+        g.slab(3, 3)
+
+
 # --------------------------------------------------------------------------- FBP
 
 def test_ramp_filter_impulse_response_and_types():

@@ -12,16 +12,63 @@ Architecture (REFERENCE.md, "The ADePt reference implementation"), all 3-D:
 With the default strides (2, 2, 1, 1, 1) the bottleneck is reduced by 4 along every axis
 (lateral and depth). Upsampling goes to the exact size of the skip tensor, so any volume
 shape works (odd sizes included). BatchNorm stays in training mode, as in the reference.
+
+Volume decomposition: after :meth:`DipNetwork.split_over` the network computes only one
+z slab of every feature map (the input noise is the slab's part of the full noise). A
+:class:`SlabExchange` supplies the neighbours' planes before each 3x3x3 convolution and
+sums over the slabs for BatchNorm's statistics, so the slabs' outputs are exactly the
+slabs of the one-process output. The implementation over ranks is
+:class:`hpc_adept.parallel.slabs.SlabExchange`; this module knows no MPI.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+class SlabExchange(Protocol):
+    """What a network computing one z slab needs from the other slabs."""
+
+    def halo(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """``[N, C, L, H, W]`` -> ``[N, C, L + 2 width, H, W]``: the neighbouring slabs'
+        planes on each side, zeros beyond the volume's ends (differentiable)."""
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over all slabs (differentiable)."""
+
+
+def _slab_batch_norm(bn: nn.BatchNorm3d, x: torch.Tensor, slabs: SlabExchange) -> torch.Tensor:
+    """Training-mode BatchNorm of a feature map split into z slabs: global statistics.
+
+    Two passes (mean, then the mean squared deviation), each one sum over the slabs, as
+    accurate as the one-process BatchNorm; the running statistics are updated the same way.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # statistics in float32, as autocast does for BatchNorm
+    dims = (0, 2, 3, 4)
+    count = x.new_tensor([x.numel() // x.shape[1]])
+    totals = slabs.all_reduce(torch.cat([x.sum(dims), count]))
+    n = totals[-1].detach()
+    mean = totals[:-1] / n
+    centred = x - mean.view(1, -1, 1, 1, 1)
+    var = slabs.all_reduce(centred.square().sum(dims)) / n
+    out = centred * torch.rsqrt(var + bn.eps).view(1, -1, 1, 1, 1)
+    if bn.affine:
+        out = out * bn.weight.view(1, -1, 1, 1, 1) + bn.bias.view(1, -1, 1, 1, 1)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            momentum = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
+            unbiased = var.detach() * (n / max(float(n) - 1.0, 1.0))
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+            bn.num_batches_tracked += 1
+    return out
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -82,7 +129,20 @@ class DipNetwork(nn.Module):
         self.skips = nn.ModuleList(skips)
         self.decoders = nn.ModuleList(decoders)
         self.head = nn.Conv3d(channels[0], 1, 1)
+        self.total_stride = 1
+        for stride in strides:
+            self.total_stride *= int(stride)
+        self._slabs: SlabExchange | None = None
         self.reset_parameters(init_gain)
+
+    def split_over(self, slabs: SlabExchange | None) -> None:
+        """Compute one z slab from now on (None: the whole volume again).
+
+        The slab must start on a multiple of :attr:`total_stride` and, unless it is the
+        last one, have a length that is a multiple of it; the input is then the slab's part
+        of the full input and the output the slab's part of the full output.
+        """
+        self._slabs = slabs
 
     def reset_parameters(self, gain: float) -> None:
         """Xavier-uniform weights with ``gain``, zero biases; BN to identity."""
@@ -94,8 +154,24 @@ class DipNetwork(nn.Module):
 
     def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.activation_checkpointing and self.training and x.requires_grad:
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+            return checkpoint(self._block, block, x, use_reentrant=False)
+        return self._block(block, x)
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        slabs = self._slabs
+        if slabs is None:
+            return block(x)
+        for layer in block:
+            if isinstance(layer, nn.Conv3d) and layer.kernel_size[0] > 1:
+                # the z padding comes from the neighbours (zeros at the volume's ends)
+                pad = layer.padding[0]
+                x = F.conv3d(slabs.halo(x, pad), layer.weight, layer.bias, layer.stride,
+                             (0, *layer.padding[1:]))
+            elif isinstance(layer, nn.BatchNorm3d):
+                x = _slab_batch_norm(layer, x, slabs)
+            else:
+                x = layer(x)
+        return x
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
         """Map the input ``[1, in_channels, nz, ny, nx]`` to the volume ``[nz, ny, nx]``."""
@@ -108,7 +184,10 @@ class DipNetwork(nn.Module):
             if feats.shape[2:] != target.shape[2:]:
                 feats = F.interpolate(feats, size=target.shape[2:], mode="nearest")
             feats = self._run(self.decoders[level], torch.cat([feats, target], dim=1))
-        out = torch.sigmoid(self.head(feats).float())
+        out = self.head(feats)
+        if out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()  # the output and everything after it in float32
+        out = torch.sigmoid(out)
         return (out * (self.out_max - self.out_min) + self.out_min)[0, 0]
 
 

@@ -42,27 +42,54 @@ log = logging.getLogger(__name__)
 
 
 class Communicator(Protocol):
-    """What the loop needs from the distributed runtime."""
+    """What the loop needs from the distributed runtime.
+
+    Two decompositions: with ``splits_volume`` False every rank computes the whole volume
+    and projects its own angles (gradients averaged by the wrapped model); with it True
+    every rank computes a z slab of the volume (the wrapped model computes only the slab)
+    and projects it for all angles, the projections are summed over ranks and each rank
+    scores its own angles (gradients summed by :meth:`finish_gradients`).
+    """
 
     world_size: int
+    splits_volume: bool
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The model whose backward all-reduces (averages) gradients over ranks."""
+        """The model as this rank runs it (gradient averaging, or one slab)."""
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum of a small 1-D tensor over ranks (every rank gets it)."""
+
+    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
+        """Projections of the whole volume from this rank's part (differentiable)."""
+
+    def finish_gradients(self, model: nn.Module) -> None:
+        """Complete the weight gradients after backward (sum of the slabs' parts)."""
+
+    def gather_volume(self, volume: torch.Tensor) -> torch.Tensor:
+        """The full volume from this rank's part (collective; every rank gets it)."""
 
 
 class SerialCommunicator:
     """One process: nothing to reduce."""
 
     world_size = 1
+    splits_volume = False
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         return values
+
+    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
+        return projections
+
+    def finish_gradients(self, model: nn.Module) -> None:
+        return None
+
+    def gather_volume(self, volume: torch.Tensor) -> torch.Tensor:
+        return volume
 
 
 @dataclass(frozen=True)
@@ -95,7 +122,9 @@ class ShardData:
     targets : torch.Tensor, float32, [n_local, nv, nu]
         The (emphasised) measured projections of this rank's angles, on the device.
     geometry : Geometry or None
-        Geometry of these angles (None when the rank has none).
+        Geometry of these angles (None when the rank has none); with
+        ``slab``, the geometry of ALL angles for this rank's slab of the volume
+        (``Geometry.slab``).
     global_index : ndarray, int, [n_local]
         Index of each local angle in the full angle list.
     n_total : int
@@ -106,6 +135,10 @@ class ShardData:
         Multiplies ``0.5 ||H x - y||^2``: 1 for the plain sum (ADePt eq. 1), ``2 / (number
         of projection pixels over all angles)`` for the reference code's mean squared error
         (see :func:`data_weight`).
+    slab : (start, stop, nz) or None
+        Volume decomposition: this rank computes the z slices ``start .. stop - 1`` of the
+        ``nz``, projects them for all angles and scores its ``global_index`` angles;
+        ``tv_weights`` are then the slab's. None: the whole volume (angles split).
     """
 
     targets: torch.Tensor
@@ -114,6 +147,7 @@ class ShardData:
     n_total: int
     tv_weights: torch.Tensor
     data_weight: float = 1.0
+    slab: tuple[int, int, int] | None = None
 
 
 def data_weight(kind: str, n_total: int, detector_shape: tuple[int, int]) -> float:
@@ -152,25 +186,45 @@ class TrainResult:
     final_volume: np.ndarray | None = field(default=None, repr=False)
 
 
-def _group_plan(shard: ShardData, angles_per_step: int | None
-                ) -> list[tuple[Geometry | None, torch.Tensor | None, float]]:
-    """Per angle group: (local geometry, local targets, weight * n_total / n_group).
+@dataclass(frozen=True)
+class _AngleGroup:
+    """The angles of one step, as this rank handles them.
+
+    ``geometry`` (None: nothing to project) is what the rank projects; ``scored`` selects
+    the rows of the (reduced) projections it compares with ``targets``; ``scale`` is the
+    data weight times ``n_total / n_group``.
+    """
+
+    geometry: Geometry | None
+    targets: torch.Tensor | None
+    scale: float
+    scored: torch.Tensor | None = None
+
+
+def _group_plan(shard: ShardData, angles_per_step: int | None) -> list[_AngleGroup]:
+    """The angle groups used in turn, one step each.
 
     With ``angles_per_step = k`` the angles are dealt into ``ceil(n_total / k)`` interleaved
-    groups (``index % n_groups``) used in turn, like the reference's alternating halves.
+    groups (``index % n_groups``), like the reference's alternating halves.
     """
     n_groups = 1 if not angles_per_step else max(1, math.ceil(shard.n_total / angles_per_step))
+    device = shard.targets.device
     plan = []
     for g in range(n_groups):
         in_group = shard.global_index % n_groups == g
-        n_group = len(range(g, shard.n_total, n_groups))
-        scale = shard.data_weight * shard.n_total / n_group
-        if shard.geometry is None or not in_group.any():
-            plan.append((None, None, scale))
+        members = np.arange(g, shard.n_total, n_groups)
+        scale = shard.data_weight * shard.n_total / len(members)
+        mine = np.flatnonzero(in_group)
+        targets = shard.targets[torch.as_tensor(mine, device=device)]
+        if shard.slab is not None:
+            # the slab is projected for every angle of the group; this rank scores its own
+            scored = np.searchsorted(members, shard.global_index[mine])
+            plan.append(_AngleGroup(shard.geometry.subset(members), targets, scale,
+                                    torch.as_tensor(scored, device=device)))
+        elif shard.geometry is None or not len(mine):
+            plan.append(_AngleGroup(None, None, scale))
         else:
-            plan.append((shard.geometry.subset(np.flatnonzero(in_group)),
-                         shard.targets[torch.as_tensor(np.flatnonzero(in_group),
-                                                       device=shard.targets.device)], scale))
+            plan.append(_AngleGroup(shard.geometry.subset(mine), targets, scale))
     return plan
 
 
@@ -193,7 +247,8 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
     model : nn.Module
         The (unwrapped) network, on the device, identical on every rank.
     noise : torch.Tensor, [1, c_in, nz, ny, nx]
-        The fixed network input, on the device, identical on every rank.
+        The fixed network input, on the device, identical on every rank (with
+        ``shard.slab``: this rank's slices of it).
     shard : ShardData
         This rank's angles and targets.
     settings : TrainSettings
@@ -204,7 +259,8 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
         stop at the same iteration, after writing a checkpoint.
     save_checkpoint : callable, optional
         Receives the checkpoint dict (only where files should be written, e.g. rank 0),
-        every ``settings.checkpoint_every`` iterations, at a stop and at the end.
+        every ``settings.checkpoint_every`` iterations, at a stop and at the end. Its
+        ``best_volume`` is the whole volume (gathered from the slabs).
     resume_state : dict, optional
         A checkpoint dict to continue from.
     on_iteration : callable, optional
@@ -231,6 +287,8 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
         best_loss, best_it = float(resume_state["best_loss"]), int(resume_state["best_iteration"])
         if resume_state["best_volume"].numel():
             best_volume = resume_state["best_volume"].to(noise.device)
+            if shard.slab is not None:
+                best_volume = best_volume[shard.slab[0]:shard.slab[1]]
         history = {k: list(v) for k, v in resume_state["history"].items()}
         snapshot = resume_state.get("snapshot")
         if snapshot is not None:
@@ -240,13 +298,18 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
     device = noise.device
     use_bf16 = settings.bf16
 
-    def state_dict(next_it: int) -> dict[str, Any]:
-        return {"iteration": next_it, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "lr_scale": lr_scale,
-                "best_loss": best_loss, "best_iteration": best_it,
-                "best_volume": best_volume.detach().cpu() if best_volume is not None
-                else torch.zeros(0), "history": history, "snapshot": snapshot,
-                "torch_rng": torch.get_rng_state()}
+    def checkpoint(next_it: int) -> None:
+        # collective with the volume split (the slabs are gathered): called on every rank
+        if shard.slab is None and save_checkpoint is None:
+            return
+        best = (comm.gather_volume(best_volume.detach()).cpu() if best_volume is not None
+                else torch.zeros(0))
+        if save_checkpoint is not None:
+            save_checkpoint({"iteration": next_it, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "lr_scale": lr_scale,
+                             "best_loss": best_loss, "best_iteration": best_it,
+                             "best_volume": best, "history": history, "snapshot": snapshot,
+                             "torch_rng": torch.get_rng_state()})
 
     stopped = False
     volume = None
@@ -254,27 +317,42 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
         lr = settings.lr * settings.lr_gamma ** (it // settings.lr_step) * lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
-        geometry, targets, scale = groups[it % len(groups)]
+        group = groups[it % len(groups)]
         net_input = noise
         if settings.input_perturbation > 0:
             gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + it)
-            net_input = noise + settings.input_perturbation * torch.randn(
-                noise.shape, generator=gen).to(device)
+            if shard.slab is None:
+                jitter = torch.randn(noise.shape, generator=gen)
+            else:  # the slab's part of the one-process perturbation
+                start, stop_z, nz = shard.slab
+                jitter = torch.randn((*noise.shape[:2], nz, *noise.shape[3:]),
+                                     generator=gen)[:, :, start:stop_z]
+            net_input = noise + settings.input_perturbation * jitter.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             volume = net(net_input)
-        volume = volume.float()
-        if geometry is None:
+        if volume.dtype in (torch.bfloat16, torch.float16):
+            volume = volume.float()  # the projector and the loss run in float32
+        if group.geometry is None:
             data = volume.sum() * 0.0  # keeps every rank in the same backward for DDP
-        else:
-            data = scale * data_loss(project(volume, geometry), targets)
+        elif group.scored is None:
+            data = group.scale * data_loss(project(volume, group.geometry), group.targets)
+        else:  # volume split: sum the slabs' projections, score this rank's angles
+            predicted = comm.reduce_projections(project(volume, group.geometry))
+            data = group.scale * data_loss(predicted[group.scored], group.targets)
         tv = tv_loss(volume, shard.tv_weights)
         optimizer.zero_grad(set_to_none=True)
-        (comm.world_size * data + tv).backward()
-        flags = torch.tensor([data.item(), 1.0 if stop_requested() else 0.0],
+        # Angles split: the model averages gradients over ranks, so the data term is
+        # scaled by the rank count and TV (the same on every rank) counts once. Volume
+        # split: gradients are summed, and data and TV are both this rank's parts.
+        data_factor = 1 if comm.splits_volume else comm.world_size
+        (data_factor * data + tv).backward()
+        comm.finish_gradients(model)
+        flags = torch.tensor([data.item(), tv.item(), 1.0 if stop_requested() else 0.0],
                              dtype=torch.float64, device=device)
         flags = comm.sum(flags).cpu()
-        total = float(flags[0]) + float(tv.item())
-        stop = bool(flags[1] > 0)
+        tv_total = float(flags[1]) if comm.splits_volume else float(tv.item())
+        total = float(flags[0]) + tv_total
+        stop = bool(flags[2] > 0)
 
         if not settings.guard and not math.isfinite(total):
             # every rank sees the same all-reduced loss, so all stop here together
@@ -299,8 +377,7 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
                 it = int(snapshot["iteration"])
                 if stop:
                     stopped = True
-                    if save_checkpoint is not None:
-                        save_checkpoint(state_dict(it))
+                    checkpoint(it)
                     break
                 continue
         elif not math.isfinite(total):
@@ -312,26 +389,26 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
             best_loss, best_it = total, it
             best_volume = volume.detach().clone()
         for key, value in (("iteration", it), ("loss", total), ("data", float(flags[0])),
-                           ("tv", float(tv.item())), ("lr", lr)):
+                           ("tv", tv_total), ("lr", lr)):
             history[key].append(value)
         optimizer.step()
         it += 1
         if on_iteration is not None:
-            on_iteration(it, {"loss": total, "data": float(flags[0]), "tv": float(tv.item()),
+            on_iteration(it, {"loss": total, "data": float(flags[0]), "tv": tv_total,
                               "lr": lr})
         if stop:
             stopped = True
-            if save_checkpoint is not None:
-                save_checkpoint(state_dict(it))
+            checkpoint(it)
             log.info("dip: stopped at iteration %d, checkpoint written", it)
             break
-        if save_checkpoint is not None and settings.checkpoint_every and (
+        if settings.checkpoint_every and (
                 it % settings.checkpoint_every == 0 or it == settings.iterations):
-            save_checkpoint(state_dict(it))
+            checkpoint(it)
 
     if best_volume is None:  # resumed at the end, or stopped before any step
         with torch.no_grad():
             best_volume = net(noise).float()
-    return TrainResult(best_volume.detach().cpu().numpy().astype(np.float32), best_it,
-                       best_loss, history, it, stopped,
-                       None if volume is None else volume.detach().cpu().numpy())
+    final = None if volume is None else comm.gather_volume(volume.detach()).cpu().numpy()
+    best = comm.gather_volume(best_volume.detach())
+    return TrainResult(best.cpu().numpy().astype(np.float32), best_it, best_loss, history,
+                       it, stopped, final)

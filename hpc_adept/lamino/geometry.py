@@ -89,6 +89,11 @@ class Geometry:
         Volume size in voxels; z is the rotation axis.
     detector_shape : (nv, nu)
         Projection size in pixels (rows, columns). One pixel equals one voxel.
+    z_offset : float
+        Height of the volume's centre above the rotation centre, voxels (default 0). A
+        non-zero offset describes a slab of a taller volume (see :meth:`slab`): the
+        projector and its adjoint honour it, so the projections of a volume are the sum of
+        the projections of its slabs.
 
     Raises
     ------
@@ -106,6 +111,7 @@ class Geometry:
     tilt_deg: float
     volume_shape: tuple[int, int, int]
     detector_shape: tuple[int, int]
+    z_offset: float = 0.0
 
     def __post_init__(self) -> None:
         # frozen dataclass: normalise through object.__setattr__
@@ -115,6 +121,10 @@ class Geometry:
         object.__setattr__(
             self, "detector_shape", _as_shape(self.detector_shape, 2, "detector_shape")
         )
+        offset = float(self.z_offset)
+        if not math.isfinite(offset):
+            raise GeometryError(f"z_offset must be finite, got {self.z_offset!r}")
+        object.__setattr__(self, "z_offset", offset)
 
     @property
     def n_angles(self) -> int:
@@ -181,4 +191,17 @@ class Geometry:
         """
         angles = np.asarray(self.angles_deg, dtype=np.float64)[index]
         return Geometry(np.atleast_1d(angles), self.tilt_deg, self.volume_shape,
-                        self.detector_shape)
+                        self.detector_shape, self.z_offset)
+
+    def slab(self, start: int, stop: int) -> Geometry:
+        """Geometry of the z slices ``start .. stop - 1`` of this volume, same angles.
+
+        Projecting a slab with this geometry gives exactly its share of the projections
+        of the whole volume (the other slices set to zero).
+        """
+        nz, ny, nx = self.volume_shape
+        if not 0 <= start < stop <= nz:
+            raise GeometryError(f"slab [{start}, {stop}) is not inside 0 .. {nz}")
+        centre = start + (stop - start - 1) / 2 - (nz - 1) / 2
+        return Geometry(self.angles_deg, self.tilt_deg, (stop - start, ny, nx),
+                        self.detector_shape, self.z_offset + centre)

@@ -127,7 +127,7 @@ def _linear_taps(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _oblique_entries(
-    tilt_deg: float, nz: int, nv: int, layout: _Layout
+    tilt_deg: float, nz: int, nv: int, layout: _Layout, z_offset: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nonzero entries of the fixed oblique projection P0 (Joseph interpolation).
 
@@ -136,7 +136,9 @@ def _oblique_entries(
     z = v_r / cos a - y tan a and y = v_r / sin a - z cot a. We step along the axis the
     ray is closer to (one sample per voxel plane, linear interpolation along the other
     axis, weight = path length per step), so every voxel plane is sampled once per ray.
-    Samples outside the volume read zero.
+    Samples outside the volume read zero. Slice k sits at height
+    ``z = k - (nz - 1) / 2 + z_offset``; the taps of each slice do not depend on the other
+    slices, so slabs of a volume project to parts that sum to the whole.
 
     Returns
     -------
@@ -148,9 +150,9 @@ def _oblique_entries(
     sin_a, cos_a = math.sin(a), math.cos(a)
     v = (np.arange(nv, dtype=np.float64) - (nv - 1) / 2)[:, None]
     y = np.arange(layout.n_rows, dtype=np.float64) - layout.y_center
-    z = np.arange(nz, dtype=np.float64) - (nz - 1) / 2
+    z = np.arange(nz, dtype=np.float64) - (nz - 1) / 2 + z_offset
     if cos_a >= sin_a:  # step along y, interpolate between z slices: taps over k
-        k, w = _linear_taps(v / cos_a - y * (sin_a / cos_a) + (nz - 1) / 2)
+        k, w = _linear_taps(v / cos_a - y * (sin_a / cos_a) - z_offset + (nz - 1) / 2)
         j = np.broadcast_to(np.arange(layout.n_rows), k.shape)
         w, valid = w / cos_a, (k >= 0) & (k < nz)
     else:  # step along z, interpolate between sample rows: taps over j
@@ -230,9 +232,10 @@ def _oblique_operator(
     layout: _Layout,
     device: torch.device,
     dtype: torch.dtype,
+    z_offset: float = 0.0,
 ) -> _Oblique:
     """Build (once per geometry, layout, device and dtype) the sparse operator P0."""
-    rows, cols, vals = _oblique_entries(tilt_deg, nz, nv, layout)
+    rows, cols, vals = _oblique_entries(tilt_deg, nz, nv, layout, z_offset)
     index, weight = _ell_transpose(rows, cols, vals, nv, layout.nz_pad * layout.n_rows)
     matrices = []
     for k0, k1 in layout.groups():
@@ -345,7 +348,8 @@ def _project_impl(volume: torch.Tensor, geometry: Geometry, max_chunk_bytes: int
     device, dtype = volume.device, volume.dtype
     layout = _layout(geometry, device)
     cols = slice(layout.col_start, layout.col_start + layout.n_cols)
-    op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype)
+    op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype,
+                           geometry.z_offset)
     theta = geometry.angles_rad
     slices = _padded_slices(volume, layout)
     # columns outside the volume's in-plane circle stay zero
@@ -369,7 +373,8 @@ def _backproject_impl(
     device, dtype = projections.device, projections.dtype
     layout = _layout(geometry, device)
     cols = slice(layout.col_start, layout.col_start + layout.n_cols)
-    op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype)
+    op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype,
+                           geometry.z_offset)
     theta = geometry.angles_rad
     volume = projections.new_zeros((layout.nz_pad, ny, nx))
     itemsize = projections.element_size()

@@ -15,13 +15,14 @@ from hpc_adept.parallel.collectives import (
 )
 from hpc_adept.parallel.context import ParallelContext, get_context
 from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
-from hpc_adept.parallel.partition import block_range, cyclic_indices
+from hpc_adept.parallel.partition import aligned_block_range, block_range, cyclic_indices
 
 __all__ = [
     "DdpCommunicator",
     "DistributedLamino",
     "ParallelContext",
     "StopFlag",
+    "aligned_block_range",
     "allgather_blocks",
     "allreduce_sum",
     "barrier",

@@ -39,6 +39,8 @@ class DdpCommunicator:
         This rank's device (selects NCCL or gloo).
     """
 
+    splits_volume = False
+
     def __init__(self, ctx: ParallelContext, device: Any) -> None:
         self.world_size = ctx.size
         self.device = device
@@ -69,6 +71,16 @@ class DdpCommunicator:
         out = values.clone()
         dist.all_reduce(out)
         return out
+
+    # Every rank holds the whole volume: nothing to add up beyond what DDP does.
+    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
+        return projections
+
+    def finish_gradients(self, model: nn.Module) -> None:
+        return None
+
+    def gather_volume(self, volume: torch.Tensor) -> torch.Tensor:
+        return volume
 
 
 class StopFlag:

@@ -15,6 +15,7 @@ iteration k, checkpoint written"), without ``volume_dip.h5``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from hpc_adept import timing
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
-from hpc_adept.parallel import ParallelContext, allreduce_sum, block_range
+from hpc_adept.parallel import ParallelContext, aligned_block_range, allreduce_sum, block_range
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,26 @@ class ReconPlan:
     cfg: Config | None = None
 
     def validate(self, ctx: ParallelContext) -> None:
-        """Stop before any work when the DIP will not fit in this rank's memory."""
-        if "dip" in self.methods and self.cfg is not None and self.cfg.dip.memory_guard:
+        """Stop before any work when the DIP cannot be split so or will not fit in memory."""
+        if "dip" not in self.methods or self.cfg is None:
+            return
+        if self.cfg.dip.decomposition == "volume":
+            dip_slab(self.cfg, ctx.size, ctx.rank)
+        if self.cfg.dip.memory_guard:
             check_dip_memory(self.cfg, self.input_path, ctx)
+
+
+def dip_slab(cfg: Config, size: int, rank: int) -> range:
+    """This rank's z slices with ``dip.decomposition: volume`` (ConfigError if none)."""
+    nz = cfg.recon.volume_shape[0]
+    multiple = math.prod(cfg.dip.strides)
+    slab = aligned_block_range(nz, size, rank, multiple)
+    if not len(slab):
+        raise ConfigError(
+            f"dip.decomposition: volume needs a block of {multiple} z slices (the product "
+            f"of dip.strides) per rank, but recon.volume_shape has {nz} slices for {size} "
+            f"ranks; use at most {-(-nz // multiple)} ranks or dip.decomposition: angles")
+    return slab
 
 
 def plan_recon(cfg: Config) -> ReconPlan:
@@ -83,10 +101,14 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
         n_angles, nv, nu = (int(n) for n in f["projections"].shape)
     d = cfg.dip
     per_step = min(n_angles, d.angles_per_step or n_angles)
-    local = -(-per_step // ctx.size)
+    shape = tuple(cfg.recon.volume_shape)
+    if d.decomposition == "volume":  # a slab of the network, projected for every angle
+        longest = max(len(dip_slab(cfg, ctx.size, r)) for r in range(ctx.size))
+        shape, local = (longest, *shape[1:]), per_step
+    else:
+        local = -(-per_step // ctx.size)
     need = estimate_dip_bytes(d.in_channels, d.channels, d.strides, d.skip_channels,
-                              tuple(cfg.recon.volume_shape), local, (nv, nu), d.bf16,
-                              d.activation_checkpointing)
+                              shape, local, (nv, nu), d.bf16, d.activation_checkpointing)
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
     free, where = available_memory_bytes(device, ctx.local_size)
     if need > 0.9 * free:
@@ -201,7 +223,7 @@ def dip_settings(cfg: Config) -> dict[str, object]:
     checkpoint interval, resume flag and the number of ranks.
     """
     d = cfg.dip.__dict__
-    skip = {"iterations", "checkpoint_every", "resume"}
+    skip = {"iterations", "checkpoint_every", "resume", "decomposition"}
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
                 if k not in skip}
     settings["seed"] = cfg.runtime.seed
@@ -211,7 +233,7 @@ def dip_settings(cfg: Config) -> dict[str, object]:
 
 def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
                     run_dir: Path) -> tuple[np.ndarray, dict[str, object]]:
-    """Deep image prior with the angles split over ranks (DDP); every rank gets the volume.
+    """Deep image prior over the ranks (angles or volume split); every rank gets the volume.
 
     Returns
     -------
@@ -245,6 +267,7 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     from hpc_adept.log import Progress
     from hpc_adept.parallel import bcast
     from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
+    from hpc_adept.parallel.slabs import SlabCommunicator
     from hpc_adept.parallel.torchdist import destroy_torch_distributed
 
     d = cfg.dip
@@ -252,7 +275,7 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     n_total = len(ps.angles_deg)
     detector = tuple(ps.projections.shape[1:])
     full = Geometry(ps.angles_deg, ps.tilt_deg, shape, detector)
-    mine = block_range(n_total, ctx.size, ctx.rank)
+    mine = block_range(n_total, ctx.size, ctx.rank)  # the angles this rank scores
     local = ps.projections[mine.start:mine.stop]
     # The emphasis acts per projection: each rank filters only its own shard.
     targets = emphasise(local, d.hpf, d.hpf_wavelet, d.hpf_levels, d.hpf_gain) if len(mine) \
@@ -261,19 +284,31 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     log.info("dip: %d angles (%d on rank 0), hpf %s, data term %s, TV weight per slice "
              "from bottom %s ... top %s", n_total, len(mine), d.hpf, d.data_term,
              weights[0], weights[-1])
+    by_volume = d.decomposition == "volume" and ctx.is_parallel
+    if by_volume:
+        slab = dip_slab(cfg, ctx.size, ctx.rank)
+        z0, z1 = slab.start, slab.stop
+        geometry = full.slab(z0, z1)
+        log.info("dip: volume split in z slabs, rank 0 computes slices %d-%d of %d", z0,
+                 z1 - 1, shape[0])
+    else:
+        z0, z1 = 0, shape[0]
+        geometry = full.subset(slice(mine.start, mine.stop)) if len(mine) else None
     shard = ShardData(
-        torch.from_numpy(targets).to(device),
-        full.subset(slice(mine.start, mine.stop)) if len(mine) else None,
+        torch.from_numpy(targets).to(device), geometry,
         np.arange(mine.start, mine.stop), n_total,
-        torch.from_numpy(weights).float().to(device),
-        data_weight(d.data_term, n_total, detector))
+        torch.from_numpy(weights[z0:z1]).float().to(device),
+        data_weight(d.data_term, n_total, detector),
+        slab=(z0, z1, shape[0]) if by_volume else None)
 
     torch.manual_seed(cfg.runtime.seed)  # the same initial network on every rank
     model = DipNetwork(d.in_channels, d.channels, d.strides, d.skip_channels,
                        init_gain=d.init_gain, out_range=tuple(d.output_range),
                        activation_checkpointing=d.activation_checkpointing).to(device)
+    # the full input drawn on every rank (the same numbers for any split), then the slab
     noise = make_input_noise(d.in_channels, shape, d.input_noise_scale,
-                             torch.Generator().manual_seed(cfg.runtime.seed + 1)).to(device)
+                             torch.Generator().manual_seed(cfg.runtime.seed + 1))
+    noise = noise[:, :, z0:z1].contiguous().to(device)
     log.info("dip: network with %d parameters, input %s, device %s",
              count_parameters(model), list(noise.shape), device)
 
@@ -312,7 +347,8 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     def save(state: dict[str, object]) -> None:
         save_checkpoint(ckpt_dir, {**state, "fingerprint": fp})
 
-    comm = DdpCommunicator(ctx, device)
+    comm = (SlabCommunicator(ctx, device, shape[0], math.prod(d.strides)) if by_volume
+            else DdpCommunicator(ctx, device))
     try:
         with StopFlag() as stop:
             result = train_dip(model, noise, shard, settings, comm, stop_requested=stop,
@@ -336,5 +372,5 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
              result.best_iteration, result.next_iteration, len(result.history["rollbacks"]))
     attrs = {"method": "dip", "best_iteration": result.best_iteration,
              "best_loss": result.best_loss, "iterations": result.next_iteration,
-             "n_ranks": ctx.size}
+             "n_ranks": ctx.size, "decomposition": "volume" if by_volume else "angles"}
     return result.volume, attrs

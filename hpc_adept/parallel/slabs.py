@@ -1,0 +1,202 @@
+"""Volume decomposition of the DIP: every rank owns a z slab of the volume.
+
+With the angles split over ranks (:mod:`hpc_adept.parallel.ddp`) every rank still runs the
+whole network, so its cost does not shrink with more ranks. Here the network itself is
+split: rank r computes the slices ``[start_r, stop_r)`` of every feature map, projects its
+slab of the output for all angles, and
+
+- a 3x3x3 convolution reads one plane of its neighbours' slabs: :meth:`SlabExchange.halo`
+  exchanges those planes (zeros at the volume's ends, as the convolution's zero padding),
+  and in the backward pass sends the gradients of the borrowed planes back to their owners;
+- BatchNorm needs the statistics of the whole feature map: :meth:`SlabExchange.all_reduce`
+  is a sum over ranks whose backward is again a sum over ranks;
+- the projections of the volume are the sum of the slabs' projections (the projector
+  honours ``Geometry.z_offset``), one differentiable all-reduce per step;
+- the weight gradients are partial sums: :meth:`SlabCommunicator.finish_gradients` adds
+  them up (one flat all-reduce), so every rank applies the same Adam step.
+
+Slab boundaries lie on multiples of the network's total stride, so every level's slabs
+line up (see :func:`hpc_adept.parallel.partition.aligned_block_range`). The result equals
+the one-process training up to float rounding (tests/mpi/check_dip_slabs.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hpc_adept.parallel.context import ParallelContext
+from hpc_adept.parallel.partition import aligned_block_range
+from hpc_adept.parallel.torchdist import init_torch_distributed
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def _autograd_functions() -> tuple[type, type]:
+    """The two autograd Functions, defined on first use (torch imported lazily)."""
+    import torch
+    import torch.distributed as dist
+
+    class HaloExchange(torch.autograd.Function):
+        """``[N, C, L, H, W]`` -> ``[N, C, L + 2w, H, W]`` with the neighbours' planes."""
+
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, width: int, prev: int | None,
+                    next_: int | None) -> torch.Tensor:
+            ctx.width, ctx.prev, ctx.next = width, prev, next_
+            below = x.new_zeros((*x.shape[:2], width, *x.shape[3:]))
+            above = torch.zeros_like(below)
+            _exchange(x[:, :, :width], below, prev, x[:, :, -width:], above, next_)
+            return torch.cat([below, x, above], dim=2)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+            w = ctx.width
+            out = grad[:, :, w:-w].clone()
+            from_prev = torch.zeros_like(grad[:, :, :w])
+            from_next = torch.zeros_like(from_prev)
+            # the gradient of a borrowed plane belongs to the rank that owns it
+            _exchange(grad[:, :, :w], from_prev, ctx.prev, grad[:, :, -w:], from_next,
+                      ctx.next)
+            out[:, :, :w] += from_prev
+            out[:, :, -w:] += from_next
+            return out, None, None, None
+
+    class AllReduceSum(torch.autograd.Function):
+        """Sum over ranks; the backward of a sum-to-everyone is again a sum over ranks."""
+
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            out = x.clone()
+            dist.all_reduce(out)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            out = grad.clone()
+            dist.all_reduce(out)
+            return out
+
+    return HaloExchange, AllReduceSum
+
+
+def _exchange(send_prev: torch.Tensor, recv_prev: torch.Tensor, prev: int | None,
+              send_next: torch.Tensor, recv_next: torch.Tensor, next_: int | None) -> None:
+    """Send to / receive from the neighbouring ranks (None: no neighbour)."""
+    import torch.distributed as dist
+
+    requests = []
+    if prev is not None:
+        requests += [dist.isend(send_prev.contiguous(), prev), dist.irecv(recv_prev, prev)]
+    if next_ is not None:
+        requests += [dist.isend(send_next.contiguous(), next_), dist.irecv(recv_next, next_)]
+    for request in requests:
+        request.wait()
+
+
+class SlabExchange:
+    """What the network needs from the other ranks' slabs (halo planes, global sums).
+
+    Parameters
+    ----------
+    rank, size : int
+        This rank and the number of ranks in the default torch.distributed group.
+    start, stop : int
+        This rank's z slices of the full-resolution volume.
+    """
+
+    def __init__(self, rank: int, size: int, start: int, stop: int) -> None:
+        self.rank, self.size, self.start, self.stop = rank, size, start, stop
+        self._prev = rank - 1 if rank > 0 else None
+        self._next = rank + 1 if rank < size - 1 else None
+        self._halo_fn, self._sum_fn = _autograd_functions()
+
+    def halo(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        """``x`` [N, C, L, H, W] with ``width`` planes of each neighbour on each side."""
+        return self._halo_fn.apply(x, width, self._prev, self._next)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks, differentiable."""
+        return self._sum_fn.apply(x)
+
+
+class SlabCommunicator:
+    """:class:`hpc_adept.dip.trainer.Communicator` for the volume decomposition.
+
+    Parameters
+    ----------
+    ctx : ParallelContext
+    device : torch.device
+    nz : int
+        Slices of the full volume.
+    multiple : int
+        Slab boundaries lie on multiples of this (the network's total stride along z).
+    """
+
+    splits_volume = True
+
+    def __init__(self, ctx: ParallelContext, device: Any, nz: int, multiple: int) -> None:
+        self.world_size = ctx.size
+        self.device = device
+        self.nz = nz
+        self.bounds = [aligned_block_range(nz, ctx.size, r, multiple) for r in range(ctx.size)]
+        mine = self.bounds[ctx.rank]
+        if not len(mine):
+            raise ValueError(f"rank {ctx.rank} has no z slices: {nz} slices in blocks of "
+                             f"{multiple} for {ctx.size} ranks")
+        self.start, self.stop = mine.start, mine.stop
+        if ctx.is_parallel:
+            init_torch_distributed(ctx, device)
+        self.exchange = SlabExchange(ctx.rank, ctx.size, self.start, self.stop)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model, set to compute this rank's slab (see ``DipNetwork.split_over``)."""
+        model.split_over(self.exchange)
+        return model
+
+    def local_slab(self, volume: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """This rank's slices of a full-volume tensor along ``dim``."""
+        return volume.narrow(dim, self.start, self.stop - self.start)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = values.clone()
+        if self.world_size > 1:
+            dist.all_reduce(out)
+        return out
+
+    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
+        """The projections of the whole volume from this slab's part (differentiable)."""
+        return self.exchange.all_reduce(projections) if self.world_size > 1 else projections
+
+    def finish_gradients(self, model: nn.Module) -> None:
+        """Sum the partial weight gradients over ranks (one flat all-reduce)."""
+        if self.world_size == 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        params = [p for p in model.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+    def gather_volume(self, slab: torch.Tensor) -> torch.Tensor:
+        """The full volume [nz, ny, nx] on every rank from the slabs [L_r, ny, nx]."""
+        if self.world_size == 1:
+            return slab
+        import torch
+        import torch.distributed as dist
+
+        longest = max(len(b) for b in self.bounds)
+        padded = slab.new_zeros((longest, *slab.shape[1:]))
+        padded[: slab.shape[0]] = slab.detach()
+        parts = [torch.empty_like(padded) for _ in self.bounds]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[: len(b)] for part, b in zip(parts, self.bounds, strict=True)])
