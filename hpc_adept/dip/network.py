@@ -43,29 +43,61 @@ class SlabExchange(Protocol):
         """Element-wise sum over all slabs (differentiable)."""
 
 
-def _slab_batch_norm(bn: nn.BatchNorm3d, x: torch.Tensor, slabs: SlabExchange) -> torch.Tensor:
-    """Training-mode BatchNorm of a feature map split into z slabs: global statistics.
+class _SlabBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm over all slabs: the statistics and the two reductions of the
+    backward are summed over the slabs; the element-wise passes use the fused kernels.
 
-    Two passes (mean, then the mean squared deviation), each one sum over the slabs, as
-    accurate as the one-process BatchNorm; the running statistics are updated the same way.
+    Returns the *local* parts of the weight and bias gradients (the caller sums the weight
+    gradients over the slabs, as for every other parameter).
     """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, slabs, stats):  # noqa: D102
+        dims = (0, 2, 3, 4)
+        n_local = x.numel() // x.shape[1]
+        var_r, mean_r = torch.var_mean(x, dims, correction=0)  # one fused pass
+        head = slabs.all_reduce(torch.cat([mean_r * n_local, mean_r.new_tensor([n_local])]))
+        n = head[-1]
+        mean = head[:-1] / n
+        # exact combination of the slabs' variances about the global mean
+        var = slabs.all_reduce(n_local * (var_r + (mean_r - mean).square())) / n
+        invstd = torch.rsqrt(var + eps)
+        out = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.slabs, ctx.n = slabs, n
+        stats.extend((mean.detach(), var.detach(), n.detach()))  # for the running statistics
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        x, mean, invstd, weight = ctx.saved_tensors
+        shape = (1, -1, 1, 1, 1)
+        dims = (0, 2, 3, 4)
+        xhat = (x - mean.view(shape)) * invstd.view(shape)
+        local = torch.stack([grad.sum(dims), (grad * xhat).sum(dims)])
+        total = ctx.slabs.all_reduce(local) / ctx.n
+        scale = invstd if weight is None else invstd * weight
+        grad_x = (grad - total[0].view(shape) - xhat * total[1].view(shape)) * scale.view(shape)
+        grad_w = local[1] if weight is not None else None
+        grad_b = local[0] if weight is not None else None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _slab_batch_norm(bn: nn.BatchNorm3d, x: torch.Tensor, slabs: SlabExchange) -> torch.Tensor:
+    """Training-mode BatchNorm of a feature map split into z slabs: global statistics,
+    combined from each slab's mean and variance (as accurate as the one-process BatchNorm);
+    the running statistics are updated the same way."""
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # statistics in float32, as autocast does for BatchNorm
-    dims = (0, 2, 3, 4)
-    count = x.new_tensor([x.numel() // x.shape[1]])
-    totals = slabs.all_reduce(torch.cat([x.sum(dims), count]))
-    n = totals[-1].detach()
-    mean = totals[:-1] / n
-    centred = x - mean.view(1, -1, 1, 1, 1)
-    var = slabs.all_reduce(centred.square().sum(dims)) / n
-    out = centred * torch.rsqrt(var + bn.eps).view(1, -1, 1, 1, 1)
-    if bn.affine:
-        out = out * bn.weight.view(1, -1, 1, 1, 1) + bn.bias.view(1, -1, 1, 1, 1)
+    weight, bias = (bn.weight, bn.bias) if bn.affine else (None, None)
+    stats: list[torch.Tensor] = []
+    out = _SlabBatchNorm.apply(x, weight, bias, bn.eps, slabs, stats)
     if bn.track_running_stats and bn.running_mean is not None:
+        mean, var, n = stats
         with torch.no_grad():
             momentum = bn.momentum if bn.momentum is not None else 0.1
-            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
-            unbiased = var.detach() * (n / max(float(n) - 1.0, 1.0))
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            unbiased = var * (n / max(float(n) - 1.0, 1.0))
             bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
             bn.num_batches_tracked += 1
     return out
