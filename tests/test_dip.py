@@ -426,6 +426,19 @@ def test_recon_dip_volume_decomposition_on_two_ranks(dip_dataset):
     assert np.corrcoef(v1.ravel(), v2.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.mpi
+def test_volume_decomposition_with_too_many_ranks_is_refused_in_one_line(dip_dataset):
+    # 2 slices in blocks of 2 (TINY_NET strides 2, 1): nothing left for rank 1
+    result = _recon(dip_dataset, "too_many", "--set", "dip.decomposition=volume",
+                    "--set", "recon.volume_shape=[2, 16, 16]", "--set", "recon.methods=[dip]",
+                    n_ranks=2)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "use at most 1 ranks or dip.decomposition: angles" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (dip_dataset / "too_many" / "volume_dip.h5").exists()
+
+
 def test_volume_decomposition_needs_a_block_of_slices_per_rank():
     from hpc_adept.config import load_config
     from hpc_adept.errors import ConfigError
