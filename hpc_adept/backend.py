@@ -112,6 +112,44 @@ def set_torch_threads(threads: int | None, local_size: int) -> int:
     return threads
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_host_memory() -> bool:
+    """Let freed host memory stay in the process instead of going back to the OS.
+
+    glibc serves blocks above 32 MiB with ``mmap`` and unmaps them on free, so every
+    iteration's large temporaries (feature maps, projections) arrive as fresh pages that
+    the kernel must fault in and zero, which costs more than the arithmetic on them (CPU DIP
+    step: 20 % of its time). With ``mmap`` off and trimming off, freed blocks are reused.
+    The process keeps its peak footprint until it ends, which a batch rank does anyway.
+
+    Returns
+    -------
+    bool
+        True when the C library accepted the settings (glibc); False elsewhere (musl,
+        macOS), where nothing changes.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        log.debug("host memory: no mallopt in the C library, allocator left as it is")
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    ok = mallopt(_M_TRIM_THRESHOLD, -1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1  # -1: never
+    if not ok:
+        log.debug("host memory: mallopt refused the settings")
+    return ok
+
+
 def available_memory_bytes(device: Any, ranks_on_node: int = 1) -> tuple[int, str]:
     """Memory one rank can still use on ``device``, and a phrase saying what it is.
 

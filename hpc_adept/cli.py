@@ -113,10 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_output_dir(cfg.output.dir)
         if hasattr(plan, "validate"):  # checks that read the data, shared by the ranks
             plan.validate(ctx)
-        from hpc_adept.backend import select_torch_device, set_torch_threads
+        from hpc_adept.backend import (
+            keep_freed_host_memory,
+            select_torch_device,
+            set_torch_threads,
+        )
 
         device = select_torch_device(cfg.runtime.device, ctx.local_rank)
         set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
+        if cfg.runtime.keep_host_memory:
+            keep_freed_host_memory()
     except AdeptError as exc:
         if ctx.is_root:
             print(f"adept: error: {_error_line(exc)}", file=sys.stderr)

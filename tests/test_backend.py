@@ -1,0 +1,52 @@
+"""The device / host-memory choices of hpc_adept.backend."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from hpc_adept.config import load_config
+
+from .conftest import REPO
+
+# Allocate and touch 256 MiB, free it, and print the resident size before and after the free.
+_PROBE = """
+import sys
+sys.path.insert(0, {repo!r})
+from hpc_adept.backend import keep_freed_host_memory
+import numpy as np
+
+def rss_mib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+if {keep}:
+    assert keep_freed_host_memory()
+block = np.ones(256 * 2**20 // 8)
+held = rss_mib()
+del block
+print(held, rss_mib())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_freed_host_memory_keeps_pages(keep):
+    # Kept: the freed block stays resident for the next allocation. Not kept (glibc's
+    # default): a block this large is unmapped on free and its pages go back to the OS.
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(repo=str(REPO), keep=keep)],
+                         capture_output=True, text=True, check=True)
+    held, after = map(float, out.stdout.split())
+    assert held > 256
+    if keep:
+        assert after > held - 16
+    else:
+        assert after < held - 200
+
+
+def test_keep_host_memory_is_a_runtime_setting():
+    assert load_config(None).runtime.keep_host_memory is True
+    assert load_config(None, ["runtime.keep_host_memory=false"]).runtime.keep_host_memory is False
