@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hpc_adept.backend import keep_freed_host_memory
 from hpc_adept.dip import DipNetwork, make_input_noise
 from hpc_adept.lamino import Geometry, backproject, project
 
@@ -111,13 +112,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--return-host-memory", action="store_true",
+                        help="leave glibc malloc as it is (runtime.keep_host_memory: false)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = not args.return_host_memory and keep_freed_host_memory()  # as adept does
     gpu = device.type == "cuda"
     bw, peak = machine_limits(device)
     where = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    where += ", freed host memory kept" if kept else ", freed host memory returned to the OS"
     print(f"== {where}: triad {bw / 1e9:.1f} GB/s, matmul {peak / 1e9:.1f} GFLOP/s (measured)")
 
     rows = []
