@@ -591,6 +591,7 @@ def test_memory_guard_stops_a_dip_that_cannot_fit(dip_dataset):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "dip: needs about" in lines[0], result.stderr
     assert "dip.activation_checkpointing" in lines[0]
+    assert "runtime.keep_host_memory: false" in lines[0]  # CPU run: kept memory counted
     assert not (run_dir / "volume_fbp.h5").exists()
 
 

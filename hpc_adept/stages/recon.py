@@ -95,7 +95,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     import h5py
 
     from hpc_adept.backend import available_memory_bytes, select_torch_device
-    from hpc_adept.dip.memory import estimate_dip_bytes
+    from hpc_adept.dip.memory import KEPT_HOST_MEMORY_FACTOR, estimate_dip_bytes
 
     with h5py.File(input_path, "r") as f:
         n_angles, nv, nu = (int(n) for n in f["projections"].shape)
@@ -110,14 +110,18 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     need = estimate_dip_bytes(d.in_channels, d.channels, d.strides, d.skip_channels,
                               shape, local, (nv, nu), d.bf16, d.activation_checkpointing)
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+    kept = getattr(device, "type", "cpu") == "cpu" and cfg.runtime.keep_host_memory
+    if kept:
+        need = int(need * KEPT_HOST_MEMORY_FACTOR)
     free, where = available_memory_bytes(device, ctx.local_size)
     if need > 0.9 * free:
         raise DataError(
             f"dip: needs about {need / 2**30:.1f} GiB per rank but {where} is "
             f"{free / 2**30:.1f} GiB; reduce dip.channels / dip.in_channels or "
             f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16 on a "
-            f"GPU), fewer dip.angles_per_step, or use larger nodes "
-            f"(dip.memory_guard: false skips this check)")
+            f"GPU), fewer dip.angles_per_step, "
+            + ("runtime.keep_host_memory: false, " if kept else "")
+            + "or use larger nodes (dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
 
 
