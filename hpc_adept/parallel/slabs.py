@@ -43,7 +43,8 @@ class _MpiTransport:
     def __init__(self, comm: Any) -> None:
         from mpi4py import MPI
 
-        self._comm, self._mpi = comm, MPI
+        # a private duplicate: these messages never match anyone else's (collective call)
+        self._comm, self._mpi = comm.Dup(), MPI
 
     @staticmethod
     def _buffer(tensor: torch.Tensor, exact: bool = False) -> Any:
