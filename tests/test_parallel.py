@@ -61,3 +61,20 @@ def test_dynamic_queue_two_ranks():
     result = run_cmd([str(REPO / "tests" / "mpi" / "check_workqueue.py")], n_ranks=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "workqueue ok" in result.stdout
+
+
+@pytest.mark.parametrize(("device", "local_size", "gpus", "expected"), [
+    ("cpu", 2, 0, "gloo"),
+    ("cuda", 1, 1, "nccl"),
+    ("cuda", 4, 4, "nccl"),
+    ("cuda", 2, 1, "gloo"),  # make demo's 2 ranks on a one-GPU workstation
+])
+def test_torch_backend_uses_nccl_only_with_a_gpu_per_rank(monkeypatch, device, local_size,
+                                                          gpus, expected):
+    import torch
+
+    import hpc_adept.backend
+    from hpc_adept.parallel.torchdist import torch_backend
+
+    monkeypatch.setattr(hpc_adept.backend, "cuda_device_count", lambda: gpus)
+    assert torch_backend(torch.device(device), local_size) == expected

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpc_adept.parallel.context import ParallelContext
 from hpc_adept.parallel.partition import aligned_block_range
-from hpc_adept.parallel.torchdist import init_torch_distributed
+from hpc_adept.parallel.torchdist import init_torch_distributed, torch_backend
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 
 class _MpiTransport:
-    """Sums and neighbour exchanges of host tensors over an mpi4py communicator."""
+    """Sums and neighbour exchanges over an mpi4py communicator (host memory; device
+    tensors are staged through it)."""
 
     def __init__(self, comm: Any) -> None:
         from mpi4py import MPI
@@ -58,17 +59,25 @@ class _MpiTransport:
 
     def exchange(self, transfers: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
         """For each (send, receive, peer): send ``send`` to ``peer`` and fill ``receive``
-        from it (contiguous tensors)."""
-        requests = []
+        from it (contiguous tensors; device tensors go through host copies)."""
+        requests, staged = [], []
         for send, receive, peer in transfers:
-            requests.append(self._comm.Irecv(self._buffer(receive), source=peer, tag=17))
-            requests.append(self._comm.Isend(self._buffer(send), dest=peer, tag=17))
+            host = receive if receive.device.type == "cpu" else receive.cpu()
+            staged.append((receive, host))
+            requests.append(self._comm.Irecv(self._buffer(host), source=peer, tag=17))
+            requests.append(self._comm.Isend(self._buffer(send.cpu()), dest=peer, tag=17))
         self._mpi.Request.Waitall(requests)
+        for receive, host in staged:
+            if host is not receive:
+                receive.copy_(host)
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place (``tensor`` contiguous)."""
-        self._comm.Allreduce(self._mpi.IN_PLACE, self._buffer(tensor, exact=True),
+        host = tensor.cpu()
+        self._comm.Allreduce(self._mpi.IN_PLACE, self._buffer(host, exact=True),
                              op=self._mpi.SUM)
+        if host is not tensor:
+            tensor.copy_(host)
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -76,8 +85,8 @@ class _MpiTransport:
         import torch
 
         out = torch.empty((self._comm.Get_size(), *tensor.shape), dtype=tensor.dtype)
-        self._comm.Allgather(self._buffer(tensor.contiguous()), self._buffer(out))
-        return list(out)
+        self._comm.Allgather(self._buffer(tensor.contiguous().cpu()), self._buffer(out))
+        return list(out.to(tensor.device))
 
 
 class _TorchTransport:
@@ -194,7 +203,8 @@ class SlabCommunicator:
     ----------
     ctx : ParallelContext
     device : torch.device
-        CPU: the tensors go over ``ctx.comm`` (MPI); CUDA: over torch.distributed (NCCL).
+        CPU: the tensors go over ``ctx.comm`` (MPI); CUDA: over torch.distributed (NCCL),
+        or MPI through host memory where ranks share a GPU.
     nz : int
         Slices of the full volume.
     multiple : int
@@ -215,11 +225,11 @@ class SlabCommunicator:
         self.start, self.stop = mine.start, mine.stop
         self.transport: Any = None
         if ctx.is_parallel:
-            if getattr(device, "type", "cpu") == "cpu":
-                self.transport = _MpiTransport(ctx.comm)
-            else:
+            if torch_backend(device, ctx.local_size) == "nccl":
                 init_torch_distributed(ctx, device)
                 self.transport = _TorchTransport()
+            else:  # host tensors, or GPUs shared by ranks (NCCL refuses those)
+                self.transport = _MpiTransport(ctx.comm)
         self.exchange = SlabExchange(ctx.rank, ctx.size, self.start, self.stop, self.transport)
 
     def wrap(self, model: nn.Module) -> nn.Module:

@@ -1,4 +1,5 @@
-"""torch.distributed set up from MPI: NCCL on GPUs, gloo on CPUs.
+"""torch.distributed set up from MPI: NCCL on GPUs, gloo on CPUs (and on GPUs that ranks
+share: NCCL refuses two ranks on one device).
 
 Rank 0 picks its host address and a free TCP port and broadcasts them over MPI, so the
 process group forms the same way under mpiexec, srun and in CI, without relying on
@@ -31,6 +32,20 @@ def _host_address() -> str:
         return "127.0.0.1"
 
 
+def torch_backend(device: Any, local_size: int) -> str:
+    """``nccl`` when ``device`` is a GPU and every rank of the node has its own, else ``gloo``.
+
+    NCCL cannot put two ranks of a communicator on one GPU; with more ranks than GPUs on a
+    node (``make demo``'s 2 ranks on a one-GPU workstation) gloo, which moves CUDA tensors
+    through the host for all-reduce and broadcast, still works.
+    """
+    if getattr(device, "type", "cpu") != "cuda":
+        return "gloo"
+    from hpc_adept.backend import cuda_device_count
+
+    return "nccl" if local_size <= cuda_device_count() else "gloo"
+
+
 def init_torch_distributed(ctx: ParallelContext, device: Any,
                            timeout_s: float = 300.0) -> bool:
     """Initialise the default torch.distributed process group over the MPI ranks.
@@ -40,7 +55,7 @@ def init_torch_distributed(ctx: ParallelContext, device: Any,
     ctx : ParallelContext
         The job's ranks; a serial context initialises nothing.
     device : torch.device
-        This rank's device: ``cuda`` selects NCCL, ``cpu`` gloo.
+        This rank's device: :func:`torch_backend` picks NCCL or gloo.
     timeout_s : float
         Collective timeout, so a dead peer ends the job instead of hanging it.
 
@@ -55,8 +70,11 @@ def init_torch_distributed(ctx: ParallelContext, device: Any,
         return False
     address = (_host_address(), _free_port()) if ctx.is_root else None
     host, port = ctx.comm.bcast(address, root=0)
-    backend = "nccl" if getattr(device, "type", "cpu") == "cuda" else "gloo"
+    backend = torch_backend(device, ctx.local_size)
     log.info("torch.distributed: backend %s, rendezvous tcp://%s:%d", backend, host, port)
+    if backend == "gloo" and getattr(device, "type", "cpu") == "cuda":
+        log.warning("%d ranks share this node's GPU(s): torch.distributed uses gloo (through "
+                    "host memory), not NCCL", ctx.local_size)
     kwargs: dict[str, Any] = {}
     if backend == "nccl":
         kwargs["device_id"] = device
