@@ -56,3 +56,17 @@ def test_study_runs_variants_and_reuses_finished_ones(tmp_path):
     assert len(list((tmp_path / "abl" / "data").iterdir())) == 2  # one dataset per n_angles
     again = run_cmd([script, "s.yaml"], cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("reusing") == 3
+
+
+def test_shipped_studies_give_valid_configs():
+    """Every variant of the studies in jobs/configs loads into a valid config."""
+    from hpc_adept.config import load_config
+
+    for name in ("ablations.yaml", "ablation_seeds.yaml"):
+        study = ablation.load_study(REPO / "jobs" / "configs" / name)
+        for variant in study["variants"]:
+            cfg = load_config(REPO / study["config"], ablation._sets(variant["set"]))
+            for key, value in variant["set"].items():
+                section, field = key.split(".")
+                got = getattr(getattr(cfg, section), field)
+                assert (list(got) if isinstance(got, tuple) else got) == value, (name, key)
