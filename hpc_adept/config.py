@@ -508,6 +508,12 @@ class EvaluateConfig:
     max_uncertain_fraction : float
         A layer of a GMM-binarised reference with more than this fraction of voxels of
         metal posterior between 0.1 and 0.9 is excluded (ambiguous binarisation).
+    max_partial_fraction : float
+        A layer of a binary reference (``/occupancy``) in which more than this fraction of
+        the metal voxels are only partly filled (phase below 90 % of the way from the
+        dielectric's median phase to the metal's) is excluded: a layer cut through the top
+        or bottom of the lines, whose metal/dielectric labels are a convention (1: keep
+        every such layer).
     psd_window : bool
         Taper volumes with a Hann window before the power spectrum.
     """
@@ -520,6 +526,7 @@ class EvaluateConfig:
     max_shift_voxels: int = 8
     min_class_fraction: float = 1e-3
     max_uncertain_fraction: float = 0.15
+    max_partial_fraction: float = 0.9
     psd_window: bool = True
 
     def check(self) -> None:
@@ -532,7 +539,7 @@ class EvaluateConfig:
         if self.max_shift_voxels < 0:
             raise ConfigError(f"evaluate.max_shift_voxels must be >= 0, got "
                               f"{self.max_shift_voxels}")
-        for name in ("min_class_fraction", "max_uncertain_fraction"):
+        for name in ("min_class_fraction", "max_uncertain_fraction", "max_partial_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"evaluate.{name} must be in [0, 1], got {value}")

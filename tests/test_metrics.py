@@ -17,6 +17,7 @@ from hpc_adept.metrics import (
     exclude_ambiguous_layers,
     fit_gmm,
     layer_ranges,
+    partly_filled_metal,
     pcc,
     pcc_per_layer,
     power_spectrum,
@@ -122,6 +123,28 @@ def test_layer_exclusion_all_empty_and_ambiguous_layers():
     binary = exclude_ambiguous_layers(occupancy, None, min_class_fraction=0.01)
     assert np.flatnonzero(binary.excluded).tolist() == [1, 4]
     assert binary.uncertain_fraction is None
+
+
+def test_layers_cut_through_the_tops_of_lines_are_excluded():
+    """A binary reference with its phase: a layer whose metal voxels are all only partly
+    filled (0.6 of the metal phase, labelled metal by fill >= 0.5) is excluded; a layer
+    with a few partial voxels at the lines' sides is kept."""
+    shape = (5, 10, 10)
+    occupancy = np.zeros(shape, bool)
+    occupancy[:, 2:8, 3:6] = True  # a line through every layer
+    volume = np.where(occupancy, 0.05, 0.002)  # dielectric 0.002, metal 0.05 rad
+    volume[2][occupancy[2]] = 0.002 + 0.6 * 0.048  # layer 2: the line's top, 60 % filled
+    volume[3, 2:8, 3] = 0.002 + 0.7 * 0.048  # layer 3: one side column of 3 partly filled
+    partial = partly_filled_metal(volume, occupancy)
+    assert partial[2][occupancy[2]].all() and not partial[2][~occupancy[2]].any()
+    assert partial[3].sum() == 6 and not partial[[0, 1, 4]].any()
+    result = exclude_ambiguous_layers(occupancy, None, 0.01, 0.15, partial, 0.9)
+    assert np.flatnonzero(result.excluded).tolist() == [2]
+    assert "partly filled" in result.reasons[2]
+    # max_partial_fraction 1 keeps every layer; 0.3 also drops layer 3 (6 of 18 partial)
+    assert not exclude_ambiguous_layers(occupancy, None, 0.01, 0.15, partial, 1.0).excluded.any()
+    loose = exclude_ambiguous_layers(occupancy, None, 0.01, 0.15, partial, 0.3)
+    assert np.flatnonzero(loose.excluded).tolist() == [2, 3]
 
 
 def test_layer_ranges_split_at_boundaries():

@@ -19,6 +19,7 @@ from hpc_adept.metrics.scores import (
     ber_per_layer,
     exclude_ambiguous_layers,
     layer_ranges,
+    partly_filled_metal,
     pcc,
     pcc_per_layer,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "center_crop_slices",
     "estimate_shift",
     "exclude_ambiguous_layers",
+    "partly_filled_metal",
     "fit_gmm",
     "layer_ranges",
     "metal_posterior",

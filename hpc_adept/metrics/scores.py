@@ -107,7 +107,9 @@ class LayerExclusion:
 
 def exclude_ambiguous_layers(occupancy: np.ndarray, posterior: np.ndarray | None = None,
                              min_class_fraction: float = 1e-3,
-                             max_uncertain_fraction: float = 0.15) -> LayerExclusion:
+                             max_uncertain_fraction: float = 0.15,
+                             partial_metal: np.ndarray | None = None,
+                             max_partial_fraction: float = 0.9) -> LayerExclusion:
     """Find the z layers of the reference whose binarisation cannot be trusted.
 
     A layer is excluded when
@@ -118,6 +120,9 @@ def exclude_ambiguous_layers(occupancy: np.ndarray, posterior: np.ndarray | None
     * (GMM reference only) more than ``max_uncertain_fraction`` of the layer's voxels have
       a metal posterior in the uncertain band 0.1..0.9: values between the two modes, as
       in a layer cut through the blurred top or bottom of a metal line.
+    * (binary reference with its phase) more than ``max_partial_fraction`` of the layer's
+      metal voxels are only partly filled (``partial_metal``): a layer cut through the top
+      or bottom of the lines, where "metal" is the convention fill >= 0.5.
 
     Parameters
     ----------
@@ -127,6 +132,11 @@ def exclude_ambiguous_layers(occupancy: np.ndarray, posterior: np.ndarray | None
         Metal posterior of the reference voxels (when binarised by a GMM).
     min_class_fraction, max_uncertain_fraction : float
         Thresholds above, fractions of a layer's voxels.
+    partial_metal : ndarray of bool, [nz, ny, nx], optional
+        Metal voxels of the reference that are only partly filled (see
+        :func:`partly_filled_metal`).
+    max_partial_fraction : float
+        Threshold above, a fraction of the layer's metal voxels.
     """
     occupancy = np.asarray(occupancy, bool)
     per_layer = float(occupancy.shape[1] * occupancy.shape[2])
@@ -148,7 +158,42 @@ def exclude_ambiguous_layers(occupancy: np.ndarray, posterior: np.ndarray | None
                 excluded[k] = True
                 reasons[k] = (f"{fraction:.3f} of voxels have an uncertain GMM posterior "
                               f"(> {max_uncertain_fraction:g})")
+    if partial_metal is not None:
+        n_metal = np.count_nonzero(occupancy, axis=(1, 2))
+        n_partial = np.count_nonzero(np.asarray(partial_metal, bool) & occupancy, axis=(1, 2))
+        for k in np.flatnonzero(n_metal):
+            share = n_partial[k] / n_metal[k]
+            if share > max_partial_fraction and not excluded[k]:
+                excluded[k] = True
+                reasons[k] = (f"{share:.2f} of its metal voxels are only partly filled "
+                              f"(> {max_partial_fraction:g})")
     return LayerExclusion(excluded, reasons, metal, uncertain)
+
+
+def partly_filled_metal(volume: np.ndarray, occupancy: np.ndarray,
+                        full_level: float = 0.9) -> np.ndarray:
+    """Metal voxels of a binary reference whose value says they are only partly metal.
+
+    Parameters
+    ----------
+    volume : ndarray, [nz, ny, nx]
+        Reference phase (or any quantity linear in the metal fill).
+    occupancy : ndarray of bool, [nz, ny, nx]
+        Reference binarisation (metal fill >= 0.5).
+    full_level : float
+        A metal voxel is partly filled below this fraction of the way from the dielectric's
+        median value to the metal's.
+
+    Returns
+    -------
+    ndarray of bool, [nz, ny, nx]
+    """
+    occupancy = np.asarray(occupancy, bool)
+    if occupancy.all() or not occupancy.any():
+        return np.zeros(occupancy.shape, bool)
+    dielectric = float(np.median(volume[~occupancy]))
+    metal = float(np.median(volume[occupancy]))
+    return occupancy & (volume < dielectric + full_level * (metal - dielectric))
 
 
 @dataclass(frozen=True)

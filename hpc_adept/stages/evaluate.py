@@ -143,12 +143,14 @@ class _ReferenceBinarisation:
 
 def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinarisation:
     from hpc_adept.metrics import exclude_ambiguous_layers, fit_gmm
+    from hpc_adept.metrics.scores import partly_filled_metal
 
     ev = cfg.evaluate
     if reference.occupancy is not None:
         occupancy = reference.occupancy.astype(bool)
-        exclusion = exclude_ambiguous_layers(occupancy, None, ev.min_class_fraction,
-                                             ev.max_uncertain_fraction)
+        exclusion = exclude_ambiguous_layers(
+            occupancy, None, ev.min_class_fraction, ev.max_uncertain_fraction,
+            partly_filled_metal(reference.volume, occupancy), ev.max_partial_fraction)
         description = {"source": "occupancy", "metal_fraction": float(occupancy.mean())}
         return _ReferenceBinarisation(occupancy, exclusion, description)
     model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed,
