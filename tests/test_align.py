@@ -446,6 +446,7 @@ def test_memory_guard_refuses_an_alignment_that_cannot_fit(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "align: needs about" in lines[0], result.stderr
+    assert "runtime.keep_host_memory: false" in lines[0]  # CPU: kept memory counted
     assert not (run / "aligned.h5").exists()
 
 

@@ -50,3 +50,14 @@ def test_keep_freed_host_memory_keeps_pages(keep):
 def test_keep_host_memory_is_a_runtime_setting():
     assert load_config(None).runtime.keep_host_memory is True
     assert load_config(None, ["runtime.keep_host_memory=false"]).runtime.keep_host_memory is False
+
+
+def test_peak_memory_counts_kept_host_memory_on_cpu_only():
+    import torch
+
+    from hpc_adept.backend import KEPT_HOST_MEMORY_FACTOR, peak_memory_bytes
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert peak_memory_bytes(1000, cpu, True) == int(1000 * KEPT_HOST_MEMORY_FACTOR) > 1000
+    assert peak_memory_bytes(1000, cpu, False) == 1000
+    assert peak_memory_bytes(1000, gpu, True) == 1000  # device memory has its own allocator

@@ -14,9 +14,6 @@ from collections.abc import Sequence
 ACTIVATION_FACTOR = 1.5      # saved tensors per layer output (BN/ReLU inputs, gradients)
 BASE_BYTES = 512 * 2**20     # interpreter, torch, MPI, buffers
 CHECKPOINTED_FRACTION = 0.35  # activation checkpointing keeps block inputs only (about)
-# Host peak with runtime.keep_host_memory (freed blocks kept, some fragmented) over the peak
-# without: 2709 / 2007 MiB measured (bench_dip speed, 64 x 96 x 96, reference network).
-KEPT_HOST_MEMORY_FACTOR = 1.4
 
 
 def activation_elements(in_channels: int, channels: Sequence[int], strides: Sequence[int],

@@ -63,6 +63,7 @@ class AlignPlan:
     volume_shape: tuple[int, int, int]
     device_choice: str = "auto"
     enabled: bool = True
+    keep_host_memory: bool = True
 
     def validate(self, ctx: ParallelContext) -> None:
         """Stop before any work when projection matching will not fit in memory.
@@ -72,19 +73,26 @@ class AlignPlan:
         """
         if not self.enabled:
             return
-        from hpc_adept.backend import available_memory_bytes, select_torch_device
+        from hpc_adept.backend import (
+            available_memory_bytes,
+            peak_memory_bytes,
+            select_torch_device,
+        )
 
         n, nv, nu = self.projection_shape
         voxels = int(np.prod(self.volume_shape))
         device = select_torch_device(self.device_choice, ctx.local_rank)
         chunk = 1 << 30 if device.type == "cuda" else 32 << 20
-        need = (512 << 20) + 4 * (8 * n * nv * nu + 8 * voxels) + chunk
+        estimate = (512 << 20) + 4 * (8 * n * nv * nu + 8 * voxels) + chunk
+        need = peak_memory_bytes(estimate, device, self.keep_host_memory)
         free, where = available_memory_bytes(device, ctx.local_size)
         if need > 0.9 * free:
             raise DataError(
                 f"align: needs about {need / 2**30:.1f} GiB per rank but {where} is "
                 f"{free / 2**30:.1f} GiB; set a smaller align.volume_shape, align.enabled: "
-                f"false (crop only), or use larger nodes")
+                f"false (crop only), "
+                + ("runtime.keep_host_memory: false, " if need > estimate else "")
+                + "or use larger nodes")
 
 
 def _stored_shape(path: Path) -> tuple[int, int, int]:
@@ -127,7 +135,7 @@ def plan_align(cfg: Config) -> AlignPlan:
         )
     return AlignPlan(source, run_dir / "aligned.h5", run_dir / HISTORY_NAME, run_dir,
                      shape, crop, volume_shape,  # type: ignore[arg-type]
-                     cfg.runtime.device, a.enabled)
+                     cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory)
 
 
 def align_options(cfg: Config) -> AlignOptions:

@@ -94,8 +94,8 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     """DataError (one line, with what to change) when the DIP would exceed the memory."""
     import h5py
 
-    from hpc_adept.backend import available_memory_bytes, select_torch_device
-    from hpc_adept.dip.memory import KEPT_HOST_MEMORY_FACTOR, estimate_dip_bytes
+    from hpc_adept.backend import available_memory_bytes, peak_memory_bytes, select_torch_device
+    from hpc_adept.dip.memory import estimate_dip_bytes
 
     with h5py.File(input_path, "r") as f:
         n_angles, nv, nu = (int(n) for n in f["projections"].shape)
@@ -110,9 +110,8 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     need = estimate_dip_bytes(d.in_channels, d.channels, d.strides, d.skip_channels,
                               shape, local, (nv, nu), d.bf16, d.activation_checkpointing)
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
-    kept = getattr(device, "type", "cpu") == "cpu" and cfg.runtime.keep_host_memory
-    if kept:
-        need = int(need * KEPT_HOST_MEMORY_FACTOR)
+    estimate, need = need, peak_memory_bytes(need, device, cfg.runtime.keep_host_memory)
+    kept = need > estimate
     free, where = available_memory_bytes(device, ctx.local_size)
     if need > 0.9 * free:
         raise DataError(
