@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt mpich -e '.[test,mpi]'
+	$(PY) -m pip install -q -c constraints-cpu.txt mpich -e '.[test,mpi,triton]'
 	touch $(STAMP)
 
 test: $(STAMP)

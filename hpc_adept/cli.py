@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hpc_adept import __version__
 from hpc_adept.errors import EXIT_STOPPED, AdeptError, ConfigError, StopRequested
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         device = select_torch_device(cfg.runtime.device, ctx.local_rank)
         set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
+        _use_projector(cfg.runtime.projector, device)
         if cfg.runtime.keep_host_memory:
             keep_freed_host_memory()
     except AdeptError as exc:
@@ -162,6 +164,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         ctx.abort(code)
     return 0
+
+
+def _use_projector(kernel: str, device: Any) -> None:
+    """Make ``kernel`` the projector implementation of this process (runtime.projector)."""
+    from hpc_adept.lamino.projector import set_default_kernel
+
+    if kernel == "triton" and getattr(device, "type", "cpu") != "cuda":
+        raise ConfigError(f"runtime.projector: triton runs on GPUs only, and this rank's "
+                          f"device is {device}; use runtime.projector: torch")
+    try:
+        set_default_kernel(kernel)
+    except ValueError as exc:
+        raise ConfigError(f"runtime.projector: {exc}") from None
 
 
 def _timed_run(command: str, run: Callable, cfg, ctx, plan, device) -> None:

@@ -567,6 +567,11 @@ class RuntimeConfig:
         large blocks, no trimming) rather than returning it to the OS and faulting in fresh
         pages each iteration; CPU runs are ~20 % faster. The rank then holds its peak host
         memory until it ends.
+    projector : {'torch', 'triton'}
+        Implementation of the laminography projector and its adjoint (the same operator):
+        ``torch`` (``grid_sample`` + a sparse product, any device) or ``triton`` (one fused
+        kernel per direction, GPUs only, needs Triton; checked against ``torch`` in the
+        tests, not yet timed on a GPU, see profiling/RESULTS.md).
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -575,10 +580,14 @@ class RuntimeConfig:
     torch_threads: int | None = None
     timing: bool = True
     keep_host_memory: bool = True
+    projector: Literal["torch", "triton"] = "torch"
 
     def check(self) -> None:
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"runtime.torch_threads must be >= 1, got {self.torch_threads}")
+        if self.projector == "triton" and self.device == "cpu":
+            raise ConfigError("runtime.projector: triton runs on GPUs only; use torch with "
+                              "runtime.device: cpu")
 
 
 @dataclass(frozen=True)

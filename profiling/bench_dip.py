@@ -271,7 +271,7 @@ def simulate_crop(shape, n_angles, noise_rel, seed=0, origin=(40.0, 28.0)):
 
 def run_dip(noisy, geometry, voxel, *, iterations, lr, hpf="none", levels=4, gain=2.5,
             tv=(3e-6, 3e-8), channels=(32, 64, 96, 96, 96), in_channels=48, guard=True,
-            seed=0, log_every=0, data_term="mean"):
+            seed=0, log_every=0, data_term="mean", bf16=False):
     shape = geometry.volume_shape
     targets = torch.from_numpy(emphasise(noisy, hpf, "db8", levels, gain))
     weights = tv_slice_weights(shape[0], voxel, tv, [2.75e-6])
@@ -286,8 +286,9 @@ def run_dip(noisy, geometry, voxel, *, iterations, lr, hpf="none", levels=4, gai
         if log_every and it % log_every == 0:
             trace.append((it, values["loss"]))
 
+    # bf16: the network under autocast (on CPU too, to check its accuracy against float32)
     settings = TrainSettings(iterations=iterations, lr=lr, lr_step=max(1, 2 * iterations // 3),
-                             guard=guard, seed=seed)
+                             guard=guard, seed=seed, bf16=bf16)
     t0 = time.perf_counter()
     result = train_dip(model, noise, shard, settings, on_iteration=on_it)
     return result, time.perf_counter() - t0, trace

@@ -21,7 +21,9 @@ Usage::
 
     python profiling/bench_projector.py [--device cpu|cuda|auto] [--angles 125]
         [--shape 144 160 160] [--detector 256 256] [--tilt 61] [--repeats 3]
-        [--ref-angles 16] [--dtype float32]
+        [--ref-angles 16] [--dtype float32] [--triton]
+
+``--triton`` (CUDA) adds the fused Triton kernels (``kernel='triton'``) as ``ours-triton``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ from hpc_adept.lamino import Geometry, project  # noqa: E402
 # keep them in the heap; the "ours+malloc" run checks that the CPU default chunk budget
 # (32 MiB) already avoids that churn.
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+
+#: The workers that time our projector, and the kernel each uses.
+OURS = {"ours": "torch", "ours-triton": "triton"}
 
 
 # --------------------------------------------------------------------------- reference
@@ -149,14 +155,18 @@ def worker_time(args: argparse.Namespace) -> dict:
     geometry = Geometry(angles, args.tilt, tuple(args.shape), tuple(args.detector))
     x = _test_volume(geometry.volume_shape, dtype, device)
     y = torch.zeros(geometry.projection_shape, dtype=dtype, device=device)
-    op = (lambda v: project(v, geometry)) if args.worker == "ours" else (
-        lambda v: reference_project(v, geometry))
+    ours = args.worker in OURS
+
+    def op_for(g: Geometry):
+        if ours:
+            return lambda v: project(v, g, kernel=OURS[args.worker])
+        return lambda v: reference_project(v, g)
+
+    op = op_for(geometry)
     # warm-up on two angles (kernels, caches, allocator)
     warm = Geometry(angles[:2], args.tilt, geometry.volume_shape, geometry.detector_shape)
-    warm_op = (lambda v: project(v, warm)) if args.worker == "ours" else (
-        lambda v: reference_project(v, warm))
-    _forward_backward(warm_op, x, y[:2])
-    if args.worker == "ours":
+    _forward_backward(op_for(warm), x, y[:2])
+    if ours:
         _forward_backward(op, x, y)  # also builds the cached sparse operator
     _sync(device)
     if device.type == "cuda":
@@ -186,11 +196,17 @@ def worker_compare(args: argparse.Namespace) -> dict:
     ref = reference_project(x, geometry)
     g_ours = _forward_backward(lambda v: project(v, geometry), x, y)
     g_ref = _forward_backward(lambda v: reference_project(v, geometry), x, y)
-    return {
+    result = {
         "n_angles": geometry.n_angles,
         "proj_rel_diff": float((ours - ref).norm() / ref.norm()),
         "grad_rel_diff": float((g_ours - g_ref).norm() / g_ref.norm()),
     }
+    if args.triton:  # the fused kernels compute the same matrix as ours
+        fused = project(x, geometry, kernel="triton")
+        g_fused = _forward_backward(lambda v: project(v, geometry, kernel="triton"), x, y)
+        result["triton_proj_rel_diff"] = float((fused - ours).norm() / ours.norm())
+        result["triton_grad_rel_diff"] = float((g_fused - g_ours).norm() / g_ours.norm())
+    return result
 
 
 # --------------------------------------------------------------------------- driver
@@ -198,6 +214,7 @@ def worker_compare(args: argparse.Namespace) -> dict:
 def _run_worker(args: argparse.Namespace, worker: str, n_angles: int, env: dict | None):
     """Run one worker in a fresh interpreter; return its result dict."""
     cmd = [sys.executable, __file__, "--worker", worker, "--worker-angles", str(n_angles),
+           *(["--triton"] if args.triton else []),
            "--device", args.device, "--angles", str(args.angles), "--tilt", str(args.tilt),
            "--repeats", str(args.repeats), "--dtype", args.dtype,
            "--shape", *map(str, args.shape), "--detector", *map(str, args.detector)]
@@ -229,12 +246,16 @@ def main(argv: list[str] | None = None) -> None:
                              "CUDA); its time and memory are scaled per angle")
     parser.add_argument("--no-malloc-variant", action="store_true",
                         help="skip the run of ours with glibc malloc tuning (CPU)")
-    parser.add_argument("--worker", choices=["ours", "reference", "compare"],
+    parser.add_argument("--triton", action="store_true",
+                        help="also time the fused Triton kernels (kernel='triton'; CUDA)")
+    parser.add_argument("--worker", choices=[*OURS, "reference", "compare"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--worker-angles", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.triton and args.device != "cuda" and not args.worker:
+        parser.error("--triton times the compiled kernels: it needs --device cuda")
 
     if args.worker:
         result = worker_compare(args) if args.worker == "compare" else worker_time(args)
@@ -259,8 +280,13 @@ def main(argv: list[str] | None = None) -> None:
     cmp = _run_worker(args, "compare", args.angles, None)
     print(f"agreement on {cmp['n_angles']} angles (smooth test volume): relative difference "
           f"projections {cmp['proj_rel_diff']:.4f}, gradients {cmp['grad_rel_diff']:.4f}")
+    if args.triton:
+        print(f"triton kernels against ours: relative difference projections "
+              f"{cmp['triton_proj_rel_diff']:.2e}, gradients {cmp['triton_grad_rel_diff']:.2e}")
 
     runs = {"ours": _run_worker(args, "ours", args.angles, None)}
+    if args.triton:
+        runs["ours-triton"] = _run_worker(args, "ours-triton", args.angles, None)
     if args.device == "cpu" and not args.no_malloc_variant:
         runs["ours+malloc"] = _run_worker(args, "ours", args.angles, MALLOC_TUNING)
     runs["reference"] = _run_worker(args, "reference", n_ref, None)
@@ -283,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
           f"reference {_gib(rows[-1][4])}"
           + (" (scaled: measured + one grid per further angle)" if n_ref < args.angles
              else ""))
+    if args.triton:
+        print(f"speed-up of the triton kernels over ours (fwd+bwd, median): "
+              f"{rows[0][1] / rows[1][1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ def test_two_ranks_give_identical_scans_and_fbp(serial_run, tmp_path):
         (["--set", "simulate.phantom=layout", "simulate.layout_def=missing.def"],
          "simulate.layout_def: file not found: missing.def"),
         (["--set", "runtime.device=cuda"], None),
+        (["--set", "runtime.device=auto", "--set", "runtime.projector=triton"], "triton"),
     ],
 )
 def test_bad_simulate_input_one_line_exit_2_no_output(tmp_path, args, needle):
@@ -133,6 +134,12 @@ def test_bad_simulate_input_one_line_exit_2_no_output(tmp_path, args, needle):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
         needle = "no CUDA device is usable"
+    if needle == "triton":  # device auto: a GPU runs it, a CPU-only machine refuses
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+        needle = "runtime.projector: triton runs on GPUs only, and this rank's device is cpu"
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr

@@ -55,6 +55,13 @@ CPU_SLICES_PER_GROUP: int = 32
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
+#: Implementations of the same operator: ``torch`` (this module: ``grid_sample`` and a
+#: sparse product, any device) and ``triton`` (:mod:`hpc_adept.lamino.fused`: one fused
+#: kernel per direction; compiled on GPUs, run by Triton's interpreter on CPU tensors,
+#: which is for tests only).
+KERNELS: tuple[str, ...] = ("torch", "triton")
+_default_kernel: str = "torch"
+
 # grid_sampler_2d_backward(grad_output, input, grid, interpolation, padding, align_corners,
 # output_mask) is the input gradient of grid_sample without building a graph; fall back
 # to autograd where a torch build lacks it.
@@ -398,30 +405,42 @@ class _Project(torch.autograd.Function):
     """volume -> projections; backward = backproject (itself differentiable)."""
 
     @staticmethod
-    def forward(ctx, volume, geometry, max_chunk_bytes):  # noqa: D102
+    def forward(ctx, volume, geometry, max_chunk_bytes, kernel):  # noqa: D102
         ctx.geometry = geometry
         ctx.max_chunk_bytes = max_chunk_bytes
+        ctx.kernel = kernel
+        if kernel == "triton":
+            from hpc_adept.lamino.fused import project_fused
+
+            return project_fused(volume, geometry)
         return _project_impl(volume, geometry, max_chunk_bytes)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        grad_volume = _Backproject.apply(grad.contiguous(), ctx.geometry, ctx.max_chunk_bytes)
-        return grad_volume, None, None
+        grad_volume = _Backproject.apply(grad.contiguous(), ctx.geometry, ctx.max_chunk_bytes,
+                                         ctx.kernel)
+        return grad_volume, None, None, None
 
 
 class _Backproject(torch.autograd.Function):
     """projections -> volume; backward = project (itself differentiable)."""
 
     @staticmethod
-    def forward(ctx, projections, geometry, max_chunk_bytes):  # noqa: D102
+    def forward(ctx, projections, geometry, max_chunk_bytes, kernel):  # noqa: D102
         ctx.geometry = geometry
         ctx.max_chunk_bytes = max_chunk_bytes
+        ctx.kernel = kernel
+        if kernel == "triton":
+            from hpc_adept.lamino.fused import backproject_fused
+
+            return backproject_fused(projections, geometry)
         return _backproject_impl(projections, geometry, max_chunk_bytes)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        grad_proj = _Project.apply(grad.contiguous(), ctx.geometry, ctx.max_chunk_bytes)
-        return grad_proj, None, None
+        grad_proj = _Project.apply(grad.contiguous(), ctx.geometry, ctx.max_chunk_bytes,
+                                   ctx.kernel)
+        return grad_proj, None, None, None
 
 
 def _check_input(x: object, shape: tuple[int, ...], name: str, what: str) -> None:
@@ -446,8 +465,47 @@ def _check_budget(max_chunk_bytes: int | None, device: torch.device) -> int:
     return max_chunk_bytes
 
 
+def set_default_kernel(kernel: str) -> None:
+    """Choose the implementation :func:`project` and :func:`backproject` use by default.
+
+    Parameters
+    ----------
+    kernel : {'torch', 'triton'}
+        See :data:`KERNELS`. ``triton`` needs Triton (``pip install hpc_adept[triton]``;
+        CUDA builds of torch ship it).
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or ``triton`` without Triton.
+    """
+    global _default_kernel
+    _default_kernel = _check_kernel(kernel)
+
+
+def default_kernel() -> str:
+    """The implementation used when a call names none (``torch`` unless set)."""
+    return _default_kernel
+
+
+def _check_kernel(kernel: str | None) -> str:
+    if kernel is None:
+        return _default_kernel
+    if kernel not in KERNELS:
+        raise ValueError(f"projector kernel must be one of {', '.join(KERNELS)}, "
+                         f"got {kernel!r}")
+    if kernel == "triton":
+        from hpc_adept.lamino.fused import available
+
+        if not available():
+            raise ValueError("the triton projector kernel needs Triton: "
+                             "pip install 'hpc_adept[triton]'")
+    return kernel
+
+
 def project(
-    volume: torch.Tensor, geometry: Geometry, *, max_chunk_bytes: int | None = None
+    volume: torch.Tensor, geometry: Geometry, *, max_chunk_bytes: int | None = None,
+    kernel: str | None = None,
 ) -> torch.Tensor:
     """Laminographic forward projection (line integrals), differentiable.
 
@@ -462,6 +520,10 @@ def project(
         for a chunk of angles, [n_slices, ny_s, n_chunk * nu'] in the input's dtype
         (ny_s, nu' <= in-plane diagonal of the volume); default
         ``MAX_CHUNK_BYTES[device type]``. At least one angle is processed at a time.
+        The ``triton`` kernel has no intermediate and ignores it.
+    kernel : {'torch', 'triton'}, optional
+        Implementation (:data:`KERNELS`); default :func:`default_kernel`. Both compute
+        the same matrix (to rounding) and its exact adjoint.
 
     Returns
     -------
@@ -476,11 +538,13 @@ def project(
         ``volume.shape`` differs from ``geometry.volume_shape``.
     """
     _check_input(volume, geometry.volume_shape, "volume", "volume_shape")
-    return _Project.apply(volume, geometry, _check_budget(max_chunk_bytes, volume.device))
+    return _Project.apply(volume, geometry, _check_budget(max_chunk_bytes, volume.device),
+                          _check_kernel(kernel))
 
 
 def backproject(
-    projections: torch.Tensor, geometry: Geometry, *, max_chunk_bytes: int | None = None
+    projections: torch.Tensor, geometry: Geometry, *, max_chunk_bytes: int | None = None,
+    kernel: str | None = None,
 ) -> torch.Tensor:
     """Exact adjoint of :func:`project` (unfiltered backprojection), differentiable.
 
@@ -490,7 +554,7 @@ def backproject(
         Projection stack, on any device.
     geometry : Geometry
         Must match ``projections.shape == geometry.projection_shape``.
-    max_chunk_bytes : int, optional
+    max_chunk_bytes, kernel : optional
         As for :func:`project`.
 
     Returns
@@ -508,5 +572,6 @@ def backproject(
     """
     _check_input(projections, geometry.projection_shape, "projections", "projection shape")
     return _Backproject.apply(
-        projections, geometry, _check_budget(max_chunk_bytes, projections.device)
+        projections, geometry, _check_budget(max_chunk_bytes, projections.device),
+        _check_kernel(kernel),
     )

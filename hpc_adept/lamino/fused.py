@@ -1,0 +1,220 @@
+"""Fused Triton kernels of the laminography projector and its exact adjoint.
+
+They compute the same linear operator as :mod:`hpc_adept.lamino.projector` (the matrix
+``M R_theta`` of its module docstring: in-plane bilinear rotation of every z slice, then
+the fixed oblique Joseph projection ``M``), but in one pass each, with no intermediate in
+memory:
+
+* forward: one program per (angle, detector row) and block of detector columns walks the
+  row's nonzeros ``(k, j, w)`` of ``M`` and accumulates ``w`` times the bilinear sample of
+  slice ``k`` at the rotated position of (column, sample row ``j``);
+* adjoint: one program per z slice and block of voxels gathers, for every angle, the
+  (column, sample row) pairs whose bilinear footprint covers the voxel (at most 3 x 3 of
+  them, found by rotating the voxel back) and the <= K detector rows of ``M^T`` of each,
+  with the same weight formula as the forward. A gather, not a scatter: no atomics, and
+  the result does not depend on the order of the angles' programs.
+
+The reads of the volume (forward) and of the projections (adjoint) are the only large
+memory traffic, so on a GPU the kernels are bound by cached gathers, not by DRAM traffic
+of intermediates (see ``profiling/roofline.py``).
+
+On CUDA tensors the kernels are compiled by Triton. On CPU tensors they run in Triton's
+interpreter (NumPy, one program at a time): exact, but far too slow for anything beyond
+tests; that is how the test suite checks them on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpc_adept.lamino.geometry import Geometry
+
+#: Detector columns per forward program and voxels per adjoint program.
+FORWARD_BLOCK: int = 128
+ADJOINT_BLOCK: int = 128
+#: Nonzeros of a row of M per forward loop step (compiled; the interpreter takes 64).
+FORWARD_ENTRIES: int = 16
+#: The interpreter runs one program at a time in NumPy: fewer, larger programs are faster.
+INTERPRETER_BLOCK: int = 1024
+
+
+def available() -> bool:
+    """Whether Triton is installed (the ``triton`` extra; CUDA builds of torch ship it).
+
+    Does not import it: the first import fixes Triton's mode (see :func:`_kernels`).
+    """
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernels(on_cpu: bool) -> tuple[Any, Any]:
+    """(forward, adjoint) kernels in the process's Triton mode.
+
+    Triton fixes its mode (compiler or interpreter) when it is first imported. On a
+    machine without a GPU the compiler cannot run, so the interpreter is switched on here
+    if Triton is not imported yet. CPU tensors need the interpreter.
+    """
+    if "triton" not in sys.modules:
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        # fused multiply-adds (Triton's default so far, which it warns will change)
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    from triton import knobs
+
+    from hpc_adept.lamino import _fused_kernels as bodies
+
+    if on_cpu and not knobs.runtime.interpret:
+        raise RuntimeError("the fused projector runs CPU tensors only in Triton's "
+                           "interpreter: set TRITON_INTERPRET=1 before Triton is imported")
+    return bodies.project_body, bodies.backproject_body
+
+
+@functools.lru_cache(maxsize=32)
+def _tables(geometry: Geometry, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Sample layout, ``M`` in CSR and ``M^T`` in ELLPACK for ``geometry``, on ``device``."""
+    from hpc_adept.lamino import projector
+
+    nz = geometry.volume_shape[0]
+    nv = geometry.detector_shape[0]
+    # the GPU layout: every slice at once, no padding (the kernels need no grouping)
+    layout = projector._layout(geometry, torch.device("cuda"))
+    rows, cols, vals = projector._oblique_entries(geometry.tilt_deg, nz, nv, layout,
+                                                  geometry.z_offset)
+    order = np.lexsort((cols, rows))
+    crow = np.zeros(nv + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=nv), out=crow[1:])
+    t_index, t_weight = projector._ell_transpose(rows, cols, vals, nv, nz * layout.n_rows)
+    theta = geometry.angles_rad
+    on = {"device": device}
+    return {
+        "layout": layout,
+        "crow": torch.from_numpy(crow.astype(np.int32)).to(**on),
+        "k": torch.from_numpy((cols[order] // layout.n_rows).astype(np.int32)).to(**on),
+        "j": torch.from_numpy((cols[order] % layout.n_rows).astype(np.int32)).to(**on),
+        "w": torch.from_numpy(vals[order]).to(device=device, dtype=dtype),
+        "t_index": torch.from_numpy(t_index.astype(np.int32)).to(**on),
+        "t_weight": torch.from_numpy(t_weight).to(device=device, dtype=dtype),
+        "cos": torch.from_numpy(np.cos(theta)).to(device=device, dtype=dtype),
+        "sin": torch.from_numpy(np.sin(theta)).to(device=device, dtype=dtype),
+    }
+
+
+def _halves(geometry: Geometry) -> tuple[float, float, float]:
+    """Centers (n - 1) / 2 of the detector width, volume height y and width x (exact)."""
+    _, ny, nx = geometry.volume_shape
+    nu = geometry.detector_shape[1]
+    return (nu - 1) / 2, (ny - 1) / 2, (nx - 1) / 2
+
+
+def _block(tensor: torch.Tensor, gpu_block: int, extent: int) -> int:
+    """Programs' block size: ``gpu_block`` when compiled, else one block covering
+    ``extent`` (up to :data:`INTERPRETER_BLOCK`): the interpreter pays per program."""
+    if tensor.is_cuda:
+        return gpu_block
+    return min(INTERPRETER_BLOCK, 1 << max(0, extent - 1).bit_length())
+
+
+def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Forward projection of ``volume`` [nz, ny, nx] -> [n_angles, nv, nu], no autograd.
+
+    Same operator, argument checks left to :func:`hpc_adept.lamino.projector.project`.
+    """
+    volume = volume.contiguous()
+    tab = _tables(geometry, volume.device, volume.dtype)
+    layout = tab["layout"]
+    _, ny, nx = geometry.volume_shape
+    nv, nu = geometry.detector_shape
+    out = volume.new_zeros(geometry.projection_shape)
+    block = _block(volume, FORWARD_BLOCK, layout.n_cols)
+    grid = (geometry.n_angles * nv, math.ceil(layout.n_cols / block))
+    half_u, half_y, half_x = _halves(geometry)
+    forward, _ = _kernels(not volume.is_cuda)
+    forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
+                  tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
+                  layout.n_cols, half_u, half_y, half_x,
+                  BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else 64, BLOCK=block)
+    return out
+
+
+def backproject_fused(projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Exact adjoint of :func:`project_fused`: [n_angles, nv, nu] -> [nz, ny, nx]."""
+    projections = projections.contiguous()
+    tab = _tables(geometry, projections.device, projections.dtype)
+    layout = tab["layout"]
+    nz, ny, nx = geometry.volume_shape
+    nv, nu = geometry.detector_shape
+    volume = projections.new_empty(geometry.volume_shape)
+    block = _block(projections, ADJOINT_BLOCK, ny * nx)
+    grid = (nz, math.ceil(ny * nx / block))
+    half_u, half_y, half_x = _halves(geometry)
+    _, adjoint = _kernels(not projections.is_cuda)
+    adjoint[grid](projections, volume, tab["cos"], tab["sin"], tab["t_index"],
+                  tab["t_weight"], geometry.n_angles, nv, nu, ny, nx, layout.n_rows,
+                  layout.y_center, layout.col_start, layout.n_cols, half_u, half_y,
+                  half_x, K=int(tab["t_index"].shape[1]), BLOCK=block)
+    return volume
+
+
+def _signatures(dtype: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Triton signatures of (forward, adjoint) for element type ``fp32`` or ``fp64``,
+    as :func:`project_fused` and :func:`backproject_fused` launch them."""
+    data = f"*{dtype}"
+    shape = {name: "i32" for name in ("nv", "nu", "ny", "nx")}
+    centers = {"half_u": "fp32", "half_y": "fp32", "half_x": "fp32"}
+    forward = {"vol_ptr": data, "out_ptr": data, "cos_ptr": data, "sin_ptr": data,
+               "crow_ptr": "*i32", "k_ptr": "*i32", "j_ptr": "*i32", "w_ptr": data,
+               **shape, "y_center": "fp32", "col_start": "i32", "n_cols": "i32",
+               **centers, "BLOCK_E": "constexpr", "BLOCK": "constexpr"}
+    adjoint = {"proj_ptr": data, "vol_ptr": data, "cos_ptr": data, "sin_ptr": data,
+               "t_index_ptr": "*i32", "t_weight_ptr": data, "n_angles": "i32", **shape,
+               "n_rows": "i32", "y_center": "fp32", "col_start": "i32", "n_cols": "i32",
+               **centers, "K": "constexpr", "BLOCK": "constexpr"}
+    return forward, adjoint
+
+
+def compile_for(capability: int, dtype: str = "fp32", ell_width: int = 2) -> dict[str, int]:
+    """Compile both kernels ahead of time for a CUDA compute capability; no GPU needed.
+
+    Checks that the kernels build for a GPU (e.g. 90 = H100, 80 = A100) on any machine,
+    with the compiler Triton ships. Needs Triton in compiler mode (not interpreted).
+
+    Parameters
+    ----------
+    capability : int
+        Compute capability as major * 10 + minor.
+    dtype : {'fp32', 'fp64'}
+        Element type of the volume and projections.
+    ell_width : int
+        K, the nonzeros per column of M^T (2 for every geometry in practice).
+
+    Returns
+    -------
+    dict
+        Bytes of machine code (cubin) per kernel: ``{'forward': ..., 'adjoint': ...}``.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from hpc_adept.lamino import _fused_kernels as bodies
+
+    target = GPUTarget("cuda", capability, 32)
+    sig_forward, sig_adjoint = _signatures(dtype)
+    built = {}
+    for name, fn, sig, constants in (
+        ("forward", bodies.project_body, sig_forward,
+         {"BLOCK_E": FORWARD_ENTRIES, "BLOCK": FORWARD_BLOCK}),
+        ("adjoint", bodies.backproject_body, sig_adjoint,
+         {"K": ell_width, "BLOCK": ADJOINT_BLOCK}),
+    ):
+        kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constants),
+                                target=target)
+        built[name] = len(kernel.asm["cubin"])
+    return built

@@ -1,0 +1,139 @@
+"""The fused Triton projector (hpc_adept.lamino.fused) against the torch projector.
+
+Without a GPU the kernels run in Triton's interpreter (the conftest switches it on before
+Triton is imported), and a subprocess compiles them for GPUs to check they build there.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_adept.lamino import Geometry, backproject, fused, project
+from hpc_adept.lamino import projector as projector_module
+from tests.conftest import run_cmd
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="Triton is not installed")
+
+
+def _interpreted() -> bool:
+    from triton import knobs
+
+    return bool(knobs.runtime.interpret)
+
+
+needs_interpreter = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="Triton compiles for the GPU in this process")
+
+CASES = [
+    # tilt, volume [nz, ny, nx], detector [nv, nu]
+    (61.0, (7, 10, 9), (12, 13)),  # odd/even mix, nu != nx, nv != nz
+    (90.0, (5, 8, 9), (6, 11)),  # tomography
+    (30.0, (6, 9, 10), (11, 12)),  # steps along z: taps over sample rows
+    (61.0, (4, 12, 14), (5, 7)),  # detector narrower than the volume
+]
+
+
+def _geometry(tilt, vshape, dshape, n_angles=4, seed=2):
+    angles = np.random.default_rng(seed).uniform(-180, 540, size=n_angles)
+    return Geometry(angles, tilt, vshape, dshape)
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("tilt", "vshape", "dshape"), CASES)
+def test_matches_torch_projector_in_float64(tilt, vshape, dshape):
+    g = _geometry(tilt, vshape, dshape)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(vshape, generator=gen, dtype=torch.float64)
+    y = torch.randn(g.projection_shape, generator=gen, dtype=torch.float64)
+    assert _interpreted()
+    for got, want in ((fused.project_fused(x, g), project(x, g, kernel="torch")),
+                      (fused.backproject_fused(y, g), backproject(y, g, kernel="torch"))):
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert float((got - want).abs().max()) < 1e-12 * float(want.abs().max())
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_adjoint_dot_product(dtype, tol):
+    g = _geometry(61.0, (6, 11, 10), (10, 14), n_angles=5)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(g.volume_shape, generator=gen, dtype=dtype)
+    y = torch.randn(g.projection_shape, generator=gen, dtype=dtype)
+    lhs = float((fused.project_fused(x, g).double() * y.double()).sum())
+    rhs = float((x.double() * fused.backproject_fused(y, g).double()).sum())
+    assert abs(lhs - rhs) < tol * abs(lhs)
+
+
+@needs_interpreter
+def test_slab_geometry_matches_torch_projector():
+    """A slab of the volume (z offset) projects to its share, as with the torch kernel."""
+    whole = _geometry(61.0, (8, 9, 9), (12, 12), n_angles=3)
+    g = whole.slab(3, 7)
+    x = torch.rand(g.volume_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    want = project(x, g, kernel="torch")
+    assert float((fused.project_fused(x, g) - want).abs().max()) < 1e-12 * float(want.max())
+
+
+@needs_interpreter
+def test_gradient_through_the_triton_kernel():
+    """kernel='triton' in project(): autograd's backward is the fused adjoint."""
+    g = _geometry(61.0, (5, 8, 8), (8, 10), n_angles=3)
+    gen = torch.Generator().manual_seed(6)
+    target = torch.randn(g.projection_shape, generator=gen, dtype=torch.float64)
+    grads = {}
+    for kernel in ("torch", "triton"):
+        x = torch.zeros(g.volume_shape, dtype=torch.float64, requires_grad=True)
+        loss = ((project(x, g, kernel=kernel) - target) ** 2).sum()
+        loss.backward()
+        grads[kernel] = x.grad
+    assert float(grads["torch"].abs().max()) > 0
+    assert torch.allclose(grads["triton"], grads["torch"], rtol=0, atol=1e-12)
+
+
+def test_default_kernel_is_torch_and_can_be_set(monkeypatch):
+    monkeypatch.setattr(projector_module, "_default_kernel", "torch")
+    assert projector_module.default_kernel() == "torch"
+    projector_module.set_default_kernel("triton")
+    assert projector_module.default_kernel() == "triton"
+    with pytest.raises(ValueError, match="one of torch, triton"):
+        projector_module.set_default_kernel("cuda")
+    with pytest.raises(ValueError, match="one of torch, triton"):
+        project(torch.zeros(2, 3, 3), _geometry(61.0, (2, 3, 3), (3, 4)), kernel="astra")
+
+
+def test_kernels_compile_for_gpus():
+    """The compiled (not interpreted) kernels build for sm_80 and sm_90, float32 and
+    float64, with Triton's own compiler: no GPU is needed for that."""
+    script = ("import json; from hpc_adept.lamino.fused import compile_for; "
+              "print(json.dumps({f'{cc}/{dt}': compile_for(cc, dt) "
+              "for cc in (80, 90) for dt in ('fp32', 'fp64')}))")
+    done = run_cmd(["-c", script], env={"TRITON_INTERPRET": "0",
+                                        "TRITON_DEFAULT_FP_FUSION": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    sizes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(sizes) == {"80/fp32", "80/fp64", "90/fp32", "90/fp64"}
+    assert all(size > 1000 for built in sizes.values() for size in built.values())
+
+
+@pytest.mark.gpu
+def test_cuda_matches_torch_projector():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gen = torch.Generator().manual_seed(7)
+    for tilt, dtype, tol in ((61.0, torch.float64, 1e-10), (30.0, torch.float32, 1e-5)):
+        g = _geometry(tilt, (10, 14, 13), (18, 20), n_angles=9)
+        x = torch.randn(g.volume_shape, dtype=dtype, generator=gen).cuda()
+        y = torch.randn(g.projection_shape, dtype=dtype, generator=gen).cuda()
+        for op, arg in ((project, x), (backproject, y)):
+            want = op(arg, g, kernel="torch")
+            got = op(arg, g, kernel="triton")
+            err = float((got - want).abs().max() / want.abs().max())
+            assert err < tol, (op.__name__, tilt, dtype, err)
+        xd, yd = x.double(), y.double()
+        lhs = float((project(xd, g, kernel="triton") * yd).sum())
+        rhs = float((xd * backproject(yd, g, kernel="triton")).sum())
+        assert abs(lhs - rhs) < 1e-10 * abs(lhs)
