@@ -102,6 +102,22 @@ def to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); None if unknown.
+
+    Read from the CPU flags in ``cpuinfo_path`` (Linux); torch exposes no such query.
+    """
+    try:
+        with open(cpuinfo_path, encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return None
+
+
 def set_torch_threads(threads: int | None, local_size: int) -> int:
     """Give each rank an even share of the node's cores for torch's CPU kernels."""
     import torch

@@ -396,7 +396,10 @@ class DipConfig:
     resume : bool
         Continue from the newest checkpoint in ``output.dir/checkpoints/dip`` if any.
     bf16 : bool
-        bf16 autocast of the network on GPU (the projector stays float32).
+        bf16 autocast of the network (the projector, the losses and BatchNorm's statistics
+        stay float32). On GPUs with tensor cores and on CPUs with AVX512-BF16 or AMX it is
+        faster (2.5x on the development CPU) at a small loss of accuracy (the quality
+        benchmark: PCC 0.971 vs 0.973, BER 0.035 vs 0.028); elsewhere it can be slower.
     activation_checkpointing : bool
         Recompute network activations in the backward pass (less GPU memory).
     guard : bool
@@ -567,6 +570,10 @@ class RuntimeConfig:
         large blocks, no trimming) rather than returning it to the OS and faulting in fresh
         pages each iteration; CPU runs are ~20 % faster. The rank then holds its peak host
         memory until it ends.
+    read_ahead : bool
+        In the ptycho stage, read a rank's next scan from disk in a background thread
+        while it reconstructs the current one (while at least one unclaimed scan per
+        rank remains, so that no rank is left without work at the end).
     projector : {'torch', 'triton'}
         Implementation of the laminography projector and its adjoint (the same operator):
         ``torch`` (``grid_sample`` + a sparse product, any device) or ``triton`` (one fused
@@ -580,6 +587,7 @@ class RuntimeConfig:
     torch_threads: int | None = None
     timing: bool = True
     keep_host_memory: bool = True
+    read_ahead: bool = True
     projector: Literal["torch", "triton"] = "torch"
 
     def check(self) -> None:

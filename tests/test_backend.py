@@ -61,3 +61,15 @@ def test_peak_memory_counts_kept_host_memory_on_cpu_only():
     assert peak_memory_bytes(1000, cpu, True) == int(1000 * KEPT_HOST_MEMORY_FACTOR) > 1000
     assert peak_memory_bytes(1000, cpu, False) == 1000
     assert peak_memory_bytes(1000, gpu, True) == 1000  # device memory has its own allocator
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from hpc_adept.backend import cpu_has_native_bf16
+
+    with_bf16 = tmp_path / "a"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    without = tmp_path / "b"
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16x\n")
+    assert cpu_has_native_bf16(str(with_bf16)) is True
+    assert cpu_has_native_bf16(str(without)) is False
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None

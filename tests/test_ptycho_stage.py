@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from hpc_adept.io import read_projections
+from hpc_adept.stages.ptycho import _with_read_ahead
 
 from .conftest import adept
 
@@ -64,6 +65,54 @@ def test_serial_output_and_restart(dataset):
     result = adept("ptycho", "-c", "c.yaml", "--set", "output.dir=serial",
                    "ptycho.iterations=4", cwd=dataset)
     assert result.returncode == 0 and "reused" not in result.stderr
+
+
+def test_read_ahead_gives_the_same_projections(dataset):
+    result = run_ptycho(dataset, "ahead")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = adept("ptycho", "-c", "c.yaml", "--set", "output.dir=no_ahead",
+                   "runtime.read_ahead=false", cwd=dataset)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert digest(dataset / "ahead" / "projections.h5") == \
+        digest(dataset / "no_ahead" / "projections.h5")
+
+
+class _ListQueue:
+    """The items a DynamicQueue hands this rank, with a log of claims."""
+
+    def __init__(self, items):
+        self.items, self.log = list(items), []
+
+    def take(self):
+        item = self.items.pop(0) if self.items else None
+        self.log.append(("take", item))
+        return item
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_read_ahead_claims_the_next_scan_before_the_current_is_worked_on(ahead):
+    queue = _ListQueue([0, 2, 3, 5])
+    finished = {3}
+    reads = []
+
+    def start_read(index):
+        queue.log.append(("read", index))
+        reads.append(index)
+        return f"future {index}"
+
+    got = []
+    for index, pending in _with_read_ahead(queue, lambda i: i not in finished,
+                                           lambda i: ahead and i < 5, start_read):
+        queue.log.append(("work", index))
+        got.append((index, pending))
+    assert got == [(0, "future 0"), (2, "future 2"), (3, None), (5, "future 5")]
+    assert reads == [0, 2, 5]  # a finished scan is not read
+    if ahead:  # scan 2 is claimed and its read started before scan 0 is worked on
+        assert queue.log[:4] == [("take", 0), ("read", 0), ("take", 2), ("read", 2)]
+        assert queue.log.index(("read", 2)) < queue.log.index(("work", 0))
+    else:
+        assert queue.log.index(("take", 2)) > queue.log.index(("work", 0))
+    assert queue.log[-1] == ("take", None)
 
 
 @pytest.mark.mpi

@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,13 +133,18 @@ def _cached(path: Path, key: str) -> bool:
         return False  # unreadable leftovers are recomputed
 
 
-def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object) -> dict:
-    """LSQ-ML of scan ``index`` and its phase projection; host arrays."""
+def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
+                     scan: Scan | None = None) -> dict:
+    """LSQ-ML of scan ``index`` and its phase projection; host arrays.
+
+    ``scan`` is the scan as read from its file (read here when None).
+    """
     from hpc_adept.ptycho import LsqmlOptions, phase_projection, reconstruct
 
     p = cfg.ptycho
-    with timing.region("ptycho/read"):
-        scan = read_cxi(plan.scans[index].path)
+    if scan is None:
+        with timing.region("ptycho/read"):
+            scan = read_cxi(plan.scans[index].path)
     xp = array_module(device)
     options = LsqmlOptions(
         iterations=p.iterations, noise_model=p.noise_model, batch_mode=p.batch_mode,
@@ -196,22 +203,36 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
     barrier(ctx)
     progress = Progress(n_scans, "scans taken", log)
     done_here = reused = 0
-    with DynamicQueue(ctx, n_scans) as queue:
-        for index in queue:
-            scan = plan.scans[index]
-            out = plan.cache_dir / SCAN_RESULT.format(index)
-            key = _input_key(plan, scan)
-            if _cached(out, key):
+    keys = {}
+
+    def needs_work(index: int) -> bool:
+        keys[index] = _input_key(plan, plan.scans[index])
+        return not _cached(plan.cache_dir / SCAN_RESULT.format(index), keys[index])
+
+    def read_ahead_ok(index: int) -> bool:
+        # claiming ahead leaves >= one unclaimed scan per other rank: no idle rank at the end
+        return cfg.runtime.read_ahead and n_scans - (index + 1) > ctx.size
+
+    with (DynamicQueue(ctx, n_scans) as queue,
+          ThreadPoolExecutor(1, thread_name_prefix="adept-read") as reader):
+        for index, pending in _with_read_ahead(queue, needs_work, read_ahead_ok,
+                                               lambda i: reader.submit(read_cxi,
+                                                                       plan.scans[i].path)):
+            if pending is None:
                 reused += 1
             else:
                 t_scan = time.perf_counter()
-                res = reconstruct_scan(cfg, plan, index, device)
+                with timing.region("ptycho/read"):  # only what the read-ahead did not hide
+                    scan = pending.result()
+                res = reconstruct_scan(cfg, plan, index, device, scan)
+                del scan
                 with timing.region("ptycho/write"):
                     write_h5_atomic(
-                        out,
+                        plan.cache_dir / SCAN_RESULT.format(index),
                         {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
-                        attrs={"input_key": key, "source": Path(scan.path).name,
-                               "rotation_angle_deg": scan.rotation_angle_deg,
+                        attrs={"input_key": keys.pop(index),
+                               "source": Path(plan.scans[index].path).name,
+                               "rotation_angle_deg": plan.scans[index].rotation_angle_deg,
                                "iterations": res["iterations"],
                                "seconds": time.perf_counter() - t_scan},
                     )
@@ -229,6 +250,28 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
         log.info("ptycho: wrote %s in %.1f s", plan.run_dir / "projections.h5",
                  time.perf_counter() - t0)
     barrier(ctx)
+
+
+def _with_read_ahead(queue: DynamicQueue, needs_work: Callable[[int], bool],
+                     read_ahead_ok: Callable[[int], bool],
+                     start_read: Callable[[int], Future]
+                     ) -> Iterator[tuple[int, Future | None]]:
+    """Yield this rank's scans as (index, read in progress, or None for a finished scan).
+
+    When ``read_ahead_ok(index)``, the next scan is claimed and its read started before
+    ``index`` is yielded, so that it overlaps the work on ``index``.
+    """
+    def claim() -> tuple[int | None, Future | None]:
+        index = queue.take()
+        if index is None:
+            return None, None
+        return index, (start_read(index) if needs_work(index) else None)
+
+    index, pending = claim()
+    while index is not None:
+        ahead = claim() if pending is not None and read_ahead_ok(index) else None
+        yield index, pending
+        index, pending = ahead if ahead is not None else claim()
 
 
 def _sum(ctx: ParallelContext, value: int) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hpc_adept import timing
+from hpc_adept.backend import cpu_has_native_bf16
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
@@ -336,12 +337,13 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     settings = TrainSettings(
         iterations=d.iterations, lr=d.lr, lr_step=d.lr_step, lr_gamma=d.lr_gamma,
         betas=d.betas, angles_per_step=d.angles_per_step,
-        input_perturbation=d.input_perturbation, bf16=d.bf16 and device.type == "cuda",
+        input_perturbation=d.input_perturbation, bf16=d.bf16,
         checkpoint_every=d.checkpoint_every, guard=d.guard, guard_jump=d.guard_jump,
         guard_lr_factor=d.guard_lr_factor, guard_max_rollbacks=d.guard_max_rollbacks,
         guard_snapshot_every=d.guard_snapshot_every, seed=cfg.runtime.seed)
-    if d.bf16 and device.type != "cuda":
-        log.warning("dip.bf16 applies on GPU only: training in float32 on %s", device)
+    if d.bf16 and device.type == "cpu" and cpu_has_native_bf16() is False:
+        log.warning("dip.bf16: this CPU has no AVX512-BF16 or AMX, so bf16 convolutions "
+                    "are emulated and may be slower than float32")
     progress = Progress(max(1, d.iterations - start), "dip iterations", log)
 
     def on_iteration(it: int, values: dict[str, float]) -> None:
