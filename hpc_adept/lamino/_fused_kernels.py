@@ -67,7 +67,7 @@ def backproject_body(proj_ptr, vol_ptr, cos_ptr, sin_ptr, t_index_ptr, t_weight_
     """Program (z slice k, voxel block): the adjoint's value at BLOCK voxels of slice k.
 
     For every angle, the forward samples (c, j) within one voxel of a voxel in x and y
-    lie in a 4 x 4 box around the voxel rotated back; each contributes its bilinear
+    lie in a 3 x 3 box around the voxel rotated back; each contributes its bilinear
     weight (the forward's formula) times the <= K detector rows of column (k, j) of M.
     """
     k = tl.program_id(0)
@@ -88,15 +88,16 @@ def backproject_body(proj_ptr, vol_ptr, cos_ptr, sin_ptr, t_index_ptr, t_weight_
         c_mid = cos_t * xf + sin_t * yf + half_u
         j_mid = cos_t * yf - sin_t * xf + y_center
         # samples within one voxel in x and y lie within |cos| + |sin| of it
+        # (open interval of width 2 * reach <= 2.83: three integers at most, from its ceil)
         reach = tl.abs(cos_t) + tl.abs(sin_t)
-        c_lo = tl.floor(c_mid - reach).to(tl.int32)
-        j_lo = tl.floor(j_mid - reach).to(tl.int32)
+        c_lo = tl.ceil(c_mid - reach).to(tl.int32)
+        j_lo = tl.ceil(j_mid - reach).to(tl.int32)
         row_base = proj_ptr + tl.cast(t, tl.int64) * nv * nu
-        for dc in tl.static_range(4):
+        for dc in tl.static_range(3):
             c = c_lo + dc
             x_c = c.to(dtype) - half_u
             c_ok = v_ok & (c >= col_start) & (c < col_start + n_cols)
-            for dj in tl.static_range(4):
+            for dj in tl.static_range(3):
                 j = j_lo + dj
                 y_j = j.to(dtype) - y_center
                 # the forward's sample position, same formula as in project_body

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 9, in steps that each fit a 10-minute command on a lent GPU
+# machine (or any GPU node), run from the repository root:
+#
+#   bash profiling/gpu_session.sh check       # GPU tests: projector (torch and triton), DIP, ptycho
+#   bash profiling/gpu_session.sh projector   # bench_projector --triton: torch vs triton vs reference
+#   bash profiling/gpu_session.sh roofline    # bytes/FLOPs floors vs measured (both projector kernels)
+#   bash profiling/gpu_session.sh dip         # DIP step at the paper's size: fp32 / bf16 / checkpointing
+#   bash profiling/gpu_session.sh paper       # paper_scale.py: the paper's problem end to end
+#
+# Each step writes its output to ${OUT:-runs/gpu_session}/STEP.txt as well as the terminal.
+# Python: the first of $PYTHON, python3. Packages the machine lacks (e.g. PyWavelets) can be
+# carried as wheels in .wheels/ (pip download -d .wheels PyWavelets on a machine with network).
+# `paper` resumes where it stopped when rerun (finished scans and DIP checkpoints are kept in
+# runs/paper_scale), but then the stage times are split over the runs: for the comparison
+# with the paper's Table 1 it must finish in one go.
+set -euo pipefail
+
+step=${1:?usage: bash profiling/gpu_session.sh check|projector|roofline|dip|paper}
+PYTHON=${PYTHON:-python3}
+out_dir=${OUT:-runs/gpu_session}
+mkdir -p "$out_dir"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_DEFAULT_FP_FUSION=1
+if [ -d .wheels ]; then
+    "$PYTHON" -m pip install -q --no-index --find-links .wheels .wheels/*.whl
+fi
+
+run() {  # the command line first, then its output, into STEP.txt
+    { echo "\$ $*"; "$@"; } 2>&1 | tee -a "$out_dir/$step.txt"
+}
+
+: >"$out_dir/$step.txt"
+run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+run "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+case "$step" in
+    check)
+        run "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests ;;
+    projector)
+        run "$PYTHON" profiling/bench_projector.py --device cuda --triton --repeats 10 ;;
+    roofline)
+        run "$PYTHON" profiling/roofline.py --device cuda ;;
+    dip)
+        run "$PYTHON" profiling/bench_dip.py gpu ;;
+    paper)
+        run "$PYTHON" profiling/paper_scale.py --workdir runs/paper_scale ;;
+    *)
+        echo "unknown step: $step" >&2
+        exit 2 ;;
+esac
