@@ -121,13 +121,18 @@ def _block(tensor: torch.Tensor, gpu_block: int, extent: int) -> int:
     return min(INTERPRETER_BLOCK, 1 << max(0, extent - 1).bit_length())
 
 
+def _launch(x: torch.Tensor, geometry: Geometry) -> tuple[dict[str, Any], Any, Any]:
+    """Tables (on ``x``'s device and dtype) and the (forward, adjoint) kernels for ``x``."""
+    return (_tables(geometry, x.device, x.dtype), *_kernels(not x.is_cuda))
+
+
 def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Forward projection of ``volume`` [nz, ny, nx] -> [n_angles, nv, nu], no autograd.
 
     Same operator, argument checks left to :func:`hpc_adept.lamino.projector.project`.
     """
     volume = volume.contiguous()
-    tab = _tables(geometry, volume.device, volume.dtype)
+    tab, forward, _ = _launch(volume, geometry)
     layout = tab["layout"]
     _, ny, nx = geometry.volume_shape
     nv, nu = geometry.detector_shape
@@ -135,7 +140,6 @@ def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     block = _block(volume, FORWARD_BLOCK, layout.n_cols)
     grid = (geometry.n_angles * nv, math.ceil(layout.n_cols / block))
     half_u, half_y, half_x = _halves(geometry)
-    forward, _ = _kernels(not volume.is_cuda)
     forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
                   tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
                   layout.n_cols, half_u, half_y, half_x,
@@ -146,7 +150,7 @@ def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 def backproject_fused(projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Exact adjoint of :func:`project_fused`: [n_angles, nv, nu] -> [nz, ny, nx]."""
     projections = projections.contiguous()
-    tab = _tables(geometry, projections.device, projections.dtype)
+    tab, _, adjoint = _launch(projections, geometry)
     layout = tab["layout"]
     nz, ny, nx = geometry.volume_shape
     nv, nu = geometry.detector_shape
@@ -154,7 +158,6 @@ def backproject_fused(projections: torch.Tensor, geometry: Geometry) -> torch.Te
     block = _block(projections, ADJOINT_BLOCK, ny * nx)
     grid = (nz, math.ceil(ny * nx / block))
     half_u, half_y, half_x = _halves(geometry)
-    _, adjoint = _kernels(not projections.is_cuda)
     adjoint[grid](projections, volume, tab["cos"], tab["sin"], tab["t_index"],
                   tab["t_weight"], geometry.n_angles, nv, nu, ny, nx, layout.n_rows,
                   layout.y_center, layout.col_start, layout.n_cols, half_u, half_y,
