@@ -25,6 +25,7 @@ tests; that is how the test suite checks them on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -126,6 +127,11 @@ def _launch(x: torch.Tensor, geometry: Geometry) -> tuple[dict[str, Any], Any, A
     return (_tables(geometry, x.device, x.dtype), *_kernels(not x.is_cuda))
 
 
+def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it ``x``'s."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Forward projection of ``volume`` [nz, ny, nx] -> [n_angles, nv, nu], no autograd.
 
@@ -140,10 +146,11 @@ def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     block = _block(volume, FORWARD_BLOCK, layout.n_cols)
     grid = (geometry.n_angles * nv, math.ceil(layout.n_cols / block))
     half_u, half_y, half_x = _halves(geometry)
-    forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
-                  tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
-                  layout.n_cols, half_u, half_y, half_x,
-                  BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else 64, BLOCK=block)
+    with _on_device(volume):
+        forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
+                      tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
+                      layout.n_cols, half_u, half_y, half_x,
+                      BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else 64, BLOCK=block)
     return out
 
 
@@ -158,10 +165,11 @@ def backproject_fused(projections: torch.Tensor, geometry: Geometry) -> torch.Te
     block = _block(projections, ADJOINT_BLOCK, ny * nx)
     grid = (nz, math.ceil(ny * nx / block))
     half_u, half_y, half_x = _halves(geometry)
-    adjoint[grid](projections, volume, tab["cos"], tab["sin"], tab["t_index"],
-                  tab["t_weight"], geometry.n_angles, nv, nu, ny, nx, layout.n_rows,
-                  layout.y_center, layout.col_start, layout.n_cols, half_u, half_y,
-                  half_x, K=int(tab["t_index"].shape[1]), BLOCK=block)
+    with _on_device(projections):
+        adjoint[grid](projections, volume, tab["cos"], tab["sin"], tab["t_index"],
+                      tab["t_weight"], geometry.n_angles, nv, nu, ny, nx, layout.n_rows,
+                      layout.y_center, layout.col_start, layout.n_cols, half_u, half_y,
+                      half_x, K=int(tab["t_index"].shape[1]), BLOCK=block)
     return volume
 
 
