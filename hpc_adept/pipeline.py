@@ -176,8 +176,8 @@ def run_pipeline(cfg: Config, ctx: ParallelContext, plan: RunPlan, device: Any) 
             log.info("run: %s skipped (%s)", stage.name, reason)
             continue
         log.info("run: %s (%s)", stage.name, reason)
-        module = importlib.import_module(stage.module)
-        with timing.region(stage.name, device):
+        with timing.region(stage.name, device):  # the stage's imports count to it
+            module = importlib.import_module(stage.module)
             plan = getattr(module, f"plan_{stage.name}")(cfg)
             if hasattr(plan, "validate"):  # data checks and the memory guard, collective
                 plan.validate(ctx)
