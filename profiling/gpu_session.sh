@@ -21,7 +21,6 @@ PYTHON=${PYTHON:-python3}
 out_dir=${OUT:-runs/gpu_session}
 mkdir -p "$out_dir"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export TRITON_DEFAULT_FP_FUSION=1
 if [ -d .wheels ]; then
     "$PYTHON" -m pip install -q --no-index --find-links .wheels .wheels/*.whl
 fi

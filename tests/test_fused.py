@@ -118,18 +118,34 @@ def test_default_kernel_is_torch_and_can_be_set(monkeypatch):
         project(torch.zeros(2, 3, 3), _geometry(61.0, (2, 3, 3), (3, 4)), kernel="astra")
 
 
+@needs_interpreter
+def test_a_triton_default_leaves_cpu_tensors_to_the_torch_kernel(monkeypatch):
+    """runtime.projector: triton is for the GPU work; CPU tensors (the simulator's) keep
+    the torch kernel unless a call names triton."""
+    monkeypatch.setattr(projector_module, "_default_kernel", "triton")
+    g = _geometry(61.0, (5, 8, 8), (8, 10), n_angles=3)
+    x = torch.rand(g.volume_shape, generator=torch.Generator().manual_seed(8))
+    torch_result = project(x, g, kernel="torch")
+    fused_result = project(x, g, kernel="triton")
+    assert not torch.equal(fused_result, torch_result)  # float32: they round differently
+    assert torch.equal(project(x, g), torch_result)
+
+
 def test_kernels_compile_for_gpus():
     """The compiled (not interpreted) kernels build for sm_80 and sm_90, float32 and
-    float64, with Triton's own compiler: no GPU is needed for that."""
+    float64, with Triton's own compiler (no GPU is needed for that), and without fused
+    multiply-adds, which would make the adjoint's weights differ from the forward's."""
     script = ("import json; from hpc_adept.lamino.fused import compile_for; "
               "print(json.dumps({f'{cc}/{dt}': compile_for(cc, dt) "
               "for cc in (80, 90) for dt in ('fp32', 'fp64')}))")
     done = run_cmd(["-c", script], env={"TRITON_INTERPRET": "0",
-                                        "TRITON_DEFAULT_FP_FUSION": "1"})
+                                        "PYTHONWARNINGS": "error::UserWarning"})
     assert done.returncode == 0, done.stderr[-2000:]
     sizes = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(sizes) == {"80/fp32", "80/fp64", "90/fp32", "90/fp64"}
-    assert all(size > 1000 for built in sizes.values() for size in built.values())
+    kernels = [k for built in sizes.values() for k in built.values()]
+    assert len(kernels) == 8
+    assert all(k["cubin_bytes"] > 1000 and k["fused_float_ops"] == 0 for k in kernels)
 
 
 @pytest.mark.gpu

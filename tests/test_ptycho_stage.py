@@ -102,7 +102,8 @@ def test_read_ahead_claims_the_next_scan_before_the_current_is_worked_on(ahead):
 
     got = []
     for index, pending in _with_read_ahead(queue, lambda i: i not in finished,
-                                           lambda i: ahead and i < 5, start_read):
+                                           lambda: ahead and len(queue.items) > 0,
+                                           start_read):
         queue.log.append(("work", index))
         got.append((index, pending))
     assert got == [(0, "future 0"), (2, "future 2"), (3, None), (5, "future 5")]

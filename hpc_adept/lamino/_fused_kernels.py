@@ -3,7 +3,8 @@
 Kept apart so that importing :mod:`hpc_adept.lamino.fused` needs no Triton (and so that
 it decides Triton's mode before Triton is imported). Both bodies
 compute the sample position of (angle t, column c, sample row j) with the same formula,
-so that the adjoint's bilinear weights are bit-for-bit the forward's.
+so that the adjoint's bilinear weights are bit-for-bit the forward's (launched without
+fused multiply-adds, which the compiler would contract differently in the two).
 """
 
 import triton
@@ -64,14 +65,14 @@ def backproject_body(proj_ptr, vol_ptr, cos_ptr, sin_ptr, t_index_ptr, t_weight_
                      n_angles, nv, nu, ny, nx, n_rows, y_center, col_start, n_cols,
                      half_u, half_y, half_x, K: tl.constexpr,
                      BLOCK: tl.constexpr):
-    """Program (z slice k, voxel block): the adjoint's value at BLOCK voxels of slice k.
+    """Program (voxel block, z slice k): the adjoint's value at BLOCK voxels of slice k.
 
     For every angle, the forward samples (c, j) within one voxel of a voxel in x and y
     lie in a 3 x 3 box around the voxel rotated back; each contributes its bilinear
     weight (the forward's formula) times the <= K detector rows of column (k, j) of M.
     """
-    k = tl.program_id(0)
-    v = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    k = tl.program_id(1)
+    v = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     v_ok = v < ny * nx
     iy = v // nx
     ix = v % nx

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import math
 import os
+import re
 import sys
 from typing import Any
 
@@ -41,18 +43,37 @@ from hpc_adept.lamino.geometry import Geometry
 #: Detector columns per forward program and voxels per adjoint program.
 FORWARD_BLOCK: int = 128
 ADJOINT_BLOCK: int = 128
+#: No fused multiply-adds: the compiler would contract the forward's and the adjoint's
+#: sample positions differently (it hoists different products out of their loops), and the
+#: adjoint would no longer be the exact transpose (weights off by up to ~6e-5 in float32).
+_LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
+
 #: Nonzeros of a row of M per forward loop step (compiled; the interpreter takes 64).
 FORWARD_ENTRIES: int = 16
 #: The interpreter runs one program at a time in NumPy: fewer, larger programs are faster.
 INTERPRETER_BLOCK: int = 1024
 
 
+#: Oldest Triton with what the kernels use (``triton.knobs``).
+MIN_TRITON: tuple[int, int] = (3, 4)
+
+
 def available() -> bool:
-    """Whether Triton is installed (the ``triton`` extra; CUDA builds of torch ship it).
+    """Whether Triton >= :data:`MIN_TRITON` is installed (the ``triton`` extra; CUDA builds
+    of torch ship it).
 
     Does not import it: the first import fixes Triton's mode (see :func:`_kernels`).
     """
-    return importlib.util.find_spec("triton") is not None
+    if importlib.util.find_spec("triton") is None:
+        return False
+    for dist in ("triton", "pytorch-triton"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
+        return tuple(parts) >= MIN_TRITON
+    return False
 
 
 def _kernels(on_cpu: bool) -> tuple[Any, Any]:
@@ -62,11 +83,8 @@ def _kernels(on_cpu: bool) -> tuple[Any, Any]:
     machine without a GPU the compiler cannot run, so the interpreter is switched on here
     if Triton is not imported yet. CPU tensors need the interpreter.
     """
-    if "triton" not in sys.modules:
-        if not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")
-        # fused multiply-adds (Triton's default so far, which it warns will change)
-        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    if "triton" not in sys.modules and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     from triton import knobs
 
     from hpc_adept.lamino import _fused_kernels as bodies
@@ -78,21 +96,21 @@ def _kernels(on_cpu: bool) -> tuple[Any, Any]:
 
 
 @functools.lru_cache(maxsize=32)
-def _tables(geometry: Geometry, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Sample layout, ``M`` in CSR and ``M^T`` in ELLPACK for ``geometry``, on ``device``."""
+def _matrix_tables(tilt_deg: float, nz: int, ny: int, nx: int, nv: int, nu: int,
+                   z_offset: float, device: torch.device, dtype: torch.dtype
+                   ) -> dict[str, Any]:
+    """Sample layout, ``M`` in CSR and ``M^T`` in ELLPACK on ``device``: the same for every
+    angle, so built once per shape, tilt and slab (like the torch kernel's operator)."""
     from hpc_adept.lamino import projector
 
-    nz = geometry.volume_shape[0]
-    nv = geometry.detector_shape[0]
     # the GPU layout: every slice at once, no padding (the kernels need no grouping)
-    layout = projector._layout(geometry, torch.device("cuda"))
-    rows, cols, vals = projector._oblique_entries(geometry.tilt_deg, nz, nv, layout,
-                                                  geometry.z_offset)
+    layout = projector._layout(Geometry([0.0], tilt_deg, (nz, ny, nx), (nv, nu), z_offset),
+                               torch.device("cuda"))
+    rows, cols, vals = projector._oblique_entries(tilt_deg, nz, nv, layout, z_offset)
     order = np.lexsort((cols, rows))
     crow = np.zeros(nv + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=nv), out=crow[1:])
     t_index, t_weight = projector._ell_transpose(rows, cols, vals, nv, nz * layout.n_rows)
-    theta = geometry.angles_rad
     on = {"device": device}
     return {
         "layout": layout,
@@ -102,9 +120,24 @@ def _tables(geometry: Geometry, device: torch.device, dtype: torch.dtype) -> dic
         "w": torch.from_numpy(vals[order]).to(device=device, dtype=dtype),
         "t_index": torch.from_numpy(t_index.astype(np.int32)).to(**on),
         "t_weight": torch.from_numpy(t_weight).to(device=device, dtype=dtype),
-        "cos": torch.from_numpy(np.cos(theta)).to(device=device, dtype=dtype),
-        "sin": torch.from_numpy(np.sin(theta)).to(device=device, dtype=dtype),
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _trig_tables(angles_deg: tuple[float, ...], device: torch.device, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles (computed in float64 on the host, as the torch kernel)."""
+    theta = np.radians(np.asarray(angles_deg, dtype=np.float64))
+    return (torch.from_numpy(np.cos(theta)).to(device=device, dtype=dtype),
+            torch.from_numpy(np.sin(theta)).to(device=device, dtype=dtype))
+
+
+def _tables(geometry: Geometry, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Everything a launch needs for ``geometry``: :func:`_matrix_tables` + cos, sin."""
+    cos, sin = _trig_tables(tuple(geometry.angles_deg), device, dtype)
+    return {**_matrix_tables(geometry.tilt_deg, *geometry.volume_shape,
+                             *geometry.detector_shape, geometry.z_offset, device, dtype),
+            "cos": cos, "sin": sin}
 
 
 def _halves(geometry: Geometry) -> tuple[float, float, float]:
@@ -150,7 +183,8 @@ def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
                       tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
                       layout.n_cols, half_u, half_y, half_x,
-                      BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else 64, BLOCK=block)
+                      BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else 64, BLOCK=block,
+                      **_LAUNCH_OPTIONS)
     return out
 
 
@@ -163,13 +197,15 @@ def backproject_fused(projections: torch.Tensor, geometry: Geometry) -> torch.Te
     nv, nu = geometry.detector_shape
     volume = projections.new_empty(geometry.volume_shape)
     block = _block(projections, ADJOINT_BLOCK, ny * nx)
-    grid = (nz, math.ceil(ny * nx / block))
+    # voxel blocks on grid axis 0 (up to 2^31 - 1; axes 1 and 2 stop at 65535)
+    grid = (math.ceil(ny * nx / block), nz)
     half_u, half_y, half_x = _halves(geometry)
     with _on_device(projections):
         adjoint[grid](projections, volume, tab["cos"], tab["sin"], tab["t_index"],
                       tab["t_weight"], geometry.n_angles, nv, nu, ny, nx, layout.n_rows,
                       layout.y_center, layout.col_start, layout.n_cols, half_u, half_y,
-                      half_x, K=int(tab["t_index"].shape[1]), BLOCK=block)
+                      half_x, K=int(tab["t_index"].shape[1]), BLOCK=block,
+                      **_LAUNCH_OPTIONS)
     return volume
 
 
@@ -190,7 +226,8 @@ def _signatures(dtype: str) -> tuple[dict[str, str], dict[str, str]]:
     return forward, adjoint
 
 
-def compile_for(capability: int, dtype: str = "fp32", ell_width: int = 2) -> dict[str, int]:
+def compile_for(capability: int, dtype: str = "fp32", ell_width: int = 2
+                ) -> dict[str, dict[str, int]]:
     """Compile both kernels ahead of time for a CUDA compute capability; no GPU needed.
 
     Checks that the kernels build for a GPU (e.g. 90 = H100, 80 = A100) on any machine,
@@ -208,7 +245,9 @@ def compile_for(capability: int, dtype: str = "fp32", ell_width: int = 2) -> dic
     Returns
     -------
     dict
-        Bytes of machine code (cubin) per kernel: ``{'forward': ..., 'adjoint': ...}``.
+        Per kernel (``forward``, ``adjoint``): ``cubin_bytes``, the size of its machine
+        code, and ``fused_float_ops``, the floating-point fused multiply-adds in its PTX
+        (none expected, see :data:`_LAUNCH_OPTIONS`).
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -226,6 +265,8 @@ def compile_for(capability: int, dtype: str = "fp32", ell_width: int = 2) -> dic
          {"K": ell_width, "BLOCK": ADJOINT_BLOCK}),
     ):
         kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constants),
-                                target=target)
-        built[name] = len(kernel.asm["cubin"])
+                                target=target, options=_LAUNCH_OPTIONS)
+        built[name] = {"cubin_bytes": len(kernel.asm["cubin"]),
+                       "fused_float_ops": len(re.findall(r"\bfma\.rn\.f(?:32|64)\b",
+                                                         kernel.asm["ptx"]))}
     return built

@@ -466,7 +466,8 @@ def _check_budget(max_chunk_bytes: int | None, device: torch.device) -> int:
 
 
 def set_default_kernel(kernel: str) -> None:
-    """Choose the implementation :func:`project` and :func:`backproject` use by default.
+    """Choose the implementation :func:`project` and :func:`backproject` use by default
+    (for CUDA tensors: a ``triton`` default leaves CPU tensors to ``torch``).
 
     Parameters
     ----------
@@ -480,7 +481,7 @@ def set_default_kernel(kernel: str) -> None:
         Unknown name, or ``triton`` without Triton.
     """
     global _default_kernel
-    _default_kernel = _check_kernel(kernel)
+    _default_kernel = _check_kernel(kernel, torch.empty(0))
 
 
 def default_kernel() -> str:
@@ -488,9 +489,12 @@ def default_kernel() -> str:
     return _default_kernel
 
 
-def _check_kernel(kernel: str | None) -> str:
+def _check_kernel(kernel: str | None, tensor: torch.Tensor) -> str:
     if kernel is None:
-        return _default_kernel
+        # the process default (runtime.projector) is for GPU work: CPU tensors, such as the
+        # simulator's float64 projections, keep the torch kernel
+        return "torch" if _default_kernel == "triton" and not tensor.is_cuda \
+            else _default_kernel
     if kernel not in KERNELS:
         raise ValueError(f"projector kernel must be one of {', '.join(KERNELS)}, "
                          f"got {kernel!r}")
@@ -522,8 +526,10 @@ def project(
         ``MAX_CHUNK_BYTES[device type]``. At least one angle is processed at a time.
         The ``triton`` kernel has no intermediate and ignores it.
     kernel : {'torch', 'triton'}, optional
-        Implementation (:data:`KERNELS`); default :func:`default_kernel`. Both compute
-        the same matrix (to rounding) and its exact adjoint.
+        Implementation (:data:`KERNELS`); default :func:`default_kernel` for CUDA tensors
+        and ``torch`` for others (``triton`` runs CPU tensors only in Triton's interpreter,
+        for tests, when named here). Both compute the same matrix (to rounding) and its
+        exact adjoint.
 
     Returns
     -------
@@ -539,7 +545,7 @@ def project(
     """
     _check_input(volume, geometry.volume_shape, "volume", "volume_shape")
     return _Project.apply(volume, geometry, _check_budget(max_chunk_bytes, volume.device),
-                          _check_kernel(kernel))
+                          _check_kernel(kernel, volume))
 
 
 def backproject(
@@ -573,5 +579,5 @@ def backproject(
     _check_input(projections, geometry.projection_shape, "projections", "projection shape")
     return _Backproject.apply(
         projections, geometry, _check_budget(max_chunk_bytes, projections.device),
-        _check_kernel(kernel),
+        _check_kernel(kernel, projections),
     )

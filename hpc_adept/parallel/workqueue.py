@@ -20,7 +20,7 @@ from hpc_adept.parallel.context import ParallelContext
 
 log = logging.getLogger(__name__)
 
-_REQUEST, _REPLY, _DONE = 7301, 7302, 7303
+_REQUEST, _REPLY, _DONE, _COUNT = 7301, 7302, 7303, 7304
 
 
 class DynamicQueue:
@@ -81,6 +81,9 @@ class DynamicQueue:
             if tag == _DONE:
                 finished += 1
                 continue
+            if tag == _COUNT:
+                comm.send(self._unclaimed(), dest=source, tag=_REPLY)
+                continue
             index = self._claim()
             comm.send(index if index < self.n_items else -1, dest=source, tag=_REPLY)
 
@@ -102,6 +105,22 @@ class DynamicQueue:
             self._exhausted = True
             return None
         return index
+
+    def _unclaimed(self) -> int:
+        with self._lock:
+            return max(0, self.n_items - self._next)
+
+    def remaining(self) -> int:
+        """Items not yet handed out to any rank (asks rank 0; with the static split, this
+        rank's own items left)."""
+        if self._exhausted:
+            return 0
+        if self._static:
+            return max(0, -(-(self.n_items - self._next) // self.ctx.size))
+        if self._comm is None or self.ctx.is_root:
+            return self._unclaimed()
+        self._comm.send(None, dest=0, tag=_COUNT)
+        return self._comm.recv(source=0, tag=_REPLY)
 
     def claimed(self) -> int:
         """Items handed out so far: exact on rank 0 (the keeper), else this rank's own view."""

@@ -209,23 +209,27 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
         keys[index] = _input_key(plan, plan.scans[index])
         return not _cached(plan.cache_dir / SCAN_RESULT.format(index), keys[index])
 
-    def read_ahead_ok(index: int) -> bool:
-        # claiming ahead leaves >= one unclaimed scan per other rank: no idle rank at the end
-        return cfg.runtime.read_ahead and n_scans - (index + 1) > ctx.size
+    def read_ahead_ok() -> bool:
+        # only while >= one unclaimed scan per rank remains (a fresh count from rank 0): a
+        # rank holding two scans must not leave another without work at the end
+        return cfg.runtime.read_ahead and queue.remaining() >= ctx.size
+
+    def read(index: int) -> list[Scan]:
+        # in a box, so that taking the scan out releases it (the future keeps the box)
+        return [read_cxi(plan.scans[index].path)]
 
     with (DynamicQueue(ctx, n_scans) as queue,
           ThreadPoolExecutor(1, thread_name_prefix="adept-read") as reader):
         for index, pending in _with_read_ahead(queue, needs_work, read_ahead_ok,
-                                               lambda i: reader.submit(read_cxi,
-                                                                       plan.scans[i].path)):
+                                               lambda i: reader.submit(read, i)):
             if pending is None:
                 reused += 1
             else:
                 t_scan = time.perf_counter()
                 with timing.region("ptycho/read"):  # only what the read-ahead did not hide
-                    scan = pending.result()
+                    scan = pending.result().pop()
                 res = reconstruct_scan(cfg, plan, index, device, scan)
-                del scan
+                del scan  # the frames, before the next scan's arrive
                 with timing.region("ptycho/write"):
                     write_h5_atomic(
                         plan.cache_dir / SCAN_RESULT.format(index),
@@ -253,13 +257,13 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
 
 
 def _with_read_ahead(queue: DynamicQueue, needs_work: Callable[[int], bool],
-                     read_ahead_ok: Callable[[int], bool],
+                     read_ahead_ok: Callable[[], bool],
                      start_read: Callable[[int], Future]
                      ) -> Iterator[tuple[int, Future | None]]:
     """Yield this rank's scans as (index, read in progress, or None for a finished scan).
 
-    When ``read_ahead_ok(index)``, the next scan is claimed and its read started before
-    ``index`` is yielded, so that it overlaps the work on ``index``.
+    When ``read_ahead_ok()`` as a scan to work on is yielded, the next scan is claimed and
+    its read started first, so that it overlaps the work on the yielded one.
     """
     def claim() -> tuple[int | None, Future | None]:
         index = queue.take()
@@ -269,7 +273,7 @@ def _with_read_ahead(queue: DynamicQueue, needs_work: Callable[[int], bool],
 
     index, pending = claim()
     while index is not None:
-        ahead = claim() if pending is not None and read_ahead_ok(index) else None
+        ahead = claim() if pending is not None and read_ahead_ok() else None
         yield index, pending
         index, pending = ahead if ahead is not None else claim()
 

@@ -118,8 +118,8 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
         raise DataError(
             f"dip: needs about {need / 2**30:.1f} GiB per rank but {where} is "
             f"{free / 2**30:.1f} GiB; reduce dip.channels / dip.in_channels or "
-            f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16 on a "
-            f"GPU), fewer dip.angles_per_step, "
+            f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16), "
+            f"fewer dip.angles_per_step, "
             + ("runtime.keep_host_memory: false, " if kept else "")
             + "or use larger nodes (dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
