@@ -108,6 +108,7 @@ def speed_worker(args: argparse.Namespace) -> None:
     from hpc_adept.parallel import block_range, get_context
     from hpc_adept.parallel.ddp import DdpCommunicator
     from hpc_adept.parallel.slabs import SlabCommunicator
+    from hpc_adept.parallel.torchdist import destroy_torch_distributed
 
     ctx = get_context()
     if not args.return_host_memory:
@@ -150,6 +151,8 @@ def speed_worker(args: argparse.Namespace) -> None:
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else _peak_rss_mib())
     peaks = comm.sum(torch.tensor([peak], dtype=torch.float64, device=device)).cpu()
+    # an undestroyed gloo group can end the process in std::terminate at exit (seen once)
+    destroy_torch_distributed()
     if ctx.is_root:
         print(json.dumps({"ranks": ctx.size, "shape": list(shape), "angles": args.angles,
                           "detector": list(det), "device": str(device),
