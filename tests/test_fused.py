@@ -57,6 +57,22 @@ def test_matches_torch_projector_in_float64(tilt, vshape, dshape):
 
 
 @needs_interpreter
+def test_many_small_programs_match_torch_projector(monkeypatch):
+    """Blocks smaller than a row and a slice, as on a GPU: several column blocks per row,
+    several voxel blocks per slice and several passes over a row's nonzeros (masked
+    tails), which one interpreter program per row would not exercise."""
+    monkeypatch.setattr(fused, "INTERPRETER_BLOCK", 8)
+    monkeypatch.setattr(fused, "INTERPRETER_ENTRIES", 4)
+    g = _geometry(61.0, (4, 9, 11), (7, 14), n_angles=2)
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(g.volume_shape, generator=gen, dtype=torch.float64)
+    y = torch.randn(g.projection_shape, generator=gen, dtype=torch.float64)
+    for got, want in ((fused.project_fused(x, g), project(x, g, kernel="torch")),
+                      (fused.backproject_fused(y, g), backproject(y, g, kernel="torch"))):
+        assert float((got - want).abs().max()) < 1e-12 * float(want.abs().max())
+
+
+@needs_interpreter
 def test_grid_aligned_angles_match_torch_projector():
     """At multiples of 90 deg the samples sit on voxel centers: the adjoint's candidate
     box must still catch every sample with nonzero weight."""

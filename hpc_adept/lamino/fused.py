@@ -52,6 +52,7 @@ _LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 FORWARD_ENTRIES: int = 16
 #: The interpreter runs one program at a time in NumPy: fewer, larger programs are faster.
 INTERPRETER_BLOCK: int = 1024
+INTERPRETER_ENTRIES: int = 64
 
 
 #: Oldest Triton with what the kernels use (``triton.knobs``).
@@ -183,8 +184,8 @@ def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
         forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
                       tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
                       layout.n_cols, half_u, half_y, half_x,
-                      BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else 64, BLOCK=block,
-                      **_LAUNCH_OPTIONS)
+                      BLOCK_E=FORWARD_ENTRIES if volume.is_cuda else INTERPRETER_ENTRIES,
+                      BLOCK=block, **_LAUNCH_OPTIONS)
     return out
 
 
