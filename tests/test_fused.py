@@ -169,8 +169,12 @@ def test_cuda_matches_torch_projector():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     gen = torch.Generator().manual_seed(7)
-    for tilt, dtype, tol in ((61.0, torch.float64, 1e-10), (30.0, torch.float32, 1e-5)):
-        g = _geometry(tilt, (10, 14, 13), (18, 20), n_angles=9)
+    # the last case has several column blocks per row and 128-voxel blocks per slice
+    for tilt, dtype, tol, vshape, dshape in (
+            (61.0, torch.float64, 1e-10, (10, 14, 13), (18, 20)),
+            (30.0, torch.float32, 1e-5, (10, 14, 13), (18, 20)),
+            (61.0, torch.float32, 1e-5, (24, 150, 170), (60, 300))):
+        g = _geometry(tilt, vshape, dshape, n_angles=9)
         x = torch.randn(g.volume_shape, dtype=dtype, generator=gen).cuda()
         y = torch.randn(g.projection_shape, dtype=dtype, generator=gen).cuda()
         for op, arg in ((project, x), (backproject, y)):
