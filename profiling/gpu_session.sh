@@ -6,6 +6,7 @@
 #   bash profiling/gpu_session.sh projector   # bench_projector --triton: torch vs triton vs reference
 #   bash profiling/gpu_session.sh roofline    # bytes/FLOPs floors vs measured (both projector kernels)
 #   bash profiling/gpu_session.sh dip         # DIP step at the paper's size: fp32 / bf16 / checkpointing
+#   bash profiling/gpu_session.sh paper-data  # paper_scale.py --simulate-only: the dataset
 #   bash profiling/gpu_session.sh paper       # paper_scale.py: the paper's problem end to end
 #
 # Each step writes its output to ${OUT:-runs/gpu_session}/STEP.txt as well as the terminal.
@@ -16,7 +17,7 @@
 # with the paper's Table 1 it must finish in one go.
 set -euo pipefail
 
-step=${1:?usage: bash profiling/gpu_session.sh check|projector|roofline|dip|paper}
+step=${1:?usage: bash profiling/gpu_session.sh check|projector|roofline|dip|paper-data|paper}
 PYTHON=${PYTHON:-python3}
 out_dir=${OUT:-runs/gpu_session}
 mkdir -p "$out_dir"
@@ -41,6 +42,8 @@ case "$step" in
         run "$PYTHON" profiling/roofline.py --device cuda ;;
     dip)
         run "$PYTHON" profiling/bench_dip.py gpu ;;
+    paper-data)  # simulation is not part of Table 1; done apart, reused by `paper`
+        run "$PYTHON" profiling/paper_scale.py --workdir runs/paper_scale --simulate-only ;;
     paper)
         run "$PYTHON" profiling/paper_scale.py --workdir runs/paper_scale ;;
     *)

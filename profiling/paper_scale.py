@@ -3,6 +3,7 @@
     python profiling/paper_scale.py                       # the paper's size (needs a GPU)
     python profiling/paper_scale.py --ranks 2             # 2 ranks (mpiexec, or srun in a job)
     python profiling/paper_scale.py --scale 0.25 --angles 16 --dip-iterations 50   # smoke run
+    python profiling/paper_scale.py --simulate-only      # the dataset alone (reused later)
     sbatch jobs/paper_scale.sbatch                        # the same as a batch job (1 GPU)
 
 The problem (jobs/configs/paper.yaml): 125 angles at 61 deg, 512 x 512 diffraction patterns
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--decomposition", choices=["angles", "volume"], default="angles")
+    parser.add_argument("--simulate-only", action="store_true",
+                        help="only simulate the dataset (a later run reuses it)")
     args = parser.parse_args()
     if not 0.0 < args.scale <= 1.0:
         raise SystemExit("paper_scale: --scale must lie in (0, 1]")
@@ -178,6 +181,11 @@ def main() -> None:
     if not (stamp.is_file() and stamp.read_text() == wanted):
         simulate_s = _job(["simulate", "-c", str(config_path)], args.ranks, log)
         stamp.write_text(wanted)
+        print(f"paper_scale: simulated the dataset in {simulate_s:.1f} s", flush=True)
+    else:
+        print(f"paper_scale: reusing the dataset in {workdir / 'dataset'}", flush=True)
+    if args.simulate_only:
+        return 0
     (workdir / "run" / "pipeline_state.json").unlink(missing_ok=True)  # time every stage
     wall_s = _job(["run", "-c", str(config_path)], args.ranks, log)
 

@@ -60,10 +60,16 @@ def test_table_compares_with_the_paper_only_when_comparable():
 def test_smoke_run_prints_the_breakdown(tmp_path):
     if not IC_DEF.is_file():
         pytest.skip("real IC layout not found (the paper config uses it)")
-    result = run_cmd(["profiling/paper_scale.py", "--scale", "0.25", "--angles", "6",
-                      "--lsqml-iterations", "3", "--dip-iterations", "3", "--device", "cpu",
-                      "--workdir", str(tmp_path)], cwd=REPO, timeout=600)
+    args = ["profiling/paper_scale.py", "--scale", "0.25", "--angles", "6",
+            "--lsqml-iterations", "3", "--dip-iterations", "3", "--device", "cpu",
+            "--workdir", str(tmp_path)]
+    result = run_cmd([*args, "--simulate-only"], cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "simulated the dataset" in result.stdout
+    assert not (tmp_path / "run" / "timing.json").exists()
+    result = run_cmd(args, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "reusing the dataset" in result.stdout
     assert "| (1) iterative update: LSQ-ML | 160 |" in result.stdout
     assert "|   recon/dip | - |" in result.stdout
     saved = json.loads((tmp_path / "paper_scale.json").read_text())
