@@ -42,18 +42,22 @@ def _geometry(tilt, vshape, dshape, n_angles=4, seed=2):
     return Geometry(angles, tilt, vshape, dshape)
 
 
-@needs_interpreter
-@pytest.mark.parametrize(("tilt", "vshape", "dshape"), CASES)
-def test_matches_torch_projector_in_float64(tilt, vshape, dshape):
-    g = _geometry(tilt, vshape, dshape)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(vshape, generator=gen, dtype=torch.float64)
+def _assert_matches_torch_kernel(g: Geometry, seed: int) -> None:
+    """Fused forward and adjoint equal the torch kernel's to 1e-12 in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(g.volume_shape, generator=gen, dtype=torch.float64)
     y = torch.randn(g.projection_shape, generator=gen, dtype=torch.float64)
-    assert _interpreted()
     for got, want in ((fused.project_fused(x, g), project(x, g, kernel="torch")),
                       (fused.backproject_fused(y, g), backproject(y, g, kernel="torch"))):
         assert got.dtype == torch.float64 and got.shape == want.shape
         assert float((got - want).abs().max()) < 1e-12 * float(want.abs().max())
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("tilt", "vshape", "dshape"), CASES)
+def test_matches_torch_projector_in_float64(tilt, vshape, dshape):
+    assert _interpreted()
+    _assert_matches_torch_kernel(_geometry(tilt, vshape, dshape), seed=3)
 
 
 @needs_interpreter
@@ -63,13 +67,7 @@ def test_many_small_programs_match_torch_projector(monkeypatch):
     tails), which one interpreter program per row would not exercise."""
     monkeypatch.setattr(fused, "INTERPRETER_BLOCK", 8)
     monkeypatch.setattr(fused, "INTERPRETER_ENTRIES", 4)
-    g = _geometry(61.0, (4, 9, 11), (7, 14), n_angles=2)
-    gen = torch.Generator().manual_seed(10)
-    x = torch.randn(g.volume_shape, generator=gen, dtype=torch.float64)
-    y = torch.randn(g.projection_shape, generator=gen, dtype=torch.float64)
-    for got, want in ((fused.project_fused(x, g), project(x, g, kernel="torch")),
-                      (fused.backproject_fused(y, g), backproject(y, g, kernel="torch"))):
-        assert float((got - want).abs().max()) < 1e-12 * float(want.abs().max())
+    _assert_matches_torch_kernel(_geometry(61.0, (4, 9, 11), (7, 14), n_angles=2), seed=10)
 
 
 @needs_interpreter
@@ -77,12 +75,7 @@ def test_grid_aligned_angles_match_torch_projector():
     """At multiples of 90 deg the samples sit on voxel centers: the adjoint's candidate
     box must still catch every sample with nonzero weight."""
     g = Geometry([0.0, 90.0, 180.0, 270.0, 45.0], 61.0, (5, 8, 9), (9, 12))
-    gen = torch.Generator().manual_seed(9)
-    x = torch.randn(g.volume_shape, generator=gen, dtype=torch.float64)
-    y = torch.randn(g.projection_shape, generator=gen, dtype=torch.float64)
-    for got, want in ((fused.project_fused(x, g), project(x, g, kernel="torch")),
-                      (fused.backproject_fused(y, g), backproject(y, g, kernel="torch"))):
-        assert float((got - want).abs().max()) < 1e-12 * float(want.abs().max())
+    _assert_matches_torch_kernel(g, seed=9)
 
 
 @needs_interpreter
