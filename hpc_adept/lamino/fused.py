@@ -48,7 +48,7 @@ ADJOINT_BLOCK: int = 128
 #: adjoint would no longer be the exact transpose (weights off by up to ~6e-5 in float32).
 _LAUNCH_OPTIONS: dict[str, Any] = {"enable_fp_fusion": False}
 
-#: Nonzeros of a row of M per forward loop step (compiled; the interpreter takes 64).
+#: Nonzeros of a row of M per forward loop step (compiled; see INTERPRETER_ENTRIES).
 FORWARD_ENTRIES: int = 16
 #: The interpreter runs one program at a time in NumPy: fewer, larger programs are faster.
 INTERPRETER_BLOCK: int = 1024
@@ -115,6 +115,8 @@ def _matrix_tables(tilt_deg: float, nz: int, ny: int, nx: int, nv: int, nu: int,
     on = {"device": device}
     return {
         "layout": layout,
+        # centers (n - 1) / 2 of the detector width, volume height y and width x (exact)
+        "halves": ((nu - 1) / 2, (ny - 1) / 2, (nx - 1) / 2),
         "crow": torch.from_numpy(crow.astype(np.int32)).to(**on),
         "k": torch.from_numpy((cols[order] // layout.n_rows).astype(np.int32)).to(**on),
         "j": torch.from_numpy((cols[order] % layout.n_rows).astype(np.int32)).to(**on),
@@ -139,13 +141,6 @@ def _tables(geometry: Geometry, device: torch.device, dtype: torch.dtype) -> dic
     return {**_matrix_tables(geometry.tilt_deg, *geometry.volume_shape,
                              *geometry.detector_shape, geometry.z_offset, device, dtype),
             "cos": cos, "sin": sin}
-
-
-def _halves(geometry: Geometry) -> tuple[float, float, float]:
-    """Centers (n - 1) / 2 of the detector width, volume height y and width x (exact)."""
-    _, ny, nx = geometry.volume_shape
-    nu = geometry.detector_shape[1]
-    return (nu - 1) / 2, (ny - 1) / 2, (nx - 1) / 2
 
 
 def _block(tensor: torch.Tensor, gpu_block: int, extent: int) -> int:
@@ -179,7 +174,7 @@ def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     out = volume.new_zeros(geometry.projection_shape)
     block = _block(volume, FORWARD_BLOCK, layout.n_cols)
     grid = (geometry.n_angles * nv, math.ceil(layout.n_cols / block))
-    half_u, half_y, half_x = _halves(geometry)
+    half_u, half_y, half_x = tab["halves"]
     with _on_device(volume):
         forward[grid](volume, out, tab["cos"], tab["sin"], tab["crow"], tab["k"], tab["j"],
                       tab["w"], nv, nu, ny, nx, layout.y_center, layout.col_start,
@@ -200,7 +195,7 @@ def backproject_fused(projections: torch.Tensor, geometry: Geometry) -> torch.Te
     block = _block(projections, ADJOINT_BLOCK, ny * nx)
     # voxel blocks on grid axis 0 (up to 2^31 - 1; axes 1 and 2 stop at 65535)
     grid = (math.ceil(ny * nx / block), nz)
-    half_u, half_y, half_x = _halves(geometry)
+    half_u, half_y, half_x = tab["halves"]
     with _on_device(projections):
         adjoint[grid](projections, volume, tab["cos"], tab["sin"], tab["t_index"],
                       tab["t_weight"], geometry.n_angles, nv, nu, ny, nx, layout.n_rows,

@@ -134,17 +134,12 @@ def _cached(path: Path, key: str) -> bool:
 
 
 def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
-                     scan: Scan | None = None) -> dict:
-    """LSQ-ML of scan ``index`` and its phase projection; host arrays.
-
-    ``scan`` is the scan as read from its file (read here when None).
-    """
+                     scan: Scan) -> dict:
+    """LSQ-ML of scan ``index`` (``scan``, as read from its file) and its phase
+    projection; host arrays."""
     from hpc_adept.ptycho import LsqmlOptions, phase_projection, reconstruct
 
     p = cfg.ptycho
-    if scan is None:
-        with timing.region("ptycho/read"):
-            scan = read_cxi(plan.scans[index].path)
     xp = array_module(device)
     options = LsqmlOptions(
         iterations=p.iterations, noise_model=p.noise_model, batch_mode=p.batch_mode,
@@ -223,6 +218,7 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
         for index, pending in _with_read_ahead(queue, needs_work, read_ahead_ok,
                                                lambda i: reader.submit(read, i)):
             if pending is None:
+                keys.pop(index)
                 reused += 1
             else:
                 t_scan = time.perf_counter()
