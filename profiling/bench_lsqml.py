@@ -30,7 +30,10 @@ Usage::
 
 Torch's intra-op threads and scipy.fft's workers are both set by ``--threads`` (default 1: on
 a shared machine, spinning OpenMP threads of a 2-thread torch slowed pty-chi down 20x while
-another process held a core).
+another process held a core). Our host FFTs go through torch.fft (``--fft-library both`` also
+times scipy.fft side by side). On CPU both codes keep freed host memory in the process, as
+adept does by default (``runtime.keep_host_memory``; ``--return-host-memory`` for glibc's
+default), so neither pays page faults for fresh large temporaries every batch.
 """
 
 from __future__ import annotations
@@ -105,8 +108,14 @@ def _ptychi_version() -> str:
     return version("ptychi")
 
 
+# glibc's environment form of hpc_adept.backend.keep_freed_host_memory, for pty-chi's process
+KEEP_HOST_MEMORY_ENV = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4611686018427387904"}
+
+
 def run_ptychi(python: str, scan: dict, probe: np.ndarray, grid, iterations: int,
-               batch_size: int, threads: int, device: str) -> dict | None:
+               batch_size: int, threads: int, device: str,
+               keep_host_memory: bool = True) -> dict | None:
     """pty-chi's object and loop time, or None (with the reason printed) when it fails."""
     origin = np.array([grid.field_offset[a] + (grid.field_shape[a] - 1) / 2.0 for a in (0, 1)])
     total = float(scan["counts"].sum((1, 2)).mean())
@@ -117,6 +126,8 @@ def run_ptychi(python: str, scan: dict, probe: np.ndarray, grid, iterations: int
                  grid_shape=np.array(grid.shape), origin=origin, iterations=iterations,
                  batch_size=batch_size, threads=threads, device=device)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        if keep_host_memory:
+            env.update(KEEP_HOST_MEMORY_ENV)
         proc = subprocess.run([python, __file__, "--ptychi-worker", in_path, out_path],
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
@@ -215,7 +226,7 @@ def _relative_error(field: np.ndarray, truth: np.ndarray, region: np.ndarray) ->
 
 
 def run_ours(scan: dict, probe: np.ndarray, iterations: int, batch_size: int, threads: int,
-             device: str) -> dict:
+             device: str, fft_library: str = "torch") -> dict:
     """Our reconstruction: object (host), loop seconds, FFT library."""
     from hpc_adept.backend import to_numpy
     from hpc_adept.ptycho import LsqmlOptions, reconstruct
@@ -226,7 +237,8 @@ def run_ours(scan: dict, probe: np.ndarray, iterations: int, batch_size: int, th
     else:
         xp = np
     counts = xp.asarray(scan["counts"])
-    options = LsqmlOptions(iterations=iterations, batch_size=batch_size, fft_workers=threads)
+    options = LsqmlOptions(iterations=iterations, batch_size=batch_size, fft_workers=threads,
+                           fft_library=fft_library)
     if device == "cuda":  # warm-up: cuFFT plans, kernel compilation
         reconstruct(counts, scan["positions"], scan["field"],
                     LsqmlOptions(iterations=2, batch_size=batch_size), probe=probe)
@@ -237,7 +249,7 @@ def run_ours(scan: dict, probe: np.ndarray, iterations: int, batch_size: int, th
         xp.cuda.Device().synchronize()
     seconds = time.perf_counter() - start
     return {"object": to_numpy(result.object), "seconds": seconds, "grid": result.grid,
-            "fourier_error": result.fourier_error, "fft": make_fft2(xp, threads).name}
+            "fourier_error": result.fourier_error, "fft": make_fft2(xp, threads, fft_library).name}
 
 
 # --------------------------------------------------------------------------- driver
@@ -254,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", choices=["true", "data"], default="true")
     parser.add_argument("--ptychi-python", default=DEFAULT_PTYCHI_PYTHON,
                         help="python of the pty-chi venv ('' to skip pty-chi)")
+    parser.add_argument("--fft-library", choices=["torch", "scipy", "both"], default="torch",
+                        help="host FFTs of ours; 'both' also times scipy.fft side by side")
+    parser.add_argument("--return-host-memory", action="store_true",
+                        help="leave glibc malloc as it is (runtime.keep_host_memory: false) "
+                             "in both codes; by default both keep freed memory, as adept does")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--ptychi-worker", nargs=2, metavar=("IN", "OUT"),
                         help=argparse.SUPPRESS)
@@ -266,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # noqa: F401 - keep torch's threads in line if anything imports it
 
         torch.set_num_threads(args.threads)
+        if not args.return_host_memory:
+            from hpc_adept.backend import keep_freed_host_memory
+
+            keep_freed_host_memory()
     iterations = args.iterations * len(args.sizes) if len(args.iterations) == 1 \
         else args.iterations
     rows = []
@@ -286,18 +307,28 @@ def bench_one(frame: int, epochs: int, args: argparse.Namespace) -> dict:
     print(f"N={frame}: field {scan['field']}, {n} positions, {epochs} epochs, batch "
           f"{args.batch_size}, {args.device}, {args.threads} thread(s), probe {args.probe}",
           flush=True)
-    ours = run_ours(scan, probe, epochs, args.batch_size, args.threads, args.device)
+    library = "torch" if args.fft_library == "both" else args.fft_library
+    ours = run_ours(scan, probe, epochs, args.batch_size, args.threads, args.device, library)
     ours_scores = scores(ours["object"], ours["grid"], scan)
     row = {"frame": frame, "positions": n, "epochs": epochs, "device": args.device,
            "threads": args.threads, "batch_size": args.batch_size, "probe": args.probe,
            "ours": {"s_per_epoch": ours["seconds"] / epochs, **ours_scores,
                     "fft": ours["fft"]}}
-    _print_row("hpc_adept", row["ours"])
+    _print_row(f"hpc_adept ({ours['fft']})", row["ours"])
+    if args.fft_library == "both" and args.device == "cpu":
+        alt = run_ours(scan, probe, epochs, args.batch_size, args.threads, args.device, "scipy")
+        row["ours_scipy_fft"] = {"s_per_epoch": alt["seconds"] / epochs,
+                                 **scores(alt["object"], alt["grid"], scan), "fft": alt["fft"]}
+        _print_row(f"hpc_adept ({alt['fft']})", row["ours_scipy_fft"])
+        print(f"  time torch.fft / scipy.fft: "
+              f"{row['ours']['s_per_epoch'] / row['ours_scipy_fft']['s_per_epoch']:.2f}",
+              flush=True)
     theirs = None
     python = shutil.which(args.ptychi_python) if args.ptychi_python else None
     if python:
         theirs = run_ptychi(python, scan, probe, ours["grid"], epochs,
-                            args.batch_size, args.threads, args.device)
+                            args.batch_size, args.threads, args.device,
+                            not args.return_host_memory)
     if theirs is not None:
         row["ptychi"] = {"s_per_epoch": theirs["seconds"] / epochs,
                          **scores(theirs["object"], ours["grid"], scan),
@@ -313,7 +344,7 @@ def bench_one(frame: int, epochs: int, args: argparse.Namespace) -> dict:
 
 
 def _print_row(name: str, r: dict) -> None:
-    print(f"  {name:16s} {r['s_per_epoch'] * 1e3:9.1f} ms/epoch   error {r['error']:.4f}   "
+    print(f"  {name:38s} {r['s_per_epoch'] * 1e3:9.1f} ms/epoch   error {r['error']:.4f}   "
           f"without ramp {r['error_no_ramp']:.4f}   PCC {r['pcc']:.4f}", flush=True)
 
 

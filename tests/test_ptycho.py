@@ -148,17 +148,30 @@ def test_object_grid_holds_every_window():
     assert r >= 0 and c >= 0 and r + 40 <= grid.shape[0] and c + 50 <= grid.shape[1]
 
 
-def test_scatter_add_sums_overlaps():
+@pytest.mark.parametrize("scatter", [lsqml.scatter_add, lsqml.scatter_add_indexed])
+def test_scatter_add_sums_overlaps(scatter):
     image = np.zeros((6, 7), dtype=np.complex64)
     starts = np.array([[0, 0], [1, 2], [1, 2]])
     values = np.ones((3, 3, 3), dtype=np.complex64) * np.array([1, 2, 3])[:, None, None]
-    lsqml.scatter_add(image, starts, values)
+    scatter(image, starts, values)
     expected = np.zeros((6, 7))
     expected[0:3, 0:3] += 1
     expected[1:4, 2:5] += 5
     np.testing.assert_array_equal(image.real, expected)
     patches = lsqml.gather_patches(image, starts, 3)
     np.testing.assert_array_equal(patches[1], image[1:4, 2:5])
+
+
+def test_scatter_add_loop_and_indexed_agree_for_one_mode_windows():
+    rng = np.random.default_rng(5)
+    starts = rng.integers(0, 20, size=(9, 2))
+    values = (rng.standard_normal((9, 1, 12, 12))
+              + 1j * rng.standard_normal((9, 1, 12, 12))).astype(np.complex64)
+    looped, indexed = np.zeros((2, 32, 32), dtype=np.complex64)
+    lsqml.scatter_add(looped, starts, values)
+    lsqml.scatter_add_indexed(indexed, starts, values)
+    np.testing.assert_allclose(looped, indexed, rtol=0, atol=1e-5)
+    assert np.count_nonzero(looped) > 0
 
 
 @pytest.mark.parametrize("mode", ["sparse", "compact"])
@@ -480,3 +493,47 @@ def test_cupy_position_correction_matches_numpy(scan):
                            for p in scan["positions"]])
     diff = np.abs(device.positions_px - host.positions_px)[structured]
     assert diff.max() < 1e-2, diff.max()
+
+
+# --------------------------------------------------------------------------- host FFTs
+
+
+@pytest.mark.parametrize("library", ["torch", "scipy"])
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_host_fft_pair_is_orthonormal_and_matches_numpy(library, dtype):
+    from hpc_adept.ptycho.fft import make_fft2
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 2, 24, 24)) + 1j * rng.standard_normal((3, 2, 24, 24)))
+    fft = make_fft2(np, library=library)
+    assert library in fft.name
+    y = fft.forward(x.astype(dtype))
+    assert y.dtype == dtype and y.shape == x.shape
+    tol = 1e-5 if dtype == np.complex64 else 1e-12
+    reference = np.fft.fft2(x, norm="ortho")
+    assert np.max(np.abs(y - reference)) < tol * np.max(np.abs(reference))
+    back = fft.inverse(y, overwrite=True)
+    assert np.max(np.abs(back - x)) < tol * np.max(np.abs(x))
+
+
+def test_torch_host_fft_takes_views_read_only_and_reversed_arrays():
+    from hpc_adept.ptycho.fft import make_fft2
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4, 16, 16)) + 1j * rng.standard_normal((4, 16, 16)))
+    fft = make_fft2(np, library="torch")
+    for view in (x[::-1], x[:, ::2, ::2], x.transpose(0, 2, 1)):
+        assert np.allclose(fft.forward(view), np.fft.fft2(view, norm="ortho"), atol=1e-12)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    assert np.allclose(fft.inverse(frozen), np.fft.ifft2(x, norm="ortho"), atol=1e-12)
+
+
+def test_lsqml_gives_the_same_object_with_either_host_fft(scan):
+    runs = [reconstruct(scan["counts"], scan["positions"], FIELD,
+                        LsqmlOptions(iterations=20, fft_library=library), probe=scan["probe"])
+            for library in ("torch", "scipy")]
+    a, b = (np.asarray(r.object) for r in runs)
+    assert np.max(np.abs(a - b)) < 1e-3 * np.max(np.abs(a))
+    with pytest.raises(ValueError, match="fft_library"):
+        LsqmlOptions(fft_library="fftw")
