@@ -2,9 +2,11 @@
 
 Every stage follows the same steps on every rank: load and validate the config, plan the
 stage against the file system (all checks, no output), then run. Problems found before the
-work are reported once, by rank 0, as one line with exit code 2; an error during the work on
-any rank is printed by that rank and ends the whole job (MPI abort), so no rank is left
-waiting in a collective.
+work, on any rank, stop every rank and are reported once, by rank 0, as one line with exit
+code 2; an error during the work on any rank is printed by that rank and ends the whole job
+(MPI abort), so no rank is left waiting in a collective. Every failure is one line: the
+traceback of an unexpected one goes to ``<output.dir>/crash_rank<N>.txt`` (and to the
+terminal with ``--debug``).
 """
 
 from __future__ import annotations
@@ -92,17 +94,54 @@ def _error_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _problem_line(exc: BaseException, traceback_at: str = "") -> str:
+    """One line for any failure: the message of our errors, the file and reason of an
+    OSError (disk full, permissions), the type and message of anything else (a bug), with
+    where its traceback is (``traceback_at``: a file) or how to see it."""
+    if isinstance(exc, AdeptError):
+        return _error_line(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    see = f"the traceback is in {traceback_at}" if traceback_at else "--debug shows the traceback"
+    return f"{type(exc).__name__}: {_error_line(exc)} (unexpected: please report it; {see})"
+
+
+def _exit_code(exc: BaseException) -> int:
+    return EXIT_USAGE if isinstance(exc, AdeptError) else 1
+
+
+def _crash_report(output_dir: str, rank: int) -> str:
+    """Save the current exception's traceback as ``<output_dir>/crash_rank<N>.txt``.
+
+    Returns the file's path, or "" when it could not be written (best effort: the error
+    line must reach the user even when the disk is the problem).
+    """
+    from hpc_adept.io import write_text_atomic
+
+    path = Path(output_dir) / f"crash_rank{rank}.txt"
+    try:
+        write_text_atomic(path, traceback.format_exc())
+    except Exception:  # noqa: BLE001 - the original error matters, not this one
+        return ""
+    return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     from hpc_adept.log import setup_logging
     from hpc_adept.parallel import get_context
+    from hpc_adept.parallel.collectives import first_problem
 
     ctx = get_context()
     setup_logging(ctx.rank, ctx.size)
     overrides = [item for group in getattr(args, "overrides", []) for item in group]
 
-    # Phase 1: everything that can be checked before work; the same on every rank.
+    # Phase 1: everything that can be checked before work. A rank that finds a problem
+    # must not leave the others to start the work alone (they would wait for it in their
+    # first collective), so the ranks agree on the first problem before going on.
+    problem: tuple[int, str] | None = None
     try:
         if args.command == "report":
             return _report(args.run_dir, ctx)
@@ -125,12 +164,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         _use_projector(cfg.runtime.projector, device)
         if cfg.runtime.keep_host_memory:
             keep_freed_host_memory()
-    except AdeptError as exc:
+    except KeyboardInterrupt:
+        print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
+        ctx.abort(130)
+    except Exception as exc:  # noqa: BLE001 - reported as one line below
+        where = f" (rank {ctx.rank})" if ctx.is_parallel and not ctx.is_root else ""
+        problem = (_exit_code(exc), f"{where}: {_problem_line(exc)}")
+        if args.debug:
+            traceback.print_exc()
+    if args.command != "report":
+        problem = first_problem(ctx, problem)
+    if problem is not None:
+        code, line = problem
         if ctx.is_root:
-            print(f"adept: error: {_error_line(exc)}", file=sys.stderr)
-            if args.debug:
-                traceback.print_exc()
-        return EXIT_USAGE
+            print(f"adept: error{line}", file=sys.stderr)
+        return code
 
     # Phase 2: the work. Any failure on any rank ends the job.
     try:
@@ -157,12 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
         ctx.abort(130)
     except Exception as exc:  # noqa: BLE001 - every failure must end all ranks
-        code = EXIT_USAGE if isinstance(exc, AdeptError) else 1
         where = f" (rank {ctx.rank})" if ctx.is_parallel else ""
-        print(f"adept: error{where}: {_error_line(exc)}", file=sys.stderr)
-        if args.debug or not isinstance(exc, AdeptError):
+        expected = isinstance(exc, AdeptError | OSError)
+        crash = "" if expected else _crash_report(cfg.output.dir, ctx.rank)
+        print(f"adept: error{where}: {_problem_line(exc, crash)}", file=sys.stderr)
+        if args.debug:
             traceback.print_exc()
-        ctx.abort(code)
+        ctx.abort(_exit_code(exc))
     return 0
 
 

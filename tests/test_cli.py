@@ -177,3 +177,112 @@ def test_bad_dip_key_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "dip.tv_weights needs one more value" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.mpi
+def test_a_problem_found_by_rank_1_alone_stops_both_ranks(serial_run, tmp_path):
+    """Rank 1 gets no z slab (2 slices, 2 ranks, strides 2): rank 0 must not start alone."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "projections.h5").write_bytes((serial_run / "run" / "projections.h5").read_bytes())
+    config = write_config(tmp_path, recon={"methods": ["dip"], "volume_shape": [2, 24, 24]},
+                          dip={"decomposition": "volume", "memory_guard": False,
+                               "channels": [4, 8], "strides": [2, 1], "in_channels": 4})
+    result = adept("recon", "-c", str(config), cwd=tmp_path, n_ranks=2)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adept: error (rank 1): dip.decomposition")
+    assert not (run_dir / "volume_dip.h5").exists() and not (run_dir / "adept.log").exists()
+
+
+def _run_main(monkeypatch, capsys, tmp_path, *args) -> tuple[int, list[str]]:
+    """``adept`` in this process (so a failure can be injected); exit code, stderr lines."""
+    from hpc_adept import cli
+
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:  # ctx.abort in a serial run
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_disk_full_during_the_work_is_one_line_with_the_file(serial_run, tmp_path,
+                                                             monkeypatch, capsys):
+    import errno
+
+    import h5py
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "projections.h5").write_bytes((serial_run / "run" / "projections.h5").read_bytes())
+    config = write_config(tmp_path)
+
+    def full_disk(self, data):  # what a write to a full file system raises
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("hpc_adept.io.atomic.open",
+                        lambda path, mode: _FullFile(path, mode, full_disk), raising=False)
+    code, lines = _run_main(monkeypatch, capsys, tmp_path, "recon", "-c", str(config))
+    errors = [line for line in lines if line.startswith("adept:")]
+    assert code == 1 and "Traceback" not in "\n".join(lines)
+    assert errors == ["adept: error: No space left on device: run/volume_fbp.h5"]
+    assert not (run_dir / "volume_fbp.h5").exists()
+    assert not any(p.name.endswith(".tmp") for p in run_dir.iterdir())
+    assert h5py.is_hdf5(run_dir / "projections.h5")
+
+
+class _FullFile:
+    """A file whose writes fail as on a full disk."""
+
+    def __init__(self, path, mode, write):
+        self._file = open(path, mode)  # noqa: SIM115 - closed in __exit__
+        self._write = write
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+    def write(self, data):
+        return self._write(self, data)
+
+
+@pytest.mark.parametrize("phase", ["checks", "work"])
+def test_an_unexpected_error_is_one_line_and_a_crash_report(serial_run, tmp_path, monkeypatch,
+                                                            capsys, phase):
+    from hpc_adept.stages import recon
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "projections.h5").write_bytes((serial_run / "run" / "projections.h5").read_bytes())
+    config = write_config(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(recon, "plan_recon" if phase == "checks" else "run_recon", broken)
+    code, lines = _run_main(monkeypatch, capsys, tmp_path, "recon", "-c", str(config))
+    errors = [line for line in lines if line.startswith("adept:")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in "\n".join(lines), lines
+    assert errors[0].startswith("adept: error: ZeroDivisionError: a bug (unexpected")
+    crash = run_dir / "crash_rank0.txt"
+    if phase == "work":
+        assert errors[0].endswith("the traceback is in run/crash_rank0.txt)")
+        assert "ZeroDivisionError: a bug" in crash.read_text()
+    else:  # nothing is written before the work starts
+        assert errors[0].endswith("--debug shows the traceback)")
+        assert not crash.exists()
+
+
+def test_ctrl_c_during_the_checks_is_one_line_exit_130(tmp_path, monkeypatch, capsys):
+    from hpc_adept.stages import recon
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recon, "plan_recon", interrupted)
+    code, lines = _run_main(monkeypatch, capsys, tmp_path, "recon", "-c",
+                            str(write_config(tmp_path)))
+    assert code == 130 and lines == ["adept: interrupted (rank 0)"]

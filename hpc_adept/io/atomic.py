@@ -19,6 +19,7 @@ naming the file and the dataset.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -124,6 +125,11 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"{target}: the writer did not create {tmp.name}")
         _fsync_file(tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None and exc.errno is not None:  # name the file (disk full)
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -256,7 +262,12 @@ def write_h5_atomic(
     unknown = set(dataset_attrs) - set(datasets)
     if unknown:
         raise ValueError(f"dataset_attrs for datasets not written: {sorted(unknown)}")
-    with atomic_output(path) as tmp, h5py.File(tmp, "w", libver="earliest") as f:
+    # The file is built in memory and written with plain file I/O: HDF5's own writes that
+    # fail (disk full, quota) leave a half-closed file in the library whose cleanup at exit
+    # crashed the interpreter (segmentation fault); a failing os-level write is an OSError.
+    # The image holds the compressed data, so it costs at most the input's size once more.
+    image = io.BytesIO()
+    with h5py.File(image, "w", libver="earliest") as f:
         for name in sorted(datasets):
             parents, leaf = _split_h5_path(name)
             group = _ensure_group(f, parents)
@@ -267,6 +278,8 @@ def write_h5_atomic(
             parents, leaf = _split_h5_path(link)
             _ensure_group(f, parents)[leaf] = h5py.SoftLink(soft_links[link])
         _write_attrs(f, attrs or {})
+    with atomic_output(path) as tmp, open(tmp, "wb") as out:
+        out.write(image.getbuffer())
 
 
 # --------------------------------------------------------------------------- reading

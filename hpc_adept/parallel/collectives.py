@@ -6,11 +6,13 @@ once for one and many ranks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from hpc_adept.parallel.context import ParallelContext
+
+T = TypeVar("T")
 
 
 def barrier(ctx: ParallelContext) -> None:
@@ -64,10 +66,11 @@ def gather_objects(ctx: ParallelContext, obj: Any, root: int = 0) -> list[Any]:
     return list(parts) if ctx.rank == root else []
 
 
-def first_problem(ctx: ParallelContext, problem: str | None) -> str | None:
+def first_problem(ctx: ParallelContext, problem: T | None) -> T | None:
     """The problem found by the lowest rank that found one (every rank gets the same).
 
     Lets ranks check disjoint parts of the input and then fail together, with one message.
+    ``problem`` is any picklable description (a message, a (code, message) pair), or None.
     """
     if not ctx.is_parallel:
         return problem
