@@ -7,7 +7,93 @@ junk reference that gave a traceback (or ran for minutes, or ate all memory) ins
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import types
+import typing
+
 import numpy as np
+import pytest
+
+from hpc_adept.config import Config, load_config
+from hpc_adept.errors import ConfigError
+
+HUGE = 99999999999999999999999
+
+
+# ----------------------------------------------------------------------------- config bounds
+
+
+def _huge_value(tp: typing.Any, default: typing.Any) -> typing.Any:
+    """A value of type ``tp`` with one integer far too large (None: not an integer key)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)][0]
+        return _huge_value(inner, default)
+    if tp is int:
+        return HUGE
+    if origin is tuple and args and args[0] is int:
+        if args[-1] is Ellipsis:
+            values = list(default) if default else [1]
+        else:
+            values = [2] * len(args)
+        return [HUGE, *values[1:]]
+    return None
+
+
+def _integer_keys() -> list[tuple[str, typing.Any]]:
+    keys = []
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        hints = typing.get_type_hints(cls)
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            value = _huge_value(hints[f.name], getattr(defaults, f.name))
+            if value is not None:
+                keys.append((f"{section.name}.{f.name}", value))
+    return keys
+
+
+@pytest.mark.parametrize(("key", "value"), _integer_keys(), ids=lambda v: str(v)[:30])
+def test_every_integer_key_has_an_upper_bound(key, value):
+    """A typo of many digits stops in the config, not in numpy or torch."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"{key}={json.dumps(value)}"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["simulate.seed=-1"], "simulate.seed must be in [0, 4294967295]"),
+        (["runtime.seed=-1"], "runtime.seed must be in [0, 4294967295]"),
+        (["runtime.seed=4294967296"], "runtime.seed must be in [0, 4294967295]"),
+        ([f"simulate.n_angles={HUGE}"], "simulate.n_angles must be <= 100000"),
+        (["runtime.torch_threads=99999999999999999999"],
+         "runtime.torch_threads must be in [1, 4096]"),
+        ([f"recon.volume_shape=[{HUGE},2,2]"], "recon.volume_shape must hold sizes <= 16384"),
+        (["recon.volume_shape=[16384,16384,16384]"], "has more than 17179869184"),
+        (["evaluate.max_shift_voxels=100000"], "evaluate.max_shift_voxels must be in [0, 16384]"),
+        (["evaluate.gmm_samples=1"], "evaluate.gmm_samples must be in [2, 10000000]"),
+        (["recon.methods=[fbp,dip]", "recon.volume_shape=[12,24,24]", "dip.channels=[4,8]",
+          "dip.strides=[64,1]"], "dip.strides [64, 1]: their product 64 shrinks"),
+    ],
+)
+def test_out_of_range_values(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert needle in str(info.value)
+
+
+def test_bounds_keep_valid_edge_values():
+    cfg = load_config(None, ["simulate.seed=0", "runtime.seed=4294967295",
+                             "evaluate.gmm_samples=2", "runtime.torch_threads=4096",
+                             "recon.methods=[dip]", "recon.volume_shape=[12,24,25]",
+                             "dip.channels=[4,8]", "dip.strides=[24,1]"])
+    assert cfg.runtime.seed == 2**32 - 1
+    # fbp alone: the DIP network's strides do not matter
+    load_config(None, ["recon.volume_shape=[12,24,24]", "dip.channels=[4,8]",
+                       "dip.strides=[64,1]"])
+
 
 # ----------------------------------------------------------------------------- registration
 
