@@ -11,12 +11,16 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from hpc_adept.cli import main
 from hpc_adept.config import Config, load_config
 from hpc_adept.errors import ConfigError
+from hpc_adept.io import write_ground_truth, write_volume
 
 HUGE = 99999999999999999999999
 
@@ -108,3 +112,36 @@ def test_huge_max_shift_is_clamped_to_the_volume():
     shift, _ = estimate_shift(reference, moving, max_shift=10**6, subvoxel=False)
     small, _ = estimate_shift(reference, moving, max_shift=9, subvoxel=False)
     np.testing.assert_array_equal(shift, small)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _evaluate_config(work: Path, **evaluate: typing.Any) -> Path:
+    cfg = {"output": {"dir": str(work / "run")},
+           "recon": {"methods": ["fbp"], "volume_shape": [6, 6, 6]},
+           "evaluate": {"reference": str(work / "ground_truth.h5"), **evaluate},
+           "runtime": {"device": "cpu"}}
+    path = work / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_tiny_reference_is_a_data_error_naming_the_volume(tmp_path, capsys):
+    """A valid 2 x 1 x 1 reference leaves a one-voxel region: no mixture to fit."""
+    occupancy = np.array([0, 1], np.uint8).reshape(2, 1, 1)
+    write_ground_truth(tmp_path / "ground_truth.h5", 0.026 * occupancy.astype(np.float32),
+                       occupancy, 1e-7)
+    volume = np.random.default_rng(1).standard_normal((6, 6, 6)).astype(np.float32)
+    write_volume(tmp_path / "run" / "volume_fbp.h5", volume, 1e-7)
+    config = _evaluate_config(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # phase 2: the CLI ends the job with code 2
+        main(["evaluate", "-c", str(config)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("adept: error: ")]
+    assert len(errors) == 1, err  # the log lines before it are the work's progress
+    assert "volume_fbp.h5" in errors[0] and "cannot fit a two-class mixture" in errors[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -33,7 +33,7 @@ import numpy as np
 from hpc_adept.config import Config, require_file
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import GroundTruth, read_ground_truth, read_volume, write_json_atomic
-from hpc_adept.metrics import LayerExclusion
+from hpc_adept.metrics import GmmBinarizer, LayerExclusion
 from hpc_adept.parallel import ParallelContext
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,23 @@ class _ReferenceBinarisation:
     description: dict[str, Any]
 
 
-def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinarisation:
-    from hpc_adept.metrics import exclude_ambiguous_layers, fit_gmm
+def _fit_gmm(values: np.ndarray, cfg: Config, what: str) -> GmmBinarizer:
+    """The two-class mixture of ``values``; a DataError naming ``what`` when none fits."""
+    from hpc_adept.metrics import fit_gmm
+
+    ev = cfg.evaluate
+    try:
+        return fit_gmm(values, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
+    except ValueError as exc:
+        # Why here and not in the plan: the values fitted are the registered region (or a
+        # subsample), known only now; e.g. a tiny reference leaves a constant region.
+        raise DataError(f"{what}: {exc} ({values.size} voxel(s) evaluated, "
+                        f"evaluate.gmm_samples {ev.gmm_samples})") from None
+
+
+def _binarise_reference(reference: GroundTruth, cfg: Config,
+                        what: str = "reference") -> _ReferenceBinarisation:
+    from hpc_adept.metrics import exclude_ambiguous_layers
     from hpc_adept.metrics.scores import partly_filled_metal
 
     ev = cfg.evaluate
@@ -153,8 +168,7 @@ def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinari
             partly_filled_metal(reference.volume, occupancy), ev.max_partial_fraction)
         description = {"source": "occupancy", "metal_fraction": float(occupancy.mean())}
         return _ReferenceBinarisation(occupancy, exclusion, description)
-    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed,
-                    covariance=ev.gmm_covariance)
+    model = _fit_gmm(reference.volume, cfg, what)
     if not model.separated or model.separation < 2.0:
         log.warning("evaluate: the reference's two classes overlap (Ashman D %.2f < 2): "
                     "its binarisation, and so the BER, is uncertain", model.separation)
@@ -178,8 +192,25 @@ def _score_region(ref_occ: np.ndarray, est_occ: np.ndarray, ref_val: np.ndarray,
 
 
 def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
-                    volume: np.ndarray, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+                    volume: np.ndarray, cfg: Config, what: str = "reconstruction"
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of one reconstruction.
+
+    Parameters
+    ----------
+    reference, binarised : the reference and its binarisation
+    volume : ndarray, [nz, ny, nx]
+        The reconstruction.
+    cfg : Config
+        ``evaluate`` and ``runtime.seed`` are used.
+    what : str
+        Name of the reconstruction in error messages (its file).
+
+    Raises
+    ------
+    DataError
+        When no two-class mixture fits the reconstruction's evaluated region (constant,
+        e.g. a reference so small that the region holds one voxel).
 
     Returns
     -------
@@ -193,7 +224,6 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
     from hpc_adept.metrics import (
         affine_fit,
         ber_per_layer,
-        fit_gmm,
         layer_ranges,
         pcc_per_layer,
         register,
@@ -206,7 +236,7 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
     ref_val = np.asarray(reference.volume[reg.reference_slices], np.float64)
     ref_occ = binarised.occupancy[reg.reference_slices]
     est_val = reg.aligned
-    model = fit_gmm(est_val, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
+    model = _fit_gmm(est_val, cfg, f"{what}: evaluated region {list(est_val.shape)}")
     est_occ = model.binarize(est_val)
 
     z_slice = reg.reference_slices[0]
@@ -290,7 +320,7 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
 
     t0 = time.perf_counter()
     reference = read_ground_truth(plan.reference_path, require_occupancy=False)
-    binarised = _binarise_reference(reference, cfg)
+    binarised = _binarise_reference(reference, cfg, str(plan.reference_path))
     log.info("evaluate: reference %s %s (%s), %d of %d layers excluded as ambiguous",
              plan.reference_path, list(reference.volume.shape),
              binarised.description["source"], int(binarised.exclusion.excluded.sum()),
@@ -301,7 +331,7 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
     per_layer: dict[str, dict[str, Any]] = {}
     for method, path in plan.volumes:
         volume, _ = read_volume(path)
-        entry, layers = evaluate_method(reference, binarised, volume, cfg)
+        entry, layers = evaluate_method(reference, binarised, volume, cfg, str(path))
         entry = {
             "volume": str(path),
             "reference": {"path": str(plan.reference_path),
