@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -19,8 +20,10 @@ import yaml
 
 from hpc_adept.cli import main
 from hpc_adept.config import Config, load_config
-from hpc_adept.errors import ConfigError
-from hpc_adept.io import write_ground_truth, write_volume
+from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.io import write_ground_truth, write_h5_atomic, write_volume
+
+from .conftest import adept
 
 HUGE = 99999999999999999999999
 
@@ -145,3 +148,93 @@ def test_tiny_reference_is_a_data_error_naming_the_volume(tmp_path, capsys):
     assert len(errors) == 1, err  # the log lines before it are the work's progress
     assert "volume_fbp.h5" in errors[0] and "cannot fit a two-class mixture" in errors[0]
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _small_run(run: Path) -> Path:
+    """A hand-made run directory with one valid file for every report section."""
+    write_volume(run / "volume_fbp.h5",
+                 np.random.default_rng(2).random((6, 8, 8)).astype(np.float32), 1e-7)
+    (run / "config.yaml").write_text("recon: {methods: [fbp]}\n")
+    times = {"count": 1, "min_s": 1.0, "mean_s": 1.5, "max_s": 2.0}
+    (run / "timing.json").write_text(json.dumps({
+        "n_ranks": 1, "devices": ["cpu"], "wall_s": 2.0, "run": {},
+        "regions": {"recon": times}, "stages": {"recon": times}}))
+    (run / "metrics.json").write_text(json.dumps({"fbp": {
+        "ber": 0.1, "pcc": 0.9, "ranges": {"z < 2.75 um": {"ber": 0.1, "pcc": 0.9}}}}))
+    (run / "dip_history.json").write_text(json.dumps({"loss": [3.0, 2.0, 1.0]}))
+    for k in range(2):
+        write_h5_atomic(run / "ptycho" / f"scan_{k:04d}.h5",
+                        {"fourier_error": np.array([4.0, 2.0, 1.0])})
+    return run
+
+
+def _scalar_fourier_error(run: Path) -> None:
+    write_h5_atomic(run / "ptycho" / "scan_0001.h5", {"fourier_error": np.float64(3.0)})
+
+
+REPORT_CASES = {
+    "dip loss not numbers": (lambda run: (run / "dip_history.json").write_text(
+        '{"loss": "x"}'), "Unreadable dip_history.json: loss: could not convert"),
+    "timing region without min_s": (lambda run: (run / "timing.json").write_text(json.dumps(
+        {"regions": {"recon": {"mean_s": 1.0, "max_s": 1.0}}})),
+        "Unreadable timing.json: region 'recon' lacks min_s"),
+    "metrics ranges a list": (lambda run: (run / "metrics.json").write_text(json.dumps(
+        {"fbp": {"ber": 0.1, "pcc": 0.9, "ranges": [1, 2]}})),
+        "Unreadable metrics.json: 'ranges' is a list, not a mapping"),
+    "scalar fourier_error": (_scalar_fourier_error,
+                             "Unreadable ptycho/: scan_0001.h5 (fourier_error: expected a 1-D"),
+    "config.yaml not UTF-8": (lambda run: (run / "config.yaml").write_bytes(b"\xff\xfe\x00a"),
+                              "Unreadable config.yaml: 'utf-8' codec can't decode"),
+    "timing.json not JSON": (lambda run: (run / "timing.json").write_text("{"),
+                             "Unreadable timing.json: Expecting property name"),
+}
+
+
+@pytest.mark.parametrize("case", list(REPORT_CASES))
+def test_report_notes_a_malformed_file_and_writes_the_rest(tmp_path, case, caplog):
+    from hpc_adept.report.document import write_report
+
+    corrupt, needle = REPORT_CASES[case]
+    run = _small_run(tmp_path / "run")
+    corrupt(run)
+    html_path, md_path = write_report(run)
+    markdown = md_path.read_text()
+    assert needle in markdown, markdown
+    assert "unreadable" in caplog.text
+    # The other sections are still there: the reconstructions' figure at least.
+    assert "report_orthoslices.png" in markdown
+    assert html_path.stat().st_size > 10_000
+
+
+def test_report_into_an_unwritable_directory_is_a_data_error(tmp_path, monkeypatch):
+    """Checked before any figure is drawn; a directory in place of report.html too."""
+    from hpc_adept.report import document
+
+    run = _small_run(tmp_path / "run")
+    real_access = os.access
+    monkeypatch.setattr(document.os, "access", lambda path, mode: (
+        Path(path) != run and real_access(path, mode)))  # a read-only run directory
+    with pytest.raises(DataError, match=r"report: .*run is not a writable directory"):
+        document.write_report(run)
+    assert not (run / "figures").exists()
+    monkeypatch.undo()
+    (run / "report.html").mkdir()  # even root cannot replace a directory by a file
+    with pytest.raises(DataError, match=r"report: cannot write .*report\.html"):
+        document.write_report(run)
+
+
+def test_report_cli_on_a_read_only_run_directory(tmp_path):
+    """The command line: one line, exit 2 (as root the directory stays writable)."""
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    run = _small_run(tmp_path / "run")
+    run.chmod(0o555)
+    try:
+        result = adept("report", str(run), cwd=tmp_path)
+    finally:
+        run.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("adept: error: report: ")
