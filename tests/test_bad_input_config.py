@@ -238,3 +238,28 @@ def test_report_cli_on_a_read_only_run_directory(tmp_path):
         run.chmod(0o755)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("adept: error: report: ")
+
+
+# ----------------------------------------------------------------------------- adept run
+
+
+@pytest.mark.parametrize("text", ['{"ptycho": 5}', '{"ptycho": {"settings": 3}}', "[1, 2]",
+                                  "{", '{"ptycho": "x"}'])
+def test_malformed_pipeline_state_means_not_up_to_date(tmp_path, text, caplog):
+    from hpc_adept.pipeline import STAGES, STATE_FILE, _read_state, up_to_date
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "projections.h5").write_bytes(b"")  # the ptycho stage's output exists
+    (run / STATE_FILE).write_text(text)
+    cfg = load_config(None, [f"output.dir={run}"])
+    ptycho = STAGES[0]
+    assert up_to_date(ptycho, cfg, _read_state(run)) == (False, "no record of a finished run")
+    assert "run: ignoring" in caplog.text
+    # also when handed the raw content (what the file held)
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raw = {}
+    if isinstance(raw, dict):
+        assert up_to_date(ptycho, cfg, raw)[0] is False
