@@ -21,7 +21,7 @@ from typing import Any
 
 from hpc_adept import timing
 from hpc_adept.config import Config
-from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.errors import ConfigError
 from hpc_adept.parallel import ParallelContext, barrier, bcast
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,12 @@ def plan_run(cfg: Config) -> RunPlan:
                 raise
             raise ConfigError(f"'adept run': the {stage.name} stage is not available in this "
                               f"version (see README: what exists)") from None
-    if cfg.evaluate.reference and not Path(cfg.evaluate.reference).is_file():
-        raise DataError(f"evaluate.reference: file not found: {cfg.evaluate.reference}")
+    if any(stage.name == "evaluate" for stage in stages):
+        # Why read it now: a junk reference would otherwise stop the run only at its end,
+        # after the ptycho, align and recon stages.
+        from hpc_adept.stages.evaluate import check_reference
+
+        check_reference(cfg)
     first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
     return RunPlan(stages, _plan(first, cfg) if first is not None else None)
 

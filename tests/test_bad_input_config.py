@@ -263,3 +263,35 @@ def test_malformed_pipeline_state_means_not_up_to_date(tmp_path, text, caplog):
         raw = {}
     if isinstance(raw, dict):
         assert up_to_date(ptycho, cfg, raw)[0] is False
+
+
+def _junk(path: Path) -> None:
+    path.write_text("not HDF5\n")
+
+
+def _flat(path: Path) -> None:
+    write_h5_atomic(path, {"volume": np.ones((4, 4), np.float32)},
+                    attrs={"voxel_size_m": 1e-7})
+
+
+def _nan(path: Path) -> None:
+    volume = np.random.default_rng(3).random((4, 4, 4)).astype(np.float32)
+    volume[1, 2, 3] = np.nan
+    write_h5_atomic(path, {"volume": volume}, attrs={"voxel_size_m": 1e-7})
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (_junk, "ref.h5: not a readable HDF5 file"),
+    (_flat, "volume: expected 3-D"),
+    (_nan, "volume: contains NaN"),
+])
+def test_run_checks_the_reference_before_the_first_stage(tmp_path, make, needle):
+    """A bad reference stops ``adept run`` in its plan, not after ptycho, align, recon."""
+    from hpc_adept.pipeline import plan_run
+
+    make(tmp_path / "ref.h5")
+    cfg = load_config(None, [f"output.dir={tmp_path / 'run'}",
+                             f"evaluate.reference={tmp_path / 'ref.h5'}"])
+    with pytest.raises(DataError) as info:
+        plan_run(cfg)  # data.path is unset: the ptycho plan would fail next (ConfigError)
+    assert needle in str(info.value)

@@ -73,6 +73,39 @@ def _check_varies(volume: np.ndarray, path: Path) -> None:
                         f"nothing to evaluate")
 
 
+def check_reference(cfg: Config) -> tuple[Path, GroundTruth]:
+    """Read and check ``evaluate.reference``: a file the evaluation can score against.
+
+    Used by :func:`plan_evaluate` and by ``adept run``'s plan, so that a bad reference stops
+    a run before its first stage rather than after the reconstructions.
+
+    Returns
+    -------
+    path : Path
+        The reference file.
+    reference : GroundTruth
+        Its content (``/volume``, optional ``/occupancy``, ``voxel_size_m``).
+
+    Raises
+    ------
+    ConfigError
+        ``evaluate.reference`` unset or not a file.
+    DataError
+        Not a readable HDF5 file, no valid 3-D finite ``/volume`` or ``voxel_size_m``, an
+        invalid ``/occupancy``, or nothing to tell apart (a constant volume, one class).
+    """
+    if cfg.evaluate.reference is None:
+        raise ConfigError("evaluate.reference is not set (an HDF5 file with /volume: a "
+                          "ground truth or a dense reconstruction)")
+    path = require_file(cfg.evaluate.reference, "evaluate.reference")
+    reference = read_ground_truth(path, require_occupancy=False)
+    if reference.occupancy is None:
+        _check_varies(reference.volume, path)
+    elif not 0 < int(reference.occupancy.sum()) < reference.occupancy.size:
+        raise DataError(f"{path}: occupancy: a single class everywhere; nothing to evaluate")
+    return path, reference
+
+
 def plan_evaluate(cfg: Config) -> EvaluatePlan:
     """Check the reference and the run directory's volumes; no work, no output.
 
@@ -85,16 +118,7 @@ def plan_evaluate(cfg: Config) -> EvaluatePlan:
         An unreadable or invalid reference or volume (wrong dimensions, NaN/Inf, missing
         ``voxel_size_m``, constant), or voxel sizes that disagree.
     """
-    if cfg.evaluate.reference is None:
-        raise ConfigError("evaluate.reference is not set (an HDF5 file with /volume: a "
-                          "ground truth or a dense reconstruction)")
-    reference_path = require_file(cfg.evaluate.reference, "evaluate.reference")
-    reference = read_ground_truth(reference_path, require_occupancy=False)
-    if reference.occupancy is None:
-        _check_varies(reference.volume, reference_path)
-    elif not 0 < int(reference.occupancy.sum()) < reference.occupancy.size:
-        raise DataError(f"{reference_path}: occupancy: a single class everywhere; "
-                        f"nothing to evaluate")
+    reference_path, reference = check_reference(cfg)
     run_dir = Path(cfg.output.dir)
     found = []
     for method in cfg.recon.methods:
