@@ -4,7 +4,9 @@ The configuration is a YAML mapping of sections (``data``, ``output``, ``simulat
 ``ptycho``, ``align``, ``recon``, ``dip``, ``evaluate``, ``runtime``). Every key is checked
 against the dataclass fields below: an unknown key, a value of the wrong type or out of
 range stops the program with one :class:`~hpc_adept.errors.ConfigError` line naming the
-key, before any work. Relative paths are taken relative to the working directory.
+key, before any work. Integer settings have upper bounds (``MAX_SIDE`` and the other
+``MAX_*`` constants below) far beyond any feasible run, so that a typo stops here rather
+than deep in numpy or torch. Relative paths are taken relative to the working directory.
 
 Example::
 
@@ -144,7 +146,8 @@ class SimulateConfig:
         Simulate the ptychography scans (CXI files); false writes only the ground truth
         and the projections, for studies that start at the reconstruction.
     seed : int
-        Seed of the measurement noise and position jitter (per-angle streams).
+        Seed of the measurement noise and position jitter (per-angle streams), in
+        [0, 2**32 - 1].
     """
 
     phantom: Literal["layout", "procedural"] = "layout"
@@ -397,7 +400,8 @@ class DipConfig:
     in_channels, channels, strides, skip_channels : network sizes
         Input noise channels (48), encoder/decoder channels per level (32, 64, 96, 96,
         96), stride per level (2, 2, 1, 1, 1: reduction by 4 on every axis), skip
-        channels (8).
+        channels (8). The strides' product must leave more than one voxel of
+        ``recon.volume_shape`` at the bottleneck (see :func:`check_dip_strides`).
     input_noise_scale : float
         The fixed input is U[0, input_noise_scale] (0.1).
     input_perturbation : float
@@ -530,7 +534,8 @@ class EvaluateConfig:
         Heights (above the bottom face of the reference) that split the layers into
         ranges for per-range BER/PCC; default the paper's split at 2.75 um.
     gmm_samples : int
-        Voxels drawn (seeded by ``runtime.seed``) to fit each two-component mixture.
+        Voxels drawn (seeded by ``runtime.seed``) to fit each two-component mixture (at
+        least 2).
     gmm_covariance : {'tied', 'full'}
         ``tied``: one variance shared by both components, so the metal/dielectric threshold
         lies between the two means; ``full``: a variance each, whose threshold moves next
@@ -539,7 +544,8 @@ class EvaluateConfig:
     register : bool
         Find and undo a residual (sub-voxel) shift of each reconstruction.
     max_shift_voxels : int
-        Largest shift searched per axis, voxels.
+        Largest shift searched per axis, voxels (at most the evaluated region's size - 1
+        is searched, whatever is set here).
     min_class_fraction : float
         A reference layer where metal or dielectric is rarer than this fraction of its
         voxels is excluded from BER/PCC (listed in ``metrics.json``).
@@ -595,7 +601,7 @@ class RuntimeConfig:
     device : {'auto', 'cpu', 'cuda'}
         ``auto``: the rank's GPU ``cuda:(local_rank % n_gpus)`` when one is usable, else CPU.
     seed : int
-        Seed of everything random in the reconstruction stages.
+        Seed of everything random in the reconstruction stages, in [0, 2**32 - 1].
     log_level : {'DEBUG', 'INFO', 'WARNING', 'ERROR'}
         Level of rank 0's log (other ranks log warnings and errors only).
     torch_threads : int or None
