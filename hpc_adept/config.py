@@ -4,7 +4,9 @@ The configuration is a YAML mapping of sections (``data``, ``output``, ``simulat
 ``ptycho``, ``align``, ``recon``, ``dip``, ``evaluate``, ``runtime``). Every key is checked
 against the dataclass fields below: an unknown key, a value of the wrong type or out of
 range stops the program with one :class:`~hpc_adept.errors.ConfigError` line naming the
-key, before any work. Relative paths are taken relative to the working directory.
+key, before any work. Integer settings have upper bounds (``MAX_SIDE`` and the other
+``MAX_*`` constants below) far beyond any feasible run, so that a typo stops here rather
+than deep in numpy or torch. Relative paths are taken relative to the working directory.
 
 Example::
 
@@ -29,6 +31,28 @@ import yaml
 from hpc_adept.errors import ConfigError
 
 IC_DATA_DIR = "../shared/data/ic"
+
+# Upper bounds of integer settings. They lie far beyond any run this code can do (the
+# paper: 144 x 160 x 160 voxels, 125 angles, 128-pixel frames) and stop a typo with one line
+# before numpy or torch fail on it (an integer overflow, an allocation of exabytes).
+MAX_SIDE = 16_384
+"""Voxels or pixels along one axis (volumes, projections, frames, crops, strides, shifts)."""
+MAX_VOXELS = 2**34
+"""Voxels of one volume (64 GiB as float32)."""
+MAX_ANGLES = 100_000
+"""Rotation angles of a simulated measurement."""
+MAX_SUPERSAMPLE = 64
+"""Sub-voxels per axis of the layout rasterisation."""
+MAX_CHANNELS = 4096
+"""Feature channels of one DIP network level."""
+MAX_THREADS = 4096
+"""CPU threads per rank."""
+MAX_COUNT = 10_000_000
+"""Any other count: iterations, batch sizes, modes, samples, levels, intervals."""
+MAX_SEED = 2**32 - 1
+"""Seeds lie in [0, MAX_SEED]: the range of numpy's legacy ``RandomState``, which
+scikit-learn's ``random_state`` (the evaluation's mixture fits) is; numpy's ``default_rng``
+and torch accept it too, with room for the offsets the stages add."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +146,8 @@ class SimulateConfig:
         Simulate the ptychography scans (CXI files); false writes only the ground truth
         and the projections, for studies that start at the reconstruction.
     seed : int
-        Seed of the measurement noise and position jitter (per-angle streams).
+        Seed of the measurement noise and position jitter (per-angle streams), in
+        [0, 2**32 - 1].
     """
 
     phantom: Literal["layout", "procedural"] = "layout"
@@ -158,6 +183,10 @@ class SimulateConfig:
         _shape("simulate.volume_shape", self.volume_shape)
         if self.projection_shape is not None:
             _shape("simulate.projection_shape", self.projection_shape)
+        _at_most("simulate", self, MAX_ANGLES, "n_angles")
+        _at_most("simulate", self, MAX_SIDE, "frame_size")
+        _at_most("simulate", self, MAX_SUPERSAMPLE, "supersample")
+        _seed("simulate.seed", self.seed)
         if not 0.0 < self.tilt_deg <= 90.0:
             raise ConfigError(f"simulate.tilt_deg must be in (0, 90], got {self.tilt_deg}")
         if self.frame_size % 2:
@@ -230,6 +259,7 @@ class PtychoConfig:
 
     def check(self) -> None:
         _positive("ptycho", self, "iterations", "batch_size", "probe_modes")
+        _at_most("ptycho", self, MAX_COUNT, "iterations", "batch_size", "probe_modes")
         if self.projection_shape is not None:
             _shape("ptycho.projection_shape", self.projection_shape)
 
@@ -295,6 +325,9 @@ class AlignConfig:
         if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
             raise ConfigError(f"align.binning must be positive factors that divide the "
                               f"first, got {list(self.binning)}")
+        _at_most("align", self, MAX_SIDE, "binning")
+        _at_most("align", self, MAX_COUNT, "max_iterations", "reconstruct_iterations",
+                 "coarse_rounds")
         for name in ("highpass_sigma_px", "reconstruct_iterations", "coarse_rounds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name} must be >= 0, got {getattr(self, name)}")
@@ -367,7 +400,8 @@ class DipConfig:
     in_channels, channels, strides, skip_channels : network sizes
         Input noise channels (48), encoder/decoder channels per level (32, 64, 96, 96,
         96), stride per level (2, 2, 1, 1, 1: reduction by 4 on every axis), skip
-        channels (8).
+        channels (8). The strides' product must leave more than one voxel of
+        ``recon.volume_shape`` at the bottleneck (see :func:`check_dip_strides`).
     input_noise_scale : float
         The fixed input is U[0, input_noise_scale] (0.1).
     input_perturbation : float
@@ -479,6 +513,11 @@ class DipConfig:
         if self.guard_max_rollbacks < 0:
             raise ConfigError(f"dip.guard_max_rollbacks must be >= 0, got "
                               f"{self.guard_max_rollbacks}")
+        _at_most("dip", self, MAX_CHANNELS, "in_channels", "channels", "skip_channels")
+        _at_most("dip", self, MAX_SIDE, "strides")
+        _at_most("dip", self, MAX_COUNT, "iterations", "lr_step", "angles_per_step",
+                 "hpf_levels", "checkpoint_every", "guard_max_rollbacks",
+                 "guard_snapshot_every")
 
 
 @dataclass(frozen=True)
@@ -495,7 +534,8 @@ class EvaluateConfig:
         Heights (above the bottom face of the reference) that split the layers into
         ranges for per-range BER/PCC; default the paper's split at 2.75 um.
     gmm_samples : int
-        Voxels drawn (seeded by ``runtime.seed``) to fit each two-component mixture.
+        Voxels drawn (seeded by ``runtime.seed``) to fit each two-component mixture (at
+        least 2).
     gmm_covariance : {'tied', 'full'}
         ``tied``: one variance shared by both components, so the metal/dielectric threshold
         lies between the two means; ``full``: a variance each, whose threshold moves next
@@ -504,7 +544,8 @@ class EvaluateConfig:
     register : bool
         Find and undo a residual (sub-voxel) shift of each reconstruction.
     max_shift_voxels : int
-        Largest shift searched per axis, voxels.
+        Largest shift searched per axis, voxels (at most the evaluated region's size - 1
+        is searched, whatever is set here).
     min_class_fraction : float
         A reference layer where metal or dielectric is rarer than this fraction of its
         voxels is excluded from BER/PCC (listed in ``metrics.json``).
@@ -533,14 +574,17 @@ class EvaluateConfig:
     psd_window: bool = True
 
     def check(self) -> None:
-        _positive("evaluate", self, "gmm_samples")
+        # Why at least 2: a two-component mixture cannot be fitted to fewer values.
+        if not 2 <= self.gmm_samples <= MAX_COUNT:
+            raise ConfigError(f"evaluate.gmm_samples must be in [2, {MAX_COUNT}], got "
+                              f"{self.gmm_samples}")
         bounds = self.z_boundaries_um
         increasing = all(b < c for b, c in zip(bounds[:-1], bounds[1:], strict=True))
         if any(b <= 0 for b in bounds) or not increasing:
             raise ConfigError(f"evaluate.z_boundaries_um must be positive and increasing, "
                               f"got {list(bounds)}")
-        if self.max_shift_voxels < 0:
-            raise ConfigError(f"evaluate.max_shift_voxels must be >= 0, got "
+        if not 0 <= self.max_shift_voxels <= MAX_SIDE:
+            raise ConfigError(f"evaluate.max_shift_voxels must be in [0, {MAX_SIDE}], got "
                               f"{self.max_shift_voxels}")
         for name in ("min_class_fraction", "max_uncertain_fraction", "max_partial_fraction"):
             value = getattr(self, name)
@@ -557,7 +601,7 @@ class RuntimeConfig:
     device : {'auto', 'cpu', 'cuda'}
         ``auto``: the rank's GPU ``cuda:(local_rank % n_gpus)`` when one is usable, else CPU.
     seed : int
-        Seed of everything random in the reconstruction stages.
+        Seed of everything random in the reconstruction stages, in [0, 2**32 - 1].
     log_level : {'DEBUG', 'INFO', 'WARNING', 'ERROR'}
         Level of rank 0's log (other ranks log warnings and errors only).
     torch_threads : int or None
@@ -591,8 +635,10 @@ class RuntimeConfig:
     projector: Literal["torch", "triton"] = "torch"
 
     def check(self) -> None:
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ConfigError(f"runtime.torch_threads must be >= 1, got {self.torch_threads}")
+        if self.torch_threads is not None and not 1 <= self.torch_threads <= MAX_THREADS:
+            raise ConfigError(f"runtime.torch_threads must be in [1, {MAX_THREADS}] or null, "
+                              f"got {self.torch_threads}")
+        _seed("runtime.seed", self.seed)
         if self.projector == "triton" and self.device == "cpu":
             raise ConfigError("runtime.projector: triton runs on GPUs only; use torch with "
                               "runtime.device: cpu")
@@ -617,6 +663,9 @@ class Config:
             section = getattr(self, f.name)
             if hasattr(section, "check"):
                 section.check()
+        # Checks across sections: both values are known only here.
+        if "dip" in self.recon.methods:
+            check_dip_strides(self.dip.strides, self.recon.volume_shape)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), as written to ``config.yaml``."""
@@ -624,6 +673,39 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def check_dip_strides(strides: tuple[int, ...], volume_shape: tuple[int, ...],
+                      key: str = "recon.volume_shape") -> None:
+    """Stop when the DIP network would shrink ``volume_shape`` to one voxel.
+
+    Each encoder level's strided 3x3x3 convolution (padding 1) maps ``n`` voxels to
+    ``ceil(n / s)`` along every axis, so the bottleneck has ``ceil(n / prod(strides))``;
+    training-mode BatchNorm there needs more than one value per channel (the batch is the
+    one volume), else torch fails deep inside the memory estimate or the first step.
+
+    Parameters
+    ----------
+    strides : tuple of int
+        ``dip.strides``.
+    volume_shape : (nz, ny, nx)
+        The volume the network outputs.
+    key : str
+        Config key of ``volume_shape``, for the message.
+
+    Raises
+    ------
+    ConfigError
+        When the bottleneck would hold a single voxel.
+    """
+    total = math.prod(strides)
+    bottleneck = [-(-n // total) for n in volume_shape]  # ceil(n / total)
+    if math.prod(bottleneck) < 2:
+        raise ConfigError(
+            f"dip.strides {list(strides)}: their product {total} shrinks {key} "
+            f"{list(volume_shape)} to a single voxel at the network's bottleneck (BatchNorm "
+            f"needs at least 2); use smaller strides or a larger volume"
+        )
 
 
 # ----------------------------------------------------------------------------- loading
@@ -779,9 +861,29 @@ def _positive(section: str, obj: Any, *names: str) -> None:
             raise ConfigError(f"{section}.{name} must be > 0, got {value}")
 
 
+def _at_most(section: str, obj: Any, limit: int, *names: str) -> None:
+    """Check that the integers (or lists of integers) ``names`` of ``obj`` are <= ``limit``."""
+    for name in names:
+        value = getattr(obj, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v is not None and v > limit for v in values):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{section}.{name} must be <= {limit}, got {shown}")
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{key} must be in [0, {MAX_SEED}] (2**32 - 1), got {value}")
+
+
 def _shape(key: str, shape: tuple[int, ...]) -> None:
     if any(n < 1 for n in shape):
         raise ConfigError(f"{key} must hold positive sizes, got {list(shape)}")
+    if any(n > MAX_SIDE for n in shape):
+        raise ConfigError(f"{key} must hold sizes <= {MAX_SIDE}, got {list(shape)}")
+    if math.prod(shape) > MAX_VOXELS:
+        raise ConfigError(f"{key} {list(shape)} has more than {MAX_VOXELS} (2**34) "
+                          f"elements")
 
 
 def _plain(obj: Any) -> Any:

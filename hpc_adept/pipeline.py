@@ -21,7 +21,7 @@ from typing import Any
 
 from hpc_adept import timing
 from hpc_adept.config import Config
-from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.errors import ConfigError
 from hpc_adept.parallel import ParallelContext, barrier, bcast
 
 log = logging.getLogger(__name__)
@@ -103,23 +103,52 @@ def settings_hash(cfg: Config, sections: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
+def _valid_entry(entry: Any) -> bool:
+    """Whether a state entry is what :func:`_record` writes (a mapping with a hash)."""
+    return isinstance(entry, dict) and isinstance(entry.get("settings"), str)
+
+
 def _read_state(run_dir: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
+    """The record of finished stages in ``run_dir``; {} when there is none.
+
+    The file is untrusted (edited, damaged, from another version): an unreadable file or a
+    malformed entry is dropped with a warning, so that its stages count as not up to date
+    and run again, rather than stopping the run.
+    """
+    path = run_dir / STATE_FILE
+    if not path.exists():
         return {}
-    return state if isinstance(state, dict) else {}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        log.warning("run: ignoring unreadable %s (%s); every stage counts as not done",
+                    path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return {}
+    if not isinstance(state, dict):
+        log.warning("run: ignoring %s: a JSON object was expected, got %s; every stage "
+                    "counts as not done", path, type(state).__name__)
+        return {}
+    bad = [name for name, entry in state.items() if not _valid_entry(entry)]
+    if bad:
+        log.warning("run: ignoring malformed entries of %s: %s; they count as not done",
+                    path, ", ".join(repr(name) for name in bad))
+    return {name: entry for name, entry in state.items() if _valid_entry(entry)}
 
 
 def up_to_date(stage: Stage, cfg: Config, state: dict[str, Any]) -> tuple[bool, str]:
-    """Whether ``stage`` can be skipped, and why (or why not)."""
+    """Whether ``stage`` can be skipped, and why (or why not).
+
+    A missing or malformed entry of ``state`` counts as not up to date.
+    """
     outputs = stage.outputs(cfg)
     missing = [p.name for p in outputs if not p.is_file()]
     if missing:
         return False, f"missing {', '.join(missing)}"
-    entry = state.get(stage.name, {})
+    entry = state.get(stage.name)
+    if not _valid_entry(entry):
+        return False, "no record of a finished run"
     if entry.get("settings") != settings_hash(cfg, stage.sections):
-        return False, "settings changed" if entry else "no record of a finished run"
+        return False, "settings changed"
     oldest_output = min(p.stat().st_mtime_ns for p in outputs)
     inputs = [p for p in stage.inputs(cfg) if p.is_file()]
     if inputs and max(p.stat().st_mtime_ns for p in inputs) > oldest_output:
@@ -141,7 +170,15 @@ class RunPlan:
 
 
 def plan_run(cfg: Config) -> RunPlan:
-    """Checks before any work: the stages are importable and the first one can start."""
+    """Checks before any work: the stages are importable, the evaluation's reference is
+    valid, and the first stage that has work to do can start.
+
+    Raises
+    ------
+    ConfigError, DataError
+        A stage missing from this version, a bad ``evaluate.reference``, or what the first
+        stage's plan finds.
+    """
     stages = tuple(s for s in STAGES if s.enabled(cfg))
     state = _read_state(_run_dir(cfg))
     for stage in stages:
@@ -152,8 +189,12 @@ def plan_run(cfg: Config) -> RunPlan:
                 raise
             raise ConfigError(f"'adept run': the {stage.name} stage is not available in this "
                               f"version (see README: what exists)") from None
-    if cfg.evaluate.reference and not Path(cfg.evaluate.reference).is_file():
-        raise DataError(f"evaluate.reference: file not found: {cfg.evaluate.reference}")
+    if any(stage.name == "evaluate" for stage in stages):
+        # Why read it now: a junk reference would otherwise stop the run only at its end,
+        # after the ptycho, align and recon stages.
+        from hpc_adept.stages.evaluate import check_reference
+
+        check_reference(cfg)
     first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
     return RunPlan(stages, _plan(first, cfg) if first is not None else None)
 

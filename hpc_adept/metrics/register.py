@@ -58,14 +58,17 @@ def _integer_shift(ref: np.ndarray, mov: np.ndarray, max_shift: int) -> np.ndarr
     leaves one face must not re-enter at the other), and each lag's sum is divided by its
     overlap size so that large lags are not penalised for overlapping less.
     """
-    padded = tuple(n + max_shift + 1 for n in ref.shape)
+    # Why clamp per axis: no lag beyond n - 1 overlaps at all, and padding by a larger
+    # max_shift only wastes memory (an FFT of (n + max_shift)^3 voxels).
+    limits = tuple(min(max(max_shift, 0), n - 1) for n in ref.shape)
+    padded = tuple(n + m + 1 for n, m in zip(ref.shape, limits, strict=True))
     cross_power = np.fft.rfftn(mov, padded, axes=(0, 1, 2)) * np.conj(
         np.fft.rfftn(ref, padded, axes=(0, 1, 2)))
     correlation = np.fft.irfftn(cross_power, padded, axes=(0, 1, 2))
     lags, picks = [], []
-    for n, p in zip(ref.shape, padded, strict=True):
+    for limit, p in zip(limits, padded, strict=True):
         signed = np.rint(np.fft.fftfreq(p) * p).astype(int)
-        pick = np.flatnonzero(np.abs(signed) <= min(max_shift, n - 1))
+        pick = np.flatnonzero(np.abs(signed) <= limit)
         lags.append(signed[pick])
         picks.append(pick)
     window = correlation[np.ix_(*picks)]

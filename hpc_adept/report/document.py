@@ -1,7 +1,9 @@
 """``adept report RUN_DIR``: one self-contained HTML page and a Markdown twin.
 
 The report is built from the run directory's files alone, so it can be written at any time
-(also for a run that stopped halfway: sections whose files are missing say so). Figures are
+(also for a run that stopped halfway: sections whose files are missing say so). The files are
+untrusted: a section whose file cannot be read or makes no sense says "Unreadable <file>:
+<reason>" (and logs a warning) and the rest of the report is written. Figures are
 drawn headless into ``RUN_DIR/figures/`` and embedded in ``report.html`` as base64 PNGs, so
 the page can be mailed or archived on its own; ``report.md`` links the same PNGs.
 """
@@ -12,6 +14,7 @@ import base64
 import html
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,24 +68,62 @@ def _value(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else _fmt(float(value), digits)
 
 
+class Unreadable(Exception):  # noqa: N818 - a report note, not an error of the command
+    """A run file that cannot be read or interpreted; its section becomes a note.
+
+    Parameters
+    ----------
+    name : str
+        The file, relative to the run directory.
+    reason : str
+        Why, in a few words.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying what was wrong with a file, from the exception that reading it gave."""
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file: None when missing; :class:`Unreadable` when it is not one."""
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        log.warning("report: ignoring unreadable %s (%s)", path, exc)
-        return None
-    return doc if isinstance(doc, dict) else None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise Unreadable(path.name, _reason(exc)) from None
+    if not isinstance(doc, dict):
+        raise Unreadable(path.name, f"expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _mapping(doc: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    """``doc[key]`` when it is a mapping ({} when absent); :class:`Unreadable` otherwise."""
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise Unreadable(name, f"{key!r} is a {type(value).__name__}, not a mapping")
+    return value
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as a dict ({} when missing or unreadable: it only helps
+    find the reference; the Configuration section reports an unreadable file)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
     try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        log.warning("report: ignoring unreadable %s (%s)", path, _reason(exc))
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -94,8 +135,12 @@ def section_config(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Configuration")
     path = run_dir / "config.yaml"
     if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Unreadable(path.name, _reason(exc)) from None
         sec.text("The fully resolved configuration of the last command run here "
-                 "(`config.yaml`).").code(path.read_text())
+                 "(`config.yaml`).").code(text)
     else:
         sec.text("No `config.yaml` in the run directory.")
     return sec
@@ -106,7 +151,14 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
     doc = _read_json(run_dir / "timing.json")
     if doc is None or not doc.get("regions"):
         return sec.text("No `timing.json` (run with `runtime.timing: true`).")
-    run = doc.get("run", {})
+    run = _mapping(doc, "run", "timing.json")
+    regions = _mapping(doc, "regions", "timing.json")
+    stages = _mapping(doc, "stages", "timing.json")
+    for name, entry in [*regions.items(), *stages.items()]:
+        missing = [k for k in ("min_s", "mean_s", "max_s")
+                   if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise Unreadable("timing.json", f"region {name!r} lacks {', '.join(missing)}")
     sec.text(f"{doc.get('n_ranks', '?')} rank(s) on {run.get('n_nodes', '?')} node(s); "
              f"devices: {', '.join(doc.get('devices', [])) or '?'}; revision "
              f"{run.get('git_revision', '?')}; SLURM job {run.get('slurm_job_id') or '-'}. "
@@ -114,7 +166,7 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
              "Seconds per rank (min / mean / max over ranks); imbalance = max / mean - 1; "
              "share = mean / wall time of the command that ran the stage.")
     rows = []
-    for name, entry in doc["regions"].items():
+    for name, entry in regions.items():
         label = name if "/" not in name else "&nbsp;&nbsp;" + name.split("/", 1)[1]
         rows.append([label, _fmt(float(entry.get("count", 0)), 1),
                      _fmt(float(entry["min_s"]), 2), _fmt(float(entry["mean_s"]), 2),
@@ -123,7 +175,6 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
                      _fmt(float(entry["device_mean_s"]), 2) if "device_mean_s" in entry else "-"])
     sec.table(["region", "count", "min s", "mean s", "max s", "imbalance", "share",
                "GPU s (events)"], rows)
-    stages = doc.get("stages", {})
     if stages:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(stages)))
@@ -141,12 +192,16 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
 
 
 def _reference_volume(config: dict[str, Any]) -> tuple[np.ndarray | None, str]:
-    candidates = [config.get("evaluate", {}).get("reference")]
-    data = config.get("data", {}).get("path")
-    if data:
+    def key(section: str, name: str) -> Any:
+        value = config.get(section)
+        return value.get(name) if isinstance(value, dict) else None
+
+    candidates = [key("evaluate", "reference")]
+    data = key("data", "path")
+    if isinstance(data, str) and data:
         candidates.append(str(Path(data) / "ground_truth.h5"))
     for candidate in candidates:
-        if candidate and Path(candidate).is_file():
+        if isinstance(candidate, str) and candidate and Path(candidate).is_file():
             try:
                 volume, _ = read_volume(candidate)
             except DataError as exc:
@@ -201,16 +256,17 @@ def section_metrics(run_dir: Path, config: dict[str, Any]) -> Section:
     if doc is None:
         return sec.text("No `metrics.json` (set `evaluate.reference` and run "
                         "`adept evaluate`).")
-    methods = doc.get("methods", doc)
+    methods = _mapping(doc, "methods", "metrics.json") if "methods" in doc else doc
     rows = []
     for method, entry in methods.items():
         if not isinstance(entry, dict) or "ber" not in entry:
             continue
-        ranges = entry.get("ranges", {})
+        ranges = _mapping(entry, "ranges", "metrics.json")
         extra = "; ".join(
             f"{name}: BER {_value(r.get('ber'))}, PCC {_value(r.get('pcc'))}"
             for name, r in ranges.items() if isinstance(r, dict))
-        rows.append([method.upper(), _value(entry.get("ber"), 4), _value(entry.get("pcc"), 4),
+        rows.append([str(method).upper(), _value(entry.get("ber"), 4),
+                     _value(entry.get("pcc"), 4),
                      extra or "-"])
     if rows:
         sec.text("Bit error rate (BER) of the Gaussian-mixture binarisations and Pearson "
@@ -253,13 +309,15 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
 def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Ptychography (LSQ-ML) convergence")
     files = sorted((run_dir / "ptycho").glob("scan_*.h5"))
-    curves = []
+    curves, unreadable = [], []
     for path in files:
         try:
-            with open_h5(path) as f:
-                curves.append(np.asarray(f["fourier_error"], dtype=np.float64))
-        except (DataError, KeyError):
-            continue
+            curves.append(_fourier_error(path))
+        except Unreadable as exc:
+            log.warning("report: unreadable %s (%s)", path, exc.reason)
+            unreadable.append(f"{path.name} ({exc.reason})")
+    if unreadable:
+        sec.text(f"Unreadable ptycho/: {'; '.join(unreadable)}")
     if not curves:
         return sec.text("No per-scan LSQ-ML results in `ptycho/`.")
     length = min(len(c) for c in curves)
@@ -280,13 +338,34 @@ def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:
     return sec
 
 
+def _fourier_error(path: Path) -> np.ndarray:
+    """The LSQ-ML error curve of one ``ptycho/scan_*.h5`` (float64, 1-D, not empty)."""
+    try:
+        with open_h5(path) as f:
+            curve = np.asarray(f["fourier_error"], dtype=np.float64)
+    except DataError as exc:  # its message names the file already: keep the reason
+        raise Unreadable(path.name, _reason(exc).removeprefix(f"{path}: ")) from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise Unreadable(path.name, f"fourier_error: {_reason(exc)}") from None
+    if curve.ndim != 1 or curve.size == 0:
+        raise Unreadable(path.name, f"fourier_error: expected a 1-D curve, got shape "
+                                    f"{list(curve.shape)}")
+    return curve
+
+
 def section_dip(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Deep image prior training")
     doc = _read_json(run_dir / "dip_history.json")
     loss = doc.get("loss") if doc else None
-    if not loss:
+    if loss is None or (isinstance(loss, list) and not loss):
         return sec.text("No DIP loss history (`dip_history.json`).")
-    loss = np.asarray(loss, dtype=np.float64)
+    try:
+        loss = np.asarray(loss, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise Unreadable("dip_history.json", f"loss: {_reason(exc)}") from None
+    if loss.ndim != 1 or loss.size == 0:
+        raise Unreadable("dip_history.json", f"loss: expected a list of numbers, got "
+                                             f"shape {list(loss.shape)}")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
     ax.plot(np.arange(1, len(loss) + 1), loss)
@@ -299,15 +378,37 @@ def section_dip(run_dir: Path, config: dict[str, Any]) -> Section:
     return sec
 
 
-SECTIONS: tuple[Callable[[Path, dict[str, Any]], Section], ...] = (
-    section_timing, section_volumes, section_metrics, section_alignment, section_ptycho,
-    section_dip, section_config,
+SECTIONS: tuple[tuple[Callable[[Path, dict[str, Any]], Section], str, str], ...] = (
+    (section_timing, "Timing breakdown", "timing.json"),
+    (section_volumes, "Reconstructions", "volume_*.h5"),
+    (section_metrics, "Evaluation", "metrics.json"),
+    (section_alignment, "Alignment", "aligned.h5"),
+    (section_ptycho, "Ptychography (LSQ-ML) convergence", "ptycho/scan_*.h5"),
+    (section_dip, "Deep image prior training", "dip_history.json"),
+    (section_config, "Configuration", "config.yaml"),
 )
+"""Every section: its builder, its title, and the file it reads (for the note when the
+builder fails on it)."""
+
+
+def _build_section(build: Callable[[Path, dict[str, Any]], Section], title: str, name: str,
+                   run_dir: Path, config: dict[str, Any]) -> Section:
+    """Run one section's builder; a file it cannot read or interpret becomes a note."""
+    try:
+        return build(run_dir, config)
+    except Unreadable as exc:
+        name, reason = exc.name, exc.reason
+    except Exception as exc:  # noqa: BLE001 - a malformed file can fail any way it likes
+        # Why so broad: the files are untrusted and a section interprets them freely
+        # (KeyError, TypeError, IndexError, ...); one bad file must not cost the report.
+        reason = f"{type(exc).__name__}: {_reason(exc)}"
+    log.warning("report: %s section: unreadable %s (%s)", title, run_dir / name, reason)
+    return Section(title).text(f"Unreadable {name}: {reason}")
 
 
 def _other_figures(run_dir: Path, used: set[Path]) -> Section | None:
     extra = [p for p in sorted((run_dir / "figures").glob("*.png"))
-             if p.resolve() not in used]
+             if p.is_file() and p.resolve() not in used]
     if not extra:
         return None
     sec = Section("Stage figures")
@@ -384,7 +485,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     Raises
     ------
     DataError
-        When ``run_dir`` is not a directory or holds no result of any stage.
+        When ``run_dir`` is not a directory, holds no result of any stage, or is not
+        writable (checked before any work), or when a report file cannot be written.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -393,14 +495,32 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not any((run_dir / k).is_file() for k in known) and not list(run_dir.glob("volume_*.h5")):
         raise DataError(f"report: {run_dir} holds no results of adept (no projections.h5, "
                         f"volume_*.h5, timing.json, ...)")
+    _check_writable(run_dir)
     config = _run_config(run_dir)
-    sections = [build(run_dir, config) for build in SECTIONS]
+    sections = [_build_section(build, title, name, run_dir, config)
+                for build, title, name in SECTIONS]
     used = {Path(v[0]).resolve() for s in sections for k, v in s.blocks if k == "figure"}
     extra = _other_figures(run_dir, used)
     if extra is not None:
         sections.insert(len(sections) - 1, extra)
     title = f"ADePt run report: {run_dir.resolve().name}"
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
-    write_text_atomic(html_path, render_html(title, sections))
-    write_text_atomic(md_path, render_markdown(title, sections, run_dir))
+    html_text = render_html(title, sections)
+    md_text = render_markdown(title, sections, run_dir)
+    for path, text in ((html_path, html_text), (md_path, md_text)):
+        try:
+            write_text_atomic(path, text)
+        except OSError as exc:  # e.g. a directory in its place, a full or read-only disk
+            raise DataError(f"report: cannot write {path}: {_reason(exc)}") from None
     return html_path, md_path
+
+
+def _check_writable(run_dir: Path) -> None:
+    """DataError unless the report and its figures can be written into ``run_dir``."""
+    figures = run_dir / "figures"
+    for directory in (run_dir, figures):
+        if directory == figures and not directory.exists():
+            continue  # made by the first figure, inside the writable run directory
+        if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+            raise DataError(f"report: {directory} is not a writable directory; the report "
+                            f"cannot be written")

@@ -33,7 +33,7 @@ import numpy as np
 from hpc_adept.config import Config, require_file
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import GroundTruth, read_ground_truth, read_volume, write_json_atomic
-from hpc_adept.metrics import LayerExclusion
+from hpc_adept.metrics import GmmBinarizer, LayerExclusion
 from hpc_adept.parallel import ParallelContext
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,39 @@ def _check_varies(volume: np.ndarray, path: Path) -> None:
                         f"nothing to evaluate")
 
 
+def check_reference(cfg: Config) -> tuple[Path, GroundTruth]:
+    """Read and check ``evaluate.reference``: a file the evaluation can score against.
+
+    Used by :func:`plan_evaluate` and by ``adept run``'s plan, so that a bad reference stops
+    a run before its first stage rather than after the reconstructions.
+
+    Returns
+    -------
+    path : Path
+        The reference file.
+    reference : GroundTruth
+        Its content (``/volume``, optional ``/occupancy``, ``voxel_size_m``).
+
+    Raises
+    ------
+    ConfigError
+        ``evaluate.reference`` unset or not a file.
+    DataError
+        Not a readable HDF5 file, no valid 3-D finite ``/volume`` or ``voxel_size_m``, an
+        invalid ``/occupancy``, or nothing to tell apart (a constant volume, one class).
+    """
+    if cfg.evaluate.reference is None:
+        raise ConfigError("evaluate.reference is not set (an HDF5 file with /volume: a "
+                          "ground truth or a dense reconstruction)")
+    path = require_file(cfg.evaluate.reference, "evaluate.reference")
+    reference = read_ground_truth(path, require_occupancy=False)
+    if reference.occupancy is None:
+        _check_varies(reference.volume, path)
+    elif not 0 < int(reference.occupancy.sum()) < reference.occupancy.size:
+        raise DataError(f"{path}: occupancy: a single class everywhere; nothing to evaluate")
+    return path, reference
+
+
 def plan_evaluate(cfg: Config) -> EvaluatePlan:
     """Check the reference and the run directory's volumes; no work, no output.
 
@@ -85,16 +118,7 @@ def plan_evaluate(cfg: Config) -> EvaluatePlan:
         An unreadable or invalid reference or volume (wrong dimensions, NaN/Inf, missing
         ``voxel_size_m``, constant), or voxel sizes that disagree.
     """
-    if cfg.evaluate.reference is None:
-        raise ConfigError("evaluate.reference is not set (an HDF5 file with /volume: a "
-                          "ground truth or a dense reconstruction)")
-    reference_path = require_file(cfg.evaluate.reference, "evaluate.reference")
-    reference = read_ground_truth(reference_path, require_occupancy=False)
-    if reference.occupancy is None:
-        _check_varies(reference.volume, reference_path)
-    elif not 0 < int(reference.occupancy.sum()) < reference.occupancy.size:
-        raise DataError(f"{reference_path}: occupancy: a single class everywhere; "
-                        f"nothing to evaluate")
+    reference_path, reference = check_reference(cfg)
     run_dir = Path(cfg.output.dir)
     found = []
     for method in cfg.recon.methods:
@@ -141,8 +165,23 @@ class _ReferenceBinarisation:
     description: dict[str, Any]
 
 
-def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinarisation:
-    from hpc_adept.metrics import exclude_ambiguous_layers, fit_gmm
+def _fit_gmm(values: np.ndarray, cfg: Config, what: str) -> GmmBinarizer:
+    """The two-class mixture of ``values``; a DataError naming ``what`` when none fits."""
+    from hpc_adept.metrics import fit_gmm
+
+    ev = cfg.evaluate
+    try:
+        return fit_gmm(values, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
+    except ValueError as exc:
+        # Why here and not in the plan: the values fitted are the registered region (or a
+        # subsample), known only now; e.g. a tiny reference leaves a constant region.
+        raise DataError(f"{what}: {exc} ({values.size} voxel(s) evaluated, "
+                        f"evaluate.gmm_samples {ev.gmm_samples})") from None
+
+
+def _binarise_reference(reference: GroundTruth, cfg: Config,
+                        what: str = "reference") -> _ReferenceBinarisation:
+    from hpc_adept.metrics import exclude_ambiguous_layers
     from hpc_adept.metrics.scores import partly_filled_metal
 
     ev = cfg.evaluate
@@ -153,8 +192,7 @@ def _binarise_reference(reference: GroundTruth, cfg: Config) -> _ReferenceBinari
             partly_filled_metal(reference.volume, occupancy), ev.max_partial_fraction)
         description = {"source": "occupancy", "metal_fraction": float(occupancy.mean())}
         return _ReferenceBinarisation(occupancy, exclusion, description)
-    model = fit_gmm(reference.volume, ev.gmm_samples, cfg.runtime.seed,
-                    covariance=ev.gmm_covariance)
+    model = _fit_gmm(reference.volume, cfg, what)
     if not model.separated or model.separation < 2.0:
         log.warning("evaluate: the reference's two classes overlap (Ashman D %.2f < 2): "
                     "its binarisation, and so the BER, is uncertain", model.separation)
@@ -178,8 +216,25 @@ def _score_region(ref_occ: np.ndarray, est_occ: np.ndarray, ref_val: np.ndarray,
 
 
 def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
-                    volume: np.ndarray, cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+                    volume: np.ndarray, cfg: Config, what: str = "reconstruction"
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics of one reconstruction.
+
+    Parameters
+    ----------
+    reference, binarised : the reference and its binarisation
+    volume : ndarray, [nz, ny, nx]
+        The reconstruction.
+    cfg : Config
+        ``evaluate`` and ``runtime.seed`` are used.
+    what : str
+        Name of the reconstruction in error messages (its file).
+
+    Raises
+    ------
+    DataError
+        When no two-class mixture fits the reconstruction's evaluated region (constant,
+        e.g. a reference so small that the region holds one voxel).
 
     Returns
     -------
@@ -193,7 +248,6 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
     from hpc_adept.metrics import (
         affine_fit,
         ber_per_layer,
-        fit_gmm,
         layer_ranges,
         pcc_per_layer,
         register,
@@ -206,7 +260,7 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
     ref_val = np.asarray(reference.volume[reg.reference_slices], np.float64)
     ref_occ = binarised.occupancy[reg.reference_slices]
     est_val = reg.aligned
-    model = fit_gmm(est_val, ev.gmm_samples, cfg.runtime.seed, covariance=ev.gmm_covariance)
+    model = _fit_gmm(est_val, cfg, f"{what}: evaluated region {list(est_val.shape)}")
     est_occ = model.binarize(est_val)
 
     z_slice = reg.reference_slices[0]
@@ -290,7 +344,7 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
 
     t0 = time.perf_counter()
     reference = read_ground_truth(plan.reference_path, require_occupancy=False)
-    binarised = _binarise_reference(reference, cfg)
+    binarised = _binarise_reference(reference, cfg, str(plan.reference_path))
     log.info("evaluate: reference %s %s (%s), %d of %d layers excluded as ambiguous",
              plan.reference_path, list(reference.volume.shape),
              binarised.description["source"], int(binarised.exclusion.excluded.sum()),
@@ -301,7 +355,7 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
     per_layer: dict[str, dict[str, Any]] = {}
     for method, path in plan.volumes:
         volume, _ = read_volume(path)
-        entry, layers = evaluate_method(reference, binarised, volume, cfg)
+        entry, layers = evaluate_method(reference, binarised, volume, cfg, str(path))
         entry = {
             "volume": str(path),
             "reference": {"path": str(plan.reference_path),
