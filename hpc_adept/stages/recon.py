@@ -27,6 +27,7 @@ from hpc_adept.backend import cpu_has_native_bf16
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
+from hpc_adept.io.runfiles import stored_projection_shape
 from hpc_adept.parallel import ParallelContext, aligned_block_range, allreduce_sum, block_range
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,11 @@ def plan_recon(cfg: Config) -> ReconPlan:
 
 def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
     """DataError (one line, with what to change) when the DIP would exceed the memory."""
-    import h5py
-
     from hpc_adept.backend import available_memory_bytes, peak_memory_bytes, select_torch_device
     from hpc_adept.dip.memory import estimate_dip_bytes
 
-    with h5py.File(input_path, "r") as f:
-        n_angles, nv, nu = (int(n) for n in f["projections"].shape)
+    # the validating reader: a junk file or a missing/2-D /projections is one DataError line
+    n_angles, nv, nu = stored_projection_shape(input_path)
     d = cfg.dip
     per_step = min(n_angles, d.angles_per_step or n_angles)
     shape = tuple(cfg.recon.volume_shape)

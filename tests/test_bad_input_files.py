@@ -1,0 +1,181 @@
+"""Bad input files (scans, layouts, restart and run files) and oversized settings stop the
+program with one ``adept: error:`` line naming the file, exit code 2 and no partial output.
+
+The commands run in-process (``hpc_adept.cli.main``) on copies of one small simulated
+dataset, so that each case takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from hpc_adept.cli import main
+from hpc_adept.errors import DataError
+from hpc_adept.io import read_cxi, read_projections
+from hpc_adept.io.cxi import LAMINOGRAPHY, PROBE
+
+CONFIG = {
+    "data": {"path": "ds"},
+    "output": {"dir": "run"},
+    "simulate": {"phantom": "procedural", "volume_shape": [8, 16, 16], "n_angles": 3,
+                 "frame_size": 16, "seed": 1, "write_projections": False},
+    "ptycho": {"iterations": 2},
+    "align": {"crop_shape": [16, 16], "binning": [1], "max_iterations": 2,
+              "coarse_rounds": 1},
+    "recon": {"methods": ["fbp"], "volume_shape": [8, 16, 16]},
+    "dip": {"iterations": 1, "in_channels": 2, "channels": [2, 4], "strides": [2, 1]},
+    "runtime": {"device": "cpu"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """``main`` reconfigures the root logger: give pytest's handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def adept_in(work: Path, *args: str, config: dict | None = None) -> int:
+    """Run ``adept ARGS -c c.yaml`` in ``work`` (in-process); the exit code.
+
+    An error during the work ends the job (``SystemExit``), one before it returns 2.
+    """
+    (work / "c.yaml").write_text(yaml.safe_dump(config or CONFIG))
+    cwd = Path.cwd()
+    try:
+        os.chdir(work)
+        return main([*args, "-c", "c.yaml"])
+    except SystemExit as exc:
+        return int(exc.code)
+    finally:
+        os.chdir(cwd)
+
+
+def assert_one_error_line(capsys, code: int, *needles: str) -> str:
+    """Exit code 2 and exactly one ``adept: error:`` line holding every needle."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("adept: error")]
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> Path:
+    """A work directory with a small dataset ``ds`` and a finished ``run/ptycho``."""
+    work = tmp_path_factory.mktemp("files")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert adept_in(work, "simulate") == 0
+        assert adept_in(work, "ptycho") == 0
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return work
+
+
+@pytest.fixture
+def work(simulated, tmp_path) -> Path:
+    """A fresh copy of the dataset (no run directory)."""
+    shutil.copytree(simulated / "ds", tmp_path / "ds")
+    return tmp_path
+
+
+def _set(path: Path, key: str, value) -> None:
+    with h5py.File(path, "r+") as f:
+        del f[key]
+        f[key] = value
+
+
+# --------------------------------------------------------------------------- CXI scans
+
+
+def test_all_zero_probe_is_refused_before_work(work, capsys):
+    scan = work / "ds" / "scan_0001.cxi"
+    with h5py.File(scan, "r") as f:
+        shape = f[PROBE].shape
+    _set(scan, PROBE, np.zeros(shape, np.complex64))
+    with pytest.raises(DataError, match="probe is all zero"):
+        read_cxi(scan, load_counts=False)
+    code = adept_in(work, "ptycho")
+    assert_one_error_line(capsys, code, "scan_0001.cxi", PROBE, "all zero")
+    assert not (work / "run").exists()
+
+
+@pytest.mark.parametrize("tilt", [0.0, -400.0, 90.5])
+def test_laminography_angle_out_of_range_is_refused(work, capsys, tilt):
+    for scan in (work / "ds").glob("*.cxi"):  # every scan, so they agree with each other
+        _set(scan, LAMINOGRAPHY, np.float64(tilt))
+    code = adept_in(work, "ptycho")
+    assert_one_error_line(capsys, code, "scan_0000.cxi", LAMINOGRAPHY, "(0, 90]")
+    assert not (work / "run").exists()
+
+
+def test_projections_tilt_attribute_out_of_range_is_refused(simulated, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    shutil.copy(simulated / "run" / "projections.h5", tmp_path / "run")
+    with h5py.File(tmp_path / "run" / "projections.h5", "r+") as f:
+        f.attrs["tilt_deg"] = 0.0
+    with pytest.raises(DataError, match="tilt_deg"):
+        read_projections(tmp_path / "run" / "projections.h5")
+    code = adept_in(tmp_path, "align")
+    assert_one_error_line(capsys, code, "projections.h5", "tilt_deg", "(0, 90]")
+    assert not (tmp_path / "run" / "aligned.h5").exists()
+
+
+@pytest.mark.parametrize("entry", ["dangling", "loop", "directory"])
+def test_unreadable_cxi_entry_is_refused(work, capsys, entry):
+    target = work / "ds" / "scan_0003.cxi"
+    if entry == "dangling":
+        target.symlink_to(work / "unmounted" / "scan_0003.cxi")
+    elif entry == "loop":
+        target.symlink_to(target)
+    else:
+        target.mkdir()
+    code = adept_in(work, "ptycho")
+    assert_one_error_line(capsys, code, "scan_0003.cxi")
+    assert not (work / "run").exists()
+
+
+# --------------------------------------------------------------------------- run files
+
+
+def _junk(path: Path) -> None:
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"junk" * 64)
+
+
+def _no_projections(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        del f["projections"]
+
+
+def _flat_projections(path: Path) -> None:
+    _set(path, "projections", np.zeros((3, 16), np.float32))
+
+
+@pytest.mark.parametrize("corrupt", [_junk, _no_projections, _flat_projections])
+def test_dip_memory_guard_reads_aligned_h5_safely(simulated, tmp_path, capsys, corrupt):
+    (tmp_path / "run").mkdir()
+    aligned = tmp_path / "run" / "aligned.h5"
+    shutil.copy(simulated / "run" / "projections.h5", aligned)
+    corrupt(aligned)
+    config = {**CONFIG, "recon": {**CONFIG["recon"], "methods": ["fbp", "dip"]}}
+    code = adept_in(tmp_path, "recon", config=config)
+    assert_one_error_line(capsys, code, "aligned.h5")
+    assert not list((tmp_path / "run").glob("volume_*.h5"))
