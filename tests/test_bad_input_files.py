@@ -179,3 +179,34 @@ def test_dip_memory_guard_reads_aligned_h5_safely(simulated, tmp_path, capsys, c
     code = adept_in(tmp_path, "recon", config=config)
     assert_one_error_line(capsys, code, "aligned.h5")
     assert not list((tmp_path / "run").glob("volume_*.h5"))
+
+
+def _no_phase(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        del f["phase"]
+
+
+def _nan_phase(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        f["phase"][0, 0] = np.nan
+
+
+def _no_iterations(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        del f.attrs["iterations"]
+
+
+@pytest.mark.parametrize("corrupt", [_no_phase, _nan_phase, _no_iterations, _junk])
+def test_invalid_restart_file_is_recomputed(simulated, tmp_path, corrupt):
+    shutil.copytree(simulated / "ds", tmp_path / "ds")
+    shutil.copytree(simulated / "run", tmp_path / "run")
+    (tmp_path / "run" / "projections.h5").unlink()
+    damaged = tmp_path / "run" / "ptycho" / "scan_0001.h5"
+    kept = (tmp_path / "run" / "ptycho" / "scan_0002.h5").stat().st_mtime_ns
+    corrupt(damaged)
+    assert adept_in(tmp_path, "ptycho") == 0
+    ps = read_projections(tmp_path / "run" / "projections.h5")
+    assert np.isfinite(ps.projections).all() and ps.n_angles == 3
+    with h5py.File(damaged, "r") as f:  # the scan was computed again
+        assert np.isfinite(f["phase"][()]).all() and int(f.attrs["iterations"]) == 2
+    assert (tmp_path / "run" / "ptycho" / "scan_0002.h5").stat().st_mtime_ns == kept

@@ -37,7 +37,7 @@ from hpc_adept.io import (
     read_cxi,
     write_projections,
 )
-from hpc_adept.io.atomic import open_h5, write_h5_atomic
+from hpc_adept.io.atomic import open_h5, read_array, read_scalar_attr, write_h5_atomic
 from hpc_adept.log import Progress
 from hpc_adept.parallel import ParallelContext, barrier, block_range, first_problem
 from hpc_adept.parallel.workqueue import DynamicQueue
@@ -123,14 +123,52 @@ def _input_key(plan: PtychoPlan, scan: Scan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _cached(path: Path, key: str) -> bool:
+def read_scan_result(path: Path, field_shape: tuple[int, int],
+                     frame_shape: tuple[int, int]) -> dict[str, Any]:
+    """Read and validate one per-scan result file (``ptycho/scan_NNNN.h5``).
+
+    Returns
+    -------
+    dict
+        ``phase`` float32 ``field_shape``, ``probe`` complex64 ``frame_shape``,
+        ``fourier_error`` float64 ``[iterations]`` (all finite) and ``iterations`` (int).
+
+    Raises
+    ------
+    DataError
+        One line naming the file and dataset: missing/corrupt file or dataset, wrong
+        dtype or shape, NaN/Inf.
+    """
+    with open_h5(path) as f:
+        out: dict[str, Any] = {
+            "phase": read_array(f, "phase", path, ndim=2, dtype=np.float32,
+                                expected=field_shape),
+            "probe": read_array(f, "probe", path, ndim=2, dtype=np.complex64,
+                                kind="complex", expected=frame_shape),
+            "fourier_error": read_array(f, "fourier_error", path, ndim=1,
+                                        dtype=np.float64),
+        }
+        iterations = read_scalar_attr(f, "iterations", path, positive=True)
+    out["iterations"] = int(iterations)
+    return out
+
+
+def _cached(path: Path, key: str, field_shape: tuple[int, int],
+            frame_shape: tuple[int, int]) -> bool:
+    """Whether ``path`` holds a valid result of this scan's input and settings."""
     if not path.is_file():
         return False
     try:
         with open_h5(path) as f:
-            return f.attrs.get("input_key") == key
-    except DataError:
-        return False  # unreadable leftovers are recomputed
+            if f.attrs.get("input_key") != key:
+                return False
+        # Why validate it all: a damaged file (killed writer, disk trouble, an edit) would
+        # otherwise fail only in the assembly, after all the work.
+        read_scan_result(path, field_shape, frame_shape)
+    except DataError as exc:
+        log.warning("ptycho: recomputing the scan of %s (%s)", path.name, exc)
+        return False
+    return True
 
 
 def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
@@ -202,7 +240,8 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
 
     def needs_work(index: int) -> bool:
         keys[index] = _input_key(plan, plan.scans[index])
-        return not _cached(plan.cache_dir / SCAN_RESULT.format(index), keys[index])
+        return not _cached(plan.cache_dir / SCAN_RESULT.format(index), keys[index],
+                           plan.field_shape, plan.scans[index].frame_shape)
 
     def read_ahead_ok() -> bool:
         # only while >= one unclaimed scan per rank remains (a fresh count from rank 0): a
@@ -290,18 +329,15 @@ def assemble_projections(plan: PtychoPlan, cfg: Config) -> None:
     probes = None
     for i in range(n):
         path = plan.cache_dir / SCAN_RESULT.format(i)
-        with open_h5(path) as f:
-            phase = np.asarray(f["phase"])
-            probe = np.asarray(f["probe"])
-            errors = np.asarray(f["fourier_error"])
-            its = int(f.attrs["iterations"])
-        if phase.shape != (nv, nu) or probe.ndim != 2:
-            raise DataError(f"{path}: unexpected shapes; delete it to recompute the scan")
+        try:
+            res = read_scan_result(path, (nv, nu), plan.scans[i].frame_shape)
+        except DataError as exc:  # damaged after this run checked it
+            raise DataError(f"{exc}; run adept ptycho again to recompute the scan") from None
         if probes is None:
-            probes = np.empty((n, *probe.shape), np.complex64)
-        phases[i], probes[i] = phase, probe
-        final_error[i] = errors[-1] if errors.size else np.nan
-        iterations[i] = its
+            probes = np.empty((n, *res["probe"].shape), np.complex64)
+        phases[i], probes[i] = res["phase"], res["probe"]
+        final_error[i] = res["fourier_error"][-1]
+        iterations[i] = res["iterations"]
     angles = np.array([s.rotation_angle_deg for s in plan.scans], dtype=np.float64)
     ps = ProjectionSet(projections=phases, angles_deg=angles,
                        tilt_deg=plan.scans[0].laminography_angle_deg,
