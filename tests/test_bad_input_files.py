@@ -21,7 +21,7 @@ import yaml
 from hpc_adept.cli import main
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_cxi, read_projections
-from hpc_adept.io.cxi import LAMINOGRAPHY, PROBE
+from hpc_adept.io.cxi import LAMINOGRAPHY, PROBE, TRANSLATION
 
 CONFIG = {
     "data": {"path": "ds"},
@@ -210,3 +210,23 @@ def test_invalid_restart_file_is_recomputed(simulated, tmp_path, corrupt):
     with h5py.File(damaged, "r") as f:  # the scan was computed again
         assert np.isfinite(f["phase"][()]).all() and int(f.attrs["iterations"]) == 2
     assert (tmp_path / "run" / "ptycho" / "scan_0002.h5").stat().st_mtime_ns == kept
+
+
+# --------------------------------------------------------------------------- ptycho field
+
+
+def test_outlier_position_is_refused(work, capsys):
+    scan = work / "ds" / "scan_0001.cxi"
+    with h5py.File(scan, "r+") as f:
+        f[TRANSLATION][1, 0] = 5e-3  # 5 mm: a unit or encoder error
+    code = adept_in(work, "ptycho")
+    assert_one_error_line(capsys, code, "scan_0001.cxi", TRANSLATION, "position 1",
+                          "far outside")
+    assert not (work / "run").exists()
+
+
+def test_projection_field_beyond_memory_is_refused(work, capsys):
+    config = {**CONFIG, "ptycho": {**CONFIG["ptycho"], "projection_shape": [400000, 400000]}}
+    code = adept_in(work, "ptycho", config=config)
+    assert_one_error_line(capsys, code, "ptycho: needs about", "GiB")
+    assert not (work / "run").exists()

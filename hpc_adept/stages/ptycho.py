@@ -38,6 +38,7 @@ from hpc_adept.io import (
     write_projections,
 )
 from hpc_adept.io.atomic import open_h5, read_array, read_scalar_attr, write_h5_atomic
+from hpc_adept.io.cxi import TRANSLATION
 from hpc_adept.log import Progress
 from hpc_adept.parallel import ParallelContext, barrier, block_range, first_problem
 from hpc_adept.parallel.workqueue import DynamicQueue
@@ -45,6 +46,19 @@ from hpc_adept.parallel.workqueue import DynamicQueue
 log = logging.getLogger(__name__)
 
 SCAN_RESULT = "scan_{:04d}.h5"
+
+# A scan's projection field may be at most this many times the area its frames cover
+# (positions x frame pixels): overlapping raster scans stay far below 1, a scan without
+# overlap whose positions all lie on one side of the centre reaches about 4. More means a
+# few positions far from the others (a unit or encoder error), which would blow the field
+# (and the work and the files) up by orders of magnitude.
+MAX_FIELD_COVERAGE = 16.0
+# Memory of one rank's LSQ-ML (calibration-free upper estimates): about six complex64
+# object-sized arrays (object, update, momentum, illumination sums, phase/amplitude out),
+# and the counts held three times (host read, device copy, amplitudes).
+LSQML_BYTES_PER_OBJECT_PX = 64
+LSQML_BYTES_PER_COUNT = 12
+BASE_BYTES = 512 * 2**20  # interpreter, torch, MPI, buffers
 
 
 @dataclass(frozen=True)
@@ -57,9 +71,11 @@ class PtychoPlan:
     run_dir: Path
     cache_dir: Path
     settings_key: str
+    device_choice: str = "auto"
+    keep_host_memory: bool = True
 
     def validate(self, ctx: ParallelContext) -> None:
-        """Check every scan's counts before any work, ranks sharing the files (collective).
+        """Check every scan's counts and the memory before any work (collective).
 
         Raises the same DataError on every rank, so the job stops with one message and
         writes nothing.
@@ -71,9 +87,48 @@ class PtychoPlan:
             except DataError as exc:
                 problem = str(exc)
                 break
-        problem = first_problem(ctx, problem)
+        problem = first_problem(ctx, problem or self._memory_problem(ctx))
         if problem is not None:
             raise DataError(problem)
+
+    def _memory_problem(self, ctx: ParallelContext) -> str | None:
+        """Why this rank's LSQ-ML (and rank 0's assembly) would not fit, or None."""
+        from hpc_adept.backend import (
+            available_memory_bytes,
+            peak_memory_bytes,
+            select_torch_device,
+        )
+
+        nv, nu = self.field_shape
+        n_frame = self.scans[0].frame_shape[0]
+        largest = max(self.scans, key=lambda scan: scan.n_positions)
+        # the object grid: the field plus a frame and LSQ-ML's padding around it
+        grid = (nv + n_frame + 8) * (nu + n_frame + 8)
+        device_part = (LSQML_BYTES_PER_OBJECT_PX * grid
+                       + LSQML_BYTES_PER_COUNT * largest.n_positions * n_frame**2)
+        # rank 0 gathers every phase image and probe into projections.h5
+        host_part = BASE_BYTES + (8 * nv * nu + 16 * n_frame**2) * len(self.scans)
+        device = select_torch_device(self.device_choice, ctx.local_rank)
+        needs = [(device_part, device)] if device.type == "cuda" else []
+        host_need = host_part if needs else host_part + device_part
+        needs.append((peak_memory_bytes(host_need, torch_cpu(), self.keep_host_memory),
+                       torch_cpu()))
+        for need, where_device in needs:
+            free, where = available_memory_bytes(where_device, ctx.local_size)
+            if need > 0.9 * free:
+                return (f"ptycho: needs about {need / 2**30:.1f} GiB per rank for a "
+                        f"{nv} x {nu} projection field ({largest.n_positions} positions in "
+                        f"{Path(largest.path).name}) but {where} is {free / 2**30:.1f} "
+                        f"GiB; set a smaller ptycho.projection_shape, use fewer ranks per "
+                        f"node or larger nodes")
+        return None
+
+
+def torch_cpu() -> Any:
+    """The torch CPU device (host memory)."""
+    import torch
+
+    return torch.device("cpu")
 
 
 def _positions_px(scan: Scan) -> np.ndarray:
@@ -82,13 +137,40 @@ def _positions_px(scan: Scan) -> np.ndarray:
     return np.stack([scan.positions_m[:, 1] / dy, scan.positions_m[:, 0] / dx], axis=1)
 
 
+def _field_of(extent_px: np.ndarray) -> tuple[int, int]:
+    """Even grid holding center-relative offsets up to ``extent_px`` (row, col)."""
+    return (2 * math.floor(extent_px[0]) + 2, 2 * math.floor(extent_px[1]) + 2)
+
+
+def check_positions(scan: Scan) -> None:
+    """DataError naming the scan when a few positions lie far outside the others.
+
+    The scan's own projection field (what :func:`auto_field_shape` makes of it) may cover
+    at most ``MAX_FIELD_COVERAGE`` times the area its frames illuminate.
+    """
+    pos = np.abs(_positions_px(scan))
+    nv, nu = _field_of(pos.max(axis=0))
+    ny, nx = scan.frame_shape
+    covered = scan.n_positions * ny * nx
+    if nv * nu <= MAX_FIELD_COVERAGE * covered:
+        return
+    # name the position farthest from the others (in frames from the median)
+    spread = np.abs(_positions_px(scan) - np.median(_positions_px(scan), axis=0))
+    worst = int(np.argmax((spread / np.array([ny, nx])).max(axis=1)))
+    x, y = scan.positions_m[worst, 0], scan.positions_m[worst, 1]
+    raise DataError(
+        f"{scan.path}: {TRANSLATION}: position {worst} (x {x:.3g} m, y {y:.3g} m) lies far "
+        f"outside the others: the projection field would be {nv} x {nu} pixels, "
+        f"{nv * nu / covered:.0f} times the area the {scan.n_positions} frames cover; "
+        f"check the positions (units, encoder glitches)")
+
+
 def auto_field_shape(scans: tuple[Scan, ...]) -> tuple[int, int]:
     """Smallest even projection grid whose center-relative extent holds every position."""
-    extent = [0.0, 0.0]
+    extent = np.zeros(2)
     for scan in scans:
-        pos = np.abs(_positions_px(scan)).max(axis=0)
-        extent = [max(extent[0], pos[0]), max(extent[1], pos[1])]
-    return (2 * math.floor(extent[0]) + 2, 2 * math.floor(extent[1]) + 2)
+        extent = np.maximum(extent, np.abs(_positions_px(scan)).max(axis=0))
+    return _field_of(extent)
 
 
 def plan_ptycho(cfg: Config) -> PtychoPlan:
@@ -108,11 +190,15 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
         if cfg.ptycho.initial_probe == "file" and scan.probe is None:
             raise DataError(f"{scan.path}: no probe stored (/entry_1/instrument_1/source_1/"
                             f"probe) but ptycho.initial_probe is 'file'")
+    if cfg.ptycho.projection_shape is None:  # positions far off would set a huge field
+        for scan in scans:
+            check_positions(scan)
     field = cfg.ptycho.projection_shape or auto_field_shape(scans)
     settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     run_dir = Path(cfg.output.dir)
-    return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key)
+    return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key,
+                      cfg.runtime.device, cfg.runtime.keep_host_memory)
 
 
 def _input_key(plan: PtychoPlan, scan: Scan) -> str:
