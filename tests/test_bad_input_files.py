@@ -230,3 +230,70 @@ def test_projection_field_beyond_memory_is_refused(work, capsys):
     code = adept_in(work, "ptycho", config=config)
     assert_one_error_line(capsys, code, "ptycho: needs about", "GiB")
     assert not (work / "run").exists()
+
+
+# --------------------------------------------------------------------------- layouts
+
+TINY_LEF = """VERSION 5.8 ;
+UNITS
+  DATABASE MICRONS 1000 ;
+END UNITS
+LAYER metal1
+  TYPE ROUTING ;
+  DIRECTION HORIZONTAL ;
+  WIDTH 0.07 ;
+  THICKNESS 0.13 ;
+  HEIGHT 0.37 ;
+END metal1
+END LIBRARY
+"""
+TINY_DEF = """VERSION 5.8 ;
+DESIGN tiny ;
+UNITS DISTANCE MICRONS 1000 ;
+DIEAREA ( 0 0 ) ( 2000 2000 ) ;
+NETS 1 ;
+- n1 + ROUTED metal1 ( 0 1000 ) ( 2000 1000 ) ;
+END NETS
+END DESIGN
+"""
+
+
+def layout_config(work: Path, def_text: str = TINY_DEF, lef_text: str = TINY_LEF,
+                  origin: tuple[float, float] = (0.6, 0.6), **simulate) -> dict:
+    """CONFIG with a layout phantom of the given DEF/LEF text (written into ``work``)."""
+    (work / "tiny.def").write_text(def_text)
+    (work / "tiny.lef").write_text(lef_text)
+    return {**CONFIG, "simulate": {**CONFIG["simulate"], "phantom": "layout",
+                                   "layout_def": "tiny.def", "layout_lef": "tiny.lef",
+                                   "voxel_size_m": 5.44e-8, "crop_origin_um": list(origin),
+                                   "supersample": 1, **simulate}}
+
+
+def test_tiny_layout_simulates(tmp_path):
+    """The valid case the layout cases below differ from in one way each."""
+    assert adept_in(tmp_path, "simulate", config=layout_config(tmp_path)) == 0
+    with h5py.File(tmp_path / "ds" / "ground_truth.h5", "r") as f:
+        assert f["occupancy"][()].any()
+
+
+LAYOUT_CASES = {
+    "malformed DEF": ({"def_text": TINY_DEF.replace("( 2000 2000 )", "( 2000 abc )")},
+                      ["tiny.def:4:", "expected a coordinate"]),
+    "malformed LEF": ({"lef_text": TINY_LEF.replace("HEIGHT 0.37", "HEIGHT high")},
+                      ["tiny.lef:10:"]),
+    "LEF without heights": ({"lef_text": TINY_LEF.replace("  HEIGHT 0.37 ;\n", "")},
+                            ["tiny.lef", "metal1", "HEIGHT"]),
+    "empty DEF": ({"def_text": ""}, ["tiny.def", "no routed metal"]),
+    "crop outside the die": ({"origin": (50.0, 50.0)},
+                             ["simulate.crop_origin_um", "outside the die", "tiny.def"]),
+    "crop without metal": ({"origin": (0.0, 0.0)},
+                           ["simulate.crop_origin_um", "holds no metal", "tiny.def"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_bad_layout_is_refused_before_any_output(tmp_path, capsys, case):
+    changes, needles = LAYOUT_CASES[case]
+    code = adept_in(tmp_path, "simulate", config=layout_config(tmp_path, **changes))
+    assert_one_error_line(capsys, code, *needles)
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "run").exists()

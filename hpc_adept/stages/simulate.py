@@ -20,7 +20,7 @@ import numpy as np
 
 from hpc_adept import sim
 from hpc_adept.config import Config
-from hpc_adept.errors import ConfigError
+from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import (
     ProjectionSet,
     Scan,
@@ -30,7 +30,14 @@ from hpc_adept.io import (
 )
 from hpc_adept.log import Progress
 from hpc_adept.parallel import ParallelContext, barrier, bcast_array, block_range, gather_dict
-from hpc_adept.phantom import ground_truth_volume, make_phantom, wavelength_m
+from hpc_adept.phantom import (
+    centred_crop_origin,
+    crop_problem,
+    ground_truth_volume,
+    load_layout,
+    make_phantom,
+    wavelength_m,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,8 @@ def plan_simulation(cfg: Config) -> SimulationPlan:
             kind = "procedural"
         elif missing:
             raise ConfigError(f"{missing[0][0]}: file not found: {missing[0][1]}")
+        else:
+            check_layout(cfg)
     shape = s.projection_shape or auto_projection_shape(s.volume_shape, s.tilt_deg)
     needed = auto_projection_shape(s.volume_shape, s.tilt_deg, margin_px=0)
     if shape[0] < needed[0] or shape[1] < needed[1]:
@@ -99,6 +108,34 @@ def plan_simulation(cfg: Config) -> SimulationPlan:
     distance = sim.detector_distance_m(s.voxel_size_m, lam, s.frame_size, s.detector_pixel_m)
     angles = np.arange(s.n_angles, dtype=np.float64) * (360.0 / s.n_angles)
     return SimulationPlan(dataset_dir, kind, angles, tuple(shape), diameter, distance, lam)
+
+
+def check_layout(cfg: Config) -> None:
+    """Parse the DEF/LEF now and refuse a crop that would be an empty phantom.
+
+    Parsing in the plan phase means a malformed file stops the command before the dataset
+    directory exists; the parse is cached for the work phase.
+
+    Raises
+    ------
+    DataError
+        A malformed or unreadable DEF/LEF (naming the file and line), or a DEF without
+        routed metal.
+    ConfigError
+        ``simulate.crop_origin_um`` (or the volume) places the crop outside the die or
+        where it holds no metal.
+    """
+    s = cfg.simulate
+    layout, tech = load_layout(s.layout_def, s.layout_lef)
+    if not any(len(boxes) for boxes in layout.boxes.values()):
+        raise DataError(f"{s.layout_def}: no routed metal (no wires, vias or shapes in "
+                        f"NETS, SPECIALNETS or FILLS): the phantom would be empty")
+    origin = s.crop_origin_um or centred_crop_origin(layout, s.volume_shape, s.voxel_size_m)
+    problem = crop_problem(layout, tech, origin, s.volume_shape, s.voxel_size_m)
+    if problem:
+        key = ("simulate.crop_origin_um" if s.crop_origin_um
+               else "simulate.volume_shape / simulate.voxel_size_m")
+        raise ConfigError(f"{key}: {problem}: the phantom would be empty")
 
 
 def build_ground_truth(cfg: Config, plan: SimulationPlan) -> tuple[np.ndarray, np.ndarray]:
