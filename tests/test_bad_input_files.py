@@ -21,7 +21,7 @@ import yaml
 from hpc_adept.cli import main
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_cxi, read_projections
-from hpc_adept.io.cxi import LAMINOGRAPHY, PROBE, TRANSLATION
+from hpc_adept.io.cxi import INCOMPLETE_MARKER, LAMINOGRAPHY, PROBE, TRANSLATION
 
 CONFIG = {
     "data": {"path": "ds"},
@@ -297,3 +297,61 @@ def test_bad_layout_is_refused_before_any_output(tmp_path, capsys, case):
     code = adept_in(tmp_path, "simulate", config=layout_config(tmp_path, **changes))
     assert_one_error_line(capsys, code, *needles)
     assert not (tmp_path / "ds").exists() and not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+class _Interrupt(Exception):
+    """Stands for a SIGINT/SIGKILL in the middle of the scans."""
+
+
+def test_interrupted_simulation_is_not_a_dataset(simulated, work, capsys, monkeypatch):
+    from hpc_adept.config import load_config
+    from hpc_adept.parallel.context import SERIAL
+    from hpc_adept.stages import simulate
+
+    assert not (simulated / "ds" / INCOMPLETE_MARKER).exists()  # a finished run's dataset
+    written = []
+
+    def write_one_then_stop(path, scan):
+        if written:
+            raise _Interrupt
+        written.append(path)
+        real_write_cxi(path, scan)
+
+    real_write_cxi = simulate.write_cxi
+    monkeypatch.setattr(simulate, "write_cxi", write_one_then_stop)
+    (work / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    cfg = load_config(str(work / "c.yaml"), [f"data.path={work / 'ds'}"])
+    with pytest.raises(_Interrupt):  # over the complete dataset of the fixture
+        simulate.run_simulate(cfg, SERIAL, simulate.plan_simulation(cfg))
+    monkeypatch.undo()
+    code = adept_in(work, "ptycho")
+    assert_one_error_line(capsys, code, "incomplete dataset", "run adept simulate again")
+    assert not (work / "run").exists()
+    assert adept_in(work, "simulate") == 0  # a rerun completes it
+    assert not (work / "ds" / INCOMPLETE_MARKER).exists()
+
+
+SIMULATE_TOO_BIG = {
+    "volume": {"volume_shape": [2000, 4000, 4000]},
+    "probe diameter": {"probe_diameter_px": 0.001},
+    "overlap": {"overlap": 0.99999},
+    "jitter": {"position_jitter_px": 1e6},
+}
+
+
+@pytest.mark.parametrize("case", list(SIMULATE_TOO_BIG))
+def test_simulation_beyond_memory_is_refused(tmp_path, capsys, case):
+    config = {**CONFIG, "simulate": {**CONFIG["simulate"], **SIMULATE_TOO_BIG[case]}}
+    code = adept_in(tmp_path, "simulate", config=config)
+    key = next(iter(SIMULATE_TOO_BIG[case]))
+    assert_one_error_line(capsys, code, "simulate: needs about", "GiB", key)
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "run").exists()
+
+
+def test_layout_supersampling_beyond_memory_is_refused(tmp_path, capsys):
+    code = adept_in(tmp_path, "simulate", config=layout_config(tmp_path, supersample=1000))
+    assert_one_error_line(capsys, code, "simulate: needs about", "simulate.supersample")
+    assert not (tmp_path / "ds").exists()
