@@ -355,3 +355,12 @@ def test_layout_supersampling_beyond_memory_is_refused(tmp_path, capsys):
     code = adept_in(tmp_path, "simulate", config=layout_config(tmp_path, supersample=1000))
     assert_one_error_line(capsys, code, "simulate: needs about", "simulate.supersample")
     assert not (tmp_path / "ds").exists()
+
+
+def test_fbp_beyond_memory_is_refused(simulated, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    shutil.copy(simulated / "run" / "projections.h5", tmp_path / "run")
+    config = {**CONFIG, "recon": {"methods": ["fbp"], "volume_shape": [2000, 4000, 4000]}}
+    code = adept_in(tmp_path, "recon", config=config)
+    assert_one_error_line(capsys, code, "fbp: needs about", "GiB", "projections.h5")
+    assert not (tmp_path / "run" / "volume_fbp.h5").exists()
