@@ -28,6 +28,7 @@ from hpc_adept.io.atomic import (
 __all__ = [
     "CXI_VERSION",
     "ELEMENTARY_CHARGE_C",
+    "INCOMPLETE_MARKER",
     "PLANCK_TIMES_C_JM",
     "Scan",
     "list_dataset",
@@ -40,6 +41,14 @@ PathLike = str | os.PathLike
 CXI_VERSION = 160
 ELEMENTARY_CHARGE_C = 1.602176634e-19  # J per eV (exact, SI 2019)
 PLANCK_TIMES_C_JM = 6.62607015e-34 * 299792458.0  # h * c in J m (exact, SI 2019)
+
+# Laminography angles a reconstruction can use: 90 deg is tomography, 0 would put the
+# rotation axis along the beam (no depth information at all).
+TILT_RANGE_DEG = (0.0, 90.0)
+
+# A file that `adept simulate` keeps in the dataset directory while it writes the scans and
+# removes when the dataset is complete: an interrupted run leaves it behind.
+INCOMPLETE_MARKER = "SIMULATION_INCOMPLETE"
 
 # Tolerances for "the same" angle across the files of one dataset, degrees.
 ANGLE_TOLERANCE_DEG = 1e-6
@@ -220,8 +229,31 @@ def _header_problem(scan: Scan) -> tuple[str, str] | None:
     }.items():
         if not np.isfinite(value):
             return key, f"not finite ({value})"
-    if scan.probe is not None and not np.isfinite(scan.probe).all():
-        return PROBE, "contains NaN or infinite values"
+    tilt = _tilt_problem(scan.laminography_angle_deg)
+    if tilt:
+        return LAMINOGRAPHY, tilt
+    if scan.probe is not None:
+        probe = _probe_problem(scan.probe)
+        if probe:
+            return PROBE, probe
+    return None
+
+
+def _tilt_problem(tilt_deg: float) -> str | None:
+    """Why ``tilt_deg`` is no usable laminography angle, or None."""
+    low, high = TILT_RANGE_DEG
+    if not low < tilt_deg <= high:
+        return f"laminography angle must be in ({low:g}, {high:g}] deg, got {tilt_deg:g}"
+    return None
+
+
+def _probe_problem(probe: np.ndarray) -> str | None:
+    """Why ``probe`` cannot start a reconstruction (non-finite, all zero), or None."""
+    if not np.isfinite(probe).all():
+        return "contains NaN or infinite values"
+    # Why: an all-zero probe illuminates nothing; LSQ-ML would divide by zero later.
+    if not np.abs(probe).max() > 0:
+        return "the probe is all zero"
     return None
 
 
@@ -378,6 +410,13 @@ def read_cxi(path: PathLike, load_counts: bool = True) -> Scan:
         scalars = _read_header_scalars(f, p)
         probe = _read_optional_frame(f, p, PROBE, shape[1:], "complex", np.complex64)
         mask = _read_optional_frame(f, p, MASK, shape[1:], "integer", np.bool_)
+    tilt = _tilt_problem(scalars["laminography_angle_deg"])
+    if tilt:
+        raise data_error(p, tilt, LAMINOGRAPHY)
+    if probe is not None:
+        problem = _probe_problem(probe)
+        if problem:
+            raise data_error(p, problem, PROBE)
     return Scan(
         counts=counts,
         positions_m=positions,
@@ -418,11 +457,39 @@ def check_counts(path: PathLike, frames_per_read: int = 64) -> None:
 # --------------------------------------------------------------------------- datasets
 
 
+def _entry_problem(entry: Path) -> str | None:
+    """Why a ``*.cxi`` directory entry is no readable scan file, or None."""
+    if entry.is_file():  # follows symbolic links
+        return None
+    if entry.is_symlink():
+        return ("dangling symbolic link (its target is missing, on an unmounted file "
+                "system, or the link is a loop)")
+    if entry.is_dir():
+        return "is a directory, not a scan file"
+    return "not a regular file"
+
+
 def _cxi_files(directory: Path) -> list[Path]:
-    """The ``*.cxi`` regular files of ``directory``, sorted by name."""
+    """The ``*.cxi`` files of ``directory``, sorted by name.
+
+    Raises
+    ------
+    DataError
+        When the directory is missing or empty, or when a ``*.cxi`` entry is not a readable
+        file: a scan on an unmounted file system must not vanish from the dataset silently.
+    """
     if not directory.is_dir():
         raise data_error(directory, "dataset directory not found")
-    files = sorted(p for p in directory.glob("*.cxi") if p.is_file())
+    marker = directory / INCOMPLETE_MARKER
+    if marker.exists() or marker.is_symlink():
+        raise data_error(directory, f"incomplete dataset: an 'adept simulate' run writing it "
+                                    f"was interrupted ({INCOMPLETE_MARKER} is present); run "
+                                    f"adept simulate again")
+    files = sorted(directory.glob("*.cxi"))
+    for entry in files:
+        problem = _entry_problem(entry)
+        if problem:
+            raise data_error(entry, problem)
     if not files:
         raise data_error(directory, "dataset directory holds no *.cxi files")
     return files
@@ -481,9 +548,11 @@ def list_dataset(directory: PathLike) -> list[Scan]:
     Raises
     ------
     DataError
-        When the directory is missing or holds no ``*.cxi`` file, when any file is
-        invalid, when two scans share a rotation angle (within 1e-6 deg), or when
-        laminography angle, energy or frame shape differ between scans.
+        When the directory is missing or holds no ``*.cxi`` file, when an ``adept
+        simulate`` writing it was interrupted, when a ``*.cxi`` entry is no readable file
+        (dangling symbolic link, directory), when any file is invalid, when two scans
+        share a rotation angle (within 1e-6 deg), or when laminography angle, energy or
+        frame shape differ between scans.
     """
     d = Path(directory)
     scans = [read_cxi(p, load_counts=False) for p in _cxi_files(d)]

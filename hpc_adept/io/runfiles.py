@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from hpc_adept.io.atomic import (
+    check_shape,
     data_error,
     open_h5,
     read_array,
@@ -45,6 +46,7 @@ __all__ = [
     "read_ground_truth",
     "read_projections",
     "read_volume",
+    "stored_projection_shape",
     "write_ground_truth",
     "write_projections",
     "write_volume",
@@ -61,6 +63,9 @@ OCCUPANCY = "occupancy"
 TILT_ATTR = "tilt_deg"
 PIXEL_ATTR = "pixel_size_m"
 VOXEL_ATTR = "voxel_size_m"
+
+# Laminography angles a reconstruction can use (as in the CXI reader): 90 deg is tomography.
+TILT_RANGE_DEG = (0.0, 90.0)
 
 _RESERVED = frozenset({PROJECTIONS, ANGLES, PROBES})
 # Extra names become root dataset names: keep them plain identifiers.
@@ -181,8 +186,18 @@ def _projection_values_problem(ps: ProjectionSet) -> str | None:
             return f"{name} contains NaN or infinite values"
     if not np.isfinite(ps.tilt_deg):
         return f"{TILT_ATTR} is not finite"
+    if _tilt_problem(ps.tilt_deg):
+        return f"{TILT_ATTR}: {_tilt_problem(ps.tilt_deg)}"
     if not _positive_finite(ps.pixel_size_m):
         return f"{PIXEL_ATTR} must be finite and positive, got {ps.pixel_size_m:g}"
+    return None
+
+
+def _tilt_problem(tilt_deg: float) -> str | None:
+    """Why ``tilt_deg`` is no usable laminography angle, or None."""
+    low, high = TILT_RANGE_DEG
+    if not low < tilt_deg <= high:
+        return f"laminography angle must be in ({low:g}, {high:g}] deg, got {tilt_deg:g}"
     return None
 
 
@@ -249,8 +264,8 @@ def read_projections(path: PathLike) -> ProjectionSet:
     ------
     DataError
         Missing/corrupt file, missing ``/projections`` or ``/angles_deg`` or attributes,
-        wrong dimensions or dtypes, non-finite values, or lengths that disagree with the
-        number of projections.
+        wrong dimensions or dtypes, non-finite values, a ``tilt_deg`` outside (0, 90], or
+        lengths that disagree with the number of projections.
     """
     p = Path(path)
     with open_h5(p) as f:
@@ -261,7 +276,30 @@ def read_projections(path: PathLike) -> ProjectionSet:
         extras = _read_extras(f, p, n)
         tilt = read_scalar_attr(f, TILT_ATTR, p)
         pixel = read_scalar_attr(f, PIXEL_ATTR, p, positive=True)
+    problem = _tilt_problem(tilt)
+    if problem:
+        raise data_error(p, problem, f"@{TILT_ATTR}")
     return ProjectionSet(projections, angles, tilt, pixel, probes=probes, extra=extras)
+
+
+def stored_projection_shape(path: PathLike) -> tuple[int, int, int]:
+    """Shape ``(n_angles, nv, nu)`` of ``/projections`` in ``path``, without reading the data.
+
+    For the memory guards of the plan phase, which must not read a large file.
+
+    Raises
+    ------
+    DataError
+        Missing/corrupt file, no ``/projections`` dataset, or one that is not a non-empty
+        real 3-D array.
+    """
+    p = Path(path)
+    with open_h5(p) as f:
+        ds = require_dataset(f, PROJECTIONS, p)
+        if ds.dtype.kind not in "biuf":
+            raise data_error(p, f"dtype {ds.dtype} is not real", PROJECTIONS)
+        check_shape(ds.shape, 3, p, PROJECTIONS)
+        return tuple(int(n) for n in ds.shape)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- volumes

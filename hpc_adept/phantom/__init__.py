@@ -27,13 +27,21 @@ from hpc_adept.phantom.defparse import (
 )
 from hpc_adept.phantom.layout import (
     centred_crop_origin,
+    crop_problem,
     layer_z_ranges,
     layout_boxes_3d,
     load_layout,
     rasterise_boxes,
     rasterise_layout,
 )
-from hpc_adept.phantom.lef import CutLayer, RoutingLayer, Technology, ViaDef, read_lef
+from hpc_adept.phantom.lef import (
+    CutLayer,
+    LayoutError,
+    RoutingLayer,
+    Technology,
+    ViaDef,
+    read_lef,
+)
 from hpc_adept.phantom.materials import (
     copper_delta_contrast,
     ground_truth_volume,
@@ -50,11 +58,13 @@ __all__ = [
     "KIND_WIRE",
     "CutLayer",
     "Layout",
+    "LayoutError",
     "RoutingLayer",
     "Technology",
     "ViaDef",
     "centred_crop_origin",
     "copper_delta_contrast",
+    "crop_problem",
     "ground_truth_volume",
     "layer_z_ranges",
     "layout_boxes_3d",
@@ -109,7 +119,9 @@ def make_phantom(
     Raises
     ------
     ValueError
-        Unknown kind, missing layout files, or malformed layout files.
+        Unknown kind or no layout files given.
+    LayoutError
+        Unreadable or malformed layout files (a DataError naming the file and line).
     """
     if kind == "procedural":
         return procedural_phantom(shape, voxel_size_m, seed)

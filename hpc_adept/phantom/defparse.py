@@ -704,8 +704,8 @@ def read_def(path: str | Path, tech: Technology) -> Layout:
 
     Raises
     ------
-    ValueError
+    LayoutError
         ``"<file>:<line>: <what is wrong>"`` for malformed content, unknown layers or
-        vias, or an unreadable file.
+        vias, or an unreadable file (a DataError and a ValueError).
     """
     return _DefParser(path, tech).parse()

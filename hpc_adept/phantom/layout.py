@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hpc_adept.phantom.defparse import Layout, read_def
-from hpc_adept.phantom.lef import Technology, read_lef
+from hpc_adept.phantom.lef import LayoutError, Technology, read_lef
 
 DEFAULT_MAX_SLAB_BYTES = 32 * 2**20
 """Default memory bound (bytes) for the boolean supersampled slab."""
@@ -73,8 +73,8 @@ def layout_boxes_3d(layout: Layout, tech: Technology) -> np.ndarray:
 
     Raises
     ------
-    ValueError
-        If a layer holding boxes has no known height range.
+    LayoutError
+        If a layer holding boxes has no known height range (a DataError naming the LEF).
     """
     zr = layer_z_ranges(tech)
     parts = []
@@ -82,7 +82,8 @@ def layout_boxes_3d(layout: Layout, tech: Technology) -> np.ndarray:
         if len(boxes) == 0:
             continue
         if layer not in zr:
-            raise ValueError(f"layer {layer} has no HEIGHT/THICKNESS in {tech.path}")
+            raise LayoutError(f"{tech.path}: layer {layer} (used in {layout.path}) has no "
+                              f"HEIGHT/THICKNESS")
         z0, z1 = zr[layer]
         part = np.empty((len(boxes), 6))
         part[:, [0, 1, 3, 4]] = boxes
@@ -238,15 +239,49 @@ def load_layout(def_path: str | Path, lef_path: str | Path) -> tuple[Layout, Tec
     Returns
     -------
     (Layout, Technology)
+
+    Raises
+    ------
+    LayoutError
+        A file is unreadable or malformed (``"<file>:<line>: ..."``).
     """
     stamp = []
     for p in (def_path, lef_path):
         try:
             st = os.stat(p)
         except OSError as exc:
-            raise ValueError(f"{p}: cannot read file: {exc.strerror}") from exc
+            raise LayoutError(f"{p}: cannot read file: {exc.strerror}") from None
         stamp.append((st.st_mtime_ns, st.st_size))
     return _load_cached(str(def_path), str(lef_path), tuple(stamp))
+
+
+def crop_problem(layout: Layout, tech: Technology, origin_um: Sequence[float],
+                 shape: Sequence[int], voxel_size_m: float) -> str | None:
+    """Why a crop of ``layout`` would be an empty phantom, or None when it holds metal.
+
+    Checks the crop's box ``[x0, x0 + nx d) x [y0, y0 + ny d) x [0, nz d)`` against the
+    die area and the layout's boxes (no rasterisation: cheap enough for the plan phase).
+
+    Raises
+    ------
+    LayoutError
+        A layer holding boxes has no height range in the LEF.
+    """
+    nz, ny, nx = (int(n) for n in shape)
+    d_um = voxel_size_m * 1e6
+    x0, y0 = float(origin_um[0]), float(origin_um[1])
+    crop = (x0, y0, 0.0, x0 + nx * d_um, y0 + ny * d_um, nz * d_um)
+    where = (f"the crop x {crop[0]:g}..{crop[3]:g} um, y {crop[1]:g}..{crop[4]:g} um")
+    dx0, dy0, dx1, dy1 = layout.die_area_um
+    if crop[3] <= dx0 or crop[0] >= dx1 or crop[4] <= dy0 or crop[1] >= dy1:
+        return (f"{where} lies outside the die area x {dx0:g}..{dx1:g} um, "
+                f"y {dy0:g}..{dy1:g} um of {layout.path}")
+    boxes = layout_boxes_3d(layout, tech)
+    lo, hi = np.asarray(crop[:3]), np.asarray(crop[3:])
+    inside = np.all((boxes[:, 3:] > lo) & (boxes[:, :3] < hi), axis=1)
+    if not inside.any():
+        return f"{where}, heights 0..{crop[5]:g} um holds no metal of {layout.path}"
+    return None
 
 
 def centred_crop_origin(layout: Layout, shape: Sequence[int], voxel_size_m: float) -> tuple:

@@ -7,7 +7,7 @@ default wire width, metal thickness and height above the substrate), the cut
 generated vias inside a ``VIA`` block). All lengths are in micrometres, as in
 LEF. Everything else (spacing tables, sites, macros, ...) is skipped.
 
-The tokenizer and the error convention (``ValueError("<file>:<line>: ...")``)
+The tokenizer and the error convention (``LayoutError("<file>:<line>: ...")``)
 are shared with :mod:`hpc_adept.phantom.defparse`.
 """
 
@@ -17,6 +17,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hpc_adept.errors import DataError
 
 Rect = tuple[float, float, float, float]
 """An axis-aligned rectangle ``(x0, y0, x1, y1)`` with ``x0 <= x1``, ``y0 <= y1``."""
@@ -43,6 +45,14 @@ _KEYWORD_BLOCKS = frozenset(
 # --------------------------------------------------------------------------------------
 
 
+class LayoutError(DataError, ValueError):
+    """A malformed or unreadable DEF/LEF file: ``"<file>:<line>: <what is wrong>"``.
+
+    A :class:`~hpc_adept.errors.DataError`, so the command line reports it as one line
+    with exit code 2; also a ``ValueError`` for callers of the parsers that catch those.
+    """
+
+
 class TokenStream:
     """Whitespace-separated tokens of a LEF/DEF file with their line numbers.
 
@@ -62,7 +72,7 @@ class TokenStream:
         try:
             text = Path(path).read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
-            raise ValueError(f"{self.path}: cannot read file: {exc.strerror}") from exc
+            raise LayoutError(f"{self.path}: cannot read file: {exc.strerror}") from None
         for line_no, line in enumerate(text.splitlines(), start=1):
             for match in _TOKEN_RE.finditer(line):
                 tok = match.group(0)
@@ -86,9 +96,9 @@ class TokenStream:
             return self.lines[self.pos]
         return self._last_line
 
-    def error(self, message: str, line: int | None = None) -> ValueError:
-        """A one-line ``ValueError`` naming the file and line."""
-        return ValueError(f"{self.path}:{self.line() if line is None else line}: {message}")
+    def error(self, message: str, line: int | None = None) -> LayoutError:
+        """A one-line :class:`LayoutError` naming the file and line."""
+        return LayoutError(f"{self.path}:{self.line() if line is None else line}: {message}")
 
     # -- reading ------------------------------------------------------------------
     def peek(self, offset: int = 0) -> str | None:
@@ -598,7 +608,7 @@ def read_lef(path: str | Path) -> Technology:
 
     Raises
     ------
-    ValueError
+    LayoutError
         ``"<file>:<line>: <what is wrong>"`` for malformed content or an unreadable
         file.
     """

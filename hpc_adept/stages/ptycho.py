@@ -37,7 +37,8 @@ from hpc_adept.io import (
     read_cxi,
     write_projections,
 )
-from hpc_adept.io.atomic import open_h5, write_h5_atomic
+from hpc_adept.io.atomic import open_h5, read_array, read_scalar_attr, write_h5_atomic
+from hpc_adept.io.cxi import TRANSLATION
 from hpc_adept.log import Progress
 from hpc_adept.parallel import ParallelContext, barrier, block_range, first_problem
 from hpc_adept.parallel.workqueue import DynamicQueue
@@ -45,6 +46,19 @@ from hpc_adept.parallel.workqueue import DynamicQueue
 log = logging.getLogger(__name__)
 
 SCAN_RESULT = "scan_{:04d}.h5"
+
+# A scan's projection field may be at most this many times the area its frames cover
+# (positions x frame pixels): overlapping raster scans stay far below 1, a scan without
+# overlap whose positions all lie on one side of the centre reaches about 4. More means a
+# few positions far from the others (a unit or encoder error), which would blow the field
+# (and the work and the files) up by orders of magnitude.
+MAX_FIELD_COVERAGE = 16.0
+# Memory of one rank's LSQ-ML (calibration-free upper estimates): about six complex64
+# object-sized arrays (object, update, momentum, illumination sums, phase/amplitude out),
+# and the counts held three times (host read, device copy, amplitudes).
+LSQML_BYTES_PER_OBJECT_PX = 64
+LSQML_BYTES_PER_COUNT = 12
+BASE_BYTES = 512 * 2**20  # interpreter, torch, MPI, buffers
 
 
 @dataclass(frozen=True)
@@ -57,9 +71,11 @@ class PtychoPlan:
     run_dir: Path
     cache_dir: Path
     settings_key: str
+    device_choice: str = "auto"
+    keep_host_memory: bool = True
 
     def validate(self, ctx: ParallelContext) -> None:
-        """Check every scan's counts before any work, ranks sharing the files (collective).
+        """Check every scan's counts and the memory before any work (collective).
 
         Raises the same DataError on every rank, so the job stops with one message and
         writes nothing.
@@ -71,9 +87,48 @@ class PtychoPlan:
             except DataError as exc:
                 problem = str(exc)
                 break
-        problem = first_problem(ctx, problem)
+        problem = first_problem(ctx, problem or self._memory_problem(ctx))
         if problem is not None:
             raise DataError(problem)
+
+    def _memory_problem(self, ctx: ParallelContext) -> str | None:
+        """Why this rank's LSQ-ML (and rank 0's assembly) would not fit, or None."""
+        from hpc_adept.backend import (
+            available_memory_bytes,
+            peak_memory_bytes,
+            select_torch_device,
+        )
+
+        nv, nu = self.field_shape
+        n_frame = self.scans[0].frame_shape[0]
+        largest = max(self.scans, key=lambda scan: scan.n_positions)
+        # the object grid: the field plus a frame and LSQ-ML's padding around it
+        grid = (nv + n_frame + 8) * (nu + n_frame + 8)
+        device_part = (LSQML_BYTES_PER_OBJECT_PX * grid
+                       + LSQML_BYTES_PER_COUNT * largest.n_positions * n_frame**2)
+        # rank 0 gathers every phase image and probe into projections.h5
+        host_part = BASE_BYTES + (8 * nv * nu + 16 * n_frame**2) * len(self.scans)
+        device = select_torch_device(self.device_choice, ctx.local_rank)
+        needs = [(device_part, device)] if device.type == "cuda" else []
+        host_need = host_part if needs else host_part + device_part
+        needs.append((peak_memory_bytes(host_need, torch_cpu(), self.keep_host_memory),
+                       torch_cpu()))
+        for need, where_device in needs:
+            free, where = available_memory_bytes(where_device, ctx.local_size)
+            if need > 0.9 * free:
+                return (f"ptycho: needs about {need / 2**30:.1f} GiB per rank for a "
+                        f"{nv} x {nu} projection field ({largest.n_positions} positions in "
+                        f"{Path(largest.path).name}) but {where} is {free / 2**30:.1f} "
+                        f"GiB; set a smaller ptycho.projection_shape, use fewer ranks per "
+                        f"node or larger nodes")
+        return None
+
+
+def torch_cpu() -> Any:
+    """The torch CPU device (host memory)."""
+    import torch
+
+    return torch.device("cpu")
 
 
 def _positions_px(scan: Scan) -> np.ndarray:
@@ -82,13 +137,40 @@ def _positions_px(scan: Scan) -> np.ndarray:
     return np.stack([scan.positions_m[:, 1] / dy, scan.positions_m[:, 0] / dx], axis=1)
 
 
+def _field_of(extent_px: np.ndarray) -> tuple[int, int]:
+    """Even grid holding center-relative offsets up to ``extent_px`` (row, col)."""
+    return (2 * math.floor(extent_px[0]) + 2, 2 * math.floor(extent_px[1]) + 2)
+
+
+def check_positions(scan: Scan) -> None:
+    """DataError naming the scan when a few positions lie far outside the others.
+
+    The scan's own projection field (what :func:`auto_field_shape` makes of it) may cover
+    at most ``MAX_FIELD_COVERAGE`` times the area its frames illuminate.
+    """
+    pos = np.abs(_positions_px(scan))
+    nv, nu = _field_of(pos.max(axis=0))
+    ny, nx = scan.frame_shape
+    covered = scan.n_positions * ny * nx
+    if nv * nu <= MAX_FIELD_COVERAGE * covered:
+        return
+    # name the position farthest from the others (in frames from the median)
+    spread = np.abs(_positions_px(scan) - np.median(_positions_px(scan), axis=0))
+    worst = int(np.argmax((spread / np.array([ny, nx])).max(axis=1)))
+    x, y = scan.positions_m[worst, 0], scan.positions_m[worst, 1]
+    raise DataError(
+        f"{scan.path}: {TRANSLATION}: position {worst} (x {x:.3g} m, y {y:.3g} m) lies far "
+        f"outside the others: the projection field would be {nv} x {nu} pixels, "
+        f"{nv * nu / covered:.0f} times the area the {scan.n_positions} frames cover; "
+        f"check the positions (units, encoder glitches)")
+
+
 def auto_field_shape(scans: tuple[Scan, ...]) -> tuple[int, int]:
     """Smallest even projection grid whose center-relative extent holds every position."""
-    extent = [0.0, 0.0]
+    extent = np.zeros(2)
     for scan in scans:
-        pos = np.abs(_positions_px(scan)).max(axis=0)
-        extent = [max(extent[0], pos[0]), max(extent[1], pos[1])]
-    return (2 * math.floor(extent[0]) + 2, 2 * math.floor(extent[1]) + 2)
+        extent = np.maximum(extent, np.abs(_positions_px(scan)).max(axis=0))
+    return _field_of(extent)
 
 
 def plan_ptycho(cfg: Config) -> PtychoPlan:
@@ -108,11 +190,15 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
         if cfg.ptycho.initial_probe == "file" and scan.probe is None:
             raise DataError(f"{scan.path}: no probe stored (/entry_1/instrument_1/source_1/"
                             f"probe) but ptycho.initial_probe is 'file'")
+    if cfg.ptycho.projection_shape is None:  # positions far off would set a huge field
+        for scan in scans:
+            check_positions(scan)
     field = cfg.ptycho.projection_shape or auto_field_shape(scans)
     settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     run_dir = Path(cfg.output.dir)
-    return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key)
+    return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key,
+                      cfg.runtime.device, cfg.runtime.keep_host_memory)
 
 
 def _input_key(plan: PtychoPlan, scan: Scan) -> str:
@@ -123,14 +209,52 @@ def _input_key(plan: PtychoPlan, scan: Scan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _cached(path: Path, key: str) -> bool:
+def read_scan_result(path: Path, field_shape: tuple[int, int],
+                     frame_shape: tuple[int, int]) -> dict[str, Any]:
+    """Read and validate one per-scan result file (``ptycho/scan_NNNN.h5``).
+
+    Returns
+    -------
+    dict
+        ``phase`` float32 ``field_shape``, ``probe`` complex64 ``frame_shape``,
+        ``fourier_error`` float64 ``[iterations]`` (all finite) and ``iterations`` (int).
+
+    Raises
+    ------
+    DataError
+        One line naming the file and dataset: missing/corrupt file or dataset, wrong
+        dtype or shape, NaN/Inf.
+    """
+    with open_h5(path) as f:
+        out: dict[str, Any] = {
+            "phase": read_array(f, "phase", path, ndim=2, dtype=np.float32,
+                                expected=field_shape),
+            "probe": read_array(f, "probe", path, ndim=2, dtype=np.complex64,
+                                kind="complex", expected=frame_shape),
+            "fourier_error": read_array(f, "fourier_error", path, ndim=1,
+                                        dtype=np.float64),
+        }
+        iterations = read_scalar_attr(f, "iterations", path, positive=True)
+    out["iterations"] = int(iterations)
+    return out
+
+
+def _cached(path: Path, key: str, field_shape: tuple[int, int],
+            frame_shape: tuple[int, int]) -> bool:
+    """Whether ``path`` holds a valid result of this scan's input and settings."""
     if not path.is_file():
         return False
     try:
         with open_h5(path) as f:
-            return f.attrs.get("input_key") == key
-    except DataError:
-        return False  # unreadable leftovers are recomputed
+            if f.attrs.get("input_key") != key:
+                return False
+        # Why validate it all: a damaged file (killed writer, disk trouble, an edit) would
+        # otherwise fail only in the assembly, after all the work.
+        read_scan_result(path, field_shape, frame_shape)
+    except DataError as exc:
+        log.warning("ptycho: recomputing the scan of %s (%s)", path.name, exc)
+        return False
+    return True
 
 
 def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
@@ -202,7 +326,8 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
 
     def needs_work(index: int) -> bool:
         keys[index] = _input_key(plan, plan.scans[index])
-        return not _cached(plan.cache_dir / SCAN_RESULT.format(index), keys[index])
+        return not _cached(plan.cache_dir / SCAN_RESULT.format(index), keys[index],
+                           plan.field_shape, plan.scans[index].frame_shape)
 
     def read_ahead_ok() -> bool:
         # only while >= one unclaimed scan per rank remains (a fresh count from rank 0): a
@@ -290,18 +415,15 @@ def assemble_projections(plan: PtychoPlan, cfg: Config) -> None:
     probes = None
     for i in range(n):
         path = plan.cache_dir / SCAN_RESULT.format(i)
-        with open_h5(path) as f:
-            phase = np.asarray(f["phase"])
-            probe = np.asarray(f["probe"])
-            errors = np.asarray(f["fourier_error"])
-            its = int(f.attrs["iterations"])
-        if phase.shape != (nv, nu) or probe.ndim != 2:
-            raise DataError(f"{path}: unexpected shapes; delete it to recompute the scan")
+        try:
+            res = read_scan_result(path, (nv, nu), plan.scans[i].frame_shape)
+        except DataError as exc:  # damaged after this run checked it
+            raise DataError(f"{exc}; run adept ptycho again to recompute the scan") from None
         if probes is None:
-            probes = np.empty((n, *probe.shape), np.complex64)
-        phases[i], probes[i] = phase, probe
-        final_error[i] = errors[-1] if errors.size else np.nan
-        iterations[i] = its
+            probes = np.empty((n, *res["probe"].shape), np.complex64)
+        phases[i], probes[i] = res["phase"], res["probe"]
+        final_error[i] = res["fourier_error"][-1]
+        iterations[i] = res["iterations"]
     angles = np.array([s.rotation_angle_deg for s in plan.scans], dtype=np.float64)
     ps = ProjectionSet(projections=phases, angles_deg=angles,
                        tilt_deg=plan.scans[0].laminography_angle_deg,

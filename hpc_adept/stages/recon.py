@@ -27,6 +27,7 @@ from hpc_adept.backend import cpu_has_native_bf16
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
+from hpc_adept.io.runfiles import stored_projection_shape
 from hpc_adept.parallel import ParallelContext, aligned_block_range, allreduce_sum, block_range
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,13 @@ class ReconPlan:
     cfg: Config | None = None
 
     def validate(self, ctx: ParallelContext) -> None:
-        """Stop before any work when the DIP cannot be split so or will not fit in memory."""
-        if "dip" not in self.methods or self.cfg is None:
+        """Stop before any work when FBP or the DIP will not fit in memory, or the DIP
+        cannot be split so."""
+        if self.cfg is None:
+            return
+        if "fbp" in self.methods:
+            check_fbp_memory(self.cfg, self.input_path, ctx)
+        if "dip" not in self.methods:
             return
         if self.cfg.dip.decomposition == "volume":
             dip_slab(self.cfg, ctx.size, ctx.rank)
@@ -93,13 +99,11 @@ def plan_recon(cfg: Config) -> ReconPlan:
 
 def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
     """DataError (one line, with what to change) when the DIP would exceed the memory."""
-    import h5py
-
     from hpc_adept.backend import available_memory_bytes, peak_memory_bytes, select_torch_device
     from hpc_adept.dip.memory import estimate_dip_bytes
 
-    with h5py.File(input_path, "r") as f:
-        n_angles, nv, nu = (int(n) for n in f["projections"].shape)
+    # the validating reader: a junk file or a missing/2-D /projections is one DataError line
+    n_angles, nv, nu = stored_projection_shape(input_path)
     d = cfg.dip
     per_step = min(n_angles, d.angles_per_step or n_angles)
     shape = tuple(cfg.recon.volume_shape)
@@ -123,6 +127,53 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
             + ("runtime.keep_host_memory: false, " if kept else "")
             + "or use larger nodes (dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
+
+
+def fbp_memory_bytes(projection_shape: tuple[int, int, int],
+                     volume_shape: tuple[int, int, int], n_ranks: int,
+                     on_gpu: bool) -> tuple[int, int]:
+    """(host, device) peak bytes of one rank's FBP; device is 0 when it runs on the host.
+
+    Host: the projections as read (with probes and extras, counted as two more copies)
+    and four volumes (the partial sum, its float32 copy, the all-reduced sum, rank 0's
+    reference for the figure). Device: the backprojected volume, a second one inside the
+    backprojector, this rank's projections filtered (complex, padded) and the chunk buffer.
+    """
+    n, nv, nu = projection_shape
+    voxels = math.prod(volume_shape)
+    n_local = -(-n // n_ranks)
+    host = (512 << 20) + 3 * 4 * n * nv * nu + 4 * 4 * voxels
+    device = 2 * 4 * voxels + 4 * 4 * n_local * nv * nu + (1 << 30 if on_gpu else 32 << 20)
+    return (host, device) if on_gpu else (host + device, 0)
+
+
+def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
+    """DataError (one line: estimate and available memory) when FBP will not fit.
+
+    Collective: every rank checks its node and all stop with the first problem found.
+    """
+    import torch
+
+    from hpc_adept.backend import available_memory_bytes, peak_memory_bytes, select_torch_device
+    from hpc_adept.parallel import first_problem
+
+    shape = stored_projection_shape(input_path)
+    device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+    on_gpu = device.type == "cuda"
+    host, on_device = fbp_memory_bytes(shape, tuple(cfg.recon.volume_shape), ctx.size, on_gpu)
+    host = peak_memory_bytes(host, torch.device("cpu"), cfg.runtime.keep_host_memory)
+    problem = None
+    for need, where_device in ((host, torch.device("cpu")), (on_device, device)):
+        free, where = available_memory_bytes(where_device, ctx.local_size)
+        if need and need > 0.9 * free:
+            problem = (f"fbp: needs about {need / 2**30:.3g} GiB per rank for a "
+                       f"{list(cfg.recon.volume_shape)} volume from {list(shape)} projections "
+                       f"in {input_path.name} but {where} is {free / 2**30:.1f} GiB; set a "
+                       f"smaller recon.volume_shape or use larger nodes")
+            break
+    problem = first_problem(ctx, problem)
+    if problem is not None:
+        raise DataError(problem)
 
 
 def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],

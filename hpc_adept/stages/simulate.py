@@ -4,7 +4,9 @@ Rank 0 builds the phantom and broadcasts it; every rank projects and simulates i
 angles and writes one CXI file per angle. The noise of angle ``i`` comes from the stream
 ``default_rng([seed, i])``, so the files do not depend on the number of ranks. Rank 0
 finally writes ``ground_truth.h5`` and ``true_projections.h5`` beside the scans (and, with
-``simulate.write_projections``, ``projections.h5`` into the run directory).
+``simulate.write_projections``, ``projections.h5`` into the run directory). While the
+dataset is being written it holds a marker file (``SIMULATION_INCOMPLETE``) that the
+dataset listing refuses: an interrupted run leaves no dataset that looks complete.
 """
 
 from __future__ import annotations
@@ -20,23 +22,43 @@ import numpy as np
 
 from hpc_adept import sim
 from hpc_adept.config import Config
-from hpc_adept.errors import ConfigError
+from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import (
     ProjectionSet,
     Scan,
     write_cxi,
     write_ground_truth,
     write_projections,
+    write_text_atomic,
 )
+from hpc_adept.io.cxi import INCOMPLETE_MARKER
 from hpc_adept.log import Progress
-from hpc_adept.parallel import ParallelContext, barrier, bcast_array, block_range, gather_dict
-from hpc_adept.phantom import ground_truth_volume, make_phantom, wavelength_m
+from hpc_adept.parallel import (
+    ParallelContext,
+    barrier,
+    bcast_array,
+    block_range,
+    first_problem,
+    gather_dict,
+)
+from hpc_adept.phantom import (
+    centred_crop_origin,
+    crop_problem,
+    ground_truth_volume,
+    load_layout,
+    make_phantom,
+    wavelength_m,
+)
 
 log = logging.getLogger(__name__)
 
 ELECTRON_VOLT_J = 1.602176634e-19
 SCAN_NAME = "scan_{:04d}.cxi"
 _SCAN_RE = re.compile(r"scan_(\d{4,})\.cxi$")
+
+
+BASE_BYTES = 512 * 2**20  # interpreter, torch, MPI, buffers
+PROJECTOR_CHUNK_BYTES = 32 * 2**20  # the CPU projector's working buffer
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,85 @@ class SimulationPlan:
     probe_diameter_px: float
     distance_m: float
     wavelength_m: float
+    cfg: Config | None = None
+
+    def validate(self, ctx: ParallelContext) -> None:
+        """Stop before any work when the simulation will not fit in memory (collective).
+
+        Every rank checks its own node; the first problem stops all ranks with one line.
+        """
+        if self.cfg is None:
+            return
+        problem = _memory_problem(self.cfg, self, ctx)
+        problem = first_problem(ctx, problem)
+        if problem is not None:
+            raise ConfigError(problem)
+
+
+def _positions_per_scan(plan: SimulationPlan, overlap: float) -> int:
+    """Probe positions of one scan, as :func:`hpc_adept.sim.raster_positions` makes them."""
+    step = plan.probe_diameter_px * (1.0 - overlap)
+    count = 1
+    for extent in plan.projection_shape:
+        count *= math.ceil((extent - 1) / step) + 1 if extent > 1 else 1
+    return count
+
+
+def simulation_memory_parts(cfg: Config, plan: SimulationPlan, n_ranks: int
+                            ) -> dict[str, int]:
+    """Peak bytes of rank 0 (the busiest rank) of ``adept simulate``, by what drives them.
+
+    Keys name the settings that drive each part, for the error message.
+    """
+    s = cfg.simulate
+    nz, ny, nx = (int(n) for n in s.volume_shape)
+    voxels = nz * ny * nx
+    nv, nu = plan.projection_shape
+    n_frame = s.frame_size
+    n_local = -(-s.n_angles // n_ranks)
+    # phantom on rank 0: occupancy, volume, the phantom's own float32 work arrays; every
+    # rank: the broadcast volume, its float64 copy for the projector and one more inside
+    phantom = 16 * voxels + 20 * voxels
+    if plan.phantom_kind == "layout":
+        # the rasteriser's boolean slab of supersampled voxel layers (>= one layer) and
+        # its uint16 partial sums
+        layer = s.supersample**3 * ny * nx
+        slab = max(layer, min(nz * layer, 32 * 2**20))
+        phantom += 2 * slab
+    projections = (8 * n_local * nv * nu  # this rank's float64 projections
+                   + (8 + 4 + 12) * s.n_angles * nv * nu  # rank 0: gathered, stacked, noisy
+                   + 8 * s.n_angles * n_frame**2 + PROJECTOR_CHUNK_BYTES)
+    n_positions = _positions_per_scan(plan, s.overlap) if s.scans else 0
+    # counts: float64 intensities, int64 Poisson draws, float32 counts; positions
+    scan = n_positions * (20 * n_frame**2 + 48)
+    pad = n_frame // 2 + math.ceil(s.position_jitter_px) + 2
+    padded = 24 * (nv + 2 * pad) * (nu + 2 * pad) if s.scans else 0  # phase + complex
+    return {
+        "the phantom (simulate.volume_shape, simulate.supersample)": phantom,
+        "the projections (simulate.n_angles, simulate.projection_shape)": projections,
+        "one scan's frames (simulate.probe_diameter_px, simulate.overlap, "
+        "simulate.frame_size)": scan,
+        "the padded object (simulate.position_jitter_px)": padded,
+    }
+
+
+def _memory_problem(cfg: Config, plan: SimulationPlan, ctx: ParallelContext) -> str | None:
+    """Why ``adept simulate`` would not fit in this rank's memory, or None."""
+    import torch
+
+    from hpc_adept.backend import available_memory_bytes, peak_memory_bytes
+
+    parts = simulation_memory_parts(cfg, plan, ctx.size)
+    device = torch.device("cpu")  # the simulation runs on the host
+    need = peak_memory_bytes(BASE_BYTES + sum(parts.values()), device,
+                             cfg.runtime.keep_host_memory)
+    free, where = available_memory_bytes(device, ctx.local_size)
+    if need <= 0.9 * free:
+        return None
+    largest = max(parts, key=parts.__getitem__)
+    return (f"simulate: needs about {need / 2**30:.3g} GiB per rank but {where} is "
+            f"{free / 2**30:.1f} GiB; the largest part is {largest}, about "
+            f"{parts[largest] / 2**30:.3g} GiB: change those settings")
 
 
 def auto_projection_shape(volume_shape: tuple[int, int, int], tilt_deg: float,
@@ -89,6 +190,8 @@ def plan_simulation(cfg: Config) -> SimulationPlan:
             kind = "procedural"
         elif missing:
             raise ConfigError(f"{missing[0][0]}: file not found: {missing[0][1]}")
+        else:
+            check_layout(cfg)
     shape = s.projection_shape or auto_projection_shape(s.volume_shape, s.tilt_deg)
     needed = auto_projection_shape(s.volume_shape, s.tilt_deg, margin_px=0)
     if shape[0] < needed[0] or shape[1] < needed[1]:
@@ -98,7 +201,36 @@ def plan_simulation(cfg: Config) -> SimulationPlan:
     lam = wavelength_m(s.energy_ev)
     distance = sim.detector_distance_m(s.voxel_size_m, lam, s.frame_size, s.detector_pixel_m)
     angles = np.arange(s.n_angles, dtype=np.float64) * (360.0 / s.n_angles)
-    return SimulationPlan(dataset_dir, kind, angles, tuple(shape), diameter, distance, lam)
+    return SimulationPlan(dataset_dir, kind, angles, tuple(shape), diameter, distance, lam,
+                          cfg)
+
+
+def check_layout(cfg: Config) -> None:
+    """Parse the DEF/LEF now and refuse a crop that would be an empty phantom.
+
+    Parsing in the plan phase means a malformed file stops the command before the dataset
+    directory exists; the parse is cached for the work phase.
+
+    Raises
+    ------
+    DataError
+        A malformed or unreadable DEF/LEF (naming the file and line), or a DEF without
+        routed metal.
+    ConfigError
+        ``simulate.crop_origin_um`` (or the volume) places the crop outside the die or
+        where it holds no metal.
+    """
+    s = cfg.simulate
+    layout, tech = load_layout(s.layout_def, s.layout_lef)
+    if not any(len(boxes) for boxes in layout.boxes.values()):
+        raise DataError(f"{s.layout_def}: no routed metal (no wires, vias or shapes in "
+                        f"NETS, SPECIALNETS or FILLS): the phantom would be empty")
+    origin = s.crop_origin_um or centred_crop_origin(layout, s.volume_shape, s.voxel_size_m)
+    problem = crop_problem(layout, tech, origin, s.volume_shape, s.voxel_size_m)
+    if problem:
+        key = ("simulate.crop_origin_um" if s.crop_origin_um
+               else "simulate.volume_shape / simulate.voxel_size_m")
+        raise ConfigError(f"{key}: {problem}: the phantom would be empty")
 
 
 def build_ground_truth(cfg: Config, plan: SimulationPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +270,12 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
     t0 = time.perf_counter()
     if ctx.is_root:
         plan.dataset_dir.mkdir(parents=True, exist_ok=True)
+        # Why: until it is removed at the very end, the dataset's listing refuses the
+        # directory, so an interrupted run (or one over an older dataset) cannot pass for a
+        # complete one. Written before the broadcast below, i.e. before any rank writes.
+        write_text_atomic(plan.dataset_dir / INCOMPLETE_MARKER,
+                          "adept simulate is writing this dataset (or was interrupted while "
+                          "it did): run adept simulate again.\n")
         log.info("simulate: %s phantom %s at %.1f nm, %d angles, tilt %.2f deg, "
                  "projections %s, frames %d^2, distance %.3f m",
                  plan.phantom_kind, list(s.volume_shape), s.voxel_size_m * 1e9, s.n_angles,
@@ -193,6 +331,7 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
                            (occupancy >= 0.5).astype(np.uint8), s.voxel_size_m,
                            attrs={"phantom": plan.phantom_kind, "energy_ev": s.energy_ev,
                                   "tilt_deg": s.tilt_deg})
+        (plan.dataset_dir / INCOMPLETE_MARKER).unlink()  # every file of the dataset is there
         if s.write_projections:
             run_dir = Path(cfg.output.dir)
             run_dir.mkdir(parents=True, exist_ok=True)
