@@ -84,8 +84,9 @@ class PtychoPlan:
         for index in block_range(len(self.scans), ctx.size, ctx.rank):
             try:
                 check_counts(self.scans[index].path)
-            except DataError as exc:
-                problem = str(exc)
+            except Exception as exc:  # noqa: BLE001 - every rank must reach first_problem
+                problem = str(exc) if isinstance(exc, DataError) else \
+                    f"{self.scans[index].path}: {type(exc).__name__}: {exc}"
                 break
         problem = first_problem(ctx, problem or self._memory_problem(ctx))
         if problem is not None:
