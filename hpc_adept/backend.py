@@ -178,6 +178,10 @@ def peak_memory_bytes(estimate: int, device: Any, keep_host_memory: bool) -> int
     return int(estimate)
 
 
+#: The end of the memory guards' error lines (runtime.memory_guard; the DIP has its own).
+MEMORY_GUARD_HINT = " (runtime.memory_guard: false skips this check)"
+
+
 def available_memory_bytes(device: Any, ranks_on_node: int = 1) -> tuple[int, str]:
     """Memory one rank can still use on ``device``, and a phrase saying what it is.
 

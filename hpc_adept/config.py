@@ -614,6 +614,11 @@ class RuntimeConfig:
         large blocks, no trimming) rather than returning it to the OS and faulting in fresh
         pages each iteration; CPU runs are ~20 % faster. The rank then holds its peak host
         memory until it ends.
+    memory_guard : bool
+        Before any work, estimate the memory of the simulation, LSQ-ML, alignment and FBP
+        per rank and stop in one line when it exceeds 90 % of what is available (the DIP
+        has its own, ``dip.memory_guard``). The estimates err on the high side; false skips
+        them.
     read_ahead : bool
         In the ptycho stage, read a rank's next scan from disk in a background thread
         while it reconstructs the current one (while at least one unclaimed scan per
@@ -631,6 +636,7 @@ class RuntimeConfig:
     torch_threads: int | None = None
     timing: bool = True
     keep_host_memory: bool = True
+    memory_guard: bool = True
     read_ahead: bool = True
     projector: Literal["torch", "triton"] = "torch"
 

@@ -438,7 +438,7 @@ def test_memory_guard_refuses_an_alignment_that_cannot_fit(tmp_path):
     write_projections(run / "projections.h5", ProjectionSet(
         projections=rng.random((4, 32, 32), dtype=np.float32),
         angles_deg=np.arange(4) * 90.0, tilt_deg=61.0, pixel_size_m=1e-8))
-    config = {"output": {"dir": "run"}, "align": {"volume_shape": [4096, 4096, 4096],
+    config = {"output": {"dir": "run"}, "align": {"volume_shape": [1024, 4096, 4096],
                                                   "crop_shape": [32, 32]},
               "runtime": {"device": "cpu"}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))

@@ -21,7 +21,7 @@ import yaml
 from hpc_adept.cli import main
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_cxi, read_projections
-from hpc_adept.io.cxi import INCOMPLETE_MARKER, LAMINOGRAPHY, PROBE, TRANSLATION
+from hpc_adept.io.cxi import INCOMPLETE_MARKER, LAMINOGRAPHY, MASK, PROBE, TRANSLATION
 
 CONFIG = {
     "data": {"path": "ds"},
@@ -115,6 +115,19 @@ def test_all_zero_probe_is_refused_before_work(work, capsys):
         read_cxi(scan, load_counts=False)
     code = adept_in(work, "ptycho")
     assert_one_error_line(capsys, code, "scan_0001.cxi", PROBE, "all zero")
+    assert not (work / "run").exists()
+
+
+def test_fully_masked_detector_is_refused_before_work(work, capsys):
+    scan = work / "ds" / "scan_0002.cxi"
+    with h5py.File(scan, "r") as f:
+        shape = f[PROBE].shape
+    with h5py.File(scan, "r+") as f:
+        if MASK in f:
+            del f[MASK]
+        f[MASK] = np.ones(shape, np.uint8)
+    code = adept_in(work, "ptycho")
+    assert_one_error_line(capsys, code, "scan_0002.cxi", MASK, "every detector pixel")
     assert not (work / "run").exists()
 
 
@@ -225,8 +238,15 @@ def test_outlier_position_is_refused(work, capsys):
     assert not (work / "run").exists()
 
 
-def test_projection_field_beyond_memory_is_refused(work, capsys):
-    config = {**CONFIG, "ptycho": {**CONFIG["ptycho"], "projection_shape": [400000, 400000]}}
+@pytest.fixture
+def two_gib(monkeypatch) -> None:
+    """Every memory guard sees 2 GiB available, whatever this machine has."""
+    monkeypatch.setattr("hpc_adept.backend.available_memory_bytes",
+                        lambda device, local_size: (2 * 2**30, "the test's budget"))
+
+
+def test_projection_field_beyond_memory_is_refused(work, capsys, two_gib):
+    config = {**CONFIG, "ptycho": {**CONFIG["ptycho"], "projection_shape": [8192, 8192]}}
     code = adept_in(work, "ptycho", config=config)
     assert_one_error_line(capsys, code, "ptycho: needs about", "GiB")
     assert not (work / "run").exists()
@@ -335,7 +355,7 @@ def test_interrupted_simulation_is_not_a_dataset(simulated, work, capsys, monkey
 
 
 SIMULATE_TOO_BIG = {
-    "volume": {"volume_shape": [2000, 4000, 4000]},
+    "volume": {"volume_shape": [512, 1024, 1024]},
     "probe diameter": {"probe_diameter_px": 0.001},
     "overlap": {"overlap": 0.99999},
     "jitter": {"position_jitter_px": 1e6},
@@ -343,7 +363,7 @@ SIMULATE_TOO_BIG = {
 
 
 @pytest.mark.parametrize("case", list(SIMULATE_TOO_BIG))
-def test_simulation_beyond_memory_is_refused(tmp_path, capsys, case):
+def test_simulation_beyond_memory_is_refused(tmp_path, capsys, case, two_gib):
     config = {**CONFIG, "simulate": {**CONFIG["simulate"], **SIMULATE_TOO_BIG[case]}}
     code = adept_in(tmp_path, "simulate", config=config)
     key = next(iter(SIMULATE_TOO_BIG[case]))
@@ -351,16 +371,36 @@ def test_simulation_beyond_memory_is_refused(tmp_path, capsys, case):
     assert not (tmp_path / "ds").exists() and not (tmp_path / "run").exists()
 
 
-def test_layout_supersampling_beyond_memory_is_refused(tmp_path, capsys):
-    code = adept_in(tmp_path, "simulate", config=layout_config(tmp_path, supersample=1000))
+def test_runtime_memory_guard_false_skips_the_simulation_estimate(tmp_path, two_gib):
+    from hpc_adept.config import load_config
+    from hpc_adept.errors import ConfigError
+    from hpc_adept.parallel.context import SERIAL
+    from hpc_adept.stages.simulate import plan_simulation
+
+    config = {**CONFIG, "simulate": {**CONFIG["simulate"], **SIMULATE_TOO_BIG["volume"]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    cfg = load_config(str(tmp_path / "c.yaml"), [f"data.path={tmp_path / 'ds'}"])
+    with pytest.raises(ConfigError, match="runtime.memory_guard: false skips this check"):
+        plan_simulation(cfg).validate(SERIAL)
+    cfg = load_config(str(tmp_path / "c.yaml"),
+                      [f"data.path={tmp_path / 'ds'}", "runtime.memory_guard=false"])
+    plan_simulation(cfg).validate(SERIAL)  # no estimate, no error
+
+
+def test_layout_supersampling_beyond_memory_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("hpc_adept.backend.available_memory_bytes",
+                        lambda device, local_size: (2**30, "the test's budget"))
+    code = adept_in(tmp_path, "simulate", config=layout_config(tmp_path, supersample=64))
     assert_one_error_line(capsys, code, "simulate: needs about", "simulate.supersample")
     assert not (tmp_path / "ds").exists()
+    capsys.readouterr()
+    assert adept_in(tmp_path, "simulate", config=layout_config(tmp_path)) == 0  # fits
 
 
-def test_fbp_beyond_memory_is_refused(simulated, tmp_path, capsys):
+def test_fbp_beyond_memory_is_refused(simulated, tmp_path, capsys, two_gib):
     (tmp_path / "run").mkdir()
     shutil.copy(simulated / "run" / "projections.h5", tmp_path / "run")
-    config = {**CONFIG, "recon": {"methods": ["fbp"], "volume_shape": [2000, 4000, 4000]}}
+    config = {**CONFIG, "recon": {"methods": ["fbp"], "volume_shape": [512, 1024, 1024]}}
     code = adept_in(tmp_path, "recon", config=config)
     assert_one_error_line(capsys, code, "fbp: needs about", "GiB", "projections.h5")
     assert not (tmp_path / "run" / "volume_fbp.h5").exists()

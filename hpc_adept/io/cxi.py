@@ -417,6 +417,8 @@ def read_cxi(path: PathLike, load_counts: bool = True) -> Scan:
         problem = _probe_problem(probe)
         if problem:
             raise data_error(p, problem, PROBE)
+    if mask is not None and mask.all():  # nonzero = bad pixel: nothing would be measured
+        raise data_error(p, "every detector pixel is masked", MASK)
     return Scan(
         counts=counts,
         positions_m=positions,

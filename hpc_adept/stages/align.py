@@ -64,6 +64,7 @@ class AlignPlan:
     device_choice: str = "auto"
     enabled: bool = True
     keep_host_memory: bool = True
+    memory_guard: bool = True
 
     def validate(self, ctx: ParallelContext) -> None:
         """Stop before any work when projection matching will not fit in memory.
@@ -71,9 +72,10 @@ class AlignPlan:
         Every rank holds all projections (several working copies) and a few volumes (the
         CGLS vectors) plus the projector's chunk buffer.
         """
-        if not self.enabled:
+        if not (self.enabled and self.memory_guard):
             return
         from hpc_adept.backend import (
+            MEMORY_GUARD_HINT,
             available_memory_bytes,
             peak_memory_bytes,
             select_torch_device,
@@ -92,7 +94,7 @@ class AlignPlan:
                 f"{free / 2**30:.1f} GiB; set a smaller align.volume_shape, align.enabled: "
                 f"false (crop only), "
                 + ("runtime.keep_host_memory: false, " if need > estimate else "")
-                + "or use larger nodes")
+                + f"or use larger nodes{MEMORY_GUARD_HINT}")
 
 
 def _stored_shape(path: Path) -> tuple[int, int, int]:
@@ -135,7 +137,8 @@ def plan_align(cfg: Config) -> AlignPlan:
         )
     return AlignPlan(source, run_dir / "aligned.h5", run_dir / HISTORY_NAME, run_dir,
                      shape, crop, volume_shape,  # type: ignore[arg-type]
-                     cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory)
+                     cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory,
+                     cfg.runtime.memory_guard)
 
 
 def align_options(cfg: Config) -> AlignOptions:

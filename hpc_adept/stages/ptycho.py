@@ -73,6 +73,7 @@ class PtychoPlan:
     settings_key: str
     device_choice: str = "auto"
     keep_host_memory: bool = True
+    memory_guard: bool = True
 
     def validate(self, ctx: ParallelContext) -> None:
         """Check every scan's counts and the memory before any work (collective).
@@ -88,13 +89,16 @@ class PtychoPlan:
                 problem = str(exc) if isinstance(exc, DataError) else \
                     f"{self.scans[index].path}: {type(exc).__name__}: {exc}"
                 break
-        problem = first_problem(ctx, problem or self._memory_problem(ctx))
+        if problem is None and self.memory_guard:
+            problem = self._memory_problem(ctx)
+        problem = first_problem(ctx, problem)
         if problem is not None:
             raise DataError(problem)
 
     def _memory_problem(self, ctx: ParallelContext) -> str | None:
         """Why this rank's LSQ-ML (and rank 0's assembly) would not fit, or None."""
         from hpc_adept.backend import (
+            MEMORY_GUARD_HINT,
             available_memory_bytes,
             peak_memory_bytes,
             select_torch_device,
@@ -121,7 +125,7 @@ class PtychoPlan:
                         f"{nv} x {nu} projection field ({largest.n_positions} positions in "
                         f"{Path(largest.path).name}) but {where} is {free / 2**30:.1f} "
                         f"GiB; set a smaller ptycho.projection_shape, use fewer ranks per "
-                        f"node or larger nodes")
+                        f"node or larger nodes{MEMORY_GUARD_HINT}")
         return None
 
 
@@ -199,7 +203,8 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     run_dir = Path(cfg.output.dir)
     return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key,
-                      cfg.runtime.device, cfg.runtime.keep_host_memory)
+                      cfg.runtime.device, cfg.runtime.keep_host_memory,
+                      cfg.runtime.memory_guard)
 
 
 def _input_key(plan: PtychoPlan, scan: Scan) -> str:

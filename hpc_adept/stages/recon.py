@@ -49,7 +49,7 @@ class ReconPlan:
         cannot be split so."""
         if self.cfg is None:
             return
-        if "fbp" in self.methods:
+        if "fbp" in self.methods and self.cfg.runtime.memory_guard:
             check_fbp_memory(self.cfg, self.input_path, ctx)
         if "dip" not in self.methods:
             return
@@ -154,7 +154,12 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     """
     import torch
 
-    from hpc_adept.backend import available_memory_bytes, peak_memory_bytes, select_torch_device
+    from hpc_adept.backend import (
+        MEMORY_GUARD_HINT,
+        available_memory_bytes,
+        peak_memory_bytes,
+        select_torch_device,
+    )
     from hpc_adept.parallel import first_problem
 
     shape = stored_projection_shape(input_path)
@@ -169,7 +174,7 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
             problem = (f"fbp: needs about {need / 2**30:.3g} GiB per rank for a "
                        f"{list(cfg.recon.volume_shape)} volume from {list(shape)} projections "
                        f"in {input_path.name} but {where} is {free / 2**30:.1f} GiB; set a "
-                       f"smaller recon.volume_shape or use larger nodes")
+                       f"smaller recon.volume_shape or use larger nodes{MEMORY_GUARD_HINT}")
             break
     problem = first_problem(ctx, problem)
     if problem is not None:

@@ -79,7 +79,7 @@ class SimulationPlan:
 
         Every rank checks its own node; the first problem stops all ranks with one line.
         """
-        if self.cfg is None:
+        if self.cfg is None or not self.cfg.runtime.memory_guard:
             return
         problem = _memory_problem(self.cfg, self, ctx)
         problem = first_problem(ctx, problem)
@@ -138,7 +138,7 @@ def _memory_problem(cfg: Config, plan: SimulationPlan, ctx: ParallelContext) -> 
     """Why ``adept simulate`` would not fit in this rank's memory, or None."""
     import torch
 
-    from hpc_adept.backend import available_memory_bytes, peak_memory_bytes
+    from hpc_adept.backend import MEMORY_GUARD_HINT, available_memory_bytes, peak_memory_bytes
 
     parts = simulation_memory_parts(cfg, plan, ctx.size)
     device = torch.device("cpu")  # the simulation runs on the host
@@ -150,7 +150,7 @@ def _memory_problem(cfg: Config, plan: SimulationPlan, ctx: ParallelContext) -> 
     largest = max(parts, key=parts.__getitem__)
     return (f"simulate: needs about {need / 2**30:.3g} GiB per rank but {where} is "
             f"{free / 2**30:.1f} GiB; the largest part is {largest}, about "
-            f"{parts[largest] / 2**30:.3g} GiB: change those settings")
+            f"{parts[largest] / 2**30:.3g} GiB: change those settings{MEMORY_GUARD_HINT}")
 
 
 def auto_projection_shape(volume_shape: tuple[int, int, int], tilt_deg: float,
