@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +22,18 @@ IC_DIR = (REPO / ".." / "shared" / "data" / "ic").resolve()
 IC_DEF = IC_DIR / "gcd_nangate45.def"
 IC_LEF = IC_DIR / "Nangate45_tech.lef"
 MPI_TIMEOUT_S = 240
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    """``adept``'s main() run in-process installs its own stderr handler on the root logger,
+    bound to that test's captured stream: give the logger back as it was after every test,
+    so no later test logs into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def mpiexec_path() -> str | None:
