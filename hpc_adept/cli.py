@@ -242,6 +242,10 @@ def _timed_run(command: str, run: Callable, cfg, ctx, plan, device) -> None:
     else:
         with timing.region(command, device):
             run(cfg, ctx, plan, device)
+        if ctx.is_root:  # so that `adept run` knows what this stage made, and from what
+            from hpc_adept.pipeline import record_stage_command
+
+            record_stage_command(command, cfg)
     if cfg.runtime.timing and command != "simulate":
         timing.write_timing(cfg.output.dir, ctx, command, time.perf_counter() - start,
                             cfg.to_yaml())

@@ -1,10 +1,15 @@
 """``adept run``: ptycho -> align -> recon -> evaluate -> report, continuing after failures.
 
-A stage is skipped when its outputs exist, are newer than its inputs, and were made with the
-same settings (a hash of the config sections the stage reads, kept in
-``output.dir/pipeline_state.json``). Every output is written atomically, so an interrupted
-run leaves either a complete file or none, and rerunning the same command continues where
-it stopped. The decision is made on rank 0 and broadcast, so all ranks run the same stages.
+A stage is skipped when it finished before with the same settings (a hash of the config
+sections it reads), the same inputs and its outputs untouched since: ``output.dir/
+pipeline_state.json`` records, per stage, the settings hash and the identity (path, size,
+modification time in ns) of every input and output file. Any difference (a scan added,
+removed or replaced, a dataset swapped in place, a file restored from a backup with its old
+time stamp, an output replaced) reruns the stage, and then every stage after it, whose
+inputs changed. Stage commands run on their own (``adept align``, the SLURM chain) record
+their stage the same way. Every output is written atomically, so an interrupted run leaves
+either a complete file or none, and rerunning the same command continues where it stopped.
+The decision is made on rank 0 and broadcast, so all ranks run the same stages.
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def _reference(cfg: Config) -> list[Path]:
 STAGES: tuple[Stage, ...] = (
     Stage("ptycho", "hpc_adept.stages.ptycho", ("data", "ptycho", "runtime.seed"),
           _dataset_files, lambda cfg: [_run_dir(cfg) / "projections.h5"]),
-    Stage("align", "hpc_adept.stages.align", ("align", "runtime.seed"),
+    # recon.volume_shape: the alignment's volume unless align.volume_shape is set
+    Stage("align", "hpc_adept.stages.align", ("align", "recon.volume_shape", "runtime.seed"),
           lambda cfg: [_run_dir(cfg) / "projections.h5"],
           lambda cfg: [_run_dir(cfg) / "aligned.h5"]),
     Stage("recon", "hpc_adept.stages.recon", ("recon", "dip", "runtime.seed"),
@@ -106,6 +112,24 @@ def settings_hash(cfg: Config, sections: tuple[str, ...]) -> str:
 def _valid_entry(entry: Any) -> bool:
     """Whether a state entry is what :func:`_record` writes (a mapping with a hash)."""
     return isinstance(entry, dict) and isinstance(entry.get("settings"), str)
+
+
+def file_identity(paths: list[Path]) -> list[list[Any]]:
+    """``[path, size, mtime_ns]`` of each file (``[path, None, None]`` when missing).
+
+    Size and modification time to the nanosecond change whenever a file is rewritten or
+    replaced (a copy keeping the old time stamp keeps another file's time, not this one's),
+    without reading data files of many GB.
+    """
+    identity: list[list[Any]] = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            identity.append([str(path), None, None])
+        else:
+            identity.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return identity
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:
@@ -149,11 +173,11 @@ def up_to_date(stage: Stage, cfg: Config, state: dict[str, Any]) -> tuple[bool, 
         return False, "no record of a finished run"
     if entry.get("settings") != settings_hash(cfg, stage.sections):
         return False, "settings changed"
-    oldest_output = min(p.stat().st_mtime_ns for p in outputs)
-    inputs = [p for p in stage.inputs(cfg) if p.is_file()]
-    if inputs and max(p.stat().st_mtime_ns for p in inputs) > oldest_output:
-        return False, "inputs are newer"
-    return True, "outputs complete and newer than the inputs"
+    if entry.get("inputs") != file_identity(stage.inputs(cfg)):
+        return False, "inputs changed"
+    if entry.get("outputs") != file_identity(outputs):
+        return False, "outputs changed since"
+    return True, "same settings, inputs and outputs as its last run"
 
 
 @dataclass(frozen=True)
@@ -235,5 +259,18 @@ def _record(run_dir: Path, stage: Stage, cfg: Config) -> None:
 
     state = _read_state(run_dir)
     state[stage.name] = {"settings": settings_hash(cfg, stage.sections),
+                         "inputs": file_identity(stage.inputs(cfg)),
+                         "outputs": file_identity(stage.outputs(cfg)),
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json_atomic(run_dir / STATE_FILE, state)
+
+
+def record_stage_command(name: str, cfg: Config) -> None:
+    """After ``adept <name>`` finished on its own: record it as ``adept run`` would, so a
+    later run skips it when nothing changed and reruns what depends on its new outputs.
+
+    Call on one rank (rank 0). Names that are no pipeline stage (``simulate``) are ignored.
+    """
+    stage = next((s for s in STAGES if s.name == name), None)
+    if stage is not None:
+        _record(_run_dir(cfg), stage, cfg)

@@ -61,9 +61,83 @@ def test_run_all_stages_then_skip_and_continue(work):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "run: ptycho skipped" in result.stderr and "run: align skipped" in result.stderr
     assert "run: recon (settings changed)" in result.stderr
-    assert "run: evaluate (inputs are newer)" in result.stderr
+    assert "run: evaluate (inputs changed)" in result.stderr
     assert (run / "projections.h5").stat().st_mtime_ns == stamps["projections.h5"]
     assert (run / "metrics.json").stat().st_mtime_ns > stamps["metrics.json"]
+
+
+def _stage_files(tmp_path):
+    """A config whose ptycho stage reads two tiny 'scans' and writes one 'projection'."""
+    from hpc_adept.config import load_config
+    from hpc_adept.pipeline import STAGES
+
+    (tmp_path / "dataset").mkdir()
+    for name in ("scan_0000.cxi", "scan_0001.cxi"):
+        (tmp_path / "dataset" / name).write_bytes(name.encode())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "projections.h5").write_bytes(b"made from both scans")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    cfg = load_config(str(tmp_path / "c.yaml"),
+                      [f"data.path={tmp_path / 'dataset'}", f"output.dir={tmp_path / 'run'}"])
+    return cfg, next(s for s in STAGES if s.name == "ptycho")
+
+
+@pytest.mark.parametrize("change", ["none", "scan removed", "scan added", "scan replaced by "
+                                    "an old copy", "output replaced", "settings"])
+def test_a_stage_is_skipped_only_with_the_same_settings_inputs_and_outputs(tmp_path, change):
+    import os
+    import shutil
+
+    from hpc_adept.config import load_config
+    from hpc_adept.pipeline import _read_state, _record, up_to_date
+
+    cfg, stage = _stage_files(tmp_path)
+    _record(tmp_path / "run", stage, cfg)
+    scans = tmp_path / "dataset"
+    if change == "scan removed":
+        (scans / "scan_0001.cxi").unlink()
+    elif change == "scan added":
+        (scans / "scan_0002.cxi").write_bytes(b"late")
+    elif change == "scan replaced by an old copy":  # same name and size, older time stamp
+        (tmp_path / "old.cxi").write_bytes(b"scan_0001.cxi")
+        os.utime(tmp_path / "old.cxi", ns=(10**18, 10**18))
+        shutil.copy2(tmp_path / "old.cxi", scans / "scan_0001.cxi")
+    elif change == "output replaced":
+        shutil.copy2(scans / "scan_0000.cxi", tmp_path / "run" / "projections.h5")
+    elif change == "settings":
+        cfg = load_config(str(tmp_path / "c.yaml"), [f"data.path={scans}",
+                          f"output.dir={tmp_path / 'run'}", "ptycho.iterations=5"])
+    skip, reason = up_to_date(stage, cfg, _read_state(tmp_path / "run"))
+    expected = {"none": "same settings", "settings": "settings changed",
+                "output replaced": "outputs changed since"}.get(change, "inputs changed")
+    assert skip == (change == "none") and reason.startswith(expected), reason
+
+
+def test_a_stage_command_run_alone_is_recorded_for_adept_run(work, tmp_path, monkeypatch):
+    """`adept align` on its own (e.g. from the SLURM chain): `adept run` then knows its
+    settings (here: other than the run's) and what it read."""
+    import shutil
+
+    from hpc_adept.config import load_config
+    from hpc_adept.pipeline import STAGES, _read_state, up_to_date
+
+    shutil.copytree(work / "dataset", tmp_path / "dataset")  # copy2: time stamps kept
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    for command in ("ptycho", "align"):
+        overrides = ["--set", "align.enabled=false"] if command == "align" else []
+        result = adept(command, "-c", "c.yaml", *overrides, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    cfg = load_config(str(tmp_path / "c.yaml"), [])
+    state = _read_state(tmp_path / "run")
+    stages = {s.name: s for s in STAGES}
+    monkeypatch.chdir(tmp_path)  # the config's paths are relative
+    assert up_to_date(stages["ptycho"], cfg, state)[0]
+    assert up_to_date(stages["align"], cfg, state) == (False, "settings changed")
+    off = load_config(str(tmp_path / "c.yaml"), ["align.enabled=false"])
+    assert up_to_date(stages["align"], off, state)[0]
+    wider = load_config(str(tmp_path / "c.yaml"), ["align.enabled=false",
+                                                    "recon.volume_shape=[16,16,16]"])
+    assert up_to_date(stages["align"], wider, state) == (False, "settings changed")
 
 
 def _terminate_during(work, stage: str, out: str):
