@@ -17,6 +17,13 @@ from .conftest import REPO
 
 BASH = "/bin/bash"
 
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # sbatch stub: one argument per line, a blank line after each call; job ids from 101.
 SBATCH = """#!/usr/bin/env bash
 n=$(( $(cat "$STUB_DIR/sbatch.n" 2>/dev/null || echo 100) + 1 ))
@@ -200,3 +207,80 @@ def test_job_signal_requeues_only_a_checkpointed_stop(tmp_path, status, requeue)
     assert _requeued(tmp_path) == requeue
     if not requeue:
         assert "not requeued" in err
+
+
+# ---------------------------------------------------------------- profiling/*.py arguments
+
+BAD_ARGUMENTS = [
+    ("bench_lsqml.py", ["--sizes", "0"], "argument --sizes: must be a positive integer"),
+    ("bench_lsqml.py", ["--threads", "0"], "argument --threads: must be a positive integer"),
+    ("bench_lsqml.py", ["--json", "/nonexistent/x.json"],
+     "argument --json: /nonexistent/x.json: the directory /nonexistent does not exist"),
+    ("bench_lsqml.py", ["--sizes", "8", "16", "--iterations", "1", "2", "3"],
+     "--iterations: one value, or one per size (2), got 3"),
+    ("roofline.py", ["--repeats", "0"], "argument --repeats: must be a positive integer"),
+    ("roofline.py", ["--device", "gpu"], "argument --device: unknown device 'gpu'"),
+    ("bench_align.py", ["--angles", "0"], "argument --angles: must be a positive integer"),
+    ("bench_align.py", ["--shape", "8", "-8", "8"], "argument --shape: must be a positive"),
+    ("bench_projector.py", ["--angles", "-1"], "argument --angles: must be a positive"),
+    ("bench_projector.py", ["--device", "nosuch"], "argument --device: unknown device"),
+    ("fbp_missing_cone.py", ["--shape", "0", "8", "8"], "argument --shape: must be a positive"),
+    ("fbp_missing_cone.py", ["--out", "/nonexistent/a.png"], "argument --out:"),
+    ("bench_dip.py", ["speed", "--iterations", "-1"], "argument --iterations: must be a positive"),
+    ("bench_dip.py", ["speed", "--angles", "0"], "argument --angles: must be a positive"),
+    ("bench_dip.py", ["speed", "--device", "xpu:0"], "argument --device: unsupported device"),
+    ("bench_dip.py", ["quality", "--variants", "{"], "argument --variants: not valid JSON"),
+    ("bench_dip.py", ["speed", "--channels", "4", "--strides", "2", "2"],
+     "--channels and --strides need one value per level"),
+    ("paper_scale.py", ["--config", "/missing.yaml"],
+     "argument --config: /missing.yaml: no such file"),
+    ("paper_scale.py", ["--scale", "2"], "argument --scale: must lie in (0, 1]"),
+    ("paper_scale.py", ["--dip-iterations", "0"], "argument --dip-iterations: must be a positive"),
+    ("ablation.py", ["study.yaml", "--ranks", "0"], "argument --ranks: must be a positive"),
+]
+if not _cuda_available():
+    BAD_ARGUMENTS.append(("bench_align.py", ["--device", "cuda"],
+                          "argument --device: cuda: no CUDA device is available here"))
+
+
+def _profiling(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "profiling" / script), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def _assert_usage_error(done: subprocess.CompletedProcess, script: str, message: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"{script}: error: ") and message in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("script, args, message", BAD_ARGUMENTS,
+                         ids=[f"{s}{' '.join(a)}" for s, a, _ in BAD_ARGUMENTS])
+def test_profiling_refuses_bad_arguments(tmp_path, script, args, message):
+    done = _profiling(script, ["--workdir", str(tmp_path / "w"), *args]
+                      if script == "paper_scale.py" else args, tmp_path)
+    _assert_usage_error(done, script, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+def test_paper_scale_refuses_a_config_that_is_not_one(tmp_path):
+    (tmp_path / "c.yaml").write_text("- a list\n")
+    done = _profiling("paper_scale.py", ["--config", "c.yaml", "--workdir", "w"], tmp_path)
+    _assert_usage_error(done, "paper_scale.py", "--config: c.yaml is not a YAML mapping")
+    (tmp_path / "c.yaml").write_text("simulate: {n_angles: 4}\n")
+    done = _profiling("paper_scale.py", ["--config", "c.yaml", "--workdir", "w"], tmp_path)
+    _assert_usage_error(done, "paper_scale.py", "needs a 'recon' section")
+    assert not (tmp_path / "w").exists()
+
+
+def test_ablation_only_refuses_unknown_variants(tmp_path):
+    (tmp_path / "study.yaml").write_text(
+        "config: base.yaml\noutput: abl\nvariants:\n  - {name: dense FBP}\n  - {name: sparse}\n")
+    done = _profiling("ablation.py", ["study.yaml", "--only", "sparse", "nosuch"], tmp_path)
+    _assert_usage_error(done, "ablation.py",
+                        "--only: no variant 'nosuch' in study.yaml; its variants: "
+                        "'dense FBP', 'sparse'")
+    assert not (tmp_path / "abl").exists()
