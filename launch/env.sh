@@ -1,9 +1,11 @@
+# shellcheck shell=bash
 # Environment of an adept run; sourced by jobs/*.sbatch and launch/local.sh.
 #
 # Site settings come from ADEPT_SITE_FILE, else $ADEPT_HOME/jobs/site.env when present
-# (copy jobs/site.env.example): ADEPT_MODULES (modules to load), ADEPT_VENV (a virtual
-# environment with hpc_adept installed; default $ADEPT_HOME/.venv), ADEPT_MPI_PLUGIN (srun
-# --mpi plugin: pmi2, pmix, cray_shasta ...).
+# (copy jobs/site.env.example): ADEPT_MODULES (modules to load; an error when there is no
+# `module` command), ADEPT_VENV (a virtual environment with hpc_adept installed, an error
+# when it does not exist; unset: $ADEPT_HOME/.venv when present, else adept from PATH),
+# ADEPT_MPI_PLUGIN (srun --mpi plugin: pmi2, pmix, cray_shasta ...).
 #
 # Debugging distributed runs: ADEPT_DEBUG_DIST=1 sets
 #   NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,COLL   NCCL's view of the rings and collectives
@@ -20,14 +22,31 @@ if [[ -f $site ]]; then
     # shellcheck disable=SC1090
     source "$site"
 fi
-if [[ -n ${ADEPT_MODULES:-} ]] && command -v module >/dev/null 2>&1; then
+if [[ -n ${ADEPT_MODULES:-} ]]; then
+    if ! command -v module >/dev/null 2>&1; then
+        echo "launch/env.sh: ADEPT_MODULES is set ($ADEPT_MODULES) but there is no module" \
+             "command here; load the environment modules init script or unset ADEPT_MODULES" >&2
+        return 2 2>/dev/null || exit 2
+    fi
     # shellcheck disable=SC2086
-    module load $ADEPT_MODULES
+    if ! module load $ADEPT_MODULES; then
+        echo "launch/env.sh: module load $ADEPT_MODULES failed" >&2
+        return 2 2>/dev/null || exit 2
+    fi
 fi
-venv=${ADEPT_VENV:-$ADEPT_HOME/.venv}
-if [[ -f $venv/bin/activate ]]; then
+# ADEPT_VENV, when set, must be a virtual environment; the default one is optional (adept may
+# be installed otherwise, e.g. by the modules).
+if [[ -n ${ADEPT_VENV:-} ]]; then
+    if [[ ! -f $ADEPT_VENV/bin/activate ]]; then
+        echo "launch/env.sh: ADEPT_VENV=$ADEPT_VENV is not a virtual environment" \
+             "(no bin/activate)" >&2
+        return 2 2>/dev/null || exit 2
+    fi
     # shellcheck disable=SC1091
-    source "$venv/bin/activate"
+    source "$ADEPT_VENV/bin/activate"
+elif [[ -f $ADEPT_HOME/.venv/bin/activate ]]; then
+    # shellcheck disable=SC1091
+    source "$ADEPT_HOME/.venv/bin/activate"
 fi
 export PYTHONUNBUFFERED=1
 if [[ ${ADEPT_DEBUG_DIST:-0} == 1 ]]; then

@@ -6,7 +6,11 @@
 #
 # Under SLURM: srun --mpi=$ADEPT_MPI_PLUGIN (default pmi2) over the job's tasks. Elsewhere:
 # mpiexec -n $ADEPT_RANKS (default 1). On SIGUSR1 or SIGTERM (time limit, preemption) the
-# ranks get SIGTERM; then, under SLURM with ADEPT_REQUEUE=1, the job is requeued.
+# ranks get SIGTERM. Under SLURM with ADEPT_REQUEUE=1 (default) the job is requeued when, and
+# only when, adept exits with 75 (EX_TEMPFAIL: stopped at a checkpoint, the same command
+# resumes it, e.g. the DIP). Any other status ends the job with that status: 0 done; a stage
+# without checkpoints killed by the signal (e.g. 143) or an error is not requeued, since a
+# rerun would start that work over and could hit the same limit again.
 set -uo pipefail
 ADEPT_HOME=${ADEPT_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 rank_wrapper="$ADEPT_HOME/launch/rank.sh"
@@ -43,9 +47,13 @@ while true; do
     status=$?
     kill -0 "$child" 2>/dev/null || break
 done
-if [[ $stopping == 1 && -n ${SLURM_JOB_ID:-} && ${ADEPT_REQUEUE:-1} == 1 ]]; then
-    echo "adept job: requeueing job $SLURM_JOB_ID to continue" >&2
+EXIT_STOPPED=75  # hpc_adept.errors.EXIT_STOPPED
+if [[ $status == "$EXIT_STOPPED" && -n ${SLURM_JOB_ID:-} && ${ADEPT_REQUEUE:-1} == 1 ]]; then
+    echo "adept job: stopped at a checkpoint; requeueing job $SLURM_JOB_ID to continue" >&2
     scontrol requeue "$SLURM_JOB_ID"
+elif [[ $stopping == 1 && $status != 0 && $status != "$EXIT_STOPPED" ]]; then
+    echo "adept job: stopped by the signal without a checkpoint (status $status); not" \
+         "requeued: rerun with a longer time limit or more ranks" >&2
 fi
 echo "adept job: $(date -Is) finished with status $status" >&2
 exit "$status"

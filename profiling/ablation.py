@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _args import positive_int
 
 KNOWN_KEYS = {"config", "output", "variants", "ranks"}
 
@@ -169,10 +170,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("study", type=Path)
-    parser.add_argument("--ranks", type=int, default=None, help="MPI ranks per command")
+    parser.add_argument("--ranks", type=positive_int, default=None,
+                        help="MPI ranks per command")
     parser.add_argument("--only", nargs="+", help="run only these variants (by name)")
     args = parser.parse_args(argv)
     study = load_study(args.study)
+    known = [v["name"] for v in study["variants"]]
+    unknown = [name for name in args.only or [] if name not in known]
+    if unknown:
+        parser.error(f"--only: no variant {', '.join(map(repr, unknown))} in {args.study}; "
+                     f"its variants: {', '.join(map(repr, known))}")
     ranks = args.ranks or int(study.get("ranks", 1))
     variants = [v for v in study["variants"] if not args.only or v["name"] in args.only]
     results = [(v["name"], run_variant(study, v, ranks)) for v in variants]

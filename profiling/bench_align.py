@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _args import device_arg, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -176,22 +177,27 @@ def section_timing(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[136, 96, 96],
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=[136, 96, 96],
                         help="phantom volume of section 1 (default: the demo crop)")
-    parser.add_argument("--angles", type=int, default=125)
+    parser.add_argument("--angles", type=positive_int, default=125)
     parser.add_argument("--ptycho-run", type=Path, default=None)
     parser.add_argument("--ptycho-dataset", type=Path, default=None)
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--no-timing", action="store_true")
-    parser.add_argument("--timing-angles", type=int, default=125)
-    parser.add_argument("--timing-shape", type=int, nargs=2, default=[256, 256])
-    parser.add_argument("--timing-volume", type=int, nargs=3, default=[144, 160, 160])
-    parser.add_argument("--timing-levels", type=int, nargs="+", default=[4, 2, 1])
-    parser.add_argument("--timing-iterations", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--timing-angles", type=positive_int, default=125)
+    parser.add_argument("--timing-shape", type=positive_int, nargs=2, default=[256, 256])
+    parser.add_argument("--timing-volume", type=positive_int, nargs=3, default=[144, 160, 160])
+    parser.add_argument("--timing-levels", type=positive_int, nargs="+", default=[4, 2, 1])
+    parser.add_argument("--timing-iterations", type=positive_int, default=3)
+    parser.add_argument("--device", type=device_arg(),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads per rank (default: the node's cores / ranks)")
     args = parser.parse_args()
+    for flag, path in (("--ptycho-run", args.ptycho_run),
+                       ("--ptycho-dataset", args.ptycho_dataset)):
+        if path is not None and not path.is_dir():
+            parser.error(f"{flag}: {path} is not a directory")
     if args.threads:
         torch.set_num_threads(args.threads)
     options = AlignOptions()

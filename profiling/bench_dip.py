@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _args import device_arg, json_list, non_negative_float, positive_int, writable_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -307,7 +308,7 @@ def quality(args: argparse.Namespace) -> None:
         rec_fbp = fbp(torch.from_numpy(noisy), geometry).numpy()
     print(f"{'method':<52} {'BER':>7} {'PCC':>7}  notes")
     print(f"{'FBP':<52} {ber(rec_fbp, truth):7.4f} {pcc(rec_fbp, truth):7.4f}", flush=True)
-    variants = json.loads(args.variants) if args.variants else [
+    variants = args.variants if args.variants else [
         {"name": "DIP default (plain projections, lr 1e-3, guard)", "lr": 1e-3},
         {"name": "DIP paper recipe (wavelet HPF, lr 2e-4)", "lr": 2e-4, "hpf": "wavelet"},
     ]
@@ -327,17 +328,18 @@ def quality(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["all", "speed", "gpu", "quality", "worker"])
-    parser.add_argument("--shape", type=int, nargs=3, default=[32, 48, 48])
-    parser.add_argument("--detector", type=int, nargs=2, default=None)
-    parser.add_argument("--angles", type=int, default=32)
-    parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=[32, 48, 48])
+    parser.add_argument("--detector", type=positive_int, nargs=2, default=None)
+    parser.add_argument("--angles", type=positive_int, default=32)
+    parser.add_argument("--iterations", type=positive_int, default=None)
+    parser.add_argument("--warmup", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=1,
                         help="speed: run every configuration this many times, keep the best")
-    parser.add_argument("--in-channels", type=int, default=48)
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 96, 96, 96])
-    parser.add_argument("--strides", type=int, nargs="+", default=[2, 2, 1, 1, 1])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--in-channels", type=positive_int, default=48)
+    parser.add_argument("--channels", type=positive_int, nargs="+",
+                        default=[32, 64, 96, 96, 96])
+    parser.add_argument("--strides", type=positive_int, nargs="+", default=[2, 2, 1, 1, 1])
+    parser.add_argument("--device", type=device_arg(), default="cpu")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--return-host-memory", action="store_true",
@@ -345,13 +347,20 @@ def main() -> None:
                              "false) instead of keeping freed memory for reuse")
     parser.add_argument("--decomposition", choices=["angles", "volume"], default="angles",
                         help="worker: how 2+ ranks share the DIP (speed runs both)")
-    parser.add_argument("--qshape", type=int, nargs=3, default=[48, 64, 64])
-    parser.add_argument("--qangles", type=int, default=50)
-    parser.add_argument("--noise", type=float, default=0.05)
-    parser.add_argument("--save", default=None, help="directory for the DIP volumes (.npy)")
-    parser.add_argument("--variants", default=None,
+    parser.add_argument("--qshape", type=positive_int, nargs=3, default=[48, 64, 64])
+    parser.add_argument("--qangles", type=positive_int, default=50)
+    parser.add_argument("--noise", type=non_negative_float, default=0.05)
+    parser.add_argument("--save", type=writable_dir, default=None,
+                        help="directory for the DIP volumes (.npy)")
+    parser.add_argument("--variants", type=json_list, default=None,
                         help="JSON list of DIP variants (run_dip keyword arguments + name)")
     args = parser.parse_args()
+    if len(args.channels) != len(args.strides):
+        parser.error(f"--channels and --strides need one value per level: got "
+                     f"{len(args.channels)} and {len(args.strides)}")
+    if args.variants is not None and not all(
+            isinstance(v, dict) and isinstance(v.get("name"), str) for v in args.variants):
+        parser.error("--variants: every variant must be a JSON object with a \"name\"")
     if args.part == "worker":
         args.iterations = args.iterations or 5
         speed_worker(args)

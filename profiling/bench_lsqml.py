@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _args import positive_int, writable_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PTYCHI_PYTHON = "/tmp/ptychi-venv/bin/python"
@@ -257,11 +258,11 @@ def run_ours(scan: dict, probe: np.ndarray, iterations: int, batch_size: int, th
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--iterations", type=int, nargs="+", default=[100],
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[64, 256])
+    parser.add_argument("--iterations", type=positive_int, nargs="+", default=[100],
                         help="epochs per size (one value for all, or one per size)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--probe", choices=["true", "data"], default="true")
     parser.add_argument("--ptychi-python", default=DEFAULT_PTYCHI_PYTHON,
@@ -271,10 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--return-host-memory", action="store_true",
                         help="leave glibc malloc as it is (runtime.keep_host_memory: false) "
                              "in both codes; by default both keep freed memory, as adept does")
-    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--json", type=writable_file, help="write the figures here")
     parser.add_argument("--ptychi-worker", nargs=2, metavar=("IN", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if len(args.iterations) not in (1, len(args.sizes)):
+        parser.error(f"--iterations: one value, or one per size ({len(args.sizes)}), "
+                     f"got {len(args.iterations)}")
     if args.ptychi_worker:
         ptychi_worker(*args.ptychi_worker)
         return 0

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _args import device_arg, positive_int
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -232,16 +233,18 @@ def _gib(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--angles", type=int, default=125, help="angles over 360 deg")
-    parser.add_argument("--shape", type=int, nargs=3, default=[144, 160, 160],
+    parser.add_argument("--device", type=device_arg(allow_auto=True), default="auto",
+                        help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--angles", type=positive_int, default=125,
+                        help="angles over 360 deg")
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=[144, 160, 160],
                         metavar=("NZ", "NY", "NX"))
-    parser.add_argument("--detector", type=int, nargs=2, default=[256, 256],
+    parser.add_argument("--detector", type=positive_int, nargs=2, default=[256, 256],
                         metavar=("NV", "NU"))
     parser.add_argument("--tilt", type=float, default=61.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--ref-angles", type=int, default=None,
+    parser.add_argument("--ref-angles", type=positive_int, default=None,
                         help="angles the reference runs on (default: 16 on CPU, all on "
                              "CUDA); its time and memory are scaled per angle")
     parser.add_argument("--no-malloc-variant", action="store_true",
@@ -250,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time the fused Triton kernels (kernel='triton'; CUDA)")
     parser.add_argument("--worker", choices=[*OURS, "reference", "compare"],
                         help=argparse.SUPPRESS)
-    parser.add_argument("--worker-angles", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-angles", type=positive_int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.triton and args.device != "cuda" and not args.worker:
+    if args.triton and torch.device(args.device).type != "cuda" and not args.worker:
         parser.error("--triton times the compiled kernels: it needs --device cuda")
 
     if args.worker:
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     side = max(*args.shape, *args.detector)
     grid_bytes = side * args.detector[0] * args.detector[1] * 3 * (
         4 if args.dtype == "float32" else 8)
-    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+    device_name = (torch.cuda.get_device_name(args.device) if args.device != "cpu"
                    else platform.processor() or platform.machine())
     print(f"# projector benchmark: volume [nz,ny,nx]={args.shape} {args.dtype}, "
           f"{args.angles} angles over 360 deg, tilt {args.tilt}, detector {args.detector}")

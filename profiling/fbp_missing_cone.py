@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _args import positive_int, writable_file
 
 from hpc_adept.lamino import Geometry, fbp, project
 from hpc_adept.phantom import procedural_phantom
@@ -31,10 +32,10 @@ def reconstruct(volume: np.ndarray, tilt_deg: float, n_angles: int) -> np.ndarra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=[48, 64, 64])
-    parser.add_argument("--angles", type=int, default=360)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "figures" /
-                                             "fbp_missing_cone.png"))
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=[48, 64, 64])
+    parser.add_argument("--angles", type=positive_int, default=360)
+    parser.add_argument("--out", type=writable_file,
+                        default=str(Path(__file__).parent / "figures" / "fbp_missing_cone.png"))
     args = parser.parse_args()
     phantom = procedural_phantom(tuple(args.shape), seed=1)
     lamino = reconstruct(phantom, 61.0, args.angles)
@@ -65,7 +66,6 @@ def main() -> None:
     fig.suptitle(f"{args.angles} noiseless angles: the missing cone elongates "
                  "laminographic FBP along z", fontsize=10)
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")
 

@@ -19,6 +19,12 @@ otherwise), then the stage times from the run's timing.json (slowest rank) are p
 beside the paper's 2 x V100 figures (ADePt, 125 angles: LSQ-ML 0.0445 h, "data I/O,
 alignment, synthesis" 0.869 h, total 0.914 h) with the ratio paper / this run, and saved
 to ``WORKDIR/paper_scale.md`` and ``.json``.
+
+Every run times the whole work: ``WORKDIR/run`` is deleted and made afresh before ``adept
+run`` (an earlier run's per-scan ptycho results and DIP checkpoints there would otherwise be
+reused and the stages timed at a fraction of their cost). Only the simulated dataset
+(``WORKDIR/dataset``) is kept between runs, and reused when it was simulated from the same
+settings (``--simulate-only`` makes it once).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _args import device_arg, existing_file, positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,9 +129,11 @@ def breakdown(times: dict[str, float], wall_s: float) -> list[tuple[str, float |
 
 
 def render(rows: list[tuple[str, float | None, float]], meta: dict[str, Any]) -> str:
+    simulated = ("dataset reused" if meta["simulate_s"] is None
+                 else f"{meta['simulate_s']:.1f} s")
     lines = [f"Paper-scale benchmark: {meta['problem']}",
              f"device {meta['device']}, {meta['ranks']} rank(s), DIP decomposition "
-             f"{meta['decomposition']}; simulate (not in Table 1) {meta['simulate_s']:.1f} s",
+             f"{meta['decomposition']}; simulate (not in Table 1) {simulated}",
              ""]
     if not meta["comparable"]:
         lines += ["NOTE: a scaled or reduced problem: the ratios below are NOT a comparison "
@@ -142,27 +152,59 @@ def render(rows: list[tuple[str, float | None, float]], meta: dict[str, Any]) ->
     return "\n".join(lines)
 
 
-def main() -> None:
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _base_config(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The base config, or argparse's one-line error when it cannot serve as one."""
+    try:
+        base = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        parser.error(f"--config: cannot read {path}: {' '.join(str(exc).split())}")
+    if not isinstance(base, dict):
+        parser.error(f"--config: {path} is not a YAML mapping")
+    sim = base.get("simulate")
+    needed = ("volume_shape", "frame_size", "probe_diameter_px", "projection_shape",
+              "n_angles")
+    if not isinstance(sim, dict) or not isinstance(base.get("recon"), dict) or any(
+            key not in sim for key in needed):
+        parser.error(f"--config: {path} needs a 'recon' section and a 'simulate' section "
+                     f"with {', '.join(needed)} (like jobs/configs/paper.yaml)")
+    return base
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(REPO / "jobs" / "configs" / "paper.yaml"))
-    parser.add_argument("--workdir", default="runs/paper_scale")
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--config", type=existing_file,
+                        default=str(REPO / "jobs" / "configs" / "paper.yaml"))
+    parser.add_argument("--workdir", default="runs/paper_scale",
+                        help="the dataset, the run (deleted and made afresh every run), "
+                             "the log and the results")
+    parser.add_argument("--scale", type=_scale, default=1.0,
                         help="multiply every pixel/voxel count (smoke runs)")
-    parser.add_argument("--angles", type=int, default=None, help="override the 125 angles")
-    parser.add_argument("--lsqml-iterations", type=int, default=100)
-    parser.add_argument("--dip-iterations", type=int, default=1500)
-    parser.add_argument("--ranks", type=int, default=1)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--angles", type=positive_int, default=None,
+                        help="override the 125 angles")
+    parser.add_argument("--lsqml-iterations", type=positive_int, default=100)
+    parser.add_argument("--dip-iterations", type=positive_int, default=1500)
+    parser.add_argument("--ranks", type=positive_int, default=1)
+    parser.add_argument("--device", type=device_arg(allow_auto=True), default="auto")
     parser.add_argument("--decomposition", choices=["angles", "volume"], default="angles")
     parser.add_argument("--simulate-only", action="store_true",
                         help="only simulate the dataset (a later run reuses it)")
     args = parser.parse_args()
-    if not 0.0 < args.scale <= 1.0:
-        raise SystemExit("paper_scale: --scale must lie in (0, 1]")
-
+    base = _base_config(parser, args.config)
     workdir = Path(args.workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        parser.error(f"--workdir: {workdir} is not a directory")
+
     (workdir / "run").mkdir(parents=True, exist_ok=True)
-    base = yaml.safe_load(Path(args.config).read_text())
     cfg = scaled_config(base, args.scale, args.angles, args.lsqml_iterations,
                         args.dip_iterations, workdir, args.device, args.decomposition)
     config_path = workdir / "paper_scale.yaml"
@@ -177,7 +219,7 @@ def main() -> None:
     # the stored dataset is reused when it was simulated from the same settings
     stamp = workdir / "dataset" / "paper_scale_simulate.json"
     wanted = json.dumps(sim, sort_keys=True)
-    simulate_s = 0.0
+    simulate_s: float | None = None  # None: the stored dataset was reused
     if not (stamp.is_file() and stamp.read_text() == wanted):
         simulate_s = _job(["simulate", "-c", str(config_path)], args.ranks, log)
         stamp.write_text(wanted)
@@ -186,7 +228,14 @@ def main() -> None:
         print(f"paper_scale: reusing the dataset in {workdir / 'dataset'}", flush=True)
     if args.simulate_only:
         return 0
-    (workdir / "run" / "pipeline_state.json").unlink(missing_ok=True)  # time every stage
+    # a clean run directory: nothing of an earlier run (finished stages, per-scan ptycho
+    # results, DIP checkpoints) may shorten the work being timed
+    run_dir = workdir / "run"
+    if run_dir.is_symlink() or run_dir.is_file():
+        run_dir.unlink()
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir()
     wall_s = _job(["run", "-c", str(config_path)], args.ranks, log)
 
     timing = json.loads((workdir / "run" / "timing.json").read_text())
@@ -203,6 +252,7 @@ def main() -> None:
     (workdir / "paper_scale.json").write_text(json.dumps(
         {**meta, "rows": [{"stage": n, "paper_s": p, "this_s": m} for n, p, m in rows],
          "timing": timing}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _args import device_arg, positive_int
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hpc_adept.backend import keep_freed_host_memory
@@ -112,9 +113,9 @@ def dip_model(shape: tuple[int, int, int]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", type=device_arg(), default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--return-host-memory", action="store_true",
                         help="leave glibc malloc as it is (runtime.keep_host_memory: false)")
     args = parser.parse_args()

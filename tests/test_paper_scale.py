@@ -75,3 +75,33 @@ def test_smoke_run_prints_the_breakdown(tmp_path):
     saved = json.loads((tmp_path / "paper_scale.json").read_text())
     assert saved["comparable"] is False and saved["timing"]["n_ranks"] == 1
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_every_run_starts_from_a_clean_run_directory(tmp_path, monkeypatch, capsys):
+    """An earlier run's per-scan results and checkpoints are gone before `adept run` (they
+    would be reused and the stages timed at a fraction of their cost); the dataset stays."""
+    seen = []
+
+    def fake_job(args: list[str], ranks: int, log) -> float:
+        run = tmp_path / "run"
+        if args[0] == "simulate":
+            (tmp_path / "dataset").mkdir(exist_ok=True)
+        else:
+            seen.append(sorted(p.name for p in run.iterdir()))
+            (run / "ptycho").mkdir()
+            (run / "ptycho" / "scan_000.h5").write_text("result")
+            (run / "checkpoints").mkdir()
+            (run / "timing.json").write_text(json.dumps(
+                {"stages": {"ptycho": {"max_s": 2.0}}, "devices": ["cpu"], "n_ranks": 1}))
+        return 1.0
+
+    monkeypatch.setattr(paper_scale, "_job", fake_job)
+    argv = ["paper_scale.py", "--scale", "0.25", "--angles", "4", "--device", "cpu",
+            "--workdir", str(tmp_path)]
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert paper_scale.main() == 0
+    assert seen == [[], []]
+    out = capsys.readouterr().out
+    assert "simulated the dataset" in out and "reusing the dataset" in out
+    assert "simulate (not in Table 1) dataset reused" in out
