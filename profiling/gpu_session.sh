@@ -12,9 +12,9 @@
 # Each step writes its output to ${OUT:-runs/gpu_session}/STEP.txt as well as the terminal.
 # Python: the first of $PYTHON, python3. Packages the machine lacks (e.g. PyWavelets) can be
 # carried as wheels in .wheels/ (pip download -d .wheels PyWavelets on a machine with network).
-# `paper` resumes where it stopped when rerun (finished scans and DIP checkpoints are kept in
-# runs/paper_scale), but then the stage times are split over the runs: for the comparison
-# with the paper's Table 1 it must finish in one go.
+# Every `paper` run starts from an empty runs/paper_scale/run (only the dataset made by
+# `paper-data` is reused), so its stage times are the whole work: it must finish within one
+# call for the comparison with the paper's Table 1.
 set -euo pipefail
 
 step=${1:?usage: bash profiling/gpu_session.sh check|projector|roofline|dip|paper-data|paper}
