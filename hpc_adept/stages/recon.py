@@ -394,6 +394,8 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
                      resume_state["iteration"], d.iterations)
         elif ctx.is_root:
             _log_fresh_start(ckpt_dir, d.iterations)
+    else:
+        log.info("dip: dip.resume is false: starting over from iteration 0")
     start = int(resume_state["iteration"]) if resume_state is not None else 0
     root_start = bcast(ctx, start)
     if root_start != start:
