@@ -314,6 +314,65 @@ def test_checkpoints_keep_two_and_refuse_a_different_problem(tmp_path):
     with pytest.raises(DataError, match="different dip config or input data"):
         load_latest_checkpoint(tmp_path, fingerprint({"a": 2}, np.ones(3)))
     assert load_latest_checkpoint(tmp_path / "none", "x") is None
+    # a rerun with fewer iterations: only a checkpoint at or before them
+    path, _ = load_latest_checkpoint(tmp_path, state["fingerprint"], max_iteration=14)
+    assert path.name == "dip_0000010.pt"
+    assert load_latest_checkpoint(tmp_path, state["fingerprint"], max_iteration=9) is None
+    # ... whose own checkpoints are kept next to the last two of the longer training
+    for it in (3, 6, 9):
+        save_checkpoint(tmp_path, {**state, "iteration": it})
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [6, 9, 10, 15]
+
+
+def test_resuming_a_longer_training_at_k_equals_a_run_of_k(tmp_path):
+    """Nothing in the training depends on the total iteration count (the learning rate
+    falls in steps of lr_step), so a checkpoint of a longer run serves a shorter one."""
+    truth, shard = _tiny_problem()
+    short = TrainSettings(iterations=10, lr=2e-3, lr_step=4, lr_gamma=0.5,
+                          guard_snapshot_every=4)
+    model, noise = _model_and_noise(truth.shape)
+    straight = train_dip(model, noise, shard, short)
+    model, noise = _model_and_noise(truth.shape)
+    longer = TrainSettings(**{**short.__dict__, "iterations": 14, "checkpoint_every": 5})
+    train_dip(model, noise, shard, longer, save_checkpoint=lambda s: save_checkpoint(
+        tmp_path, {**s, "fingerprint": "f"}))
+    path, state = load_latest_checkpoint(tmp_path, "f", max_iteration=10)
+    assert state["iteration"] == 10
+    model, _ = _model_and_noise(truth.shape, seed=99)
+    resumed = train_dip(model, noise, shard, short, resume_state=state)
+    assert resumed.next_iteration == 10
+    np.testing.assert_array_equal(resumed.history["lr"], straight.history["lr"])
+    np.testing.assert_array_equal(resumed.history["loss"], straight.history["loss"])
+    np.testing.assert_array_equal(resumed.volume, straight.volume)
+
+
+def test_checkpoint_sets_per_problem_bounded_and_the_old_layout_adopted(tmp_path):
+    from hpc_adept.dip.checkpoint import (
+        KEEP_SETS,
+        checkpoint_set,
+        checkpoint_sets,
+        prepare_checkpoint_set,
+    )
+
+    prints = [fingerprint({"a": i}) for i in range(KEEP_SETS + 2)]
+    state = {"model": {"w": torch.ones(2)}}
+    # a checkpoint of the flat layout of earlier versions goes into its own set
+    save_checkpoint(tmp_path, {**state, "iteration": 3, "fingerprint": prints[0]})
+    current = prepare_checkpoint_set(tmp_path, prints[1])
+    assert current == checkpoint_set(tmp_path, prints[1]) and current.is_dir()
+    assert not list_checkpoints(tmp_path)
+    old = checkpoint_set(tmp_path, prints[0])
+    assert [it for it, _ in list_checkpoints(old)] == [3]
+    save_checkpoint(current, {**state, "iteration": 2, "fingerprint": prints[1]})
+    # dip.resume=false empties the current set only
+    prepare_checkpoint_set(tmp_path, prints[1], resume=False)
+    assert not list_checkpoints(current) and list_checkpoints(old)
+    # at most KEEP_SETS sets, the least recently used go first
+    for fp in prints[2:]:
+        time.sleep(0.05)  # (distinct modification times, the order of use)
+        prepare_checkpoint_set(tmp_path, fp)
+    names = [p.name for p in checkpoint_sets(tmp_path)]
+    assert names == [checkpoint_set(tmp_path, fp).name for fp in prints[::-1][:KEEP_SETS]]
 
 
 def test_dip_config_is_validated(tmp_path):
@@ -377,16 +436,48 @@ def test_recon_dip_writes_volume_history_and_resumes(dip_dataset):
     history = json.loads((run_dir / "dip_history.json").read_text())
     assert len(history["loss"]) == 20 and history["loss"][-1] < history["loss"][0]
     assert (run_dir / "figures" / "dip_loss.png").is_file()
-    assert [it for it, _ in list_checkpoints(run_dir / "checkpoints" / "dip")] == [15, 20]
+    assert [it for it, _ in _checkpoints(run_dir)] == [15, 20]
     # a rerun resumes at the end: nothing to train, same volume
     again = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]")
     assert again.returncode == 0 and "resuming from" in again.stderr
     np.testing.assert_array_equal(read_volume(run_dir / "volume_dip.h5")[0], volume)
-    # a different problem is refused, with one clear line
+    # other settings start their own set (never blocked by, never resuming, the first)
     other = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]",
                    "--set", "dip.lr=5e-4")
-    assert other.returncode == 2
-    assert "different dip config or input data" in other.stderr
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "resuming" not in other.stderr and "starting from iteration 0" in other.stderr
+    assert len(read_json_history(run_dir)["loss"]) == 20
+    assert len(list((run_dir / "checkpoints" / "dip").iterdir())) == 2
+    # back to the first settings: their set is resumed
+    back = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]")
+    assert back.returncode == 0 and "(iteration 20 of 20)" in back.stderr
+    np.testing.assert_array_equal(read_volume(run_dir / "volume_dip.h5")[0], volume)
+    # fewer iterations: a checkpoint at or before them, the result of a run that long
+    shorter = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]",
+                     "--set", "dip.iterations=17")
+    assert shorter.returncode == 0 and "(iteration 15 of 17)" in shorter.stderr
+    short_volume, attrs = read_volume(run_dir / "volume_dip.h5")
+    assert attrs["iterations"] == 17
+    straight = _recon(dip_dataset, "straight17", "--set", "recon.methods=[dip]",
+                      "--set", "dip.iterations=17")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    v_straight = read_volume(dip_dataset / "straight17" / "volume_dip.h5")[0]
+    assert _relative(v_straight, short_volume) < 1e-6
+    fresh = _recon(dip_dataset, "serial", "--set", "recon.methods=[dip]",
+                   "--set", "dip.iterations=3")
+    assert fresh.returncode == 0 and "past dip.iterations=3" in fresh.stderr
+    assert read_volume(run_dir / "volume_dip.h5")[1]["iterations"] == 3
+
+
+def read_json_history(run_dir: Path) -> dict:
+    return json.loads((run_dir / "dip_history.json").read_text())
+
+
+def _checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The DIP checkpoints of all settings in ``run_dir``, oldest first."""
+    root = run_dir / "checkpoints" / "dip"
+    sets = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    return sorted(c for s in sets for c in list_checkpoints(s))
 
 
 @pytest.mark.mpi
@@ -521,9 +612,8 @@ def _start_and_terminate(work: Path, out: str, n_ranks: int) -> subprocess.Compl
         cmd = [mpiexec_path(), "-n", str(n_ranks), *cmd]
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    ckpt = run_dir / "checkpoints" / "dip"
     deadline = time.monotonic() + 180
-    while not list_checkpoints(ckpt) and time.monotonic() < deadline and proc.poll() is None:
+    while not _checkpoints(run_dir) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     targets = _python_ranks(proc.pid) if n_ranks > 1 else [proc.pid]
@@ -549,12 +639,12 @@ def test_sigterm_checkpoints_and_a_rerun_reaches_the_uninterrupted_volume(dip_da
     history = json.loads((run_dir / "dip_history.json").read_text())
     k = history["iterations_done"]
     assert history["stopped"] and 5 <= k < 400
-    assert list_checkpoints(run_dir / "checkpoints" / "dip")[-1][0] == k
+    assert _checkpoints(run_dir)[-1][0] == k
     # finish a short run: resume to k + 6 iterations and compare with a straight run
     n = str(k + 6)
     resumed = _recon(dip_dataset, out, "--set", "recon.methods=[dip]",
                      "--set", f"dip.iterations={n}", n_ranks=n_ranks)
-    assert resumed.returncode == 0 and f"(iteration {k})" in resumed.stderr
+    assert resumed.returncode == 0 and f"(iteration {k} of {n})" in resumed.stderr
     straight = _recon(dip_dataset, f"straight{n_ranks}", "--set", "recon.methods=[dip]",
                       "--set", f"dip.iterations={n}", n_ranks=n_ranks)
     assert straight.returncode == 0, straight.stderr[-3000:]

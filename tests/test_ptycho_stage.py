@@ -196,3 +196,28 @@ def test_probe_estimated_when_the_files_have_none(tmp_path):
     for got, want in zip(found, truth, strict=True):
         pcc = np.corrcoef(got[centre].ravel(), want[centre].ravel())[0, 1]
         assert pcc > 0.97, pcc  # the back-propagated mean pattern gives 0.28-0.49 here
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(("rank", "where"), [(1, "reconstruct"), (0, "reconstruct"),
+                                             (1, "read")])
+def test_a_rank_failing_in_its_first_scan_ends_the_job_at_once(dataset, rank, where):
+    """The failing rank's error ends both ranks, not the queue running dry: with 3000
+    LSQ-ML iterations the other rank's remaining scans would take minutes."""
+    import time
+
+    from .conftest import REPO, run_cmd
+
+    run_dir = f"fail_{rank}_{where}"
+    t0 = time.monotonic()
+    result = run_cmd([str(REPO / "tests" / "mpi" / "fail_in_ptycho.py"), "ptycho", "-c",
+                      "c.yaml", "--set", f"output.dir={run_dir}", "ptycho.iterations=3000"],
+                     n_ranks=2, cwd=dataset,
+                     env={"FAIL_RANK": str(rank), "FAIL_WHERE": where})
+    wall = time.monotonic() - t0
+    assert result.returncode != 0
+    name = "reconstruct_scan" if where == "reconstruct" else "read_cxi"
+    assert f"RuntimeError: injected fault in {name} on rank {rank}" in result.stderr, \
+        result.stderr[-3000:]
+    assert wall < 45, f"the job went on for {wall:.0f} s after the fault"
+    assert len(list((dataset / run_dir / "ptycho").glob("scan_*.h5"))) < 2

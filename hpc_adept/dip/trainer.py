@@ -314,6 +314,8 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
     stopped = False
     volume = None
     while it < settings.iterations:
+        # Only the iteration, never settings.iterations, may shape a step: a checkpoint of
+        # a longer run then serves a shorter one (stages/recon.py, dip_settings).
         lr = settings.lr * settings.lr_gamma ** (it // settings.lr_step) * lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -26,7 +26,10 @@ _REQUEST, _REPLY, _DONE, _COUNT = 7301, 7302, 7303, 7304
 class DynamicQueue:
     """Hands out ``0 .. n_items - 1`` once each over all ranks of ``ctx``.
 
-    Collective: every rank must create it and :meth:`close` it (or use ``with``).
+    Collective: every rank must create it and :meth:`close` it (or use ``with``). Leaving
+    the ``with`` block by an exception does not close it: the closing is collective and
+    would wait for the ranks still at work, while the exception must reach the caller at
+    once so that it can end the job (``ParallelContext.abort``).
 
     Examples
     --------
@@ -146,5 +149,10 @@ class DynamicQueue:
     def __enter__(self) -> DynamicQueue:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # On an exception, no collective close: rank 0's service thread (a daemon) would
+        # wait for the other ranks' sign-off and the barrier for ranks that still have
+        # scans to work through, so the job would end only when the queue is empty.
+        # The caller aborts the job instead; the communicator goes with the processes.
+        if exc_type is None:
+            self.close()

@@ -344,33 +344,44 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
         # in a box, so that taking the scan out releases it (the future keeps the box)
         return [read_cxi(plan.scans[index].path)]
 
-    with (DynamicQueue(ctx, n_scans) as queue,
-          ThreadPoolExecutor(1, thread_name_prefix="adept-read") as reader):
-        for index, pending in _with_read_ahead(queue, needs_work, read_ahead_ok,
-                                               lambda i: reader.submit(read, i)):
-            if pending is None:
-                keys.pop(index)
-                reused += 1
-            else:
-                t_scan = time.perf_counter()
-                with timing.region("ptycho/read"):  # only what the read-ahead did not hide
-                    scan = pending.result().pop()
-                res = reconstruct_scan(cfg, plan, index, device, scan)
-                del scan  # the frames, before the next scan's arrive
-                with timing.region("ptycho/write"):
-                    write_h5_atomic(
-                        plan.cache_dir / SCAN_RESULT.format(index),
-                        {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
-                        attrs={"input_key": keys.pop(index),
-                               "source": Path(plan.scans[index].path).name,
-                               "rotation_angle_deg": plan.scans[index].rotation_angle_deg,
-                               "iterations": res["iterations"],
-                               "seconds": time.perf_counter() - t_scan},
-                    )
-                done_here += 1
-            if ctx.is_root:
-                progress.done = queue.claimed()
-                progress.update(0, extra=f"scans done on rank 0: {done_here + reused}")
+    def work_on(index: int, pending: Future) -> None:
+        t_scan = time.perf_counter()
+        with timing.region("ptycho/read"):  # only what the read-ahead did not hide
+            scan = pending.result().pop()
+        res = reconstruct_scan(cfg, plan, index, device, scan)
+        del scan  # the frames, before the next scan's arrive
+        with timing.region("ptycho/write"):
+            write_h5_atomic(
+                plan.cache_dir / SCAN_RESULT.format(index),
+                {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
+                attrs={"input_key": keys.pop(index),
+                       "source": Path(plan.scans[index].path).name,
+                       "rotation_angle_deg": plan.scans[index].rotation_angle_deg,
+                       "iterations": res["iterations"],
+                       "seconds": time.perf_counter() - t_scan},
+            )
+
+    reader = ThreadPoolExecutor(1, thread_name_prefix="adept-read")
+    try:
+        with DynamicQueue(ctx, n_scans) as queue:
+            for index, pending in _with_read_ahead(queue, needs_work, read_ahead_ok,
+                                                   lambda i: reader.submit(read, i)):
+                if pending is None:
+                    keys.pop(index)
+                    reused += 1
+                else:
+                    work_on(index, pending)
+                    done_here += 1
+                if ctx.is_root:
+                    progress.done = queue.claimed()
+                    progress.update(0, extra=f"scans done on rank 0: {done_here + reused}")
+    except BaseException:
+        # Why not `with reader`: its exit waits for a read in progress. On a failure the
+        # exception must reach the CLI's abort at once (no rank waits in a collective or
+        # a read; DynamicQueue does not close on an exception either).
+        reader.shutdown(wait=False, cancel_futures=True)
+        raise
+    reader.shutdown()
     with timing.region("ptycho/wait"):  # ranks idle while the last scans finish
         total_reused = _sum(ctx, reused)
     if ctx.is_root:

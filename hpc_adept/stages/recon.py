@@ -6,7 +6,9 @@ block of angles and the partial volumes are summed over ranks.
 DIP (deep image prior) is data parallel: every rank builds the same network from the same
 seed, projects only its block of angles, and the network's gradients are all-reduced by
 DistributedDataParallel (:mod:`hpc_adept.parallel.ddp`). Checkpoints go to
-``output.dir/checkpoints/dip``; a rerun resumes from the newest one. SIGTERM/SIGUSR1 during
+``output.dir/checkpoints/dip/<fingerprint>`` (one set per DIP problem: settings and data);
+a rerun resumes from the newest one of its own set at or before ``dip.iterations``, other
+settings start their own set. SIGTERM/SIGUSR1 during
 training make all ranks stop at the same iteration, write a checkpoint and raise
 :class:`~hpc_adept.errors.StopRequested` (the command exits with code 75, "stopped at
 iteration k, checkpoint written"), without ``volume_dip.h5``.
@@ -279,8 +281,12 @@ def _plan_dip(cfg: Config) -> None:
 def dip_settings(cfg: Config) -> dict[str, object]:
     """The settings that define a DIP problem (fingerprinted in its checkpoints).
 
-    Leaves out what may change between a run and its resume: the iteration count,
-    checkpoint interval, resume flag and the number of ranks.
+    Leaves out what may change between a run and its resume: the checkpoint interval, the
+    resume flag, the decomposition and the number of ranks, and the iteration count:
+    nothing in the training before iteration k depends on the total (the learning rate
+    falls in steps of ``lr_step``, the guard and the input perturbation go by the
+    iteration), so a checkpoint at k serves any run of ``dip.iterations >= k``. (A schedule
+    over the total count, e.g. cosine, would have to enter the fingerprint.)
     """
     d = cfg.dip.__dict__
     skip = {"iterations", "checkpoint_every", "resume", "decomposition"}
@@ -315,17 +321,17 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
         data_weight,
         emphasise,
         fingerprint,
-        list_checkpoints,
         load_latest_checkpoint,
         make_input_noise,
         save_checkpoint,
         train_dip,
         tv_slice_weights,
     )
+    from hpc_adept.dip.checkpoint import checkpoint_set, prepare_checkpoint_set
     from hpc_adept.io import write_json_atomic
     from hpc_adept.lamino import Geometry
     from hpc_adept.log import Progress
-    from hpc_adept.parallel import bcast
+    from hpc_adept.parallel import barrier, bcast
     from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
     from hpc_adept.parallel.slabs import SlabCommunicator
     from hpc_adept.parallel.torchdist import destroy_torch_distributed
@@ -374,16 +380,22 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
 
     fp = fingerprint(dip_settings(cfg), np.asarray(ps.angles_deg), ps.projections,
                      np.asarray([ps.tilt_deg, ps.pixel_size_m]))
-    ckpt_dir = run_dir / "checkpoints" / "dip"
+    ckpt_dir = checkpoint_set(run_dir / "checkpoints" / "dip", fp)
+    if ctx.is_root:  # the set of this problem, emptied with dip.resume=false
+        prepare_checkpoint_set(ckpt_dir.parent, fp, resume=d.resume)
+    barrier(ctx)
     resume_state = None
     if d.resume:
-        found = load_latest_checkpoint(ckpt_dir, fp, map_location=device)
+        found = load_latest_checkpoint(ckpt_dir, fp, map_location=device,
+                                       max_iteration=d.iterations)
         if found is not None:
             path, resume_state = found
-            log.info("dip: resuming from %s (iteration %d)", path, resume_state["iteration"])
-    elif ctx.is_root:
-        for _, old in list_checkpoints(ckpt_dir):
-            old.unlink()
+            log.info("dip: resuming from %s (iteration %d of %d)", path,
+                     resume_state["iteration"], d.iterations)
+        elif ctx.is_root:
+            _log_fresh_start(ckpt_dir, d.iterations)
+    else:
+        log.info("dip: dip.resume is false: starting over from iteration 0")
     start = int(resume_state["iteration"]) if resume_state is not None else 0
     root_start = bcast(ctx, start)
     if root_start != start:
@@ -435,3 +447,19 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
              "best_loss": result.best_loss, "iterations": result.next_iteration,
              "n_ranks": ctx.size, "decomposition": "volume" if by_volume else "angles"}
     return result.volume, attrs
+
+
+def _log_fresh_start(ckpt_dir: Path, iterations: int) -> None:
+    """Say why the DIP starts from iteration 0 although checkpoints may be at hand."""
+    from hpc_adept.dip import list_checkpoints
+    from hpc_adept.dip.checkpoint import checkpoint_sets
+
+    own = list_checkpoints(ckpt_dir)
+    others = [s for s in checkpoint_sets(ckpt_dir.parent) if s != ckpt_dir]
+    if own:
+        log.info("dip: the checkpoints of these settings are past dip.iterations=%d (first "
+                 "at iteration %d): starting from iteration 0", iterations, own[0][0])
+    elif others:
+        log.info("dip: no checkpoint for these settings and data (set %s): starting from "
+                 "iteration 0; the checkpoints of %d other setting(s) are kept in %s",
+                 ckpt_dir.name, len(others), ckpt_dir.parent)
