@@ -428,7 +428,8 @@ class DipConfig:
     checkpoint_every : int
         Write a checkpoint every this many iterations (0: only at a stop and the end).
     resume : bool
-        Continue from the newest checkpoint in ``output.dir/checkpoints/dip`` if any.
+        Continue from the newest checkpoint of these settings (``output.dir/checkpoints/
+        dip/<fingerprint>/``) at or before ``dip.iterations``, if any; false starts over.
     bf16 : bool
         bf16 autocast of the network (the projector, the losses and BatchNorm's statistics
         stay float32). On GPUs with tensor cores and on CPUs with AVX512-BF16 or AMX it is
