@@ -44,6 +44,7 @@ __all__ = [
     "read_scalar_attr",
     "require_dataset",
     "storage_options",
+    "tilt_problem",
     "write_h5_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -283,6 +284,19 @@ def write_h5_atomic(
 
 
 # --------------------------------------------------------------------------- reading
+
+
+# Laminography angles a reconstruction can use: 90 deg is tomography, 0 would put the
+# rotation axis along the beam (no depth information at all).
+TILT_RANGE_DEG = (0.0, 90.0)
+
+
+def tilt_problem(tilt_deg: float) -> str | None:
+    """Why ``tilt_deg`` is no usable laminography angle, or None."""
+    low, high = TILT_RANGE_DEG
+    if not low < tilt_deg <= high:
+        return f"laminography angle must be in ({low:g}, {high:g}] deg, got {tilt_deg:g}"
+    return None
 
 
 def data_error(path: PathLike, problem: str, key: str | None = None) -> DataError:

@@ -22,6 +22,7 @@ from hpc_adept.io.atomic import (
     read_array,
     read_scalar,
     require_dataset,
+    tilt_problem,
     write_h5_atomic,
 )
 
@@ -42,9 +43,6 @@ CXI_VERSION = 160
 ELEMENTARY_CHARGE_C = 1.602176634e-19  # J per eV (exact, SI 2019)
 PLANCK_TIMES_C_JM = 6.62607015e-34 * 299792458.0  # h * c in J m (exact, SI 2019)
 
-# Laminography angles a reconstruction can use: 90 deg is tomography, 0 would put the
-# rotation axis along the beam (no depth information at all).
-TILT_RANGE_DEG = (0.0, 90.0)
 
 # A file that `adept simulate` keeps in the dataset directory while it writes the scans and
 # removes when the dataset is complete: an interrupted run leaves it behind.
@@ -229,21 +227,13 @@ def _header_problem(scan: Scan) -> tuple[str, str] | None:
     }.items():
         if not np.isfinite(value):
             return key, f"not finite ({value})"
-    tilt = _tilt_problem(scan.laminography_angle_deg)
+    tilt = tilt_problem(scan.laminography_angle_deg)
     if tilt:
         return LAMINOGRAPHY, tilt
     if scan.probe is not None:
         probe = _probe_problem(scan.probe)
         if probe:
             return PROBE, probe
-    return None
-
-
-def _tilt_problem(tilt_deg: float) -> str | None:
-    """Why ``tilt_deg`` is no usable laminography angle, or None."""
-    low, high = TILT_RANGE_DEG
-    if not low < tilt_deg <= high:
-        return f"laminography angle must be in ({low:g}, {high:g}] deg, got {tilt_deg:g}"
     return None
 
 
@@ -410,7 +400,7 @@ def read_cxi(path: PathLike, load_counts: bool = True) -> Scan:
         scalars = _read_header_scalars(f, p)
         probe = _read_optional_frame(f, p, PROBE, shape[1:], "complex", np.complex64)
         mask = _read_optional_frame(f, p, MASK, shape[1:], "integer", np.bool_)
-    tilt = _tilt_problem(scalars["laminography_angle_deg"])
+    tilt = tilt_problem(scalars["laminography_angle_deg"])
     if tilt:
         raise data_error(p, tilt, LAMINOGRAPHY)
     if probe is not None:

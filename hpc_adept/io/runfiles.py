@@ -37,6 +37,7 @@ from hpc_adept.io.atomic import (
     read_attrs,
     read_scalar_attr,
     require_dataset,
+    tilt_problem,
     write_h5_atomic,
 )
 
@@ -64,8 +65,6 @@ TILT_ATTR = "tilt_deg"
 PIXEL_ATTR = "pixel_size_m"
 VOXEL_ATTR = "voxel_size_m"
 
-# Laminography angles a reconstruction can use (as in the CXI reader): 90 deg is tomography.
-TILT_RANGE_DEG = (0.0, 90.0)
 
 _RESERVED = frozenset({PROJECTIONS, ANGLES, PROBES})
 # Extra names become root dataset names: keep them plain identifiers.
@@ -186,18 +185,10 @@ def _projection_values_problem(ps: ProjectionSet) -> str | None:
             return f"{name} contains NaN or infinite values"
     if not np.isfinite(ps.tilt_deg):
         return f"{TILT_ATTR} is not finite"
-    if _tilt_problem(ps.tilt_deg):
-        return f"{TILT_ATTR}: {_tilt_problem(ps.tilt_deg)}"
+    if tilt_problem(ps.tilt_deg):
+        return f"{TILT_ATTR}: {tilt_problem(ps.tilt_deg)}"
     if not _positive_finite(ps.pixel_size_m):
         return f"{PIXEL_ATTR} must be finite and positive, got {ps.pixel_size_m:g}"
-    return None
-
-
-def _tilt_problem(tilt_deg: float) -> str | None:
-    """Why ``tilt_deg`` is no usable laminography angle, or None."""
-    low, high = TILT_RANGE_DEG
-    if not low < tilt_deg <= high:
-        return f"laminography angle must be in ({low:g}, {high:g}] deg, got {tilt_deg:g}"
     return None
 
 
@@ -276,7 +267,7 @@ def read_projections(path: PathLike) -> ProjectionSet:
         extras = _read_extras(f, p, n)
         tilt = read_scalar_attr(f, TILT_ATTR, p)
         pixel = read_scalar_attr(f, PIXEL_ATTR, p, positive=True)
-    problem = _tilt_problem(tilt)
+    problem = tilt_problem(tilt)
     if problem:
         raise data_error(p, problem, f"@{TILT_ATTR}")
     return ProjectionSet(projections, angles, tilt, pixel, probes=probes, extra=extras)
