@@ -229,8 +229,13 @@ def write_timing(run_dir: str | Path, ctx: Any, command: str, wall_s: float,
     previous = _read_previous(path)
     regions = dict(previous.get("regions", {}))
     stages = {name.split("/")[0] for rank in parts for name in rank["regions"]}
+    commands = _commands_without(previous.get("commands", {}), regions, stages, command)
     # Regions of a stage measured again replace the old ones.
     regions = {k: v for k, v in regions.items() if k.split("/")[0] not in stages}
+    # The command's wall time covers the products it stands for: a rerun of `adept run`
+    # that skipped finished stages adds their earlier times to its own.
+    kept_s = sum(v.get("max_s", 0.0) for k, v in regions.items()
+                 if "/" not in k and v.get("command") == command)
     fresh = reduce_records([p["regions"] for p in parts], wall_s)
     for entry in fresh.values():
         entry["command"] = command
@@ -238,8 +243,8 @@ def write_timing(run_dir: str | Path, ctx: Any, command: str, wall_s: float,
     regions.update(fresh)
     doc = {
         "schema": SCHEMA_VERSION,
-        "commands": {**previous.get("commands", {}),
-                     command: {"wall_s": wall_s, "n_ranks": len(parts),
+        "commands": {**commands,
+                     command: {"wall_s": wall_s + kept_s, "n_ranks": len(parts),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},
         "wall_s": None,
         "n_ranks": len(parts),
@@ -254,6 +259,29 @@ def write_timing(run_dir: str | Path, ctx: Any, command: str, wall_s: float,
     doc["versions"] = doc["run"]["versions"]
     write_json_atomic(path, doc)
     return doc
+
+
+def _commands_without(commands: dict[str, Any], regions: dict[str, Any], stages: set[str],
+                      command: str) -> dict[str, Any]:
+    """The earlier commands' entries, less the stages now measured again by ``command``.
+
+    A stage run again (e.g. ``adept recon`` after ``adept run``) replaces its old regions;
+    its old time leaves the wall time of the command that measured it, so that the wall
+    times of the file add up to the stages it holds. ``command``'s own entry is dropped (the
+    caller writes it anew); an entry left with no time is dropped too.
+    """
+    left: dict[str, Any] = {}
+    for name, entry in commands.items():
+        if name == command or not isinstance(entry, dict):
+            continue
+        wall = float(entry.get("wall_s", 0.0))
+        for stage in stages:
+            old = regions.get(stage)
+            if isinstance(old, dict) and old.get("command") == name:
+                wall -= float(old.get("max_s", 0.0))
+        if wall > 1e-9:
+            left[name] = {**entry, "wall_s": wall}
+    return left
 
 
 def _read_previous(path: Path) -> dict[str, Any]:

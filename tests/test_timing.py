@@ -87,3 +87,41 @@ def test_timing_json_over_two_ranks_and_commands(tmp_path):
     (tmp_path / "run" / "timing.json").unlink()
     result = adept("recon", "-c", "c.yaml", "--set", "runtime.timing=false", cwd=tmp_path)
     assert result.returncode == 0 and not (tmp_path / "run" / "timing.json").exists()
+
+
+def test_wall_times_cover_the_stages_after_reruns_and_commands_run_alone(tmp_path):
+    """A rerun of `adept run` that skips finished stages, and a stage run alone afterwards,
+    leave wall times that still add up to the stages in the file."""
+    import time
+
+    from hpc_adept.parallel.context import SERIAL
+
+    def invocation(command: str, stage_s: dict[str, float], overhead_s: float) -> dict:
+        timing.RECORDER.reset()
+        timing.enable(True)
+        start = time.perf_counter()
+        for stage, seconds in stage_s.items():
+            with timing.region(stage):
+                time.sleep(seconds)
+        time.sleep(overhead_s)
+        return timing.write_timing(tmp_path, SERIAL, command, time.perf_counter() - start)
+
+    def check(doc: dict, stages: set[str]) -> None:
+        assert set(doc["stages"]) == stages
+        stage_sum = sum(s["max_s"] for s in doc["stages"].values())
+        assert stage_sum <= doc["wall_s"] <= stage_sum + 0.05, doc["commands"]
+        assert doc["wall_s"] == pytest.approx(sum(c["wall_s"] for c in doc["commands"].values()))
+
+    try:
+        check(invocation("run", {"ptycho": 0.05, "align": 0.05}, 0.01), {"ptycho", "align"})
+        doc = invocation("run", {"align": 0.02}, 0.01)  # ptycho skipped
+        check(doc, {"ptycho", "align"})
+        assert doc["commands"]["run"]["wall_s"] == pytest.approx(0.08, abs=0.02)
+        check(invocation("run", {}, 0.0), {"ptycho", "align"})  # everything skipped
+        doc = invocation("align", {"align": 0.04}, 0.0)  # the stage alone, again
+        check(doc, {"ptycho", "align"})
+        assert set(doc["commands"]) == {"run", "align"}
+        assert doc["commands"]["run"]["wall_s"] == pytest.approx(0.05, abs=0.02)
+    finally:
+        timing.RECORDER.reset()
+        timing.enable(False)
