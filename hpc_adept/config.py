@@ -33,7 +33,7 @@ from hpc_adept.errors import ConfigError
 IC_DATA_DIR = "../shared/data/ic"
 
 # Upper bounds of integer settings. They lie far beyond any run this code can do (the
-# paper: 144 x 160 x 160 voxels, 125 angles, 128-pixel frames) and stop a typo with one line
+# paper: 144 x 160 x 160 voxels, 125 angles, 512 x 512 frames) and stop a typo with one line
 # before numpy or torch fail on it (an integer overflow, an allocation of exabytes).
 MAX_SIDE = 16_384
 """Voxels or pixels along one axis (volumes, projections, frames, crops, strides, shifts)."""

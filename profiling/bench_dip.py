@@ -1,5 +1,7 @@
-"""DIP benchmarks: time per iteration and peak memory (CPU 1 vs 2 ranks, GPU paper size),
-and a quality study (FBP vs DIP, BER and PCC against the ground truth).
+"""DIP benchmarks: time per iteration, peak memory and quality (FBP vs DIP, BER and PCC).
+
+Speed on CPU with 1 vs 2 ranks and on a GPU at the paper's size; quality against the ground
+truth.
 
     # everything that fits this machine (CPU speed with 1 and 2 ranks, GPU if present,
     # the quality study):

@@ -126,6 +126,8 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
             f"{free / 2**30:.1f} GiB; reduce dip.channels / dip.in_channels or "
             f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16), "
             f"fewer dip.angles_per_step, "
+            + ("dip.decomposition: volume (a z slab of the network per rank), "
+               if d.decomposition == "angles" and ctx.size > 1 else "")
             + ("runtime.keep_host_memory: false, " if kept else "")
             + "or use larger nodes (dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
