@@ -127,6 +127,24 @@ def _crash_report(output_dir: str, rank: int) -> str:
     return str(path)
 
 
+def _checked(ctx: Any, debug: bool, step: Callable[[], Any]) -> tuple[int, str] | None:
+    """Run a phase-1 ``step`` on this rank: None, or (exit code, the error line's tail).
+
+    Ctrl-C ends every rank at once (exit 130).
+    """
+    try:
+        step()
+    except KeyboardInterrupt:
+        print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
+        ctx.abort(130)
+    except Exception as exc:  # noqa: BLE001 - reported as one line by the caller
+        if debug:
+            traceback.print_exc()
+        where = f" (rank {ctx.rank})" if ctx.is_parallel and not ctx.is_root else ""
+        return _exit_code(exc), f"{where}: {_problem_line(exc)}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -138,47 +156,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(ctx.rank, ctx.size)
     overrides = [item for group in getattr(args, "overrides", []) for item in group]
 
-    # Phase 1: everything that can be checked before work. A rank that finds a problem
-    # must not leave the others to start the work alone (they would wait for it in their
-    # first collective), so the ranks agree on the first problem before going on.
-    problem: tuple[int, str] | None = None
-    try:
-        if args.command == "report":
-            return _report(args.run_dir, ctx)
+    # Phase 1: everything that can be checked before work, in three steps: the config and
+    # the plan; this rank's device; the checks that read the data (collective inside). A
+    # rank that finds a problem must not leave the others to go on alone (they would wait
+    # for it in their next collective), so after each step the ranks agree on the first
+    # problem found, and every step turns its exceptions into that problem.
+    if args.command == "report":  # rank 0 reads files and writes the report: no agreement
+        problem = _checked(ctx, args.debug, lambda: _report(args.run_dir, ctx))
+        if problem is not None and ctx.is_root:
+            print(f"adept: error{problem[1]}", file=sys.stderr)
+        return problem[0] if problem else 0
+    state: dict[str, Any] = {}
+
+    def configure() -> None:
         from hpc_adept.config import load_config
 
         cfg = load_config(args.config, overrides)
         setup_logging(ctx.rank, ctx.size, cfg.runtime.log_level)
-        plan, run = _stage_runner(args.command)(cfg)
+        state["plan"], state["run"] = _stage_runner(args.command)(cfg)
         _check_output_dir(cfg.output.dir)
-        if hasattr(plan, "validate"):  # checks that read the data, shared by the ranks
-            plan.validate(ctx)
+        state["cfg"] = cfg
+
+    def take_device() -> None:
         from hpc_adept.backend import (
             keep_freed_host_memory,
             select_torch_device,
             set_torch_threads,
         )
 
-        device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+        cfg = state["cfg"]
+        state["device"] = select_torch_device(cfg.runtime.device, ctx.local_rank)
         set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
-        _use_projector(cfg.runtime.projector, device)
+        _use_projector(cfg.runtime.projector, state["device"])
         if cfg.runtime.keep_host_memory:
             keep_freed_host_memory()
-    except KeyboardInterrupt:
-        print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
-        ctx.abort(130)
-    except Exception as exc:  # noqa: BLE001 - reported as one line below
-        where = f" (rank {ctx.rank})" if ctx.is_parallel and not ctx.is_root else ""
-        problem = (_exit_code(exc), f"{where}: {_problem_line(exc)}")
-        if args.debug:
-            traceback.print_exc()
-    if args.command != "report":
-        problem = first_problem(ctx, problem)
-    if problem is not None:
-        code, line = problem
-        if ctx.is_root:
-            print(f"adept: error{line}", file=sys.stderr)
-        return code
+
+    def validate() -> None:  # checks that read the data, shared by the ranks
+        if hasattr(state["plan"], "validate"):
+            state["plan"].validate(ctx)
+
+    for step in (configure, take_device, validate):
+        problem = first_problem(ctx, _checked(ctx, args.debug, step))
+        if problem is not None:
+            code, line = problem
+            if ctx.is_root:
+                print(f"adept: error{line}", file=sys.stderr)
+            return code
+    cfg, plan, run, device = state["cfg"], state["plan"], state["run"], state["device"]
 
     # Phase 2: the work. Any failure on any rank ends the job.
     try:

@@ -221,3 +221,30 @@ def test_a_rank_failing_in_its_first_scan_ends_the_job_at_once(dataset, rank, wh
         result.stderr[-3000:]
     assert wall < 45, f"the job went on for {wall:.0f} s after the fault"
     assert len(list((dataset / run_dir / "ptycho").glob("scan_*.h5"))) < 2
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(("where", "code", "message"), [
+    ("plan", 2, " (rank 1): injected plan failure on rank 1"),
+    ("device", 1, " (rank 1): RuntimeError: injected device failure on rank 1 (unexpected"),
+    ("validate", 2, ": rank 1: RuntimeError: injected estimate failure on rank 1"),
+])
+def test_a_rank_failing_in_the_checks_alone_stops_both_before_work(dataset, where, code,
+                                                                    message):
+    """Before the work, one rank's failure (in the plan, the device, or inside the data
+    checks before their collective) must reach the other rank, not leave it waiting."""
+    import time
+
+    from .conftest import REPO, run_cmd
+
+    run_dir = f"checks_{where}"
+    t0 = time.monotonic()
+    result = run_cmd([str(REPO / "tests" / "mpi" / "fail_in_checks.py"), "ptycho", "-c",
+                      "c.yaml", "--set", f"output.dir={run_dir}"],
+                     n_ranks=2, cwd=dataset, env={"FAIL_WHERE": where})
+    assert time.monotonic() - t0 < 60, result.stderr[-3000:]
+    assert result.returncode == code, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("adept:")]
+    assert len(lines) == 1 and lines[0].startswith(f"adept: error{message}"), \
+        result.stderr[-3000:]
+    assert not (dataset / run_dir).exists()

@@ -6,6 +6,7 @@ once for one and many ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -75,6 +76,28 @@ def first_problem(ctx: ParallelContext, problem: T | None) -> T | None:
     if not ctx.is_parallel:
         return problem
     return next((p for p in ctx.comm.allgather(problem) if p is not None), None)
+
+
+def first_failure(ctx: ParallelContext, check: Callable[[], str | None]) -> str | None:
+    """Run the local ``check`` on every rank, then :func:`first_problem` of what it found.
+
+    ``check`` returns a problem (a message) or None; an exception it raises becomes this
+    rank's problem, so that every rank reaches the collective even when one fails early
+    (an unexpected one, not an :class:`~hpc_adept.errors.AdeptError`, named with its type
+    and, in a parallel run, the rank).
+    """
+    from hpc_adept.errors import AdeptError
+
+    try:
+        problem = check()
+    except Exception as exc:  # noqa: BLE001 - every rank must reach first_problem
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, AdeptError):
+            problem = text
+        else:
+            where = f"rank {ctx.rank}: " if ctx.is_parallel else ""
+            problem = f"{where}{type(exc).__name__}: {text}"
+    return first_problem(ctx, problem)
 
 
 def allreduce_sum(ctx: ParallelContext, array: np.ndarray) -> np.ndarray:

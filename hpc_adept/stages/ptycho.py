@@ -40,7 +40,7 @@ from hpc_adept.io import (
 from hpc_adept.io.atomic import open_h5, read_array, read_scalar_attr, write_h5_atomic
 from hpc_adept.io.cxi import TRANSLATION
 from hpc_adept.log import Progress
-from hpc_adept.parallel import ParallelContext, barrier, block_range, first_problem
+from hpc_adept.parallel import ParallelContext, barrier, block_range, first_failure
 from hpc_adept.parallel.workqueue import DynamicQueue
 
 log = logging.getLogger(__name__)
@@ -81,17 +81,17 @@ class PtychoPlan:
         Raises the same DataError on every rank, so the job stops with one message and
         writes nothing.
         """
-        problem = None
-        for index in block_range(len(self.scans), ctx.size, ctx.rank):
-            try:
-                check_counts(self.scans[index].path)
-            except Exception as exc:  # noqa: BLE001 - every rank must reach first_problem
-                problem = str(exc) if isinstance(exc, DataError) else \
-                    f"{self.scans[index].path}: {type(exc).__name__}: {exc}"
-                break
-        if problem is None and self.memory_guard:
-            problem = self._memory_problem(ctx)
-        problem = first_problem(ctx, problem)
+        def local_checks() -> str | None:
+            for index in block_range(len(self.scans), ctx.size, ctx.rank):
+                try:
+                    check_counts(self.scans[index].path)
+                except DataError:
+                    raise
+                except Exception as exc:  # name the scan of an unexpected failure
+                    return f"{self.scans[index].path}: {type(exc).__name__}: {exc}"
+            return self._memory_problem(ctx) if self.memory_guard else None
+
+        problem = first_failure(ctx, local_checks)
         if problem is not None:
             raise DataError(problem)
 

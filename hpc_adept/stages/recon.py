@@ -164,23 +164,26 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
         peak_memory_bytes,
         select_torch_device,
     )
-    from hpc_adept.parallel import first_problem
+    from hpc_adept.parallel import first_failure
 
-    shape = stored_projection_shape(input_path)
-    device = select_torch_device(cfg.runtime.device, ctx.local_rank)
-    on_gpu = device.type == "cuda"
-    host, on_device = fbp_memory_bytes(shape, tuple(cfg.recon.volume_shape), ctx.size, on_gpu)
-    host = peak_memory_bytes(host, torch.device("cpu"), cfg.runtime.keep_host_memory)
-    problem = None
-    for need, where_device in ((host, torch.device("cpu")), (on_device, device)):
-        free, where = available_memory_bytes(where_device, ctx.local_size)
-        if need and need > 0.9 * free:
-            problem = (f"fbp: needs about {need / 2**30:.3g} GiB per rank for a "
-                       f"{list(cfg.recon.volume_shape)} volume from {list(shape)} projections "
-                       f"in {input_path.name} but {where} is {free / 2**30:.1f} GiB; set a "
-                       f"smaller recon.volume_shape or use larger nodes{MEMORY_GUARD_HINT}")
-            break
-    problem = first_problem(ctx, problem)
+    def local_check() -> str | None:
+        shape = stored_projection_shape(input_path)
+        device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+        on_gpu = device.type == "cuda"
+        host, on_device = fbp_memory_bytes(shape, tuple(cfg.recon.volume_shape), ctx.size,
+                                           on_gpu)
+        host = peak_memory_bytes(host, torch.device("cpu"), cfg.runtime.keep_host_memory)
+        for need, where_device in ((host, torch.device("cpu")), (on_device, device)):
+            free, where = available_memory_bytes(where_device, ctx.local_size)
+            if need and need > 0.9 * free:
+                return (f"fbp: needs about {need / 2**30:.3g} GiB per rank for a "
+                        f"{list(cfg.recon.volume_shape)} volume from {list(shape)} "
+                        f"projections in {input_path.name} but {where} is "
+                        f"{free / 2**30:.1f} GiB; set a smaller recon.volume_shape or use "
+                        f"larger nodes{MEMORY_GUARD_HINT}")
+        return None
+
+    problem = first_failure(ctx, local_check)
     if problem is not None:
         raise DataError(problem)
 

@@ -38,7 +38,7 @@ from hpc_adept.parallel import (
     barrier,
     bcast_array,
     block_range,
-    first_problem,
+    first_failure,
     gather_dict,
 )
 from hpc_adept.phantom import (
@@ -81,8 +81,8 @@ class SimulationPlan:
         """
         if self.cfg is None or not self.cfg.runtime.memory_guard:
             return
-        problem = _memory_problem(self.cfg, self, ctx)
-        problem = first_problem(ctx, problem)
+        cfg = self.cfg
+        problem = first_failure(ctx, lambda: _memory_problem(cfg, self, ctx))
         if problem is not None:
             raise ConfigError(problem)
 
