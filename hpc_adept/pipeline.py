@@ -186,6 +186,7 @@ class RunPlan:
 
     stages: tuple[Stage, ...]
     first_plan: Any = None
+    first_stage: str | None = None
 
     def validate(self, ctx: ParallelContext) -> None:
         """The first stage's checks that read the data (collective), before any work."""
@@ -220,7 +221,9 @@ def plan_run(cfg: Config) -> RunPlan:
 
         check_reference(cfg)
     first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
-    return RunPlan(stages, _plan(first, cfg) if first is not None else None)
+    if first is None:
+        return RunPlan(stages)
+    return RunPlan(stages, _plan(first, cfg), first.name)
 
 
 def _plan(stage: Stage, cfg: Config) -> Any:
@@ -243,10 +246,13 @@ def run_pipeline(cfg: Config, ctx: ParallelContext, plan: RunPlan, device: Any) 
         log.info("run: %s (%s)", stage.name, reason)
         with timing.region(stage.name, device):  # the stage's imports count to it
             module = importlib.import_module(stage.module)
-            plan = getattr(module, f"plan_{stage.name}")(cfg)
-            if hasattr(plan, "validate"):  # data checks and the memory guard, collective
-                plan.validate(ctx)
-            getattr(module, f"run_{stage.name}")(cfg, ctx, plan, device)
+            if stage.name == plan.first_stage:  # planned and validated before the work
+                stage_plan = plan.first_plan
+            else:
+                stage_plan = getattr(module, f"plan_{stage.name}")(cfg)
+                if hasattr(stage_plan, "validate"):  # data checks, memory guard: collective
+                    stage_plan.validate(ctx)
+            getattr(module, f"run_{stage.name}")(cfg, ctx, stage_plan, device)
         barrier(ctx)
         if ctx.is_root:
             _record(run_dir, stage, cfg)

@@ -209,7 +209,14 @@ def _no_iterations(path: Path) -> None:
         del f.attrs["iterations"]
 
 
-@pytest.mark.parametrize("corrupt", [_no_phase, _nan_phase, _no_iterations, _junk])
+def _errors_cut(path: Path) -> None:
+    with h5py.File(path, "r+") as f:
+        del f["fourier_error"]
+        f["fourier_error"] = np.zeros(0)
+
+
+@pytest.mark.parametrize("corrupt", [_no_phase, _nan_phase, _no_iterations, _errors_cut,
+                                     _junk])
 def test_invalid_restart_file_is_recomputed(simulated, tmp_path, corrupt):
     shutil.copytree(simulated / "ds", tmp_path / "ds")
     shutil.copytree(simulated / "run", tmp_path / "run")

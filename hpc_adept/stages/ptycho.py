@@ -241,6 +241,9 @@ def read_scan_result(path: Path, field_shape: tuple[int, int],
                                         dtype=np.float64),
         }
         iterations = read_scalar_attr(f, "iterations", path, positive=True)
+    if len(out["fourier_error"]) != int(iterations):
+        raise DataError(f"{path}: fourier_error holds {len(out['fourier_error'])} values for "
+                        f"{int(iterations)} iterations")
     out["iterations"] = int(iterations)
     return out
 
