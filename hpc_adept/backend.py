@@ -185,13 +185,20 @@ MEMORY_GUARD_HINT = " (runtime.memory_guard: false skips this check)"
 def available_memory_bytes(device: Any, ranks_on_node: int = 1) -> tuple[int, str]:
     """Memory one rank can still use on ``device``, and a phrase saying what it is.
 
-    CUDA: the device's free memory. CPU: ``MemAvailable`` of /proc/meminfo shared by the
-    ranks of the node (a very large value where /proc is missing).
+    CUDA: the device's free memory, shared by the node's ranks that use it (ranks take
+    ``cuda:(local_rank % GPUs)``, so with more ranks than GPUs several share one). CPU:
+    ``MemAvailable`` of /proc/meminfo shared by the ranks of the node (a very large value
+    where /proc is missing).
     """
     if getattr(device, "type", "cpu") == "cuda":
         import torch
 
-        return int(torch.cuda.mem_get_info(device)[0]), f"free memory of {device}"
+        free = int(torch.cuda.mem_get_info(device)[0])
+        sharing = -(-max(ranks_on_node, 1) // max(cuda_device_count(), 1))
+        if sharing == 1:
+            return free, f"free memory of {device}"
+        return free // sharing, f"this rank's share of the free memory of {device} " \
+                                f"({sharing} ranks on it)"
     available = 1 << 50
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -73,3 +73,17 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert cpu_has_native_bf16(str(with_bf16)) is True
     assert cpu_has_native_bf16(str(without)) is False
     assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize(("ranks", "gpus", "share"), [(1, 1, 8), (4, 1, 2), (4, 4, 8),
+                                                       (3, 2, 4)])
+def test_free_gpu_memory_is_shared_by_the_ranks_on_that_gpu(monkeypatch, ranks, gpus, share):
+    import torch
+
+    from hpc_adept import backend
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 * 2**30, 16 * 2**30))
+    monkeypatch.setattr(backend, "cuda_device_count", lambda: gpus)
+    free, where = backend.available_memory_bytes(torch.device("cuda", 0), ranks)
+    assert free == share * 2**30
+    assert ("ranks on it" in where) == (share < 8)
