@@ -221,6 +221,7 @@ def main() -> int:
     wanted = json.dumps(sim, sort_keys=True)
     simulate_s: float | None = None  # None: the stored dataset was reused
     if not (stamp.is_file() and stamp.read_text() == wanted):
+        stamp.unlink(missing_ok=True)  # an interrupted simulation must not count as done
         simulate_s = _job(["simulate", "-c", str(config_path)], args.ranks, log)
         stamp.write_text(wanted)
         print(f"paper_scale: simulated the dataset in {simulate_s:.1f} s", flush=True)
