@@ -111,20 +111,17 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_USAGE if isinstance(exc, AdeptError) else 1
 
 
-def _crash_report(output_dir: str, rank: int) -> str:
-    """Save the current exception's traceback as ``<output_dir>/crash_rank<N>.txt``.
-
-    Returns the file's path, or "" when it could not be written (best effort: the error
-    line must reach the user even when the disk is the problem).
-    """
+def _crash_report(path: str) -> bool:
+    """Save the current exception's traceback in ``path``; whether that worked (best
+    effort: the error line has reached the user already, even when the disk is the
+    problem)."""
     from hpc_adept.io import write_text_atomic
 
-    path = Path(output_dir) / f"crash_rank{rank}.txt"
     try:
         write_text_atomic(path, traceback.format_exc())
     except Exception:  # noqa: BLE001 - the original error matters, not this one
-        return ""
-    return str(path)
+        return False
+    return True
 
 
 def _checked(ctx: Any, debug: bool, step: Callable[[], Any]) -> tuple[int, str] | None:
@@ -231,8 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every failure must end all ranks
         where = f" (rank {ctx.rank})" if ctx.is_parallel else ""
         expected = isinstance(exc, AdeptError | OSError)
-        crash = "" if expected else _crash_report(cfg.output.dir, ctx.rank)
-        print(f"adept: error{where}: {_problem_line(exc, crash)}", file=sys.stderr)
+        crash = "" if expected else str(Path(cfg.output.dir) / f"crash_rank{ctx.rank}.txt")
+        # The line first, at once: the other ranks may end the job any moment now.
+        print(f"adept: error{where}: {_problem_line(exc, crash)}", file=sys.stderr,
+              flush=True)
+        if crash and not _crash_report(crash):
+            print(f"adept: (could not write {crash})", file=sys.stderr, flush=True)
         if args.debug:
             traceback.print_exc()
         ctx.abort(_exit_code(exc))

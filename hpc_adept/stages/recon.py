@@ -427,13 +427,14 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
 
     comm = (SlabCommunicator(ctx, device, shape[0], math.prod(d.strides)) if by_volume
             else DdpCommunicator(ctx, device))
-    try:
-        with StopFlag() as stop:
-            result = train_dip(model, noise, shard, settings, comm, stop_requested=stop,
-                               save_checkpoint=save if ctx.is_root else None,
-                               resume_state=resume_state, on_iteration=on_iteration)
-    finally:
-        destroy_torch_distributed()
+    with StopFlag() as stop:
+        result = train_dip(model, noise, shard, settings, comm, stop_requested=stop,
+                           save_checkpoint=save if ctx.is_root else None,
+                           resume_state=resume_state, on_iteration=on_iteration)
+    # Only after training ends on every rank: a failing rank that tore its process group
+    # down while unwinding broke the others' all-reduce, and they could end the job (gloo
+    # terminates the process) before this rank had printed its error; the CLI aborts instead.
+    destroy_torch_distributed()
     history = {**result.history, "best_iteration": result.best_iteration,
                "best_loss": result.best_loss, "iterations_done": result.next_iteration,
                "stopped": result.stopped, "n_ranks": ctx.size}
