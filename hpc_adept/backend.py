@@ -180,6 +180,21 @@ def peak_memory_bytes(estimate: int, device: Any, keep_host_memory: bool) -> int
 
 #: The end of the memory guards' error lines (runtime.memory_guard; the DIP has its own).
 MEMORY_GUARD_HINT = " (runtime.memory_guard: false skips this check)"
+#: The memory guards refuse a run that needs more than this fraction of what is available.
+MEMORY_HEADROOM = 0.9
+
+
+def memory_shortfall(what: str, need_bytes: int, device: Any,
+                     ranks_on_node: int = 1) -> str | None:
+    """The memory guards' test: None when ``need_bytes`` fits in :data:`MEMORY_HEADROOM` of
+    what this rank can use on ``device`` (:func:`available_memory_bytes`), else the start of
+    the error line, ``"<what>: needs about N GiB per rank but <where> is M GiB"``, to which
+    the caller adds what to change."""
+    free, where = available_memory_bytes(device, ranks_on_node)
+    if need_bytes <= MEMORY_HEADROOM * free:
+        return None
+    return (f"{what}: needs about {need_bytes / 2**30:.3g} GiB per rank but {where} is "
+            f"{free / 2**30:.1f} GiB")
 
 
 def available_memory_bytes(device: Any, ranks_on_node: int = 1) -> tuple[int, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -35,16 +34,6 @@ CONFIG = {
     "dip": {"iterations": 1, "in_channels": 2, "channels": [2, 4], "strides": [2, 1]},
     "runtime": {"device": "cpu"},
 }
-
-
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """``main`` reconfigures the root logger: give pytest's handlers back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def adept_in(work: Path, *args: str, config: dict | None = None) -> int:

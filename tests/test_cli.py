@@ -197,20 +197,13 @@ def test_a_problem_found_by_rank_1_alone_stops_both_ranks(serial_run, tmp_path):
 
 def _run_main(monkeypatch, capsys, tmp_path, *args) -> tuple[int, list[str]]:
     """``adept`` in this process (so a failure can be injected); exit code, stderr lines."""
-    import logging
-
     from hpc_adept import cli
 
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()  # main() installs its handlers: give pytest's back after
-    handlers, level = list(root.handlers), root.level
+    monkeypatch.chdir(tmp_path)  # (conftest gives the root logger back after the test)
     try:
         code = cli.main(list(args))
     except SystemExit as exc:  # ctx.abort in a serial run
         code = exc.code
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
     return code, capsys.readouterr().err.strip().splitlines()
 
 

@@ -76,7 +76,7 @@ class AlignPlan:
             return
         from hpc_adept.backend import (
             MEMORY_GUARD_HINT,
-            available_memory_bytes,
+            memory_shortfall,
             peak_memory_bytes,
             select_torch_device,
         )
@@ -87,12 +87,11 @@ class AlignPlan:
         chunk = 1 << 30 if device.type == "cuda" else 32 << 20
         estimate = (512 << 20) + 4 * (8 * n * nv * nu + 8 * voxels) + chunk
         need = peak_memory_bytes(estimate, device, self.keep_host_memory)
-        free, where = available_memory_bytes(device, ctx.local_size)
-        if need > 0.9 * free:
+        shortfall = memory_shortfall("align", need, device, ctx.local_size)
+        if shortfall:
             raise DataError(
-                f"align: needs about {need / 2**30:.1f} GiB per rank but {where} is "
-                f"{free / 2**30:.1f} GiB; set a smaller align.volume_shape, align.enabled: "
-                f"false (crop only), "
+                f"{shortfall}; set a smaller align.volume_shape, align.enabled: false (crop "
+                f"only), "
                 + ("runtime.keep_host_memory: false, " if need > estimate else "")
                 + f"or use larger nodes{MEMORY_GUARD_HINT}")
 

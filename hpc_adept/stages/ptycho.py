@@ -99,7 +99,7 @@ class PtychoPlan:
         """Why this rank's LSQ-ML (and rank 0's assembly) would not fit, or None."""
         from hpc_adept.backend import (
             MEMORY_GUARD_HINT,
-            available_memory_bytes,
+            memory_shortfall,
             peak_memory_bytes,
             select_torch_device,
         )
@@ -119,13 +119,12 @@ class PtychoPlan:
         needs.append((peak_memory_bytes(host_need, torch_cpu(), self.keep_host_memory),
                        torch_cpu()))
         for need, where_device in needs:
-            free, where = available_memory_bytes(where_device, ctx.local_size)
-            if need > 0.9 * free:
-                return (f"ptycho: needs about {need / 2**30:.1f} GiB per rank for a "
-                        f"{nv} x {nu} projection field ({largest.n_positions} positions in "
-                        f"{Path(largest.path).name}) but {where} is {free / 2**30:.1f} "
-                        f"GiB; set a smaller ptycho.projection_shape, use fewer ranks per "
-                        f"node or larger nodes{MEMORY_GUARD_HINT}")
+            shortfall = memory_shortfall("ptycho", need, where_device, ctx.local_size)
+            if shortfall:
+                return (f"{shortfall}, for a {nv} x {nu} projection field "
+                        f"({largest.n_positions} positions in {Path(largest.path).name}); "
+                        f"set a smaller ptycho.projection_shape, use fewer ranks per node "
+                        f"or larger nodes{MEMORY_GUARD_HINT}")
         return None
 
 

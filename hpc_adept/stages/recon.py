@@ -101,7 +101,7 @@ def plan_recon(cfg: Config) -> ReconPlan:
 
 def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
     """DataError (one line, with what to change) when the DIP would exceed the memory."""
-    from hpc_adept.backend import available_memory_bytes, peak_memory_bytes, select_torch_device
+    from hpc_adept.backend import memory_shortfall, peak_memory_bytes, select_torch_device
     from hpc_adept.dip.memory import estimate_dip_bytes
 
     # the validating reader: a junk file or a missing/2-D /projections is one DataError line
@@ -119,18 +119,17 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
     estimate, need = need, peak_memory_bytes(need, device, cfg.runtime.keep_host_memory)
     kept = need > estimate
-    free, where = available_memory_bytes(device, ctx.local_size)
-    if need > 0.9 * free:
+    shortfall = memory_shortfall("dip", need, device, ctx.local_size)
+    if shortfall:
         raise DataError(
-            f"dip: needs about {need / 2**30:.1f} GiB per rank but {where} is "
-            f"{free / 2**30:.1f} GiB; reduce dip.channels / dip.in_channels or "
+            f"{shortfall}; reduce dip.channels / dip.in_channels or "
             f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16), "
             f"fewer dip.angles_per_step, "
             + ("dip.decomposition: volume (a z slab of the network per rank), "
                if d.decomposition == "angles" and ctx.size > 1 else "")
             + ("runtime.keep_host_memory: false, " if kept else "")
             + "or use larger nodes (dip.memory_guard: false skips this check)")
-    log.info("dip: about %.2f GiB per rank (of %.1f GiB)", need / 2**30, free / 2**30)
+    log.info("dip: about %.2f GiB per rank", need / 2**30)
 
 
 def fbp_memory_bytes(projection_shape: tuple[int, int, int],
@@ -160,7 +159,7 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
 
     from hpc_adept.backend import (
         MEMORY_GUARD_HINT,
-        available_memory_bytes,
+        memory_shortfall,
         peak_memory_bytes,
         select_torch_device,
     )
@@ -174,13 +173,11 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
                                            on_gpu)
         host = peak_memory_bytes(host, torch.device("cpu"), cfg.runtime.keep_host_memory)
         for need, where_device in ((host, torch.device("cpu")), (on_device, device)):
-            free, where = available_memory_bytes(where_device, ctx.local_size)
-            if need and need > 0.9 * free:
-                return (f"fbp: needs about {need / 2**30:.3g} GiB per rank for a "
-                        f"{list(cfg.recon.volume_shape)} volume from {list(shape)} "
-                        f"projections in {input_path.name} but {where} is "
-                        f"{free / 2**30:.1f} GiB; set a smaller recon.volume_shape or use "
-                        f"larger nodes{MEMORY_GUARD_HINT}")
+            shortfall = need and memory_shortfall("fbp", need, where_device, ctx.local_size)
+            if shortfall:
+                return (f"{shortfall}, for a {list(cfg.recon.volume_shape)} volume from "
+                        f"{list(shape)} projections in {input_path.name}; set a smaller "
+                        f"recon.volume_shape or use larger nodes{MEMORY_GUARD_HINT}")
         return None
 
     problem = first_failure(ctx, local_check)

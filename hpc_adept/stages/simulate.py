@@ -138,18 +138,17 @@ def _memory_problem(cfg: Config, plan: SimulationPlan, ctx: ParallelContext) -> 
     """Why ``adept simulate`` would not fit in this rank's memory, or None."""
     import torch
 
-    from hpc_adept.backend import MEMORY_GUARD_HINT, available_memory_bytes, peak_memory_bytes
+    from hpc_adept.backend import MEMORY_GUARD_HINT, memory_shortfall, peak_memory_bytes
 
     parts = simulation_memory_parts(cfg, plan, ctx.size)
     device = torch.device("cpu")  # the simulation runs on the host
     need = peak_memory_bytes(BASE_BYTES + sum(parts.values()), device,
                              cfg.runtime.keep_host_memory)
-    free, where = available_memory_bytes(device, ctx.local_size)
-    if need <= 0.9 * free:
+    shortfall = memory_shortfall("simulate", need, device, ctx.local_size)
+    if not shortfall:
         return None
     largest = max(parts, key=parts.__getitem__)
-    return (f"simulate: needs about {need / 2**30:.3g} GiB per rank but {where} is "
-            f"{free / 2**30:.1f} GiB; the largest part is {largest}, about "
+    return (f"{shortfall}; the largest part is {largest}, about "
             f"{parts[largest] / 2**30:.3g} GiB: change those settings{MEMORY_GUARD_HINT}")
 
 
