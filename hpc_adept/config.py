@@ -21,7 +21,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,9 @@ import yaml
 from hpc_adept.errors import ConfigError
 
 IC_DATA_DIR = "../shared/data/ic"
+
+FftLibrary = Literal["torch", "scipy"]
+"""Host FFT libraries of the ptychography kernels (``ptycho.fft_library``)."""
 
 # Upper bounds of integer settings. They lie far beyond any run this code can do (the
 # paper: 144 x 160 x 160 voxels, 125 angles, 512 x 512 frames) and stop a typo with one line
@@ -218,6 +221,10 @@ class SimulateConfig:
 class PtychoConfig:
     """Ptychographic reconstruction of every scan (LSQ-ML, Odstrcil et al. 2018).
 
+    :func:`hpc_adept.ptycho.reconstruct` takes this section as its options; the keys from
+    ``probe_update_start`` on tune that engine (defaults measured on the simulator's scans,
+    profiling/RESULTS.md, "LSQ-ML").
+
     Attributes
     ----------
     iterations : int
@@ -245,6 +252,30 @@ class PtychoConfig:
         extra epochs); ``mean_pattern`` the back-propagated mean pattern with a default
         defocus (cheap; reliable for small frames only); ``auto`` the file's probe when
         present, else ``fitted``.
+    probe_update_start : int, epochs
+        First epoch (0-based) in which the probe is refined.
+    position_correction_start : int, epochs
+        First epoch of position correction (the object must be roughly right first).
+    position_step_limit_px : float, object pixels
+        Largest change of a position per epoch.
+    momentum_coefficient : float
+        Friction factor of the momentum, in [0, 1).
+    preconditioner_delta : float
+        ``delta`` of the object preconditioner ``1 / sqrt(D^2 + (delta max D)^2)`` (``D``
+        the scan's illumination, photons), relative to ``max D``; > 0.
+    step_scale : float
+        Multiplier of the optimal steps (< 1 damps the noise-driven overshoot); > 0.
+    step_regularization : float
+        Tikhonov term of the 2x2 step system, relative to the batch mean of each diagonal
+        entry; >= 0.
+    trim_fraction : float
+        Fraction of the smallest and of the largest per-position object steps left out of
+        the batch's (trimmed) mean, in [0, 0.5).
+    padding_px : int, object pixels
+        Object pixels kept beyond the outermost probe window on each side (2 more with
+        ``position_correction``).
+    fft_library : {'torch', 'scipy'}
+        Library of the host FFTs (:func:`hpc_adept.ptycho.fft.make_fft2`); ignored on GPUs.
     """
 
     iterations: int = 100
@@ -256,12 +287,32 @@ class PtychoConfig:
     momentum: bool = False
     projection_shape: tuple[int, int] | None = None
     initial_probe: Literal["auto", "file", "fitted", "mean_pattern"] = "auto"
+    probe_update_start: int = 0
+    position_correction_start: int = 10
+    position_step_limit_px: float = 0.1
+    momentum_coefficient: float = 0.5
+    preconditioner_delta: float = 0.1
+    step_scale: float = 0.9
+    step_regularization: float = 0.1
+    trim_fraction: float = 0.1
+    padding_px: int = 2
+    fft_library: FftLibrary = "torch"
 
     def check(self) -> None:
-        _positive("ptycho", self, "iterations", "batch_size", "probe_modes")
-        _at_most("ptycho", self, MAX_COUNT, "iterations", "batch_size", "probe_modes")
+        _choices("ptycho", self)  # for sections built in Python rather than from YAML
+        _positive("ptycho", self, "iterations", "batch_size", "probe_modes",
+                  "position_step_limit_px", "preconditioner_delta", "step_scale")
+        _at_most("ptycho", self, MAX_COUNT, "iterations", "batch_size", "probe_modes",
+                 "probe_update_start", "position_correction_start")
+        _at_most("ptycho", self, MAX_SIDE, "padding_px")
         if self.projection_shape is not None:
             _shape("ptycho.projection_shape", self.projection_shape)
+        for name in ("probe_update_start", "position_correction_start", "padding_px",
+                     "step_regularization"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ptycho.{name} must be >= 0, got {getattr(self, name)}")
+        _in_range("ptycho.momentum_coefficient", self.momentum_coefficient, 1.0)
+        _in_range("ptycho.trim_fraction", self.trim_fraction, 0.5)
 
 
 @dataclass(frozen=True)
@@ -810,51 +861,93 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it in canonical form."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        return _coerce_optional(value, typing.get_args(tp), key)
     if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
-        return value
+        return _coerce_literal(value, typing.get_args(tp), key)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {_describe(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key} must be a list of {len(args)} values, got {len(value)}")
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e6" (no dot) as a string; accept plain numeric strings.
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{key} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be finite, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {_describe(value)}")
-        return value
-    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug, not input
+        return _coerce_tuple(value, typing.get_args(tp), key)
+    coercer = _SCALAR_COERCERS.get(tp)
+    if coercer is None:
+        raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # a bug, not input
+    return coercer(value, key)
+
+
+def _coerce_optional(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    inner = [a for a in args if a is not type(None)]
+    return _coerce(value, inner[0], key)
+
+
+def _coerce_literal(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    if value not in args:
+        choices = ", ".join(repr(a) for a in args)
+        raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key} must be a list, got {_describe(value)}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ConfigError(f"{key} must be a list of {len(args)} values, got {len(value)}")
+    pairs = enumerate(zip(value, args, strict=True))
+    return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {_describe(value)}")
+    return value
+
+
+def _coerce_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {_describe(value)}")
+    return value
+
+
+def _coerce_float(value: Any, key: str) -> float:
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e6" (no dot) as a string; accept plain numeric strings.
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {_describe(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be finite, got {value}")
+    return float(value)
+
+
+def _coerce_str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {_describe(value)}")
+    return value
+
+
+_SCALAR_COERCERS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str,
+}
+
+
+def _choices(section: str, obj: Any) -> None:
+    """Check the ``Literal`` fields of ``obj`` (sections built in Python skip ``_coerce``)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if typing.get_origin(hints[f.name]) is Literal:
+            _coerce_literal(getattr(obj, f.name), typing.get_args(hints[f.name]),
+                            f"{section}.{f.name}")
+
+
+def _in_range(key: str, value: float, upper: float) -> None:
+    """Check ``0 <= value < upper``."""
+    if not 0.0 <= value < upper:
+        raise ConfigError(f"{key} must be in [0, {upper:g}), got {value}")
 
 
 def _describe(value: Any) -> str:
