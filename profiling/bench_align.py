@@ -26,6 +26,7 @@ Commands::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -39,11 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpc_adept.align import (  # noqa: E402
-    AlignOptions,
     fourier_shift,
     projection_matching,
     remove_rigid_drift,
 )
+from hpc_adept.config import AlignConfig  # noqa: E402
 from hpc_adept.io import read_ground_truth, read_projections  # noqa: E402
 from hpc_adept.lamino import Geometry, fbp, project  # noqa: E402
 from hpc_adept.parallel import DistributedLamino, get_context  # noqa: E402
@@ -85,7 +86,7 @@ def phantom(shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def accuracy(label: str, measured_ideal: np.ndarray, ideal: np.ndarray, truth_volume: np.ndarray,
-             angles: np.ndarray, options: AlignOptions, seed: int) -> None:
+             angles: np.ndarray, options: AlignConfig, seed: int) -> None:
     """Shift ``measured_ideal`` by known shifts, align, print the errors and FBP PCCs."""
     n = len(angles)
     shifts = random_shifts(n, seed)
@@ -93,7 +94,8 @@ def accuracy(label: str, measured_ideal: np.ndarray, ideal: np.ndarray, truth_vo
                              torch.from_numpy(shifts)).float()
     volume_shape = truth_volume.shape
     t0 = time.perf_counter()
-    result = projection_matching(measured, angles, TILT, volume_shape, options)
+    result = projection_matching(measured, angles, TILT,
+                                 dataclasses.replace(options, volume_shape=volume_shape))
     seconds = time.perf_counter() - t0
     rms, worst = residual_error(result.shifts_px, shifts, angles)
     before, _ = residual_error(np.zeros_like(shifts), shifts, angles)
@@ -116,7 +118,7 @@ def accuracy(label: str, measured_ideal: np.ndarray, ideal: np.ndarray, truth_vo
           ", ".join(f"{k} {pcc(v, truth_volume):.4f}" for k, v in volumes.items()))
 
 
-def section_noise_free(options: AlignOptions, shape: tuple[int, int, int], n_angles: int
+def section_noise_free(options: AlignConfig, shape: tuple[int, int, int], n_angles: int
                        ) -> None:
     volume = phantom(shape)
     angles = np.arange(n_angles) * 360.0 / n_angles
@@ -125,7 +127,7 @@ def section_noise_free(options: AlignOptions, shape: tuple[int, int, int], n_ang
     accuracy("noise-free", ideal, ideal, volume, angles, options, seed=11)
 
 
-def section_ptycho(options: AlignOptions, run_dir: Path, dataset: Path) -> None:
+def section_ptycho(options: AlignConfig, run_dir: Path, dataset: Path) -> None:
     ps = read_projections(run_dir / "projections.h5")
     truth = read_ground_truth(dataset / "ground_truth.h5", require_occupancy=False).volume
     truth = truth.astype(np.float64)
@@ -141,7 +143,7 @@ def section_ptycho(options: AlignOptions, run_dir: Path, dataset: Path) -> None:
           f"(signal RMS {float(np.sqrt(np.mean(ideal[inside] ** 2))):.4f} rad) where the "
           f"projection is > 5 % of its max")
     base = projection_matching(torch.from_numpy(ps.projections), ps.angles_deg, TILT,
-                               truth.shape, options)
+                               dataclasses.replace(options, volume_shape=truth.shape))
     print(f"[ptycho] shifts found in the unshifted LSQ-ML projections: RMS "
           f"{residual_error(base.shifts_px, np.zeros_like(base.shifts_px), ps.angles_deg)[0]:.4f}"
           f" px (offset and drift removed)")
@@ -160,11 +162,11 @@ def section_timing(args: argparse.Namespace) -> None:
     projections = DistributedLamino(ctx).project(
         vol.to(device), Geometry(angles, TILT, volume_shape, (nv, nu)))
     for factor in args.timing_levels:
-        options = AlignOptions(binning=(factor,), max_iterations=args.timing_iterations,
-                               tolerance_px=1e-9, coarse_rounds=0)
+        options = AlignConfig(binning=(factor,), max_iterations=args.timing_iterations,
+                              tolerance_px=1e-9, coarse_rounds=0, volume_shape=volume_shape)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        result = projection_matching(projections, angles, TILT, volume_shape, options,
+        result = projection_matching(projections, angles, TILT, options,
                                      ops=DistributedLamino(ctx))
         times = [h["seconds"] for h in result.history]
         if ctx.is_root:
@@ -200,7 +202,7 @@ def main() -> None:
             parser.error(f"{flag}: {path} is not a directory")
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = AlignOptions()
+    options = AlignConfig()
     print(f"options: {options}")
     if not args.timing_only and get_context().size == 1:
         section_noise_free(options, tuple(args.shape), args.angles)

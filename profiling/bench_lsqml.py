@@ -230,7 +230,8 @@ def run_ours(scan: dict, probe: np.ndarray, iterations: int, batch_size: int, th
              device: str, fft_library: str = "torch") -> dict:
     """Our reconstruction: object (host), loop seconds, FFT library."""
     from hpc_adept.backend import to_numpy
-    from hpc_adept.ptycho import LsqmlOptions, reconstruct
+    from hpc_adept.config import PtychoConfig
+    from hpc_adept.ptycho import reconstruct
     from hpc_adept.ptycho.fft import make_fft2
 
     if device == "cuda":
@@ -238,14 +239,15 @@ def run_ours(scan: dict, probe: np.ndarray, iterations: int, batch_size: int, th
     else:
         xp = np
     counts = xp.asarray(scan["counts"])
-    options = LsqmlOptions(iterations=iterations, batch_size=batch_size, fft_workers=threads,
-                           fft_library=fft_library)
+    options = PtychoConfig(iterations=iterations, batch_size=batch_size,
+                           fft_library=fft_library)  # type: ignore[arg-type]
     if device == "cuda":  # warm-up: cuFFT plans, kernel compilation
         reconstruct(counts, scan["positions"], scan["field"],
-                    LsqmlOptions(iterations=2, batch_size=batch_size), probe=probe)
+                    PtychoConfig(iterations=2, batch_size=batch_size), probe=probe)
         xp.cuda.Device().synchronize()
     start = time.perf_counter()
-    result = reconstruct(counts, scan["positions"], scan["field"], options, probe=probe)
+    result = reconstruct(counts, scan["positions"], scan["field"], options, probe=probe,
+                         fft_workers=threads)
     if device == "cuda":
         xp.cuda.Device().synchronize()
     seconds = time.perf_counter() - start

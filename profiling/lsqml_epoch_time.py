@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from hpc_adept.backend import keep_freed_host_memory
-    from hpc_adept.ptycho import LsqmlOptions, reconstruct
+    from hpc_adept.config import PtychoConfig
+    from hpc_adept.ptycho import reconstruct
 
     torch.set_num_threads(1)
     keep_freed_host_memory()
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     for frame, n_epochs in zip(args.sizes, epochs, strict=True):
         scan = bench_lsqml.simulate(frame)
         run = (scan["counts"], scan["positions"], scan["field"])
-        reconstruct(*run, LsqmlOptions(iterations=1), probe=scan["probe"])
+        reconstruct(*run, PtychoConfig(iterations=1), probe=scan["probe"])
         start = time.perf_counter()
-        reconstruct(*run, LsqmlOptions(iterations=n_epochs), probe=scan["probe"])
+        reconstruct(*run, PtychoConfig(iterations=n_epochs), probe=scan["probe"])
         seconds[frame] = (time.perf_counter() - start) / n_epochs
     print(json.dumps(seconds))
     return 0

@@ -13,7 +13,6 @@ import torch
 import yaml
 
 from hpc_adept.align import (
-    AlignOptions,
     LocalLamino,
     bin_images,
     border_taper,
@@ -31,6 +30,7 @@ from hpc_adept.align import (
     xcorr_shift,
 )
 from hpc_adept.align.matching import least_squares
+from hpc_adept.config import AlignConfig
 from hpc_adept.io import ProjectionSet, read_projections, write_projections
 from hpc_adept.lamino import Geometry, project
 from hpc_adept.parallel import DistributedLamino, get_context
@@ -286,8 +286,9 @@ def test_projection_matching_recovers_random_shifts():
     shape = (24, 40, 40)
     _, angles, _, truth, measured = _misaligned(shape, 40, 3.0, seed=5)
     before = residual_error_px(np.zeros_like(truth), truth, angles)
-    result = projection_matching(measured, angles, TILT, shape,
-                                 AlignOptions(binning=(4, 2, 1), max_iterations=40))
+    result = projection_matching(measured, angles, TILT,
+                                 AlignConfig(binning=(4, 2, 1), max_iterations=40,
+                                             volume_shape=shape))
     after = residual_error_px(result.shifts_px, truth, angles)
     assert before > 2.0
     assert after < 0.1, after
@@ -418,9 +419,9 @@ def test_cuda_alignment_matches_cpu():
         pytest.skip("no CUDA device")
     shape = (20, 32, 32)
     _, angles, _, _, measured = _misaligned(shape, 24, 2.0, seed=3)
-    options = AlignOptions(binning=(2, 1), max_iterations=10)
-    cpu = projection_matching(measured, angles, TILT, shape, options)
-    gpu = projection_matching(measured.cuda(), angles, TILT, shape, options)
+    options = AlignConfig(binning=(2, 1), max_iterations=10, volume_shape=shape)
+    cpu = projection_matching(measured, angles, TILT, options)
+    gpu = projection_matching(measured.cuda(), angles, TILT, options)
     np.testing.assert_allclose(gpu.shifts_px, cpu.shifts_px, rtol=0, atol=1e-3)
 
 
@@ -450,10 +451,16 @@ def test_memory_guard_refuses_an_alignment_that_cannot_fit(tmp_path):
     assert not (run / "aligned.h5").exists()
 
 
-def test_config_defaults_match_the_kernel_defaults():
-    """The align config section and the kernel's AlignOptions share names and defaults."""
-    from hpc_adept.align import AlignOptions
-    from hpc_adept.config import Config
-    from hpc_adept.stages.align import align_options
+def test_align_options_resolve_the_volume_shape():
+    """The stage passes the align section itself, its volume_shape defaulting to
+    recon.volume_shape; projection_matching refuses a section without one."""
+    from hpc_adept.config import Config, ReconConfig
+    from hpc_adept.stages.align import AlignPlan, align_options
 
-    assert align_options(Config()) == AlignOptions()
+    cfg = Config(recon=ReconConfig(volume_shape=(8, 16, 16)))
+    plan = AlignPlan(Path("p.h5"), Path("a.h5"), Path("h.json"), Path("."), (4, 32, 32),
+                     (32, 32), (8, 16, 16))
+    options = align_options(cfg, plan)
+    assert options == AlignConfig(volume_shape=(8, 16, 16))
+    with pytest.raises(ValueError, match="volume_shape"):
+        projection_matching(torch.zeros(4, 32, 32), np.zeros(4), TILT, AlignConfig())

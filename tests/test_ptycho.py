@@ -21,8 +21,9 @@ import pytest
 
 from hpc_adept import sim
 from hpc_adept.backend import _cupy_usable
+from hpc_adept.config import PtychoConfig
+from hpc_adept.errors import ConfigError
 from hpc_adept.ptycho import (
-    LsqmlOptions,
     add_probe_modes,
     lsqml,
     make_object_grid,
@@ -114,7 +115,7 @@ def object_error(result: lsqml.LsqmlResult, projection: np.ndarray, region: np.n
 
 @pytest.fixture(scope="module")
 def gaussian_run(scan: dict) -> lsqml.LsqmlResult:
-    return reconstruct(scan["counts"], scan["positions"], FIELD, LsqmlOptions(),
+    return reconstruct(scan["counts"], scan["positions"], FIELD, PtychoConfig(),
                        probe=scan["probe"])
 
 
@@ -294,7 +295,7 @@ def test_phase_projection_correlates(scan, gaussian_run):
 
 def test_poisson_model(scan, lit):
     result = reconstruct(scan["counts"], scan["positions"], FIELD,
-                         LsqmlOptions(noise_model="poisson"), probe=scan["probe"])
+                         PtychoConfig(noise_model="poisson"), probe=scan["probe"])
     assert object_error(result, scan["projection"], lit) < ERROR_TRUE_PROBE
     assert result.fourier_error[-1] < 0.1 * result.fourier_error[0]
 
@@ -304,7 +305,7 @@ def test_probe_from_data(scan, lit):
     true ambiguity of a refined probe. From this poor start (relative probe error ~0.5) the
     100-position scan needs ~300 epochs: at 100 the error was 0.014-0.085 over four seeds."""
     result = reconstruct(scan["counts"], scan["positions"], FIELD,
-                         LsqmlOptions(iterations=300))
+                         PtychoConfig(iterations=300))
     error = object_error(result, scan["projection"], lit, remove_ramp=True)
     assert error < ERROR_DATA_PROBE, error
     phase, _ = phase_projection(result)
@@ -318,7 +319,8 @@ def test_probe_from_scan_large_probe():
     100 epochs here; at 256^2 LSQ-ML does not converge from it). From the retrieved pupil
     with the defocus fitted on the scan, PCC 0.981 / 0.993 (seeds 0 / 1) after 100 epochs,
     0.985 / 0.999 after 150; the true probe gives 0.999."""
-    from hpc_adept.ptycho.probe import probe_from_scan, retrieve_pupil
+    from hpc_adept.ptycho import probe_from_scan
+    from hpc_adept.ptycho.probe import retrieve_pupil
 
     frame, diameter, field = 64, 32.0, (124, 124)
     rng = np.random.default_rng(0)
@@ -334,21 +336,22 @@ def test_probe_from_scan_large_probe():
     start = probe_from_scan(counts, positions, field)
     assert float(np.sum(np.abs(start) ** 2)) == pytest.approx(counts.sum((1, 2)).mean(),
                                                               rel=1e-4)
-    result = reconstruct(counts, positions, field, LsqmlOptions(iterations=150), probe=start)
+    result = reconstruct(counts, positions, field, PtychoConfig(iterations=150), probe=start)
     phase, _ = phase_projection(result)
     assert np.corrcoef(phase.ravel(), projection.ravel())[0, 1] > PCC_MIN
 
-@pytest.mark.parametrize("options", [
-    LsqmlOptions(batch_mode="compact", momentum=True),
-    LsqmlOptions(momentum=True),
-    LsqmlOptions(n_probe_modes=2),
-    LsqmlOptions(dtype="complex128", batch_size=50),
+@pytest.mark.parametrize(("options", "dtype"), [
+    (PtychoConfig(batch_mode="compact", momentum=True), "complex64"),
+    (PtychoConfig(momentum=True), "complex64"),
+    (PtychoConfig(probe_modes=2), "complex64"),
+    (PtychoConfig(batch_size=50), "complex128"),
 ], ids=["compact+momentum", "sparse+momentum", "two-modes", "complex128"])
-def test_variants_converge(scan, lit, options):
-    result = reconstruct(scan["counts"], scan["positions"], FIELD, options, probe=scan["probe"])
+def test_variants_converge(scan, lit, options, dtype):
+    result = reconstruct(scan["counts"], scan["positions"], FIELD, options, probe=scan["probe"],
+                         dtype=dtype)
     assert object_error(result, scan["projection"], lit) < ERROR_TRUE_PROBE
-    assert result.probe.shape == (options.n_probe_modes, FRAME, FRAME)
-    assert result.object.dtype == np.dtype(options.dtype)
+    assert result.probe.shape == (options.probe_modes, FRAME, FRAME)
+    assert result.object.dtype == np.dtype(dtype)
 
 
 def test_bad_pixel_mask_is_honoured(scan, lit):
@@ -357,9 +360,9 @@ def test_bad_pixel_mask_is_honoured(scan, lit):
     mask[:, 5] = True  # a dead column
     garbage = scan["counts"].copy()
     garbage[:, mask] = rng.uniform(0, 1e5, (garbage.shape[0], int(mask.sum())))
-    masked = reconstruct(garbage, scan["positions"], FIELD, LsqmlOptions(),
+    masked = reconstruct(garbage, scan["positions"], FIELD, PtychoConfig(),
                          probe=scan["probe"], mask=mask)
-    unmasked = reconstruct(garbage, scan["positions"], FIELD, LsqmlOptions(),
+    unmasked = reconstruct(garbage, scan["positions"], FIELD, PtychoConfig(),
                            probe=scan["probe"])
     good = object_error(masked, scan["projection"], lit)
     assert good < ERROR_TRUE_PROBE, good
@@ -372,7 +375,7 @@ def test_position_correction_recovers_errors(scan, lit):
     rng = np.random.default_rng(5)
     offsets = rng.uniform(-1.5, 1.5, scan["positions"].shape)
     offsets -= offsets.mean(0)
-    options = LsqmlOptions(position_correction=True, position_correction_start=5)
+    options = PtychoConfig(position_correction=True, position_correction_start=5)
     result = reconstruct(scan["counts"], scan["positions"] + offsets, FIELD, options,
                          probe=scan["probe"])
     structured = np.array([_window_std(scan["projection"], p) > 0.1
@@ -405,19 +408,22 @@ def test_callback_stops_early(scan):
         seen.append((iteration, error))
         return iteration == 2
 
-    result = reconstruct(scan["counts"], scan["positions"], FIELD, LsqmlOptions(),
+    result = reconstruct(scan["counts"], scan["positions"], FIELD, PtychoConfig(),
                          probe=scan["probe"], callback=stop_at_three)
     assert result.iterations == 3 and len(seen) == 3
     np.testing.assert_array_equal(result.fourier_error, [e for _, e in seen])
 
 
 def test_bad_inputs_rejected(scan):
-    with pytest.raises(ValueError, match="noise_model"):
-        LsqmlOptions(noise_model="laplace")
+    with pytest.raises(ConfigError, match="ptycho.noise_model"):
+        reconstruct(scan["counts"], scan["positions"], FIELD,
+                    PtychoConfig(noise_model="laplace"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dtype"):
+        reconstruct(scan["counts"], scan["positions"], FIELD, dtype="complex32")
     with pytest.raises(ValueError, match="positions_px"):
-        reconstruct(scan["counts"], scan["positions"][:5], FIELD, LsqmlOptions(iterations=1))
+        reconstruct(scan["counts"], scan["positions"][:5], FIELD, PtychoConfig(iterations=1))
     with pytest.raises(ValueError, match="mask"):
-        reconstruct(scan["counts"], scan["positions"], FIELD, LsqmlOptions(iterations=1),
+        reconstruct(scan["counts"], scan["positions"], FIELD, PtychoConfig(iterations=1),
                     mask=np.zeros((3, 3), bool))
 
 
@@ -465,7 +471,7 @@ def test_cupy_matches_numpy(scan):
         pytest.skip("cupy is not importable or no CUDA device is usable")
     import cupy
 
-    options = LsqmlOptions(iterations=20)
+    options = PtychoConfig(iterations=20)
     host = reconstruct(scan["counts"], scan["positions"], FIELD, options, probe=scan["probe"])
     device = reconstruct(cupy.asarray(scan["counts"]), scan["positions"], FIELD, options,
                          probe=scan["probe"])
@@ -483,7 +489,7 @@ def test_cupy_position_correction_matches_numpy(scan):
     import cupy
 
     offsets = np.random.default_rng(5).uniform(-1.0, 1.0, scan["positions"].shape)
-    options = LsqmlOptions(iterations=15, position_correction=True,
+    options = PtychoConfig(iterations=15, position_correction=True,
                            position_correction_start=5)
     start = scan["positions"] + offsets
     host = reconstruct(scan["counts"], start, FIELD, options, probe=scan["probe"])
@@ -531,9 +537,10 @@ def test_torch_host_fft_takes_views_read_only_and_reversed_arrays():
 
 def test_lsqml_gives_the_same_object_with_either_host_fft(scan):
     runs = [reconstruct(scan["counts"], scan["positions"], FIELD,
-                        LsqmlOptions(iterations=20, fft_library=library), probe=scan["probe"])
+                        PtychoConfig(iterations=20, fft_library=library), probe=scan["probe"])
             for library in ("torch", "scipy")]
     a, b = (np.asarray(r.object) for r in runs)
     assert np.max(np.abs(a - b)) < 1e-3 * np.max(np.abs(a))
-    with pytest.raises(ValueError, match="fft_library"):
-        LsqmlOptions(fft_library="fftw")
+    with pytest.raises(ConfigError, match="ptycho.fft_library"):
+        reconstruct(scan["counts"], scan["positions"], FIELD,
+                    PtychoConfig(fft_library="fftw"))  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ from hpc_adept.align.imaging import (
     unbin_images,
 )
 from hpc_adept.align.matching import (
-    AlignOptions,
     AlignResult,
     LaminoOps,
     LocalLamino,
@@ -28,7 +27,6 @@ from hpc_adept.align.matching import (
 from hpc_adept.align.support import visible_support
 
 __all__ = [
-    "AlignOptions",
     "AlignResult",
     "LaminoOps",
     "LocalLamino",

@@ -37,6 +37,7 @@ from hpc_adept.align.imaging import (
     shift_images,
 )
 from hpc_adept.align.support import visible_support
+from hpc_adept.config import AlignConfig
 from hpc_adept.lamino import Geometry
 
 log = logging.getLogger(__name__)
@@ -136,56 +137,6 @@ def least_squares(ops: LaminoOps, data: torch.Tensor, geometry: Geometry,
     return x, data - r
 
 
-@dataclass(frozen=True)
-class AlignOptions:
-    """Settings of :func:`projection_matching` (config section ``align``).
-
-    Attributes
-    ----------
-    binning : tuple of int
-        Binning factor of each level, coarse to fine (e.g. ``(4, 2, 1)``); every factor
-        divides the first.
-    max_iterations : int
-        Iterations per level at most.
-    tolerance_px : float
-        The last level ends when the largest shift update (after drift removal) is below
-        ``tolerance_px`` full-resolution pixels; earlier levels when it is below
-        ``max(tolerance_px, 0.05)`` pixels of the level.
-    max_update_px : float
-        Clamp of each update component, in pixels of the level.
-    highpass_sigma_px : float
-        Gaussian high-pass scale of the residual, in pixels of the level.
-    reconstruct_iterations : int
-        Warm-started CGLS iterations per alignment iteration (:func:`least_squares`; the
-        first volume of each level is an FBP).
-    support : bool
-        Zero the voxels that some projection does not see (:func:`visible_support`).
-    coarse_rounds : int
-        Rounds of the cross-correlation estimate at the first level (0 = none).
-    coarse_lowpass_px : float
-        Low-pass sigma of the cross-correlation, full-resolution pixels.
-    coarse_search_px : float
-        Largest shift (each axis) the cross-correlation looks for, full-resolution pixels.
-    """
-
-    binning: tuple[int, ...] = (4, 2, 1)
-    max_iterations: int = 50
-    tolerance_px: float = 0.01
-    max_update_px: float = 0.5
-    highpass_sigma_px: float = 8.0
-    reconstruct_iterations: int = 5
-    support: bool = True
-    coarse_rounds: int = 3
-    coarse_lowpass_px: float = 8.0
-    coarse_search_px: float = 16.0
-
-    def __post_init__(self) -> None:
-        if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
-            raise ValueError(f"binning {self.binning}: positive factors dividing the first")
-        if self.max_iterations < 1 or self.tolerance_px <= 0 or self.max_update_px <= 0:
-            raise ValueError("max_iterations, tolerance_px and max_update_px must be > 0")
-
-
 @dataclass
 class AlignResult:
     """Outcome of :func:`projection_matching`.
@@ -241,8 +192,7 @@ def projection_matching(
     projections: torch.Tensor,
     angles_deg: np.ndarray,
     tilt_deg: float,
-    volume_shape: tuple[int, int, int],
-    options: AlignOptions,
+    options: AlignConfig,
     ops: LaminoOps | None = None,
     initial_shifts_px: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
@@ -255,10 +205,11 @@ def projection_matching(
         Measured projections (phase, radians) on the compute device.
     angles_deg : ndarray, [n_angles], degrees
     tilt_deg : float, degrees (laminography angle L)
-    volume_shape : (nz, ny, nx)
-        Reconstruction volume at full resolution (voxel = pixel); binned with the
-        projections at coarse levels.
-    options : AlignOptions
+    options : AlignConfig
+        The ``align`` config section; its ``volume_shape`` (the reconstruction volume at
+        full resolution, voxel = pixel, binned with the projections at coarse levels) must
+        be set: the stage fills in ``recon.volume_shape``. ``enabled`` and ``crop_shape``
+        are the stage's business.
     ops : LaminoOps, optional
         Reconstruct / reproject implementation (default :class:`LocalLamino`).
     initial_shifts_px : ndarray [n_angles, 2], optional
@@ -271,91 +222,166 @@ def projection_matching(
     AlignResult
     """
     ops = ops or LocalLamino()
+    if options.volume_shape is None:
+        raise ValueError("projection_matching: options.volume_shape is not set")
     n = projections.shape[0]
     angles = np.asarray(angles_deg, dtype=np.float64)
     shifts = np.zeros((n, 2)) if initial_shifts_px is None else \
         np.asarray(initial_shifts_px, np.float64).copy()
-    start, centre_offset, size = working_frame(tuple(projections.shape[1:]),
-                                               options.binning[0])
-    history: list[dict] = []
-    residuals: list[np.ndarray] = []
-    snapshots: list[np.ndarray] = []
-    device, dtype = projections.device, projections.dtype
-    search = options.coarse_search_px
-    pad = int(math.ceil(search + 2))
+    frame = _Frame.of(projections, options)
+    track = _Track(shifts, angles, tilt_deg)
+    for level_index, factor in enumerate(options.binning):
+        level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
+        _run_level(ops, options, level, frame, track, callback)
+    return AlignResult(
+        shifts_px=track.shifts,
+        history=track.history,
+        residual_per_angle=(np.stack(track.residuals, axis=1) if track.residuals
+                            else np.zeros((n, 0))),
+        shifts_per_iteration=(np.stack(track.snapshots) if track.snapshots
+                              else np.zeros((0, n, 2))),
+    )
 
-    def aligned_at(factor: int) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class _Frame:
+    """The measured projections and the working window all levels share.
+
+    ``start``, ``size``: the largest centred crop divisible by the first binning factor;
+    ``centre_offset``: its half-pixel centre offset per axis; ``pad``: the shifts' edge
+    padding, pixels (room for the largest coarse shift).
+    """
+
+    projections: torch.Tensor
+    start: tuple[int, int]
+    centre_offset: np.ndarray
+    size: tuple[int, int]
+    pad: int
+
+    @classmethod
+    def of(cls, projections: torch.Tensor, options: AlignConfig) -> _Frame:
+        start, centre_offset, size = working_frame(tuple(projections.shape[1:]),
+                                                   options.binning[0])
+        return cls(projections, start, centre_offset, size,
+                   int(math.ceil(options.coarse_search_px + 2)))
+
+    def aligned(self, shifts: np.ndarray, factor: int) -> torch.Tensor:
+        """The projections shifted by ``-shifts``, cropped and binned by ``factor``."""
+        projections = self.projections
         # shift by -s (undo the measured displacement) and by the crop's centre offset
-        total = torch.as_tensor(-(shifts + centre_offset), dtype=dtype, device=device)
-        moved = shift_images(projections, total, pad=pad)
+        total = torch.as_tensor(-(shifts + self.centre_offset), dtype=projections.dtype,
+                                device=projections.device)
+        moved = shift_images(projections, total, pad=self.pad)
+        start, size = self.start, self.size
         frame = moved[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
         return bin_images(frame, factor)
 
-    for level_index, factor in enumerate(options.binning):
-        det = (size[0] // factor, size[1] // factor)
-        vol = _binned(volume_shape, factor)
-        geometry = Geometry(angles, tilt_deg, vol, det)
-        support = torch.as_tensor(
-            visible_support(vol, det, tilt_deg) if options.support else np.ones(vol, bool),
-            device=device)
-        # weight: the volume's shadow (path length through it), tapered at the border
-        path = ops.project(torch.ones(vol, dtype=dtype, device=device), geometry)
-        shadow = (path / path.amax().clamp_min(1e-30) * 4.0).clamp(0.0, 1.0)
-        taper_px = max(2, int(math.ceil(options.highpass_sigma_px)))
-        weights = shadow * border_taper(det, taper_px, projections)
-        rounds = options.coarse_rounds if level_index == 0 else 0
-        # coarse levels only prepare the next one: a looser stop saves iterations there
-        last_level = level_index == len(options.binning) - 1
-        tolerance = options.tolerance_px if last_level else \
-            max(options.tolerance_px, COARSE_TOLERANCE) * factor
-        volume = None
-        for iteration in range(rounds + options.max_iterations):
-            t0 = time.perf_counter()
-            data = aligned_at(factor)
-            if volume is None:
-                volume = ops.fbp(data, geometry) * support
-            volume, model = least_squares(ops, data, geometry, volume, support,
-                                          options.reconstruct_iterations)
-            coarse = iteration < rounds
-            if coarse:
-                update = xcorr_shift(data, model, weights.mean(dim=0),
-                                     options.coarse_lowpass_px / factor, search / factor)
-                diff = highpass((data - model).double(), options.highpass_sigma_px)
-                residual = torch.sqrt((weights * diff ** 2).sum(dim=(-2, -1))
-                                      / weights.sum(dim=(-2, -1)))
-            else:
-                update, residual = optical_flow_update(
-                    data, model, weights, options.highpass_sigma_px, options.max_update_px)
-            previous = shifts
-            shifts, _ = remove_rigid_drift(shifts + update.cpu().numpy() * factor, angles,
-                                           tilt_deg)
-            step = shifts - previous  # the drift part of an update changes nothing
-            res = residual.cpu().numpy()
-            entry = {
-                "level": int(factor), "iteration": int(iteration),
-                "step": "xcorr" if coarse else "flow",
-                "residual_rms": float(np.sqrt(np.mean(res ** 2))),
-                "max_update_px": float(np.abs(step).max()),
-                "rms_update_px": float(np.sqrt(np.mean(step ** 2))),
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(entry)
-            residuals.append(res)
-            snapshots.append(shifts.copy())
-            if callback is not None:
-                callback(entry)
-            if not coarse and entry["max_update_px"] < tolerance:
-                log.info("projection matching: binning %d converged after %d iterations",
-                         factor, iteration + 1)
-                break
-        else:
-            log.warning("projection matching: binning %d stopped at %d iterations, largest "
-                        "update %.4f px (tolerance %.4f px)", factor,
-                        rounds + options.max_iterations, history[-1]["max_update_px"],
-                        tolerance)
-    return AlignResult(
-        shifts_px=shifts,
-        history=history,
-        residual_per_angle=np.stack(residuals, axis=1) if residuals else np.zeros((n, 0)),
-        shifts_per_iteration=np.stack(snapshots) if snapshots else np.zeros((0, n, 2)),
-    )
+
+@dataclass(frozen=True)
+class _Level:
+    """What one binning level fixes: geometry, support mask, residual weights, stop."""
+
+    factor: int
+    geometry: Geometry
+    support: torch.Tensor     # bool, [nz, ny, nx] of the level
+    weights: torch.Tensor     # float, [n, nv, nu] of the level
+    rounds: int               # cross-correlation rounds before the optical flow
+    tolerance: float          # stop when the largest update is below, full-resolution px
+
+
+def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: int,
+                frame: _Frame, tilt_deg: float, angles: np.ndarray) -> _Level:
+    like = frame.projections
+    device, dtype = like.device, like.dtype
+    det = (frame.size[0] // factor, frame.size[1] // factor)
+    vol = _binned(options.volume_shape, factor)
+    geometry = Geometry(angles, tilt_deg, vol, det)
+    support = torch.as_tensor(
+        visible_support(vol, det, tilt_deg) if options.support else np.ones(vol, bool),
+        device=device)
+    # weight: the volume's shadow (path length through it), tapered at the border
+    path = ops.project(torch.ones(vol, dtype=dtype, device=device), geometry)
+    shadow = (path / path.amax().clamp_min(1e-30) * 4.0).clamp(0.0, 1.0)
+    taper_px = max(2, int(math.ceil(options.highpass_sigma_px)))
+    weights = shadow * border_taper(det, taper_px, like)
+    rounds = options.coarse_rounds if level_index == 0 else 0
+    # coarse levels only prepare the next one: a looser stop saves iterations there
+    last_level = level_index == len(options.binning) - 1
+    tolerance = options.tolerance_px if last_level else \
+        max(options.tolerance_px, COARSE_TOLERANCE) * factor
+    return _Level(factor, geometry, support, weights, rounds, tolerance)
+
+
+def _run_level(ops: LaminoOps, options: AlignConfig, level: _Level, frame: _Frame,
+               track: _Track, callback: Callable[[dict], None] | None) -> None:
+    """Alignment iterations of one level until its tolerance or ``max_iterations``."""
+    factor = level.factor
+    volume = None
+    for iteration in range(level.rounds + options.max_iterations):
+        t0 = time.perf_counter()
+        data = frame.aligned(track.shifts, factor)
+        if volume is None:
+            volume = ops.fbp(data, level.geometry) * level.support
+        volume, model = least_squares(ops, data, level.geometry, volume, level.support,
+                                      options.reconstruct_iterations)
+        coarse = iteration < level.rounds
+        update, residual = _shift_update(data, model, level, options, coarse)
+        entry = track.step(update, residual, factor, iteration, coarse, t0)
+        if callback is not None:
+            callback(entry)
+        if not coarse and entry["max_update_px"] < level.tolerance:
+            log.info("projection matching: binning %d converged after %d iterations",
+                     factor, iteration + 1)
+            return
+    log.warning("projection matching: binning %d stopped at %d iterations, largest "
+                "update %.4f px (tolerance %.4f px)", factor,
+                level.rounds + options.max_iterations, track.history[-1]["max_update_px"],
+                level.tolerance)
+
+
+def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
+                  options: AlignConfig, coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift update ``[n, 2]`` (pixels of the level) and weighted residual RMS ``[n]``."""
+    if not coarse:
+        return optical_flow_update(data, model, level.weights, options.highpass_sigma_px,
+                                   options.max_update_px)
+    factor = level.factor
+    update = xcorr_shift(data, model, level.weights.mean(dim=0),
+                         options.coarse_lowpass_px / factor, options.coarse_search_px / factor)
+    diff = highpass((data - model).double(), options.highpass_sigma_px)
+    residual = torch.sqrt((level.weights * diff ** 2).sum(dim=(-2, -1))
+                          / level.weights.sum(dim=(-2, -1)))
+    return update, residual
+
+
+@dataclass
+class _Track:
+    """The shift estimates and the history of the iterations so far."""
+
+    shifts: np.ndarray        # float64 [n, 2], full-resolution pixels, drift free
+    angles: np.ndarray
+    tilt_deg: float
+    history: list[dict] = field(default_factory=list)
+    residuals: list[np.ndarray] = field(default_factory=list)
+    snapshots: list[np.ndarray] = field(default_factory=list)
+
+    def step(self, update: torch.Tensor, residual: torch.Tensor, factor: int, iteration: int,
+             coarse: bool, t0: float) -> dict:
+        """Apply ``update`` (pixels of the level), remove the drift, record the entry."""
+        previous = self.shifts
+        self.shifts, _ = remove_rigid_drift(self.shifts + update.cpu().numpy() * factor,
+                                            self.angles, self.tilt_deg)
+        step = self.shifts - previous  # the drift part of an update changes nothing
+        res = residual.cpu().numpy()
+        entry = {
+            "level": int(factor), "iteration": int(iteration),
+            "step": "xcorr" if coarse else "flow",
+            "residual_rms": float(np.sqrt(np.mean(res ** 2))),
+            "max_update_px": float(np.abs(step).max()),
+            "rms_update_px": float(np.sqrt(np.mean(step ** 2))),
+            "seconds": time.perf_counter() - t0,
+        }
+        self.history.append(entry)
+        self.residuals.append(res)
+        self.snapshots.append(self.shifts.copy())
+        return entry

@@ -1,10 +1,12 @@
 """Ptychography kernels: the LSQ-ML engine, initial probes and phase-projection extraction.
 
+The engine's settings are the ``ptycho`` config section (:class:`hpc_adept.config.PtychoConfig`).
+
 Array-module generic (NumPy on the host, CuPy on a GPU); no MPI, no files.
 """
 
+from hpc_adept.ptycho.fitted_probe import probe_from_scan
 from hpc_adept.ptycho.lsqml import (
-    LsqmlOptions,
     LsqmlResult,
     ObjectGrid,
     make_object_grid,
@@ -16,7 +18,6 @@ from hpc_adept.ptycho.phase import phase_projection, unwrap_phase
 from hpc_adept.ptycho.probe import add_probe_modes, orthogonalize_modes, probe_from_data
 
 __all__ = [
-    "LsqmlOptions",
     "LsqmlResult",
     "ObjectGrid",
     "add_probe_modes",
@@ -25,6 +26,7 @@ __all__ = [
     "orthogonalize_modes",
     "phase_projection",
     "probe_from_data",
+    "probe_from_scan",
     "reconstruct",
     "solve_step_system",
     "unwrap_phase",

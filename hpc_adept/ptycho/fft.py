@@ -17,11 +17,14 @@ All transforms act on the last two axes with ``norm="ortho"`` (DESIGN section 4)
 from __future__ import annotations
 
 import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from hpc_adept.config import FftLibrary
 
 __all__ = ["HOST_FFT_LIBRARIES", "Fft2", "make_fft2"]
 
@@ -45,7 +48,7 @@ class Fft2:
     name: str
 
 
-HOST_FFT_LIBRARIES = ("torch", "scipy")
+HOST_FFT_LIBRARIES: tuple[str, ...] = typing.get_args(FftLibrary)  # ptycho.fft_library
 
 
 def make_fft2(xp: types.ModuleType, workers: int | None = None,

@@ -45,7 +45,8 @@ from typing import Any, Literal
 import numpy as np
 
 from hpc_adept.backend import get_array_module, to_numpy
-from hpc_adept.ptycho.fft import HOST_FFT_LIBRARIES, Fft2, make_fft2
+from hpc_adept.config import PtychoConfig
+from hpc_adept.ptycho.fft import Fft2, make_fft2
 from hpc_adept.ptycho.probe import (
     add_probe_modes,
     mean_total_counts,
@@ -55,7 +56,7 @@ from hpc_adept.ptycho.probe import (
 )
 
 __all__ = [
-    "LsqmlOptions",
+    "DTYPES",
     "LsqmlResult",
     "ObjectGrid",
     "make_object_grid",
@@ -72,111 +73,8 @@ BatchMode = Literal["sparse", "compact"]
 Callback = Callable[[int, float], "bool | None"]
 
 
-@dataclass(frozen=True)
-class LsqmlOptions:
-    """Options of :func:`reconstruct`.
-
-    Attributes
-    ----------
-    iterations : int
-        Epochs (every position visited once per epoch).
-    noise_model : {'gaussian', 'poisson'}
-        Likelihood of the far-field update. 'gaussian' is the amplitude (Gaussian on
-        ``sqrt(d)``) model, the default. At 1e6 photons per pattern on the simulator both
-        reach the same object error with the true probe (0.0087-0.0095 vs 0.0088-0.0092 over
-        four seeds), but from the probe estimated from the data the Gaussian model converged
-        faster in every seed (100 epochs: 0.014-0.085 vs 0.042-0.107), and a scan's probe is
-        often not known (profiling/RESULTS.md, "LSQ-ML (issue 3)").
-    batch_mode : {'sparse', 'compact'}
-        'sparse': each batch holds positions spread over the field, and the object is
-        updated after every batch; 'compact': batches are spatial clusters, and the object
-        update is accumulated over the epoch and applied once.
-    batch_size : int
-        Positions per batch (the last batches may hold one fewer).
-    n_probe_modes : int
-        Incoherent probe modes.
-    probe_update_start : int
-        First epoch (0-based) in which the probe is refined.
-    position_correction : bool
-        Refine the scan positions.
-    position_correction_start : int
-        First epoch of position correction (the object must be roughly right first).
-    position_step_limit_px : float
-        Largest position change per epoch, pixels.
-    momentum : bool
-        Heavy-ball momentum on the per-epoch object update, kept only while the Fourier error
-        decreases.
-    momentum_coefficient : float
-        Friction factor of the momentum in [0, 1).
-    preconditioner_delta : float
-        ``delta`` of the illumination preconditioner ``sqrt(D^2 + (delta max D)^2)``.
-    step_scale : float
-        Multiplier of the optimal steps (< 1 damps the noise-driven overshoot).
-    step_regularization : float
-        Tikhonov term of the 2x2 step system, relative to the batch mean of each diagonal
-        entry.
-    trim_fraction : float
-        Fraction of the smallest and of the largest per-position object steps left out of
-        the batch's (trimmed) mean.
-    padding_px : int
-        Object pixels kept beyond the outermost probe window on each side.
-    seed : int
-        Seed of the batch assignment.
-    dtype : str
-        Complex working precision ('complex64' or 'complex128').
-    fft_workers : int or None
-        Threads per FFT with ``fft_library='scipy'``; None = 1.
-    fft_library : {'torch', 'scipy'}
-        Library of the host FFTs (:func:`hpc_adept.ptycho.fft.make_fft2`); ignored on GPUs.
-    """
-
-    iterations: int = 100
-    noise_model: NoiseModel = "gaussian"
-    batch_mode: BatchMode = "sparse"
-    batch_size: int = 32
-    n_probe_modes: int = 1
-    probe_update_start: int = 0
-    position_correction: bool = False
-    position_correction_start: int = 10
-    position_step_limit_px: float = 0.1
-    momentum: bool = False
-    momentum_coefficient: float = 0.5
-    preconditioner_delta: float = 0.1
-    step_scale: float = 0.9
-    step_regularization: float = 0.1
-    trim_fraction: float = 0.1
-    padding_px: int = 2
-    seed: int = 0
-    dtype: str = "complex64"
-    fft_workers: int | None = None
-    fft_library: str = "torch"
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.noise_model not in ("gaussian", "poisson"):
-            raise ValueError(f"noise_model must be 'gaussian' or 'poisson', "
-                             f"got {self.noise_model!r}")
-        if self.batch_mode not in ("sparse", "compact"):
-            raise ValueError(f"batch_mode must be 'sparse' or 'compact', got {self.batch_mode!r}")
-        if self.batch_size < 1 or self.n_probe_modes < 1:
-            raise ValueError("batch_size and n_probe_modes must be >= 1")
-        if not 0.0 <= self.momentum_coefficient < 1.0:
-            raise ValueError("momentum_coefficient must lie in [0, 1)")
-        if not 0.0 <= self.trim_fraction < 0.5:
-            raise ValueError("trim_fraction must lie in [0, 0.5)")
-        if self.dtype not in ("complex64", "complex128"):
-            raise ValueError(f"dtype must be complex64 or complex128, got {self.dtype!r}")
-        if self.step_scale <= 0 or self.preconditioner_delta <= 0:
-            raise ValueError("step_scale and preconditioner_delta must be > 0")
-        if self.fft_library not in HOST_FFT_LIBRARIES:
-            raise ValueError(f"fft_library must be one of {HOST_FFT_LIBRARIES}, "
-                             f"got {self.fft_library!r}")
-
-    @property
-    def real_dtype(self) -> str:
-        """Real dtype matching :attr:`dtype`."""
-        return "float32" if self.dtype == "complex64" else "float64"
+DTYPES = ("complex64", "complex128")
+"""Complex working precisions of :func:`reconstruct`."""
 
 
 @dataclass(frozen=True)
@@ -680,29 +578,30 @@ def _prepare_data(counts: Any, mask: Any | None, xp: types.ModuleType,
                  mean_total, total)
 
 
-def _initial_probe(probe: Any | None, data: _Data, options: LsqmlOptions,
+def _initial_probe(probe: Any | None, data: _Data, probe_modes: int, dtype: str,
                    xp: types.ModuleType) -> Any:
     """Probe modes ``[K, N, N]`` scaled to the data's mean total counts."""
     if probe is None:
         counts = xp.fft.fftshift(data.amplitude, axes=(-2, -1)) ** 2
         valid = xp.fft.fftshift(data.valid)
-        start = probe_from_data(counts, valid, dtype=options.dtype)
+        start = probe_from_data(counts, valid, dtype=dtype)
     else:
-        start = xp.asarray(probe).astype(options.dtype)
+        start = xp.asarray(probe).astype(dtype)
         if start.shape[-1] != data.amplitude.shape[-1] or start.shape[-2] != start.shape[-1]:
             raise ValueError(f"probe {start.shape} does not match frames "
                              f"{data.amplitude.shape[1:]}")
-    modes = add_probe_modes(start, options.n_probe_modes)
+    modes = add_probe_modes(start, probe_modes)
     return scale_probe(modes, data.mean_total)
 
 
 class _Engine:
     """One LSQ-ML run: the state plus the per-batch and per-epoch steps."""
 
-    def __init__(self, data: _Data, state: _State, grid: ObjectGrid, options: LsqmlOptions,
-                 fft: Fft2, xp: types.ModuleType) -> None:
+    def __init__(self, data: _Data, state: _State, grid: ObjectGrid, options: PtychoConfig,
+                 fft: Fft2, xp: types.ModuleType, dtype: str) -> None:
         self.data, self.state, self.grid, self.opt, self.fft, self.xp = (
             data, state, grid, options, fft, xp)
+        self.dtype, self.real_dtype = dtype, _real_dtype(dtype)
         self.n_frame = data.amplitude.shape[-1]
         lo, hi = grid.position_bounds()
         self.pos_lo, self.pos_hi = xp.asarray(lo), xp.asarray(hi)
@@ -717,8 +616,8 @@ class _Engine:
         starts = xp.floor(origin)
         if not ramps:
             return starts.astype(xp.int64), None
-        fractions = (origin - starts).astype(self.opt.real_dtype)
-        return starts.astype(xp.int64), shift_ramps(fractions, self.n_frame, self.opt.dtype)
+        fractions = (origin - starts).astype(self.real_dtype)
+        return starts.astype(xp.int64), shift_ramps(fractions, self.n_frame, self.dtype)
 
     # -- one batch ---------------------------------------------------------------------------
 
@@ -767,7 +666,7 @@ class _Engine:
         per_position = chi * xp.conj(shifted)
         if per_position.shape[1] > 1:
             per_position = xp.sum(per_position, axis=1)               # [B, N, N]
-        numerator = xp.zeros(self.grid.shape, dtype=self.opt.dtype)
+        numerator = xp.zeros(self.grid.shape, dtype=self.dtype)
         scatter_add(numerator, starts, per_position)
         numerator *= self.preconditioner
         return numerator
@@ -879,11 +778,11 @@ class _Engine:
         xp, st = self.xp, self.state
         drift = _far_field_centroid(self.fft.forward(st.probe)) - st.probe_centroid
         n = self.n_frame
-        k_frame = [xp.exp(-2j * xp.pi * drift[a] * xp.arange(n) / n).astype(self.opt.dtype)
+        k_frame = [xp.exp(-2j * xp.pi * drift[a] * xp.arange(n) / n).astype(self.dtype)
                    for a in (0, 1)]
         st.probe *= k_frame[0][:, None] * k_frame[1][None, :]
         k_obj = [xp.exp(2j * xp.pi * drift[a] * xp.arange(self.grid.shape[a]) / n)
-                 .astype(self.opt.dtype) for a in (0, 1)]
+                 .astype(self.dtype) for a in (0, 1)]
         st.obj *= k_obj[0][:, None] * k_obj[1][None, :]
 
     def inverse_illumination(self, illum: Any) -> Any:
@@ -896,7 +795,7 @@ class _Engine:
         """
         xp = self.xp
         floor = (self.opt.preconditioner_delta * xp.max(illum)) ** 2
-        return (1.0 / xp.sqrt(illum * illum + floor)).astype(self.opt.real_dtype)
+        return (1.0 / xp.sqrt(illum * illum + floor)).astype(self.real_dtype)
 
     def pin_probe_center(self) -> None:
         """Translate probe and object together so the probe's centroid stays put."""
@@ -915,8 +814,8 @@ class _Engine:
         """
         xp, st, n = self.xp, self.state, self.n_frame
         starts, _ = self.windows(xp.arange(st.positions.shape[0]), ramps=False)
-        weight = _power(st.probe, axis=0).astype(self.opt.real_dtype)
-        illum = xp.zeros(self.grid.shape, dtype=self.opt.real_dtype)
+        weight = _power(st.probe, axis=0).astype(self.real_dtype)
+        illum = xp.zeros(self.grid.shape, dtype=self.real_dtype)
         for row, col in to_numpy(starts).tolist():
             illum[row:row + n, col:col + n] += weight
         return illum
@@ -966,10 +865,16 @@ def _central_gradient(image: Any) -> tuple[Any, Any]:
     return grad_r, grad_c
 
 
+def _real_dtype(dtype: str) -> str:
+    """Real dtype matching the complex ``dtype``."""
+    return "float32" if dtype == "complex64" else "float64"
+
+
 def reconstruct(counts: Any, positions_px: Any, field_shape: tuple[int, int],
-                options: LsqmlOptions | None = None, *, probe: Any | None = None,
+                options: PtychoConfig | None = None, *, probe: Any | None = None,
                 mask: Any | None = None, xp: types.ModuleType | None = None,
-                callback: Callback | None = None) -> LsqmlResult:
+                callback: Callback | None = None, seed: int = 0, dtype: str = "complex64",
+                fft_workers: int | None = None) -> LsqmlResult:
     """Reconstruct the object and probe of one ptychography scan with LSQ-ML.
 
     Parameters
@@ -980,7 +885,9 @@ def reconstruct(counts: Any, positions_px: Any, field_shape: tuple[int, int],
         (row, col) probe offsets from the field center ``(m - 1) / 2``, object pixels.
     field_shape : (nv, nu)
         Projection grid the positions refer to.
-    options : LsqmlOptions, optional
+    options : PtychoConfig, optional
+        The ``ptycho`` config section (checked here); default its defaults.
+        ``projection_shape`` and ``initial_probe`` are the stage's business.
     probe : array, complex, [N, N] or [K, N, N], optional
         Initial probe (e.g. from the CXI file); rescaled to the data's mean total counts.
         None: :func:`hpc_adept.ptycho.probe.probe_from_data`.
@@ -990,29 +897,38 @@ def reconstruct(counts: Any, positions_px: Any, field_shape: tuple[int, int],
         Array module to run on; default: the module of ``counts``.
     callback : callable, optional
         ``callback(iteration, fourier_error)`` after every epoch; a true return value stops.
+    seed : int
+        Seed of the batch assignment (the stage derives one per scan).
+    dtype : {'complex64', 'complex128'}
+        Complex working precision.
+    fft_workers : int or None
+        Threads per FFT with ``options.fft_library == 'scipy'``; None = 1.
 
     Returns
     -------
     LsqmlResult
         Object ``[H, W]``, probe ``[K, N, N]`` and the rest, arrays on ``xp``.
     """
-    options = options or LsqmlOptions()
+    options = options or PtychoConfig()
+    options.check()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be complex64 or complex128, got {dtype!r}")
     xp = xp or get_array_module(counts)
-    data = _prepare_data(counts, mask, xp, options.real_dtype)
-    n_positions, n_frame = data.amplitude.shape[0], data.amplitude.shape[-1]
+    data = _prepare_data(counts, mask, xp, _real_dtype(dtype))
     positions = np.array(to_numpy(positions_px), dtype=np.float64)  # a copy: refined in place
-    if positions.shape != (n_positions, 2):
-        raise ValueError(f"positions_px must be [{n_positions}, 2], got {positions.shape}")
+    if positions.shape != (data.amplitude.shape[0], 2):
+        raise ValueError(f"positions_px must be [{data.amplitude.shape[0]}, 2], "
+                         f"got {positions.shape}")
     padding = options.padding_px + (2 if options.position_correction else 0)
-    grid = make_object_grid(positions, tuple(field_shape), n_frame, padding)
-    state = _State(obj=xp.ones(grid.shape, dtype=options.dtype),
-                   probe=_initial_probe(probe, data, options, xp),
+    grid = make_object_grid(positions, tuple(field_shape), data.amplitude.shape[-1], padding)
+    state = _State(obj=xp.ones(grid.shape, dtype=dtype),
+                   probe=_initial_probe(probe, data, options.probe_modes, dtype, xp),
                    positions=xp.array(positions), start_positions=xp.array(positions))
-    fft = make_fft2(xp, options.fft_workers, options.fft_library)
+    fft = make_fft2(xp, fft_workers, options.fft_library)
     state.probe_centroid = _far_field_centroid(fft.forward(state.probe))
     state.probe_center = _intensity_centroid(state.probe)
-    engine = _Engine(data, state, grid, options, fft, xp)
-    rng = np.random.default_rng(options.seed)
+    engine = _Engine(data, state, grid, options, fft, xp, dtype)
+    rng = np.random.default_rng(seed)
     plan = plan_batches(positions, options.batch_size, options.batch_mode, rng)
     for iteration in range(options.iterations):
         error = engine.run_epoch(iteration, plan.epoch(rng))

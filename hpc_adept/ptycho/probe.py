@@ -4,7 +4,9 @@ Conventions (DESIGN section 4): a probe is complex ``[N, N]`` (or ``[modes, N, N
 center at ``(N - 1) / 2``; its intensity is in photons, so that ``sum |P|^2`` over all modes
 equals the mean total counts of a frame for a unit-modulus object.
 
-Every function takes and returns arrays of one array module (NumPy or CuPy).
+Every function takes and returns arrays of one array module (NumPy or CuPy). The probe
+fitted by LSQ-ML trials, which needs the engine, is in :mod:`hpc_adept.ptycho.fitted_probe`
+(this module is below the engine: :mod:`hpc_adept.ptycho.lsqml` imports it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ __all__ = [
     "mean_total_counts",
     "orthogonalize_modes",
     "probe_from_data",
-    "probe_from_scan",
     "retrieve_pupil",
     "scale_probe",
 ]
@@ -221,89 +222,6 @@ def defocused_probe(pupil: Any, defocus: float) -> Any:
     shift_c = (n - 1) / 2.0 - float(xp.sum(weight.sum(0) * index)) / total
     ramp = xp.exp(-2j * xp.pi * (k[:, None] * shift_r + k[None, :] * shift_c))
     return xp.fft.ifft2(xp.fft.fft2(probe) * ramp)
-
-
-def probe_from_scan(counts: Any, positions_px: Any, field_shape: tuple[int, int],
-                    mask: Any | None = None, *, defocus: float | None = None,
-                    relative_defocus: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.125, 0.25,
-                                                           0.375, 0.5, 0.75, 1.0),
-                    trial_epochs: int = 3, refine_steps: int = 5,
-                    options: Any | None = None,
-                    dtype: str = "complex64") -> Any:
-    """Initial probe for large, structured probes: retrieved pupil plus a fitted defocus.
-
-    The mean pattern fixes the aperture (:func:`retrieve_pupil`) but not its defocus, and
-    LSQ-ML only converges from a probe with about the right defocus (measured at 128^2 and
-    256^2 frames with N/2 probes, profiling/RESULTS.md). Unless ``defocus`` is given, each
-    candidate ``lambda z = f * r^2`` (``r`` the aperture radius, ``f`` in
-    ``relative_defocus``; ``f = 1 / F`` for a Fresnel number ``F``) runs ``trial_epochs``
-    LSQ-ML epochs on the scan, and the one with the lowest final Fourier error wins (the
-    error is sharply lowest at the true defocus); ``refine_steps`` bisections around it
-    (two trials each) refine it.
-
-    Parameters
-    ----------
-    counts : array, float, [n, N, N]
-        Photon counts, DC at ``N // 2``.
-    positions_px : array, float, [n, 2]
-        Positions as for :func:`hpc_adept.ptycho.lsqml.reconstruct`.
-    field_shape : (nv, nu)
-        Projection grid the positions refer to.
-    mask : array, bool, [N, N], optional
-        True = bad pixel, DC at ``N // 2``.
-    defocus : float, optional
-        Known ``lambda z`` (pixel units); skips the trials.
-    relative_defocus : tuple of float
-        Candidate ``lambda z / r^2``, increasing; both signs (the sign is not known).
-    trial_epochs : int
-        LSQ-ML epochs per candidate.
-    refine_steps : int
-        Bisections of the grid's smallest spacing around the best candidate.
-    options : LsqmlOptions, optional
-        Options of the trials (their ``iterations`` is replaced by ``trial_epochs``).
-    dtype : str
-        Complex dtype of the result.
-
-    Returns
-    -------
-    array, complex, [N, N]
-        Probe centered at ``(N - 1) / 2`` with ``sum |P|^2`` = the mean total counts.
-    """
-    from dataclasses import replace
-
-    from hpc_adept.ptycho.lsqml import LsqmlOptions, reconstruct
-
-    xp = get_array_module(counts)
-    valid = None if mask is None else 1.0 - xp.asarray(mask, dtype=xp.float64)
-    mean_pattern, known = mean_pattern_filled(counts, valid)
-    pupil, radius = retrieve_pupil(mean_pattern, known)
-    total = mean_total_counts(counts, valid)
-
-    def make(lz: float) -> Any:
-        return scale_probe(defocused_probe(pupil, lz).astype(dtype), total)
-
-    if defocus is not None:
-        return make(defocus)
-    scale = (radius / 1.15) ** 2
-    trial = replace(options or LsqmlOptions(), iterations=trial_epochs, position_correction=False)
-    errors: dict[float, float] = {}
-
-    def error_at(fraction: float) -> float:
-        if fraction not in errors:
-            result = reconstruct(counts, positions_px, field_shape, trial,
-                                 probe=make(fraction * scale), mask=mask)
-            errors[fraction] = float(result.fourier_error[-1])
-        return errors[fraction]
-
-    fraction = min(relative_defocus, key=error_at)
-    # The error has a cusp at the true defocus (a parabola through three grid points lands
-    # ~7 % short at 256^2, enough to stall LSQ-ML): bisect around the best point instead.
-    grid = sorted(relative_defocus)
-    step = min((b - a for a, b in zip(grid[:-1], grid[1:], strict=True)), default=0.125)
-    for _ in range(refine_steps):
-        step /= 2
-        fraction = min((fraction - step, fraction, fraction + step), key=error_at)
-    return make(fraction * scale)
 
 
 def _auto_defocus(power: Any, k2: Any, target_radius: float) -> float:

@@ -17,18 +17,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpc_adept.config import Config
+from hpc_adept.config import AlignConfig, Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, write_projections
 from hpc_adept.io.atomic import open_h5, require_dataset
 from hpc_adept.parallel import ParallelContext, bcast, bcast_array
-
-if TYPE_CHECKING:
-    from hpc_adept.align import AlignOptions
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +136,10 @@ def plan_align(cfg: Config) -> AlignPlan:
                      cfg.runtime.memory_guard)
 
 
-def align_options(cfg: Config) -> AlignOptions:
-    """:class:`hpc_adept.align.AlignOptions` from the ``align`` config section."""
-    from hpc_adept.align import AlignOptions
-
-    a = cfg.align
-    # The kernel's options are a subset of the config section, under the same names.
-    return AlignOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(AlignOptions)})
+def align_options(cfg: Config, plan: AlignPlan) -> AlignConfig:
+    """The ``align`` section with its ``volume_shape`` resolved (default
+    ``recon.volume_shape``, as in ``plan``): what :func:`projection_matching` takes."""
+    return dataclasses.replace(cfg.align, volume_shape=plan.volume_shape)
 
 
 def shift_and_crop(projections: np.ndarray, shifts_px: np.ndarray, crop_shape: tuple[int, int],
@@ -202,7 +195,7 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
     ps, projections, angles, tilt = _shared_input(ctx, plan)
     n = len(angles)
     if cfg.align.enabled:
-        options = align_options(cfg)
+        options = align_options(cfg, plan)
         log.info("align: %d projections %s, tilt %.2f deg, volume %s, binning %s, %d rank(s)",
                  n, list(projections.shape[1:]), tilt, list(plan.volume_shape),
                  list(options.binning), ctx.size)
@@ -213,8 +206,8 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
                      entry["residual_rms"], entry["max_update_px"], entry["seconds"])
 
         result = projection_matching(
-            torch.from_numpy(projections).to(device), angles, tilt, plan.volume_shape,
-            options, ops=DistributedLamino(ctx), callback=report)
+            torch.from_numpy(projections).to(device), angles, tilt, options,
+            ops=DistributedLamino(ctx), callback=report)
     else:
         options = None
         result = AlignResult(shifts_px=np.zeros((n, 2)))

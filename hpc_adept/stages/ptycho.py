@@ -27,7 +27,7 @@ import numpy as np
 
 from hpc_adept import timing
 from hpc_adept.backend import array_module, to_numpy
-from hpc_adept.config import Config, require_dir
+from hpc_adept.config import Config, PtychoConfig, require_dir
 from hpc_adept.errors import DataError
 from hpc_adept.io import (
     ProjectionSet,
@@ -269,24 +269,17 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
                      scan: Scan) -> dict:
     """LSQ-ML of scan ``index`` (``scan``, as read from its file) and its phase
     projection; host arrays."""
-    from hpc_adept.ptycho import LsqmlOptions, phase_projection, reconstruct
+    from hpc_adept.ptycho import phase_projection, reconstruct
 
-    p = cfg.ptycho
     xp = array_module(device)
-    options = LsqmlOptions(
-        iterations=p.iterations, noise_model=p.noise_model, batch_mode=p.batch_mode,
-        batch_size=p.batch_size, n_probe_modes=p.probe_modes,
-        position_correction=p.position_correction, momentum=p.momentum,
-        seed=cfg.runtime.seed * 100_003 + index,
-    )
+    seed = scan_seed(cfg.runtime.seed, index)
     mask = None if scan.mask is None else xp.asarray(scan.mask)
     counts = xp.asarray(scan.counts)
     with timing.region("ptycho/probe_init", device):
-        probe = initial_probe(p.initial_probe, scan, counts, plan.field_shape, options, mask,
-                              xp)
+        probe = initial_probe(cfg.ptycho, scan, counts, plan.field_shape, mask, xp, seed)
     with timing.region("ptycho/lsqml", device):
         result = reconstruct(counts, _positions_px(scan), plan.field_shape,
-                             options, probe=probe, mask=mask, xp=xp)
+                             cfg.ptycho, probe=probe, mask=mask, xp=xp, seed=seed)
     errors = np.asarray(to_numpy(result.fourier_error), dtype=np.float64)
     if not np.all(np.isfinite(errors)):
         raise DataError(f"{scan.path}: LSQ-ML diverged (non-finite Fourier error at "
@@ -303,16 +296,22 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
     }
 
 
-def initial_probe(choice: str, scan: Scan, counts: Any, field_shape: tuple[int, int],
-                  options: Any, mask: Any, xp: Any) -> Any | None:
-    """The probe LSQ-ML starts from (``ptycho.initial_probe``); None = its own default."""
-    from hpc_adept.ptycho.probe import probe_from_scan
+def scan_seed(seed: int, index: int) -> int:
+    """LSQ-ML batch seed of scan ``index`` from ``runtime.seed``: one stream per scan, the
+    same whichever rank does it."""
+    return seed * 100_003 + index
 
-    if scan.probe is not None and choice in ("auto", "file"):
+
+def initial_probe(p: PtychoConfig, scan: Scan, counts: Any, field_shape: tuple[int, int],
+                  mask: Any, xp: Any, seed: int) -> Any | None:
+    """The probe LSQ-ML starts from (``ptycho.initial_probe``); None = its own default."""
+    from hpc_adept.ptycho import probe_from_scan
+
+    if scan.probe is not None and p.initial_probe in ("auto", "file"):
         return xp.asarray(scan.probe)
-    if choice in ("auto", "fitted"):
+    if p.initial_probe in ("auto", "fitted"):
         return probe_from_scan(counts, _positions_px(scan), field_shape, mask,
-                               options=options, dtype=options.dtype)
+                               options=p, seed=seed)
     return None  # mean_pattern: reconstruct() back-propagates the mean pattern
 
 
@@ -321,9 +320,7 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
     t0 = time.perf_counter()
     n_scans = len(plan.scans)
     if ctx.is_root:
-        plan.cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in plan.cache_dir.glob(".scan_*.tmp"):  # left by a killed earlier run
-            stale.unlink()
+        _prepare_cache(plan)
         log.info("ptycho: %d scans, frames %s, field %s, %d LSQ-ML iterations each, %d rank(s)",
                  n_scans, list(plan.scans[0].frame_shape), list(plan.field_shape),
                  cfg.ptycho.iterations, ctx.size)
@@ -387,13 +384,25 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
     with timing.region("ptycho/wait"):  # ranks idle while the last scans finish
         total_reused = _sum(ctx, reused)
     if ctx.is_root:
-        if total_reused:
-            log.info("ptycho: reused %d finished scan(s) from %s", total_reused, plan.cache_dir)
-        with timing.region("ptycho/assemble"):
-            assemble_projections(plan, cfg)
-        log.info("ptycho: wrote %s in %.1f s", plan.run_dir / "projections.h5",
-                 time.perf_counter() - t0)
+        _assemble(plan, cfg, total_reused, t0)
     barrier(ctx)
+
+
+def _prepare_cache(plan: PtychoPlan) -> None:
+    """Create the per-scan result directory; remove temporaries of a killed earlier run."""
+    plan.cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in plan.cache_dir.glob(".scan_*.tmp"):
+        stale.unlink()
+
+
+def _assemble(plan: PtychoPlan, cfg: Config, total_reused: int, t0: float) -> None:
+    """Rank 0's end of the stage: ``projections.h5`` from the per-scan results."""
+    if total_reused:
+        log.info("ptycho: reused %d finished scan(s) from %s", total_reused, plan.cache_dir)
+    with timing.region("ptycho/assemble"):
+        assemble_projections(plan, cfg)
+    log.info("ptycho: wrote %s in %.1f s", plan.run_dir / "projections.h5",
+             time.perf_counter() - t0)
 
 
 def _with_read_ahead(queue: DynamicQueue, needs_work: Callable[[int], bool],
