@@ -59,6 +59,15 @@ def test_frozen():
         ("", ["align.enabled=yes please"], "align.enabled must be true or false"),
         ("", ["simulate.frame_size=63"], "simulate.frame_size must be even"),
         ("", ["noequals"], "--set expects dotted.key=value"),
+        # the LSQ-ML engine's keys (they were options of the kernel before issue 17)
+        ("", ["ptycho.momentum_coefficient=1.0"],
+         "ptycho.momentum_coefficient must be in [0, 1), got 1.0"),
+        ("", ["ptycho.trim_fraction=0.5"], "ptycho.trim_fraction must be in [0, 0.5)"),
+        ("", ["ptycho.padding_px=-1"], "ptycho.padding_px must be >= 0"),
+        ("", ["ptycho.probe_update_start=-2"], "ptycho.probe_update_start must be >= 0"),
+        ("", ["ptycho.step_scale=0"], "ptycho.step_scale must be > 0"),
+        ("", ["ptycho.position_step_limit_px=-0.1"], "ptycho.position_step_limit_px must be > 0"),
+        ("", ["ptycho.fft_library=fftw"], "ptycho.fft_library must be one of 'torch', 'scipy'"),
         ("dip: [1, 2]\n", [], "dip must be a mapping"),
         ("dip:\n  iterations: [\n", [], "is not valid YAML"),
         ("- 1\n- 2\n", [], "must hold a mapping of sections"),
@@ -82,3 +91,14 @@ def test_to_yaml_is_plain():
     assert data["simulate"]["volume_shape"] == [144, 160, 160]
     assert set(data) == {"data", "output", "simulate", "ptycho", "align", "recon", "dip",
                          "evaluate", "runtime"}
+
+
+def test_sections_built_in_python_are_checked_too():
+    """A section made in Python (kernels, benchmarks) skips the YAML coercion; check() still
+    refuses a value outside a key's choices, in the same words."""
+    from hpc_adept.config import PtychoConfig
+
+    with pytest.raises(ConfigError, match=r"ptycho.batch_mode must be one of 'sparse', "
+                                          r"'compact', got 'dense'"):
+        PtychoConfig(batch_mode="dense").check()  # type: ignore[arg-type]
+    PtychoConfig(fft_library="scipy", momentum_coefficient=0.0, trim_fraction=0.0).check()

@@ -71,6 +71,7 @@ class PtychoPlan:
     run_dir: Path
     cache_dir: Path
     settings_key: str
+    margin_px: int  # object pixels LSQ-ML adds around the field and a frame, per side
     device_choice: str = "auto"
     keep_host_memory: bool = True
     memory_guard: bool = True
@@ -108,7 +109,7 @@ class PtychoPlan:
         n_frame = self.scans[0].frame_shape[0]
         largest = max(self.scans, key=lambda scan: scan.n_positions)
         # the object grid: the field plus a frame and LSQ-ML's padding around it
-        grid = (nv + n_frame + 8) * (nu + n_frame + 8)
+        grid = (nv + n_frame + 2 * self.margin_px) * (nu + n_frame + 2 * self.margin_px)
         device_part = (LSQML_BYTES_PER_OBJECT_PX * grid
                        + LSQML_BYTES_PER_COUNT * largest.n_positions * n_frame**2)
         # rank 0 gathers every phase image and probe into projections.h5
@@ -201,8 +202,9 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
     settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     run_dir = Path(cfg.output.dir)
+    margin = cfg.ptycho.padding_px + 2  # 2 more with position correction (reconstruct())
     return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key,
-                      cfg.runtime.device, cfg.runtime.keep_host_memory,
+                      margin, cfg.runtime.device, cfg.runtime.keep_host_memory,
                       cfg.runtime.memory_guard)
 
 
