@@ -241,14 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _use_projector(kernel: str, device: Any) -> None:
-    """Make ``kernel`` the projector implementation of this process (runtime.projector)."""
-    from hpc_adept.lamino.projector import set_default_kernel
+    """Check that this rank can run ``kernel`` (runtime.projector); the stages pass it to
+    the laminography operators they build."""
+    from hpc_adept.lamino import check_kernel
 
     if kernel == "triton" and getattr(device, "type", "cpu") != "cuda":
         raise ConfigError(f"runtime.projector: triton runs on GPUs only, and this rank's "
                           f"device is {device}; use runtime.projector: torch")
     try:
-        set_default_kernel(kernel)
+        check_kernel(kernel)
     except ValueError as exc:
         raise ConfigError(f"runtime.projector: {exc}") from None
 

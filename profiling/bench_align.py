@@ -47,7 +47,7 @@ from hpc_adept.align import (  # noqa: E402
 from hpc_adept.config import AlignConfig  # noqa: E402
 from hpc_adept.io import read_ground_truth, read_projections  # noqa: E402
 from hpc_adept.lamino import Geometry, fbp, project  # noqa: E402
-from hpc_adept.parallel import DistributedLamino, get_context  # noqa: E402
+from hpc_adept.parallel import DistributedLaminoOperator, get_context  # noqa: E402
 from hpc_adept.phantom import make_phantom  # noqa: E402
 from hpc_adept.stages.align import shift_and_crop  # noqa: E402
 from hpc_adept.stages.simulate import auto_projection_shape  # noqa: E402
@@ -159,15 +159,16 @@ def section_timing(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     # a smooth random volume: timing does not depend on the content
     vol = torch.from_numpy(rng.standard_normal(volume_shape).astype(np.float32))
-    projections = DistributedLamino(ctx).project(
-        vol.to(device), Geometry(angles, TILT, volume_shape, (nv, nu)))
+    operator = DistributedLaminoOperator(Geometry(angles, TILT, volume_shape, (nv, nu)),
+                                         ctx=ctx)
+    projections = operator.forward(vol.to(device))
     for factor in args.timing_levels:
         options = AlignConfig(binning=(factor,), max_iterations=args.timing_iterations,
                               tolerance_px=1e-9, coarse_rounds=0, volume_shape=volume_shape)
         if device.type == "cuda":
             torch.cuda.synchronize()
         result = projection_matching(projections, angles, TILT, options,
-                                     ops=DistributedLamino(ctx))
+                                     ops=operator.with_geometry)
         times = [h["seconds"] for h in result.history]
         if ctx.is_root:
             print(f"[timing] {ctx.size} rank(s), {torch.get_num_threads()} thread(s), "

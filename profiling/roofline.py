@@ -42,7 +42,7 @@ from _args import device_arg, positive_int
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hpc_adept.backend import keep_freed_host_memory
 from hpc_adept.dip import DipNetwork, make_input_noise
-from hpc_adept.lamino import Geometry, backproject, project
+from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.fused import available as fused_available
 
 
@@ -139,8 +139,8 @@ def main() -> None:
     model = projector_model(shape, n_angles, det)
     kernels = ["torch", "triton"] if gpu and fused_available() else ["torch"]
     for kernel in kernels:  # the fused Triton kernels compile for GPUs only
-        t = _best(lambda k=kernel: (project(vol, g, kernel=k), backproject(proj, g, kernel=k)),
-                  args.repeats)
+        op = LaminoOperator(g, kernel=kernel)
+        t = _best(lambda op=op: (op.forward(vol), op.adjoint(proj)), args.repeats)
         rows.append((f"projector fwd+adj {list(shape)}, {n_angles} angles, {kernel} kernel",
                      model, t))
 

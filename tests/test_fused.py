@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpc_adept.lamino import Geometry, backproject, fused, project
-from hpc_adept.lamino import projector as projector_module
+from hpc_adept.lamino import Geometry, LaminoOperator, backproject, check_kernel, fused, project
+from hpc_adept.linop import dottest
 from tests.conftest import run_cmd
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="Triton is not installed")
@@ -82,12 +82,7 @@ def test_grid_aligned_angles_match_torch_projector():
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_adjoint_dot_product(dtype, tol):
     g = _geometry(61.0, (6, 11, 10), (10, 14), n_angles=5)
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(g.volume_shape, generator=gen, dtype=dtype)
-    y = torch.randn(g.projection_shape, generator=gen, dtype=dtype)
-    lhs = float((fused.project_fused(x, g).double() * y.double()).sum())
-    rhs = float((x.double() * fused.backproject_fused(y, g).double()).sum())
-    assert abs(lhs - rhs) < tol * abs(lhs)
+    dottest(LaminoOperator(g, kernel="triton"), rtol=tol, dtype=dtype, seed=4)
 
 
 @needs_interpreter
@@ -116,27 +111,29 @@ def test_gradient_through_the_triton_kernel():
     assert torch.allclose(grads["triton"], grads["torch"], rtol=0, atol=1e-12)
 
 
-def test_default_kernel_is_torch_and_can_be_set(monkeypatch):
-    monkeypatch.setattr(projector_module, "_default_kernel", "torch")
-    assert projector_module.default_kernel() == "torch"
-    projector_module.set_default_kernel("triton")
-    assert projector_module.default_kernel() == "triton"
+def test_the_kernel_is_named_and_torch_by_default():
+    """No process-wide default: an operator (or a one-call form) uses the kernel it is
+    given, ``torch`` unless named (runtime.projector reaches the stages' operators)."""
+    g = _geometry(61.0, (2, 3, 3), (3, 4))
+    assert LaminoOperator(g).kernel == "torch"
+    assert LaminoOperator(g, kernel="triton").kernel == "triton"
+    assert check_kernel("triton") == "triton"
     with pytest.raises(ValueError, match="one of torch, triton"):
-        projector_module.set_default_kernel("cuda")
+        check_kernel("cuda")
     with pytest.raises(ValueError, match="one of torch, triton"):
-        project(torch.zeros(2, 3, 3), _geometry(61.0, (2, 3, 3), (3, 4)), kernel="astra")
+        project(torch.zeros(2, 3, 3), g, kernel="astra")
 
 
 @needs_interpreter
-def test_a_triton_default_leaves_cpu_tensors_to_the_torch_kernel(monkeypatch):
-    """runtime.projector: triton is for the GPU work; CPU tensors (the simulator's) keep
-    the torch kernel unless a call names triton."""
-    monkeypatch.setattr(projector_module, "_default_kernel", "triton")
+def test_cpu_tensors_use_the_torch_kernel_unless_triton_is_named():
+    """The simulator's CPU tensors keep the torch kernel; naming triton runs the fused one
+    (in the interpreter, on CPU)."""
     g = _geometry(61.0, (5, 8, 8), (8, 10), n_angles=3)
     x = torch.rand(g.volume_shape, generator=torch.Generator().manual_seed(8))
-    torch_result = project(x, g, kernel="torch")
-    fused_result = project(x, g, kernel="triton")
+    torch_result = LaminoOperator(g, kernel="torch").forward(x)
+    fused_result = LaminoOperator(g, kernel="triton").forward(x)
     assert not torch.equal(fused_result, torch_result)  # float32: they round differently
+    assert torch.equal(fused_result, fused.project_fused(x, g))
     assert torch.equal(project(x, g), torch_result)
 
 
@@ -175,7 +172,4 @@ def test_cuda_matches_torch_projector():
             got = op(arg, g, kernel="triton")
             err = float((got - want).abs().max() / want.abs().max())
             assert err < tol, (op.__name__, tilt, dtype, err)
-        xd, yd = x.double(), y.double()
-        lhs = float((project(xd, g, kernel="triton") * yd).sum())
-        rhs = float((xd * backproject(yd, g, kernel="triton")).sum())
-        assert abs(lhs - rhs) < 1e-10 * abs(lhs)
+        dottest(LaminoOperator(g, kernel="triton"), rtol=1e-10, x=x.double(), y=y.double())

@@ -1,4 +1,4 @@
-"""Tests of the laminography geometry, projector, adjoint and FBP (hpc_adept.lamino)."""
+"""Tests of the laminography geometry, operator (projector, adjoint, FBP) and dottest."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from hpc_adept.errors import DataError
 from hpc_adept.lamino import (
     Geometry,
     GeometryError,
+    LaminoOperator,
     angular_weights,
     backproject,
     fbp,
     project,
     ramp_filter,
 )
+from hpc_adept.lamino import oblique as oblique_module
 from hpc_adept.lamino import projector as projector_module
+from hpc_adept.linop import AdjointTestError, FunctionOperator, dottest
 
 
 def _offsets(shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -121,14 +124,9 @@ ADJOINT_CASES = [
 @pytest.mark.parametrize(("tilt", "vshape", "dshape"), ADJOINT_CASES)
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 def test_adjoint_dot_product(tilt, vshape, dshape, dtype, tol):
-    gen = torch.Generator().manual_seed(1)
     angles = np.random.default_rng(2).uniform(-180, 540, size=6)
     g = Geometry(angles, tilt, vshape, dshape)
-    x = torch.randn(vshape, generator=gen, dtype=dtype)
-    y = torch.randn(g.projection_shape, generator=gen, dtype=dtype)
-    lhs = float((project(x, g).double() * y.double()).sum())
-    rhs = float((x.double() * backproject(y, g).double()).sum())
-    assert abs(lhs - rhs) / abs(lhs) < tol
+    dottest(LaminoOperator(g), rtol=tol, dtype=dtype, seed=1)
 
 
 def test_adjoint_fallback_matches_aten(monkeypatch):
@@ -221,8 +219,8 @@ def test_slice_grouping_does_not_change_results(monkeypatch, per_batch, per_grou
     x = torch.randn(g.volume_shape, dtype=torch.float64, generator=gen)
     y = torch.randn(g.projection_shape, dtype=torch.float64, generator=gen)
     expected = project(x, g), backproject(y, g)
-    monkeypatch.setattr(projector_module, "CPU_SLICES_PER_BATCH", per_batch)
-    monkeypatch.setattr(projector_module, "CPU_SLICES_PER_GROUP", per_group)
+    monkeypatch.setattr(oblique_module, "CPU_SLICES_PER_BATCH", per_batch)
+    monkeypatch.setattr(oblique_module, "CPU_SLICES_PER_GROUP", per_group)
     torch.testing.assert_close(project(x, g), expected[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(backproject(y, g), expected[1], rtol=1e-12, atol=1e-12)
 
@@ -248,15 +246,100 @@ def test_slab_projections_sum_to_the_whole(tilt):
 @pytest.mark.parametrize("tilt", [61.0, 30.0])
 def test_adjoint_dot_product_with_z_offset(tilt):
     g = Geometry(ANGLES, tilt, (5, 10, 9), (16, 14), z_offset=-2.5)
-    gen = torch.Generator().manual_seed(9)
-    x = torch.randn(g.volume_shape, dtype=torch.float64, generator=gen)
-    y = torch.randn(g.projection_shape, dtype=torch.float64, generator=gen)
-    lhs = float((project(x, g) * y).sum())
-    rhs = float((x * backproject(y, g)).sum())
-    assert abs(lhs - rhs) / abs(lhs) < 1e-10
+    dottest(LaminoOperator(g), rtol=1e-10, seed=9)
     assert g.subset([0, 1]).z_offset == -2.5
     with pytest.raises(DataError, match="slab"):
         g.slab(3, 3)
+
+
+# --------------------------------------------------------------------------- the operator
+
+def _random_pair(g: Geometry, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(g.volume_shape, dtype=torch.float64, generator=gen),
+            torch.randn(g.projection_shape, dtype=torch.float64, generator=gen))
+
+
+def test_operator_is_the_functional_forms():
+    g = Geometry(ANGLES, 61.0, (6, 9, 8), (10, 12))
+    op = LaminoOperator(g)
+    assert op.domain_shape == (6, 9, 8) and op.range_shape == (5, 10, 12)
+    assert op.kernel == "torch" and "5 angles" in repr(op)
+    x, y = _random_pair(g, 10)
+    assert torch.equal(op.forward(x), project(x, g)) and torch.equal(op(x), project(x, g))
+    assert torch.equal(op.adjoint(y), backproject(y, g))
+    assert torch.equal(op.fbp(y), fbp(y, g))
+    assert isinstance(op.fbp(y.numpy()), np.ndarray)
+
+
+def test_operator_adjoint_and_products_are_operators():
+    g = Geometry(ANGLES, 61.0, (6, 9, 8), (10, 12))
+    op = LaminoOperator(g)
+    x, y = _random_pair(g, 11)
+    assert op.H.domain_shape == op.range_shape and op.H.range_shape == op.domain_shape
+    assert op.H.H is op
+    assert torch.equal(op.H.forward(y), op.adjoint(y))
+    assert torch.equal(op.H.adjoint(x), op.forward(x))
+    dottest(op.H, rtol=1e-10, seed=12)
+    normal = op.H @ op  # A^T A: self-adjoint, <x, A^T A x> = ||A x||^2
+    assert normal.domain_shape == normal.range_shape == g.volume_shape
+    dottest(normal, rtol=1e-10, seed=13)
+    energy = float((op.forward(x) ** 2).sum())
+    assert float((x * normal(x)).sum()) == pytest.approx(energy, rel=1e-12)
+    with pytest.raises(ValueError, match="cannot compose"):
+        op @ op
+
+
+def test_operator_gradients_are_the_other_direction():
+    g = Geometry(ANGLES, 61.0, (6, 9, 8), (10, 12))
+    op = LaminoOperator(g)
+    x, y = _random_pair(g, 14)
+    y.requires_grad_(True)
+    (grad,) = torch.autograd.grad((op.adjoint(y) * x).sum(), y)
+    torch.testing.assert_close(grad, op.forward(x), rtol=1e-12, atol=1e-12)
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad((op.H.adjoint(x) * y.detach()).sum(), x)
+    torch.testing.assert_close(grad, op.adjoint(y.detach()), rtol=1e-12, atol=1e-12)
+
+
+def test_angle_subsets_and_other_geometries():
+    g = Geometry(np.linspace(0, 360, 7, endpoint=False), 61.0, (6, 9, 8), (10, 12))
+    op = LaminoOperator(g, max_chunk_bytes=2**20)
+    x, y = _random_pair(g, 15)
+    part = op.angles_subset(slice(2, 5))
+    assert part.geometry == g.subset(slice(2, 5)) and part.max_chunk_bytes == 2**20
+    assert type(part) is LaminoOperator and op.geometry == g  # op itself unchanged
+    torch.testing.assert_close(part.forward(x), op.forward(x)[2:5], rtol=1e-12, atol=1e-12)
+    assert op.angles_subset(3).range_shape == (1, 10, 12)
+    # FBP of blocks of a scan, with their share of the scan's weights, sums to the whole
+    weights = angular_weights(g)
+    blocks = [slice(0, 3), slice(3, 7)]
+    parts = [op.angles_subset(b).fbp(y[b], weights=weights[b]) for b in blocks]
+    torch.testing.assert_close(sum(parts), op.fbp(y), rtol=1e-12, atol=1e-12)
+    slab = op.with_geometry(g.slab(1, 4))
+    torch.testing.assert_close(slab.forward(x[1:4]), project(x[1:4], g.slab(1, 4)))
+
+
+def test_operator_rejects_bad_arguments():
+    g = Geometry(ANGLES, 61.0, (4, 5, 6), (7, 8))
+    with pytest.raises(ValueError, match="one of torch, triton"):
+        LaminoOperator(g, kernel="astra")
+    with pytest.raises(TypeError, match="Geometry"):
+        LaminoOperator((4, 5, 6))
+    with pytest.raises(ValueError, match="max_chunk_bytes"):
+        LaminoOperator(g, max_chunk_bytes=1.5)
+    with pytest.raises(GeometryError, match="3 weights for 5 angles"):
+        LaminoOperator(g).fbp(torch.zeros(g.projection_shape), weights=[1.0, 2.0, 3.0])
+
+
+def test_dottest_reports_a_wrong_adjoint():
+    scale = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    right = FunctionOperator(lambda v: scale * v, lambda v: scale * v, (3,), (3,))
+    lhs, rhs = dottest(right, rtol=1e-14)
+    assert lhs == pytest.approx(rhs, rel=1e-14)
+    wrong = FunctionOperator(lambda v: scale * v, lambda v: v, (3,), (3,))
+    with pytest.raises(AdjointTestError, match=r"<A x, y> = .*<x, A\^H y> = "):
+        dottest(wrong, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- FBP
@@ -356,7 +439,4 @@ def test_cuda_matches_cpu():
             err = (gpu.cpu() - cpu).abs().max() / cpu.abs().max()
             assert err < tol, (op.__name__, tilt, dtype, float(err))
         # exact adjoint on the GPU too
-        xc, yc = x.cuda().double(), y.cuda().double()
-        lhs = float((project(xc, g) * yc).sum())
-        rhs = float((xc * backproject(yc, g)).sum())
-        assert abs(lhs - rhs) / abs(lhs) < 1e-10
+        dottest(LaminoOperator(g), rtol=1e-10, x=x.cuda().double(), y=y.cuda().double())

@@ -48,6 +48,13 @@ def test_torch_distributed_from_mpi_two_ranks():
     assert "gloo allreduce ok" in result.stdout
 
 
+@pytest.mark.mpi
+def test_distributed_lamino_operator_two_ranks():
+    result = run_cmd([str(REPO / "tests" / "mpi" / "check_lamino_operator.py")], n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed lamino operator ok on 2 ranks" in result.stdout
+
+
 def test_dynamic_queue_serial():
     from hpc_adept.parallel.workqueue import DynamicQueue
 

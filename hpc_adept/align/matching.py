@@ -11,8 +11,9 @@ flow step, a few rounds of low-pass, window-bounded cross-correlation against th
 reprojections give a coarse estimate that periodic IC patterns cannot pull onto the wrong
 period.
 
-The reconstruct and reproject steps come from an operator object (:class:`LaminoOps`), so
-a stage can pass a distributed implementation; this module knows nothing about MPI.
+The reconstruct and reproject steps come from the laminography operator of each level,
+built by a factory (:class:`LaminoOps`), so a stage can pass a distributed one; this module
+knows nothing about MPI.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from hpc_adept.align.imaging import (
 )
 from hpc_adept.align.support import visible_support
 from hpc_adept.config import AlignConfig
-from hpc_adept.lamino import Geometry
+from hpc_adept.lamino import Geometry, LaminoOperator
+from hpc_adept.linop import LinearOperator
 
 log = logging.getLogger(__name__)
 
@@ -47,61 +49,46 @@ COARSE_TOLERANCE = 0.05
 
 
 class LaminoOps(Protocol):
-    """Reconstruct / reproject steps of projection matching.
+    """Builds the laminography operator of a geometry (each binning level has its own).
 
-    Both take and return full stacks (every angle of ``geometry``) on the caller's device;
-    a distributed implementation shares the work between ranks and returns the same full
-    result on every rank.
+    Called as ``ops(geometry)``; the operator's ``forward`` / ``adjoint`` / ``fbp`` take
+    and return full stacks (every angle of ``geometry``) on the caller's device. A
+    distributed operator (e.g. ``functools.partial(DistributedLaminoOperator, ctx=ctx,
+    kernel=kernel)``) shares the work between ranks and returns the same full result on
+    every rank.
     """
 
-    def fbp(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-        """Filtered backprojection ``[n, nv, nu] -> [nz, ny, nx]``."""
-        ...
-
-    def project(self, volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-        """Forward projection ``[nz, ny, nx] -> [n, nv, nu]``."""
-        ...
-
-    def backproject(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-        """Exact adjoint of :meth:`project`, ``[n, nv, nu] -> [nz, ny, nx]``."""
+    def __call__(self, geometry: Geometry) -> LaminoOperator:
+        """The operator of ``geometry``."""
         ...
 
 
+@dataclass(frozen=True)
 class LocalLamino:
-    """:class:`LaminoOps` in this process (:func:`hpc_adept.lamino.fbp` / ``project``)."""
+    """:class:`LaminoOps` in this process: :class:`~hpc_adept.lamino.LaminoOperator` with
+    ``kernel`` (:data:`hpc_adept.lamino.KERNELS`)."""
 
-    def fbp(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-        from hpc_adept.lamino import fbp
+    kernel: str = "torch"
 
-        with torch.no_grad():
-            return fbp(projections, geometry)
-
-    def project(self, volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-        from hpc_adept.lamino import project
-
-        with torch.no_grad():
-            return project(volume, geometry)
-
-    def backproject(self, projections: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-        from hpc_adept.lamino import backproject
-
-        with torch.no_grad():
-            return backproject(projections, geometry)
+    def __call__(self, geometry: Geometry) -> LaminoOperator:
+        return LaminoOperator(geometry, kernel=self.kernel)
 
 
-def least_squares(ops: LaminoOps, data: torch.Tensor, geometry: Geometry,
-                  volume: torch.Tensor, support: torch.Tensor, iterations: int
+def least_squares(op: LinearOperator, data: torch.Tensor, volume: torch.Tensor,
+                  support: torch.Tensor, iterations: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """CGLS iterations on ``min ||A (m x) - data||^2`` from ``volume`` (warm start).
 
-    ``A`` is the projector of ``geometry`` and ``m`` the support mask (the returned volume
-    is zero outside it). A laminographic FBP is not data-consistent (the missing cone):
-    its reprojections differ from the data by structure-dependent sub-pixel displacements
-    that projection matching would take for misalignment; a few warm-started least-squares
-    iterations per alignment iteration remove that bias.
+    ``A`` is the operator ``op`` (the projector of a geometry) and ``m`` the support mask
+    (the returned volume is zero outside it). A laminographic FBP is not data-consistent
+    (the missing cone): its reprojections differ from the data by structure-dependent
+    sub-pixel displacements that projection matching would take for misalignment; a few
+    warm-started least-squares iterations per alignment iteration remove that bias.
 
     Parameters
     ----------
+    op : LinearOperator
+        ``forward`` [nz, ny, nx] -> [n, nv, nu] and its ``adjoint``.
     data : torch.Tensor, [n, nv, nu]
     volume : torch.Tensor, [nz, ny, nx]
         Starting volume.
@@ -116,21 +103,21 @@ def least_squares(ops: LaminoOps, data: torch.Tensor, geometry: Geometry,
     """
     mask = support.to(volume.dtype)
     x = volume * mask
-    r = data - ops.project(x, geometry)
-    s = ops.backproject(r, geometry) * mask
+    r = data - op.forward(x)
+    s = op.adjoint(r) * mask
     p = s.clone()
     gamma = float((s.double() ** 2).sum())
     for _ in range(iterations):
         if gamma <= 0.0:
             break
-        q = ops.project(p, geometry)
+        q = op.forward(p)
         qq = float((q.double() ** 2).sum())
         if qq <= 0.0:
             break
         alpha = gamma / qq
         x = x + alpha * p
         r = r - alpha * q
-        s = ops.backproject(r, geometry) * mask
+        s = op.adjoint(r) * mask
         gamma_new = float((s.double() ** 2).sum())
         p = s + (gamma_new / gamma) * p
         gamma = gamma_new
@@ -211,7 +198,7 @@ def projection_matching(
         be set: the stage fills in ``recon.volume_shape``. ``enabled`` and ``crop_shape``
         are the stage's business.
     ops : LaminoOps, optional
-        Reconstruct / reproject implementation (default :class:`LocalLamino`).
+        Builds each level's operator (default :class:`LocalLamino`: serial, ``torch``).
     initial_shifts_px : ndarray [n_angles, 2], optional
         Starting estimate (default zeros).
     callback : callable, optional
@@ -232,7 +219,7 @@ def projection_matching(
     track = _Track(shifts, angles, tilt_deg)
     for level_index, factor in enumerate(options.binning):
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
-        _run_level(ops, options, level, frame, track, callback)
+        _run_level(options, level, frame, track, callback)
     return AlignResult(
         shifts_px=track.shifts,
         history=track.history,
@@ -282,7 +269,7 @@ class _Level:
     """What one binning level fixes: geometry, support mask, residual weights, stop."""
 
     factor: int
-    geometry: Geometry
+    op: LaminoOperator        # the level's projector
     support: torch.Tensor     # bool, [nz, ny, nx] of the level
     weights: torch.Tensor     # float, [n, nv, nu] of the level
     rounds: int               # cross-correlation rounds before the optical flow
@@ -295,12 +282,12 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     device, dtype = like.device, like.dtype
     det = (frame.size[0] // factor, frame.size[1] // factor)
     vol = _binned(options.volume_shape, factor)
-    geometry = Geometry(angles, tilt_deg, vol, det)
+    op = ops(Geometry(angles, tilt_deg, vol, det))
     support = torch.as_tensor(
         visible_support(vol, det, tilt_deg) if options.support else np.ones(vol, bool),
         device=device)
     # weight: the volume's shadow (path length through it), tapered at the border
-    path = ops.project(torch.ones(vol, dtype=dtype, device=device), geometry)
+    path = op.forward(torch.ones(vol, dtype=dtype, device=device))
     shadow = (path / path.amax().clamp_min(1e-30) * 4.0).clamp(0.0, 1.0)
     taper_px = max(2, int(math.ceil(options.highpass_sigma_px)))
     weights = shadow * border_taper(det, taper_px, like)
@@ -309,10 +296,10 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     last_level = level_index == len(options.binning) - 1
     tolerance = options.tolerance_px if last_level else \
         max(options.tolerance_px, COARSE_TOLERANCE) * factor
-    return _Level(factor, geometry, support, weights, rounds, tolerance)
+    return _Level(factor, op, support, weights, rounds, tolerance)
 
 
-def _run_level(ops: LaminoOps, options: AlignConfig, level: _Level, frame: _Frame,
+def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                track: _Track, callback: Callable[[dict], None] | None) -> None:
     """Alignment iterations of one level until its tolerance or ``max_iterations``."""
     factor = level.factor
@@ -321,8 +308,8 @@ def _run_level(ops: LaminoOps, options: AlignConfig, level: _Level, frame: _Fram
         t0 = time.perf_counter()
         data = frame.aligned(track.shifts, factor)
         if volume is None:
-            volume = ops.fbp(data, level.geometry) * level.support
-        volume, model = least_squares(ops, data, level.geometry, volume, level.support,
+            volume = level.op.fbp(data) * level.support
+        volume, model = least_squares(level.op, data, volume, level.support,
                                       options.reconstruct_iterations)
         coarse = iteration < level.rounds
         update, residual = _shift_update(data, model, level, options, coarse)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from hpc_adept.lamino.geometry import Geometry
+from hpc_adept.lamino.oblique import ell_transpose, oblique_entries, sample_layout
 
 #: Detector columns per forward program and voxels per adjoint program.
 FORWARD_BLOCK: int = 128
@@ -102,16 +103,14 @@ def _matrix_tables(tilt_deg: float, nz: int, ny: int, nx: int, nv: int, nu: int,
                    ) -> dict[str, Any]:
     """Sample layout, ``M`` in CSR and ``M^T`` in ELLPACK on ``device``: the same for every
     angle, so built once per shape, tilt and slab (like the torch kernel's operator)."""
-    from hpc_adept.lamino import projector
-
     # the GPU layout: every slice at once, no padding (the kernels need no grouping)
-    layout = projector._layout(Geometry([0.0], tilt_deg, (nz, ny, nx), (nv, nu), z_offset),
-                               torch.device("cuda"))
-    rows, cols, vals = projector._oblique_entries(tilt_deg, nz, nv, layout, z_offset)
+    layout = sample_layout(Geometry([0.0], tilt_deg, (nz, ny, nx), (nv, nu), z_offset),
+                           torch.device("cuda"))
+    rows, cols, vals = oblique_entries(tilt_deg, nz, nv, layout, z_offset)
     order = np.lexsort((cols, rows))
     crow = np.zeros(nv + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=nv), out=crow[1:])
-    t_index, t_weight = projector._ell_transpose(rows, cols, vals, nv, nz * layout.n_rows)
+    t_index, t_weight = ell_transpose(rows, cols, vals, nv, nz * layout.n_rows)
     on = {"device": device}
     return {
         "layout": layout,
@@ -164,7 +163,8 @@ def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
 def project_fused(volume: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Forward projection of ``volume`` [nz, ny, nx] -> [n_angles, nv, nu], no autograd.
 
-    Same operator, argument checks left to :func:`hpc_adept.lamino.projector.project`.
+    Same operator as :func:`hpc_adept.lamino.projector.project_torch`; argument checks
+    are left to :class:`hpc_adept.lamino.LaminoOperator`.
     """
     volume = volume.contiguous()
     tab, forward, _ = _launch(volume, geometry)

@@ -1,7 +1,8 @@
 """Everything that talks MPI or torch.distributed lives in this package.
 
 Kernels (lamino, phantom, sim, ptycho, ...) take arrays and return arrays; stages combine
-them with the helpers here.
+them with the helpers here. :class:`DistributedLaminoOperator` (:mod:`.distops`) is the
+laminography operator with its angles shared between ranks.
 """
 
 from hpc_adept.parallel.collectives import (
@@ -20,7 +21,7 @@ from hpc_adept.parallel.partition import aligned_block_range, block_range, cycli
 
 __all__ = [
     "DdpCommunicator",
-    "DistributedLamino",
+    "DistributedLaminoOperator",
     "ParallelContext",
     "StopFlag",
     "aligned_block_range",
@@ -41,7 +42,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # distops imports torch: loaded on first use, so `adept --help` and config errors stay fast
-    if name in ("DistributedLamino", "allgather_blocks"):
+    if name in ("DistributedLaminoOperator", "allgather_blocks"):
         from hpc_adept.parallel import distops
 
         return getattr(distops, name)

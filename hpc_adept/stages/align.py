@@ -2,11 +2,12 @@
 
 Rank 0 reads ``projections.h5`` and broadcasts it; every rank runs the same projection
 matching loop (:func:`hpc_adept.align.projection_matching`) with the reconstruct and
-reproject steps shared out by angle (:class:`hpc_adept.parallel.DistributedLamino`), so the
-heavy work per iteration divides by the number of ranks while the cheap per-projection
-shift updates are computed identically everywhere. Rank 0 writes ``aligned.h5`` (shifted,
-centre-cropped projections, ``/shifts_px``, ``/align_residual``), ``align_history.json``
-and the figures ``figures/align_shifts.png`` and ``figures/align_convergence.png``.
+reproject steps shared out by angle (:class:`hpc_adept.parallel.DistributedLaminoOperator`,
+kernel ``runtime.projector``), so the heavy work per iteration divides by the number of
+ranks while the cheap per-projection shift updates are computed identically everywhere.
+Rank 0 writes ``aligned.h5`` (shifted, centre-cropped projections, ``/shifts_px``,
+``/align_residual``), ``align_history.json`` and the figures ``figures/align_shifts.png``
+and ``figures/align_convergence.png``.
 """
 
 from __future__ import annotations
@@ -186,10 +187,12 @@ def _shared_input(ctx: ParallelContext, plan: AlignPlan) -> tuple[ProjectionSet 
 
 def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object) -> None:
     """Run the stage on all ranks."""
+    import functools
+
     import torch
 
     from hpc_adept.align import AlignResult, projection_matching
-    from hpc_adept.parallel import DistributedLamino
+    from hpc_adept.parallel import DistributedLaminoOperator
 
     t0 = time.perf_counter()
     ps, projections, angles, tilt = _shared_input(ctx, plan)
@@ -206,8 +209,9 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
                      entry["residual_rms"], entry["max_update_px"], entry["seconds"])
 
         result = projection_matching(
-            torch.from_numpy(projections).to(device), angles, tilt, options,
-            ops=DistributedLamino(ctx), callback=report)
+            torch.from_numpy(projections).to(device), angles, tilt, options, callback=report,
+            ops=functools.partial(DistributedLaminoOperator, kernel=cfg.runtime.projector,
+                                  ctx=ctx))
     else:
         options = None
         result = AlignResult(shifts_px=np.zeros((n, 2)))

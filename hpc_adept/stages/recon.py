@@ -186,8 +186,13 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
 
 
 def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
-                    ctx: ParallelContext, device: object) -> np.ndarray:
+                    ctx: ParallelContext, device: object, kernel: str = "torch"
+                    ) -> np.ndarray:
     """FBP with angles split over ranks and partial volumes summed (every rank gets it).
+
+    Each rank moves only its block of projections to ``device`` and backprojects it with
+    ``kernel`` (``runtime.projector``), weighted by its share of the whole scan's angular
+    weights.
 
     Returns
     -------
@@ -195,21 +200,18 @@ def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
     """
     import torch
 
-    from hpc_adept.lamino import Geometry, angular_weights, backproject, ramp_filter
+    from hpc_adept.lamino import Geometry, LaminoOperator, angular_weights
 
     full = Geometry(ps.angles_deg, ps.tilt_deg, volume_shape, ps.projections.shape[1:])
     weights = angular_weights(full)
     mine = block_range(len(ps.angles_deg), ctx.size, ctx.rank)
     part = np.zeros(volume_shape, np.float32)
     if len(mine):
-        sub = Geometry(ps.angles_deg[mine.start:mine.stop], ps.tilt_deg, volume_shape,
-                       ps.projections.shape[1:])
+        block = slice(mine.start, mine.stop)
+        op = LaminoOperator(full, kernel=kernel).angles_subset(block)
         with torch.no_grad():
-            proj = torch.from_numpy(ps.projections[mine.start:mine.stop]).to(device)
-            filtered = ramp_filter(proj, ps.tilt_deg)
-            w = torch.as_tensor(weights[mine.start:mine.stop], dtype=filtered.dtype,
-                                device=filtered.device)
-            part = backproject(filtered * w[:, None, None], sub).cpu().numpy()
+            proj = torch.from_numpy(ps.projections[block]).to(device)
+            part = op.fbp(proj, weights=weights[block]).cpu().numpy()
     return allreduce_sum(ctx, part.astype(np.float32))
 
 
@@ -229,7 +231,8 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         attrs: dict[str, object] = {"method": method}
         if method == "fbp":
             with timing.region("recon/fbp", device):
-                volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device)
+                volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device,
+                                         cfg.runtime.projector)
         elif method == "dip":
             with timing.region("recon/dip", device):
                 volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir)

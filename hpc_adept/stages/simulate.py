@@ -263,7 +263,7 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
     """Run the stage (all ranks); ``plan`` comes from :func:`plan_simulation`."""
     import torch
 
-    from hpc_adept.lamino import Geometry, project
+    from hpc_adept.lamino import Geometry, LaminoOperator
 
     s = cfg.simulate
     t0 = time.perf_counter()
@@ -289,9 +289,11 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
     mine = block_range(s.n_angles, ctx.size, ctx.rank)
     geometry = Geometry(plan.angles_deg[mine.start:mine.stop], s.tilt_deg,
                         s.volume_shape, plan.projection_shape)
+    # float64 keeps the simulated data free of projector rounding; the volume is on the
+    # host, where the torch kernel runs (runtime.projector is for the GPU work)
+    projector = LaminoOperator(geometry, kernel="torch")
     with torch.no_grad():
-        # float64 keeps the simulated data free of projector rounding.
-        projections = project(torch.from_numpy(volume.astype(np.float64)), geometry).numpy()
+        projections = projector.forward(torch.from_numpy(volume.astype(np.float64))).numpy()
     probe = sim.make_probe(s.frame_size, plan.probe_diameter_px)
     energy_j = s.energy_ev * ELECTRON_VOLT_J
     stored_probe = (probe * math.sqrt(s.photons_per_pattern)).astype(np.complex64) \

@@ -1,4 +1,4 @@
-"""Filtered backprojection for parallel-beam laminography.
+"""The filter and the angular weights of filtered backprojection (laminography).
 
 With the geometry of DESIGN.md section 3 the projection slice at angle theta covers
 the Fourier plane spanned by u and v; the change of variables from (k_u, k_v, theta)
@@ -10,6 +10,9 @@ every measured frequency is covered twice. So
 a 1-D ramp along the detector columns (no k_v dependence), backprojected over 360
 degrees. Frequencies inside the double cone of half-angle 90 - L about z are never
 measured (REFERENCE.md, "Laminographic FBP and the missing cone").
+
+The backprojection itself is the operator's adjoint
+(:meth:`hpc_adept.lamino.LaminoOperator.fbp`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ import math
 import numpy as np
 import torch
 
-from hpc_adept.lamino.geometry import Geometry, GeometryError, _as_tilt
-from hpc_adept.lamino.projector import backproject
+from hpc_adept.lamino.geometry import Geometry, _as_tilt
 
 
 def _ramlak_response(n: int, n_fft: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -40,7 +42,7 @@ def _ramlak_response(n: int, n_fft: int, dtype: torch.dtype, device: torch.devic
     return torch.as_tensor(response, dtype=dtype, device=device)
 
 
-def _as_tensor(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
+def as_float_tensor(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
     """Return ``x`` as a float tensor and whether it came in as a numpy array."""
     if isinstance(x, np.ndarray):
         dtype = np.float64 if x.dtype == np.float64 else np.float32
@@ -71,7 +73,7 @@ def ramp_filter(
         twice the width, so no wrap-around). Units: input units per pixel.
     """
     tilt_deg = _as_tilt(tilt_deg)
-    p, was_numpy = _as_tensor(projections, "projections")
+    p, was_numpy = as_float_tensor(projections, "projections")
     nu = p.shape[-1]
     n_fft = 1 << (2 * nu - 1).bit_length()
     response = _ramlak_response(nu, n_fft, p.dtype, p.device)
@@ -98,42 +100,3 @@ def angular_weights(geometry: Geometry) -> np.ndarray:
     weights = np.empty_like(theta)
     weights[order] = 0.5 * (gap_next + np.roll(gap_next, 1))
     return np.deg2rad(weights) * (360.0 / period)
-
-
-def fbp(
-    projections: torch.Tensor | np.ndarray,
-    geometry: Geometry,
-    *,
-    max_chunk_bytes: int | None = None,
-) -> torch.Tensor | np.ndarray:
-    """Filtered backprojection: ramp filter, angular weights, exact adjoint projector.
-
-    Parameters
-    ----------
-    projections : torch.Tensor or np.ndarray, float32/float64, shape [n_angles, nv, nu]
-        Line integrals (voxel units) in the geometry of ``geometry``.
-    geometry : Geometry
-        Acquisition geometry; angles should cover the full 360 degrees (180 suffice for
-        tilt 90). Uneven spacing is handled by :func:`angular_weights`.
-    max_chunk_bytes : int, optional
-        Passed to :func:`~hpc_adept.lamino.projector.backproject`.
-
-    Raises
-    ------
-    GeometryError (a ValueError)
-        ``projections.shape`` differs from ``geometry.projection_shape``.
-
-    Returns
-    -------
-    Same type, dtype and device as ``projections``, shape [nz, ny, nx]
-        Reconstructed per-voxel values (the quantity the projections integrate). The
-        missing cone (laminography) leaves low axial frequencies unrecovered.
-    """
-    p, was_numpy = _as_tensor(projections, "projections")
-    if tuple(p.shape) != geometry.projection_shape:
-        raise GeometryError(f"projections has shape {tuple(p.shape)} but the geometry's "
-                            f"projection shape is {geometry.projection_shape}")
-    weights = torch.as_tensor(angular_weights(geometry), dtype=p.dtype, device=p.device)
-    filtered = ramp_filter(p, geometry.tilt_deg) * weights[:, None, None]
-    volume = backproject(filtered, geometry, max_chunk_bytes=max_chunk_bytes)
-    return volume.detach().numpy() if was_numpy else volume
