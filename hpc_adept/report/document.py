@@ -275,7 +275,7 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     ax.legend()
     fig.tight_layout()
     sec.figure(save_figure(fig, run_dir / "figures" / "report_shifts.png"),
-               "Shift found in each measured projection (DESIGN: measured[r, c] = "
+               "Shift found in each measured projection (measured[r, c] = "
                "ideal[r - s_r, c - s_c]).")
     rms = np.sqrt(np.mean(shifts**2, axis=0))
     sec.text("{} projections; RMS shift {} px (rows), {} px (columns); largest |shift| {} px.",
