@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -183,7 +184,7 @@ def _hostile_run(run: Path, metrics: dict) -> Path:
         "evaluate": {"reference": f"&nbsp;{SCRIPT}"}, "note": "```\n<b>x</b>\n```"}))
     (run / "dip_history.json").write_text(json.dumps({"loss": [3.0, 2.0], SCRIPT: IMG}))
     (run / "figures").mkdir()
-    (run / "figures" / f"{IMG}.png").write_bytes(b"\x89PNG not really")
+    (run / "figures" / f"{IMG}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"<script>")
     return run
 
 
@@ -243,3 +244,20 @@ def test_hostile_run_files_cannot_inject_markup(tmp_path, case):
         widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows}
         assert len(widths) == 1, rows
     assert not re.search(r"^`{3,}", markdown, flags=re.M)
+
+
+def test_only_real_png_files_are_embedded(tmp_path):
+    """A figure linked to another file, or not a PNG, is not copied into the page."""
+    import base64
+
+    from hpc_adept.report.document import write_report
+
+    run = _hostile_run(tmp_path / "run", HOSTILE_METRICS["string values"])
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n private key material")
+    (run / "figures" / "linked.png").symlink_to(secret)
+    (run / "figures" / "text.png").write_text("not an image")
+    page = write_report(run)[0].read_text()
+    assert "linked.png" not in page and "text.png" not in page
+    assert base64.b64encode(secret.read_bytes()).decode()[:16] not in page
+    assert f"{IMG}.png" in html.unescape(page)  # a regular PNG file is shown

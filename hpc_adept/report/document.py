@@ -383,9 +383,29 @@ def _build_section(build: Callable[[Path, dict[str, Any]], Section], title: str,
     return Section(title).text("Unreadable {}: {}", name, reason)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png_file(path: Path) -> bool:
+    """A regular file (not a link) that starts like a PNG.
+
+    Why: the page embeds the bytes of every figure, so a crafted run directory with
+    ``figures/x.png`` linked to another file (a key, a password file) must not copy that
+    file into a report that may be mailed around.
+    """
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
 def _other_figures(run_dir: Path, used: set[Path]) -> Section | None:
+    """The stages' figures (``figures/*.png``) that no section has shown."""
     extra = [p for p in sorted((run_dir / "figures").glob("*.png"))
-             if p.is_file() and p.resolve() not in used]
+             if p.resolve() not in used and _is_png_file(p)]
     if not extra:
         return None
     sec = Section("Stage figures")
