@@ -247,7 +247,8 @@ def test_hostile_run_files_cannot_inject_markup(tmp_path, case):
 
 
 def test_only_real_png_files_are_embedded(tmp_path):
-    """A figure linked to another file, or not a PNG, is not copied into the page."""
+    """A figure or config.yaml linked to another file, or a figure that is no PNG, is not
+    copied into the page."""
     import base64
 
     from hpc_adept.report.document import write_report
@@ -257,7 +258,11 @@ def test_only_real_png_files_are_embedded(tmp_path):
     secret.write_bytes(b"\x89PNG\r\n\x1a\n private key material")
     (run / "figures" / "linked.png").symlink_to(secret)
     (run / "figures" / "text.png").write_text("not an image")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(secret)
     page = write_report(run)[0].read_text()
+    assert "private key" not in page
+    assert "Unreadable config.yaml: a symbolic link" in page
     assert "linked.png" not in page and "text.png" not in page
     assert base64.b64encode(secret.read_bytes()).decode()[:16] not in page
     assert f"{IMG}.png" in html.unescape(page)  # a regular PNG file is shown

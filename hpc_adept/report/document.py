@@ -108,6 +108,8 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
 def section_config(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Configuration")
     path = run_dir / "config.yaml"
+    if path.is_symlink():  # adept writes a regular file; a link could show any text file
+        raise Unreadable(path.name, "a symbolic link, not the file adept wrote; not shown")
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
