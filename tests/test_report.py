@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
+from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +131,138 @@ def test_report_opens_in_headless_chromium(run_dir, tmp_path):
                            f"file://{run_dir / 'report.html'}"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and shot.stat().st_size > 20_000, done.stderr[-2000:]
+
+
+# ------------------------------------------------------------------- hostile run files
+
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(1)>'
+HOSTILE = (f"&nbsp;{SCRIPT}", IMG, f"ptycho/&nbsp;{SCRIPT}", f"recon/{IMG}",
+           "a|b\nc`d`", "<b>bold</b>")
+"""Strings a crafted run file may hold: markup, attribute break-outs, the old report's
+``&nbsp;`` marker that skipped escaping, Markdown table and code delimiters."""
+
+
+class _Page(HTMLParser):
+    """Every start tag (with its attributes) and every text run of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+PAGE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "pre",
+             "table", "thead", "tbody", "tr", "th", "td", "figure", "img", "figcaption"}
+PAGE_ATTRIBUTES = {"charset", "src", "alt", "class"}
+
+
+def _hostile_run(run: Path, metrics: dict) -> Path:
+    """A run directory whose every text-bearing file holds hostile strings."""
+    from hpc_adept.io import write_volume
+
+    run.mkdir(parents=True)
+    write_volume(run / "volume_fbp.h5",
+                 np.random.default_rng(2).random((6, 8, 8)).astype(np.float32), 1e-7)
+    times = {"count": 1, "min_s": 1.0, "mean_s": 1.5, "max_s": 2.0}
+    (run / "timing.json").write_text(json.dumps({
+        "n_ranks": SCRIPT, "devices": [IMG, SCRIPT], "wall_s": 2.0,
+        "run": {"n_nodes": IMG, "git_revision": SCRIPT, "slurm_job_id": "<i>x</i>"},
+        "regions": {name: times for name in HOSTILE}, "stages": {"recon": times}}))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"path": SCRIPT}, "output": {"dir": IMG},
+        "evaluate": {"reference": f"&nbsp;{SCRIPT}"}, "note": "```\n<b>x</b>\n```"}))
+    (run / "dip_history.json").write_text(json.dumps({"loss": [3.0, 2.0], SCRIPT: IMG}))
+    (run / "figures").mkdir()
+    (run / "figures" / f"{IMG}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"<script>")
+    return run
+
+
+HOSTILE_METRICS = {
+    "names": {"methods": {name: {"ber": 0.1, "pcc": 0.9, "ranges": {
+        other: {"ber": 0.2, "pcc": 0.8} for other in HOSTILE}} for name in HOSTILE}},
+    "string values": {"methods": {"fbp": {"ber": SCRIPT, "pcc": IMG}}},
+    "string ranges": {"fbp": {"ber": 0.1, "pcc": 0.9, "ranges": {SCRIPT: {"ber": IMG}}}},
+}
+
+
+def _assert_inert_html(page: str, n_figures: int) -> str:
+    """Only the report's own tags and attributes; returns the page's text."""
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    tags = [tag for tag, _ in parser.tags]
+    assert set(tags) <= PAGE_TAGS, set(tags) - PAGE_TAGS
+    assert tags.count("img") == n_figures
+    for tag, attrs in parser.tags:
+        assert set(attrs) <= PAGE_ATTRIBUTES, (tag, attrs)
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,"), attrs["src"][:80]
+    lowered = page.lower()
+    assert "<script" not in lowered and "<img src=x" not in lowered and "<b>" not in lowered
+    return "".join(parser.text)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_METRICS))
+def test_hostile_run_files_cannot_inject_markup(tmp_path, case):
+    """Names and values read from the run's files are text on the page, never markup."""
+    from hpc_adept.report.document import write_report
+
+    run = _hostile_run(tmp_path / '"><i>run', HOSTILE_METRICS[case])
+    html_path, md_path = write_report(run)
+    page = html_path.read_text()
+    n_figures = len(re.findall(r"<figure>", page))
+    assert n_figures >= 3  # timing, orthoslices, DIP loss, the stage figure
+    text = _assert_inert_html(page, n_figures)
+    # The hostile strings are shown, escaped, as text (whitespace aside).
+    flat = " ".join(text.split())
+    for needle in (SCRIPT, IMG, "&nbsp;" + SCRIPT, '"><i>run'):
+        assert needle in flat, needle
+    if case == "names":
+        assert "<B>BOLD</B>" in flat  # method names are upper-cased
+    # Markdown: no raw HTML, no broken table rows, no code fence left open.
+    markdown = md_path.read_text()
+    # A fenced block is literal text in Markdown: its fence must outlast the backticks in
+    # the content (config.yaml holds a ``` line), and markup inside it is inert.
+    fenced = re.compile(r"^(`{3,})yaml\n.*?^\1$", flags=re.M | re.S)
+    assert len(fenced.findall(markdown)) == 1 and "<b>x</b>" in fenced.search(markdown)[0]
+    markdown = fenced.sub("", markdown)
+    lowered = markdown.lower()
+    assert "<script" not in lowered and "<img" not in lowered and "<b>" not in lowered
+    for table in re.findall(r"((?:^\|.*\|$\n?)+)", markdown, flags=re.M):
+        rows = table.strip().splitlines()
+        widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows}
+        assert len(widths) == 1, rows
+    assert not re.search(r"^`{3,}", markdown, flags=re.M)
+
+
+def test_only_real_png_files_are_embedded(tmp_path):
+    """A figure or config.yaml linked to another file, or a figure that is no PNG, is not
+    copied into the page."""
+    import base64
+
+    from hpc_adept.report.document import write_report
+
+    run = _hostile_run(tmp_path / "run", HOSTILE_METRICS["string values"])
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n private key material")
+    (run / "figures" / "linked.png").symlink_to(secret)
+    (run / "figures" / "text.png").write_text("not an image")
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(secret)
+    page = write_report(run)[0].read_text()
+    assert "private key" not in page
+    assert "Unreadable config.yaml: a symbolic link" in page
+    assert "linked.png" not in page and "text.png" not in page
+    assert base64.b64encode(secret.read_bytes()).decode()[:16] not in page
+    assert f"{IMG}.png" in html.unescape(page)  # a regular PNG file is shown

@@ -10,13 +10,10 @@ the page can be mailed or archived on its own; ``report.md`` links the same PNGs
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +24,9 @@ from hpc_adept.errors import DataError
 from hpc_adept.io import read_projections, read_volume, write_text_atomic
 from hpc_adept.io.atomic import open_h5
 from hpc_adept.report.figures import pyplot, save_figure
+from hpc_adept.report.render import Section, render_html, render_markdown
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Section:
-    """One part of the report: a title, paragraphs, tables and figures, in order."""
-
-    title: str
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
-
-    def text(self, value: str) -> Section:
-        self.blocks.append(("text", value))
-        return self
-
-    def table(self, header: list[str], rows: list[list[Any]]) -> Section:
-        self.blocks.append(("table", (header, rows)))
-        return self
-
-    def figure(self, path: Path, caption: str) -> Section:
-        self.blocks.append(("figure", (path, caption)))
-        return self
-
-    def code(self, value: str) -> Section:
-        self.blocks.append(("code", value))
-        return self
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -134,6 +108,8 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
 def section_config(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Configuration")
     path = run_dir / "config.yaml"
+    if path.is_symlink():  # adept writes a regular file; a link could show any text file
+        raise Unreadable(path.name, "a symbolic link, not the file adept wrote; not shown")
     if path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
@@ -159,22 +135,25 @@ def section_timing(run_dir: Path, config: dict[str, Any]) -> Section:
                    if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise Unreadable("timing.json", f"region {name!r} lacks {', '.join(missing)}")
-    sec.text(f"{doc.get('n_ranks', '?')} rank(s) on {run.get('n_nodes', '?')} node(s); "
-             f"devices: {', '.join(doc.get('devices', [])) or '?'}; revision "
-             f"{run.get('git_revision', '?')}; SLURM job {run.get('slurm_job_id') or '-'}. "
-             f"Wall time of the commands: {_fmt(float(doc.get('wall_s', 0.0)), 1)} s. "
+    sec.text("{} rank(s) on {} node(s); devices: {}; revision {}; SLURM job {}. "
+             "Wall time of the commands: {} s. "
              "Seconds per rank (min / mean / max over ranks); imbalance = max / mean - 1; "
-             "share = mean / wall time of the command that ran the stage.")
-    rows = []
+             "share = mean / wall time of the command that ran the stage.",
+             doc.get("n_ranks", "?"), run.get("n_nodes", "?"),
+             ", ".join(map(str, doc.get("devices", []))) or "?", run.get("git_revision", "?"),
+             run.get("slurm_job_id") or "-", _fmt(float(doc.get("wall_s", 0.0)), 1))
+    rows, indent = [], []
     for name, entry in regions.items():
-        label = name if "/" not in name else "&nbsp;&nbsp;" + name.split("/", 1)[1]
-        rows.append([label, _fmt(float(entry.get("count", 0)), 1),
+        # A part of a stage ("stage/part") is shown by its part's name, indented.
+        indent.append(1 if "/" in name else 0)
+        rows.append([name.split("/", 1)[1] if "/" in name else name,
+                     _fmt(float(entry.get("count", 0)), 1),
                      _fmt(float(entry["min_s"]), 2), _fmt(float(entry["mean_s"]), 2),
                      _fmt(float(entry["max_s"]), 2), f"{100 * entry.get('imbalance', 0):.0f}%",
                      f"{100 * entry.get('share', 0):.0f}%",
                      _fmt(float(entry["device_mean_s"]), 2) if "device_mean_s" in entry else "-"])
     sec.table(["region", "count", "min s", "mean s", "max s", "imbalance", "share",
-               "GPU s (events)"], rows)
+               "GPU s (events)"], rows, indent)
     if stages:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(stages)))
@@ -228,7 +207,7 @@ def section_volumes(run_dir: Path, config: dict[str, Any]) -> Section:
         try:
             volumes[path.stem.removeprefix("volume_").upper()], _ = read_volume(path)
         except DataError as exc:
-            sec.text(f"Unreadable {path.name}: {exc}")
+            sec.text("Unreadable {}: {}", path.name, exc)
     if not volumes:
         return sec.text("No reconstructed volume yet.")
     shape = next(iter(volumes.values())).shape
@@ -284,7 +263,7 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     try:
         ps = read_projections(path)
     except DataError as exc:
-        return sec.text(f"Unreadable aligned.h5: {exc}")
+        return sec.text("Unreadable aligned.h5: {}", exc)
     shifts = ps.shifts_px
     if shifts is None:
         return sec.text("aligned.h5 holds no `/shifts_px`.")
@@ -298,11 +277,11 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     ax.legend()
     fig.tight_layout()
     sec.figure(save_figure(fig, run_dir / "figures" / "report_shifts.png"),
-               "Shift found in each measured projection (DESIGN: measured[r, c] = "
+               "Shift found in each measured projection (measured[r, c] = "
                "ideal[r - s_r, c - s_c]).")
     rms = np.sqrt(np.mean(shifts**2, axis=0))
-    sec.text(f"{len(shifts)} projections; RMS shift {rms[0]:.2f} px (rows), "
-             f"{rms[1]:.2f} px (columns); largest |shift| {np.abs(shifts).max():.2f} px.")
+    sec.text("{} projections; RMS shift {} px (rows), {} px (columns); largest |shift| {} px.",
+             len(shifts), f"{rms[0]:.2f}", f"{rms[1]:.2f}", f"{np.abs(shifts).max():.2f}")
     return sec
 
 
@@ -317,7 +296,7 @@ def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:
             log.warning("report: unreadable %s (%s)", path, exc.reason)
             unreadable.append(f"{path.name} ({exc.reason})")
     if unreadable:
-        sec.text(f"Unreadable ptycho/: {'; '.join(unreadable)}")
+        sec.text("Unreadable ptycho/: {}", "; ".join(unreadable))
     if not curves:
         return sec.text("No per-scan LSQ-ML results in `ptycho/`.")
     length = min(len(c) for c in curves)
@@ -403,80 +382,38 @@ def _build_section(build: Callable[[Path, dict[str, Any]], Section], title: str,
         # (KeyError, TypeError, IndexError, ...); one bad file must not cost the report.
         reason = f"{type(exc).__name__}: {_reason(exc)}"
     log.warning("report: %s section: unreadable %s (%s)", title, run_dir / name, reason)
-    return Section(title).text(f"Unreadable {name}: {reason}")
+    return Section(title).text("Unreadable {}: {}", name, reason)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png_file(path: Path) -> bool:
+    """A regular file (not a link) that starts like a PNG.
+
+    Why: the page embeds the bytes of every figure, so a crafted run directory with
+    ``figures/x.png`` linked to another file (a key, a password file) must not copy that
+    file into a report that may be mailed around.
+    """
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
 
 
 def _other_figures(run_dir: Path, used: set[Path]) -> Section | None:
+    """The stages' figures (``figures/*.png``) that no section has shown."""
     extra = [p for p in sorted((run_dir / "figures").glob("*.png"))
-             if p.is_file() and p.resolve() not in used]
+             if p.resolve() not in used and _is_png_file(p)]
     if not extra:
         return None
     sec = Section("Stage figures")
     for path in extra:
         sec.figure(path, path.name)
     return sec
-
-
-# ------------------------------------------------------------------------------ rendering
-
-
-def _html_table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{c if str(c).startswith('&nbsp;') else html.escape(str(c))}"
-                         f"</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def render_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;"
-             "padding:1em}table{border-collapse:collapse;margin:.5em 0}td,th{border:1px "
-             "solid #bbb;padding:2px 8px;text-align:right}th{background:#eee}"
-             "td:first-child{text-align:left}pre{background:#f6f6f6;padding:.5em;"
-             "overflow-x:auto}img{max-width:100%}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    for sec in sections:
-        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
-        for kind, value in sec.blocks:
-            if kind == "text":
-                parts.append(f"<p>{html.escape(value)}</p>")
-            elif kind == "code":
-                parts.append(f"<pre>{html.escape(value)}</pre>")
-            elif kind == "table":
-                parts.append(_html_table(*value))
-            elif kind == "figure":
-                path, caption = value
-                data = base64.b64encode(Path(path).read_bytes()).decode()
-                parts.append(f"<figure><img src='data:image/png;base64,{data}' "
-                             f"alt='{html.escape(caption)}'><figcaption>"
-                             f"{html.escape(caption)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def render_markdown(title: str, sections: list[Section], run_dir: Path) -> str:
-    lines = [f"# {title}", ""]
-    for sec in sections:
-        lines += [f"## {sec.title}", ""]
-        for kind, value in sec.blocks:
-            if kind == "text":
-                lines += [value, ""]
-            elif kind == "code":
-                lines += ["```yaml", value.rstrip(), "```", ""]
-            elif kind == "table":
-                header, rows = value
-                lines.append("| " + " | ".join(header) + " |")
-                lines.append("|" + "---|" * len(header))
-                for row in rows:
-                    cells = [str(c).replace("&nbsp;", " ") for c in row]
-                    lines.append("| " + " | ".join(cells) + " |")
-                lines.append("")
-            elif kind == "figure":
-                path, caption = value
-                rel = Path(path).resolve().relative_to(run_dir.resolve())
-                lines += [f"![{caption}]({rel.as_posix()})", "", f"*{caption}*", ""]
-    return "\n".join(lines)
 
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
