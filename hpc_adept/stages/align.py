@@ -66,7 +66,7 @@ class AlignPlan:
     keep_host_memory: bool = True
     memory_guard: bool = True
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: object) -> None:
         """Stop before any work when projection matching will not fit in memory.
 
         Every rank holds all projections (several working copies) and a few volumes (the

@@ -75,7 +75,7 @@ class PtychoPlan:
     keep_host_memory: bool = True
     memory_guard: bool = True
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: object) -> None:
         """Check every scan's counts and the memory before any work (collective).
 
         Raises the same DataError on every rank, so the job stops with one message and
