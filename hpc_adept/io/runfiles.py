@@ -29,7 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hpc_adept.io.atomic import (
+from hpc_adept.io.atomic import write_h5_atomic
+from hpc_adept.io.h5read import (
     check_shape,
     data_error,
     open_h5,
@@ -37,9 +38,8 @@ from hpc_adept.io.atomic import (
     read_attrs,
     read_scalar_attr,
     require_dataset,
-    tilt_problem,
-    write_h5_atomic,
 )
+from hpc_adept.lamino.geometry import tilt_problem
 
 __all__ = [
     "GroundTruth",

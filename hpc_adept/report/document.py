@@ -25,7 +25,7 @@ import yaml
 
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_projections, read_volume, write_text_atomic
-from hpc_adept.io.atomic import open_h5
+from hpc_adept.io.h5read import open_h5
 from hpc_adept.report.figures import pyplot, save_figure
 
 log = logging.getLogger(__name__)

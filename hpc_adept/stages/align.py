@@ -24,7 +24,7 @@ import numpy as np
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, write_projections
-from hpc_adept.io.atomic import open_h5, require_dataset
+from hpc_adept.io.h5read import open_h5, require_dataset
 from hpc_adept.parallel import ParallelContext, bcast, bcast_array
 
 if TYPE_CHECKING:
