@@ -1,12 +1,14 @@
 """The ``adept`` command (also ``python -m hpc_adept``).
 
-Every stage follows the same steps on every rank: load and validate the config, plan the
-stage against the file system (all checks, no output), then run. Problems found before the
-work, on any rank, stop every rank and are reported once, by rank 0, as one line with exit
-code 2; an error during the work on any rank is printed by that rank and ends the whole job
-(MPI abort), so no rank is left waiting in a collective. Every failure is one line: the
-traceback of an unexpected one goes to ``<output.dir>/crash_rank<N>.txt`` (and to the
-terminal with ``--debug``).
+Every stage follows the same steps on every rank (the protocol of
+:mod:`hpc_adept.stages.protocol`; the subcommands are the table
+:mod:`hpc_adept.stages.registry`): load and validate the config and plan the stage against
+the file system (all checks, no output); take this rank's device; the checks that read the
+data; then run. Problems found before the work, on any rank, stop every rank and are
+reported once, by rank 0, as one line with exit code 2; an error during the work on any
+rank is printed by that rank and ends the whole job (MPI abort), so no rank is left waiting
+in a collective. Every failure is one line: the traceback of an unexpected one goes to
+``<output.dir>/crash_rank<N>.txt`` (and to the terminal with ``--debug``).
 """
 
 from __future__ import annotations

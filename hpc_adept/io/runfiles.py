@@ -14,7 +14,8 @@ Layouts (DESIGN section 4):
     ``[nz, ny, nx]`` uint8 (1 = metal); root attribute ``voxel_size_m``.
 
 All writes are atomic and reproducible (:mod:`hpc_adept.io.atomic`); all reads validate
-and raise a one-line :class:`~hpc_adept.errors.DataError` naming the file and dataset.
+(:mod:`hpc_adept.io.h5read`) and raise a one-line :class:`~hpc_adept.errors.DataError`
+naming the file and dataset.
 """
 
 from __future__ import annotations
