@@ -1,12 +1,14 @@
 """The ``adept`` command (also ``python -m hpc_adept``).
 
-Every stage follows the same steps on every rank: load and validate the config, plan the
-stage against the file system (all checks, no output), then run. Problems found before the
-work, on any rank, stop every rank and are reported once, by rank 0, as one line with exit
-code 2; an error during the work on any rank is printed by that rank and ends the whole job
-(MPI abort), so no rank is left waiting in a collective. Every failure is one line: the
-traceback of an unexpected one goes to ``<output.dir>/crash_rank<N>.txt`` (and to the
-terminal with ``--debug``).
+Every stage follows the same steps on every rank (the protocol of
+:mod:`hpc_adept.stages.protocol`; the subcommands are the table
+:mod:`hpc_adept.stages.registry`): load and validate the config and plan the stage against
+the file system (all checks, no output); take this rank's device; the checks that read the
+data; then run. Problems found before the work, on any rank, stop every rank and are
+reported once, by rank 0, as one line with exit code 2; an error during the work on any
+rank is printed by that rank and ends the whole job (MPI abort), so no rank is left waiting
+in a collective. Every failure is one line: the traceback of an unexpected one goes to
+``<output.dir>/crash_rank<N>.txt`` (and to the terminal with ``--debug``).
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpc_adept import __version__
 from hpc_adept.errors import EXIT_STOPPED, AdeptError, ConfigError, StopRequested
+from hpc_adept.stages.protocol import Stage, StagePlan
+from hpc_adept.stages.registry import TABLE
+
+if TYPE_CHECKING:
+    from hpc_adept.config import Config
 
 log = logging.getLogger("hpc_adept")
+T = TypeVar("T")
 
 EXIT_USAGE = 2
-STAGES = ("simulate", "ptycho", "align", "recon", "evaluate", "run")
-NOT_YET: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,16 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hpc_adept {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    helps = {
-        "simulate": "IC phantom + simulated ptycho-laminography dataset",
-        "ptycho": "LSQ-ML ptychography of every scan -> projections.h5",
-        "align": "projection-matching alignment + center crop -> aligned.h5",
-        "recon": "volume reconstruction (fbp, dip) -> volume_*.h5",
-        "evaluate": "BER / PCC / PSD against a reference -> metrics.json",
-        "run": "all stages in order",
-    }
-    for name in STAGES:
-        p = sub.add_parser(name, help=helps[name])
+    for stage in TABLE.values():
+        p = sub.add_parser(stage.name, help=stage.help)
         p.add_argument("-c", "--config", required=True, help="YAML configuration file")
         p.add_argument("--set", dest="overrides", nargs="+", action="append", default=[],
                        metavar="KEY=VALUE",
@@ -56,37 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
-
-
-def _stage_runner(command: str) -> Callable:
-    """(plan, run) functions of a stage; imported lazily to keep ``--help`` fast."""
-    if command == "simulate":
-        from hpc_adept.stages.simulate import plan_simulation, run_simulate
-
-        return lambda cfg: (plan_simulation(cfg),
-                            lambda cfg, ctx, plan, device: run_simulate(cfg, ctx, plan))
-    if command == "ptycho":
-        from hpc_adept.stages.ptycho import plan_ptycho, run_ptycho
-
-        return lambda cfg: (plan_ptycho(cfg), run_ptycho)
-    if command == "align":
-        from hpc_adept.stages.align import plan_align, run_align
-
-        return lambda cfg: (plan_align(cfg), run_align)
-    if command == "recon":
-        from hpc_adept.stages.recon import plan_recon, run_recon
-
-        return lambda cfg: (plan_recon(cfg), run_recon)
-    if command == "evaluate":
-        from hpc_adept.stages.evaluate import plan_evaluate, run_evaluate
-
-        return lambda cfg: (plan_evaluate(cfg), run_evaluate)
-    if command == "run":
-        from hpc_adept.pipeline import plan_run, run_pipeline
-
-        return lambda cfg: (plan_run(cfg), run_pipeline)
-    raise ConfigError(f"'adept {command}': {NOT_YET[command]} is not available in this "
-                      f"version (see README: what exists)")
 
 
 def _error_line(exc: BaseException) -> str:
@@ -124,13 +91,15 @@ def _crash_report(path: str) -> bool:
     return True
 
 
-def _checked(ctx: Any, debug: bool, step: Callable[[], Any]) -> tuple[int, str] | None:
-    """Run a phase-1 ``step`` on this rank: None, or (exit code, the error line's tail).
+def _checked(ctx: Any, debug: bool, step: Callable[..., T], *args: Any
+             ) -> tuple[T | None, tuple[int, str] | None]:
+    """Run a phase-1 ``step(*args)`` on this rank: (its value, None), or (None, (exit code,
+    the error line's tail)).
 
     Ctrl-C ends every rank at once (exit 130).
     """
     try:
-        step()
+        return step(*args), None
     except KeyboardInterrupt:
         print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
         ctx.abort(130)
@@ -138,8 +107,35 @@ def _checked(ctx: Any, debug: bool, step: Callable[[], Any]) -> tuple[int, str] 
         if debug:
             traceback.print_exc()
         where = f" (rank {ctx.rank})" if ctx.is_parallel and not ctx.is_root else ""
-        return _exit_code(exc), f"{where}: {_problem_line(exc)}"
-    return None
+        return None, (_exit_code(exc), f"{where}: {_problem_line(exc)}")
+    return None, None  # not reached: abort ends the process
+
+
+class _Refused(Exception):
+    """Phase 1 found a problem on some rank: every rank stops with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _agreed(ctx: Any, debug: bool, step: Callable[..., T], *args: Any) -> T:
+    """``step(*args)`` on this rank, then the ranks agree on the first problem any found.
+
+    Collective. Returns the step's value when no rank found a problem; otherwise rank 0
+    prints it as one line and every rank raises :class:`_Refused`, so that no rank goes on
+    alone (it would wait for the others in its next collective).
+    """
+    from hpc_adept.parallel.collectives import first_problem
+
+    value, problem = _checked(ctx, debug, step, *args)
+    problem = first_problem(ctx, problem)
+    if problem is not None:
+        code, line = problem
+        if ctx.is_root:
+            print(f"adept: error{line}", file=sys.stderr)
+        raise _Refused(code)
+    return value  # type: ignore[return-value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,73 +143,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from hpc_adept.log import setup_logging
     from hpc_adept.parallel import get_context
-    from hpc_adept.parallel.collectives import first_problem
 
     ctx = get_context()
     setup_logging(ctx.rank, ctx.size)
-    overrides = [item for group in getattr(args, "overrides", []) for item in group]
-
-    # Phase 1: everything that can be checked before work, in three steps: the config and
-    # the plan; this rank's device; the checks that read the data (collective inside). A
-    # rank that finds a problem must not leave the others to go on alone (they would wait
-    # for it in their next collective), so after each step the ranks agree on the first
-    # problem found, and every step turns its exceptions into that problem.
     if args.command == "report":  # rank 0 reads files and writes the report: no agreement
-        problem = _checked(ctx, args.debug, lambda: _report(args.run_dir, ctx))
+        _, problem = _checked(ctx, args.debug, _report, args.run_dir, ctx)
         if problem is not None and ctx.is_root:
             print(f"adept: error{problem[1]}", file=sys.stderr)
         return problem[0] if problem else 0
-    state: dict[str, Any] = {}
+    stage = TABLE[args.command]
+    overrides = [item for group in args.overrides for item in group]
 
-    def configure() -> None:
-        from hpc_adept.config import load_config
-
-        cfg = load_config(args.config, overrides)
-        setup_logging(ctx.rank, ctx.size, cfg.runtime.log_level)
-        state["plan"], state["run"] = _stage_runner(args.command)(cfg)
-        _check_output_dir(cfg.output.dir)
-        state["cfg"] = cfg
-
-    def take_device() -> None:
-        from hpc_adept.backend import (
-            keep_freed_host_memory,
-            select_torch_device,
-            set_torch_threads,
-        )
-
-        cfg = state["cfg"]
-        state["device"] = select_torch_device(cfg.runtime.device, ctx.local_rank)
-        set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
-        _use_projector(cfg.runtime.projector, state["device"])
-        if cfg.runtime.keep_host_memory:
-            keep_freed_host_memory()
-
-    def validate() -> None:  # checks that read the data, shared by the ranks
-        if hasattr(state["plan"], "validate"):
-            state["plan"].validate(ctx)
-
-    for step in (configure, take_device, validate):
-        problem = first_problem(ctx, _checked(ctx, args.debug, step))
-        if problem is not None:
-            code, line = problem
-            if ctx.is_root:
-                print(f"adept: error{line}", file=sys.stderr)
-            return code
-    cfg, plan, run, device = state["cfg"], state["plan"], state["run"], state["device"]
-
+    # Phase 1: everything that can be checked before work, in three steps of the stage
+    # protocol (hpc_adept.stages.protocol): the config and the plan; this rank's device; the
+    # checks that read the data (collective inside). A rank that finds a problem must not
+    # leave the others to go on alone (they would wait for it in their next collective), so
+    # after each step the ranks agree on the first problem found.
+    try:
+        cfg, plan = _agreed(ctx, args.debug, _configure, stage, args.config, overrides, ctx)
+        device = _agreed(ctx, args.debug, _take_device, cfg, ctx)
+        _agreed(ctx, args.debug, plan.validate, ctx, device)
+    except _Refused as refused:
+        return refused.code
     # Phase 2: the work. Any failure on any rank ends the job.
+    return _work(stage, cfg, ctx, plan, device, args.debug)
+
+
+def _configure(stage: Stage, path: str, overrides: list[str], ctx: Any
+               ) -> tuple[Config, StagePlan]:
+    """Phase 1, step 1: the config, and the stage's plan (checks against the file system)."""
+    from hpc_adept.config import load_config
+    from hpc_adept.log import setup_logging
+
+    cfg = load_config(path, overrides)
+    setup_logging(ctx.rank, ctx.size, cfg.runtime.log_level)
+    plan = stage.plan(cfg)
+    _check_output_dir(cfg.output.dir)
+    return cfg, plan
+
+
+def _take_device(cfg: Config, ctx: Any) -> Any:
+    """Phase 1, step 2: this rank's torch device, threads, projector and allocator."""
+    from hpc_adept.backend import keep_freed_host_memory, select_torch_device, set_torch_threads
+
+    device = select_torch_device(cfg.runtime.device, ctx.local_rank)
+    set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
+    _use_projector(cfg.runtime.projector, device)
+    if cfg.runtime.keep_host_memory:
+        keep_freed_host_memory()
+    return device
+
+
+def _work(stage: Stage, cfg: Config, ctx: Any, plan: StagePlan, device: Any,
+          debug: bool) -> int:
+    """Phase 2: the stage's run (step 3), timed; any failure on any rank ends the job."""
     try:
         if ctx.is_root:
             _write_resolved_config(cfg)
-            if args.command != "simulate":
+            if stage.kind != "dataset":
                 from hpc_adept.log import add_log_file
 
                 add_log_file(Path(cfg.output.dir) / "adept.log", ctx.rank, ctx.size,
                              cfg.runtime.log_level)
-        log.info("adept %s %s: %d rank(s), device %s", __version__, args.command, ctx.size,
+        log.info("adept %s %s: %d rank(s), device %s", __version__, stage.name, ctx.size,
                  device)
-        _timed_run(args.command, run, cfg, ctx, plan, device)
-        if args.command == "run" and ctx.is_root:
+        _timed_run(stage, cfg, ctx, plan, device)
+        if stage.kind == "pipeline" and ctx.is_root:
             from hpc_adept.report.document import write_report
 
             html_path, _ = write_report(cfg.output.dir)
@@ -226,18 +221,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"adept: interrupted (rank {ctx.rank})", file=sys.stderr)
         ctx.abort(130)
     except Exception as exc:  # noqa: BLE001 - every failure must end all ranks
-        where = f" (rank {ctx.rank})" if ctx.is_parallel else ""
-        expected = isinstance(exc, AdeptError | OSError)
-        crash = "" if expected else str(Path(cfg.output.dir) / f"crash_rank{ctx.rank}.txt")
-        # The line first, at once: the other ranks may end the job any moment now.
-        print(f"adept: error{where}: {_problem_line(exc, crash)}", file=sys.stderr,
-              flush=True)
-        if crash and not _crash_report(crash):
-            print(f"adept: (could not write {crash})", file=sys.stderr, flush=True)
-        if args.debug:
-            traceback.print_exc()
-        ctx.abort(_exit_code(exc))
+        _end_the_job(exc, cfg, ctx, debug)
     return 0
+
+
+def _end_the_job(exc: Exception, cfg: Config, ctx: Any, debug: bool) -> None:
+    """Print this rank's error line, save an unexpected error's traceback, abort all ranks."""
+    where = f" (rank {ctx.rank})" if ctx.is_parallel else ""
+    expected = isinstance(exc, AdeptError | OSError)
+    crash = "" if expected else str(Path(cfg.output.dir) / f"crash_rank{ctx.rank}.txt")
+    # The line first, at once: the other ranks may end the job any moment now.
+    print(f"adept: error{where}: {_problem_line(exc, crash)}", file=sys.stderr, flush=True)
+    if crash and not _crash_report(crash):
+        print(f"adept: (could not write {crash})", file=sys.stderr, flush=True)
+    if debug:
+        traceback.print_exc()
+    ctx.abort(_exit_code(exc))
 
 
 def _use_projector(kernel: str, device: Any) -> None:
@@ -254,8 +253,8 @@ def _use_projector(kernel: str, device: Any) -> None:
         raise ConfigError(f"runtime.projector: {exc}") from None
 
 
-def _timed_run(command: str, run: Callable, cfg, ctx, plan, device) -> None:
-    """Run a command with its stage timed on every rank; timing.json merged at the end."""
+def _timed_run(stage: Stage, cfg: Config, ctx: Any, plan: StagePlan, device: Any) -> None:
+    """Run a stage timed on every rank; timing.json merged at the end."""
     import time
 
     from hpc_adept import timing
@@ -263,17 +262,17 @@ def _timed_run(command: str, run: Callable, cfg, ctx, plan, device) -> None:
     timing.RECORDER.reset()
     timing.enable(cfg.runtime.timing)
     start = time.perf_counter()
-    if command == "run":  # the pipeline times each stage itself
-        run(cfg, ctx, plan, device)
+    if stage.kind == "pipeline":  # the pipeline times each stage itself
+        stage.run(cfg, ctx, plan, device)
     else:
-        with timing.region(command, device):
-            run(cfg, ctx, plan, device)
-        if ctx.is_root:  # so that `adept run` knows what this stage made, and from what
-            from hpc_adept.pipeline import record_stage_command
+        with timing.region(stage.name, device):
+            stage.run(cfg, ctx, plan, device)
+    if stage.kind == "stage" and ctx.is_root:  # so that `adept run` knows what it made
+        from hpc_adept.pipeline import record_stage_command
 
-            record_stage_command(command, cfg)
-    if cfg.runtime.timing and command != "simulate":
-        timing.write_timing(cfg.output.dir, ctx, command, time.perf_counter() - start,
+        record_stage_command(stage, cfg)
+    if cfg.runtime.timing and stage.kind != "dataset":
+        timing.write_timing(cfg.output.dir, ctx, stage.name, time.perf_counter() - start,
                             cfg.to_yaml())
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from hpc_adept.errors import ConfigError
+from hpc_adept.lamino.geometry import tilt_problem
 
 IC_DATA_DIR = "../shared/data/ic"
 
@@ -190,8 +191,8 @@ class SimulateConfig:
         _at_most("simulate", self, MAX_SIDE, "frame_size")
         _at_most("simulate", self, MAX_SUPERSAMPLE, "supersample")
         _seed("simulate.seed", self.seed)
-        if not 0.0 < self.tilt_deg <= 90.0:
-            raise ConfigError(f"simulate.tilt_deg must be in (0, 90], got {self.tilt_deg}")
+        if problem := tilt_problem(self.tilt_deg, "simulate.tilt_deg"):
+            raise ConfigError(problem)
         if self.frame_size % 2:
             raise ConfigError(f"simulate.frame_size must be even, got {self.frame_size}")
         if not 0.0 < self.overlap < 1.0:

@@ -9,94 +9,28 @@ time stamp, an output replaced) reruns the stage, and then every stage after it,
 inputs changed. Stage commands run on their own (``adept align``, the SLURM chain) record
 their stage the same way. Every output is written atomically, so an interrupted run leaves
 either a complete file or none, and rerunning the same command continues where it stopped.
-The decision is made on rank 0 and broadcast, so all ranks run the same stages.
+The decision is made on rank 0 and broadcast, so all ranks run the same stages. The stages,
+and what each reads and writes, come from the stage table (:mod:`hpc_adept.stages.registry`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpc_adept import timing
 from hpc_adept.config import Config
-from hpc_adept.errors import ConfigError
 from hpc_adept.parallel import ParallelContext, barrier, bcast
+from hpc_adept.stages.protocol import Stage, StagePlan
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "pipeline_state.json"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of the pipeline.
-
-    Attributes
-    ----------
-    name : str
-        Stage name (also its timing region).
-    module : str
-        Module with ``plan_<name>(cfg)`` and ``run_<name>(cfg, ctx, plan, device)``.
-    sections : tuple of str
-        Config sections (or ``section.key``) whose values change the stage's result.
-    inputs, outputs : callable
-        ``cfg -> list[Path]`` of the files read and written.
-    enabled : callable
-        ``cfg -> bool``: whether the run includes the stage.
-    """
-
-    name: str
-    module: str
-    sections: tuple[str, ...]
-    inputs: Callable[[Config], list[Path]]
-    outputs: Callable[[Config], list[Path]]
-    enabled: Callable[[Config], bool] = lambda cfg: True
-
-
-def _run_dir(cfg: Config) -> Path:
-    return Path(cfg.output.dir)
-
-
-def _dataset_files(cfg: Config) -> list[Path]:
-    return sorted(Path(cfg.data.path).glob("*.cxi")) if cfg.data.path else []
-
-
-def _recon_input(cfg: Config) -> list[Path]:
-    run = _run_dir(cfg)
-    if cfg.recon.input == "projections":
-        return [run / "projections.h5"]
-    return [run / "aligned.h5"]  # 'auto' in the pipeline: align always writes aligned.h5
-
-
-def _volumes(cfg: Config) -> list[Path]:
-    return [_run_dir(cfg) / f"volume_{m}.h5" for m in cfg.recon.methods]
-
-
-def _reference(cfg: Config) -> list[Path]:
-    return [Path(cfg.evaluate.reference)] if cfg.evaluate.reference else []
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("ptycho", "hpc_adept.stages.ptycho", ("data", "ptycho", "runtime.seed"),
-          _dataset_files, lambda cfg: [_run_dir(cfg) / "projections.h5"]),
-    # recon.volume_shape: the alignment's volume unless align.volume_shape is set
-    Stage("align", "hpc_adept.stages.align", ("align", "recon.volume_shape", "runtime.seed"),
-          lambda cfg: [_run_dir(cfg) / "projections.h5"],
-          lambda cfg: [_run_dir(cfg) / "aligned.h5"]),
-    Stage("recon", "hpc_adept.stages.recon", ("recon", "dip", "runtime.seed"),
-          _recon_input, _volumes),
-    Stage("evaluate", "hpc_adept.stages.evaluate", ("evaluate", "recon.methods", "runtime.seed"),
-          lambda cfg: _volumes(cfg) + _reference(cfg),
-          lambda cfg: [_run_dir(cfg) / "metrics.json"],
-          enabled=lambda cfg: cfg.evaluate.reference is not None),
-)
 
 
 def settings_hash(cfg: Config, sections: tuple[str, ...]) -> str:
@@ -185,35 +119,30 @@ class RunPlan:
     """The stages of this run and the plan of the first one that has work to do."""
 
     stages: tuple[Stage, ...]
-    first_plan: Any = None
+    first_plan: StagePlan | None = None
     first_stage: str | None = None
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: Any) -> None:
         """The first stage's checks that read the data (collective), before any work."""
-        if hasattr(self.first_plan, "validate"):
-            self.first_plan.validate(ctx)
+        if self.first_plan is not None:
+            self.first_plan.validate(ctx, device)
 
 
-def plan_run(cfg: Config) -> RunPlan:
+def plan_run(cfg: Config, stages: tuple[Stage, ...]) -> RunPlan:
     """Checks before any work: the stages are importable, the evaluation's reference is
     valid, and the first stage that has work to do can start.
+
+    ``stages`` are the steps of the run in order (:func:`hpc_adept.stages.registry.run_stages`).
 
     Raises
     ------
     ConfigError, DataError
-        A stage missing from this version, a bad ``evaluate.reference``, or what the first
-        stage's plan finds.
+        A bad ``evaluate.reference``, or what the first stage's plan finds.
     """
-    stages = tuple(s for s in STAGES if s.enabled(cfg))
-    state = _read_state(_run_dir(cfg))
-    for stage in stages:
-        try:
-            importlib.import_module(stage.module)
-        except ModuleNotFoundError as exc:
-            if exc.name != stage.module:
-                raise
-            raise ConfigError(f"'adept run': the {stage.name} stage is not available in this "
-                              f"version (see README: what exists)") from None
+    stages = tuple(s for s in stages if s.enabled(cfg))
+    state = _read_state(Path(cfg.output.dir))
+    for stage in stages:  # an import error (a missing library) stops the run before it starts
+        stage.functions()
     if any(stage.name == "evaluate" for stage in stages):
         # Why read it now: a junk reference would otherwise stop the run only at its end,
         # after the ptycho, align and recon stages.
@@ -223,17 +152,12 @@ def plan_run(cfg: Config) -> RunPlan:
     first = next((s for s in stages if not up_to_date(s, cfg, state)[0]), None)
     if first is None:
         return RunPlan(stages)
-    return RunPlan(stages, _plan(first, cfg), first.name)
-
-
-def _plan(stage: Stage, cfg: Config) -> Any:
-    module = importlib.import_module(stage.module)
-    return getattr(module, f"plan_{stage.name}")(cfg)
+    return RunPlan(stages, first.plan(cfg), first.name)
 
 
 def run_pipeline(cfg: Config, ctx: ParallelContext, plan: RunPlan, device: Any) -> None:
     """Run (or skip) every stage in order on all ranks."""
-    run_dir = _run_dir(cfg)
+    run_dir = Path(cfg.output.dir)
     t0 = time.perf_counter()
     for stage in plan.stages:
         decision = None
@@ -245,14 +169,13 @@ def run_pipeline(cfg: Config, ctx: ParallelContext, plan: RunPlan, device: Any) 
             continue
         log.info("run: %s (%s)", stage.name, reason)
         with timing.region(stage.name, device):  # the stage's imports count to it
-            module = importlib.import_module(stage.module)
+            functions = stage.functions()
             if stage.name == plan.first_stage:  # planned and validated before the work
                 stage_plan = plan.first_plan
             else:
-                stage_plan = getattr(module, f"plan_{stage.name}")(cfg)
-                if hasattr(stage_plan, "validate"):  # data checks, memory guard: collective
-                    stage_plan.validate(ctx)
-            getattr(module, f"run_{stage.name}")(cfg, ctx, stage_plan, device)
+                stage_plan = functions.plan(cfg)
+                stage_plan.validate(ctx, device)  # data checks, memory guard: collective
+            functions.run(cfg, ctx, stage_plan, device)
         barrier(ctx)
         if ctx.is_root:
             _record(run_dir, stage, cfg)
@@ -271,12 +194,10 @@ def _record(run_dir: Path, stage: Stage, cfg: Config) -> None:
     write_json_atomic(run_dir / STATE_FILE, state)
 
 
-def record_stage_command(name: str, cfg: Config) -> None:
-    """After ``adept <name>`` finished on its own: record it as ``adept run`` would, so a
+def record_stage_command(stage: Stage, cfg: Config) -> None:
+    """After ``adept <stage>`` finished on its own: record it as ``adept run`` would, so a
     later run skips it when nothing changed and reruns what depends on its new outputs.
 
-    Call on one rank (rank 0). Names that are no pipeline stage (``simulate``) are ignored.
+    Call on one rank (rank 0), for the steps of ``adept run`` only.
     """
-    stage = next((s for s in STAGES if s.name == name), None)
-    if stage is not None:
-        _record(_run_dir(cfg), stage, cfg)
+    _record(Path(cfg.output.dir), stage, cfg)

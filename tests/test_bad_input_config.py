@@ -246,14 +246,15 @@ def test_report_cli_on_a_read_only_run_directory(tmp_path):
 @pytest.mark.parametrize("text", ['{"ptycho": 5}', '{"ptycho": {"settings": 3}}', "[1, 2]",
                                   "{", '{"ptycho": "x"}'])
 def test_malformed_pipeline_state_means_not_up_to_date(tmp_path, text, caplog):
-    from hpc_adept.pipeline import STAGES, STATE_FILE, _read_state, up_to_date
+    from hpc_adept.pipeline import STATE_FILE, _read_state, up_to_date
+    from hpc_adept.stages.registry import run_stages
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "projections.h5").write_bytes(b"")  # the ptycho stage's output exists
     (run / STATE_FILE).write_text(text)
     cfg = load_config(None, [f"output.dir={run}"])
-    ptycho = STAGES[0]
+    ptycho = run_stages()[0]
     assert up_to_date(ptycho, cfg, _read_state(run)) == (False, "no record of a finished run")
     assert "run: ignoring" in caplog.text
     # also when handed the raw content (what the file held)
@@ -287,11 +288,11 @@ def _nan(path: Path) -> None:
 ])
 def test_run_checks_the_reference_before_the_first_stage(tmp_path, make, needle):
     """A bad reference stops ``adept run`` in its plan, not after ptycho, align, recon."""
-    from hpc_adept.pipeline import plan_run
+    from hpc_adept.stages.registry import TABLE
 
     make(tmp_path / "ref.h5")
     cfg = load_config(None, [f"output.dir={tmp_path / 'run'}",
                              f"evaluate.reference={tmp_path / 'ref.h5'}"])
     with pytest.raises(DataError) as info:
-        plan_run(cfg)  # data.path is unset: the ptycho plan would fail next (ConfigError)
+        TABLE["run"].plan(cfg)  # data.path is unset: the ptycho plan would fail next (ConfigError)
     assert needle in str(info.value)

@@ -341,7 +341,7 @@ def test_interrupted_simulation_is_not_a_dataset(simulated, work, capsys, monkey
     (work / "c.yaml").write_text(yaml.safe_dump(CONFIG))
     cfg = load_config(str(work / "c.yaml"), [f"data.path={work / 'ds'}"])
     with pytest.raises(_Interrupt):  # over the complete dataset of the fixture
-        simulate.run_simulate(cfg, SERIAL, simulate.plan_simulation(cfg))
+        simulate.run_simulate(cfg, SERIAL, simulate.plan_simulate(cfg), None)
     monkeypatch.undo()
     code = adept_in(work, "ptycho")
     assert_one_error_line(capsys, code, "incomplete dataset", "run adept simulate again")
@@ -371,16 +371,16 @@ def test_runtime_memory_guard_false_skips_the_simulation_estimate(tmp_path, two_
     from hpc_adept.config import load_config
     from hpc_adept.errors import ConfigError
     from hpc_adept.parallel.context import SERIAL
-    from hpc_adept.stages.simulate import plan_simulation
+    from hpc_adept.stages.simulate import plan_simulate
 
     config = {**CONFIG, "simulate": {**CONFIG["simulate"], **SIMULATE_TOO_BIG["volume"]}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     cfg = load_config(str(tmp_path / "c.yaml"), [f"data.path={tmp_path / 'ds'}"])
     with pytest.raises(ConfigError, match="runtime.memory_guard: false skips this check"):
-        plan_simulation(cfg).validate(SERIAL)
+        plan_simulate(cfg).validate(SERIAL, None)
     cfg = load_config(str(tmp_path / "c.yaml"),
                       [f"data.path={tmp_path / 'ds'}", "runtime.memory_guard=false"])
-    plan_simulation(cfg).validate(SERIAL)  # no estimate, no error
+    plan_simulate(cfg).validate(SERIAL, None)  # no estimate, no error
 
 
 def test_layout_supersampling_beyond_memory_is_refused(tmp_path, capsys, monkeypatch):

@@ -286,3 +286,40 @@ def test_ctrl_c_during_the_checks_is_one_line_exit_130(tmp_path, monkeypatch, ca
     code, lines = _run_main(monkeypatch, capsys, tmp_path, "recon", "-c",
                             str(write_config(tmp_path)))
     assert code == 130 and lines == ["adept: interrupted (rank 0)"]
+
+
+def test_every_stage_follows_the_one_protocol():
+    """The subcommands are the stage table; each stage's plan(cfg), run(cfg, ctx, plan,
+    device) and plan.validate(ctx, device) have the protocol's signatures."""
+    import argparse
+    import inspect
+
+    from hpc_adept import cli
+    from hpc_adept.pipeline import RunPlan
+    from hpc_adept.stages import align, evaluate, ptycho, recon, simulate
+    from hpc_adept.stages.registry import TABLE, run_stages
+
+    sub = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [*TABLE, "report"]
+    assert [s.name for s in run_stages()] == ["ptycho", "align", "recon", "evaluate"]
+    for stage in TABLE.values():
+        plan, run = stage.functions()
+        assert list(inspect.signature(plan).parameters) == ["cfg"], stage.name
+        assert list(inspect.signature(run).parameters) == ["cfg", "ctx", "plan", "device"]
+    for plan_type in (simulate.SimulationPlan, ptycho.PtychoPlan, align.AlignPlan,
+                      recon.ReconPlan, evaluate.EvaluatePlan, RunPlan):
+        assert list(inspect.signature(plan_type.validate).parameters) == ["self", "ctx",
+                                                                         "device"]
+
+
+def test_help_imports_no_stage():
+    """``adept --help`` stays fast: the stage table imports neither torch nor MPI."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hpc_adept.cli import _parser; _parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'mpi4py', 'numpy', 'hpc_adept.stages.ptycho') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

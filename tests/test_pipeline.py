@@ -69,7 +69,7 @@ def test_run_all_stages_then_skip_and_continue(work):
 def _stage_files(tmp_path):
     """A config whose ptycho stage reads two tiny 'scans' and writes one 'projection'."""
     from hpc_adept.config import load_config
-    from hpc_adept.pipeline import STAGES
+    from hpc_adept.stages.registry import run_stages
 
     (tmp_path / "dataset").mkdir()
     for name in ("scan_0000.cxi", "scan_0001.cxi"):
@@ -79,7 +79,7 @@ def _stage_files(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
     cfg = load_config(str(tmp_path / "c.yaml"),
                       [f"data.path={tmp_path / 'dataset'}", f"output.dir={tmp_path / 'run'}"])
-    return cfg, next(s for s in STAGES if s.name == "ptycho")
+    return cfg, next(s for s in run_stages() if s.name == "ptycho")
 
 
 @pytest.mark.parametrize("change", ["none", "scan removed", "scan added", "scan replaced by "
@@ -119,7 +119,8 @@ def test_a_stage_command_run_alone_is_recorded_for_adept_run(work, tmp_path, mon
     import shutil
 
     from hpc_adept.config import load_config
-    from hpc_adept.pipeline import STAGES, _read_state, up_to_date
+    from hpc_adept.pipeline import _read_state, up_to_date
+    from hpc_adept.stages.registry import run_stages
 
     shutil.copytree(work / "dataset", tmp_path / "dataset")  # copy2: time stamps kept
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
@@ -129,7 +130,7 @@ def test_a_stage_command_run_alone_is_recorded_for_adept_run(work, tmp_path, mon
         assert result.returncode == 0, result.stderr[-3000:]
     cfg = load_config(str(tmp_path / "c.yaml"), [])
     state = _read_state(tmp_path / "run")
-    stages = {s.name: s for s in STAGES}
+    stages = {s.name: s for s in run_stages()}
     monkeypatch.chdir(tmp_path)  # the config's paths are relative
     assert up_to_date(stages["ptycho"], cfg, state)[0]
     assert up_to_date(stages["align"], cfg, state) == (False, "settings changed")

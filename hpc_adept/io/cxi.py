@@ -15,16 +15,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hpc_adept.io.atomic import (
+from hpc_adept.io.atomic import write_h5_atomic
+from hpc_adept.io.h5read import (
     check_shape,
     data_error,
     open_h5,
     read_array,
     read_scalar,
     require_dataset,
-    tilt_problem,
-    write_h5_atomic,
 )
+from hpc_adept.lamino.geometry import tilt_problem
 
 __all__ = [
     "CXI_VERSION",

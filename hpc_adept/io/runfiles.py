@@ -14,7 +14,8 @@ Layouts (DESIGN section 4):
     ``[nz, ny, nx]`` uint8 (1 = metal); root attribute ``voxel_size_m``.
 
 All writes are atomic and reproducible (:mod:`hpc_adept.io.atomic`); all reads validate
-and raise a one-line :class:`~hpc_adept.errors.DataError` naming the file and dataset.
+(:mod:`hpc_adept.io.h5read`) and raise a one-line :class:`~hpc_adept.errors.DataError`
+naming the file and dataset.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hpc_adept.io.atomic import (
+from hpc_adept.io.atomic import write_h5_atomic
+from hpc_adept.io.h5read import (
     check_shape,
     data_error,
     open_h5,
@@ -37,9 +39,8 @@ from hpc_adept.io.atomic import (
     read_attrs,
     read_scalar_attr,
     require_dataset,
-    tilt_problem,
-    write_h5_atomic,
 )
+from hpc_adept.lamino.geometry import tilt_problem
 
 __all__ = [
     "GroundTruth",

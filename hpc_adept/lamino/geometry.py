@@ -63,14 +63,32 @@ def _as_angles(value: Sequence[float] | np.ndarray) -> tuple[float, ...]:
     return tuple(float(x) for x in arr)
 
 
+# Laminography angles a reconstruction can use: 90 deg is tomography, 0 would put the
+# rotation axis along the beam (no depth information at all).
+TILT_RANGE_DEG = (0.0, 90.0)
+
+
+def tilt_problem(tilt_deg: float, name: str = "laminography angle") -> str | None:
+    """Why ``tilt_deg`` is no usable laminography angle L (degrees), or None.
+
+    The one rule for L, applied by :class:`Geometry`, the config (``simulate.tilt_deg``) and
+    the file readers: finite and in (0, 90]. ``name`` starts the message.
+    """
+    low, high = TILT_RANGE_DEG
+    if not low < tilt_deg <= high:  # NaN fails too
+        return f"{name} must be in ({low:g}, {high:g}] deg, got {tilt_deg:g}"
+    return None
+
+
 def _as_tilt(value: float) -> float:
-    """Return the laminography angle L in degrees, checked to lie in (0, 90]."""
+    """Return the laminography angle L in degrees, checked by :func:`tilt_problem`."""
     try:
         tilt = float(value)
     except (TypeError, ValueError):
         raise GeometryError(f"tilt_deg must be a number, got {value!r}") from None
-    if not math.isfinite(tilt) or not 0.0 < tilt <= 90.0:
-        raise GeometryError(f"tilt_deg must lie in (0, 90] degrees, got {value!r}")
+    problem = tilt_problem(tilt, "tilt_deg")
+    if problem:
+        raise GeometryError(problem)
     return tilt
 
 

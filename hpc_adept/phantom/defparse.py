@@ -407,32 +407,43 @@ class _DefParser:
                 raise ts.error(f"expected '+' or ';' in via {name}, found '{tok}'", line)
             key = ts.next()
             if key in ("RECT", "POLYGON"):
-                layer = self.check_layer(ts.next("a layer name"), line)
-                self.skip_mask()
-                pts = self.points()
-                if key == "RECT":
-                    if len(pts) != 2:
-                        raise ts.error("RECT needs 2 points", line)
-                    (x0, y0), (x1, y1) = pts
-                    shapes.append((layer, _norm((x0 * s, y0 * s, x1 * s, y1 * s))))
-                else:
-                    for r in rectilinear_polygon_rects(pts):
-                        shapes.append((layer, tuple(v * s for v in r)))  # type: ignore[misc]
-            elif key == "VIARULE":
-                rule["VIARULE"] = ts.next("a rule name")
-            elif key == "LAYERS":
-                rule["LAYERS"] = [self.check_layer(ts.next("a layer name"), line) for _ in "bct"]
-            elif key in VIA_RULE_COUNTS:
-                rule[key] = [ts.number(f"a number for {key}") for _ in range(VIA_RULE_COUNTS[key])]
-            elif key == "PATTERN":
-                rule["PATTERN"] = ts.next("a pattern")
+                shapes.extend(self._via_shapes(key, line, s))
             else:
-                self.skip_option()
+                self._via_rule_option(key, line, rule)
         if rule:
             shapes.extend(via_rule_shapes(ts, name, rule, s))
         if not shapes:
             raise ts.error(f"via {name} has no geometry")
         return ViaDef(name, tuple(shapes))
+
+    def _via_shapes(self, key: str, line: int, s: float) -> list[tuple[str, Rect]]:
+        """The boxes (um) of a fixed via's ``+ RECT`` or ``+ POLYGON`` (``key``, read);
+        ``s`` is um per database unit."""
+        ts = self.ts
+        layer = self.check_layer(ts.next("a layer name"), line)
+        self.skip_mask()
+        pts = self.points()
+        if key == "POLYGON":
+            return [(layer, tuple(v * s for v in r))  # type: ignore[misc]
+                    for r in rectilinear_polygon_rects(pts)]
+        if len(pts) != 2:
+            raise ts.error("RECT needs 2 points", line)
+        (x0, y0), (x1, y1) = pts
+        return [(layer, _norm((x0 * s, y0 * s, x1 * s, y1 * s)))]
+
+    def _via_rule_option(self, key: str, line: int, rule: dict[str, object]) -> None:
+        """Collect a generated via's ``+ key ...`` (read) in ``rule``; skip other options."""
+        ts = self.ts
+        if key == "VIARULE":
+            rule["VIARULE"] = ts.next("a rule name")
+        elif key == "LAYERS":
+            rule["LAYERS"] = [self.check_layer(ts.next("a layer name"), line) for _ in "bct"]
+        elif key in VIA_RULE_COUNTS:
+            rule[key] = [ts.number(f"a number for {key}") for _ in range(VIA_RULE_COUNTS[key])]
+        elif key == "PATTERN":
+            rule["PATTERN"] = ts.next("a pattern")
+        else:
+            self.skip_option()
 
     # -- NONDEFAULTRULES ----------------------------------------------------------
     def _ndrs(self) -> None:

@@ -497,25 +497,40 @@ def _parse_via(ts: TokenStream) -> ViaDef:
         if key == "LAYER" and len(stmt) >= 2:
             layer = stmt[1]
         elif key in ("RECT", "POLYGON"):
-            if layer is None:
-                raise ts.error(f"{key} before any LAYER in via {name}", line)
-            if key == "RECT":
-                shapes.append((layer, _parse_rect_statement(ts, stmt, line)))
-            else:
-                shapes.extend((layer, r) for r in _parse_polygon_statement(ts, stmt, line))
-        elif key == "VIARULE":
-            rule["VIARULE"] = stmt[1:]
-        elif key == "LAYERS":
-            if len(stmt) != 4:
-                raise ts.error("LAYERS needs 3 layer names", line)
-            rule["LAYERS"] = stmt[1:]
-        elif key in VIA_RULE_COUNTS:
-            rule[key] = _numbers(ts, stmt, line, VIA_RULE_COUNTS[key])
-        elif key == "PATTERN":
-            rule["PATTERN"] = " ".join(stmt[1:])
+            shapes.extend(_via_geometry(ts, name, layer, stmt, line))
+        else:
+            _via_rule_statement(ts, stmt, line, rule)
     if rule:
         shapes.extend(via_rule_shapes(ts, name, rule, 1.0))
     return ViaDef(name, tuple(shapes))
+
+
+def _via_geometry(ts: TokenStream, name: str, layer: str | None, stmt: list[str],
+                  line: int) -> list[tuple[str, Rect]]:
+    """The boxes (um) of a fixed via's ``RECT`` or ``POLYGON`` statement on ``layer``."""
+    key = stmt[0]
+    if layer is None:
+        raise ts.error(f"{key} before any LAYER in via {name}", line)
+    if key == "RECT":
+        return [(layer, _parse_rect_statement(ts, stmt, line))]
+    return [(layer, r) for r in _parse_polygon_statement(ts, stmt, line)]
+
+
+def _via_rule_statement(ts: TokenStream, stmt: list[str], line: int,
+                        rule: dict[str, list[float] | list[str] | str]) -> None:
+    """Collect a generated via's statement (``VIARULE``, ``LAYERS``, ``CUTSIZE``, ...) in
+    ``rule``; other statements are ignored."""
+    key = stmt[0]
+    if key == "VIARULE":
+        rule["VIARULE"] = stmt[1:]
+    elif key == "LAYERS":
+        if len(stmt) != 4:
+            raise ts.error("LAYERS needs 3 layer names", line)
+        rule["LAYERS"] = stmt[1:]
+    elif key in VIA_RULE_COUNTS:
+        rule[key] = _numbers(ts, stmt, line, VIA_RULE_COUNTS[key])
+    elif key == "PATTERN":
+        rule["PATTERN"] = " ".join(stmt[1:])
 
 
 VIA_RULE_COUNTS = {

@@ -22,7 +22,7 @@ import yaml
 
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_projections, read_volume, write_text_atomic
-from hpc_adept.io.atomic import open_h5
+from hpc_adept.io.h5read import open_h5
 from hpc_adept.report.figures import pyplot, save_figure
 from hpc_adept.report.render import Section, render_html, render_markdown
 

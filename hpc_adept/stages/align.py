@@ -24,7 +24,7 @@ import numpy as np
 from hpc_adept.config import AlignConfig, Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, write_projections
-from hpc_adept.io.atomic import open_h5, require_dataset
+from hpc_adept.io.h5read import open_h5, require_dataset
 from hpc_adept.parallel import ParallelContext, bcast, bcast_array
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class AlignPlan:
     keep_host_memory: bool = True
     memory_guard: bool = True
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: object) -> None:
         """Stop before any work when projection matching will not fit in memory.
 
         Every rank holds all projections (several working copies) and a few volumes (the

@@ -66,6 +66,9 @@ class EvaluatePlan:
     run_dir: Path
     voxel_size_m: float
 
+    def validate(self, ctx: ParallelContext, device: object) -> None:
+        """Nothing more to check: :func:`plan_evaluate` read every input already."""
+
 
 def _check_varies(volume: np.ndarray, path: Path) -> None:
     if float(volume.max()) == float(volume.min()):
@@ -215,6 +218,97 @@ def _score_region(ref_occ: np.ndarray, est_occ: np.ndarray, ref_val: np.ndarray,
             _number(pcc(ref_val[layers], est_val[layers])))
 
 
+@dataclass(frozen=True)
+class _Region:
+    """The registered common region of the reference and a reconstruction.
+
+    Values are float64 and occupancies bool, all ``[nz', ny', nx']``; ``layer_index`` (int)
+    and ``excluded`` (bool) have one entry per z layer of the region, the index counting
+    the reference's layers.
+    """
+
+    ref_val: np.ndarray
+    ref_occ: np.ndarray
+    est_val: np.ndarray
+    est_occ: np.ndarray
+    layer_index: np.ndarray
+    excluded: np.ndarray
+
+    def score(self, layers: np.ndarray) -> tuple[float | None, float | None]:
+        """BER and PCC over ``layers`` (indices into the region), None when empty."""
+        return _score_region(self.ref_occ, self.est_occ, self.ref_val, self.est_val, layers)
+
+
+def _range_scores(region: _Region, layer_z_m: np.ndarray, kept: np.ndarray,
+                  boundaries_um: list[float]) -> dict[str, dict[str, Any]]:
+    """The ``ranges`` entry: BER and PCC per z range over its layers kept."""
+    from hpc_adept.metrics import layer_ranges
+
+    ranges = {}
+    for zr in layer_ranges(layer_z_m, [b * 1e-6 for b in boundaries_um]):
+        if len(zr.layers) == 0:  # the range lies outside the evaluated volume
+            continue
+        in_range = np.intersect1d(zr.layers, kept)
+        r_ber, r_pcc = region.score(in_range)
+        ranges[zr.name] = {
+            "z_min_um": zr.z_min_m * 1e6,
+            "z_max_um": zr.z_max_m * 1e6 if math.isfinite(zr.z_max_m) else None,
+            "n_layers": int(len(in_range)),
+            "n_layers_excluded": int(len(zr.layers) - len(in_range)),
+            "ber": r_ber,
+            "pcc": r_pcc,
+        }
+    return ranges
+
+
+def _intensity_fit(region: _Region, kept: np.ndarray) -> dict[str, float | None]:
+    """The ``intensity_fit`` entry: ``ref ~ scale * rec + offset`` over the layers kept
+    (over all layers when every layer is excluded)."""
+    from hpc_adept.metrics import affine_fit
+
+    if len(kept):
+        scale, offset, rel_rmse = affine_fit(region.ref_val[kept], region.est_val[kept])
+    else:
+        scale, offset, rel_rmse = affine_fit(region.ref_val, region.est_val)
+    return {"scale": _number(scale), "offset": _number(offset),
+            "relative_rmse": _number(rel_rmse)}
+
+
+def _registration_entry(reg: Any, enabled: bool) -> dict[str, Any]:
+    """The ``registration`` entry of a :func:`hpc_adept.metrics.register` result."""
+    return {
+        "enabled": enabled,
+        "shift_voxels": [float(s) for s in reg.shift_voxels],
+        "peak_correlation": (None if reg.peak_correlation is None
+                             else _number(reg.peak_correlation)),
+        "region_start": [s.start for s in reg.reference_slices],
+        "region_shape": list(reg.aligned.shape),
+    }
+
+
+def _register(reference: GroundTruth, binarised: _ReferenceBinarisation, volume: np.ndarray,
+              cfg: Config, what: str) -> tuple[Any, _Region, GmmBinarizer]:
+    """Register ``volume`` to the reference and binarise the common region.
+
+    Returns the registration, the region and the reconstruction's mixture model.
+    """
+    from hpc_adept.metrics import register
+
+    ev = cfg.evaluate
+    reg = register(reference.volume, volume, enabled=ev.register,
+                   max_shift=ev.max_shift_voxels)
+    est_val = reg.aligned
+    model = _fit_gmm(est_val, cfg, f"{what}: evaluated region {list(est_val.shape)}")
+    z_slice = reg.reference_slices[0]
+    layer_index = np.arange(z_slice.start, z_slice.stop)
+    region = _Region(ref_val=np.asarray(reference.volume[reg.reference_slices], np.float64),
+                     ref_occ=binarised.occupancy[reg.reference_slices],
+                     est_val=est_val, est_occ=model.binarize(est_val),
+                     layer_index=layer_index,
+                     excluded=binarised.exclusion.excluded[layer_index])
+    return reg, region, model
+
+
 def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
                     volume: np.ndarray, cfg: Config, what: str = "reconstruction"
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -245,61 +339,25 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
         ``z_um``, ``ber``, ``pcc`` (float arrays, NaN = undefined) and ``excluded`` (bool)
         per layer of the evaluated region, for the figures.
     """
-    from hpc_adept.metrics import (
-        affine_fit,
-        ber_per_layer,
-        layer_ranges,
-        pcc_per_layer,
-        register,
-    )
+    from hpc_adept.metrics import ber_per_layer, pcc_per_layer
 
-    ev = cfg.evaluate
     voxel = reference.voxel_size_m
-    reg = register(reference.volume, volume, enabled=ev.register,
-                   max_shift=ev.max_shift_voxels)
-    ref_val = np.asarray(reference.volume[reg.reference_slices], np.float64)
-    ref_occ = binarised.occupancy[reg.reference_slices]
-    est_val = reg.aligned
-    model = _fit_gmm(est_val, cfg, f"{what}: evaluated region {list(est_val.shape)}")
-    est_occ = model.binarize(est_val)
-
-    z_slice = reg.reference_slices[0]
-    layer_index = np.arange(z_slice.start, z_slice.stop)
+    reg, region, model = _register(reference, binarised, volume, cfg, what)
+    layer_index, excluded = region.layer_index, region.excluded
     layer_z_m = (layer_index + 0.5) * voxel
-    excluded = binarised.exclusion.excluded[layer_index]
     kept = np.flatnonzero(~excluded)
-    every = np.arange(len(layer_index))
-
-    ber_value, pcc_value = _score_region(ref_occ, est_occ, ref_val, est_val, kept)
-    ber_all, pcc_all = _score_region(ref_occ, est_occ, ref_val, est_val, every)
-    ranges = {}
-    for zr in layer_ranges(layer_z_m, [b * 1e-6 for b in ev.z_boundaries_um]):
-        if len(zr.layers) == 0:  # the range lies outside the evaluated volume
-            continue
-        in_range = np.intersect1d(zr.layers, kept)
-        r_ber, r_pcc = _score_region(ref_occ, est_occ, ref_val, est_val, in_range)
-        ranges[zr.name] = {
-            "z_min_um": zr.z_min_m * 1e6,
-            "z_max_um": zr.z_max_m * 1e6 if math.isfinite(zr.z_max_m) else None,
-            "n_layers": int(len(in_range)),
-            "n_layers_excluded": int(len(zr.layers) - len(in_range)),
-            "ber": r_ber,
-            "pcc": r_pcc,
-        }
-    if len(kept):
-        scale, offset, rel_rmse = affine_fit(ref_val[kept], est_val[kept])
-    else:
-        scale, offset, rel_rmse = affine_fit(ref_val, est_val)
-    per_layer_ber = ber_per_layer(ref_occ, est_occ)
-    per_layer_pcc = pcc_per_layer(ref_val, est_val)
+    ber_value, pcc_value = region.score(kept)
+    ber_all, pcc_all = region.score(np.arange(len(layer_index)))
+    per_layer_ber = ber_per_layer(region.ref_occ, region.est_occ)
+    per_layer_pcc = pcc_per_layer(region.ref_val, region.est_val)
     reasons = binarised.exclusion.reasons
     entry = {
         "ber": ber_value,
         "pcc": pcc_value,
         "ber_all_layers": ber_all,
         "pcc_all_layers": pcc_all,
-        "n_voxels": int(len(kept) * est_val.shape[1] * est_val.shape[2]),
-        "ranges": ranges,
+        "n_voxels": int(len(kept) * region.est_val.shape[1] * region.est_val.shape[2]),
+        "ranges": _range_scores(region, layer_z_m, kept, cfg.evaluate.z_boundaries_um),
         "layers": {
             "index": layer_index.tolist(),
             "z_um": (layer_z_m * 1e6).tolist(),
@@ -311,17 +369,9 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
             {"index": int(k), "z_um": float((k + 0.5) * voxel * 1e6), "reason": reasons[int(k)]}
             for k in layer_index[excluded]
         ],
-        "registration": {
-            "enabled": ev.register,
-            "shift_voxels": [float(s) for s in reg.shift_voxels],
-            "peak_correlation": (None if reg.peak_correlation is None
-                                 else _number(reg.peak_correlation)),
-            "region_start": [s.start for s in reg.reference_slices],
-            "region_shape": list(est_val.shape),
-        },
-        "intensity_fit": {"scale": _number(scale), "offset": _number(offset),
-                          "relative_rmse": _number(rel_rmse)},
-        "binarization": {"metal_fraction": float(est_occ.mean()), **model.as_dict()},
+        "registration": _registration_entry(reg, cfg.evaluate.register),
+        "intensity_fit": _intensity_fit(region, kept),
+        "binarization": {"metal_fraction": float(region.est_occ.mean()), **model.as_dict()},
     }
     layers = {"z_um": layer_z_m * 1e6, "ber": per_layer_ber, "pcc": per_layer_pcc,
               "excluded": excluded}

@@ -37,8 +37,9 @@ from hpc_adept.io import (
     read_cxi,
     write_projections,
 )
-from hpc_adept.io.atomic import open_h5, read_array, read_scalar_attr, write_h5_atomic
+from hpc_adept.io.atomic import write_h5_atomic
 from hpc_adept.io.cxi import TRANSLATION
+from hpc_adept.io.h5read import open_h5, read_array, read_scalar_attr
 from hpc_adept.log import Progress
 from hpc_adept.parallel import ParallelContext, barrier, block_range, first_failure
 from hpc_adept.parallel.workqueue import DynamicQueue
@@ -76,7 +77,7 @@ class PtychoPlan:
     keep_host_memory: bool = True
     memory_guard: bool = True
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: object) -> None:
         """Check every scan's counts and the memory before any work (collective).
 
         Raises the same DataError on every rank, so the job stops with one message and

@@ -46,7 +46,7 @@ class ReconPlan:
     methods: tuple[str, ...]
     cfg: Config | None = None
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: object) -> None:
         """Stop before any work when FBP or the DIP will not fit in memory, or the DIP
         cannot be split so."""
         if self.cfg is None:

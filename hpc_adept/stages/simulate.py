@@ -74,10 +74,11 @@ class SimulationPlan:
     wavelength_m: float
     cfg: Config | None = None
 
-    def validate(self, ctx: ParallelContext) -> None:
+    def validate(self, ctx: ParallelContext, device: object) -> None:
         """Stop before any work when the simulation will not fit in memory (collective).
 
         Every rank checks its own node; the first problem stops all ranks with one line.
+        ``device`` is unused: the simulation runs on the host.
         """
         if self.cfg is None or not self.cfg.runtime.memory_guard:
             return
@@ -163,7 +164,7 @@ def auto_projection_shape(volume_shape: tuple[int, int, int], tilt_deg: float,
     return (2 * math.ceil(half_v), 2 * math.ceil(half_u))
 
 
-def plan_simulation(cfg: Config) -> SimulationPlan:
+def plan_simulate(cfg: Config) -> SimulationPlan:
     """Validate the simulate config against the file system; no work, no output."""
     s = cfg.simulate
     if cfg.data.path is None:
@@ -259,31 +260,19 @@ def simulate_scan(projection: np.ndarray, probe: np.ndarray, angle_index: int,
     return counts.astype(np.float32), positions
 
 
-def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> None:
-    """Run the stage (all ranks); ``plan`` comes from :func:`plan_simulation`."""
+def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan,
+                 device: object) -> None:
+    """Run the stage (all ranks); ``plan`` comes from :func:`plan_simulate`.
+
+    ``device`` is unused: the simulation runs on the host, in float64.
+    """
     import torch
 
     from hpc_adept.lamino import Geometry, LaminoOperator
 
     s = cfg.simulate
     t0 = time.perf_counter()
-    if ctx.is_root:
-        plan.dataset_dir.mkdir(parents=True, exist_ok=True)
-        # Why: until it is removed at the very end, the dataset's listing refuses the
-        # directory, so an interrupted run (or one over an older dataset) cannot pass for a
-        # complete one. Written before the broadcast below, i.e. before any rank writes.
-        write_text_atomic(plan.dataset_dir / INCOMPLETE_MARKER,
-                          "adept simulate is writing this dataset (or was interrupted while "
-                          "it did): run adept simulate again.\n")
-        log.info("simulate: %s phantom %s at %.1f nm, %d angles, tilt %.2f deg, "
-                 "projections %s, frames %d^2, distance %.3f m",
-                 plan.phantom_kind, list(s.volume_shape), s.voxel_size_m * 1e9, s.n_angles,
-                 s.tilt_deg, list(plan.projection_shape), s.frame_size, plan.distance_m)
-        occupancy, volume = build_ground_truth(cfg, plan)
-        log.info("phantom ready in %.1f s: metal fraction %.3f",
-                 time.perf_counter() - t0, float(occupancy.mean()))
-    else:
-        occupancy = volume = None
+    occupancy, volume = _start_dataset(cfg, plan, t0) if ctx.is_root else (None, None)
     volume = bcast_array(ctx, volume)
 
     mine = block_range(s.n_angles, ctx.size, ctx.rank)
@@ -305,44 +294,87 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan) -> Non
         if s.drift_px > 0:  # measured[r, c] = ideal[r - s_r, c - s_c]
             measured = np.real(sim.shift_image(measured, tuple(drift[index])))
         counts, positions_px = simulate_scan(measured, probe, index, cfg, plan)
-        translation = np.zeros((len(positions_px), 3))
-        translation[:, 0] = positions_px[:, 1] * s.voxel_size_m  # x along detector columns
-        translation[:, 1] = positions_px[:, 0] * s.voxel_size_m  # y along rows
-        scan = Scan(counts=counts, positions_m=translation, energy_j=energy_j,
-                    distance_m=plan.distance_m, x_pixel_size_m=s.detector_pixel_m,
-                    y_pixel_size_m=s.detector_pixel_m,
-                    rotation_angle_deg=float(plan.angles_deg[index]),
-                    laminography_angle_deg=s.tilt_deg,
-                    probe=stored_probe)
-        write_cxi(plan.dataset_dir / SCAN_NAME.format(index), scan)
+        write_cxi(plan.dataset_dir / SCAN_NAME.format(index),
+                  _scan(counts, positions_px, index, cfg, plan, energy_j, stored_probe))
         progress.update(ctx.size if ctx.is_root else 1)
 
     gathered = gather_dict(ctx, {i: projections[k] for k, i in enumerate(mine)})
     barrier(ctx)  # every scan is on disk before the dataset is declared complete
     if ctx.is_root:
-        _remove_stale_scans(plan.dataset_dir, s.n_angles if s.scans else 0)
         all_proj = np.stack([gathered[i] for i in range(s.n_angles)]).astype(np.float32)
-        truth = ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
-                              tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m,
-                              probes=np.broadcast_to(probe.astype(np.complex64),
-                                                     (s.n_angles, *probe.shape)).copy(),
-                              extra={"drift_px": drift} if s.drift_px > 0 else {})
-        write_projections(plan.dataset_dir / "true_projections.h5", truth)
-        write_ground_truth(plan.dataset_dir / "ground_truth.h5", volume,
-                           (occupancy >= 0.5).astype(np.uint8), s.voxel_size_m,
-                           attrs={"phantom": plan.phantom_kind, "energy_ev": s.energy_ev,
-                                  "tilt_deg": s.tilt_deg})
-        (plan.dataset_dir / INCOMPLETE_MARKER).unlink()  # every file of the dataset is there
-        if s.write_projections:
-            run_dir = Path(cfg.output.dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_projections(run_dir / "projections.h5",
-                              ProjectionSet(projections=_noisy(all_proj, s.projection_noise,
-                                                               s.seed),
-                                            angles_deg=plan.angles_deg,
-                                            tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m))
+        _finish_dataset(cfg, plan, all_proj, volume, occupancy, probe, drift)
         log.info("simulate: wrote %d scans and ground_truth.h5 to %s in %.1f s",
                  s.n_angles if s.scans else 0, plan.dataset_dir, time.perf_counter() - t0)
+
+
+def _start_dataset(cfg: Config, plan: SimulationPlan, t0: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Rank 0: mark the dataset incomplete, then build the phantom (see
+    :func:`build_ground_truth`); ``t0`` is the stage's start (``time.perf_counter``)."""
+    s = cfg.simulate
+    plan.dataset_dir.mkdir(parents=True, exist_ok=True)
+    # Why: until it is removed at the very end, the dataset's listing refuses the
+    # directory, so an interrupted run (or one over an older dataset) cannot pass for a
+    # complete one. Written before the broadcast of the phantom, i.e. before any rank writes.
+    write_text_atomic(plan.dataset_dir / INCOMPLETE_MARKER,
+                      "adept simulate is writing this dataset (or was interrupted while "
+                      "it did): run adept simulate again.\n")
+    log.info("simulate: %s phantom %s at %.1f nm, %d angles, tilt %.2f deg, "
+             "projections %s, frames %d^2, distance %.3f m",
+             plan.phantom_kind, list(s.volume_shape), s.voxel_size_m * 1e9, s.n_angles,
+             s.tilt_deg, list(plan.projection_shape), s.frame_size, plan.distance_m)
+    occupancy, volume = build_ground_truth(cfg, plan)
+    log.info("phantom ready in %.1f s: metal fraction %.3f",
+             time.perf_counter() - t0, float(occupancy.mean()))
+    return occupancy, volume
+
+
+def _scan(counts: np.ndarray, positions_px: np.ndarray, index: int, cfg: Config,
+          plan: SimulationPlan, energy_j: float, probe: np.ndarray | None) -> Scan:
+    """The CXI scan of angle ``index``: ``counts`` [n, N, N] float32 at ``positions_px``
+    [n, 2] (row, col) object pixels; ``probe`` complex64 [N, N] or None (not stored)."""
+    s = cfg.simulate
+    translation = np.zeros((len(positions_px), 3))
+    translation[:, 0] = positions_px[:, 1] * s.voxel_size_m  # x along detector columns
+    translation[:, 1] = positions_px[:, 0] * s.voxel_size_m  # y along rows
+    return Scan(counts=counts, positions_m=translation, energy_j=energy_j,
+                distance_m=plan.distance_m, x_pixel_size_m=s.detector_pixel_m,
+                y_pixel_size_m=s.detector_pixel_m,
+                rotation_angle_deg=float(plan.angles_deg[index]),
+                laminography_angle_deg=s.tilt_deg,
+                probe=probe)
+
+
+def _finish_dataset(cfg: Config, plan: SimulationPlan, all_proj: np.ndarray,
+                    volume: np.ndarray, occupancy: np.ndarray, probe: np.ndarray,
+                    drift: np.ndarray) -> None:
+    """Rank 0, after every scan is on disk: the dataset's other files, then the marker's
+    removal (the dataset is complete), then the run directory's projections if asked.
+
+    ``all_proj`` float32 [n_angles, nv, nu], ``volume`` and ``occupancy`` [nz, ny, nx],
+    ``probe`` complex [N, N] (unit photons), ``drift`` [n_angles, 2] px.
+    """
+    s = cfg.simulate
+    _remove_stale_scans(plan.dataset_dir, s.n_angles if s.scans else 0)
+    truth = ProjectionSet(projections=all_proj, angles_deg=plan.angles_deg,
+                          tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m,
+                          probes=np.broadcast_to(probe.astype(np.complex64),
+                                                 (s.n_angles, *probe.shape)).copy(),
+                          extra={"drift_px": drift} if s.drift_px > 0 else {})
+    write_projections(plan.dataset_dir / "true_projections.h5", truth)
+    write_ground_truth(plan.dataset_dir / "ground_truth.h5", volume,
+                       (occupancy >= 0.5).astype(np.uint8), s.voxel_size_m,
+                       attrs={"phantom": plan.phantom_kind, "energy_ev": s.energy_ev,
+                              "tilt_deg": s.tilt_deg})
+    (plan.dataset_dir / INCOMPLETE_MARKER).unlink()  # every file of the dataset is there
+    if s.write_projections:
+        run_dir = Path(cfg.output.dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_projections(run_dir / "projections.h5",
+                          ProjectionSet(projections=_noisy(all_proj, s.projection_noise,
+                                                           s.seed),
+                                        angles_deg=plan.angles_deg,
+                                        tilt_deg=s.tilt_deg, pixel_size_m=s.voxel_size_m))
 
 
 def drift_shifts(n_angles: int, sigma_px: float, seed: int) -> np.ndarray:
