@@ -188,7 +188,7 @@ def _take_device(cfg: Config, ctx: Any) -> Any:
 
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
     set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
-    _use_projector(cfg.runtime.projector, device)
+    _check_projector(cfg.runtime.projector, device)
     if cfg.runtime.keep_host_memory:
         keep_freed_host_memory()
     return device
@@ -239,7 +239,7 @@ def _end_the_job(exc: Exception, cfg: Config, ctx: Any, debug: bool) -> None:
     ctx.abort(_exit_code(exc))
 
 
-def _use_projector(kernel: str, device: Any) -> None:
+def _check_projector(kernel: str, device: Any) -> None:
     """Check that this rank can run ``kernel`` (runtime.projector); the stages pass it to
     the laminography operators they build."""
     from hpc_adept.lamino import check_kernel

@@ -12,17 +12,21 @@ are its one-call forms (kernel ``torch`` unless named). The angles shared betwee
 ranks: :class:`hpc_adept.parallel.DistributedLaminoOperator`, the same type.
 """
 
-from hpc_adept.lamino.filters import angular_weights, ramp_filter
-from hpc_adept.lamino.geometry import Geometry, GeometryError
-from hpc_adept.lamino.operator import (
-    KERNELS,
-    LaminoOperator,
-    backproject,
-    check_kernel,
-    fbp,
-    project,
-)
-from hpc_adept.lamino.projector import MAX_CHUNK_BYTES
+from hpc_adept.lamino.geometry import Geometry, GeometryError, tilt_problem
+
+# The torch-backed names load on first use: the config and the file readers use the
+# geometry's rules without paying for torch (adept report, config errors stay fast).
+_LAZY = {
+    "angular_weights": "filters",
+    "ramp_filter": "filters",
+    "KERNELS": "operator",
+    "LaminoOperator": "operator",
+    "backproject": "operator",
+    "check_kernel": "operator",
+    "fbp": "operator",
+    "project": "operator",
+    "MAX_CHUNK_BYTES": "projector",
+}
 
 __all__ = [
     "KERNELS",
@@ -36,4 +40,15 @@ __all__ = [
     "fbp",
     "project",
     "ramp_filter",
+    "tilt_problem",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
