@@ -49,7 +49,7 @@ _PLUGIN_FILTERS = {
     307: "bzip2",
     32001: "blosc",
     32004: "lz4",
-    32008: "bitshuffle (often with LZ4, as Eiger/Dectris files use)",
+    32008: "bitshuffle/LZ4, as in Eiger files",
     32013: "zfp",
     32015: "zstd",
     32017: "sz",

@@ -219,8 +219,8 @@ def read_ptychodus_scan(diffraction_path: PathLike, product_path: PathLike, *,
     """
     path = Path(diffraction_path)
     s = supplied or Supplied()
-    header = read_product_header(product_path)
     frames, shape, frame_indexes, extras = _read_diffraction(path, load_counts)
+    header = read_product_header(product_path)
     rows = _pair(Path(product_path), frame_indexes, header.indexes)
     n, ny, nx = shape
     energy_ev = resolve(product_path, f"@{ENERGY_ATTRS[0]}", "energy_ev", header.energy_ev,
