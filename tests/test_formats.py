@@ -71,13 +71,15 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 def write_foldslice(folder: Path, scan: Scan, label: str = "0_Ndp16",
-                    with_header: bool = True) -> Path:
+                    with_header: bool = True, transpose: bool = True) -> Path:
     """fold_slice prepared data, as fold_slice reads it.
 
-    - ``ptycho/+scans/get_filenames_aps.m`` l.14: ``<scan dir>/data_roi<label>_dp.hdf5``,
-      read by MATLAB ``h5read`` as ``[Ndp, Ndp, N]``, i.e. h5py ``[N, Ndp, Ndp]`` with each
-      frame transposed: we store ``counts.swapaxes(1, 2)`` so that MATLAB sees our frame.
-      gzip level 4 (FORMATS.md).
+    - ``ptycho/+scans/get_filenames_aps.m`` l.14: ``<scan dir>/data_roi<label>_dp.hdf5``.
+    - ``ptycho/+detector/+prep_data/+matlab_aps/load_data.m``: ``h5read(file, '/dp')``
+      (each frame transposed), then ``det.orientation(1)`` -> ``permute(data, [2 1 3])``:
+      with an Eiger (``eiger_APS.m``: ``[1 0 0]``) fold_slice's frame is h5py's, so we store
+      ``counts``; without the transpose (``empad.m``: ``[0 0 0]``) we store
+      ``counts.swapaxes(1, 2)``. gzip level 4 (FORMATS.md).
     - ``ptycho/+scans/+positions/hdf5_pos.m`` l.9-18: ``/ppX``, ``/ppY`` in
       ``data_roi<label>_para.hdf5``, ``positions_real = [-ppY, -ppX]``; with
       ``+core/ptycho_adjust_positions.m`` (``positions_real = -positions_real``,
@@ -88,8 +90,8 @@ def write_foldslice(folder: Path, scan: Scan, label: str = "0_Ndp16",
     folder.mkdir(parents=True, exist_ok=True)
     dp = folder / f"data_roi{label}_dp.hdf5"
     with h5py.File(dp, "w") as f:
-        f.create_dataset("dp", data=np.swapaxes(scan.counts, 1, 2), compression="gzip",
-                         compression_opts=4)
+        frames = scan.counts if transpose else np.swapaxes(scan.counts, 1, 2)
+        f.create_dataset("dp", data=frames, compression="gzip", compression_opts=4)
     with h5py.File(folder / f"data_roi{label}_para.hdf5", "w") as f:
         f["ppX"] = scan.positions_m[:, 0]
         f["ppY"] = scan.positions_m[:, 1]
@@ -140,13 +142,17 @@ def test_foldslice_orientation_follows_its_forward_model(tmp_path):
     frames = []
     for r, c in (window + origin).astype(int):
         far = np.fft.fftshift(np.fft.fft2(probe * obj[r:r + n, c:c + n], norm="ortho"))
-        frames.append(np.abs(far) ** 2)  # MATLAB's fmag(:,:,k).^2, [row, col]
+        frames.append(np.abs(far) ** 2)  # fold_slice's fmag(:,:,k).^2, [row, col]
     scan = Scan(counts=np.array(frames), positions_m=np.stack([pp_x, pp_y, 0 * pp_x], 1),
                 energy_j=ENERGY_EV * ELEMENTARY_CHARGE_C, distance_m=DISTANCE_M,
                 x_pixel_size_m=PIXEL_M, y_pixel_size_m=PIXEL_M, rotation_angle_deg=0.0,
                 laminography_angle_deg=LAMINO)
     dp = write_foldslice(tmp_path, scan)
     read = read_scans(dp, laminography_angle_deg=LAMINO, detector_pixel_m=PIXEL_M)[0]
+    empad = write_foldslice(tmp_path / "empad", scan, transpose=False)
+    read_empad = read_scans(empad, laminography_angle_deg=LAMINO, detector_pixel_m=PIXEL_M,
+                            foldslice_orientation=(0, 0, 0))[0]
+    np.testing.assert_array_equal(read_empad.counts, read.counts)
     positions_px = read.positions_m[:, [1, 0]] / dx  # ours: (row, col) = (y, x) / dx
     ours = diffraction_patterns(obj, pad, (m, m), probe, positions_px)
     np.testing.assert_allclose(read.counts, ours, rtol=1e-4, atol=1e-6)

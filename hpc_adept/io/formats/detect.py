@@ -163,12 +163,12 @@ def _scan_files(p: Path, fmt: str) -> list[Path]:
 
 
 def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
-              load: bool, convention: str | None) -> Scan:
+              load: bool, convention: str | None, orientation: tuple[int, int, int]) -> Scan:
     kw = {"supplied": s, "load_counts": load}
     if convention is not None:
         kw["angle_convention"] = convention
     if fmt == "foldslice-prepared":
-        return foldslice_prepared.read_foldslice_scan(path, **kw)
+        return foldslice_prepared.read_foldslice_scan(path, orientation=orientation, **kw)
     if fmt == "ptychodus-diffraction":
         return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
     return cxi_foreign.read_foreign_cxi(path, positions_path, **kw)
@@ -178,6 +178,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                positions_path: PathLike | None = None,
                rotation_angles_deg: Sequence[float] | None = None,
                load_counts: bool = True, angle_convention: str | None = None,
+               foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
                **supplied: float | None) -> list[Scan]:
     """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
 
@@ -196,6 +197,9 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         False reads headers only (``Scan.counts`` is None).
     angle_convention : str, optional
         Convention of the files' and supplied angles; default per format.
+    foldslice_orientation : (int, int, int)
+        fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
+        ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
     **supplied
         ``energy_ev``, ``distance_m``, ``detector_pixel_m``, ``rotation_angle_deg``,
         ``laminography_angle_deg``: what the files lack.
@@ -216,7 +220,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         raise data_error(p, f"no {fmt} files found")
     pos = Path(positions_path) if positions_path is not None else None
     scans = [_read_one(fmt, f, pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
-                       load_counts, angle_convention) for i, f in enumerate(files)]
+                       load_counts, angle_convention, foldslice_orientation)
+             for i, f in enumerate(files)]
     return _sorted(scans, p)
 
 

@@ -3,10 +3,14 @@
 Layout (yijiang1/fold_slice):
 
 - ``ptycho/+scans/get_filenames_aps.m`` line 14: the frames of scan ``S`` are
-  ``<base_path>/<sprintf(scan.format, S)>/data_roi<roi_label>_dp.hdf5``, dataset ``/dp``,
-  read with MATLAB's ``h5read``, which returns the array transposed: ``[Ndp, Ndp, N]`` in
-  MATLAB is ``[N, Ndp, Ndp]`` in h5py, and MATLAB's frame ``dp(:, :, k)`` is h5py's
-  ``dp[k].T``.
+  ``<base_path>/<sprintf(scan.format, S)>/data_roi<roi_label>_dp.hdf5``, dataset ``/dp``.
+- ``ptycho/+detector/+prep_data/+matlab_aps/load_data.m``: ``data = h5read(file, '/dp')``
+  (MATLAB sees h5py's ``[N, Ndp, Ndp]`` as ``[Ndp, Ndp, N]``, each frame transposed), then
+  the detector's ``det.orientation = [<Transpose> <FlipLR> <FlipUD>]`` is applied:
+  ``permute(data, [2 1 3])``, ``fliplr``, ``flipud``. X-ray Eiger detectors use
+  ``[1 0 0]`` (``+detector/+eiger_APS/eiger_APS.m``, ``+eiger1p5M/eiger1p5M.m``): the
+  transpose undoes ``h5read``'s, so fold_slice fits h5py's frame as stored (as ptychodus
+  reads it); the electron ``empad`` uses ``[0 0 0]`` (frames transposed).
 - ``ptycho/+scans/+positions/hdf5_pos.m`` lines 9-18: ``/ppX``, ``/ppY`` (metres) from
   ``data_roi<label>_para.hdf5`` in the same folder; ``positions_real(:,1) = -ppY``,
   ``positions_real(:,2) = -ppX`` (columns: row/y, column/x).
@@ -18,8 +22,9 @@ Layout (yijiang1/fold_slice):
 
 Mapping onto :class:`~hpc_adept.io.cxi.Scan` (verified from the lines above):
 
-- counts ``[n, ny, nx]`` = h5py ``dp`` with the last two axes swapped (MATLAB's frame
-  orientation, in which fold_slice fits the positions); DC stays at ``(N//2, N//2)``;
+- counts ``[n, ny, nx]`` = the frames as fold_slice holds them after ``load_data.m`` with
+  the given ``orientation`` (default ``(1, 0, 0)``: h5py's frames unchanged); DC at
+  ``(N//2, N//2)`` (a flip of an even-sized frame moves it by one pixel, as in fold_slice);
 - positions ``(x, y, z) = (ppX, ppY, 0)`` metres: x along frame columns, y along rows, the
   same sign as the probe window's shift in fold_slice's object;
 - energy from ``/lambda``; with ``/dx`` the ratio distance / detector pixel is fixed
@@ -56,7 +61,14 @@ from hpc_adept.io.formats._values import (
     rotation_deg,
 )
 
-__all__ = ["DP_PATTERN", "find_pairs", "para_path_for", "read_foldslice_scan"]
+__all__ = [
+    "DP_PATTERN",
+    "EIGER_ORIENTATION",
+    "find_pairs",
+    "oriented",
+    "para_path_for",
+    "read_foldslice_scan",
+]
 
 PathLike = str | os.PathLike
 
@@ -64,6 +76,22 @@ DP_PATTERN = re.compile(r"^data_roi(?P<label>.+)_dp\.hdf5$")
 DP_KEY = "/dp"
 PPX, PPY = "/ppX", "/ppY"
 LAMBDA, DX, ANGLE = "/lambda", "/dx", "/angle"
+EIGER_ORIENTATION = (1, 0, 0)  # det.orientation of eiger_APS.m, eiger1p5M.m
+
+
+def oriented(frames: np.ndarray, orientation: tuple[int, int, int]) -> np.ndarray:
+    """h5py frames ``[n, a, b]`` as fold_slice holds them after ``load_data.m``.
+
+    ``h5read`` transposes each frame; ``det.orientation`` then transposes back, flips
+    left-right and flips up-down, in that order.
+    """
+    transpose, flip_lr, flip_ud = (bool(v) for v in orientation)
+    out = frames if transpose else np.swapaxes(frames, 1, 2)  # h5read, then permute
+    if flip_lr:
+        out = out[:, :, ::-1]
+    if flip_ud:
+        out = out[:, ::-1, :]
+    return np.ascontiguousarray(out)
 
 
 def para_path_for(dp_path: PathLike) -> Path:
@@ -124,7 +152,8 @@ def _read_para(para: Path, n_frames: int) -> tuple[np.ndarray, dict[str, float |
 
 def read_foldslice_scan(dp_path: PathLike, para_path: PathLike | None = None, *,
                         supplied: Supplied | None = None, load_counts: bool = True,
-                        angle_convention: str = "ptychoshelves") -> Scan:
+                        angle_convention: str = "ptychoshelves",
+                        orientation: tuple[int, int, int] = EIGER_ORIENTATION) -> Scan:
     """Read one fold_slice prepared scan as a :class:`Scan`.
 
     Parameters
@@ -142,6 +171,9 @@ def read_foldslice_scan(dp_path: PathLike, para_path: PathLike | None = None, *,
     angle_convention : str
         Convention of ``/angle`` and of a supplied rotation / laminography angle
         (:mod:`hpc_adept.io.formats.geometry`); default PtychoShelves.
+    orientation : (int, int, int)
+        fold_slice's ``det.orientation`` ``(transpose, fliplr, flipud)`` of the detector
+        the data were prepared for; default ``(1, 0, 0)`` (Eiger).
 
     Raises
     ------
@@ -168,10 +200,12 @@ def read_foldslice_scan(dp_path: PathLike, para_path: PathLike | None = None, *,
                     s.rotation_angle_deg)
     lamino = resolve(para, "laminography angle", "laminography_angle_deg", None,
                      s.laminography_angle_deg)
-    counts = None if frames is None else np.ascontiguousarray(np.swapaxes(frames, 1, 2))
+    counts = None if frames is None else oriented(frames, orientation)
+    if orientation[0] == 0:
+        a, b = b, a
     return Scan(counts=counts, positions_m=positions, energy_j=energy_j, distance_m=distance,
                 x_pixel_size_m=pixel, y_pixel_size_m=pixel,
                 rotation_angle_deg=rotation_deg(angle, angle_convention),
                 laminography_angle_deg=laminography_deg(para, lamino, angle_convention),
-                path=str(dp), counts_shape=(n, b, a))
+                path=str(dp), counts_shape=(n, a, b))
 
