@@ -610,3 +610,69 @@ def test_bad_matlab_and_cxi_and_detection(tmp_path):
     with pytest.raises(DataError) as exc:
         detect_format(mixed)
     assert "ambiguous" in _one_line(exc) and "ptychoshelves-recons" in str(exc.value)
+
+
+# --------------------------------------------------------------------------- LamNI / cSAXS
+
+
+def write_lamni(folder: Path, scan: Scan, layout: str) -> tuple[Path, Path, Path]:
+    """Raw Eiger file, Orchestra positions and angle table (ptychodus 1.7.0
+    ``plugins/aps31id_lamni``): ``diffraction_file.py`` ``_read_legacy`` (dataset
+    ``/entry/data/eiger_4`` with ``Center_x_pixel``, ``Center_y_pixel``,
+    ``Detector_distance_m``, ``Photon_energy_kev``, ``Pixel_size``) or
+    ``_read_area_detector`` (``/entry/data/data``, ``/entry/instrument/detector/...``,
+    ``/entry/instrument/monochromator/energy``; units mm, um, keV); ``position_file.py``
+    (title, Orchestra header, rows; x = -Average_x_st_fzp um); ``_scan_table.py``
+    (``scan_no golden_angle encoder_angle measurement_id subtomo_no detector_position
+    label``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = scan.n_positions
+    frames = np.zeros((n, 40, 50), np.uint32)
+    frames[:, 19 - 8:19 + 8, 27 - 8:27 + 8] = scan.counts.astype(np.uint32)
+    frames[:, 0, 0] = np.iinfo(np.uint32).max  # a gap pixel outside the crop
+    eiger = folder / "run_00123_master.h5"
+    with h5py.File(eiger, "w") as f:
+        if layout == "legacy":
+            ds = f.create_dataset("/entry/data/eiger_4", data=frames)
+            ds.attrs.update({"Center_x_pixel": 27, "Center_y_pixel": 19,
+                             "Detector_distance_m": DISTANCE_M,
+                             "Photon_energy_kev": ENERGY_EV / 1e3, "Pixel_size": PIXEL_M})
+        else:
+            f.create_dataset("/entry/data/data", data=frames)
+            det = "/entry/instrument/detector"
+            f[f"{det}/detector_distance"] = [DISTANCE_M * 1e3]
+            f[f"{det}/x_pixel_size"] = [PIXEL_M * 1e6]
+            f[f"{det}/beam_center_x"] = [27.0]
+            f[f"{det}/beam_center_y"] = [19.0]
+            f["/entry/instrument/monochromator/energy"] = [ENERGY_EV / 1e3]
+    header = ("DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
+              "Average_y_st_fzp Stdev_y_st_fzp Average_cap1 Stdev_cap1 Average_cap2 "
+              "Stdev_cap2 Average_cap3 Stdev_cap3 Average_cap4 Stdev_cap4 Average_cap5 "
+              "Stdev_cap5")
+    rows = [f"{i} {n} 0 {-x * 1e6:.9f} 0 0 {-y * 1e6:.9f} " + " ".join(["0"] * 11)
+            for i, (x, y, _) in enumerate(scan.positions_m)]
+    positions = folder / "scan_00123.dat"
+    positions.write_text("Scan 123, LamNI\n" + header + "\n" + "\n".join(rows) + "\n")
+    table = folder / "tomography_scannumbers.txt"
+    table.write_text(f"122 0.0 1.0 0 1 0 ic\n123 10.0 {scan.rotation_angle_deg - 90:.6f} "
+                     f"1 1 0 ic\n")
+    return eiger, positions, table
+
+
+@pytest.mark.parametrize("layout", ["legacy", "area-detector"])
+def test_lamni_eiger_round_trip(tmp_path, layout):
+    scan = _scan(70.0)
+    eiger, positions, table = write_lamni(tmp_path, scan, layout)
+    assert detect_format(eiger) == "lamni-eiger"
+    read = read_scans(eiger, positions_path=positions, roi_px=FRAME, angle_table_path=table,
+                      laminography_angle_deg=LAMINO)[0]
+    np.testing.assert_array_equal(read.counts, scan.counts)
+    np.testing.assert_allclose(read.positions_m, scan.positions_m, atol=1e-14)
+    assert read.energy_j == pytest.approx(scan.energy_j, rel=1e-9)
+    assert read.distance_m == pytest.approx(DISTANCE_M)
+    assert read.x_pixel_size_m == pytest.approx(PIXEL_M)
+    assert read.rotation_angle_deg == pytest.approx(70.0, abs=1e-5)
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, positions_path=positions, roi_px=64, laminography_angle_deg=LAMINO,
+                   rotation_angle_deg=0.0)
+    assert "leaves the 40 x 50 frame" in _one_line(exc)

@@ -12,6 +12,9 @@ Diffraction data -> list of :class:`~hpc_adept.io.cxi.Scan` (:func:`read_scans`)
 ``ptychodus-diffraction``
     ptychodus ``/dp`` (LZF) or assembled ``/patterns`` files with a product file for the
     positions (:mod:`.ptychodus`).
+``lamni-eiger``
+    PSI cSAXS / LamNI raw Eiger HDF5 with Orchestra positions and the LamNI angle table,
+    cropped around the beam centre (:mod:`.lamni`).
 
 Projections made elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`
 (:func:`read_projection_set`): ``ptychoshelves-recons`` (``*_recons.h5``),

@@ -19,7 +19,7 @@ import numpy as np
 
 from hpc_adept.errors import DataError
 from hpc_adept.io.cxi import Scan, list_dataset, read_cxi
-from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, ptychodus
+from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, lamni, ptychodus
 from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
 from hpc_adept.io.formats._values import Supplied, supplied_from
 from hpc_adept.io.formats.projections import (
@@ -33,7 +33,8 @@ __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_s
 
 PathLike = str | os.PathLike
 
-SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction")
+SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
+                "lamni-eiger")
 PROJECTION_FORMATS = ("ptychoshelves-recons", "foldslice-niter", "ptychodus-product",
                       "tiff-stack")
 FORMATS = SCAN_FORMATS + PROJECTION_FORMATS
@@ -55,6 +56,8 @@ def _h5_kind(f: h5py.File) -> str | None:
         return "foldslice-niter"
     if any(f.get(k) is not None for k in cxi_foreign.DATA):
         return "adept-cxi" if all(f.get(k) is not None for k in _OUR_KEYS) else "cxi"
+    if any(f.get(k) is not None for k in lamni.EIGER_DATA):
+        return "lamni-eiger"
     if f.get(ptychodus.DP_KEY) is not None or f.get(ptychodus.PATTERNS) is not None:
         return "ptychodus-diffraction"
     return None
@@ -159,16 +162,26 @@ def _scan_files(p: Path, fmt: str) -> list[Path]:
         return [p]
     if fmt in ("cxi", "adept-cxi"):
         return sorted(p.glob("*.cxi"))
+    if fmt == "lamni-eiger":
+        raise data_error(p, "give one raw Eiger file (with its positions_path) at a time")
     return sorted(c for c in p.glob("*.h5") if "product" not in c.name)
 
 
 def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
-              load: bool, convention: str | None, orientation: tuple[int, int, int]) -> Scan:
+              load: bool, convention: str | None, options: dict) -> Scan:
     kw = {"supplied": s, "load_counts": load}
     if convention is not None:
         kw["angle_convention"] = convention
     if fmt == "foldslice-prepared":
-        return foldslice_prepared.read_foldslice_scan(path, orientation=orientation, **kw)
+        return foldslice_prepared.read_foldslice_scan(
+            path, orientation=options["foldslice_orientation"], **kw)
+    if fmt == "lamni-eiger":
+        if positions_path is None or options.get("roi_px") is None:
+            raise data_error(path, "a raw Eiger scan needs positions_path (the Orchestra "
+                                   ".dat file) and roi_px (the square crop)")
+        return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
+                                     beam_center_rc=options.get("beam_center_rc"),
+                                     angle_table_path=options.get("angle_table_path"), **kw)
     if fmt == "ptychodus-diffraction":
         return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
     return cxi_foreign.read_foreign_cxi(path, positions_path, **kw)
@@ -179,6 +192,9 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                rotation_angles_deg: Sequence[float] | None = None,
                load_counts: bool = True, angle_convention: str | None = None,
                foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
+               roi_px: int | None = None,
+               beam_center_rc: tuple[float, float] | None = None,
+               angle_table_path: PathLike | None = None,
                **supplied: float | None) -> list[Scan]:
     """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
 
@@ -200,6 +216,9 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     foldslice_orientation : (int, int, int)
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
         ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
+    roi_px, beam_center_rc, angle_table_path : optional
+        Raw Eiger (``lamni-eiger``): the square crop (pixels), the beam centre (row, col)
+        when the file has none, and LamNI's ``tomography_scannumbers.txt``.
     **supplied
         ``energy_ev``, ``distance_m``, ``detector_pixel_m``, ``rotation_angle_deg``,
         ``laminography_angle_deg``: what the files lack.
@@ -219,8 +238,10 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if not files:
         raise data_error(p, f"no {fmt} files found")
     pos = Path(positions_path) if positions_path is not None else None
+    options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
+               "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
     scans = [_read_one(fmt, f, pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
-                       load_counts, angle_convention, foldslice_orientation)
+                       load_counts, angle_convention, options)
              for i, f in enumerate(files)]
     return _sorted(scans, p)
 
