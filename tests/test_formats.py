@@ -676,3 +676,31 @@ def test_lamni_eiger_round_trip(tmp_path, layout):
         read_scans(eiger, positions_path=positions, roi_px=64, laminography_angle_deg=LAMINO,
                    rotation_angle_deg=0.0)
     assert "leaves the 40 x 50 frame" in _one_line(exc)
+
+
+def test_converted_dataset_reads_back_as_ours(tmp_path):
+    from hpc_adept.io.cxi import list_dataset, read_cxi
+    from hpc_adept.io.formats import write_cxi_dataset
+
+    scans = [_scan(a, seed=i) for i, a in enumerate((30.0, -5.0))]
+    for i, scan in enumerate(scans):
+        write_foldslice(tmp_path / "in" / f"S{i:05d}", scan)
+    read = read_scans(tmp_path / "in", laminography_angle_deg=LAMINO, detector_pixel_m=PIXEL_M)
+    write_cxi_dataset(read, tmp_path / "out")
+    headers = list_dataset(tmp_path / "out")
+    assert [h.rotation_angle_deg for h in headers] == pytest.approx([-5.0, 30.0])
+    _assert_same(read_cxi(headers[1].path), scans[0])
+    with pytest.raises(DataError):
+        write_cxi_dataset(read, tmp_path / "out")
+
+
+def test_inspect_projections(tmp_path):
+    write_recons_h5(tmp_path / "S1_recons.h5", _ramped(_phase_image(20, 20)),
+                    np.array([[0.0, 0.0], [10.0, 10.0]]), 4)
+    with pytest.raises(DataError) as exc:
+        inspect(tmp_path)
+    assert "angles_deg" in _one_line(exc)
+    with h5py.File(tmp_path / "S1_recons.h5", "a") as f:
+        f["/reconstruction/p/angle"] = 0.0  # not read: PtychoShelves keeps no angle
+    text = inspect(tmp_path / "S1_recons.h5", angles_deg=[10.0])
+    assert "projections: 1" in text and "rotation angles: 100..100 deg" in text

@@ -23,11 +23,13 @@ Projections made elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`
 
 :func:`detect_format` names the format of a path (or refuses, listing candidates);
 :func:`inspect` summarises a path without running anything; :mod:`.geometry` maps other
-codes' angles onto ours. Values the files lack (energy, distance, detector pixel,
+codes' angles onto ours; :func:`write_cxi_dataset` writes scans read from any format as our
+CXI dataset. Values the files lack (energy, distance, detector pixel,
 rotation and laminography angles) are supplied as keyword arguments.
 """
 
 from hpc_adept.io.formats._values import Supplied
+from hpc_adept.io.formats.convert import write_cxi_dataset
 from hpc_adept.io.formats.detect import (
     FORMATS,
     PROJECTION_FORMATS,
@@ -57,4 +59,5 @@ __all__ = [
     "read_scans",
     "to_adept_angles",
     "to_adept_laminography",
+    "write_cxi_dataset",
 ]
