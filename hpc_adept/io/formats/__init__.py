@@ -1,0 +1,63 @@
+"""Readers for data made by other programs (issue 19, "Real data in").
+
+Diffraction data -> list of :class:`~hpc_adept.io.cxi.Scan` (:func:`read_scans`):
+
+``adept-cxi``
+    our own CXI dataset (:mod:`hpc_adept.io.cxi`).
+``cxi``
+    CXI 1.6 files of other programs, e.g. ptychodus (:mod:`.cxi_foreign`).
+``foldslice-prepared``
+    fold_slice / PtychoShelves ``data_roi<label>_dp.hdf5`` + ``_para.hdf5``
+    (:mod:`.foldslice_prepared`).
+``ptychodus-diffraction``
+    ptychodus ``/dp`` (LZF) or assembled ``/patterns`` files with a product file for the
+    positions (:mod:`.ptychodus`).
+``lamni-eiger``
+    PSI cSAXS / LamNI raw Eiger HDF5 with Orchestra positions and the LamNI angle table,
+    cropped around the beam centre (:mod:`.lamni`).
+
+Projections made elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`
+(:func:`read_projection_set`): ``ptychoshelves-recons`` (``*_recons.h5``),
+``foldslice-niter`` (``Niter*.mat``, MATLAB -v7.3), ``ptychodus-product`` and
+``tiff-stack`` (with a text angle file).
+
+:func:`detect_format` names the format of a path (or refuses, listing candidates);
+:func:`inspect` summarises a path without running anything; :mod:`.geometry` maps other
+codes' angles onto ours; :func:`write_cxi_dataset` writes scans read from any format as our
+CXI dataset. Values the files lack (energy, distance, detector pixel,
+rotation and laminography angles) are supplied as keyword arguments.
+"""
+
+from hpc_adept.io.formats._values import Supplied
+from hpc_adept.io.formats.convert import write_cxi_dataset
+from hpc_adept.io.formats.detect import (
+    FORMATS,
+    PROJECTION_FORMATS,
+    SCAN_FORMATS,
+    detect_format,
+    inspect,
+    read_projection_set,
+    read_scans,
+)
+from hpc_adept.io.formats.geometry import (
+    ptychoshelves_vectors,
+    to_adept_angles,
+    to_adept_laminography,
+)
+from hpc_adept.io.formats.projections import read_angle_file
+
+__all__ = [
+    "FORMATS",
+    "PROJECTION_FORMATS",
+    "SCAN_FORMATS",
+    "Supplied",
+    "detect_format",
+    "inspect",
+    "ptychoshelves_vectors",
+    "read_angle_file",
+    "read_projection_set",
+    "read_scans",
+    "to_adept_angles",
+    "to_adept_laminography",
+    "write_cxi_dataset",
+]

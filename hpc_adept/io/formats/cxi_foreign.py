@@ -1,0 +1,194 @@
+"""CXI files written by other programs (ptychodus, beamline converters), CXI 1.6 layout.
+
+Paths (the CXI 1.6 spec, and AdvancedPhotonSource/ptychodus 1.7.0 ``plugins/cxi_file.py``,
+class ``_P`` and ``CXIDiffractionFileWriter.write``):
+
+- frames ``/entry_1/data_1/data`` (ptychodus: a soft link to
+  ``/entry_1/instrument_1/detector_1/data``, written with ``compression='lzf'``);
+- ``/entry_1/instrument_1/source_1/energy`` (J), ``.../detector_1/distance`` (m),
+  ``x_pixel_size``, ``y_pixel_size`` (m);
+- ``.../detector_1/mask``: unsigned, ``CXI_PIXEL_IS_INVALID = 0x1``; any nonzero = bad;
+- positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]`` (ptychodus writes the
+  probe position (x_m, y_m, 0) there in its product CXI file; its diffraction CXI file has
+  none, so the positions come from a second file); legacy ``/entry_1/data_1/translation``;
+- rotation angle ``/entry_1/ptychodus/tomography_angle_deg`` (non-standard), read in the
+  PtychoShelves convention (ptychodus hands it to pyxalign); our own
+  ``/entry_1/sample_1/geometry_1/rotation_angle_deg`` and ``laminography_angle_deg`` when
+  present (our convention).
+
+Positions are taken as stored, x along frame columns and y along rows (as ptychodus reads
+them: ``ProbePosition(idx, translation[i, 0], translation[i, 1])``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpc_adept.io.cxi import ELEMENTARY_CHARGE_C, Scan
+from hpc_adept.io.formats import ptychodus as _ptychodus
+from hpc_adept.io.formats._read import (
+    data_error,
+    open_h5,
+    optional_number,
+    read_array,
+    read_frames,
+    require_dataset,
+)
+from hpc_adept.io.formats._values import (
+    DETECTOR_PIXEL_M_RANGE,
+    DISTANCE_M_RANGE,
+    Supplied,
+    check_positions_m,
+    check_range,
+    energy_j_from_ev,
+    laminography_deg,
+    resolve,
+    rotation_deg,
+)
+
+__all__ = ["read_foreign_cxi"]
+
+PathLike = str | os.PathLike
+
+DATA = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
+TRANSLATION = ("/entry_1/sample_1/geometry_1/translation", "/entry_1/data_1/translation")
+ENERGY = "/entry_1/instrument_1/source_1/energy"
+DISTANCE = "/entry_1/instrument_1/detector_1/distance"
+X_PIXEL = "/entry_1/instrument_1/detector_1/x_pixel_size"
+Y_PIXEL = "/entry_1/instrument_1/detector_1/y_pixel_size"
+MASK = "/entry_1/instrument_1/detector_1/mask"
+OUR_ROTATION = "/entry_1/sample_1/geometry_1/rotation_angle_deg"
+OUR_LAMINOGRAPHY = "/entry_1/sample_1/geometry_1/laminography_angle_deg"
+PTYCHODUS_ANGLE = "/entry_1/ptychodus/tomography_angle_deg"
+
+
+def _first(f: h5py.File, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if f.get(k) is not None), None)
+
+
+def _translation(f: h5py.File, path: Path, n: int) -> np.ndarray | None:
+    """``[n, 3]`` positions (a 2-column table gets z = 0), or None when absent."""
+    key = _first(f, TRANSLATION)
+    if key is None:
+        return None
+    ds = require_dataset(f, key, path)
+    if len(ds.shape) != 2 or ds.shape[1] not in (2, 3) or ds.shape[0] != n:
+        raise data_error(path, f"expected shape ({n}, 3) (one row per frame), got {ds.shape}",
+                         key)
+    table = read_array(f, key, path, ndim=2, dtype=np.float64)
+    if table.shape[1] == 2:
+        table = np.concatenate([table, np.zeros((n, 1))], axis=1)
+    check_positions_m(path, key, table)
+    return table
+
+
+def _positions_from(other: Path, n: int) -> np.ndarray:
+    """Positions from a second file: a CXI product or a ptychodus product."""
+    with open_h5(other) as f:
+        if _ptychodus.is_product(f):
+            table = None
+        else:
+            table = _translation(f, other, n)
+            if table is None:
+                raise data_error(other, f"no positions ({TRANSLATION[0]})")
+    if table is None:
+        header = _ptychodus.read_product_header(other)
+        if len(header.positions_m) != n:
+            raise data_error(other, f"{len(header.positions_m)} positions for {n} frames",
+                             _ptychodus.POS_X)
+        table = header.positions_m[np.argsort(header.indexes)]
+    return table
+
+
+def _energy_j(f: h5py.File, path: Path, s: Supplied) -> float:
+    joules = optional_number(f, ENERGY, path, positive=True)
+    energy_ev = resolve(path, ENERGY, "energy_ev",
+                        None if joules is None else joules / ELEMENTARY_CHARGE_C, s.energy_ev)
+    return energy_j_from_ev(path, ENERGY, energy_ev)
+
+
+def _detector(f: h5py.File, path: Path, s: Supplied) -> tuple[float, float, float]:
+    """(distance, x pixel, y pixel), metres, range-checked."""
+    distance = resolve(path, DISTANCE, "distance_m",
+                       optional_number(f, DISTANCE, path, positive=True), s.distance_m)
+    check_range(path, DISTANCE, distance, DISTANCE_M_RANGE, "m")
+    pixels = []
+    for key in (X_PIXEL, Y_PIXEL):
+        value = resolve(path, key, "detector_pixel_m",
+                        optional_number(f, key, path, positive=True), s.detector_pixel_m)
+        pixels.append(check_range(path, key, value, DETECTOR_PIXEL_M_RANGE, "m"))
+    return distance, pixels[0], pixels[1]
+
+
+def _angles(f: h5py.File, path: Path, s: Supplied, convention: str) -> tuple[float, float]:
+    """(theta, L) in our convention from our keys, ptychodus's key or what was supplied."""
+    ours = optional_number(f, OUR_ROTATION, path)
+    ptychodus = optional_number(f, PTYCHODUS_ANGLE, path)
+    if ours is not None:
+        theta = resolve(path, OUR_ROTATION, "rotation_angle_deg", ours,
+                        None if s.rotation_angle_deg is None
+                        else rotation_deg(s.rotation_angle_deg, convention))
+    elif s.rotation_angle_deg is not None:  # wins over ptychodus's default 0
+        theta = rotation_deg(s.rotation_angle_deg, convention)
+    else:
+        theta = rotation_deg(resolve(path, PTYCHODUS_ANGLE, "rotation_angle_deg", ptychodus,
+                                     None), "ptychoshelves")
+    lam_file = optional_number(f, OUR_LAMINOGRAPHY, path)
+    if lam_file is not None:
+        lam = laminography_deg(path, lam_file, "adept")
+        if s.laminography_angle_deg is not None:
+            resolve(path, OUR_LAMINOGRAPHY, "laminography_angle_deg", lam,
+                    laminography_deg(path, s.laminography_angle_deg, convention))
+        return theta, lam
+    lam = resolve(path, OUR_LAMINOGRAPHY, "laminography_angle_deg", None,
+                  s.laminography_angle_deg)
+    return theta, laminography_deg(path, lam, convention)
+
+
+def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
+                     supplied: Supplied | None = None, load_counts: bool = True,
+                     angle_convention: str = "adept") -> Scan:
+    """Read a CXI file written by another program as a :class:`Scan`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CXI file with the frames.
+    positions_path : str or os.PathLike, optional
+        Where the positions are when ``path`` has none (a ptychodus ``product.cxi`` or a
+        ptychodus product ``.h5``).
+    supplied : Supplied, optional
+        What the file lacks; a supplied rotation angle wins over ptychodus's
+        ``tomography_angle_deg`` (written as 0 by default).
+    angle_convention : str
+        Convention of the supplied angles (default ours).
+    """
+    p = Path(path)
+    s = supplied or Supplied()
+    with open_h5(p) as f:
+        key = _first(f, DATA)
+        if key is None:
+            raise data_error(p, f"no diffraction data (neither {DATA[0]} nor {DATA[1]})")
+        frames, shape = read_frames(f, key, p, load_counts)
+        positions = _translation(f, p, shape[0])
+        energy_j = _energy_j(f, p, s)
+        distance, x_pixel, y_pixel = _detector(f, p, s)
+        theta, lam = _angles(f, p, s, angle_convention)
+        mask = None
+        if f.get(MASK) is not None:
+            mask = read_array(f, MASK, p, ndim=2, dtype=np.bool_, kind="integer",
+                              expected=shape[1:])
+    if positions is None:
+        if positions_path is None:
+            raise data_error(p, f"no positions ({TRANSLATION[0]}); give the product file "
+                                "that holds them")
+        positions = _positions_from(Path(positions_path), shape[0])
+    if mask is not None and mask.all():
+        raise data_error(p, "every detector pixel is masked", MASK)
+    return Scan(counts=frames, positions_m=positions, energy_j=energy_j, distance_m=distance,
+                x_pixel_size_m=x_pixel, y_pixel_size_m=y_pixel, rotation_angle_deg=theta,
+                laminography_angle_deg=lam, mask=mask, path=str(p), counts_shape=shape)

@@ -1,0 +1,392 @@
+"""Which format a path holds, reading it as scans or projections, and ``inspect``.
+
+:func:`detect_format` decides from file names and HDF5 keys only, and refuses to guess:
+a path matching several formats (or none) is a DataError listing the candidates.
+:func:`read_scans` returns :class:`~hpc_adept.io.cxi.Scan` objects ordered by rotation
+angle; :func:`read_projection_set` a :class:`~hpc_adept.io.runfiles.ProjectionSet`;
+:func:`inspect` summarises what either would read, without reconstructing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpc_adept.errors import DataError
+from hpc_adept.io.cxi import Scan, list_dataset, read_cxi
+from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, lamni, ptychodus
+from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
+from hpc_adept.io.formats._values import Supplied, supplied_from
+from hpc_adept.io.formats.projections import (
+    read_angle_file,
+    read_object_projections,
+    read_tiff_stack,
+)
+from hpc_adept.io.runfiles import ProjectionSet
+
+__all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_scans"]
+
+PathLike = str | os.PathLike
+
+SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
+                "lamni-eiger")
+PROJECTION_FORMATS = ("ptychoshelves-recons", "foldslice-niter", "ptychodus-product",
+                      "tiff-stack")
+FORMATS = SCAN_FORMATS + PROJECTION_FORMATS
+_OUR_KEYS = ("/entry_1/sample_1/geometry_1/rotation_angle_deg",
+             "/entry_1/sample_1/geometry_1/laminography_angle_deg")
+_NITER = re.compile(r"^Niter(\d+)\.mat$")
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _h5_kind(f: h5py.File) -> str | None:
+    """Format of an open HDF5 file from its keys, or None."""
+    if f.get("/reconstruction/object") is not None:
+        return "ptychoshelves-recons"
+    if ptychodus.is_product(f):
+        return "ptychodus-product"
+    if f.get("/object") is not None and f.get("/p") is not None:
+        return "foldslice-niter"
+    if any(f.get(k) is not None for k in cxi_foreign.DATA):
+        return "adept-cxi" if all(f.get(k) is not None for k in _OUR_KEYS) else "cxi"
+    if any(f.get(k) is not None for k in lamni.EIGER_DATA):
+        return "lamni-eiger"
+    if f.get(ptychodus.DP_KEY) is not None or f.get(ptychodus.PATTERNS) is not None:
+        return "ptychodus-diffraction"
+    return None
+
+
+def _file_kind(p: Path) -> str | None:
+    """Format of one file, or None when it is none of ours."""
+    name = p.name.lower()
+    if name.endswith((".tif", ".tiff")):
+        return "tiff-stack"
+    if foldslice_prepared.DP_PATTERN.match(p.name):
+        return "foldslice-prepared"
+    if name.endswith(".mat"):
+        problem = mat_v73_problem(p)
+        if problem:
+            raise data_error(p, problem)
+        return "foldslice-niter"
+    if not h5py.is_hdf5(p):
+        return None
+    with open_h5(p) as f:
+        return _h5_kind(f)
+
+
+def _directory_files(d: Path) -> list[Path]:
+    """Candidate files of a folder and of its direct sub-folders (one scan per folder)."""
+    files = [c for c in sorted(d.iterdir()) if c.is_file()]
+    files += [c for c in sorted(d.glob("*/*")) if c.is_file()]
+    return files
+
+
+def detect_format(path: PathLike) -> str:
+    """The format of ``path`` (a file or a folder), one of :data:`FORMATS`.
+
+    Raises
+    ------
+    DataError
+        When ``path`` is missing, matches no known format, or matches several (the line
+        lists them; choose one with ``data.format``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise data_error(p, "not found")
+    if p.is_file():
+        kind = _file_kind(p)
+        if kind is None:
+            raise data_error(p, f"unknown format; known: {', '.join(FORMATS)}")
+        return kind
+    kinds = set()
+    for candidate in _directory_files(p):
+        try:
+            kind = _file_kind(candidate)
+        except DataError:
+            continue
+        if kind is not None and not (kind == "ptychodus-diffraction"
+                                     and candidate.name.endswith("_para.hdf5")):
+            kinds.add(kind)
+    if "foldslice-prepared" in kinds:
+        kinds.discard("ptychodus-diffraction")  # the _para files' siblings
+    if len(kinds) == 1:
+        return kinds.pop()
+    if not kinds:
+        raise data_error(p, f"no file of a known format; known: {', '.join(FORMATS)}")
+    raise data_error(p, f"ambiguous: holds {', '.join(sorted(kinds))}; set data.format to "
+                        f"one of them")
+
+
+# --------------------------------------------------------------------------- scans
+
+
+def _sorted(scans: list[Scan], where: Path) -> list[Scan]:
+    scans.sort(key=lambda s: (s.rotation_angle_deg, s.path or ""))
+    for a, b in zip(scans, scans[1:], strict=False):
+        if b.rotation_angle_deg - a.rotation_angle_deg <= 1e-6:
+            raise data_error(where, f"{Path(a.path).name} and {Path(b.path).name} have the "
+                                    f"same rotation angle {a.rotation_angle_deg:g} deg")
+    return scans
+
+
+def _per_scan(supplied: Supplied, angles: Sequence[float] | None, index: int,
+              count: int, where: Path) -> Supplied:
+    """``supplied`` with the rotation angle of scan ``index`` of ``count``."""
+    if angles is None:
+        return supplied
+    if len(angles) != count:
+        raise data_error(where, f"{len(angles)} rotation angles supplied for {count} scans")
+    values = dict(supplied.__dict__, rotation_angle_deg=float(angles[index]))
+    return Supplied(**values)
+
+
+def _product_for(diffraction: Path) -> Path:
+    guess = diffraction.with_name(diffraction.name.replace("diffraction", "product"))
+    if guess == diffraction or not guess.is_file():
+        raise data_error(diffraction, "no positions: give positions_path (the ptychodus "
+                                      "product file); none named like *product* beside it")
+    return guess
+
+
+def _scan_files(p: Path, fmt: str) -> list[Path]:
+    if fmt == "foldslice-prepared":
+        return [dp for dp, _ in foldslice_prepared.find_pairs(p)]
+    if p.is_file():
+        return [p]
+    if fmt in ("cxi", "adept-cxi"):
+        return sorted(p.glob("*.cxi"))
+    if fmt == "lamni-eiger":
+        raise data_error(p, "give one raw Eiger file (with its positions_path) at a time")
+    return sorted(c for c in p.glob("*.h5") if "product" not in c.name)
+
+
+def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
+              load: bool, convention: str | None, options: dict) -> Scan:
+    kw = {"supplied": s, "load_counts": load}
+    if convention is not None:
+        kw["angle_convention"] = convention
+    if fmt == "foldslice-prepared":
+        return foldslice_prepared.read_foldslice_scan(
+            path, orientation=options["foldslice_orientation"], **kw)
+    if fmt == "lamni-eiger":
+        if positions_path is None or options.get("roi_px") is None:
+            raise data_error(path, "a raw Eiger scan needs positions_path (the Orchestra "
+                                   ".dat file) and roi_px (the square crop)")
+        return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
+                                     beam_center_rc=options.get("beam_center_rc"),
+                                     angle_table_path=options.get("angle_table_path"), **kw)
+    if fmt == "ptychodus-diffraction":
+        return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
+    return cxi_foreign.read_foreign_cxi(path, positions_path, **kw)
+
+
+def read_scans(path: PathLike, fmt: str | None = None, *,
+               positions_path: PathLike | None = None,
+               rotation_angles_deg: Sequence[float] | None = None,
+               load_counts: bool = True, angle_convention: str | None = None,
+               foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
+               roi_px: int | None = None,
+               beam_center_rc: tuple[float, float] | None = None,
+               angle_table_path: PathLike | None = None,
+               **supplied: float | None) -> list[Scan]:
+    """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
+
+    Parameters
+    ----------
+    path : path
+        A file or folder (see :func:`detect_format`).
+    fmt : str, optional
+        One of ``adept-cxi``, ``cxi``, ``foldslice-prepared``, ``ptychodus-diffraction``;
+        detected when None.
+    positions_path : path, optional
+        The positions' file where the frames' file has none (single-file reads).
+    rotation_angles_deg : sequence of float, optional
+        One rotation angle per scan, in the files' order (name order).
+    load_counts : bool
+        False reads headers only (``Scan.counts`` is None).
+    angle_convention : str, optional
+        Convention of the files' and supplied angles; default per format.
+    foldslice_orientation : (int, int, int)
+        fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
+        ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
+    roi_px, beam_center_rc, angle_table_path : optional
+        Raw Eiger (``lamni-eiger``): the square crop (pixels), the beam centre (row, col)
+        when the file has none, and LamNI's ``tomography_scannumbers.txt``.
+    **supplied
+        ``energy_ev``, ``distance_m``, ``detector_pixel_m``, ``rotation_angle_deg``,
+        ``laminography_angle_deg``: what the files lack.
+    """
+    p = Path(path)
+    fmt = fmt or detect_format(p)
+    s = supplied_from(supplied)
+    if fmt == "adept-cxi":
+        if p.is_dir():
+            scans = list_dataset(p)
+            return scans if not load_counts else [read_cxi(sc.path) for sc in scans]
+        return [read_cxi(p, load_counts=load_counts)]
+    if fmt not in SCAN_FORMATS:
+        raise data_error(p, f"format {fmt} holds no diffraction data; known: "
+                            f"{', '.join(SCAN_FORMATS)}")
+    files = _scan_files(p, fmt)
+    if not files:
+        raise data_error(p, f"no {fmt} files found")
+    pos = Path(positions_path) if positions_path is not None else None
+    options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
+               "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
+    scans = [_read_one(fmt, f, pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
+                       load_counts, angle_convention, options)
+             for i, f in enumerate(files)]
+    return _sorted(scans, p)
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def _latest_niter(files: list[Path]) -> list[Path]:
+    """Per folder, the ``Niter<N>.mat`` with the largest N."""
+    best: dict[Path, tuple[int, Path]] = {}
+    for f in files:
+        match = _NITER.match(f.name)
+        if match and (f.parent not in best or int(match[1]) > best[f.parent][0]):
+            best[f.parent] = (int(match[1]), f)
+    return [best[k][1] for k in sorted(best)]
+
+
+def _projection_files(p: Path, fmt: str) -> list[Path]:
+    if p.is_file():
+        return [p]
+    if fmt == "foldslice-niter":
+        return _latest_niter(sorted(p.rglob("Niter*.mat")))
+    if fmt == "ptychoshelves-recons":
+        return sorted(p.rglob("*_recons.h5"))
+    return [f for f in sorted(p.glob("*.h5")) if _file_kind(f) == "ptychodus-product"]
+
+
+def read_projection_set(path: PathLike | Sequence[PathLike], fmt: str | None = None, *,
+                        laminography_angle_deg: float,
+                        angles_deg: Sequence[float] | None = None,
+                        angles_path: PathLike | None = None,
+                        pixel_size_m: float | None = None,
+                        angle_convention: str | None = None,
+                        phase_sign: float = 1.0) -> ProjectionSet:
+    """Projections made elsewhere as a :class:`ProjectionSet` (our angle convention).
+
+    Parameters
+    ----------
+    path : path or sequence of paths
+        A file, a folder (searched for the format's files; fold_slice: the latest
+        ``Niter`` per folder), or an explicit list of files (one per angle).
+    fmt : str, optional
+        ``ptychoshelves-recons``, ``foldslice-niter``, ``ptychodus-product`` or
+        ``tiff-stack``; detected when None.
+    laminography_angle_deg : float
+        L in the format's convention (PtychoShelves' ``lamino_angle`` = our L).
+    angles_deg, angles_path : optional
+        Rotation angles, one per file (or per TIFF page), or a text file of them.
+    pixel_size_m : float, optional
+        Required for a TIFF stack (other formats record it).
+    angle_convention : str, optional
+        Default per format (PtychoShelves; ours for TIFF).
+    phase_sign : float
+        -1 flips the stored phase (PtychoShelves' matter is negative).
+    """
+    paths = [Path(path)] if isinstance(path, str | os.PathLike) else [Path(x) for x in path]
+    fmt = fmt or detect_format(paths[0])
+    if fmt == "tiff-stack":
+        if angles_path is None or pixel_size_m is None:
+            raise data_error(paths[0], "a TIFF stack needs angles_path and pixel_size_m")
+        return read_tiff_stack(paths[0], angles_path,
+                               laminography_angle_deg=laminography_angle_deg,
+                               pixel_size_m=pixel_size_m,
+                               angle_convention=angle_convention or "adept")
+    files = paths if len(paths) > 1 else _projection_files(paths[0], fmt)
+    if not files:
+        raise data_error(paths[0], f"no {fmt} files found")
+    if angles_path is not None:
+        angles_deg = read_angle_file(angles_path, expected=len(files))
+    return read_object_projections(files, fmt, laminography_angle_deg=laminography_angle_deg,
+                                   angles_deg=angles_deg, angle_convention=angle_convention,
+                                   phase_sign=phase_sign)
+
+
+# --------------------------------------------------------------------------- inspect
+
+# Values that let inspect read a file that lacks them; reported as missing, never used.
+_PLACEHOLDERS = {"energy_ev": 10_000.0, "distance_m": 1.0, "detector_pixel_m": 75e-6,
+                 "rotation_angle_deg": 0.0, "laminography_angle_deg": 90.0}
+_SUPPLY = re.compile(r"supply (\w+)=")
+
+
+def _scan_lines(scans: list[Scan], missing: list[str]) -> list[str]:
+    first = scans[0]
+    pos = np.concatenate([s.positions_m for s in scans]) * 1e6
+    angles = [s.rotation_angle_deg for s in scans]
+    lines = [
+        f"scans: {len(scans)}",
+        f"frames per scan: {min(s.n_positions for s in scans)}..."
+        f"{max(s.n_positions for s in scans)}",
+        f"frame shape: {first.frame_shape[0]} x {first.frame_shape[1]}",
+        f"energy: {first.energy_ev:.6g} eV",
+        f"distance: {first.distance_m:.6g} m",
+        f"detector pixel: {first.x_pixel_size_m:.6g} x {first.y_pixel_size_m:.6g} m",
+        f"object pixel: {first.object_pixel_size_m[1]:.6g} m",
+        f"positions x: {pos[:, 0].min():.4g}..{pos[:, 0].max():.4g} um, "
+        f"y: {pos[:, 1].min():.4g}..{pos[:, 1].max():.4g} um",
+        f"rotation angles: {min(angles):.6g}..{max(angles):.6g} deg (ours)",
+        f"laminography angle: {first.laminography_angle_deg:.6g} deg (ours, 90 = tomography)",
+    ]
+    if missing:
+        lines.append("not in the files (supply them): " + ", ".join(missing))
+    return lines
+
+
+def _read_scans_leniently(p: Path, fmt: str, supplied: dict) -> tuple[list[Scan], list[str]]:
+    """Headers of ``p``, with placeholders for values the files lack (named in the list)."""
+    values, missing = dict(supplied), []
+    for _ in range(len(_PLACEHOLDERS) + 1):
+        try:
+            return read_scans(p, fmt, load_counts=False, **values), missing
+        except DataError as exc:
+            match = _SUPPLY.search(str(exc))
+            if match is None or match[1] not in _PLACEHOLDERS or match[1] in values:
+                raise
+            values[match[1]] = _PLACEHOLDERS[match[1]]
+            missing.append(match[1])
+    raise data_error(p, "could not read the headers")
+
+
+def inspect(path: PathLike, **supplied: object) -> str:
+    """Plain-text summary of what ``path`` holds (format, frames, energy, ...).
+
+    Reads headers only for diffraction data (not the frames) and runs nothing. Values the
+    files lack are listed as "not in the files (supply them)". ``supplied`` takes the
+    keywords of :func:`read_scans` (diffraction data) or, for projections,
+    ``laminography_angle_deg``, ``angles_deg``, ``angles_path`` and ``pixel_size_m``.
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    head = [f"path: {p}", f"format: {fmt}"]
+    if fmt in SCAN_FORMATS:
+        scans, missing = _read_scans_leniently(p, fmt, supplied)
+        return "\n".join(head + _scan_lines(scans, missing)) + "\n"
+    lam = supplied.get("laminography_angle_deg")
+    ps = read_projection_set(p, fmt, laminography_angle_deg=90.0 if lam is None else lam,
+                             pixel_size_m=supplied.get("pixel_size_m"),
+                             angles_path=supplied.get("angles_path"),
+                             angles_deg=supplied.get("angles_deg"))
+    lines = head + [
+        f"projections: {ps.n_angles}",
+        f"projection shape: {ps.projections.shape[1]} x {ps.projections.shape[2]}",
+        f"pixel: {ps.pixel_size_m:.6g} m",
+        f"rotation angles: {ps.angles_deg.min():.6g}..{ps.angles_deg.max():.6g} deg (ours)",
+        f"laminography angle: {ps.tilt_deg:.6g} deg"
+        + (" (not in the files: supply it)" if lam is None else ""),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,279 @@
+"""PSI cSAXS / LamNI raw Eiger 1.5M HDF5 with Orchestra positions and the LamNI angle table.
+
+Frames (ptychodus 1.7.0 ``plugins/aps31id_lamni/diffraction_file.py`` and
+``plugins/sls_csaxs_diffraction_file.py``; fold_slice ``+detector/+eiger1p5M/eiger1p5M.m``):
+
+- ``/entry/data/data`` (area-detector / cSAXS files), ``/entry/data/eiger_4`` (legacy
+  LamNI) or ``/entry/instrument/eiger_4/data`` (fold_slice's ``H5Location``); Eiger
+  1.5M frames are ``1030 x 1614`` (``det.geometry.sz``) with 75 um pixels, usually
+  bitshuffle-LZ4 (HDF5 filter 32008: ``hdf5plugin``);
+- legacy attributes on the dataset: ``Center_x_pixel``, ``Center_y_pixel``,
+  ``Detector_distance_m``, ``Photon_energy_kev``, ``Pixel_size`` (m);
+- area detector: ``/entry/instrument/detector/{detector_distance, x_pixel_size,
+  beam_center_x, beam_center_y}``, ``/entry/instrument/monochromator/energy`` in the units
+  of ``/entry/metadata_units/{Distance_EGU, PixelSize_EGU, MonoEnergy_EGU}`` (default
+  mm, um, keV);
+- cSAXS: ``/entry/instrument/monochromator/distance`` (mm, sign ignored) and ``energy``
+  (keV), ``/entry/instrument/eiger_4/x_pixel_size`` (um).
+
+fold_slice's Eiger ``det.orientation = [1 0 0]`` undoes ``h5read``'s transpose, so the frame
+is used as h5py stores it (as ptychodus does), cropped to ``roi_px`` x ``roi_px`` with the
+beam centre (``Center_x/y_pixel`` or ``beam_center_x/y``, or supplied) at
+``(roi_px // 2, roi_px // 2)``. Pixels at the dtype's maximum in any frame (Eiger gaps and
+dead pixels) are masked.
+
+Positions (ptychodus 1.7.0 ``plugins/aps31id_lamni/position_file.py``): a title line, a
+header line, then rows; Orchestra (``DataPoint TotalPoints Target_x Average_x_st_fzp ...``,
+index origin 0, x column 3, y column 6) or softGlueZynq (raw / processed, origin 1), in
+micrometres with the sign flipped: ``x = -Average_x_st_fzp * 1e-6``. fold_slice
+(``+scans/+positions/orchestra.m``, ``angular_correction_setup = 'lamni'``) agrees:
+``positions_real = [y x] * 1e-6``, negated by ``ptycho_adjust_positions.m``.
+
+Angles (ptychodus 1.7.0 ``plugins/aps31id_lamni/_scan_table.py``):
+``tomography_scannumbers.txt``, no header, rows ``scan_no golden_angle encoder_angle
+measurement_id subtomo_no detector_position label``; the encoder angle is the rotation
+angle (PtychoShelves convention, as pyxalign uses it); a repeated scan number: last row.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpc_adept.io.cxi import Scan
+from hpc_adept.io.formats._read import (
+    check_filters,
+    check_shape,
+    data_error,
+    open_h5,
+    optional_number,
+    optional_number_attr,
+    require_dataset,
+)
+from hpc_adept.io.formats._values import (
+    DETECTOR_PIXEL_M_RANGE,
+    DISTANCE_M_RANGE,
+    Supplied,
+    check_positions_m,
+    check_range,
+    energy_j_from_ev,
+    laminography_deg,
+    resolve,
+    rotation_deg,
+)
+
+__all__ = ["EIGER_DATA", "ScanRecord", "read_angle_table", "read_eiger_scan",
+           "read_lamni_positions"]
+
+PathLike = str | os.PathLike
+
+EIGER_DATA = ("/entry/data/data", "/entry/data/eiger_4", "/entry/instrument/eiger_4/data")
+_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6, "nm": 1e-9,
+          "ev": 1.0, "kev": 1e3}
+_POSITION_LAYOUTS = {  # header -> (index column, index origin, x column, y column)
+    "DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
+    "Average_y_st_fzp Stdev_y_st_fzp Average_cap1 Stdev_cap1 Average_cap2 Stdev_cap2 "
+    "Average_cap3 Stdev_cap3 Average_cap4 Stdev_cap4 Average_cap5 Stdev_cap5": (0, 0, 3, 6),
+    "DataPoint x_st_fzp y_st_fzp ckUser_Clk_Count Detector_Count": (4, 1, 1, 2),
+    "Detector_Count Average_x_st_fzp Stdev_x_st_fzp Average_y_st_fzp Stdev_y_st_fzp":
+        (0, 1, 1, 3),
+}
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One row of ``tomography_scannumbers.txt``."""
+
+    scan_no: int
+    golden_angle_deg: float
+    encoder_angle_deg: float
+    measurement_id: int
+    subtomo_no: int
+    detector_position: int
+    label: str
+
+
+def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
+    """Scan number -> record; unparsable or short rows are errors (one line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise data_error(p, "angle table not found")
+    records: dict[int, ScanRecord] = {}
+    for number, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            record = ScanRecord(int(fields[0]), float(fields[1]), float(fields[2]),
+                                int(fields[3]), int(fields[4]), int(fields[5]), fields[6])
+        except (IndexError, ValueError):
+            raise data_error(p, f"line {number}: expected 'scan_no golden_angle "
+                                f"encoder_angle measurement_id subtomo_no "
+                                f"detector_position label'") from None
+        if not np.isfinite(record.encoder_angle_deg):
+            raise data_error(p, f"line {number}: angle is not finite")
+        records[record.scan_no] = record
+    return records
+
+
+def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indexes ``[n]`` (0-based) and positions ``[n, 3]`` metres of a LamNI ``.dat``."""
+    p = Path(path)
+    if not p.is_file():
+        raise data_error(p, "position file not found")
+    lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+    header = " ".join(lines[1].split()) if len(lines) > 1 else ""
+    if header not in _POSITION_LAYOUTS:
+        raise data_error(p, f"line 2: unknown column header {header[:60]!r} (expected "
+                            f"Orchestra or softGlueZynq)")
+    index_col, origin, x_col, y_col = _POSITION_LAYOUTS[header]
+    width = len(header.split())
+    rows = []
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if fields[0].startswith("#"):
+            continue
+        if len(fields) != width:
+            raise data_error(p, f"line {number}: {len(fields)} columns, expected {width}")
+        try:
+            rows.append((int(float(fields[index_col])) - origin, float(fields[x_col]),
+                         float(fields[y_col])))
+        except ValueError:
+            raise data_error(p, f"line {number}: not a number") from None
+    if not rows:
+        raise data_error(p, "no positions")
+    table = np.array(rows, dtype=np.float64)
+    positions = np.stack([-table[:, 1] * 1e-6, -table[:, 2] * 1e-6,
+                          np.zeros(len(rows))], axis=1)
+    check_positions_m(p, "positions", positions)
+    return table[:, 0].astype(np.int64), positions
+
+
+def _unit(f: h5py.File, key: str, default: str) -> float:
+    raw = f.get(key)
+    text = default
+    if isinstance(raw, h5py.Dataset):
+        value = np.asarray(raw[()]).reshape(-1)
+        if value.size:
+            item = value[0]
+            text = (item.decode("utf-8", "replace") if isinstance(item, bytes)
+                    else str(item)).strip().lower()
+    return _UNITS.get(text, _UNITS[default])
+
+
+def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
+    """Energy (eV), distance (m), pixel (m), beam centre (row, col) from any Eiger layout."""
+    ds = f[key]
+    head = {"energy_ev": None, "distance_m": None, "pixel_m": None, "row": None, "col": None}
+    kev = optional_number_attr(ds, "Photon_energy_kev", path, positive=True)
+    head["energy_ev"] = None if kev is None else kev * 1e3
+    head["distance_m"] = optional_number_attr(ds, "Detector_distance_m", path, positive=True)
+    head["pixel_m"] = optional_number_attr(ds, "Pixel_size", path, positive=True)
+    head["col"] = optional_number_attr(ds, "Center_x_pixel", path)
+    head["row"] = optional_number_attr(ds, "Center_y_pixel", path)
+    det, mono = "/entry/instrument/detector", "/entry/instrument/monochromator"
+    lengths = {f"{det}/detector_distance": ("distance_m", "Distance_EGU", "mm"),
+               f"{det}/x_pixel_size": ("pixel_m", "PixelSize_EGU", "um"),
+               f"{mono}/energy": ("energy_ev", "MonoEnergy_EGU", "kev"),
+               f"{mono}/distance": ("distance_m", None, "mm"),
+               "/entry/instrument/eiger_4/x_pixel_size": ("pixel_m", None, "um")}
+    for k, (name, egu, default) in lengths.items():
+        value = optional_number(f, k, path)
+        if value is not None and head[name] is None:
+            scale = _unit(f, f"/entry/metadata_units/{egu}", default) if egu else _UNITS[default]
+            head[name] = abs(value) * scale
+    for k, name in ((f"{det}/beam_center_x", "col"), (f"{det}/beam_center_y", "row")):
+        if head[name] is None:
+            head[name] = optional_number(f, k, path)
+    return head
+
+
+def _crop(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
+          roi_px: int) -> tuple[slice, slice]:
+    r0 = int(round(centre[0])) - roi_px // 2
+    c0 = int(round(centre[1])) - roi_px // 2
+    if r0 < 0 or c0 < 0 or r0 + roi_px > shape[1] or c0 + roi_px > shape[2]:
+        raise data_error(path, f"a {roi_px} px square around the beam centre "
+                               f"({centre[0]:g}, {centre[1]:g}) leaves the {shape[1]} x "
+                               f"{shape[2]} frame", key)
+    return slice(r0, r0 + roi_px), slice(c0, c0 + roi_px)
+
+
+def _frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
+            load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
+    if not load:
+        return None, None
+    raw = np.asarray(f[key][:, rows, cols])
+    mask = None
+    if raw.dtype.kind in "iu":
+        mask = (raw == np.iinfo(raw.dtype).max).any(axis=0)
+        raw = np.where(mask[None], 0, raw)
+    frames = raw.astype(np.float32)
+    if not np.isfinite(frames).all() or (frames < 0).any():
+        raise data_error(path, "contains NaN, infinite or negative values", key)
+    return frames, mask
+
+
+def _scan_number(path: Path) -> int | None:
+    runs = re.findall(r"\d{3,}", path.stem)
+    return int(runs[-1]) if runs else None
+
+
+def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
+                    beam_center_rc: tuple[float, float] | None = None,
+                    angle_table_path: PathLike | None = None, scan_number: int | None = None,
+                    supplied: Supplied | None = None, load_counts: bool = True,
+                    angle_convention: str = "ptychoshelves") -> Scan:
+    """One raw cSAXS / LamNI Eiger scan, cropped to ``roi_px`` around the beam centre.
+
+    The rotation angle comes from the supplied value or the angle table (the row of
+    ``scan_number``, default: the last run of 3+ digits in the file name).
+    """
+    p = Path(path)
+    s = supplied or Supplied()
+    indexes, positions = read_lamni_positions(positions_path)
+    with open_h5(p) as f:
+        key = next((k for k in EIGER_DATA if f.get(k) is not None), None)
+        if key is None:
+            raise data_error(p, f"no Eiger frames ({', '.join(EIGER_DATA)})")
+        ds = require_dataset(f, key, p)
+        check_shape(ds.shape, 3, p, key)
+        check_filters(ds, p, key)
+        head = _header(f, p, key)
+        centre = beam_center_rc or (head["row"], head["col"])
+        if centre[0] is None or centre[1] is None:
+            raise data_error(p, "no beam centre in the file; supply beam_center_rc", key)
+        rows, cols = _crop(p, key, ds.shape, centre, roi_px)
+        frames, mask = _frames(f, p, key, rows, cols, load_counts)
+        n_frames = ds.shape[0]
+    if indexes.min() < 0 or indexes.max() >= n_frames:
+        raise data_error(positions_path, f"position indexes outside the {n_frames} frames")
+    energy_j = energy_j_from_ev(p, "energy", resolve(p, "energy", "energy_ev",
+                                                     head["energy_ev"], s.energy_ev))
+    distance = check_range(p, "distance", resolve(p, "distance", "distance_m",
+                                                  head["distance_m"], s.distance_m),
+                           DISTANCE_M_RANGE, "m")
+    pixel = check_range(p, "pixel size", resolve(p, "pixel size", "detector_pixel_m",
+                                                 head["pixel_m"], s.detector_pixel_m),
+                        DETECTOR_PIXEL_M_RANGE, "m")
+    angle = s.rotation_angle_deg
+    if angle is None and angle_table_path is not None:
+        number = scan_number if scan_number is not None else _scan_number(p)
+        record = read_angle_table(angle_table_path).get(number)  # type: ignore[arg-type]
+        if record is None:
+            raise data_error(angle_table_path, f"no row for scan {number}")
+        angle = record.encoder_angle_deg
+    angle = resolve(p, "rotation angle", "rotation_angle_deg", None, angle)
+    lam = resolve(p, "laminography angle", "laminography_angle_deg", None,
+                  s.laminography_angle_deg)
+    return Scan(counts=None if frames is None else frames[indexes], positions_m=positions,
+                energy_j=energy_j, distance_m=distance, x_pixel_size_m=pixel,
+                y_pixel_size_m=pixel, rotation_angle_deg=rotation_deg(angle, angle_convention),
+                laminography_angle_deg=laminography_deg(p, lam, angle_convention), mask=mask,
+                path=str(p), counts_shape=(len(indexes), roi_px, roi_px))

@@ -1,0 +1,221 @@
+"""Projections reconstructed elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`.
+
+Sources: PtychoShelves ``*_recons.h5``, fold_slice ``Niter*.mat`` (-v7.3), ptychodus
+product files (one file per rotation angle each), and a TIFF stack of phase projections
+with a text angle file. Complex objects become phase projections
+(:func:`hpc_adept.io.formats.phase.object_phase`: unwrap, offset and linear ramp removed),
+cropped to the region the probe centres swept where the file says where that is, then
+centre-cropped to the smallest common shape. Pixel sizes must agree between files (1e-3)
+and be square; rotation angles come from the files or from the caller (``angles_deg``, in
+the reader's convention: PtychoShelves for the PtychoShelves family and ptychodus, ours
+for TIFF) and are converted to ours (:mod:`hpc_adept.io.formats.geometry`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hpc_adept.io.formats._read import data_error
+from hpc_adept.io.formats._values import laminography_deg
+from hpc_adept.io.formats.foldslice_niter import read_niter_object
+from hpc_adept.io.formats.geometry import to_adept_angles
+from hpc_adept.io.formats.phase import object_phase
+from hpc_adept.io.formats.ptychodus import read_product_object
+from hpc_adept.io.formats.ptychoshelves_recons import read_recons_object
+from hpc_adept.io.runfiles import ProjectionSet
+
+__all__ = [
+    "OBJECT_READERS",
+    "read_angle_file",
+    "read_object_projections",
+    "read_tiff_stack",
+]
+
+PathLike = str | os.PathLike
+
+# format name -> (object reader, default angle convention)
+OBJECT_READERS: dict[str, tuple[Callable[[PathLike], dict], str]] = {
+    "ptychoshelves-recons": (read_recons_object, "ptychoshelves"),
+    "foldslice-niter": (read_niter_object, "ptychoshelves"),
+    "ptychodus-product": (read_product_object, "ptychoshelves"),
+}
+
+
+def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
+    """Angles from a text file: one number per line; blank lines and ``#`` comments skipped.
+
+    Returns
+    -------
+    numpy.ndarray, float64, [n]
+
+    Raises
+    ------
+    DataError
+        Missing file, a line that is no finite number, or not ``expected`` angles.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise data_error(p, "angle file not found")
+    angles = []
+    for number, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(),
+                                  start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            value = float(text.split()[0].rstrip(","))
+        except ValueError:
+            raise data_error(p, f"line {number}: {text[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise data_error(p, f"line {number}: angle is not finite")
+        angles.append(value)
+    if not angles:
+        raise data_error(p, "no angles in the file")
+    if expected is not None and len(angles) != expected:
+        raise data_error(p, f"{len(angles)} angles for {expected} projections")
+    return np.asarray(angles, dtype=np.float64)
+
+
+def _center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    r0 = (image.shape[0] - shape[0]) // 2
+    c0 = (image.shape[1] - shape[1]) // 2
+    return image[r0:r0 + shape[0], c0:c0 + shape[1]]
+
+
+def _common_pixel(records: list[dict], paths: list[Path]) -> float:
+    """The one square pixel size of all records, metres."""
+    first = records[0]["pixel_m"]
+    for record, path in zip(records, paths, strict=True):
+        dy, dx = record["pixel_m"]
+        if not math.isclose(dy, dx, rel_tol=1e-3):
+            raise data_error(path, f"non-square object pixels {dy:g} x {dx:g} m")
+        if not math.isclose(dx, first[1], rel_tol=1e-3):
+            raise data_error(path, f"pixel size {dx:g} m differs from {first[1]:g} m in "
+                                   f"{paths[0].name}")
+    return float(first[1])
+
+
+def _angles(records: list[dict], paths: list[Path], angles_deg, convention: str) -> np.ndarray:
+    """Rotation angles in our convention, from the caller or the files."""
+    if angles_deg is not None:
+        values = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+        if values.size != len(paths) or not np.isfinite(values).all():
+            raise data_error(paths[0].parent, f"{values.size} supplied angles for "
+                                              f"{len(paths)} files (or not finite)")
+    else:
+        missing = [p for r, p in zip(records, paths, strict=True) if r["angle_deg"] is None]
+        if missing:
+            raise data_error(missing[0], "no rotation angle in the file; supply angles_deg "
+                                         "(one per file) or an angle file")
+        values = np.array([r["angle_deg"] for r in records], dtype=np.float64)
+    return to_adept_angles(values, convention)
+
+
+def _phases(records: list[dict], phase_sign: float) -> list[np.ndarray]:
+    out = []
+    for record in records:
+        obj = record["object"]
+        roi = record.get("roi")
+        if roi is not None:
+            obj = obj[roi]
+        out.append(object_phase(obj, phase_sign))
+    return out
+
+
+def _probes(records: list[dict]) -> np.ndarray | None:
+    probes = [r.get("probe") for r in records]
+    if any(p is None for p in probes) or len({p.shape for p in probes}) != 1:
+        return None
+    return np.stack(probes)
+
+
+def _assemble(phases: list[np.ndarray], angles: np.ndarray, tilt: float, pixel: float,
+              probes: np.ndarray | None, where: Path) -> ProjectionSet:
+    """Crop to the common shape, sort by angle, check distinct angles."""
+    shape = (min(p.shape[0] for p in phases), min(p.shape[1] for p in phases))
+    stack = np.stack([_center_crop(p, shape) for p in phases])
+    order = np.argsort(angles, kind="stable")
+    sorted_angles = angles[order]
+    if np.any(np.diff(sorted_angles) <= 1e-6):
+        raise data_error(where, "two projections share a rotation angle")
+    return ProjectionSet(stack[order], sorted_angles, tilt, pixel,
+                         probes=None if probes is None else probes[order])
+
+
+def read_object_projections(paths: Sequence[PathLike], fmt: str, *,
+                            laminography_angle_deg: float,
+                            angles_deg: Sequence[float] | None = None,
+                            angle_convention: str | None = None,
+                            phase_sign: float = 1.0) -> ProjectionSet:
+    """Phase projections from per-angle reconstruction files of one format.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        One file per rotation angle.
+    fmt : {"ptychoshelves-recons", "foldslice-niter", "ptychodus-product"}
+    laminography_angle_deg : float
+        L in ``angle_convention`` (PtychoShelves' ``lamino_angle`` equals our L).
+    angles_deg : sequence of float, optional
+        One rotation angle per file (wins over angles in the files).
+    angle_convention : str, optional
+        Default: the format's (PtychoShelves for all three).
+    phase_sign : float
+        -1 flips PtychoShelves' negative phase of matter to our positive convention.
+    """
+    if fmt not in OBJECT_READERS:
+        raise ValueError(f"unknown projection format {fmt!r}; known: {sorted(OBJECT_READERS)}")
+    reader, default_convention = OBJECT_READERS[fmt]
+    convention = angle_convention or default_convention
+    files = [Path(p) for p in paths]
+    if not files:
+        raise ValueError("no files given")
+    records = [reader(p) for p in files]
+    pixel = _common_pixel(records, files)
+    angles = _angles(records, files, angles_deg, convention)
+    tilt = laminography_deg(files[0], laminography_angle_deg, convention)
+    return _assemble(_phases(records, phase_sign), angles, tilt, pixel, _probes(records),
+                     files[0].parent)
+
+
+def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle_deg: float,
+                    pixel_size_m: float, angle_convention: str = "adept") -> ProjectionSet:
+    """A TIFF stack ``[n, nv, nu]`` of phase projections (radians) with a text angle file.
+
+    Parameters
+    ----------
+    path : path
+        A multi-page TIFF, or a folder of single-page ``*.tif``/``*.tiff`` (sorted by name).
+    angles_path : path
+        One rotation angle per line, in ``angle_convention`` (default ours).
+    laminography_angle_deg, pixel_size_m : float
+        L and the projection pixel size (metres), supplied.
+    """
+    import tifffile
+
+    p = Path(path)
+    files = sorted([*p.glob("*.tif"), *p.glob("*.tiff")]) if p.is_dir() else [p]
+    if not files or not files[0].is_file():
+        raise data_error(p, "no TIFF file found")
+    try:
+        pages = [np.asarray(tifffile.imread(f)) for f in files]
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise data_error(files[0], f"not a readable TIFF: {exc}") from None
+    stack = pages[0] if len(pages) == 1 else np.stack(pages)
+    if stack.ndim != 3 or 0 in stack.shape or stack.dtype.kind not in "biuf":
+        raise data_error(p, f"expected a real [n, nv, nu] stack, got {stack.dtype} "
+                            f"{stack.shape}")
+    stack = stack.astype(np.float32)
+    if not np.isfinite(stack).all():
+        raise data_error(p, "contains NaN or infinite values")
+    if not (math.isfinite(pixel_size_m) and 1e-11 <= pixel_size_m <= 1e-5):
+        raise data_error(p, f"pixel_size_m={pixel_size_m:g} is implausible (metres?)")
+    angles = to_adept_angles(read_angle_file(angles_path, expected=stack.shape[0]),
+                             angle_convention)
+    tilt = laminography_deg(p, laminography_angle_deg, angle_convention)
+    return _assemble(list(stack), angles, tilt, float(pixel_size_m), None, p)
