@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hpc_adept.io.atomic import (  # the lead moves these to hpc_adept.io.h5read at merge
+from hpc_adept.io.h5read import (
     check_shape,
     data_error,
     open_h5,
