@@ -6,8 +6,10 @@ round-robin, and GPUs are never hidden per task (that breaks CUDA IPC for GPU-aw
 
 from __future__ import annotations
 
+import cmath
 import functools
 import logging
+import math
 import os
 import types
 from pathlib import Path
@@ -30,20 +32,34 @@ def cuda_device_count() -> int:
         return 0
 
 
+def cuda_kernel_problem(device: Any) -> str | None:
+    """Why torch cannot compute on the CUDA ``device`` (one FFT and one element-wise kernel
+    are run: a device count alone passes with a broken cuFFT or driver), or None."""
+    import torch
+
+    try:
+        x = torch.arange(16, dtype=torch.float32, device=device).reshape(4, 4)
+        value = float(torch.fft.fft2(x * 2.0 + 1.0).abs().sum())
+    except Exception as exc:  # noqa: BLE001 - any failure of the first kernels: unusable
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None if math.isfinite(value) else "a test FFT gave a non-finite value"
+
+
 def select_torch_device(requested: str, local_rank: int = 0) -> Any:
     """Torch device of this rank.
 
     Parameters
     ----------
     requested : {'auto', 'cpu', 'cuda'}
-        ``auto`` takes a GPU when one is usable, else the CPU.
+        ``auto`` takes a GPU when one is usable, else the CPU (with a warning when a GPU is
+        seen but its first kernels fail); ``cuda`` a GPU or an error.
     local_rank : int
         Rank within the node; GPU index = local_rank % number of visible GPUs.
 
     Raises
     ------
     ConfigError
-        ``cuda`` was requested and no GPU is usable.
+        ``cuda`` was requested and no GPU is usable (none seen, or its kernels fail).
     """
     import torch
 
@@ -55,33 +71,79 @@ def select_torch_device(requested: str, local_rank: int = 0) -> Any:
     if n_gpus == 0:
         return torch.device("cpu")
     device = torch.device("cuda", local_rank % n_gpus)
+    problem = cuda_kernel_problem(device)
+    if problem is not None:
+        if requested == "cuda":
+            raise ConfigError(f"runtime.device is 'cuda' but torch cannot compute on "
+                              f"{device}: {problem}")
+        log.warning("runtime.device auto: %s is seen but unusable (%s): using the CPU",
+                    device, problem)
+        return torch.device("cpu")
     torch.cuda.set_device(device)
     return device
 
 
-@functools.lru_cache(maxsize=1)
-def _cupy_usable() -> bool:
+@functools.lru_cache(maxsize=8)
+def cupy_problem(index: int = 0) -> str | None:
+    """Why CuPy cannot compute on GPU ``index``, or None.
+
+    Not installed, no such device, or its first FFT or compiled element-wise kernel fails (a
+    CuPy without NVRTC or cuFFT passes the device count and crashes on its first kernel).
+    With ``ADEPT_DISABLE_CUPY`` set there is always a problem.
+    """
     if os.environ.get("ADEPT_DISABLE_CUPY"):
-        return False
+        return "ADEPT_DISABLE_CUPY is set"
     try:
         import cupy
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA library failing to load
+        return f"CuPy is not importable ({type(exc).__name__}: {exc})".splitlines()[0]
+    try:
+        if cupy.cuda.runtime.getDeviceCount() <= index:
+            return f"CuPy sees no GPU {index}"
+        with cupy.cuda.Device(index):
+            x = cupy.arange(16, dtype=cupy.complex64).reshape(4, 4)
+            value = complex(cupy.fft.fft2(x * 2 + 1).sum().get())  # cuFFT + an NVRTC kernel
+    except Exception as exc:  # noqa: BLE001 - any failure of the first kernels: unusable
+        return f"CuPy cannot compute on GPU {index} ({type(exc).__name__}: {exc})".splitlines()[0]
+    return None if cmath.isfinite(value) else "CuPy's test FFT gave a non-finite value"
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - not installed, no driver, no device: all mean "no"
-        return False
+
+def _cupy_usable(index: int = 0) -> bool:
+    return cupy_problem(index) is None
 
 
-def array_module(device: Any) -> types.ModuleType:
+def array_module(device: Any, required: bool = False) -> types.ModuleType:
     """Array module for kernels running on ``device``: CuPy on a usable GPU, else NumPy.
 
     CuPy is bound to the same GPU index as the torch device.
+
+    Parameters
+    ----------
+    device : torch.device
+    required : bool
+        On a CUDA ``device``, refuse to fall back to NumPy (``runtime.device: cuda``): a
+        ConfigError names why CuPy cannot run. Otherwise the fallback is a logged warning.
     """
-    if getattr(device, "type", str(device)) == "cuda" and _cupy_usable():
+    if getattr(device, "type", str(device)) != "cuda":
+        return np
+    index = device.index or 0
+    problem = cupy_problem(index)
+    if problem is None:
         import cupy
 
-        cupy.cuda.Device(device.index or 0).use()
+        cupy.cuda.Device(index).use()
         return cupy
+    if required:
+        raise ConfigError(f"runtime.device is 'cuda' but the array kernels (LSQ-ML) cannot "
+                          f"use the GPU: {problem}; install cupy-cuda12x, or set "
+                          f"runtime.device: auto to run them with NumPy")
+    _warn_numpy_fallback(problem)
     return np
+
+
+@functools.lru_cache(maxsize=4)
+def _warn_numpy_fallback(problem: str) -> None:
+    log.warning("array kernels (LSQ-ML) run on the host with NumPy: %s", problem)
 
 
 def get_array_module(array: Any) -> types.ModuleType:

@@ -32,10 +32,26 @@ run() {  # the command line first, then its output, into STEP.txt
 
 : >"$out_dir/$step.txt"
 run nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-run "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+run "$PYTHON" - <<'PY'
+import importlib
+import torch
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN",
+      torch.backends.cudnn.version(), "NCCL",
+      ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "-",
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
+for name in ("triton", "cupy", "mpi4py"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as exc:  # noqa: BLE001
+        print(name, "not usable:", type(exc).__name__, exc)
+PY
 case "$step" in
-    check)
-        run "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests ;;
+    check)  # a skipped GPU test is a failure here: every GPU path must run
+        run "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests
+        if grep -Eq "[0-9]+ skipped" "$out_dir/$step.txt"; then
+            echo "gpu_session check: GPU tests were skipped (see SKIPPED above)" >&2
+            exit 1
+        fi ;;
     projector)
         run "$PYTHON" profiling/bench_projector.py --device cuda --triton --repeats 10 ;;
     roofline)

@@ -87,3 +87,91 @@ def test_free_gpu_memory_is_shared_by_the_ranks_on_that_gpu(monkeypatch, ranks, 
     free, where = backend.available_memory_bytes(torch.device("cuda", 0), ranks)
     assert free == share * 2**30
     assert ("ranks on it" in where) == (share < 8)
+
+
+# --- runtime.device: cuda means the GPU or one clear error (issue 22) ---------------------
+
+class _BrokenCupy:
+    """A CuPy that counts a GPU but whose first kernel fails (no NVRTC / cuFFT)."""
+
+    class cuda:  # noqa: N801 - mirrors cupy.cuda
+        class runtime:  # noqa: N801
+            @staticmethod
+            def getDeviceCount() -> int:  # noqa: N802
+                return 1
+
+        class Device:
+            def __init__(self, index: int = 0) -> None:
+                self.index = index
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+            def use(self) -> None:
+                pass
+
+    complex64 = "complex64"
+
+    @staticmethod
+    def arange(*args, **kwargs):
+        raise RuntimeError("CUDA_ERROR_FILE_NOT_FOUND: libnvrtc.so.12 not found\nmore lines")
+
+
+@pytest.fixture
+def broken_cupy(monkeypatch):
+    import hpc_adept.backend as backend
+
+    monkeypatch.setitem(sys.modules, "cupy", _BrokenCupy)
+    monkeypatch.delenv("ADEPT_DISABLE_CUPY", raising=False)
+    backend.cupy_problem.cache_clear()
+    yield
+    backend.cupy_problem.cache_clear()
+
+
+def test_cupy_that_counts_a_gpu_but_cannot_compute_is_unusable(broken_cupy):
+    from hpc_adept.backend import cupy_problem
+
+    problem = cupy_problem(0)
+    assert problem is not None and "libnvrtc" in problem and "\n" not in problem
+
+
+def test_cuda_requested_refuses_the_numpy_fallback(broken_cupy):
+    import numpy as np
+    import torch
+
+    from hpc_adept.backend import array_module
+    from hpc_adept.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="runtime.device is 'cuda' but the array kernels"):
+        array_module(torch.device("cuda", 0), required=True)
+    assert array_module(torch.device("cuda", 0)) is np  # auto: falls back, with a warning
+    assert array_module(torch.device("cpu"), required=True) is np
+
+
+def test_cuda_requested_with_unusable_torch_kernels_is_one_error(monkeypatch, caplog):
+    import torch
+
+    import hpc_adept.backend as backend
+    from hpc_adept.errors import ConfigError
+
+    monkeypatch.setattr(backend, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(backend, "cuda_kernel_problem",
+                        lambda device: "RuntimeError: cuFFT error: CUFFT_INTERNAL_ERROR")
+    with pytest.raises(ConfigError, match="torch cannot compute on cuda:0: RuntimeError"):
+        backend.select_torch_device("cuda", local_rank=0)
+    assert backend.select_torch_device("auto", local_rank=0) == torch.device("cpu")
+    assert "unusable" in caplog.text
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a CPU-only torch")
+def test_torch_kernel_probe_reports_a_missing_cuda():
+    import torch
+
+    from hpc_adept.backend import cuda_kernel_problem
+
+    problem = cuda_kernel_problem(torch.device("cuda", 0))
+    assert problem is not None and "\n" not in problem
+    assert cuda_kernel_problem(torch.device("cpu")) is None

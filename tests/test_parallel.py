@@ -70,18 +70,37 @@ def test_dynamic_queue_two_ranks():
     assert "workqueue ok" in result.stdout
 
 
-@pytest.mark.parametrize(("device", "local_size", "gpus", "expected"), [
-    ("cpu", 2, 0, "gloo"),
-    ("cuda", 1, 1, "nccl"),
-    ("cuda", 4, 4, "nccl"),
-    ("cuda", 2, 1, "gloo"),  # make demo's 2 ranks on a one-GPU workstation
+@pytest.mark.parametrize(("placements", "expected"), [
+    ([("n0", None), ("n0", None)], "gloo"),  # CPUs
+    ([("n0", "GPU-a")], "nccl"),
+    ([("n0", "GPU-a"), ("n0", "GPU-b"), ("n0", "GPU-c"), ("n0", "GPU-d")], "nccl"),
+    ([("n0", "GPU-a"), ("n0", "GPU-a")], "gloo"),  # make demo's 2 ranks on one GPU
+    # a scheduler showing each task one GPU: every rank sees cuda:0, each a different GPU
+    ([("n0", "visible=0/index=0"), ("n0", "visible=1/index=0")], "nccl"),
+    # nodes that differ: one has a GPU per rank, the other shares one: all ranks take gloo
+    ([("n0", "GPU-a"), ("n0", "GPU-b"), ("n1", "GPU-c"), ("n1", "GPU-c")], "gloo"),
+    ([("n0", "GPU-a"), ("n1", None)], "gloo"),
 ])
-def test_torch_backend_uses_nccl_only_with_a_gpu_per_rank(monkeypatch, device, local_size,
-                                                          gpus, expected):
+def test_torch_backend_uses_nccl_only_with_a_gpu_per_rank(placements, expected):
+    from hpc_adept.parallel.torchdist import backend_for
+
+    assert backend_for(placements) == expected
+
+
+def test_device_identity_of_a_cpu_is_none():
     import torch
 
-    import hpc_adept.backend
-    from hpc_adept.parallel.torchdist import torch_backend
+    from hpc_adept.parallel.torchdist import agree_torch_backend, device_identity
 
-    monkeypatch.setattr(hpc_adept.backend, "cuda_device_count", lambda: gpus)
-    assert torch_backend(torch.device(device), local_size) == expected
+    assert device_identity(torch.device("cpu")) is None
+    assert agree_torch_backend(SERIAL, None) == "gloo"
+    assert agree_torch_backend(SERIAL, "GPU-a") == "nccl"
+
+
+@pytest.mark.mpi
+def test_ranks_agree_on_the_backend_and_exchange_large_halo_planes():
+    """Issue 22: one backend for all ranks, whatever each rank sees; halo planes above
+    NCCL's internal buffer (4 MiB) exchanged in one batch (here over gloo)."""
+    result = run_cmd([str(REPO / "tests" / "mpi" / "check_backend_and_halo.py")], n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backend agreement and halo exchange ok" in result.stdout

@@ -422,3 +422,40 @@ def test_materials():
     assert gt[1, 2, 3] == pytest.approx(phi) and gt[0, 0, 0] == pytest.approx(phi / 2)
     with pytest.raises(ValueError):
         wavelength_m(0.0)
+
+
+def test_small_layout_circuit_truth(small):
+    """Issue 20: each box carries its net and via instance; the label volumes agree with the
+    occupancy and the layers' slices."""
+    from hpc_adept.phantom.layout import layer_slices, rasterise_circuit
+
+    layout, tech, _, _ = small
+    assert layout.net_names == ("VDD", "n1")
+    d_m = 0.05e-6
+    shape = (16, 70, 60)
+    vol = rasterise_layout(layout, tech, (0.9, 0.9), shape, d_m, supersample=2)
+    nets, vias = rasterise_circuit(layout, tech, (0.9, 0.9), shape, d_m)
+    assert nets.dtype == np.int32 and vias.shape == shape
+    np.testing.assert_array_equal(nets[12, 0:64, 40:44], 2)  # n1's m2 wire
+    np.testing.assert_array_equal(vias[6:10, 1, 41:43], 2)  # n1's v12, the second via placed
+    assert set(np.unique(vias[vias > 0]).tolist()) == {1, 2}  # VDD's generated via, then v12
+    assert np.all(nets[vias > 0] > 0)
+    assert np.all(nets[vol == 1.0] > 0) and np.all(vol[nets > 0] > 0)
+    assert layer_slices(tech, d_m, shape[0]) == {"m1": (4, 6), "v1": (6, 10), "m2": (10, 14)}
+    assert layer_slices(tech, d_m, 8) == {"m1": (4, 6), "v1": (6, 8)}
+    sub = layout.select(layers=("v1",))
+    assert set(sub.nets) == {"v1"} and len(sub.nets["v1"]) == len(sub.boxes["v1"])
+
+
+def test_real_layout_circuit_truth(ic_data):
+    from hpc_adept.phantom.layout import centred_crop_origin, rasterise_circuit
+
+    layout, tech = ic_data
+    shape, d_m = (40, 56, 56), 27.2e-9
+    origin = centred_crop_origin(layout, shape, d_m)
+    vol = rasterise_layout(layout, tech, origin, shape, d_m, supersample=2)
+    nets, vias = rasterise_circuit(layout, tech, origin, shape, d_m)
+    assert len(np.unique(nets)) > 4 and len(np.unique(vias)) > 5
+    assert np.all(nets[vias > 0] > 0)
+    full = vol >= 0.75
+    assert np.count_nonzero(nets[full]) / np.count_nonzero(full) > 0.99

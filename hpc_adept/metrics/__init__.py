@@ -1,9 +1,19 @@
-"""Evaluation kernels (no MPI): GMM binarisation, BER, PCC, registration, PSD.
+"""Evaluation kernels (no MPI): GMM binarisation, BER, PCC, registration, PSD, circuit.
 
 Arrays in, arrays out; :mod:`hpc_adept.stages.evaluate` combines them into ``metrics.json``.
 """
 
 from hpc_adept.metrics.binarize import GmmBinarizer, fit_gmm, metal_posterior
+from hpc_adept.metrics.circuit import (
+    CircuitCriteria,
+    Connectivity,
+    ViaScore,
+    connectivity_errors,
+    layer_errors,
+    reference_labels,
+    variation_of_information,
+    via_scores,
+)
 from hpc_adept.metrics.psd import PsdCuts, power_spectrum, psd_cuts
 from hpc_adept.metrics.register import (
     Registration,
@@ -25,6 +35,14 @@ from hpc_adept.metrics.scores import (
 )
 
 __all__ = [
+    "CircuitCriteria",
+    "Connectivity",
+    "ViaScore",
+    "connectivity_errors",
+    "layer_errors",
+    "reference_labels",
+    "variation_of_information",
+    "via_scores",
     "GmmBinarizer",
     "LayerExclusion",
     "PsdCuts",

@@ -93,12 +93,18 @@ class _TorchTransport:
     """The same over torch.distributed (NCCL for CUDA tensors)."""
 
     def exchange(self, transfers: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
+        """As :meth:`_MpiTransport.exchange`, in one batch: paired ``isend``/``irecv`` to one
+        neighbour can block on NCCL once a plane exceeds its internal buffer (a few MiB),
+        a batch cannot."""
         import torch.distributed as dist
 
-        requests = []
+        if not transfers:
+            return
+        operations = []
         for send, receive, peer in transfers:
-            requests += [dist.isend(send, peer), dist.irecv(receive, peer)]
-        for request in requests:
+            operations += [dist.P2POp(dist.isend, send, peer),
+                           dist.P2POp(dist.irecv, receive, peer)]
+        for request in dist.batch_isend_irecv(operations):
             request.wait()
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -225,8 +231,8 @@ class SlabCommunicator:
         self.start, self.stop = mine.start, mine.stop
         self.transport: Any = None
         if ctx.is_parallel:
-            if torch_backend(device, ctx.local_size) == "nccl":
-                init_torch_distributed(ctx, device)
+            if torch_backend(ctx, device) == "nccl":  # agreed by all ranks
+                init_torch_distributed(ctx, device, backend="nccl")
                 self.transport = _TorchTransport()
             else:  # host tensors, or GPUs shared by ranks (NCCL refuses those)
                 self.transport = _MpiTransport(ctx.comm)

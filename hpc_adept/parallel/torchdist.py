@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from hpc_adept.parallel.context import ParallelContext
@@ -32,22 +34,59 @@ def _host_address() -> str:
         return "127.0.0.1"
 
 
-def torch_backend(device: Any, local_size: int) -> str:
-    """``nccl`` when ``device`` is a GPU and every rank of the node has its own, else ``gloo``.
+def device_identity(device: Any) -> str | None:
+    """The physical identity of this rank's GPU (its UUID), or None on the CPU.
 
-    NCCL cannot put two ranks of a communicator on one GPU; with more ranks than GPUs on a
-    node (``make demo``'s 2 ranks on a one-GPU workstation) gloo, which moves CUDA tensors
-    through the host for all-reduce and broadcast, still works.
+    Two ranks share a GPU exactly when their identities are equal on the same host. Indices
+    cannot tell: a scheduler that shows each task one GPU gives every rank ``cuda:0``.
     """
     if getattr(device, "type", "cpu") != "cuda":
+        return None
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        return str(uuid)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return f"visible={visible}/index={index}"
+
+
+def backend_for(placements: Sequence[tuple[str, str | None]]) -> str:
+    """``nccl`` when every rank has a GPU of its own, else ``gloo``.
+
+    Parameters
+    ----------
+    placements : sequence of (host, gpu identity or None)
+        Every rank's host name and :func:`device_identity`, in rank order.
+
+    Notes
+    -----
+    NCCL cannot put two ranks of a communicator on one GPU; with more ranks than GPUs on a
+    node (``make demo``'s 2 ranks on a one-GPU workstation) gloo, which moves CUDA tensors
+    through the host, still works. The choice is made from every rank's placement, so all
+    ranks take the same backend even where nodes differ.
+    """
+    if any(identity is None for _, identity in placements):
         return "gloo"
-    from hpc_adept.backend import cuda_device_count
-
-    return "nccl" if local_size <= cuda_device_count() else "gloo"
+    return "nccl" if len(set(placements)) == len(placements) else "gloo"
 
 
-def init_torch_distributed(ctx: ParallelContext, device: Any,
-                           timeout_s: float = 300.0) -> bool:
+def agree_torch_backend(ctx: ParallelContext, identity: str | None) -> str:
+    """The backend every rank uses, agreed over MPI before any process group exists
+    (collective): :func:`backend_for` of every rank's (host, ``identity``)."""
+    mine = (socket.gethostname(), identity)
+    placements = ctx.comm.allgather(mine) if ctx.is_parallel else [mine]
+    return backend_for(placements)
+
+
+def torch_backend(ctx: ParallelContext, device: Any) -> str:
+    """:func:`agree_torch_backend` for this rank's ``device`` (collective)."""
+    return agree_torch_backend(ctx, device_identity(device))
+
+
+def init_torch_distributed(ctx: ParallelContext, device: Any, timeout_s: float = 300.0,
+                           backend: str | None = None) -> bool:
     """Initialise the default torch.distributed process group over the MPI ranks.
 
     Parameters
@@ -55,9 +94,11 @@ def init_torch_distributed(ctx: ParallelContext, device: Any,
     ctx : ParallelContext
         The job's ranks; a serial context initialises nothing.
     device : torch.device
-        This rank's device: :func:`torch_backend` picks NCCL or gloo.
+        This rank's device.
     timeout_s : float
         Collective timeout, so a dead peer ends the job instead of hanging it.
+    backend : {'nccl', 'gloo'} or None
+        The backend agreed by :func:`torch_backend` (None: agree on it here).
 
     Returns
     -------
@@ -68,13 +109,13 @@ def init_torch_distributed(ctx: ParallelContext, device: Any,
 
     if not ctx.is_parallel or (dist.is_available() and dist.is_initialized()):
         return False
+    backend = backend or torch_backend(ctx, device)
     address = (_host_address(), _free_port()) if ctx.is_root else None
     host, port = ctx.comm.bcast(address, root=0)
-    backend = torch_backend(device, ctx.local_size)
     log.info("torch.distributed: backend %s, rendezvous tcp://%s:%d", backend, host, port)
     if backend == "gloo" and getattr(device, "type", "cpu") == "cuda":
-        log.warning("%d ranks share this node's GPU(s): torch.distributed uses gloo (through "
-                    "host memory), not NCCL", ctx.local_size)
+        log.warning("some ranks share a GPU: torch.distributed uses gloo (through host "
+                    "memory), not NCCL, on every rank")
     kwargs: dict[str, Any] = {}
     if backend == "nccl":
         kwargs["device_id"] = device

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,15 @@ class Layout:
         Via placements in NETS and in SPECIALNETS.
     via_usage : dict of str to int
         Placements per via name (both sections).
+    nets : dict of str to ndarray
+        Per layer, ``[n]`` int32 net id of each box (parallel to ``boxes``): ``i + 1`` for
+        ``net_names[i]``. Metal outside any net (FILLS) gets one id per box, named
+        ``FILL:<layer>:<k>``.
+    vias : dict of str to ndarray
+        Per layer, ``[n]`` int32 via instance id of each box on a cut layer (1, 2, ... in
+        placement order), 0 for every other box.
+    net_names : tuple of str
+        Net names (NETS and SPECIALNETS, then fills), in id order.
     """
 
     path: str
@@ -142,6 +151,9 @@ class Layout:
     n_vias: int
     n_special_vias: int
     via_usage: dict[str, int]
+    nets: dict[str, np.ndarray] = field(default_factory=dict)
+    vias: dict[str, np.ndarray] = field(default_factory=dict)
+    net_names: tuple[str, ...] = ()
 
     def layer_boxes(self, layer: str, kinds: tuple[int, ...] | None = None) -> np.ndarray:
         """Boxes ``[n, 4]`` float64 (um) on ``layer``, optionally only of some kinds."""
@@ -159,24 +171,20 @@ class Layout:
         self, layers: tuple[str, ...] | None = None, kinds: tuple[int, ...] | None = None
     ) -> Layout:
         """A copy restricted to some layers and/or box kinds (counts unchanged)."""
-        boxes: dict[str, np.ndarray] = {}
-        knd: dict[str, np.ndarray] = {}
+        kept: dict[str, np.ndarray] = {}
         for layer, b in self.boxes.items():
             if layers is not None and layer not in layers:
                 continue
             keep = np.ones(len(b), bool) if kinds is None else np.isin(self.kinds[layer], kinds)
             if np.any(keep):
-                boxes[layer], knd[layer] = b[keep], self.kinds[layer][keep]
-        return Layout(
-            self.path,
-            self.design,
-            self.dbu_per_micron,
-            self.die_area_um,
-            boxes,
-            knd,
-            self.n_vias,
-            self.n_special_vias,
-            dict(self.via_usage),
+                kept[layer] = keep
+        return replace(
+            self,
+            boxes={layer: self.boxes[layer][k] for layer, k in kept.items()},
+            kinds={layer: self.kinds[layer][k] for layer, k in kept.items()},
+            nets={layer: self.nets[layer][k] for layer, k in kept.items() if layer in self.nets},
+            vias={layer: self.vias[layer][k] for layer, k in kept.items() if layer in self.vias},
+            via_usage=dict(self.via_usage),
         )
 
 
@@ -216,6 +224,13 @@ class _DefParser:
         self.n_vias = 0
         self.n_special_vias = 0
         self.via_usage: Counter[str] = Counter()
+        # circuit truth: the net and via instance each box belongs to
+        self.net_names: list[str] = []
+        self.net_id = 0
+        self.via_id = 0
+        self.n_via_instances = 0
+        self.shape_nets: dict[str, list[int]] = {}
+        self.shape_vias: dict[str, list[int]] = {}
 
     # -- helpers ------------------------------------------------------------------
     def scale(self) -> float:
@@ -228,9 +243,16 @@ class _DefParser:
         return 1.0 / self.dbu
 
     def add(self, layer: str, rect: Rect, kind: int) -> None:
-        """Record a box (um) on ``layer``."""
+        """Record a box (um) on ``layer``, with its net and (on cut layers) via instance."""
         self.shapes.setdefault(layer, []).append(rect)
         self.shape_kinds.setdefault(layer, []).append(kind)
+        net = self.net_id
+        if net == 0:  # metal of no net (fills): a net of its own
+            self.net_names.append(f"FILL:{layer}:{len(self.shapes[layer]) - 1}")
+            net = len(self.net_names)
+        self.shape_nets.setdefault(layer, []).append(net)
+        self.shape_vias.setdefault(layer, []).append(
+            self.via_id if layer in self.tech.cuts else 0)
 
     def add_dbu(self, layer: str, rect: Rect, kind: int) -> None:
         """Record a box given in database units."""
@@ -332,6 +354,8 @@ class _DefParser:
     def result(self) -> Layout:
         boxes = {k: np.asarray(v, dtype=np.float64).reshape(-1, 4) for k, v in self.shapes.items()}
         kinds = {k: np.asarray(v, dtype=np.int8) for k, v in self.shape_kinds.items()}
+        nets = {k: np.asarray(v, dtype=np.int32) for k, v in self.shape_nets.items()}
+        vias = {k: np.asarray(v, dtype=np.int32) for k, v in self.shape_vias.items()}
         return Layout(
             self.ts.path,
             self.design,
@@ -342,6 +366,9 @@ class _DefParser:
             self.n_vias,
             self.n_special_vias,
             dict(self.via_usage),
+            nets,
+            vias,
+            tuple(self.net_names),
         )
 
     def _design(self) -> None:
@@ -480,7 +507,8 @@ class _DefParser:
 
     def _net(self, special: bool) -> None:
         ts = self.ts
-        ts.next("a net name")
+        self.net_names.append(ts.next("a net name"))
+        self.net_id = len(self.net_names)
         segments: list[_Segment] = []
         rule: str | None = None
         while True:
@@ -511,6 +539,7 @@ class _DefParser:
             else:
                 raise ts.error(f"unexpected '{tok}' in net", line)
         self._emit_segments(segments, special, rule)
+        self.net_id = 0
 
     def _special_shape(self, key: str, line: int) -> None:
         layer = self.check_layer(self.ts.next("a layer name"), line)
@@ -613,10 +642,16 @@ class _DefParser:
         s = self.scale()
         fx = _ORIENTS[orient]
         kind = KIND_SPECIAL_VIA if special else KIND_VIA
+        self.n_via_instances += 1
+        self.via_id, outer_net = self.n_via_instances, self.net_id
+        if outer_net == 0:  # a fill via: its cut and pads are one net of their own
+            self.net_names.append(f"FILL:{name}:{self.n_via_instances}")
+            self.net_id = len(self.net_names)
         for vlayer, (x0, y0, x1, y1) in via.shapes:
             ax, ay = fx(x0, y0)
             bx, by = fx(x1, y1)
             self.add(vlayer, _norm((ax + x * s, ay + y * s, bx + x * s, by + y * s)), kind)
+        self.via_id, self.net_id = 0, outer_net
         if special:
             self.n_special_vias += 1
         else:

@@ -294,3 +294,79 @@ def centred_crop_origin(layout: Layout, shape: Sequence[int], voxel_size_m: floa
     x0, y0, x1, y1 = layout.die_area_um
     d_um = voxel_size_m * 1e6
     return (0.5 * (x0 + x1) - 0.5 * shape[2] * d_um, 0.5 * (y0 + y1) - 0.5 * shape[1] * d_um)
+
+
+def _layout_labels(layout: Layout, tech: Technology) -> tuple[np.ndarray, np.ndarray]:
+    """``[n]`` net ids and via instance ids of the boxes of :func:`layout_boxes_3d`, in its
+    order (zeros where the layout carries no labels)."""
+    nets, vias = [], []
+    for layer, boxes in layout.boxes.items():
+        if len(boxes) == 0:
+            continue
+        zeros = np.zeros(len(boxes), np.int32)
+        nets.append(layout.nets.get(layer, zeros))
+        vias.append(layout.vias.get(layer, zeros))
+    if not nets:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    return np.concatenate(nets), np.concatenate(vias)
+
+
+def paint_labels(boxes_vox: np.ndarray, labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """int32 ``[nz, ny, nx]``: the label of the box holding each voxel's centre (0: none;
+    where boxes overlap, the later one).
+
+    Parameters
+    ----------
+    boxes_vox : ndarray, float, [n, 6]
+        ``(x0, y0, z0, x1, y1, z1)`` in voxel units (as :func:`rasterise_boxes`).
+    labels : ndarray, int, [n]
+        Label of each box; boxes labelled 0 are skipped.
+    """
+    out = np.zeros(tuple(int(n) for n in shape), np.int32)
+    nz, ny, nx = out.shape
+    idx = np.ceil(np.asarray(boxes_vox, np.float64).reshape(-1, 6) - 0.5).astype(np.int64)
+    idx = np.clip(idx, 0, np.array([nx, ny, nz, nx, ny, nz]))
+    keep = np.all(idx[:, 3:] > idx[:, :3], axis=1) & (np.asarray(labels) > 0)
+    for (i0, j0, k0, i1, j1, k1), label in zip(idx[keep].tolist(),
+                                               np.asarray(labels)[keep].tolist(), strict=True):
+        out[k0:k1, j0:j1, i0:i1] = label
+    return out
+
+
+def rasterise_circuit(layout: Layout, tech: Technology, origin_um: Sequence[float],
+                      shape: Sequence[int], voxel_size_m: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The circuit truth of a crop (same voxels as :func:`rasterise_layout`).
+
+    Returns
+    -------
+    nets : ndarray, int32, [nz, ny, nx]
+        Net id (``layout.net_names[id - 1]``) of the metal at each voxel centre, 0 where
+        there is none.
+    vias : ndarray, int32, [nz, ny, nx]
+        Via instance id of the cut metal at each voxel centre, 0 elsewhere.
+    """
+    d_um = voxel_size_m * 1e6
+    boxes = layout_boxes_3d(layout, tech)
+    vox = np.empty_like(boxes)
+    x0, y0 = float(origin_um[0]), float(origin_um[1])
+    vox[:, [0, 3]] = (boxes[:, [0, 3]] - x0) / d_um
+    vox[:, [1, 4]] = (boxes[:, [1, 4]] - y0) / d_um
+    vox[:, [2, 5]] = boxes[:, [2, 5]] / d_um
+    net_ids, via_ids = _layout_labels(layout, tech)
+    return paint_labels(vox, net_ids, shape), paint_labels(vox, via_ids, shape)
+
+
+def layer_slices(tech: Technology, voxel_size_m: float, nz: int
+                 ) -> dict[str, tuple[int, int]]:
+    """Every layer's slices ``(start, stop)`` in a volume of ``nz`` slices: the voxels whose
+    centre height lies in the layer's range (:func:`layer_z_ranges`); layers outside the
+    volume are left out."""
+    d_um = voxel_size_m * 1e6
+    out = {}
+    for name, (z0, z1) in layer_z_ranges(tech).items():
+        k0 = int(np.clip(np.ceil(z0 / d_um - 0.5), 0, nz))
+        k1 = int(np.clip(np.ceil(z1 / d_um - 0.5), 0, nz))
+        if k1 > k0:
+            out[name] = (k0, k1)
+    return out
