@@ -84,6 +84,8 @@ class PtychoPlan:
         writes nothing.
         """
         def local_checks() -> str | None:
+            # runtime.device: cuda means LSQ-ML on the GPU (CuPy computes) or one error line
+            array_module(device, required=self.device_choice == "cuda")
             for index in block_range(len(self.scans), ctx.size, ctx.rank):
                 try:
                     check_counts(self.scans[index].path)
@@ -274,7 +276,7 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
     projection; host arrays."""
     from hpc_adept.ptycho import phase_projection, reconstruct
 
-    xp = array_module(device)
+    xp = array_module(device, required=cfg.runtime.device == "cuda")
     seed = scan_seed(cfg.runtime.seed, index)
     mask = None if scan.mask is None else xp.asarray(scan.mask)
     counts = xp.asarray(scan.counts)
