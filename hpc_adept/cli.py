@@ -50,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE",
                        help="override config keys (dotted, values parsed as YAML); repeatable")
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    p = sub.add_parser("report", help="HTML/Markdown report of a run directory")
-    p.add_argument("run_dir", help="run directory")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    for name, (help_text, add_arguments, _) in TOOLS.items():
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
 
@@ -146,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ctx = get_context()
     setup_logging(ctx.rank, ctx.size)
-    if args.command == "report":  # rank 0 reads files and writes the report: no agreement
-        _, problem = _checked(ctx, args.debug, _report, args.run_dir, ctx)
+    if args.command in TOOLS:  # rank 0 reads files (and writes): no agreement needed
+        _, problem = _checked(ctx, args.debug, TOOLS[args.command][2], args, ctx)
         if problem is not None and ctx.is_root:
             print(f"adept: error{problem[1]}", file=sys.stderr)
         return problem[0] if problem else 0
@@ -276,14 +277,66 @@ def _timed_run(stage: Stage, cfg: Config, ctx: Any, plan: StagePlan, device: Any
                             cfg.to_yaml())
 
 
-def _report(run_dir: str, ctx) -> int:
+def _report(args: argparse.Namespace, ctx: Any) -> None:
     """``adept report RUN_DIR``: written by rank 0 (it reads files only)."""
     if ctx.is_root:
         from hpc_adept.report.document import write_report
 
-        html_path, md_path = write_report(run_dir)
+        html_path, md_path = write_report(args.run_dir)
         log.info("report: wrote %s and %s", html_path, md_path)
-    return 0
+
+
+def _export(args: argparse.Namespace, ctx: Any) -> None:
+    """``adept export RUN_DIR --format F``: the run's volumes for viewers, by rank 0."""
+    if ctx.is_root:
+        from hpc_adept.io.export import export_run
+
+        for path in export_run(args.run_dir, args.format, args.out):
+            log.info("export: wrote %s", path)
+
+
+def _inspect(args: argparse.Namespace, ctx: Any) -> None:
+    """``adept inspect PATH``: what a data set holds (rank 0 prints it), nothing run."""
+    if ctx.is_root:
+        import yaml
+
+        from hpc_adept.io.formats import inspect
+
+        supplied = {}
+        for item in (i for group in args.supplied for i in group):
+            key, sep, value = item.partition("=")
+            if not sep or not key.isidentifier():
+                raise ConfigError(f"adept inspect --set: expected KEY=VALUE, got {item!r}")
+            supplied[key] = yaml.safe_load(value)
+        sys.stdout.write(inspect(args.path, **supplied))
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory (its volume_*.h5 are exported)")
+    p.add_argument("--format", required=True, choices=("ome-zarr", "tiff"),
+                   help="ome-zarr (napari, NGFF 0.4) or tiff (ImageJ hyperstack, Fiji)")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/export)")
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a data file or directory (any supported format)")
+    p.add_argument("--set", dest="supplied", nargs="+", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="values the files lack, e.g. laminography_angle_deg=61 energy_ev=6200")
+
+
+#: Commands that read files on rank 0 only: name -> (help, arguments, run).
+TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {
+    "report": ("HTML/Markdown report of a run directory", _report_arguments, _report),
+    "export": ("the run's volumes as OME-Zarr (napari) or ImageJ TIFF (Fiji)",
+               _export_arguments, _export),
+    "inspect": ("what a data set holds (frames, energy, positions, angles), nothing run",
+                _inspect_arguments, _inspect),
+}
 
 
 def _check_output_dir(path: str) -> None:

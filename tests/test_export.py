@@ -90,3 +90,24 @@ def test_export_run_writes_every_method(tmp_path):
     (run / "volume_bad.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError):
         export_run(run, "ome-zarr", out_dir=tmp_path / "out")
+
+
+def test_adept_export_command(tmp_path, capsys):
+    """`adept export RUN --format tiff` writes RUN/export/volume_<method>.tif; a run without
+    volumes is one error line, exit 2, nothing written."""
+    from hpc_adept.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_volume(run / "volume_fbp.h5", _volume((8, 9, 10)), voxel_size_m=27.2e-9)
+    assert main(["export", str(run), "--format", "tiff"]) == 0
+    assert (run / "export" / "volume_fbp.tif").is_file()
+    assert main(["export", str(run), "--format", "ome-zarr", "--out", str(tmp_path / "z")]) == 0
+    assert (tmp_path / "z" / "volume_fbp.ome.zarr" / ".zattrs").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(["export", str(empty), "--format", "tiff"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no volume_" in err[0]
+    assert not (empty / "export").exists()

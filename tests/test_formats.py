@@ -702,3 +702,19 @@ def test_inspect_projections(tmp_path):
         f["/reconstruction/p/angle"] = 0.0  # not read: PtychoShelves keeps no angle
     text = inspect(tmp_path / "S1_recons.h5", angles_deg=[10.0])
     assert "projections: 1" in text and "rotation angles: 100..100 deg" in text
+
+
+def test_adept_inspect_command(tmp_path, capsys):
+    """`adept inspect PATH --set ...` prints what was read; a bad path is one line, exit 2."""
+    from hpc_adept.cli import main
+
+    folder = tmp_path / "scan"
+    write_foldslice(folder, _scan())
+    assert main(["inspect", str(folder), "--set", "laminography_angle_deg=61"]) == 0
+    out = capsys.readouterr().out
+    assert "foldslice-prepared" in out and "61" in out
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "nothing_here")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adept: error")
+    assert main(["inspect", str(folder), "--set", "no_equals_sign"]) == 2
