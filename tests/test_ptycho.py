@@ -175,6 +175,23 @@ def test_scatter_add_loop_and_indexed_agree_for_one_mode_windows():
     assert np.count_nonzero(looped) > 0
 
 
+def test_indexed_gather_at_paper_size_where_window_offsets_pass_2_to_the_31():
+    """Issue 22: the GPU gathers windows through explicit indices. At the paper's size (a
+    773^2 object, 512^2 frames) the all-windows view spans 262^2 x 512^2 = 1.8e10 > 2^31
+    elements, which CuPy builds with the as_strided indexing bug get wrong; the indexed path
+    never forms it, and equals the host's strided gather."""
+    height, frame = 773, 512
+    assert (height - frame + 1) ** 2 * frame**2 > 2**31
+    rng = np.random.default_rng(7)
+    image = (rng.standard_normal((height, height))
+             + 1j * rng.standard_normal((height, height))).astype(np.complex64)
+    starts = np.array([[0, 0], [261, 261], [130, 7], [261, 0]])
+    indexed = lsqml.gather_patches_indexed(image, starts, frame)
+    np.testing.assert_array_equal(indexed, lsqml.gather_patches(image, starts, frame))
+    np.testing.assert_array_equal(indexed[1], image[261:, 261:])
+    assert lsqml.patch_indices(starts, (frame, frame), height).max() == height**2 - 1
+
+
 @pytest.mark.parametrize("mode", ["sparse", "compact"])
 def test_batches_partition_positions(mode: str):
     rng = np.random.default_rng(0)
