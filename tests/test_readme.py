@@ -25,11 +25,14 @@ def test_the_readme_python_example_runs():
     assert projections.shape == (90, 32, 48) and estimate.shape == volume.shape
     y = torch.randn_like(projections)
     x = torch.randn_like(volume)
-    geometry, project, backproject = names["geometry"], names["project"], names["backproject"]
-    lhs = float(torch.sum(project(x, geometry) * y))
-    rhs = float(torch.sum(x * backproject(y, geometry)))
+    op = names["op"]
+    lhs = float(torch.sum(op.forward(x) * y))
+    rhs = float(torch.sum(x * op.adjoint(y)))
     assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
     energy = float(torch.sum(projections * projections))  # <Ax, Ax> = <x, A^T A x>
     assert abs(energy - float(torch.sum(volume * adjoint))) <= 1e-10 * energy
     inside = np.corrcoef(estimate.numpy().ravel(), volume.numpy().ravel())[0, 1]
     assert inside > 0.5  # FBP finds the line
+    half = names["first_half"]
+    assert half.range_shape == (45, 32, 48)
+    torch.testing.assert_close(half.forward(volume), projections[:45])
