@@ -306,6 +306,67 @@ def test_stop_and_resume_reach_the_uninterrupted_result(tmp_path):
     np.testing.assert_array_equal(resumed.volume, straight.volume)
 
 
+def test_guard_verdicts():
+    from hpc_adept.dip.guard import RollbackGuard, Verdict
+
+    guard = RollbackGuard(_dip(guard_jump=4.0, guard_max_rollbacks=1))
+    nan = float("nan")
+    assert guard.verdict(1.0, np.inf, 0, 0) is Verdict.ACCEPT  # the first step
+    assert guard.verdict(5.0, 1.0, 0, 3) is Verdict.ACCEPT  # a jump, but no snapshot yet
+    assert guard.verdict(nan, 1.0, 0, 3) is Verdict.GIVE_UP
+    guard.snapshot = {"iteration": 2}
+    assert guard.verdict(3.9, 1.0, 0, 3) is Verdict.ACCEPT
+    assert guard.verdict(4.1, 1.0, 0, 3) is Verdict.ROLL_BACK
+    assert guard.verdict(nan, 1.0, 0, 3) is Verdict.ROLL_BACK
+    assert guard.verdict(4.1, 1.0, 1, 3) is Verdict.ACCEPT  # no rollback left
+    assert guard.verdict(nan, 1.0, 1, 3) is Verdict.GIVE_UP
+    off = RollbackGuard(_dip(guard=False))
+    assert off.verdict(100.0, 1.0, 0, 3) is Verdict.ACCEPT
+    with pytest.raises(DataError, match="loss is inf at iteration 7"):
+        off.verdict(float("inf"), 1.0, 0, 7)
+
+
+def test_data_terms_follow_the_decomposition():
+    from hpc_adept.dip.shard import NoAngles, OwnAngles, SlabAngles, plan_data_terms
+    from hpc_adept.dip.trainer import default_projector
+
+    _, shard = _tiny_problem(n_angles=6)
+    assert [type(t) for t in plan_data_terms(shard, None, default_projector)] == [OwnAngles]
+    # this rank holds angles 0, 1 of 6; groups of angles_per_step=2: {0, 3}, {1, 4}, {2, 5}
+    mine = ShardData(shard.targets[:2], shard.geometry.subset(slice(0, 2)), np.arange(2), 6,
+                     shard.tv_weights)
+    terms = plan_data_terms(mine, 2, default_projector)
+    assert [type(t) for t in terms] == [OwnAngles, OwnAngles, NoAngles]
+    assert terms[0].scale == pytest.approx(3.0) and len(terms[0].targets) == 1
+    # volume split: the slab is projected for the group's angles, this rank scores its own
+    slab = ShardData(shard.targets[2:4], shard.geometry.slab(0, 4), np.arange(2, 4), 6,
+                     shard.tv_weights[:4], slab=(0, 4, 8))
+    terms = plan_data_terms(slab, 2, default_projector)
+    assert all(isinstance(t, SlabAngles) for t in terms)
+    # angles 2, 3 here: 3 is row 1 of group {0, 3}, none is in {1, 4}, 2 is row 0 of {2, 5}
+    assert [t.scored.tolist() for t in terms] == [[1], [], [0]]
+
+
+def test_the_trainer_projects_through_its_projector():
+    from hpc_adept.dip import DipTrainer
+    from hpc_adept.dip.trainer import default_projector
+
+    truth, shard = _tiny_problem()
+    geometries = []
+
+    def counting(geometry):
+        geometries.append(geometry)
+        return default_projector(geometry)
+
+    model, noise = _model_and_noise(truth.shape)
+    hooked = DipTrainer(model, noise, shard, _dip(iterations=3, angles_per_step=3),
+                        projector=counting).fit()
+    assert [g.n_angles for g in geometries] == [3, 3]  # one projection per angle group
+    model, noise = _model_and_noise(truth.shape)
+    plain = train_dip(model, noise, shard, _dip(iterations=3, angles_per_step=3))
+    np.testing.assert_array_equal(hooked.volume, plain.volume)
+
+
 def test_checkpoints_keep_two_and_refuse_a_different_problem(tmp_path):
     state = {"iteration": 0, "fingerprint": fingerprint({"a": 1}, np.ones(3)),
              "model": {"w": torch.ones(2)}, "history": {"loss": [1.0, 0.5]}}
