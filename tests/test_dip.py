@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,10 @@ import pytest
 import torch
 import yaml
 
-from hpc_adept.config import load_config
+from hpc_adept.config import DipConfig, load_config
 from hpc_adept.dip import (
     DipNetwork,
     ShardData,
-    TrainSettings,
     count_parameters,
     data_loss,
     emphasise,
@@ -43,6 +43,12 @@ from hpc_adept.lamino import Geometry, backproject, project
 from .conftest import REPO, adept, mpiexec_path, run_cmd
 
 TINY_NET = {"in_channels": 4, "channels": [4, 8], "strides": [2, 1], "skip_channels": 2}
+
+
+def _dip(**changes) -> DipConfig:
+    """The dip section these trainer tests were written for: lr 2e-4 and no periodic
+    checkpoint (the config's defaults are 1e-3 and 100), then ``changes``."""
+    return replace(DipConfig(), **{"lr": 2e-4, "checkpoint_every": 0, **changes})
 
 
 # ----------------------------------------------------------------------------- network
@@ -93,7 +99,7 @@ def test_gpu_bf16_and_checkpointing_train():
     torch.manual_seed(0)
     model = DipNetwork(4, (4, 8), (2, 1), 2, activation_checkpointing=True).to(device)
     noise = make_input_noise(4, truth.shape, 0.1, torch.Generator().manual_seed(1)).to(device)
-    result = train_dip(model, noise, shard, TrainSettings(iterations=30, lr=3e-3, bf16=True))
+    result = train_dip(model, noise, shard, _dip(iterations=30, lr=3e-3, bf16=True))
     assert np.isfinite(result.volume).all()
     assert result.best_loss < 0.5 * result.history["loss"][0]
 
@@ -218,7 +224,7 @@ def _model_and_noise(shape, seed: int = 0):
 def test_training_reduces_the_loss_and_returns_the_best_state():
     truth, shard = _tiny_problem()
     model, noise = _model_and_noise(truth.shape)
-    result = train_dip(model, noise, shard, TrainSettings(iterations=40, lr=3e-3))
+    result = train_dip(model, noise, shard, _dip(iterations=40, lr=3e-3))
     loss = np.array(result.history["loss"])
     assert len(loss) == 40 and loss[-5:].min() < 0.2 * loss[0]
     assert result.best_loss == pytest.approx(loss.min())
@@ -235,10 +241,10 @@ def test_training_reduces_the_loss_and_returns_the_best_state():
 def test_angle_groups_cover_the_angles_and_estimate_the_full_loss():
     truth, shard = _tiny_problem(n_angles=6)
     model, noise = _model_and_noise(truth.shape)
-    full = train_dip(model, noise, shard, TrainSettings(iterations=1, guard=False))
+    full = train_dip(model, noise, shard, _dip(iterations=1, guard=False))
     model, noise = _model_and_noise(truth.shape)
     halves = train_dip(model, noise, shard,
-                       TrainSettings(iterations=2, guard=False, angles_per_step=3))
+                       _dip(iterations=2, guard=False, angles_per_step=3))
     # same initial network: half the angles x 2 estimates the full data term
     assert halves.history["data"][0] == pytest.approx(full.history["data"][0], rel=0.3)
     assert halves.history["data"][0] != pytest.approx(full.history["data"][0], rel=1e-6)
@@ -256,7 +262,7 @@ def test_guard_rolls_back_a_blow_up_and_lowers_the_rate():
                 model.head.weight.mul_(-300.0)
                 model.head.bias.fill_(50.0)
 
-    settings = TrainSettings(iterations=20, lr=2e-3, guard_snapshot_every=5, guard_jump=3.0)
+    settings = _dip(iterations=20, lr=2e-3, guard_snapshot_every=5, guard_jump=3.0)
     result = train_dip(model, noise, shard, settings, on_iteration=sabotage)
     assert result.history["rollbacks"] and result.history["rollbacks"][0] == [12, 10]
     lrs = result.history["lr"]
@@ -266,7 +272,7 @@ def test_guard_rolls_back_a_blow_up_and_lowers_the_rate():
     # without the guard, the sabotage is accepted and the loss history shows the jump
     model, noise = _model_and_noise(truth.shape)
     sabotaged.clear()
-    unguarded = train_dip(model, noise, shard, TrainSettings(iterations=20, lr=2e-3,
+    unguarded = train_dip(model, noise, shard, _dip(iterations=20, lr=2e-3,
                                                              guard=False),
                           on_iteration=sabotage)
     assert not unguarded.history["rollbacks"]
@@ -276,7 +282,7 @@ def test_guard_rolls_back_a_blow_up_and_lowers_the_rate():
 def test_stop_and_resume_reach_the_uninterrupted_result(tmp_path):
     truth, shard = _tiny_problem()
     model, noise = _model_and_noise(truth.shape)
-    settings = TrainSettings(iterations=14, lr=2e-3, guard_snapshot_every=4)
+    settings = _dip(iterations=14, lr=2e-3, guard_snapshot_every=4)
     straight = train_dip(model, noise, shard, settings)
 
     saved = []
@@ -298,6 +304,67 @@ def test_stop_and_resume_reach_the_uninterrupted_result(tmp_path):
     assert resumed.next_iteration == 14 and not resumed.stopped
     np.testing.assert_array_equal(resumed.history["loss"], straight.history["loss"])
     np.testing.assert_array_equal(resumed.volume, straight.volume)
+
+
+def test_guard_verdicts():
+    from hpc_adept.dip.guard import RollbackGuard, Verdict
+
+    guard = RollbackGuard(_dip(guard_jump=4.0, guard_max_rollbacks=1))
+    nan = float("nan")
+    assert guard.verdict(1.0, np.inf, 0, 0) is Verdict.ACCEPT  # the first step
+    assert guard.verdict(5.0, 1.0, 0, 3) is Verdict.ACCEPT  # a jump, but no snapshot yet
+    assert guard.verdict(nan, 1.0, 0, 3) is Verdict.GIVE_UP
+    guard.snapshot = {"iteration": 2}
+    assert guard.verdict(3.9, 1.0, 0, 3) is Verdict.ACCEPT
+    assert guard.verdict(4.1, 1.0, 0, 3) is Verdict.ROLL_BACK
+    assert guard.verdict(nan, 1.0, 0, 3) is Verdict.ROLL_BACK
+    assert guard.verdict(4.1, 1.0, 1, 3) is Verdict.ACCEPT  # no rollback left
+    assert guard.verdict(nan, 1.0, 1, 3) is Verdict.GIVE_UP
+    off = RollbackGuard(_dip(guard=False))
+    assert off.verdict(100.0, 1.0, 0, 3) is Verdict.ACCEPT
+    with pytest.raises(DataError, match="loss is inf at iteration 7"):
+        off.verdict(float("inf"), 1.0, 0, 7)
+
+
+def test_data_terms_follow_the_decomposition():
+    from hpc_adept.dip.shard import NoAngles, OwnAngles, SlabAngles, plan_data_terms
+    from hpc_adept.dip.trainer import default_projector
+
+    _, shard = _tiny_problem(n_angles=6)
+    assert [type(t) for t in plan_data_terms(shard, None, default_projector)] == [OwnAngles]
+    # this rank holds angles 0, 1 of 6; groups of angles_per_step=2: {0, 3}, {1, 4}, {2, 5}
+    mine = ShardData(shard.targets[:2], shard.geometry.subset(slice(0, 2)), np.arange(2), 6,
+                     shard.tv_weights)
+    terms = plan_data_terms(mine, 2, default_projector)
+    assert [type(t) for t in terms] == [OwnAngles, OwnAngles, NoAngles]
+    assert terms[0].scale == pytest.approx(3.0) and len(terms[0].targets) == 1
+    # volume split: the slab is projected for the group's angles, this rank scores its own
+    slab = ShardData(shard.targets[2:4], shard.geometry.slab(0, 4), np.arange(2, 4), 6,
+                     shard.tv_weights[:4], slab=(0, 4, 8))
+    terms = plan_data_terms(slab, 2, default_projector)
+    assert all(isinstance(t, SlabAngles) for t in terms)
+    # angles 2, 3 here: 3 is row 1 of group {0, 3}, none is in {1, 4}, 2 is row 0 of {2, 5}
+    assert [t.scored.tolist() for t in terms] == [[1], [], [0]]
+
+
+def test_the_trainer_projects_through_its_projector():
+    from hpc_adept.dip import DipTrainer
+    from hpc_adept.dip.trainer import default_projector
+
+    truth, shard = _tiny_problem()
+    geometries = []
+
+    def counting(geometry):
+        geometries.append(geometry)
+        return default_projector(geometry)
+
+    model, noise = _model_and_noise(truth.shape)
+    hooked = DipTrainer(model, noise, shard, _dip(iterations=3, angles_per_step=3),
+                        projector=counting).fit()
+    assert [g.n_angles for g in geometries] == [3, 3]  # one projection per angle group
+    model, noise = _model_and_noise(truth.shape)
+    plain = train_dip(model, noise, shard, _dip(iterations=3, angles_per_step=3))
+    np.testing.assert_array_equal(hooked.volume, plain.volume)
 
 
 def test_checkpoints_keep_two_and_refuse_a_different_problem(tmp_path):
@@ -328,12 +395,12 @@ def test_resuming_a_longer_training_at_k_equals_a_run_of_k(tmp_path):
     """Nothing in the training depends on the total iteration count (the learning rate
     falls in steps of lr_step), so a checkpoint of a longer run serves a shorter one."""
     truth, shard = _tiny_problem()
-    short = TrainSettings(iterations=10, lr=2e-3, lr_step=4, lr_gamma=0.5,
+    short = _dip(iterations=10, lr=2e-3, lr_step=4, lr_gamma=0.5,
                           guard_snapshot_every=4)
     model, noise = _model_and_noise(truth.shape)
     straight = train_dip(model, noise, shard, short)
     model, noise = _model_and_noise(truth.shape)
-    longer = TrainSettings(**{**short.__dict__, "iterations": 14, "checkpoint_every": 5})
+    longer = replace(short, iterations=14, checkpoint_every=5)
     train_dip(model, noise, shard, longer, save_checkpoint=lambda s: save_checkpoint(
         tmp_path, {**s, "fingerprint": "f"}))
     path, state = load_latest_checkpoint(tmp_path, "f", max_iteration=10)
@@ -722,5 +789,5 @@ def test_non_finite_loss_without_guard_stops_with_the_iteration():
                 model.head.weight.fill_(float("nan"))
 
     with pytest.raises(DataError, match=r"dip: loss is nan at iteration \d+ \(dip.guard is off"):
-        train_dip(model, noise, shard, TrainSettings(iterations=10, guard=False),
+        train_dip(model, noise, shard, _dip(iterations=10, guard=False),
                   on_iteration=poison)

@@ -19,23 +19,22 @@ from hpc_adept.dip.losses import (
     wavelet_emphasis,
 )
 from hpc_adept.dip.network import DipNetwork, count_parameters, make_input_noise
+from hpc_adept.dip.shard import ShardData, data_weight
 from hpc_adept.dip.trainer import (
     Communicator,
+    DipTrainer,
     SerialCommunicator,
-    ShardData,
     TrainResult,
-    TrainSettings,
-    data_weight,
     train_dip,
 )
 
 __all__ = [
     "Communicator",
     "DipNetwork",
+    "DipTrainer",
     "SerialCommunicator",
     "ShardData",
     "TrainResult",
-    "TrainSettings",
     "count_parameters",
     "data_loss",
     "data_weight",

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hpc_adept.config import DipConfig
+
 
 class SlabExchange(Protocol):
     """What a network computing one z slab needs from the other slabs."""
@@ -246,3 +248,25 @@ def make_input_noise(in_channels: int, shape: Sequence[int], scale: float,
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable values."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def network_from_config(d: DipConfig, seed: int) -> DipNetwork:
+    """The network of the ``dip`` section on the host, its weights drawn from ``seed``
+    (``runtime.seed``: the same initial network on every rank)."""
+    torch.manual_seed(seed)
+    return DipNetwork(d.in_channels, d.channels, d.strides, d.skip_channels,
+                      init_gain=d.init_gain, out_range=tuple(d.output_range),
+                      activation_checkpointing=d.activation_checkpointing)
+
+
+def input_from_config(d: DipConfig, volume_shape: Sequence[int], seed: int,
+                      z: range) -> torch.Tensor:
+    """The fixed input's slices ``z``, float32 ``[1, in_channels, len(z), ny, nx]`` on the
+    host.
+
+    The whole input is drawn (from ``seed + 1``) on every rank, then cut, so any split of
+    the volume sees the numbers of the one-process input.
+    """
+    noise = make_input_noise(d.in_channels, volume_shape, d.input_noise_scale,
+                             torch.Generator().manual_seed(seed + 1))
+    return noise[:, :, z.start:z.stop].contiguous()

@@ -14,16 +14,17 @@ Gradient all-reduce *averages* (DistributedDataParallel), so the gradient every 
 is ``grad(sum_r data_r + TV)``: the full loss, TV counted once. The reported loss is the
 sum of ``data_r`` over ranks (one scalar all-reduce, which also carries the stop flag) + TV.
 
-Guard (REFERENCE.md, "Measured notes on the DIP recipe"): a non-finite loss, or a loss above
-``guard_jump`` times the best loss so far, restores the last good snapshot (weights and
-optimiser state, taken every ``guard_snapshot_every`` iterations from states whose loss
-passed the check) and multiplies the learning rate by ``guard_lr_factor``. The returned
-volume is the one with the lowest loss seen, not merely the last.
+:class:`DipTrainer` splits one iteration into its parts: the step (:meth:`DipTrainer.step`:
+learning rate, input, forward, loss terms, backward, reduction over ranks), the guard's
+verdict (:mod:`hpc_adept.dip.guard`), the record (:class:`TrainingRecord`: history, best
+state, progress callback), the stop decision and the checkpoint (:meth:`DipTrainer.state_dict`,
+:meth:`DipTrainer.load_state`). The returned volume is the one with the lowest loss seen, not
+merely the last. The settings are the config's ``dip`` section (:class:`DipConfig`) as it
+is; only the seed of the input perturbation (``runtime.seed``) comes separately.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable
@@ -34,11 +35,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpc_adept.dip.losses import data_loss, tv_loss
-from hpc_adept.errors import DataError
+from hpc_adept.config import DipConfig
+from hpc_adept.dip.guard import RollbackGuard, Verdict
+from hpc_adept.dip.losses import tv_loss
+from hpc_adept.dip.shard import (
+    Forward,
+    Projector,
+    ShardData,
+    data_weight,
+    plan_data_terms,
+)
 from hpc_adept.lamino import Geometry, project
 
+__all__ = ["Communicator", "DipTrainer", "SerialCommunicator", "ShardData", "TrainResult",
+           "TrainingRecord", "data_weight", "default_projector", "input_jitter", "train_dip"]
+
 log = logging.getLogger(__name__)
+
+HISTORY_KEYS = ("iteration", "loss", "data", "tv", "lr")
 
 
 class Communicator(Protocol):
@@ -92,76 +106,34 @@ class SerialCommunicator:
         return volume
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings (see :class:`hpc_adept.config.DipConfig` for meanings)."""
+def default_projector(geometry: Geometry) -> Forward:
+    """The trainer's forward projection for ``geometry`` (the one place it is chosen).
 
-    iterations: int = 1500
-    lr: float = 2e-4
-    lr_step: int = 1000
-    lr_gamma: float = 0.5
-    betas: tuple[float, float] = (0.9, 0.999)
-    angles_per_step: int | None = None
-    input_perturbation: float = 0.0
-    bf16: bool = False
-    checkpoint_every: int = 0
-    guard: bool = True
-    guard_jump: float = 4.0
-    guard_lr_factor: float = 0.5
-    guard_max_rollbacks: int = 10
-    guard_snapshot_every: int = 10
-    seed: int = 0
-
-
-@dataclass
-class ShardData:
-    """This rank's share of the problem.
-
-    Attributes
-    ----------
-    targets : torch.Tensor, float32, [n_local, nv, nu]
-        The (emphasised) measured projections of this rank's angles, on the device.
-    geometry : Geometry or None
-        Geometry of these angles (None when the rank has none); with
-        ``slab``, the geometry of ALL angles for this rank's slab of the volume
-        (``Geometry.slab``).
-    global_index : ndarray, int, [n_local]
-        Index of each local angle in the full angle list.
-    n_total : int
-        Number of angles over all ranks.
-    tv_weights : torch.Tensor, float32, [nz]
-        Per-slice TV weights, on the device.
-    data_weight : float
-        Multiplies ``0.5 ||H x - y||^2``: 1 for the plain sum (ADePt eq. 1), ``2 / (number
-        of projection pixels over all angles)`` for the reference code's mean squared error
-        (see :func:`data_weight`).
-    slab : (start, stop, nz) or None
-        Volume decomposition: this rank computes the z slices ``start .. stop - 1`` of the
-        ``nz``, projects them for all angles and scores its ``global_index`` angles;
-        ``tv_weights`` are then the slab's. None: the whole volume (angles split).
+    Returns a callable volume [nz, ny, nx] -> projections [n_angles, nv, nu] (float32,
+    differentiable). Looked up when a trainer is built, so a test may wrap it
+    (tests/mpi/fail_in_dip.py).
     """
-
-    targets: torch.Tensor
-    geometry: Geometry | None
-    global_index: np.ndarray
-    n_total: int
-    tv_weights: torch.Tensor
-    data_weight: float = 1.0
-    slab: tuple[int, int, int] | None = None
+    return lambda volume: project(volume, geometry)
 
 
-def data_weight(kind: str, n_total: int, detector_shape: tuple[int, int]) -> float:
-    """Weight of ``0.5 ||H x - y||^2`` for ``kind`` ``sum`` (1) or ``mean`` (the MSE)."""
-    if kind == "sum":
-        return 1.0
-    if kind == "mean":
-        return 2.0 / (n_total * detector_shape[0] * detector_shape[1])
-    raise ValueError(f"unknown data term normalisation {kind!r} (sum, mean)")
+def input_jitter(shape: tuple[int, ...], slab: tuple[int, int, int] | None, seed: int,
+                 iteration: int) -> torch.Tensor:
+    """The input perturbation of ``iteration`` (unit std, on the host).
+
+    ``shape`` is the network input's [1, c_in, nz_local, ny, nx]; with ``slab`` (start,
+    stop, nz) the slab's part of the one-process perturbation, so any split draws the same
+    numbers.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    if slab is None:
+        return torch.randn(shape, generator=gen)
+    start, stop, nz = slab
+    return torch.randn((*shape[:2], nz, *shape[3:]), generator=gen)[:, :, start:stop]
 
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train_dip`.
+    """Outcome of :meth:`DipTrainer.fit` (and :func:`train_dip`).
 
     Attributes
     ----------
@@ -175,6 +147,8 @@ class TrainResult:
         Iterations completed (where a resume would continue).
     stopped : bool
         True when a stop request (SIGTERM) ended the run early.
+    final_volume : ndarray, float32, [nz, ny, nx] or None
+        The last forward pass's output (None when no step ran).
     """
 
     volume: np.ndarray
@@ -187,59 +161,70 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class _AngleGroup:
-    """The angles of one step, as this rank handles them.
+class StepOutcome:
+    """One step's result, summed over ranks.
 
-    ``geometry`` (None: nothing to project) is what the rank projects; ``scored`` selects
-    the rows of the (reduced) projections it compares with ``targets``; ``scale`` is the
-    data weight times ``n_total / n_group``.
+    Attributes
+    ----------
+    volume : torch.Tensor, float32, [nz, ny, nx]
+        This rank's network output (its slab with the volume split).
+    data, tv : float
+        Data and TV terms of the whole problem.
+    lr : float
+        The learning rate of the step.
+    stop : bool
+        Some rank was asked to stop.
     """
 
-    geometry: Geometry | None
-    targets: torch.Tensor | None
-    scale: float
-    scored: torch.Tensor | None = None
+    volume: torch.Tensor
+    data: float
+    tv: float
+    lr: float
+    stop: bool
+
+    @property
+    def total(self) -> float:
+        return self.data + self.tv
 
 
-def _group_plan(shard: ShardData, angles_per_step: int | None) -> list[_AngleGroup]:
-    """The angle groups used in turn, one step each.
+@dataclass
+class TrainingRecord:
+    """The history of accepted steps and the best state so far.
 
-    With ``angles_per_step = k`` the angles are dealt into ``ceil(n_total / k)`` interleaved
-    groups (``index % n_groups``), like the reference's alternating halves.
+    Attributes
+    ----------
+    history : dict of lists
+        :data:`HISTORY_KEYS` per accepted step, and ``rollbacks``.
+    best_loss, best_iteration : float, int
+    best_volume : torch.Tensor or None
+        The lowest-loss output (this rank's slab with the volume split), on the device.
     """
-    n_groups = 1 if not angles_per_step else max(1, math.ceil(shard.n_total / angles_per_step))
-    device = shard.targets.device
-    plan = []
-    for g in range(n_groups):
-        in_group = shard.global_index % n_groups == g
-        members = np.arange(g, shard.n_total, n_groups)
-        scale = shard.data_weight * shard.n_total / len(members)
-        mine = np.flatnonzero(in_group)
-        targets = shard.targets[torch.as_tensor(mine, device=device)]
-        if shard.slab is not None:
-            # the slab is projected for every angle of the group; this rank scores its own
-            scored = np.searchsorted(members, shard.global_index[mine])
-            plan.append(_AngleGroup(shard.geometry.subset(members), targets, scale,
-                                    torch.as_tensor(scored, device=device)))
-        elif shard.geometry is None or not len(mine):
-            plan.append(_AngleGroup(None, None, scale))
-        else:
-            plan.append(_AngleGroup(shard.geometry.subset(mine), targets, scale))
-    return plan
+
+    history: dict[str, list] = field(
+        default_factory=lambda: {k: [] for k in (*HISTORY_KEYS, "rollbacks")})
+    best_loss: float = math.inf
+    best_iteration: int = -1
+    best_volume: torch.Tensor | None = None
+
+    def add(self, iteration: int, step: StepOutcome) -> None:
+        """Record an accepted step (keeping its output when it is the best so far)."""
+        if step.total < self.best_loss:
+            self.best_loss, self.best_iteration = step.total, iteration
+            self.best_volume = step.volume.detach().clone()
+        for key, value in zip(HISTORY_KEYS, (iteration, step.total, step.data, step.tv,
+                                             step.lr), strict=True):
+            self.history[key].append(value)
+
+    @property
+    def rollbacks(self) -> int:
+        return len(self.history["rollbacks"])
 
 
-def _clone_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict())}
+def _never() -> bool:
+    return False
 
 
-def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
-              settings: TrainSettings, comm: Communicator | None = None, *,
-              stop_requested: Callable[[], bool] | None = None,
-              save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-              resume_state: dict[str, Any] | None = None,
-              on_iteration: Callable[[int, dict[str, float]], None] | None = None
-              ) -> TrainResult:
+class DipTrainer:
     """Fit the network so that the projections of its output match the targets.
 
     Parameters
@@ -251,166 +236,232 @@ def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData,
         ``shard.slab``: this rank's slices of it).
     shard : ShardData
         This rank's angles and targets.
-    settings : TrainSettings
+    dip : DipConfig
+        The config's ``dip`` section (iterations, learning rate schedule, Adam betas,
+        angle groups, input perturbation, bf16, checkpoint interval, guard).
     comm : Communicator, optional
         Distributed runtime (default: serial).
+    seed : int
+        Seed of the input perturbation (``runtime.seed``).
+    projector : callable, optional
+        Geometry -> forward projection (default :func:`default_projector`).
     stop_requested : callable, optional
         Polled every iteration on every rank; the flags are summed over ranks so all ranks
         stop at the same iteration, after writing a checkpoint.
     save_checkpoint : callable, optional
         Receives the checkpoint dict (only where files should be written, e.g. rank 0),
-        every ``settings.checkpoint_every`` iterations, at a stop and at the end. Its
+        every ``dip.checkpoint_every`` iterations, at a stop and at the end. Its
         ``best_volume`` is the whole volume (gathered from the slabs).
-    resume_state : dict, optional
-        A checkpoint dict to continue from.
     on_iteration : callable, optional
         Called with (iteration, {"loss", "data", "tv", "lr"}) after each accepted step.
-
-    Returns
-    -------
-    TrainResult
     """
-    comm = SerialCommunicator() if comm is None else comm
-    if stop_requested is None:  # not `or`: a StopFlag is falsy until it is set
-        stop_requested = lambda: False  # noqa: E731
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=settings.betas)
-    history: dict[str, list] = {k: [] for k in ("iteration", "loss", "data", "tv", "lr",
-                                                "rollbacks")}
-    it, lr_scale, best_loss, best_it = 0, 1.0, math.inf, -1
-    best_volume: torch.Tensor | None = None
-    snapshot: dict[str, Any] | None = None
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        it = int(resume_state["iteration"])
-        lr_scale = float(resume_state["lr_scale"])
-        best_loss, best_it = float(resume_state["best_loss"]), int(resume_state["best_iteration"])
-        if resume_state["best_volume"].numel():
-            best_volume = resume_state["best_volume"].to(noise.device)
-            if shard.slab is not None:
-                best_volume = best_volume[shard.slab[0]:shard.slab[1]]
-        history = {k: list(v) for k, v in resume_state["history"].items()}
-        snapshot = resume_state.get("snapshot")
-        if snapshot is not None:
-            snapshot = dict(snapshot)
-    net = comm.wrap(model)
-    groups = _group_plan(shard, settings.angles_per_step)
-    device = noise.device
-    use_bf16 = settings.bf16
 
-    def checkpoint(next_it: int) -> None:
-        # collective with the volume split (the slabs are gathered): called on every rank
-        if shard.slab is None and save_checkpoint is None:
-            return
-        best = (comm.gather_volume(best_volume.detach()).cpu() if best_volume is not None
-                else torch.zeros(0))
-        if save_checkpoint is not None:
-            save_checkpoint({"iteration": next_it, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "lr_scale": lr_scale,
-                             "best_loss": best_loss, "best_iteration": best_it,
-                             "best_volume": best, "history": history, "snapshot": snapshot,
-                             "torch_rng": torch.get_rng_state()})
+    def __init__(self, model: nn.Module, noise: torch.Tensor, shard: ShardData,
+                 dip: DipConfig, comm: Communicator | None = None, *, seed: int = 0,
+                 projector: Projector | None = None,
+                 stop_requested: Callable[[], bool] | None = None,
+                 save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 on_iteration: Callable[[int, dict[str, float]], None] | None = None
+                 ) -> None:
+        self.model, self.noise, self.shard, self.dip, self.seed = model, noise, shard, dip, seed
+        self.comm = SerialCommunicator() if comm is None else comm
+        # not `or`: a StopFlag is falsy until it is set
+        self.stop_requested = _never if stop_requested is None else stop_requested
+        self.save_checkpoint = save_checkpoint
+        self.on_iteration = on_iteration
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=dip.lr, betas=dip.betas)
+        self.guard = RollbackGuard(dip)
+        self.record = TrainingRecord()
+        self.data_terms = plan_data_terms(shard, dip.angles_per_step,
+                                          projector or default_projector)
+        self.iteration = 0
+        self.lr_scale = 1.0
+        self.stopped = False
+        self.net: nn.Module = model
+        self.last_volume: torch.Tensor | None = None
 
-    stopped = False
-    volume = None
-    while it < settings.iterations:
-        # Only the iteration, never settings.iterations, may shape a step: a checkpoint of
-        # a longer run then serves a shorter one (stages/recon.py, dip_settings).
-        lr = settings.lr * settings.lr_gamma ** (it // settings.lr_step) * lr_scale
-        for group in optimizer.param_groups:
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume_state: dict[str, Any] | None = None) -> TrainResult:
+        """Train to ``dip.iterations`` (from ``resume_state``, a checkpoint dict, if given)."""
+        if resume_state is not None:
+            self.load_state(resume_state)
+        self.net = self.comm.wrap(self.model)  # after loading: DDP starts from these weights
+        while self.iteration < self.dip.iterations and self._advance():
+            pass
+        return self._result()
+
+    def _advance(self) -> bool:
+        """One iteration: step, verdict, roll back or record; False ends the training."""
+        step = self.step()
+        verdict = self.guard.verdict(step.total, self.record.best_loss, self.record.rollbacks,
+                                     self.iteration)
+        if verdict is Verdict.GIVE_UP:
+            log.warning("dip: loss not finite at iteration %d and no rollback left: stopping "
+                        "with the best state (iteration %d)", self.iteration,
+                        self.record.best_iteration)
+            return False
+        if verdict is Verdict.ROLL_BACK:
+            self._roll_back(step)
+            return not self._stop(step.stop)
+        self._accept(step)
+        if self._stop(step.stop):
+            log.info("dip: stopped at iteration %d, checkpoint written", self.iteration)
+            return False
+        if self._checkpoint_due():
+            self.checkpoint()
+        return True
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> StepOutcome:
+        """Forward, loss terms, backward and the sums over ranks of iteration
+        ``self.iteration`` (the optimiser has not stepped yet)."""
+        it = self.iteration
+        lr = self._set_learning_rate(it)
+        volume = self._forward(self._net_input(it))
+        self.last_volume = volume
+        data = self.data_terms[it % len(self.data_terms)](volume, self.comm)
+        tv = tv_loss(volume, self.shard.tv_weights)
+        self._backward(data, tv)
+        return self._reduce(volume, data, tv, lr)
+
+    def _set_learning_rate(self, iteration: int) -> float:
+        # Only the iteration, never dip.iterations, may shape a step: a checkpoint of a
+        # longer run then serves a shorter one (hpc_adept.dip.resume.dip_settings).
+        d = self.dip
+        lr = d.lr * d.lr_gamma ** (iteration // d.lr_step) * self.lr_scale
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        group = groups[it % len(groups)]
-        net_input = noise
-        if settings.input_perturbation > 0:
-            gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + it)
-            if shard.slab is None:
-                jitter = torch.randn(noise.shape, generator=gen)
-            else:  # the slab's part of the one-process perturbation
-                start, stop_z, nz = shard.slab
-                jitter = torch.randn((*noise.shape[:2], nz, *noise.shape[3:]),
-                                     generator=gen)[:, :, start:stop_z]
-            net_input = noise + settings.input_perturbation * jitter.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            volume = net(net_input)
+        return lr
+
+    def _net_input(self, iteration: int) -> torch.Tensor:
+        if self.dip.input_perturbation <= 0:
+            return self.noise
+        jitter = input_jitter(self.noise.shape, self.shard.slab, self.seed, iteration)
+        return self.noise + self.dip.input_perturbation * jitter.to(self.noise.device)
+
+    def _forward(self, net_input: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=net_input.device.type, dtype=torch.bfloat16,
+                            enabled=self.dip.bf16):
+            volume = self.net(net_input)
         if volume.dtype in (torch.bfloat16, torch.float16):
             volume = volume.float()  # the projector and the loss run in float32
-        if group.geometry is None:
-            data = volume.sum() * 0.0  # keeps every rank in the same backward for DDP
-        elif group.scored is None:
-            data = group.scale * data_loss(project(volume, group.geometry), group.targets)
-        else:  # volume split: sum the slabs' projections, score this rank's angles
-            predicted = comm.reduce_projections(project(volume, group.geometry))
-            data = group.scale * data_loss(predicted[group.scored], group.targets)
-        tv = tv_loss(volume, shard.tv_weights)
-        optimizer.zero_grad(set_to_none=True)
+        return volume
+
+    def _backward(self, data: torch.Tensor, tv: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         # Angles split: the model averages gradients over ranks, so the data term is
         # scaled by the rank count and TV (the same on every rank) counts once. Volume
         # split: gradients are summed, and data and TV are both this rank's parts.
-        data_factor = 1 if comm.splits_volume else comm.world_size
+        data_factor = 1 if self.comm.splits_volume else self.comm.world_size
         (data_factor * data + tv).backward()
-        comm.finish_gradients(model)
-        flags = torch.tensor([data.item(), tv.item(), 1.0 if stop_requested() else 0.0],
-                             dtype=torch.float64, device=device)
-        flags = comm.sum(flags).cpu()
-        tv_total = float(flags[1]) if comm.splits_volume else float(tv.item())
-        total = float(flags[0]) + tv_total
-        stop = bool(flags[2] > 0)
+        self.comm.finish_gradients(self.model)
 
-        if not settings.guard and not math.isfinite(total):
-            # every rank sees the same all-reduced loss, so all stop here together
-            raise DataError(f"dip: loss is {total} at iteration {it} (dip.guard is off; turn "
-                            f"it on to roll back, or lower dip.lr)")
-        jumped = best_loss < math.inf and total > settings.guard_jump * best_loss
-        if settings.guard and (not math.isfinite(total) or jumped):
-            if snapshot is None or len(history["rollbacks"]) >= settings.guard_max_rollbacks:
-                if not math.isfinite(total):
-                    log.warning("dip: loss not finite at iteration %d and no rollback left: "
-                                "stopping with the best state (iteration %d)", it, best_it)
-                    break
-            else:
-                log.warning("dip: loss %.4g at iteration %d (best %.4g): rolling back to "
-                            "iteration %d, learning rate x%g", total, it, best_loss,
-                            snapshot["iteration"], settings.guard_lr_factor)
-                model.load_state_dict(snapshot["model"])
-                # a copy: the optimiser may adopt the tensors and update them in place
-                optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
-                history["rollbacks"].append([it, int(snapshot["iteration"])])
-                lr_scale *= settings.guard_lr_factor
-                it = int(snapshot["iteration"])
-                if stop:
-                    stopped = True
-                    checkpoint(it)
-                    break
-                continue
-        elif not math.isfinite(total):
-            raise FloatingPointError(f"dip: loss not finite at iteration {it}")
+    def _reduce(self, volume: torch.Tensor, data: torch.Tensor, tv: torch.Tensor,
+                lr: float) -> StepOutcome:
+        """Sum data, TV (volume split: each rank holds a part) and the stop flags."""
+        flags = torch.tensor([data.item(), tv.item(), 1.0 if self.stop_requested() else 0.0],
+                             dtype=torch.float64, device=self.noise.device)
+        flags = self.comm.sum(flags).cpu()
+        tv_total = float(flags[1]) if self.comm.splits_volume else float(tv.item())
+        return StepOutcome(volume, float(flags[0]), tv_total, lr, bool(flags[2] > 0))
 
-        if settings.guard and it % settings.guard_snapshot_every == 0:
-            snapshot = {"iteration": it, **_clone_state(model, optimizer)}
-        if total < best_loss:
-            best_loss, best_it = total, it
-            best_volume = volume.detach().clone()
-        for key, value in (("iteration", it), ("loss", total), ("data", float(flags[0])),
-                           ("tv", tv_total), ("lr", lr)):
-            history[key].append(value)
-        optimizer.step()
-        it += 1
-        if on_iteration is not None:
-            on_iteration(it, {"loss": total, "data": float(flags[0]), "tv": tv_total,
-                              "lr": lr})
-        if stop:
-            stopped = True
-            checkpoint(it)
-            log.info("dip: stopped at iteration %d, checkpoint written", it)
-            break
-        if settings.checkpoint_every and (
-                it % settings.checkpoint_every == 0 or it == settings.iterations):
-            checkpoint(it)
+    # ------------------------------------------------------------------ after the step
+    def _roll_back(self, step: StepOutcome) -> None:
+        log.warning("dip: loss %.4g at iteration %d (best %.4g): rolling back to iteration "
+                    "%d, learning rate x%g", step.total, self.iteration, self.record.best_loss,
+                    self.guard.snapshot["iteration"], self.dip.guard_lr_factor)
+        back_to = self.guard.restore(self.model, self.optimizer)
+        self.record.history["rollbacks"].append([self.iteration, back_to])
+        self.lr_scale *= self.dip.guard_lr_factor
+        self.iteration = back_to
 
-    if best_volume is None:  # resumed at the end, or stopped before any step
-        with torch.no_grad():
-            best_volume = net(noise).float()
-    final = None if volume is None else comm.gather_volume(volume.detach()).cpu().numpy()
-    best = comm.gather_volume(best_volume.detach())
-    return TrainResult(best.cpu().numpy().astype(np.float32), best_it, best_loss, history,
-                       it, stopped, final)
+    def _accept(self, step: StepOutcome) -> None:
+        """Snapshot, record, take the optimiser step, report progress."""
+        self.guard.remember(self.iteration, self.model, self.optimizer)
+        self.record.add(self.iteration, step)
+        self.optimizer.step()
+        self.iteration += 1
+        if self.on_iteration is not None:
+            self.on_iteration(self.iteration, {"loss": step.total, "data": step.data,
+                                               "tv": step.tv, "lr": step.lr})
+
+    def _stop(self, requested: bool) -> bool:
+        """On a stop agreed by the ranks, checkpoint where the training stands."""
+        if requested:
+            self.stopped = True
+            self.checkpoint()
+        return requested
+
+    def _checkpoint_due(self) -> bool:
+        every = self.dip.checkpoint_every
+        return bool(every) and (self.iteration % every == 0
+                                or self.iteration == self.dip.iterations)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> None:
+        """Hand the state to ``save_checkpoint``.
+
+        Collective with the volume split (the slabs are gathered): call it on every rank.
+        """
+        if self.shard.slab is None and self.save_checkpoint is None:
+            return
+        state = self.state_dict()
+        if self.save_checkpoint is not None:
+            self.save_checkpoint(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict (tensors, numbers, lists; the whole best volume on the host).
+
+        Collective with the volume split.
+        """
+        r = self.record
+        best = (self.comm.gather_volume(r.best_volume.detach()).cpu()
+                if r.best_volume is not None else torch.zeros(0))
+        return {"iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "lr_scale": self.lr_scale,
+                "best_loss": r.best_loss, "best_iteration": r.best_iteration,
+                "best_volume": best, "history": r.history, "snapshot": self.guard.snapshot,
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint dict (this rank's slab of its best volume)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        self.lr_scale = float(state["lr_scale"])
+        best = None
+        if state["best_volume"].numel():
+            best = state["best_volume"].to(self.noise.device)
+            if self.shard.slab is not None:
+                best = best[self.shard.slab[0]:self.shard.slab[1]]
+        self.record = TrainingRecord({k: list(v) for k, v in state["history"].items()},
+                                     float(state["best_loss"]), int(state["best_iteration"]),
+                                     best)
+        snapshot = state.get("snapshot")
+        self.guard.snapshot = None if snapshot is None else dict(snapshot)
+
+    def _result(self) -> TrainResult:
+        best = self.record.best_volume
+        if best is None:  # resumed at the end, or stopped before any step
+            with torch.no_grad():
+                best = self.net(self.noise).float()
+        final = (None if self.last_volume is None
+                 else self.comm.gather_volume(self.last_volume.detach()).cpu().numpy())
+        best = self.comm.gather_volume(best.detach())
+        return TrainResult(best.cpu().numpy().astype(np.float32), self.record.best_iteration,
+                           self.record.best_loss, self.record.history, self.iteration,
+                           self.stopped, final)
+
+
+def train_dip(model: nn.Module, noise: torch.Tensor, shard: ShardData, dip: DipConfig,
+              comm: Communicator | None = None, *, seed: int = 0,
+              stop_requested: Callable[[], bool] | None = None,
+              save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+              resume_state: dict[str, Any] | None = None,
+              on_iteration: Callable[[int, dict[str, float]], None] | None = None
+              ) -> TrainResult:
+    """``DipTrainer(...).fit(resume_state)``: see :class:`DipTrainer` for the arguments."""
+    trainer = DipTrainer(model, noise, shard, dip, comm, seed=seed,
+                         stop_requested=stop_requested, save_checkpoint=save_checkpoint,
+                         on_iteration=on_iteration)
+    return trainer.fit(resume_state)

@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,11 @@ from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
 from hpc_adept.io.runfiles import stored_projection_shape
 from hpc_adept.parallel import ParallelContext, aligned_block_range, allreduce_sum, block_range
+
+if TYPE_CHECKING:  # torch and the DIP are imported where they run: the CLI's checks stay light
+    from hpc_adept.dip import ShardData, TrainResult
+    from hpc_adept.dip.resume import CheckpointSet
+    from hpc_adept.dip.sharding import DipLayout
 
 log = logging.getLogger(__name__)
 
@@ -283,25 +289,6 @@ def _plan_dip(cfg: Config) -> None:
         raise ConfigError(f"output.dir: {ckpt} exists and is not a directory")
 
 
-def dip_settings(cfg: Config) -> dict[str, object]:
-    """The settings that define a DIP problem (fingerprinted in its checkpoints).
-
-    Leaves out what may change between a run and its resume: the checkpoint interval, the
-    resume flag, the decomposition and the number of ranks, and the iteration count:
-    nothing in the training before iteration k depends on the total (the learning rate
-    falls in steps of ``lr_step``, the guard and the input perturbation go by the
-    iteration), so a checkpoint at k serves any run of ``dip.iterations >= k``. (A schedule
-    over the total count, e.g. cosine, would have to enter the fingerprint.)
-    """
-    d = cfg.dip.__dict__
-    skip = {"iterations", "checkpoint_every", "resume", "decomposition"}
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()
-                if k not in skip}
-    settings["seed"] = cfg.runtime.seed
-    settings["volume_shape"] = list(cfg.recon.volume_shape)
-    return settings
-
-
 def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
                     run_dir: Path) -> tuple[np.ndarray, dict[str, object]]:
     """Deep image prior over the ranks (angles or volume split); every rank gets the volume.
@@ -316,125 +303,103 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     StopRequested
         When a stop signal ended the training early (after the checkpoint was written).
     """
-    import torch
+    from hpc_adept.dip.network import count_parameters, input_from_config, network_from_config
 
-    from hpc_adept.dip import (
-        DipNetwork,
-        ShardData,
-        TrainSettings,
-        count_parameters,
-        data_weight,
-        emphasise,
-        fingerprint,
-        load_latest_checkpoint,
-        make_input_noise,
-        save_checkpoint,
-        train_dip,
-        tv_slice_weights,
-    )
+    layout, shard = _dip_shard(cfg, ps, ctx, device)
+    model = network_from_config(cfg.dip, cfg.runtime.seed).to(device)
+    noise = input_from_config(cfg.dip, cfg.recon.volume_shape, cfg.runtime.seed,
+                              layout.z).to(device)
+    log.info("dip: network with %d parameters, input %s, device %s",
+             count_parameters(model), list(noise.shape), device)
+    checkpoints = _dip_checkpoints(cfg, ps, ctx, run_dir, device)
+    result = _train_dip(cfg, ctx, device, layout, model, noise, shard, checkpoints)
+    return _dip_outputs(result, ctx, run_dir, checkpoints.directory, layout.by_volume)
+
+
+def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext,
+               device: object) -> tuple[DipLayout, ShardData]:
+    """This rank's angles and slab of the DIP problem, and its targets on ``device``."""
+    from hpc_adept.dip.sharding import build_shard, dip_layout, volume_tv_weights
+
+    d, shape = cfg.dip, tuple(cfg.recon.volume_shape)
+    by_volume = d.decomposition == "volume" and ctx.is_parallel
+    slab = dip_slab(cfg, ctx.size, ctx.rank) if by_volume else None
+    layout = dip_layout(len(ps.angles_deg), shape[0], ctx.size, ctx.rank, slab)
+    weights = volume_tv_weights(ps, d, shape[0])
+    shard = build_shard(ps, d, shape, layout, weights, device)
+    log.info("dip: %d angles (%d on rank 0), hpf %s, data term %s, TV weight per slice "
+             "from bottom %s ... top %s", len(ps.angles_deg), len(layout.angles), d.hpf,
+             d.data_term, weights[0], weights[-1])
+    if by_volume:
+        log.info("dip: volume split in z slabs, rank 0 computes slices %d-%d of %d",
+                 slab.start, slab.stop - 1, shape[0])
+    return layout, shard
+
+
+def _dip_checkpoints(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, run_dir: Path,
+                     device: object) -> CheckpointSet:
+    """The checkpoint set of this problem (prepared by rank 0) and the state every rank
+    resumes from (DataError when the ranks see different checkpoints)."""
     from hpc_adept.dip.checkpoint import checkpoint_set, prepare_checkpoint_set
-    from hpc_adept.io import write_json_atomic
-    from hpc_adept.lamino import Geometry
-    from hpc_adept.log import Progress
+    from hpc_adept.dip.resume import CheckpointSet, find_resume_state, problem_fingerprint
     from hpc_adept.parallel import barrier, bcast
+
+    fp = problem_fingerprint(cfg, ps)
+    ckpt_dir = checkpoint_set(run_dir / "checkpoints" / "dip", fp)
+    if ctx.is_root:  # the set of this problem, emptied with dip.resume=false
+        prepare_checkpoint_set(ckpt_dir.parent, fp, resume=cfg.dip.resume)
+    barrier(ctx)
+    found = CheckpointSet(ckpt_dir, fp, find_resume_state(ckpt_dir, fp, cfg.dip, device,
+                                                          explain=ctx.is_root))
+    root_start = bcast(ctx, found.start)
+    if root_start != found.start:
+        raise DataError(f"dip: rank {ctx.rank} sees checkpoint iteration {found.start} in "
+                        f"{ckpt_dir}, rank 0 sees {root_start} (output.dir must be shared)")
+    return found
+
+
+def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLayout,
+               model: object, noise: object, shard: ShardData,
+               checkpoints: CheckpointSet) -> TrainResult:
+    """Run the trainer on every rank, with progress, checkpoints (rank 0 writes) and the
+    collective stop on SIGTERM/SIGUSR1."""
+    from hpc_adept.dip import DipTrainer
+    from hpc_adept.log import Progress
     from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
     from hpc_adept.parallel.slabs import SlabCommunicator
     from hpc_adept.parallel.torchdist import destroy_torch_distributed
 
     d = cfg.dip
-    shape = tuple(cfg.recon.volume_shape)
-    n_total = len(ps.angles_deg)
-    detector = tuple(ps.projections.shape[1:])
-    full = Geometry(ps.angles_deg, ps.tilt_deg, shape, detector)
-    mine = block_range(n_total, ctx.size, ctx.rank)  # the angles this rank scores
-    local = ps.projections[mine.start:mine.stop]
-    # The emphasis acts per projection: each rank filters only its own shard.
-    targets = emphasise(local, d.hpf, d.hpf_wavelet, d.hpf_levels, d.hpf_gain) if len(mine) \
-        else np.zeros((0, *detector), np.float32)
-    weights = tv_slice_weights(shape[0], ps.pixel_size_m, d.tv_weights, d.tv_z_bounds_m)
-    log.info("dip: %d angles (%d on rank 0), hpf %s, data term %s, TV weight per slice "
-             "from bottom %s ... top %s", n_total, len(mine), d.hpf, d.data_term,
-             weights[0], weights[-1])
-    by_volume = d.decomposition == "volume" and ctx.is_parallel
-    if by_volume:
-        slab = dip_slab(cfg, ctx.size, ctx.rank)
-        z0, z1 = slab.start, slab.stop
-        geometry = full.slab(z0, z1)
-        log.info("dip: volume split in z slabs, rank 0 computes slices %d-%d of %d", z0,
-                 z1 - 1, shape[0])
-    else:
-        z0, z1 = 0, shape[0]
-        geometry = full.subset(slice(mine.start, mine.stop)) if len(mine) else None
-    shard = ShardData(
-        torch.from_numpy(targets).to(device), geometry,
-        np.arange(mine.start, mine.stop), n_total,
-        torch.from_numpy(weights[z0:z1]).float().to(device),
-        data_weight(d.data_term, n_total, detector),
-        slab=(z0, z1, shape[0]) if by_volume else None)
-
-    torch.manual_seed(cfg.runtime.seed)  # the same initial network on every rank
-    model = DipNetwork(d.in_channels, d.channels, d.strides, d.skip_channels,
-                       init_gain=d.init_gain, out_range=tuple(d.output_range),
-                       activation_checkpointing=d.activation_checkpointing).to(device)
-    # the full input drawn on every rank (the same numbers for any split), then the slab
-    noise = make_input_noise(d.in_channels, shape, d.input_noise_scale,
-                             torch.Generator().manual_seed(cfg.runtime.seed + 1))
-    noise = noise[:, :, z0:z1].contiguous().to(device)
-    log.info("dip: network with %d parameters, input %s, device %s",
-             count_parameters(model), list(noise.shape), device)
-
-    fp = fingerprint(dip_settings(cfg), np.asarray(ps.angles_deg), ps.projections,
-                     np.asarray([ps.tilt_deg, ps.pixel_size_m]))
-    ckpt_dir = checkpoint_set(run_dir / "checkpoints" / "dip", fp)
-    if ctx.is_root:  # the set of this problem, emptied with dip.resume=false
-        prepare_checkpoint_set(ckpt_dir.parent, fp, resume=d.resume)
-    barrier(ctx)
-    resume_state = None
-    if d.resume:
-        found = load_latest_checkpoint(ckpt_dir, fp, map_location=device,
-                                       max_iteration=d.iterations)
-        if found is not None:
-            path, resume_state = found
-            log.info("dip: resuming from %s (iteration %d of %d)", path,
-                     resume_state["iteration"], d.iterations)
-        elif ctx.is_root:
-            _log_fresh_start(ckpt_dir, d.iterations)
-    else:
-        log.info("dip: dip.resume is false: starting over from iteration 0")
-    start = int(resume_state["iteration"]) if resume_state is not None else 0
-    root_start = bcast(ctx, start)
-    if root_start != start:
-        raise DataError(f"dip: rank {ctx.rank} sees checkpoint iteration {start} in "
-                        f"{ckpt_dir}, rank 0 sees {root_start} (output.dir must be shared)")
-
-    settings = TrainSettings(
-        iterations=d.iterations, lr=d.lr, lr_step=d.lr_step, lr_gamma=d.lr_gamma,
-        betas=d.betas, angles_per_step=d.angles_per_step,
-        input_perturbation=d.input_perturbation, bf16=d.bf16,
-        checkpoint_every=d.checkpoint_every, guard=d.guard, guard_jump=d.guard_jump,
-        guard_lr_factor=d.guard_lr_factor, guard_max_rollbacks=d.guard_max_rollbacks,
-        guard_snapshot_every=d.guard_snapshot_every, seed=cfg.runtime.seed)
     if d.bf16 and device.type == "cpu" and cpu_has_native_bf16() is False:
         log.warning("dip.bf16: this CPU has no AVX512-BF16 or AMX, so bf16 convolutions "
                     "are emulated and may be slower than float32")
-    progress = Progress(max(1, d.iterations - start), "dip iterations", log)
+    progress = Progress(max(1, d.iterations - checkpoints.start), "dip iterations", log)
 
     def on_iteration(it: int, values: dict[str, float]) -> None:
         progress.update(extra=f"loss {values['loss']:.5g}, lr {values['lr']:.2g}")
 
-    def save(state: dict[str, object]) -> None:
-        save_checkpoint(ckpt_dir, {**state, "fingerprint": fp})
-
-    comm = (SlabCommunicator(ctx, device, shape[0], math.prod(d.strides)) if by_volume
+    comm = (SlabCommunicator(ctx, device, layout.nz, math.prod(d.strides)) if layout.by_volume
             else DdpCommunicator(ctx, device))
     with StopFlag() as stop:
-        result = train_dip(model, noise, shard, settings, comm, stop_requested=stop,
-                           save_checkpoint=save if ctx.is_root else None,
-                           resume_state=resume_state, on_iteration=on_iteration)
+        # no name holds the trainer (and its DDP-wrapped model) past the training: it is
+        # released before the process group it uses is torn down
+        result = DipTrainer(model, noise, shard, d, comm, seed=cfg.runtime.seed,
+                            stop_requested=stop, on_iteration=on_iteration,
+                            save_checkpoint=checkpoints.save if ctx.is_root else None,
+                            ).fit(checkpoints.resume_state)
     # Only after training ends on every rank: a failing rank that tore its process group
     # down while unwinding broke the others' all-reduce, and they could end the job (gloo
     # terminates the process) before this rank had printed its error; the CLI aborts instead.
     destroy_torch_distributed()
+    return result
+
+
+def _dip_outputs(result: TrainResult, ctx: ParallelContext, run_dir: Path, ckpt_dir: Path,
+                 by_volume: bool) -> tuple[np.ndarray, dict[str, object]]:
+    """Write ``dip_history.json`` and the loss curve (rank 0); the volume and its
+    attributes, or StopRequested when a stop ended the training."""
+    from hpc_adept.io import write_json_atomic
+
     history = {**result.history, "best_iteration": result.best_iteration,
                "best_loss": result.best_loss, "iterations_done": result.next_iteration,
                "stopped": result.stopped, "n_ranks": ctx.size}
@@ -453,19 +418,3 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
              "best_loss": result.best_loss, "iterations": result.next_iteration,
              "n_ranks": ctx.size, "decomposition": "volume" if by_volume else "angles"}
     return result.volume, attrs
-
-
-def _log_fresh_start(ckpt_dir: Path, iterations: int) -> None:
-    """Say why the DIP starts from iteration 0 although checkpoints may be at hand."""
-    from hpc_adept.dip import list_checkpoints
-    from hpc_adept.dip.checkpoint import checkpoint_sets
-
-    own = list_checkpoints(ckpt_dir)
-    others = [s for s in checkpoint_sets(ckpt_dir.parent) if s != ckpt_dir]
-    if own:
-        log.info("dip: the checkpoints of these settings are past dip.iterations=%d (first "
-                 "at iteration %d): starting from iteration 0", iterations, own[0][0])
-    elif others:
-        log.info("dip: no checkpoint for these settings and data (set %s): starting from "
-                 "iteration 0; the checkpoints of %d other setting(s) are kept in %s",
-                 ckpt_dir.name, len(others), ckpt_dir.parent)

@@ -7,14 +7,16 @@ Float64 throughout: in float32 the slabs' partial sums round differently, and Ad
 the rounding of near-zero gradients into full-size steps, so two float32 runs drift apart
 (~1e-3 after 15 steps) without either being wrong."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
+from hpc_adept.config import DipConfig
 from hpc_adept.dip import (
     DipNetwork,
     SerialCommunicator,
     ShardData,
-    TrainSettings,
     make_input_noise,
     train_dip,
 )
@@ -27,6 +29,8 @@ ctx = get_context()
 assert ctx.size >= 2, ctx
 torch.set_num_threads(1)
 STRIDES = (2, 2, 1)
+# no periodic checkpoint; lr 2e-4 unless set (the values this check was written for)
+DIP = replace(DipConfig(), lr=2e-4, checkpoint_every=0)
 
 
 def make_model(dtype=torch.float32):
@@ -69,8 +73,8 @@ for nz in (16, 13):  # 13: the last slab is shorter and odd
         targets = project(torch.from_numpy(truth).double(), geometry)
     weights = torch.linspace(1e-5, 2e-5, nz, dtype=torch.float64)
     for angles_per_step, jitter in ((None, 0.0), (4, 0.01)):
-        settings = TrainSettings(iterations=15, lr=2e-3, angles_per_step=angles_per_step,
-                                 input_perturbation=jitter)
+        settings = replace(DIP, iterations=15, lr=2e-3, angles_per_step=angles_per_step,
+                           input_perturbation=jitter)
         mine = block_range(n_angles, ctx.size, ctx.rank)
         shard = ShardData(targets[mine.start:mine.stop], geometry.slab(a, b),
                           np.arange(mine.start, mine.stop), n_angles, weights[a:b], 0.5,
@@ -95,7 +99,7 @@ def stop_on_rank1():
     return ctx.rank == 1 and len(calls) >= 3
 
 
-result = train_dip(make_model(), noise[:, :, a:b], shard, TrainSettings(iterations=20), comm,
+result = train_dip(make_model(), noise[:, :, a:b], shard, replace(DIP, iterations=20), comm,
                    stop_requested=stop_on_rank1)
 agree(result.stopped and result.next_iteration == 3, comm, "stop")
 destroy_torch_distributed()
