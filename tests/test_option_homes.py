@@ -24,9 +24,7 @@ from hpc_adept.config import AlignConfig, Config, PtychoConfig
 
 # Dataclasses another branch of the same issue replaces by their config section; an entry
 # is an error once the class is gone (delete it then).
-PENDING: dict[str, str] = {
-    "hpc_adept.dip.trainer.TrainSettings": "replaced by DipConfig (issue 17, helper trainer)",
-}
+PENDING: dict[str, str] = {}
 
 # Values a config key can hold; other defaults (callables, arrays) are not settings.
 SETTING_TYPES = (bool, int, float, str, tuple, type(None))

@@ -25,6 +25,7 @@ is; only the seed of the input perturbation (``runtime.seed``) comes separately.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from hpc_adept.dip.shard import (
     data_weight,
     plan_data_terms,
 )
-from hpc_adept.lamino import Geometry, project
+from hpc_adept.lamino import Geometry, LaminoOperator
 
 __all__ = ["Communicator", "DipTrainer", "SerialCommunicator", "ShardData", "TrainResult",
            "TrainingRecord", "data_weight", "default_projector", "input_jitter", "train_dip"]
@@ -106,14 +107,16 @@ class SerialCommunicator:
         return volume
 
 
-def default_projector(geometry: Geometry) -> Forward:
-    """The trainer's forward projection for ``geometry`` (the one place it is chosen).
+def default_projector(geometry: Geometry, kernel: str = "torch") -> Forward:
+    """The trainer's forward projection for ``geometry`` (the one place it is chosen): the
+    :class:`~hpc_adept.lamino.LaminoOperator` of ``geometry`` with ``kernel``
+    (``runtime.projector``).
 
     Returns a callable volume [nz, ny, nx] -> projections [n_angles, nv, nu] (float32,
     differentiable). Looked up when a trainer is built, so a test may wrap it
     (tests/mpi/fail_in_dip.py).
     """
-    return lambda volume: project(volume, geometry)
+    return LaminoOperator(geometry, kernel=kernel).forward
 
 
 def input_jitter(shape: tuple[int, ...], slab: tuple[int, int, int] | None, seed: int,
@@ -244,7 +247,9 @@ class DipTrainer:
     seed : int
         Seed of the input perturbation (``runtime.seed``).
     projector : callable, optional
-        Geometry -> forward projection (default :func:`default_projector`).
+        Geometry -> forward projection (default :func:`default_projector` with ``kernel``).
+    kernel : {'torch', 'triton'}
+        Projector kernel of the default projector (``runtime.projector``).
     stop_requested : callable, optional
         Polled every iteration on every rank; the flags are summed over ranks so all ranks
         stop at the same iteration, after writing a checkpoint.
@@ -258,7 +263,7 @@ class DipTrainer:
 
     def __init__(self, model: nn.Module, noise: torch.Tensor, shard: ShardData,
                  dip: DipConfig, comm: Communicator | None = None, *, seed: int = 0,
-                 projector: Projector | None = None,
+                 projector: Projector | None = None, kernel: str = "torch",
                  stop_requested: Callable[[], bool] | None = None,
                  save_checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  on_iteration: Callable[[int, dict[str, float]], None] | None = None
@@ -272,8 +277,9 @@ class DipTrainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=dip.lr, betas=dip.betas)
         self.guard = RollbackGuard(dip)
         self.record = TrainingRecord()
-        self.data_terms = plan_data_terms(shard, dip.angles_per_step,
-                                          projector or default_projector)
+        if projector is None:
+            projector = functools.partial(default_projector, kernel=kernel)
+        self.data_terms = plan_data_terms(shard, dip.angles_per_step, projector)
         self.iteration = 0
         self.lr_scale = 1.0
         self.stopped = False

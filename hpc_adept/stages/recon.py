@@ -384,7 +384,8 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
         # no name holds the trainer (and its DDP-wrapped model) past the training: it is
         # released before the process group it uses is torn down
         result = DipTrainer(model, noise, shard, d, comm, seed=cfg.runtime.seed,
-                            stop_requested=stop, on_iteration=on_iteration,
+                            kernel=cfg.runtime.projector, stop_requested=stop,
+                            on_iteration=on_iteration,
                             save_checkpoint=checkpoints.save if ctx.is_root else None,
                             ).fit(checkpoints.resume_state)
     # Only after training ends on every rank: a failing rank that tore its process group

@@ -16,8 +16,8 @@ original = trainer.default_projector
 calls = {"n": 0}
 
 
-def failing_projector(geometry):
-    forward = original(geometry)
+def failing_projector(geometry, **options):
+    forward = original(geometry, **options)
 
     def failing_forward(volume):
         calls["n"] += 1
