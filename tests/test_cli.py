@@ -300,7 +300,7 @@ def test_every_stage_follows_the_one_protocol():
     from hpc_adept.stages.registry import TABLE, run_stages
 
     sub = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert list(sub.choices) == [*TABLE, "report"]
+    assert list(sub.choices) == [*TABLE, *cli.TOOLS]  # the stages, then report, export, inspect
     assert [s.name for s in run_stages()] == ["ptycho", "align", "recon", "evaluate"]
     for stage in TABLE.values():
         plan, run = stage.functions()
