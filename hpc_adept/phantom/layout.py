@@ -92,6 +92,20 @@ def layout_boxes_3d(layout: Layout, tech: Technology) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 6))
 
 
+def layout_boxes_voxels(layout: Layout, tech: Technology, origin_um: Sequence[float],
+                        voxel_size_m: float) -> np.ndarray:
+    """:func:`layout_boxes_3d` in the voxel units of a crop whose voxel ``[:, 0, 0]`` starts
+    at ``origin_um`` (DEF coordinates, um), ``[n, 6]`` float64 ``(x0, y0, z0, x1, y1, z1)``."""
+    d_um = voxel_size_m * 1e6
+    boxes = layout_boxes_3d(layout, tech)
+    vox = np.empty_like(boxes)
+    x0, y0 = float(origin_um[0]), float(origin_um[1])
+    vox[:, [0, 3]] = (boxes[:, [0, 3]] - x0) / d_um
+    vox[:, [1, 4]] = (boxes[:, [1, 4]] - y0) / d_um
+    vox[:, [2, 5]] = boxes[:, [2, 5]] / d_um
+    return vox
+
+
 def _subvoxel_ranges(boxes_vox: np.ndarray, shape: Sequence[int], s: int) -> np.ndarray:
     """Sub-voxel index ranges covered by boxes (centre-inside rule), clipped.
 
@@ -213,13 +227,7 @@ def rasterise_layout(
         raise ValueError(f"voxel_size_m must be positive, got {voxel_size_m}")
     if len(shape) != 3 or len(origin_um) != 2:
         raise ValueError("shape must be (nz, ny, nx) and origin_um (x, y)")
-    d_um = voxel_size_m * 1e6
-    boxes = layout_boxes_3d(layout, tech)
-    vox = np.empty_like(boxes)
-    x0, y0 = float(origin_um[0]), float(origin_um[1])
-    vox[:, [0, 3]] = (boxes[:, [0, 3]] - x0) / d_um
-    vox[:, [1, 4]] = (boxes[:, [1, 4]] - y0) / d_um
-    vox[:, [2, 5]] = boxes[:, [2, 5]] / d_um
+    vox = layout_boxes_voxels(layout, tech, origin_um, voxel_size_m)
     return rasterise_boxes(vox, shape, supersample, max_slab_bytes)
 
 
@@ -346,13 +354,7 @@ def rasterise_circuit(layout: Layout, tech: Technology, origin_um: Sequence[floa
     vias : ndarray, int32, [nz, ny, nx]
         Via instance id of the cut metal at each voxel centre, 0 elsewhere.
     """
-    d_um = voxel_size_m * 1e6
-    boxes = layout_boxes_3d(layout, tech)
-    vox = np.empty_like(boxes)
-    x0, y0 = float(origin_um[0]), float(origin_um[1])
-    vox[:, [0, 3]] = (boxes[:, [0, 3]] - x0) / d_um
-    vox[:, [1, 4]] = (boxes[:, [1, 4]] - y0) / d_um
-    vox[:, [2, 5]] = boxes[:, [2, 5]] / d_um
+    vox = layout_boxes_voxels(layout, tech, origin_um, voxel_size_m)
     net_ids, via_ids = _layout_labels(layout, tech)
     return paint_labels(vox, net_ids, shape), paint_labels(vox, via_ids, shape)
 
