@@ -22,10 +22,10 @@ Definitions (issue 20), on a boolean metal volume ``[nz, ny, nx]``:
   the voxels that are metal in either (background is one more label on both sides):
   ``split = H(components | nets)`` (one net cut into several components), ``merge =
   H(nets | components)`` (several nets in one component); VI is their sum.
-- **Vias**, per cut layer: a true via is **recovered** when at least ``evaluate.via_min_fraction`` of
-  its voxels are reconstructed metal; recall = recovered / vias. Precision: of the components
-  of the reconstructed metal inside the cut layer's z range (specks left out), the share that
-  touch a true via of that layer.
+- **Vias**, per cut layer: a true via is **recovered** when at least
+  ``evaluate.via_min_fraction`` of its voxels are reconstructed metal; recall = recovered /
+  vias. Precision: of the components of the reconstructed metal inside the cut layer's z
+  range (specks left out), the share that touch a true via of that layer.
 - **Per metal layer**: the same opens and shorts, with segments and components taken inside
   the layer's z range only.
 
@@ -35,6 +35,7 @@ play the nets (:func:`reference_labels`); there are no via figures then.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -211,3 +212,93 @@ def reference_labels(reference_metal: np.ndarray,
                      criteria: EvaluateConfig = _DEFAULT) -> np.ndarray:
     """Net labels of a reference without labels: its own connected components."""
     return components(reference_metal, criteria)
+
+
+def _layer_vias(vias: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``vias`` with every id outside ``ids`` set to 0."""
+    return np.where(np.isin(vias, ids), vias, 0)
+
+
+def circuit_figures(metal: np.ndarray, nets: np.ndarray,
+                    vias: np.ndarray | None = None,
+                    metal_layers: Mapping[str, tuple[int, int]] | None = None,
+                    cut_layers: Mapping[str, tuple[tuple[int, int], np.ndarray]] | None = None,
+                    criteria: EvaluateConfig = _DEFAULT) -> dict:
+    """Every circuit figure of one binarised volume, as plain values.
+
+    Parameters
+    ----------
+    metal : ndarray of bool, [nz, ny, nx]
+    nets : ndarray of int, [nz, ny, nx]
+        True net labels (or :func:`reference_labels`).
+    vias : ndarray of int, [nz, ny, nx], optional
+        Via instance labels.
+    metal_layers : dict of str to (start, stop), optional
+        Slices of each metal layer (per-layer opens and shorts).
+    cut_layers : dict of str to ((start, stop), ids), optional
+        Slices and via ids (int array) of each cut layer (via recall and precision).
+
+    Returns
+    -------
+    dict
+        The :class:`Connectivity` fields, ``vi_split_bits``, ``vi_merge_bits``, and
+        ``vias`` / ``layers``: per cut layer the :class:`ViaScore` fields, per metal layer
+        the :class:`Connectivity` fields (NaN where undefined).
+    """
+    split, merge = variation_of_information(metal, nets, criteria)
+    out = {**dataclasses.asdict(connectivity_errors(metal, nets, criteria)),
+           "vi_split_bits": split, "vi_merge_bits": merge}
+    out["layers"] = {name: dataclasses.asdict(e) for name, e in
+                     layer_errors(metal, nets, metal_layers or {}, criteria).items()}
+    out["vias"] = {}
+    for name, (z_range, ids) in (cut_layers or {}).items():
+        if vias is not None and len(ids):
+            score = via_scores(metal, _layer_vias(vias, ids), z_range, criteria)
+            out["vias"][name] = dataclasses.asdict(score)
+    return out
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """(z, y, x) voxel nearest the centroid of the largest connected piece of ``mask``."""
+    pieces, n = ndimage.label(mask)
+    if n > 1:
+        mask = pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))
+    points = np.argwhere(mask)
+    nearest = np.argmin(((points - points.mean(axis=0)) ** 2).sum(axis=1))
+    return tuple(int(v) for v in points[nearest])
+
+
+def error_sites(metal: np.ndarray, nets: np.ndarray, vias: np.ndarray | None = None,
+                via_ids: np.ndarray | None = None,
+                criteria: EvaluateConfig = _DEFAULT) -> dict[str, list[tuple[int, int, int]]]:
+    """Where the errors are, for pictures: ``(z, y, x)`` voxels.
+
+    ``opens``: per open segment, the largest gap (its true voxels left dielectric);
+    ``shorts``: per shorting component, the largest piece of it outside the true metal
+    (the bridge), else its centre; ``missed_vias``: the centre of each via of ``via_ids``
+    (default: all) that is not recovered.
+    """
+    comp = components(metal, criteria)
+    seg, owner = segments(np.asarray(nets), criteria)
+    pairs = _touching_pairs(seg, comp, criteria.circuit_min_overlap_voxels)
+    per_segment = np.bincount(pairs[:, 0], minlength=len(owner))
+    sites: dict[str, list[tuple[int, int, int]]] = {"opens": [], "shorts": [],
+                                                   "missed_vias": []}
+    for s in np.flatnonzero(per_segment >= 2):
+        gap = (seg == s) & ~metal
+        sites["opens"].append(_centre(gap if gap.any() else seg == s))
+    net_pairs = np.unique(np.stack([owner[pairs[:, 0]], pairs[:, 1]], axis=1), axis=0)
+    for c in np.flatnonzero(np.bincount(net_pairs[:, 1], minlength=1) >= 2):
+        bridge = (comp == c) & (nets == 0)
+        sites["shorts"].append(_centre(bridge if bridge.any() else comp == c))
+    if vias is not None:
+        wanted = None if via_ids is None else set(np.asarray(via_ids).tolist())
+        for via_id, box in enumerate(ndimage.find_objects(vias), start=1):
+            if box is None or (wanted is not None and via_id not in wanted):
+                continue
+            voxels = vias[box] == via_id
+            if metal[box][voxels].sum() < criteria.via_min_fraction * voxels.sum():
+                z, y, x = _centre(voxels)
+                sites["missed_vias"].append((z + box[0].start, y + box[1].start,
+                                             x + box[2].start))
+    return sites
