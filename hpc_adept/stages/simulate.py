@@ -114,6 +114,9 @@ def simulation_memory_parts(cfg: Config, plan: SimulationPlan, n_ranks: int
     # phantom on rank 0: occupancy, volume, the phantom's own float32 work arrays; every
     # rank: the broadcast volume, its float64 copy for the projector and one more inside
     phantom = 16 * voxels + 20 * voxels
+    # the circuit truth on rank 0: int32 net and via labels and the drawing's int32 work
+    # arrays (wire and via ids, a np.where) while they are built
+    phantom += 24 * voxels
     if plan.phantom_kind == "layout":
         # the rasteriser's boolean slab of supersampled voxel layers (>= one layer) and
         # its uint16 partial sums
