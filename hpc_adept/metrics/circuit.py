@@ -126,6 +126,10 @@ def connectivity_errors(metal: np.ndarray, net_labels: np.ndarray,
         The binarised reconstruction.
     net_labels : ndarray of int, [nz, ny, nx]
         One id > 0 per true net, 0 where there is no metal.
+    criteria : EvaluateConfig
+        The ``evaluate`` section: ``circuit_connectivity``, ``circuit_min_component_voxels``,
+        ``circuit_min_overlap_voxels`` (and ``via_min_fraction`` for the vias); every
+        function here takes it (default: the section's defaults).
     """
     if metal.shape != net_labels.shape:
         raise ValueError(f"shapes differ: {metal.shape} vs {net_labels.shape}")
