@@ -613,6 +613,19 @@ class EvaluateConfig:
         every such layer).
     psd_window : bool
         Taper volumes with a Hann window before the power spectrum.
+    circuit_connectivity : {6, 18, 26}
+        Voxel neighbourhood of a connected component in the circuit figures (opens,
+        shorts, vias; :mod:`hpc_adept.metrics.circuit`): 6 = faces (current needs a face),
+        18 adds edges, 26 corners.
+    circuit_min_component_voxels : int, voxels
+        Reconstructed components smaller than this are specks, left out of the circuit
+        figures (at least 1).
+    circuit_min_overlap_voxels : int, voxels
+        Voxels a reconstructed component and a true wire piece (or via) must share to
+        touch (at least 1).
+    via_min_fraction : float, in (0, 1]
+        Share of a true via's voxels that must be reconstructed metal for the via to count
+        as recovered.
     """
 
     reference: str | None = None
@@ -625,6 +638,10 @@ class EvaluateConfig:
     max_uncertain_fraction: float = 0.15
     max_partial_fraction: float = 0.9
     psd_window: bool = True
+    circuit_connectivity: int = 6
+    circuit_min_component_voxels: int = 4
+    circuit_min_overlap_voxels: int = 2
+    via_min_fraction: float = 0.5
 
     def check(self) -> None:
         # Why at least 2: a two-component mixture cannot be fitted to fewer values.
@@ -643,6 +660,19 @@ class EvaluateConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"evaluate.{name} must be in [0, 1], got {value}")
+        self._check_circuit()
+
+    def _check_circuit(self) -> None:
+        if self.circuit_connectivity not in (6, 18, 26):
+            raise ConfigError(f"evaluate.circuit_connectivity must be 6, 18 or 26, got "
+                              f"{self.circuit_connectivity}")
+        for name in ("circuit_min_component_voxels", "circuit_min_overlap_voxels"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_COUNT:
+                raise ConfigError(f"evaluate.{name} must be in [1, {MAX_COUNT}], got {value}")
+        if not 0.0 < self.via_min_fraction <= 1.0:
+            raise ConfigError(f"evaluate.via_min_fraction must be in (0, 1], got "
+                              f"{self.via_min_fraction}")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ setting, reused between variants that share it; its ``projections.h5`` is linked
 variant's run directory, so the base config reads ``recon.input: projections``),
 ``adept recon`` and ``adept evaluate``
 into ``OUTPUT/<slug>``; then ``OUTPUT/ablation.md`` (a table like the paper's Fig. 5: BER
-and PCC overall and per depth range, per variant and method), ``ablation.json`` and
+and PCC overall and per depth range, and, when ``metrics.json`` has the circuit figures,
+via recall, opens and shorts, per variant and method), ``ablation.json`` and
 ``ablation.png`` (bar charts). Runs whose ``metrics.json`` is newer than their config are
 reused, so an interrupted study continues.
 """
@@ -118,31 +119,46 @@ def run_variant(study: dict[str, Any], variant: dict[str, Any], ranks: int) -> d
     return json.loads(metrics.read_text())
 
 
+CIRCUIT_COLUMNS = (("via recall", "via_recall"), ("opens", "opens"), ("shorts", "shorts"))
+
+
+def _row(name: str, method: str, entry: dict[str, Any], range_names: list[str]
+         ) -> dict[str, Any]:
+    """One (variant, method) row; ``range_names`` collects the depth ranges seen."""
+    row = {"variant": name, "method": method, "ber": entry["ber"], "pcc": entry["pcc"]}
+    for rname, r in entry.get("ranges", {}).items():
+        row[f"ber {rname}"] = r["ber"]
+        row[f"pcc {rname}"] = r["pcc"]
+        if rname not in range_names:
+            range_names.append(rname)
+    circuit = entry.get("circuit")
+    if isinstance(circuit, dict):
+        row.update({column: circuit.get(key) for column, key in CIRCUIT_COLUMNS})
+    return row
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
 def table(results: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
     """Markdown table and rows: one row per (variant, method)."""
-    rows: list[dict[str, Any]] = []
     range_names: list[str] = []
-    for name, metrics in results:
-        for method, entry in metrics.items():
-            row = {"variant": name, "method": method, "ber": entry["ber"], "pcc": entry["pcc"]}
-            for rname, r in entry.get("ranges", {}).items():
-                row[f"ber {rname}"] = r["ber"]
-                row[f"pcc {rname}"] = r["pcc"]
-                if rname not in range_names:
-                    range_names.append(rname)
-            rows.append(row)
+    rows = [_row(name, method, entry, range_names)
+            for name, metrics in results for method, entry in metrics.items()]
+    circuit = [c for c, _ in CIRCUIT_COLUMNS if any(c in row for row in rows)]
     header = ["variant", "method", "BER", "PCC"]
     for rname in range_names:
         header += [f"BER {rname}", f"PCC {rname}"]
+    header += circuit
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
-
-    def cell(value: Any) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
     for row in rows:
-        cells = [row["variant"], row["method"].upper(), cell(row["ber"]), cell(row["pcc"])]
+        cells = [row["variant"], row["method"].upper(), _cell(row["ber"]), _cell(row["pcc"])]
         for rname in range_names:
-            cells += [cell(row.get(f"ber {rname}")), cell(row.get(f"pcc {rname}"))]
+            cells += [_cell(row.get(f"ber {rname}")), _cell(row.get(f"pcc {rname}"))]
+        cells += [_cell(row.get(c)) for c in circuit]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", rows
 

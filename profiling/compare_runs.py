@@ -3,8 +3,9 @@
     python profiling/compare_runs.py LABEL=RUN_DIR [LABEL=RUN_DIR ...] [--out FILE.md]
 
 For every stage in any run's ``timing.json``: the slowest rank's time (``max_s``) and its
-share of the run's wall time, per run; the last row is the wall time. Prints the Markdown
-table and writes it to ``--out`` when given.
+share of the run's wall time, per run; then the wall time and ranks; then, for every method
+evaluated in any run's ``metrics.json`` with circuit figures, its via recall, opens and
+shorts. Prints the Markdown table and writes it to ``--out`` when given.
 """
 
 from __future__ import annotations
@@ -18,9 +19,41 @@ from pathlib import Path
 def load(run_dir: Path) -> dict:
     path = run_dir / "timing.json"
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SystemExit(f"compare_runs: cannot read {path}: {exc}") from None
+    return {**doc, "circuit": load_circuit(run_dir)}
+
+
+def load_circuit(run_dir: Path) -> dict[str, dict]:
+    """Method -> the ``circuit`` entry of the run's ``metrics.json`` ({} without one)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"compare_runs: cannot read {path}: {exc}") from None
+    return {m: e["circuit"] for m, e in metrics.items()
+            if isinstance(e, dict) and isinstance(e.get("circuit"), dict)}
+
+
+def circuit_rows(runs: dict[str, dict]) -> list[str]:
+    """Rows of via recall, opens and shorts per method (none when no run has them)."""
+    methods: list[str] = []
+    for doc in runs.values():
+        methods += [m for m in doc.get("circuit", {}) if m not in methods]
+    lines = []
+    for method in methods:
+        for key, title in (("via_recall", "via recall"), ("opens", "opens"),
+                           ("shorts", "shorts")):
+            cells = []
+            for doc in runs.values():
+                value = doc.get("circuit", {}).get(method, {}).get(key)
+                cells.append("-" if value is None else
+                             f"{value:.3f}" if key == "via_recall" else str(value))
+            lines.append(f"| {title} {method.upper()} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def table(runs: dict[str, dict]) -> str:
@@ -46,6 +79,7 @@ def table(runs: dict[str, dict]) -> str:
                                          for k in labels) + " |")
     lines.append("| ranks | " + " | ".join(str(runs[k].get("n_ranks", "?"))
                                           for k in labels) + " |")
+    lines += circuit_rows(runs)
     return "\n".join(lines) + "\n"
 
 

@@ -70,3 +70,15 @@ def test_shipped_studies_give_valid_configs():
                 section, field = key.split(".")
                 got = getattr(getattr(cfg, section), field)
                 assert (list(got) if isinstance(got, tuple) else got) == value, (name, key)
+
+
+def test_table_has_circuit_columns_when_evaluated():
+    metrics = {"fbp": {"ber": 0.1, "pcc": 0.8, "ranges": {},
+                       "circuit": {"via_recall": 0.9, "opens": 4, "shorts": 1}},
+               "dip": {"ber": 0.2, "pcc": 0.9, "ranges": {},
+                       "circuit": {"via_recall": None, "opens": 0, "shorts": 2}}}
+    text, rows = ablation.table([("1/8", metrics)])
+    assert text.splitlines()[0] == "| variant | method | BER | PCC | via recall | opens | shorts |"
+    assert "| 1/8 | FBP | 0.1000 | 0.8000 | 0.9000 | 4 | 1 |" in text
+    assert "| 1/8 | DIP | 0.2000 | 0.9000 | - | 0 | 2 |" in text
+    assert rows[0]["via recall"] == 0.9 and rows[1]["shorts"] == 2

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hpc_adept.config import EvaluateConfig
+from hpc_adept.errors import ConfigError
 from hpc_adept.metrics.circuit import (
-    CircuitCriteria,
     connectivity_errors,
     layer_errors,
     reference_labels,
@@ -123,7 +124,19 @@ def test_reference_labels_make_a_dense_reference_its_own_truth():
 
 
 def test_criteria_are_checked():
-    with pytest.raises(ValueError, match="connectivity"):
-        CircuitCriteria(connectivity=8)
-    with pytest.raises(ValueError, match="via_min_fraction"):
-        CircuitCriteria(via_min_fraction=0.0)
+    with pytest.raises(ConfigError, match="circuit_connectivity"):
+        EvaluateConfig(circuit_connectivity=8).check()
+    with pytest.raises(ConfigError, match="via_min_fraction"):
+        EvaluateConfig(via_min_fraction=0.0).check()
+    with pytest.raises(ConfigError, match="circuit_min_overlap_voxels"):
+        EvaluateConfig(circuit_min_overlap_voxels=0).check()
+
+
+def test_the_criteria_are_the_evaluate_section():
+    nets, _, _ = _circuit()
+    metal = nets > 0
+    metal[1:4, 14:17, 25:27] = False  # a gap of two columns ...
+    metal[1, 14, 25] = metal[2, 15, 26] = True  # ... crossed by two voxels meeting at a corner
+    assert connectivity_errors(metal, nets, EvaluateConfig()).opens == 1
+    assert connectivity_errors(metal, nets, EvaluateConfig(circuit_connectivity=18)).opens == 1
+    assert connectivity_errors(metal, nets, EvaluateConfig(circuit_connectivity=26)).opens == 0

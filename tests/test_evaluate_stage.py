@@ -187,3 +187,122 @@ def test_two_ranks_write_the_same_metrics(flipped_run):
     two = adept("evaluate", "-c", str(config), cwd=work, n_ranks=2)
     assert two.returncode == 0, two.stderr[-2000:]
     assert (work / "run" / "metrics.json").read_text() == first
+
+
+# ----------------------------------------------------------------------------- circuit
+
+CIRCUIT_SHAPE = (24, 30, 36)
+CIRCUIT_VOXEL = 27.2e-9
+
+
+@pytest.fixture(scope="module")
+def simulated_truth(tmp_path_factory) -> Path:
+    """``adept simulate`` of a small procedural phantom: its ground_truth.h5 (with labels)."""
+    work = tmp_path_factory.mktemp("circuit")
+    cfg = {"data": {"path": str(work / "data")}, "output": {"dir": str(work / "sim")},
+           "simulate": {"phantom": "procedural", "volume_shape": list(CIRCUIT_SHAPE),
+                        "voxel_size_m": CIRCUIT_VOXEL, "n_angles": 4, "seed": 5,
+                        "scans": False, "write_projections": True},
+           "runtime": {"device": "cpu"}}
+    (work / "sim.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["simulate", "-c", str(work / "sim.yaml")]) == 0
+    return work / "data" / "ground_truth.h5"
+
+
+def _defects(nets: np.ndarray, vias: np.ndarray, metal1: tuple[int, int]) -> np.ndarray:
+    """The true metal with a via removed, a 2-voxel gap in the longest metal1 wire and a
+    bridge between two wires of different nets in metal1."""
+    metal = nets > 0
+    metal[vias == 1] = False
+    z0, z1 = metal1
+    pieces, _ = ndimage.label(metal[z0:z1].any(axis=0))
+    longest = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    xs = np.flatnonzero(longest.any(axis=0))
+    x = int(xs[len(xs) // 2])
+    metal[z0:z1, :, x:x + 2] &= ~longest[None, :, x:x + 2]
+    column = nets[z0, :, xs[0]]
+    for y in np.flatnonzero((column[:-1] > 0) & (column[1:] == 0)):
+        above = np.flatnonzero(column[y + 1:] > 0)
+        if len(above) and column[y + 1 + above[0]] != column[y]:
+            metal[z0, y + 1:y + 1 + above[0], xs[0]] = True
+            break
+    return metal
+
+
+def _independent_count(metal: np.ndarray, nets: np.ndarray) -> dict[str, int]:
+    """Opens, shorts, missing, spurious by direct loops over nets and components
+    (6-connectivity, specks < 4 voxels, touching = 2 shared voxels)."""
+    comp, n = ndimage.label(metal)
+    sizes = np.bincount(comp.ravel())
+    touching = {}  # (net, piece) -> components touching it
+    for net in np.unique(nets[nets > 0]):
+        pieces, n_pieces = ndimage.label(nets == net)
+        for p in range(1, n_pieces + 1):
+            shared = np.bincount(comp[pieces == p], minlength=n + 1)
+            touching[(int(net), p)] = {c for c in range(1, n + 1)
+                                       if shared[c] >= 2 and sizes[c] >= 4}
+    nets_of = {c: {net for (net, _), cs in touching.items() if c in cs}
+               for c in range(1, n + 1) if sizes[c] >= 4}
+    return {"opens": sum(len(cs) >= 2 for cs in touching.values()),
+            "missing": sum(len(cs) == 0 for cs in touching.values()),
+            "shorts": sum(len(ns) >= 2 for ns in nets_of.values()),
+            "spurious": sum(len(ns) == 0 for ns in nets_of.values()),
+            "components": len(nets_of), "segments": len(touching)}
+
+
+def test_circuit_figures_agree_with_an_independent_count(simulated_truth, tmp_path):
+    from hpc_adept.io import read_ground_truth
+
+    truth = read_ground_truth(simulated_truth)
+    circuit = truth.circuit
+    assert circuit is not None and int(circuit.vias.max()) >= 2
+    metal = _defects(circuit.nets, circuit.vias, circuit.layers["metal1"])
+    rng = np.random.default_rng(4)
+    write_volume(tmp_path / "run" / "volume_fbp.h5",
+                 (0.03 * metal + 0.001 * rng.standard_normal(metal.shape)).astype(np.float32),
+                 CIRCUIT_VOXEL)
+    # the truth itself as a reconstruction
+    write_volume(tmp_path / "run" / "volume_dip.h5", truth.volume, CIRCUIT_VOXEL)
+    config = write_config(tmp_path, register=False)
+    config.write_text(config.read_text().replace(str(tmp_path / "ground_truth.h5"),
+                                                 str(simulated_truth)))
+    assert main(["evaluate", "-c", str(config)]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    fbp, dip = metrics["fbp"]["circuit"], metrics["dip"]["circuit"]
+    assert fbp["labels"] == "ground truth"
+    expected = _independent_count(metal, circuit.nets)
+    assert {k: fbp[k] for k in expected} == expected
+    assert fbp["opens"] >= 1 and fbp["shorts"] >= 1  # the gap (and the via) and the bridge
+    n_vias = int(circuit.vias.max())
+    recovered = sum(metal[circuit.vias == v].mean() >= 0.5 for v in range(1, n_vias + 1))
+    assert recovered == n_vias - 1
+    assert fbp["via_recall"] == pytest.approx((n_vias - 1) / n_vias, abs=0)
+    assert sum(v["vias"] for v in fbp["vias"].values()) == n_vias
+    assert set(fbp["layers"]) == {k for k in circuit.layers if k not in circuit.cut_layers}
+    assert fbp["layers"]["metal1"]["shorts"] >= 1
+    assert len(fbp["error_sites"]["missed_vias"]) == 1
+    # A perfect reconstruction: no errors, every via.
+    assert (dip["opens"], dip["shorts"], dip["missing"], dip["spurious"]) == (0, 0, 0, 0)
+    assert dip["via_recall"] == 1.0 and dip["vi_split_bits"] == dip["vi_merge_bits"] == 0.0
+    assert all(v["recall"] == 1.0 and v["precision"] == 1.0 for v in dip["vias"].values())
+    assert (tmp_path / "run" / "figures" / "circuit_errors.png").stat().st_size > 5000
+
+
+def test_circuit_without_labels_uses_the_reference_components(simulated_truth, tmp_path):
+    from hpc_adept.io import read_ground_truth
+
+    truth = read_ground_truth(simulated_truth)
+    write_ground_truth(tmp_path / "ground_truth.h5", truth.volume, truth.occupancy,
+                       CIRCUIT_VOXEL)  # no /circuit
+    metal = _defects(truth.circuit.nets, truth.circuit.vias, truth.circuit.layers["metal1"])
+    write_volume(tmp_path / "run" / "volume_fbp.h5", 0.03 * metal.astype(np.float32),
+                 CIRCUIT_VOXEL)
+    assert main(["evaluate", "-c", str(write_config(tmp_path, register=False))]) == 0
+    fbp = json.loads((tmp_path / "run" / "metrics.json").read_text())["fbp"]["circuit"]
+    assert fbp["labels"] == "reference components"
+    reference, n = ndimage.label(truth.occupancy > 0)
+    sizes = np.bincount(reference.ravel())
+    reference[sizes[reference] < 4] = 0  # the reference's specks are no nets either
+    expected = _independent_count(metal, reference)
+    assert {k: fbp[k] for k in expected} == expected
+    assert fbp["via_recall"] is None and fbp["vias"] == {} and fbp["layers"] == {}

@@ -14,6 +14,7 @@ import pytest
 
 from hpc_adept.errors import DataError
 from hpc_adept.io import (
+    CircuitTruth,
     ProjectionSet,
     Scan,
     atomic_output,
@@ -219,6 +220,31 @@ def test_volume_and_ground_truth_round_trip(tmp_path: Path) -> None:
     assert gt.voxel_size_m == 27.2e-9
     # A dense reconstruction may serve as the reference without an occupancy.
     assert read_ground_truth(tmp_path / "v.h5", require_occupancy=False).occupancy is None
+
+
+def test_ground_truth_round_trip_with_circuit_labels(tmp_path: Path) -> None:
+    circuit = _circuit()
+    _circuit_file(tmp_path / "gt.h5")
+    back = read_ground_truth(tmp_path / "gt.h5").circuit
+    assert back is not None
+    np.testing.assert_array_equal(back.nets, circuit.nets)
+    np.testing.assert_array_equal(back.vias, circuit.vias)
+    assert back.nets.dtype == back.vias.dtype == np.int32
+    assert dict(back.layers) == dict(circuit.layers)
+    assert back.cut_layers == ("via1",)
+    assert back.metal_layers() == {"metal1": (0, 1), "metal2": (2, 3)}
+    assert back.cut_layer_slices() == {"via1": (1, 2)}
+    assert back.net_names == ("VDD", "net_ä")
+    assert back.via_layers == ("via1",)
+    assert back.via_ids("via1").tolist() == [1]
+    # Without labels the ground truth has none.
+    _volume_file(tmp_path / "plain.h5")
+    assert read_ground_truth(tmp_path / "plain.h5").circuit is None
+    # Labels that do not fit the volume are refused on write.
+    bad = CircuitTruth(circuit.nets[:2], circuit.vias, circuit.layers)
+    with pytest.raises(ValueError, match="circuit: nets: shape"):
+        write_ground_truth(tmp_path / "bad.h5", np.ones((3, 4, 5)),
+                           np.ones((3, 4, 5), np.uint8), 1e-8, circuit=bad)
 
 
 def test_write_h5_atomic_nested_groups_and_attrs(tmp_path: Path) -> None:
@@ -473,6 +499,26 @@ def _volume_file(path: Path) -> None:
     write_ground_truth(path, np.ones((3, 4, 5)), np.ones((3, 4, 5), np.uint8), 1e-8)
 
 
+def _circuit() -> CircuitTruth:
+    """Two nets and one via in a (3, 4, 5) volume: metal1 slice 0, via1 slice 1, metal2
+    slice 2."""
+    nets = np.zeros((3, 4, 5), np.int32)
+    vias = np.zeros((3, 4, 5), np.int32)
+    nets[0, 1, :] = 1
+    nets[2, :, 2] = 1
+    nets[1, 1, 2] = 1
+    vias[1, 1, 2] = 1
+    nets[0, 3, :] = 2
+    return CircuitTruth(nets, vias, {"metal1": (0, 1), "via1": (1, 2), "metal2": (2, 3)},
+                        cut_layers=("via1",), net_names=("VDD", "net_ä"),
+                        via_layers=("via1",))
+
+
+def _circuit_file(path: Path) -> None:
+    write_ground_truth(path, np.ones((3, 4, 5)), np.ones((3, 4, 5), np.uint8), 1e-8,
+                       circuit=_circuit())
+
+
 def _delete_attr(name: str) -> Callable[[Path], None]:
     def mutate(path: Path) -> None:
         with h5py.File(path, "a") as f:
@@ -514,6 +560,28 @@ BAD_RUNFILES = {
         "0 or 1",
     ),
     "missing occupancy": (_volume_file, _delete("occupancy"), "occupancy: missing"),
+    "circuit nets shape": (_circuit_file, _replace("circuit/nets", np.ones((3, 4), np.int32)),
+                           "circuit/nets"),
+    "circuit vias float": (_circuit_file,
+                           _replace("circuit/vias", np.zeros((3, 4, 5), np.float32)),
+                           "circuit/vias"),
+    "circuit negative net": (_circuit_file,
+                             _replace("circuit/nets", np.full((3, 4, 5), -1, np.int32)),
+                             "negative labels"),
+    "circuit net beyond names": (_circuit_file,
+                                 _replace("circuit/nets", np.full((3, 4, 5), 9, np.int32)),
+                                 "label 9 but only 2 names"),
+    "circuit layer outside": (_circuit_file,
+                              _replace("circuit/layer_slices",
+                                       np.array([[0, 1], [1, 2], [2, 4]], np.int64)),
+                              "outside [0, 3]"),
+    "circuit slices table": (_circuit_file,
+                             _replace("circuit/layer_slices", np.zeros((3, 3), np.int64)),
+                             "circuit/layer_slices"),
+    "circuit via layer index": (_circuit_file,
+                                _replace("circuit/via_layer", np.array([5], np.int32)),
+                                "circuit/via_layer"),
+    "circuit missing vias": (_circuit_file, _delete("circuit/vias"), "circuit/vias: missing"),
 }
 
 

@@ -459,3 +459,28 @@ def test_real_layout_circuit_truth(ic_data):
     assert np.all(nets[vias > 0] > 0)
     full = vol >= 0.75
     assert np.count_nonzero(nets[full]) / np.count_nonzero(full) > 0.99
+
+
+@pytest.mark.parametrize("shape, seed", [((32, 40, 40), 0), ((64, 48, 48), 3), ((24, 30, 36), 5)])
+def test_procedural_circuit_labels_its_wires_and_vias(shape, seed):
+    """Issue 20: the procedural phantom's nets come from its design (wires joined by vias);
+    with its layers apart they are exactly the volume's face-connected pieces."""
+    from scipy import ndimage
+
+    from hpc_adept.phantom.procedural import procedural_circuit
+
+    occ = procedural_phantom(shape, 27.2e-9, seed)
+    c = procedural_circuit(shape, 27.2e-9, seed)
+    np.testing.assert_array_equal(c.nets > 0, occ > 0)  # the same draw
+    assert c.nets.dtype == c.vias.dtype == np.int32
+    pieces, n = ndimage.label(occ > 0)
+    pairs = np.unique(np.stack([c.nets[pieces > 0], pieces[pieces > 0]], axis=1), axis=0)
+    assert len(pairs) == n == int(c.nets.max()) == len(c.net_names)
+    assert len(c.via_layers) == int(c.vias.max()) > 0
+    assert np.all(c.nets[c.vias > 0] > 0)
+    for via_id, name in enumerate(c.via_layers, start=1):
+        k0, k1 = c.layers[name]
+        z = np.flatnonzero((c.vias == via_id).any(axis=(1, 2)))
+        assert name in c.cut_layers and k0 <= z.min() and z.max() < k1
+    metal = [c.layers[k] for k in c.layers if k not in c.cut_layers]
+    assert all(a[1] <= b[0] for a, b in zip(metal[:-1], metal[1:], strict=True))

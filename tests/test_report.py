@@ -193,6 +193,12 @@ HOSTILE_METRICS = {
         other: {"ber": 0.2, "pcc": 0.8} for other in HOSTILE}} for name in HOSTILE}},
     "string values": {"methods": {"fbp": {"ber": SCRIPT, "pcc": IMG}}},
     "string ranges": {"fbp": {"ber": 0.1, "pcc": 0.9, "ranges": {SCRIPT: {"ber": IMG}}}},
+    "circuit names": {"fbp": {"ber": 0.1, "pcc": 0.9, "circuit": {
+        "labels": SCRIPT, "opens": 1, "shorts": 2, "missing": 0, "spurious": 0,
+        "via_recall": 0.5, "layers": {SCRIPT: {"opens": 1, "shorts": 0}},
+        "vias": {IMG: {"vias": 2, "recovered": 1, "recall": 0.5, "precision": 1.0}}}}},
+    "circuit values": {"fbp": {"ber": 0.1, "pcc": 0.9, "circuit": {
+        "labels": "ground truth", "opens": SCRIPT, "shorts": IMG}}},
 }
 
 
@@ -244,6 +250,46 @@ def test_hostile_run_files_cannot_inject_markup(tmp_path, case):
         widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows}
         assert len(widths) == 1, rows
     assert not re.search(r"^`{3,}", markdown, flags=re.M)
+
+
+CIRCUIT = {"labels": "ground truth", "opens": 4, "shorts": 1, "missing": 0, "spurious": 2,
+           "vi_split_bits": 0.352, "vi_merge_bits": 0.484, "via_recall": 0.9,
+           "layers": {"metal1": {"opens": 0, "shorts": 1, "missing": 0, "spurious": 0},
+                      "metal2": {"opens": 2, "shorts": 0, "missing": 0, "spurious": 1}},
+           "vias": {"via1": {"vias": 5, "recovered": 4, "recall": 0.8, "precision": 0.333},
+                    "via4": {"vias": 0, "recovered": 0, "recall": None, "precision": None}}}
+
+
+def test_report_shows_the_circuit_table_and_figure(tmp_path):
+    from hpc_adept.report.circuit_plots import save_circuit_errors
+    from hpc_adept.report.document import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({
+        "fbp": {"ber": 0.01, "pcc": 0.9, "circuit": CIRCUIT},
+        "dip": {"ber": 0.02, "pcc": 0.95, "circuit": {**CIRCUIT, "opens": 1, "via_recall": None,
+                                                      "labels": "<b>x</b>"}}}))
+    metal = np.zeros((4, 12, 12), bool)
+    metal[1, 2:10, 5] = True
+    panel = {"metal": metal, "truth": metal, "layers": {"metal1": (1, 2)},
+             "sites": {"opens": [(1, 6, 5)], "missed_vias": [(1, 3, 5)]}}
+    assert save_circuit_errors(run / "figures" / "circuit_errors.png", {"fbp": panel}) \
+        is not None
+    assert save_circuit_errors(run / "figures" / "none.png",
+                               {"fbp": {**panel, "sites": {}}}) is None
+    html_path, md_path = write_report(run)
+    page = html_path.read_text()
+    assert "<h2>Circuit</h2>" in page
+    assert ("<tr><td>FBP</td><td>ground truth</td><td>4</td><td>1</td><td>0</td><td>2</td>"
+            "<td>0.352</td><td>0.484</td><td>0.900</td></tr>") in page
+    assert "<td>DIP</td><td>&lt;b&gt;x&lt;/b&gt;</td><td>1</td>" in page  # escaped
+    assert "<td>n/a</td></tr>" in page  # the DIP's undefined via recall
+    markdown = md_path.read_text()
+    assert "|   via1 | - | - | - | - | 4 / 5 | 0.800 | 0.333 |" in markdown
+    assert "via4" not in markdown  # a cut layer without vias
+    assert "|   metal2 | 2 | 0 | 0 | 1 | - | - | - |" in markdown
+    assert "![Circuit errors" in markdown and "none.png" not in markdown
 
 
 def test_only_real_png_files_are_embedded(tmp_path):

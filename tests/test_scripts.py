@@ -284,3 +284,27 @@ def test_ablation_only_refuses_unknown_variants(tmp_path):
                         "--only: no variant 'nosuch' in study.yaml; its variants: "
                         "'dense FBP', 'sparse'")
     assert not (tmp_path / "abl").exists()
+
+
+def test_compare_runs_adds_the_circuit_figures(tmp_path):
+    """profiling/compare_runs.py: via recall, opens and shorts per method below the timing."""
+    import json
+
+    stages = {"recon": {"max_s": 2.0}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "timing.json").write_text(json.dumps(
+        {"stages": stages, "wall_s": 4.0, "n_ranks": 1}))
+    (tmp_path / "b" / "timing.json").write_text(json.dumps(
+        {"stages": stages, "wall_s": 8.0, "n_ranks": 2}))
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps({
+        "fbp": {"ber": 0.1, "circuit": {"via_recall": 0.9, "opens": 4, "shorts": 1}},
+        "dip": {"ber": 0.1, "circuit": {"via_recall": None, "opens": 1, "shorts": 0}}}))
+    done = _profiling("compare_runs.py", [f"A={tmp_path / 'a'}", f"B={tmp_path / 'b'}"],
+                      tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "| stage | A | B |"
+    assert lines[-6:] == ["| via recall FBP | 0.900 | - |", "| opens FBP | 4 | - |",
+                          "| shorts FBP | 1 | - |", "| via recall DIP | - | - |",
+                          "| opens DIP | 1 | - |", "| shorts DIP | 0 | - |"]

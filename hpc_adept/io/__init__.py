@@ -13,6 +13,7 @@ from hpc_adept.io.atomic import (
 )
 from hpc_adept.io.cxi import Scan, check_counts, list_dataset, read_cxi, write_cxi
 from hpc_adept.io.runfiles import (
+    CircuitTruth,
     GroundTruth,
     ProjectionSet,
     read_ground_truth,
@@ -24,6 +25,7 @@ from hpc_adept.io.runfiles import (
 )
 
 __all__ = [
+    "CircuitTruth",
     "GroundTruth",
     "ProjectionSet",
     "Scan",

@@ -11,7 +11,13 @@ Layouts (DESIGN section 4):
     ``/volume`` ``[nz, ny, nx]`` float32; root attribute ``voxel_size_m`` and any others.
 ``ground_truth.h5``
     ``/volume`` ``[nz, ny, nx]`` float32 (phase per voxel, radians), ``/occupancy``
-    ``[nz, ny, nx]`` uint8 (1 = metal); root attribute ``voxel_size_m``.
+    ``[nz, ny, nx]`` uint8 (1 = metal); root attribute ``voxel_size_m``; optionally the
+    circuit truth (:class:`CircuitTruth`): ``/circuit/nets`` and ``/circuit/vias``
+    ``[nz, ny, nx]`` int32 label volumes, ``/circuit/layer_names`` ``[n_layers]`` bytes,
+    ``/circuit/layer_slices`` ``[n_layers, 2]`` int64 (start, stop), ``/circuit/layer_is_cut``
+    ``[n_layers]`` uint8, ``/circuit/net_names`` ``[n_nets]`` bytes (net id ``i + 1``) and
+    ``/circuit/via_layer`` ``[n_vias]`` int32 (index into the layer names of via id ``i + 1``'s
+    cut layer, -1: unknown).
 
 All writes are atomic and reproducible (:mod:`hpc_adept.io.atomic`); all reads validate
 (:mod:`hpc_adept.io.h5read`) and raise a one-line :class:`~hpc_adept.errors.DataError`
@@ -43,6 +49,7 @@ from hpc_adept.io.h5read import (
 from hpc_adept.lamino.geometry import tilt_problem
 
 __all__ = [
+    "CircuitTruth",
     "GroundTruth",
     "ProjectionSet",
     "read_ground_truth",
@@ -62,6 +69,7 @@ PROBES = "probes"
 SHIFTS = "shifts_px"
 VOLUME = "volume"
 OCCUPANCY = "occupancy"
+CIRCUIT = "circuit"
 TILT_ATTR = "tilt_deg"
 PIXEL_ATTR = "pixel_size_m"
 VOXEL_ATTR = "voxel_size_m"
@@ -382,6 +390,49 @@ def read_volume(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 @dataclass(frozen=True, eq=False)
+class CircuitTruth:
+    """The circuit of a phantom: which net and which via each voxel belongs to.
+
+    Attributes
+    ----------
+    nets : numpy.ndarray
+        ``[nz, ny, nx]`` int32 net id (``net_names[id - 1]``) of the metal at each voxel, 0
+        where there is none.
+    vias : numpy.ndarray
+        ``[nz, ny, nx]`` int32 via instance id (1, 2, ...) of the cut metal at each voxel,
+        0 elsewhere.
+    layers : dict of str to (int, int)
+        Every metal and cut layer's slices ``(start, stop)`` along z (``0 <= start < stop
+        <= nz``).
+    cut_layers : tuple of str
+        The names of ``layers`` that are cut (via) layers; the others are metal layers.
+    net_names : tuple of str
+        Net names by id (index ``id - 1``).
+    via_layers : tuple of str
+        The cut layer of each via id (index ``id - 1``); ``""`` when unknown.
+    """
+
+    nets: np.ndarray
+    vias: np.ndarray
+    layers: Mapping[str, tuple[int, int]]
+    cut_layers: tuple[str, ...] = ()
+    net_names: tuple[str, ...] = ()
+    via_layers: tuple[str, ...] = ()
+
+    def metal_layers(self) -> dict[str, tuple[int, int]]:
+        """The metal layers' slices."""
+        return {k: v for k, v in self.layers.items() if k not in self.cut_layers}
+
+    def cut_layer_slices(self) -> dict[str, tuple[int, int]]:
+        """The cut layers' slices."""
+        return {k: v for k, v in self.layers.items() if k in self.cut_layers}
+
+    def via_ids(self, layer: str) -> np.ndarray:
+        """``[k]`` int: the via ids of cut layer ``layer``."""
+        return np.flatnonzero(np.asarray(self.via_layers, dtype=object) == layer) + 1
+
+
+@dataclass(frozen=True, eq=False)
 class GroundTruth:
     """A simulated dataset's ground truth (``ground_truth.h5``).
 
@@ -397,12 +448,15 @@ class GroundTruth:
         Voxel edge, metres.
     attrs : dict
         All root attributes as plain values (``voxel_size_m`` included).
+    circuit : CircuitTruth or None
+        Net and via labels and layer slices, when the file has them (``/circuit``).
     """
 
     volume: np.ndarray
     occupancy: np.ndarray | None
     voxel_size_m: float
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    circuit: CircuitTruth | None = None
 
 
 def _occupancy_problem(occupancy: np.ndarray, shape: tuple[int, ...]) -> str | None:
@@ -424,6 +478,7 @@ def write_ground_truth(
     occupancy: np.ndarray,
     voxel_size_m: float,
     attrs: Mapping[str, Any] | None = None,
+    circuit: CircuitTruth | None = None,
 ) -> None:
     """Write ``ground_truth.h5`` atomically.
 
@@ -439,12 +494,14 @@ def write_ground_truth(
         Voxel edge, metres.
     attrs : mapping, optional
         Further root attributes.
+    circuit : CircuitTruth, optional
+        The circuit labels, stored under ``/circuit``.
 
     Raises
     ------
     ValueError
         Wrong dimensions, non-finite values, occupancy not 0/1 of the volume's shape,
-        non-positive voxel size.
+        non-positive voxel size, circuit labels that do not fit the volume.
     """
     volume = np.asarray(volume, dtype=np.float32)
     occupancy = np.asarray(occupancy)
@@ -454,11 +511,67 @@ def write_ground_truth(
     problem = _occupancy_problem(occupancy, volume.shape)
     if problem:
         raise ValueError(f"{path}: {OCCUPANCY}: {problem}")
-    write_h5_atomic(
-        path,
-        {VOLUME: volume, OCCUPANCY: occupancy.astype(np.uint8)},
-        attrs=_merged_attrs(attrs, voxel_size_m),
-    )
+    datasets = {VOLUME: volume, OCCUPANCY: occupancy.astype(np.uint8)}
+    if circuit is not None:
+        datasets.update(_circuit_datasets(circuit))
+        problem = _circuit_problem(circuit, volume.shape)
+        if problem:
+            raise ValueError(f"{path}: {CIRCUIT}: {problem}")
+    write_h5_atomic(path, datasets, attrs=_merged_attrs(attrs, voxel_size_m))
+
+
+def _names(values: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Names as a fixed-length UTF-8 bytes array (HDF5 fixed strings)."""
+    encoded = [v.encode("utf-8") for v in values]
+    return np.array(encoded, dtype=f"S{max([1, *map(len, encoded)])}")
+
+
+def _circuit_datasets(circuit: CircuitTruth) -> dict[str, np.ndarray]:
+    """The ``/circuit`` datasets of ``circuit`` (see the module docstring)."""
+    names = list(circuit.layers)
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        f"{CIRCUIT}/nets": np.asarray(circuit.nets, np.int32),
+        f"{CIRCUIT}/vias": np.asarray(circuit.vias, np.int32),
+        f"{CIRCUIT}/layer_names": _names(names),
+        f"{CIRCUIT}/layer_slices": np.array([circuit.layers[n] for n in names],
+                                            np.int64).reshape(-1, 2),
+        f"{CIRCUIT}/layer_is_cut": np.array([n in circuit.cut_layers for n in names],
+                                            np.uint8),
+        f"{CIRCUIT}/net_names": _names(circuit.net_names),
+        f"{CIRCUIT}/via_layer": np.array([index.get(v, -1) for v in circuit.via_layers],
+                                         np.int32),
+    }
+
+
+def _labels_problem(labels: np.ndarray, shape: tuple[int, ...], n_ids: int | None
+                    ) -> str | None:
+    """Why ``labels`` is not a label volume of ``shape`` with ids in ``[0, n_ids]``."""
+    if labels.shape != shape:
+        return f"shape {labels.shape} != volume shape {shape}"
+    if labels.dtype.kind not in "iu":
+        return f"dtype {labels.dtype} is not integer"
+    if labels.size and int(labels.min()) < 0:
+        return "negative labels"
+    if labels.size and n_ids is not None and int(labels.max()) > n_ids:
+        return f"label {int(labels.max())} but only {n_ids} names"
+    return None
+
+
+def _circuit_problem(circuit: CircuitTruth, shape: tuple[int, ...]) -> str | None:
+    """Why ``circuit`` does not fit a volume of ``shape``, or None."""
+    for key, labels, n_ids in (("nets", circuit.nets, len(circuit.net_names) or None),
+                               ("vias", circuit.vias, len(circuit.via_layers) or None)):
+        problem = _labels_problem(np.asarray(labels), shape, n_ids)
+        if problem:
+            return f"{key}: {problem}"
+    for name, (k0, k1) in circuit.layers.items():
+        if not 0 <= k0 < k1 <= shape[0]:
+            return f"layer {name!r}: slices ({k0}, {k1}) outside [0, {shape[0]}]"
+    unknown = set(circuit.cut_layers) - set(circuit.layers)
+    if unknown:
+        return f"cut layers {sorted(unknown)} have no slices"
+    return None
 
 
 def _read_occupancy(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -500,4 +613,56 @@ def read_ground_truth(path: PathLike, require_occupancy: bool = True) -> GroundT
         occupancy = None
         if require_occupancy or f.get(OCCUPANCY) is not None:
             occupancy = _read_occupancy(f, p, volume.shape)
-    return GroundTruth(volume, occupancy, attrs[VOXEL_ATTR], attrs)
+        circuit = _read_circuit(f, p, volume.shape) if f.get(CIRCUIT) is not None else None
+    return GroundTruth(volume, occupancy, attrs[VOXEL_ATTR], attrs, circuit)
+
+
+def _read_names(f: h5py.File, path: Path, key: str) -> tuple[str, ...]:
+    """A ``/circuit`` names dataset: 1-D bytes (UTF-8), possibly empty."""
+    ds = require_dataset(f, key, path)
+    if ds.dtype.kind not in "SO" or ds.ndim != 1:
+        raise data_error(path, f"expected 1-D strings, got {ds.dtype} {ds.shape}", key)
+    try:
+        return tuple(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in ds[()])
+    except UnicodeDecodeError as exc:
+        raise data_error(path, f"not UTF-8: {exc}", key) from None
+
+
+def _read_small(f: h5py.File, path: Path, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A small integer ``/circuit`` table of ``shape`` (``-1``: any length), as int64."""
+    ds = require_dataset(f, key, path)
+    if ds.dtype.kind not in "iu":
+        raise data_error(path, f"dtype {ds.dtype} is not integer", key)
+    if len(ds.shape) != len(shape) or any(e not in (-1, n) for e, n in zip(shape, ds.shape,
+                                                                            strict=False)):
+        raise data_error(path, f"shape {ds.shape}, expected "
+                               f"({', '.join('*' if e < 0 else str(e) for e in shape)})", key)
+    return np.asarray(ds[()]).astype(np.int64)
+
+
+def _read_circuit(f: h5py.File, path: Path, shape: tuple[int, ...]) -> CircuitTruth:
+    """``/circuit`` as a :class:`CircuitTruth`, validated against the volume's ``shape``."""
+    labels = {}
+    for key in ("nets", "vias"):
+        ds = require_dataset(f, f"{CIRCUIT}/{key}", path)
+        if ds.dtype.kind not in "iu" or tuple(ds.shape) != shape:
+            raise data_error(path, f"{ds.dtype} {ds.shape}, expected integer labels of the "
+                                   f"volume's shape {shape}", f"{CIRCUIT}/{key}")
+        labels[key] = np.asarray(ds[()]).astype(np.int32)
+    names = _read_names(f, path, f"{CIRCUIT}/layer_names")
+    n = len(names)
+    slices = _read_small(f, path, f"{CIRCUIT}/layer_slices", (n, 2))
+    is_cut = _read_small(f, path, f"{CIRCUIT}/layer_is_cut", (n,))
+    via_layer = _read_small(f, path, f"{CIRCUIT}/via_layer", (-1,))
+    if via_layer.size and not (-1 <= via_layer.min() and via_layer.max() < n):
+        raise data_error(path, f"indices outside [-1, {n})", f"{CIRCUIT}/via_layer")
+    circuit = CircuitTruth(
+        nets=labels["nets"], vias=labels["vias"],
+        layers={name: (int(a), int(b)) for name, (a, b) in zip(names, slices, strict=True)},
+        cut_layers=tuple(name for name, c in zip(names, is_cut, strict=True) if c),
+        net_names=_read_names(f, path, f"{CIRCUIT}/net_names"),
+        via_layers=tuple(names[i] if i >= 0 else "" for i in via_layer))
+    problem = _circuit_problem(circuit, shape)
+    if problem:
+        raise data_error(path, problem, CIRCUIT)
+    return circuit

@@ -5,7 +5,6 @@ Arrays in, arrays out; :mod:`hpc_adept.stages.evaluate` combines them into ``met
 
 from hpc_adept.metrics.binarize import GmmBinarizer, fit_gmm, metal_posterior
 from hpc_adept.metrics.circuit import (
-    CircuitCriteria,
     Connectivity,
     ViaScore,
     connectivity_errors,
@@ -35,7 +34,6 @@ from hpc_adept.metrics.scores import (
 )
 
 __all__ = [
-    "CircuitCriteria",
     "Connectivity",
     "ViaScore",
     "connectivity_errors",

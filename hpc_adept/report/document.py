@@ -255,6 +255,62 @@ def section_metrics(run_dir: Path, config: dict[str, Any]) -> Section:
     return sec
 
 
+def _count(value: Any) -> str:
+    """A count from metrics.json ("-" when absent)."""
+    return "-" if value is None else str(int(value))
+
+
+def _circuit_rows(circuit: dict[str, Any]) -> tuple[list[list[str]], list[int]]:
+    """One method's circuit table: the whole volume, then each metal and cut layer."""
+    rows = [["all layers", _count(circuit.get("opens")), _count(circuit.get("shorts")),
+             _count(circuit.get("missing")), _count(circuit.get("spurious")),
+             "-", _value(circuit.get("via_recall")), "-"]]
+    for name, e in _mapping(circuit, "layers", "metrics.json").items():
+        rows.append([str(name), _count(e.get("opens")), _count(e.get("shorts")),
+                     _count(e.get("missing")), _count(e.get("spurious")), "-", "-", "-"])
+    for name, v in _mapping(circuit, "vias", "metrics.json").items():
+        if not v.get("vias"):
+            continue  # a cut layer without vias in the volume
+        rows.append([str(name), "-", "-", "-", "-",
+                     f"{_count(v.get('recovered'))} / {_count(v.get('vias'))}",
+                     _value(v.get("recall")), _value(v.get("precision"))])
+    return rows, [0] + [1] * (len(rows) - 1)
+
+
+def section_circuit(run_dir: Path, config: dict[str, Any]) -> Section:
+    sec = Section("Circuit")
+    doc = _read_json(run_dir / "metrics.json")
+    methods = {} if doc is None else (
+        _mapping(doc, "methods", "metrics.json") if "methods" in doc else doc)
+    circuits = {m: e["circuit"] for m, e in methods.items()
+                if isinstance(e, dict) and isinstance(e.get("circuit"), dict)}
+    if not circuits:
+        return sec.text("No circuit figures in `metrics.json` (run `adept evaluate`).")
+    sec.text("The binarised reconstruction's 3-D connected components against the true nets "
+             "(or the reference's own components): an open is a true wire piece split over "
+             "several components, a short a component joining several nets; missing and "
+             "spurious structures touch nothing; a via is recovered when enough of its "
+             "voxels are metal (settings evaluate.circuit_* and evaluate.via_min_fraction).")
+    sec.table(["method", "labels", "opens", "shorts", "missing", "spurious",
+               "VI split (bits)", "VI merge (bits)", "via recall"],
+              [[str(m).upper(), str(c.get("labels", "-")), _count(c.get("opens")),
+                _count(c.get("shorts")), _count(c.get("missing")), _count(c.get("spurious")),
+                _value(c.get("vi_split_bits")), _value(c.get("vi_merge_bits")),
+                _value(c.get("via_recall"))] for m, c in circuits.items()])
+    for method, circuit in circuits.items():
+        rows, indent = _circuit_rows(circuit)
+        sec.text("{}: per layer.", str(method).upper())
+        sec.table(["layer", "opens", "shorts", "missing", "spurious", "vias recovered",
+                   "via recall", "via precision"], rows, indent)
+    figure = run_dir / "figures" / "circuit_errors.png"
+    if _is_png_file(figure):
+        sec.figure(figure, "Circuit errors on xy slices of the layers where they occur: "
+                           "missed vias (red circles), opens (orange x, the gap), shorts "
+                           "(magenta +, the bridge); grey: reconstructed metal, blue: the "
+                           "true metal's outline.")
+    return sec
+
+
 def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Alignment")
     path = run_dir / "aligned.h5"
@@ -361,6 +417,7 @@ SECTIONS: tuple[tuple[Callable[[Path, dict[str, Any]], Section], str, str], ...]
     (section_timing, "Timing breakdown", "timing.json"),
     (section_volumes, "Reconstructions", "volume_*.h5"),
     (section_metrics, "Evaluation", "metrics.json"),
+    (section_circuit, "Circuit", "metrics.json"),
     (section_alignment, "Alignment", "aligned.h5"),
     (section_ptycho, "Ptychography (LSQ-ML) convergence", "ptycho/scan_*.h5"),
     (section_dip, "Deep image prior training", "dip_history.json"),

@@ -10,10 +10,18 @@ For every ``volume_<method>.h5`` of ``recon.methods`` in the run directory:
 3. score: BER and PCC over all voxels of the layers kept, per z layer, and per z range
    (``evaluate.z_boundaries_um``), leaving out the layers whose reference binarisation is
    ambiguous (listed with the reason); an affine intensity fit ``ref ~ a * rec + b``;
-4. power spectral density cuts (kx-ky, ky-kz) of the reference and each reconstruction.
+4. power spectral density cuts (kx-ky, ky-kz) of the reference and each reconstruction;
+5. the circuit (:mod:`hpc_adept.metrics.circuit`), from the same binarised region: opens,
+   shorts, missing and spurious structures, variation of information, per cut layer the via
+   recall and precision and per metal layer the opens and shorts, against the reference's
+   net and via labels (``/circuit`` of ``ground_truth.h5``) or, without labels, against
+   the connected components of the reference's binarisation (no via or layer figures then).
+   Every layer of the region counts here (the ambiguous-layer exclusion is for BER/PCC).
 
-Results go to ``output.dir/metrics.json`` (one entry per method) and the figures
-``output.dir/figures/metrics_layers.png`` and ``figures/psd_cuts.png``.
+Results go to ``output.dir/metrics.json`` (one entry per method, the circuit under
+``circuit``) and the figures ``output.dir/figures/metrics_layers.png``,
+``figures/psd_cuts.png`` and ``figures/circuit_errors.png`` (errors marked on xy slices;
+only when there is an error to show).
 
 The work is a few FFTs and mixture fits on one volume per method (seconds at the paper's
 160 x 160 x 144 voxels), so it runs on rank 0 alone; the other ranks return at once.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,7 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 LAYER_FIGURE = "figures/metrics_layers.png"
 PSD_FIGURE = "figures/psd_cuts.png"
+CIRCUIT_FIGURE = "figures/circuit_errors.png"
 # Voxel sizes of reference and reconstruction must agree this well (no resampling here).
 VOXEL_RTOL = 1e-3
 
@@ -309,6 +319,68 @@ def _register(reference: GroundTruth, binarised: _ReferenceBinarisation, volume:
     return reg, region, model
 
 
+def _json_safe(value: Any) -> Any:
+    """Plain JSON values: NaN/Inf floats become None, tuples lists, numpy scalars Python."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return _number(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _region_layers(layers: Mapping[str, tuple[int, int]], z_slice: slice, nz: int
+                   ) -> dict[str, tuple[int, int]]:
+    """The layers' slices inside the region ``z_slice`` of ``nz`` slices, counted from the
+    region's first slice; layers outside the region are left out."""
+    out = {}
+    for name, (k0, k1) in layers.items():
+        a, b = max(k0 - z_slice.start, 0), min(k1 - z_slice.start, nz)
+        if b > a:
+            out[name] = (a, b)
+    return out
+
+
+def evaluate_circuit(reference: GroundTruth, region: _Region, slices: tuple[slice, ...],
+                     cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The circuit figures of a registered region (see the module docstring, step 5).
+
+    ``slices`` are the region's slices of the reference. Returns the ``circuit`` entry of
+    ``metrics.json`` (error sites in the reference's voxels ``(z, y, x)``) and the panel of
+    :func:`hpc_adept.report.circuit_plots.save_circuit_errors` (region voxels).
+    """
+    from hpc_adept.metrics.circuit import circuit_figures, error_sites, reference_labels
+
+    ev, metal, circuit = cfg.evaluate, region.est_occ, reference.circuit
+    if circuit is None:
+        nets, vias, layers = reference_labels(region.ref_occ, ev), None, {}
+        figures = circuit_figures(metal, nets, criteria=ev)
+    else:
+        nets, vias = circuit.nets[slices], circuit.vias[slices]
+        layers = _region_layers(circuit.layers, slices[0], metal.shape[0])
+        cuts = {k: (v, circuit.via_ids(k)) for k, v in layers.items()
+                if k in circuit.cut_layers}
+        metal_layers = {k: v for k, v in layers.items() if k not in circuit.cut_layers}
+        figures = circuit_figures(metal, nets, vias, metal_layers, cuts, ev)
+    sites = error_sites(metal, nets, vias, criteria=ev)
+    n_vias = sum(v["vias"] for v in figures["vias"].values())
+    start = np.array([s.start for s in slices])
+    entry = {
+        "labels": "reference components" if circuit is None else "ground truth",
+        "via_recall": (sum(v["recovered"] for v in figures["vias"].values()) / n_vias
+                       if n_vias else None),
+        **_json_safe(figures),
+        "error_sites": {k: [(np.asarray(p) + start).tolist() for p in v]
+                        for k, v in sites.items()},
+    }
+    panel = {"metal": metal, "truth": nets > 0, "sites": sites, "layers": layers,
+             "z0": int(start[0])}
+    return entry, panel
+
+
 def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
                     volume: np.ndarray, cfg: Config, what: str = "reconstruction"
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -337,7 +409,8 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
         :mod:`hpc_adept.stages.evaluate` and the README for the keys).
     layers : dict
         ``z_um``, ``ber``, ``pcc`` (float arrays, NaN = undefined) and ``excluded`` (bool)
-        per layer of the evaluated region, for the figures.
+        per layer of the evaluated region, and ``circuit`` (the circuit errors' panel), for
+        the figures.
     """
     from hpc_adept.metrics import ber_per_layer, pcc_per_layer
 
@@ -373,8 +446,9 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
         "intensity_fit": _intensity_fit(region, kept),
         "binarization": {"metal_fraction": float(region.est_occ.mean()), **model.as_dict()},
     }
+    entry["circuit"], panel = evaluate_circuit(reference, region, reg.reference_slices, cfg)
     layers = {"z_um": layer_z_m * 1e6, "ber": per_layer_ber, "pcc": per_layer_pcc,
-              "excluded": excluded}
+              "excluded": excluded, "circuit": panel}
     return entry, layers
 
 
@@ -415,17 +489,20 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
             **entry,
             "settings": {**{k: v for k, v in cfg.to_dict()["evaluate"].items()
                             if k != "reference"}, "seed": cfg.runtime.seed},
-            "figures": {"layers": LAYER_FIGURE, "psd": PSD_FIGURE},
+            "figures": {"layers": LAYER_FIGURE, "psd": PSD_FIGURE, "circuit": CIRCUIT_FIGURE},
         }
         metrics[method] = entry
         per_layer[method] = layers
         cuts[method] = psd_cuts(volume, reference.voxel_size_m, window=window)
-        log.info("evaluate: %s: BER %s, PCC %s over %d layers; shift %s voxels",
+        log.info("evaluate: %s: BER %s, PCC %s over %d layers; shift %s voxels; %s",
                  method, _fmt(entry["ber"]), _fmt(entry["pcc"]),
                  len(entry["layers"]["index"]) - len(entry["excluded_layers"]),
-                 np.round(entry["registration"]["shift_voxels"], 2).tolist())
+                 np.round(entry["registration"]["shift_voxels"], 2).tolist(),
+                 _circuit_line(entry["circuit"]))
     save_layer_metrics(plan.run_dir / LAYER_FIGURE, per_layer,
                        list(cfg.evaluate.z_boundaries_um))
+    _save_circuit_figure(plan.run_dir / CIRCUIT_FIGURE,
+                         {m: layers.pop("circuit") for m, layers in per_layer.items()})
     save_psd_cuts(plan.run_dir / PSD_FIGURE, cuts)
     write_json_atomic(plan.run_dir / METRICS_FILE, metrics)
     log.info("evaluate: done in %.1f s -> %s", time.perf_counter() - t0,
@@ -434,3 +511,18 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
 
 def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.4f}"
+
+
+def _save_circuit_figure(path: Path, panels: dict[str, dict[str, Any]]) -> None:
+    """Draw the circuit errors, or remove an earlier run's figure when there is none."""
+    from hpc_adept.report.circuit_plots import save_circuit_errors
+
+    if save_circuit_errors(path, panels) is None and path.is_file():
+        path.unlink()
+
+
+def _circuit_line(circuit: dict[str, Any]) -> str:
+    """The circuit figures of one method in a few words, for the log."""
+    recall = circuit["via_recall"]
+    vias = "no vias" if recall is None else f"via recall {recall:.3f}"
+    return f"{circuit['opens']} opens, {circuit['shorts']} shorts, {vias}"

@@ -3,7 +3,8 @@
 Rank 0 builds the phantom and broadcasts it; every rank projects and simulates its block of
 angles and writes one CXI file per angle. The noise of angle ``i`` comes from the stream
 ``default_rng([seed, i])``, so the files do not depend on the number of ranks. Rank 0
-finally writes ``ground_truth.h5`` and ``true_projections.h5`` beside the scans (and, with
+finally writes ``ground_truth.h5`` (with the phantom's circuit: net and via labels, layer
+slices) and ``true_projections.h5`` beside the scans (and, with
 ``simulate.write_projections``, ``projections.h5`` into the run directory). While the
 dataset is being written it holds a marker file (``SIMULATION_INCOMPLETE``) that the
 dataset listing refuses: an interrupted run leaves no dataset that looks complete.
@@ -24,6 +25,7 @@ from hpc_adept import sim
 from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import (
+    CircuitTruth,
     ProjectionSet,
     Scan,
     write_cxi,
@@ -112,6 +114,9 @@ def simulation_memory_parts(cfg: Config, plan: SimulationPlan, n_ranks: int
     # phantom on rank 0: occupancy, volume, the phantom's own float32 work arrays; every
     # rank: the broadcast volume, its float64 copy for the projector and one more inside
     phantom = 16 * voxels + 20 * voxels
+    # the circuit truth on rank 0: int32 net and via labels and the drawing's int32 work
+    # arrays (wire and via ids, a np.where) while they are built
+    phantom += 24 * voxels
     if plan.phantom_kind == "layout":
         # the rasteriser's boolean slab of supersampled voxel layers (>= one layer) and
         # its uint16 partial sums
@@ -245,6 +250,31 @@ def build_ground_truth(cfg: Config, plan: SimulationPlan) -> tuple[np.ndarray, n
     return occupancy.astype(np.float32), volume.astype(np.float32)
 
 
+def build_circuit_truth(cfg: Config, plan: SimulationPlan) -> CircuitTruth:
+    """The phantom's circuit: net and via labels ``[nz, ny, nx]`` int32 and every metal and
+    cut layer's slices, from the layout (its DEF nets and via placements, cut to the crop)
+    or from the procedural phantom's own draw (the same seed)."""
+    s = cfg.simulate
+    if plan.phantom_kind == "procedural":
+        from hpc_adept.phantom.procedural import procedural_circuit
+
+        c = procedural_circuit(s.volume_shape, s.voxel_size_m, s.seed)
+        return CircuitTruth(c.nets, c.vias, c.layers, c.cut_layers, c.net_names,
+                            c.via_layers)
+    from hpc_adept.phantom.layout import layer_slices, rasterise_circuit
+
+    layout, tech = load_layout(s.layout_def, s.layout_lef)
+    origin = s.crop_origin_um or centred_crop_origin(layout, s.volume_shape, s.voxel_size_m)
+    nets, vias = rasterise_circuit(layout, tech, origin, s.volume_shape, s.voxel_size_m)
+    layers = layer_slices(tech, s.voxel_size_m, int(s.volume_shape[0]))
+    via_layers = [""] * max([0, *(int(ids.max()) for ids in layout.vias.values() if len(ids))])
+    for layer, ids in layout.vias.items():
+        for via_id in np.unique(ids[ids > 0]).tolist():
+            via_layers[via_id - 1] = layer
+    return CircuitTruth(nets, vias, layers, tuple(n for n in layers if n in tech.cuts),
+                        tuple(layout.net_names), tuple(via_layers))
+
+
 def simulate_scan(projection: np.ndarray, probe: np.ndarray, angle_index: int,
                   cfg: Config, plan: SimulationPlan) -> tuple[np.ndarray, np.ndarray]:
     """Counts [n_positions, N, N] float32 and positions (row, col) px of one angle."""
@@ -365,7 +395,8 @@ def _finish_dataset(cfg: Config, plan: SimulationPlan, all_proj: np.ndarray,
     write_ground_truth(plan.dataset_dir / "ground_truth.h5", volume,
                        (occupancy >= 0.5).astype(np.uint8), s.voxel_size_m,
                        attrs={"phantom": plan.phantom_kind, "energy_ev": s.energy_ev,
-                              "tilt_deg": s.tilt_deg})
+                              "tilt_deg": s.tilt_deg},
+                       circuit=build_circuit_truth(cfg, plan))
     (plan.dataset_dir / INCOMPLETE_MARKER).unlink()  # every file of the dataset is there
     if s.write_projections:
         run_dir = Path(cfg.output.dir)
