@@ -75,7 +75,9 @@ def supplied_from(values: Mapping[str, object]) -> Supplied:
 
 
 def _describe(name: str) -> str:
-    return f"supply {name}=... (config) since the file does not record it"
+    key = ("data.rotation_angles_deg or data.angles_path" if name == "rotation_angle_deg"
+           else f"data.{name}")
+    return f"supply {name}=... (config: set {key}) since the file does not record it"
 
 
 def resolve(path: PathLike, key: str, name: str, from_file: float | None,
