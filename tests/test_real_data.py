@@ -139,3 +139,28 @@ def test_tiff_stack_of_projections_gives_our_volume(work):
     np.testing.assert_array_equal(imported.projections, ps.projections)
     assert _pcc(volume, reference) > 0.99
     assert not (work / "run_tiff" / "ptycho").exists()  # no LSQ-ML ran
+
+
+@pytest.mark.parametrize(("settings", "needle"), [
+    (["data.path=foldslice_bad"], "set data.detector_pixel_m or data.distance_m"),
+    (["data.path=foldslice_bad", "data.detector_pixel_m=75e-6"],
+     "data.laminography_angle_deg"),
+    (["data.path=foldslice_bad", f"data.laminography_angle_deg={LAMINO}",
+      "data.distance_m=1.0", "data.detector_pixel_m=1e-6"], "disagrees with the object pixel"),
+    (["data.path=stack_bad.tif"], "data.laminography_angle_deg is not set"),
+    (["data.path=stack_bad.tif", f"data.laminography_angle_deg={LAMINO}"],
+     "a TIFF stack needs data.angles_path and data.pixel_size_m"),
+])
+def test_bad_foreign_input_is_one_line_and_nothing_written(work, settings, needle):
+    import tifffile
+
+    work, _ = work
+    if not (work / "foldslice_bad").exists():
+        write_foldslice_scan(work / "foldslice_bad" / "S00000", _scans(work)[0])
+        tifffile.imwrite(work / "stack_bad.tif", np.zeros((2, 8, 8), np.float32))
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_bad", *settings, cwd=work)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (work / "run_bad" / "projections.h5").exists()
+    assert not (work / "run_bad" / "ptycho").exists()

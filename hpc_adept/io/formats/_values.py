@@ -145,7 +145,8 @@ def resolve_detector(path: PathLike, key: str, object_pixel_m: float | None,
         ratio = object_pixel_m * frame_size / wavelength_m  # z / p
         if z is None and p is None:
             raise data_error(path, "the file fixes the object pixel size but not the distance: "
-                                   "supply detector_pixel_m=... or distance_m=...", key)
+                                   "supply detector_pixel_m=... or distance_m=... (config: "
+                                   "set data.detector_pixel_m or data.distance_m)", key)
         if z is not None and p is not None and not math.isclose(z / p, ratio, rel_tol=1e-3):
             raise data_error(path, f"distance_m / detector_pixel_m = {z / p:g} disagrees with "
                                    f"the object pixel size in the file ({ratio:g})", key)

@@ -383,16 +383,17 @@ def _read_scans_leniently(p: Path, fmt: str, supplied: dict) -> tuple[list[Scan]
     raise data_error(p, "could not read the headers")
 
 
-def inspect(path: PathLike, **supplied: object) -> str:
+def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
     """Plain-text summary of what ``path`` holds (format, frames, energy, ...).
 
     Reads headers only for diffraction data (not the frames) and runs nothing. Values the
     files lack are listed as "not in the files (supply them)". ``supplied`` takes the
     keywords of :func:`read_scans` (diffraction data) or, for projections,
-    ``laminography_angle_deg``, ``angles_deg``, ``angles_path`` and ``pixel_size_m``.
+    ``laminography_angle_deg``, ``angles_deg``, ``angles_path``, ``pixel_size_m`` and
+    ``angle_convention``. ``fmt`` is detected when None.
     """
     p = Path(path)
-    fmt = detect_format(p)
+    fmt = fmt or detect_format(p)
     head = [f"path: {p}", f"format: {fmt}"]
     if fmt in SCAN_FORMATS:
         scans, missing = _read_scans_leniently(p, fmt, supplied)
@@ -401,7 +402,8 @@ def inspect(path: PathLike, **supplied: object) -> str:
     ps = read_projection_set(p, fmt, laminography_angle_deg=90.0 if lam is None else lam,
                              pixel_size_m=supplied.get("pixel_size_m"),
                              angles_path=supplied.get("angles_path"),
-                             angles_deg=supplied.get("angles_deg"))
+                             angles_deg=supplied.get("angles_deg"),
+                             angle_convention=supplied.get("angle_convention"))
     lines = head + [
         f"projections: {ps.n_angles}",
         f"projection shape: {ps.projections.shape[1]} x {ps.projections.shape[2]}",

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from hpc_adept.config import DataConfig
     from hpc_adept.io.runfiles import ProjectionSet
 
-__all__ = ["ScanSource", "data_format", "read_projections_of", "reader_options",
-           "scan_source"]
+__all__ = ["ScanSource", "data_format", "inspect_options", "read_projections_of",
+           "reader_options", "scan_source"]
 
 # data.* keys that are the readers' supplied values (``Supplied``) under the same name
 SUPPLIED_KEYS = ("energy_ev", "distance_m", "detector_pixel_m", "laminography_angle_deg")
@@ -76,6 +76,20 @@ def reader_options(data: DataConfig) -> dict[str, Any]:
     }
     options.update({k: getattr(data, k) for k in SUPPLIED_KEYS})
     return options
+
+
+def inspect_options(data: DataConfig, path: str | Path, fmt: str | None) -> dict[str, Any]:
+    """Keyword arguments of :func:`~hpc_adept.io.formats.inspect` for ``path`` from the
+    ``data`` section (only the values it sets)."""
+    fmt = fmt or detect_format(path)
+    if fmt in PROJECTION_FORMATS:
+        options = {"laminography_angle_deg": data.laminography_angle_deg,
+                   "angles_deg": data.rotation_angles_deg, "angles_path": data.angles_path,
+                   "pixel_size_m": data.pixel_size_m,
+                   "angle_convention": data.angle_convention}
+    else:
+        options = reader_options(data)
+    return {k: v for k, v in options.items() if v is not None}
 
 
 @dataclass(frozen=True)
