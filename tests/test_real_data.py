@@ -32,9 +32,9 @@ CONFIG = {
 LAMINO = 61.0  # simulate.tilt_deg's default
 
 
-def _run(work, run_dir: str, *settings: str) -> np.ndarray:
+def _run(work, run_dir: str, *settings: str, n_ranks: int = 1) -> np.ndarray:
     result = adept("run", "-c", "c.yaml", "--set", f"output.dir={run_dir}", *settings,
-                   cwd=work)
+                   cwd=work, n_ranks=n_ranks)
     assert result.returncode == 0, result.stderr[-3000:]
     return read_volume(work / run_dir / "volume_fbp.h5")[0]
 
@@ -99,14 +99,27 @@ def write_ptychodus_scan(folder, index: int, scan) -> None:
         f.create_dataset("object_layer_spacing_m", data=np.zeros(0))
 
 
+def _foldslice(work) -> list[str]:
+    """The data set in fold_slice's layout (once) and the settings that read it."""
+    scans = _scans(work)
+    if not (work / "foldslice").exists():
+        for i, scan in enumerate(scans):
+            write_foldslice_scan(work / "foldslice" / f"S{i:05d}", scan)
+    return ["data.path=foldslice", f"data.laminography_angle_deg={LAMINO}",
+            f"data.detector_pixel_m={scans[0].x_pixel_size_m!r}"]
+
+
 def test_foldslice_prepared_data_gives_our_volume(work):
     work, reference = work
-    scans = _scans(work)
-    for i, scan in enumerate(scans):
-        write_foldslice_scan(work / "foldslice" / f"S{i:05d}", scan)
-    volume = _run(work, "run_foldslice", "data.path=foldslice",
-                  f"data.laminography_angle_deg={LAMINO}",
-                  f"data.detector_pixel_m={scans[0].x_pixel_size_m!r}")
+    volume = _run(work, "run_foldslice", *_foldslice(work))
+    assert _pcc(volume, reference) > 0.99
+
+
+@pytest.mark.mpi
+def test_foldslice_prepared_data_on_two_ranks(work):
+    """Each rank reads its scans' frames from the fold_slice files itself."""
+    work, reference = work
+    volume = _run(work, "run_foldslice_2", *_foldslice(work), n_ranks=2)
     assert _pcc(volume, reference) > 0.99
 
 
