@@ -145,13 +145,23 @@ def test_tiff_stack_of_projections_gives_our_volume(work):
     order = np.arange(ps.n_angles)[::-1]  # the stack in another order than by angle
     tifffile.imwrite(work / "stack.tif", ps.projections[order], photometric="minisblack")
     (work / "angles.txt").write_text("".join(f"{float(a)!r}\n" for a in ps.angles_deg[order]))
-    volume = _run(work, "run_tiff", "data.path=stack.tif", "data.format=tiff-stack",
-                  "data.angles_path=angles.txt", f"data.pixel_size_m={float(ps.pixel_size_m)!r}",
-                  f"data.laminography_angle_deg={float(ps.tilt_deg)!r}")
+    settings = ["data.path=stack.tif", "data.format=tiff-stack", "data.angles_path=angles.txt",
+                f"data.pixel_size_m={float(ps.pixel_size_m)!r}",
+                f"data.laminography_angle_deg={float(ps.tilt_deg)!r}"]
+    volume = _run(work, "run_tiff", *settings)
     imported = read_projections(work / "run_tiff" / "projections.h5")
     np.testing.assert_array_equal(imported.projections, ps.projections)
     assert _pcc(volume, reference) > 0.99
     assert not (work / "run_tiff" / "ptycho").exists()  # no LSQ-ML ran
+    # a second run finds the import up to date; a changed angle file redoes it
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_tiff", *settings, cwd=work)
+    assert result.returncode == 0 and "run: ptycho skipped" in result.stderr, result.stderr
+    (work / "angles.txt").write_text("".join(f"{float(a) + 1.0!r}\n"
+                                             for a in ps.angles_deg[order]))
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_tiff", *settings, cwd=work)
+    assert result.returncode == 0 and "run: ptycho (inputs changed)" in result.stderr
+    moved = read_projections(work / "run_tiff" / "projections.h5").angles_deg
+    np.testing.assert_allclose(moved, ps.angles_deg + 1.0)
 
 
 @pytest.mark.parametrize(("settings", "needle"), [
@@ -161,6 +171,7 @@ def test_tiff_stack_of_projections_gives_our_volume(work):
     (["data.path=foldslice_bad", f"data.laminography_angle_deg={LAMINO}",
       "data.distance_m=1.0", "data.detector_pixel_m=1e-6"], "disagrees with the object pixel"),
     (["data.path=stack_bad.tif"], "data.laminography_angle_deg is not set"),
+    (["data.energy_ev=6200"], "data.energy_ev: our CXI files record it"),
     (["data.path=stack_bad.tif", f"data.laminography_angle_deg={LAMINO}"],
      "a TIFF stack needs data.angles_path and data.pixel_size_m"),
 ])

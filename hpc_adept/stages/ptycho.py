@@ -47,6 +47,7 @@ from hpc_adept.io.cxi import TRANSLATION
 from hpc_adept.io.formats.detect import PROJECTION_FORMATS
 from hpc_adept.io.formats.source import (
     ScanSource,
+    check_unused,
     data_format,
     read_projections_of,
     reader_options,
@@ -242,6 +243,7 @@ def plan_ptycho(cfg: Config) -> PtychoPlan | ImportPlan:
             raise DataError(f"data.laminography_angle_deg is not set: {fmt} files do not "
                             f"record the laminography angle")
         return ImportPlan(cfg.data, fmt, Path(cfg.output.dir))
+    check_unused(cfg.data, fmt)
     source = ScanSource(Path(cfg.data.path), fmt, reader_options(cfg.data))  # type: ignore[arg-type]
     scans = tuple(source.headers())
     ny, nx = scans[0].frame_shape

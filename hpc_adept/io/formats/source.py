@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from hpc_adept.config import DataConfig
     from hpc_adept.io.runfiles import ProjectionSet
 
-__all__ = ["ScanSource", "data_format", "inspect_options", "read_projections_of",
-           "reader_options", "scan_source"]
+__all__ = ["ScanSource", "check_unused", "data_format", "inspect_options", "read_projections_of",
+           "reader_options"]
 
 # data.* keys that are the readers' supplied values (``Supplied``) under the same name
 SUPPLIED_KEYS = ("energy_ev", "distance_m", "detector_pixel_m", "laminography_angle_deg")
@@ -148,12 +148,15 @@ def _check_alike(where: Path, scans: list[Scan]) -> None:
                                         f"{a} of {Path(first.path).name}")
 
 
-def scan_source(data: DataConfig) -> ScanSource:
-    """The :class:`ScanSource` of the ``data`` section (a diffraction format)."""
-    fmt = data_format(data)
-    if fmt in PROJECTION_FORMATS:
-        raise ConfigError(f"data.path holds projections ({fmt}), not diffraction data")
-    return ScanSource(Path(data.path), fmt, reader_options(data))  # type: ignore[arg-type]
+def check_unused(data: DataConfig, fmt: str) -> None:
+    """ConfigError when ``data`` supplies values our own CXI dataset records (they would
+    be ignored silently)."""
+    if fmt != "adept-cxi":
+        return
+    for key in (*SUPPLIED_KEYS, "rotation_angles_deg", "angles_path", "positions_path"):
+        if getattr(data, key) is not None:
+            raise ConfigError(f"data.{key}: our CXI files record it (data.format "
+                              f"adept-cxi); remove the key")
 
 
 def read_projections_of(data: DataConfig, fmt: str) -> ProjectionSet:
