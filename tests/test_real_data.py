@@ -188,3 +188,21 @@ def test_bad_foreign_input_is_one_line_and_nothing_written(work, settings, needl
     assert len(lines) == 1 and needle in lines[0], lines
     assert not (work / "run_bad" / "projections.h5").exists()
     assert not (work / "run_bad" / "ptycho").exists()
+
+
+def test_a_changed_positions_file_redoes_its_scan(work):
+    """fold_slice keeps the positions beside the frames (``_para.hdf5``): changing them
+    redoes that scan; an unchanged data set reuses every finished scan."""
+    work, _ = work
+    settings = _foldslice(work)
+    args = ("ptycho", "-c", "c.yaml", "--set", "output.dir=run_rerun", *settings)
+    assert adept(*args, cwd=work).returncode == 0
+    result = adept(*args, cwd=work)
+    assert result.returncode == 0 and "reused 6 finished scan(s)" in result.stderr, \
+        result.stderr[-2000:]
+    para = next((work / "foldslice").glob("S00003/*_para.hdf5"))
+    with h5py.File(para, "a") as f:
+        f["ppX"][0] += 1e-9
+    result = adept(*args, cwd=work)
+    assert result.returncode == 0 and "reused 5 finished scan(s)" in result.stderr, \
+        result.stderr[-2000:]

@@ -273,10 +273,19 @@ def plan_ptycho(cfg: Config) -> PtychoPlan | ImportPlan:
 
 
 def _input_key(plan: PtychoPlan, scan: Scan) -> str:
-    """Identity of one scan's input and settings: a changed file or config redoes it."""
+    """Identity of one scan's input and settings: a changed file or config redoes it.
+
+    The header's values count too: another program's frames' file may keep its positions
+    and energy in a second file (fold_slice's ``_para.hdf5``, ptychodus's product) or
+    take them from ``data.*``.
+    """
     stat = os.stat(scan.path)
+    header = hashlib.sha256(np.ascontiguousarray(scan.positions_m, np.float64).tobytes())
+    header.update(repr((scan.energy_j, scan.distance_m, scan.x_pixel_size_m,
+                        scan.y_pixel_size_m, scan.rotation_angle_deg,
+                        scan.laminography_angle_deg)).encode())
     text = f"{plan.settings_key}|{plan.field_shape}|{Path(scan.path).name}|" \
-           f"{stat.st_size}|{stat.st_mtime_ns}"
+           f"{stat.st_size}|{stat.st_mtime_ns}|{header.hexdigest()}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
