@@ -3,8 +3,9 @@
 Foreign formats record only part of the geometry our :class:`~hpc_adept.io.cxi.Scan` needs
 (fold_slice's parameter file has no distance, ptychodus's diffraction file has no energy,
 no file records the laminography angle). The caller supplies the rest as explicit keyword
-arguments (the lead maps config keys to them). A value found in the file and also supplied
-must agree (relative 1e-6): a contradiction is an error, never a silent choice.
+arguments; the stages take them from the config's ``data`` section under the same names
+(:func:`hpc_adept.io.formats.source.reader_options`). A value found in the file and also
+supplied must agree (relative 1e-6): a contradiction is an error, never a silent choice.
 """
 
 from __future__ import annotations
