@@ -296,19 +296,29 @@ def _export(args: argparse.Namespace, ctx: Any) -> None:
 
 
 def _inspect(args: argparse.Namespace, ctx: Any) -> None:
-    """``adept inspect PATH``: what a data set holds (rank 0 prints it), nothing run."""
+    """``adept inspect PATH [-c CONFIG] [--set KEY=VALUE]``: what a data set holds (rank 0
+    prints it), nothing run. The config's ``data`` section supplies what the files lack;
+    ``--set`` values win over it."""
     if ctx.is_root:
         import yaml
 
         from hpc_adept.io.formats import inspect
 
-        supplied = {}
+        fmt, supplied = None, {}
+        if args.config is not None:
+            from hpc_adept.config import load_config
+            from hpc_adept.io.formats.source import inspect_options
+
+            data = load_config(args.config).data
+            fmt = None if data.format == "auto" else data.format
+            supplied = inspect_options(data, args.path, fmt)
         for item in (i for group in args.supplied for i in group):
             key, sep, value = item.partition("=")
+            key = key.removeprefix("data.")
             if not sep or not key.isidentifier():
                 raise ConfigError(f"adept inspect --set: expected KEY=VALUE, got {item!r}")
             supplied[key] = yaml.safe_load(value)
-        sys.stdout.write(inspect(args.path, **supplied))
+        sys.stdout.write(inspect(args.path, fmt, **supplied))
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
@@ -324,6 +334,9 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a data file or directory (any supported format)")
+    p.add_argument("-c", "--config", default=None,
+                   help="YAML config whose data section supplies what the files lack "
+                        "(data.format, data.energy_ev, ...)")
     p.add_argument("--set", dest="supplied", nargs="+", action="append", default=[],
                    metavar="KEY=VALUE",
                    help="values the files lack, e.g. laminography_angle_deg=61 energy_ev=6200")

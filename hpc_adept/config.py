@@ -59,18 +59,105 @@ scikit-learn's ``random_state`` (the evaluation's mixture fits) is; numpy's ``de
 and torch accept it too, with room for the offsets the stages add."""
 
 
+DataFormat = Literal["auto", "adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
+                     "lamni-eiger", "ptychoshelves-recons", "foldslice-niter",
+                     "ptychodus-product", "tiff-stack"]
+"""``data.format``: ``auto`` or a format of :mod:`hpc_adept.io.formats` (its ``FORMATS``)."""
+AngleConvention = Literal["adept", "ptychoshelves", "tike", "tomocupy"]
+"""Angle conventions of :mod:`hpc_adept.io.formats.geometry` (its ``CONVENTIONS``)."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Input dataset.
+    """Input dataset, in our CXI layout or another program's (docs/formats.md).
+
+    Values a beamline file lacks are supplied here; ``None`` = not supplied (the file must
+    then record it). A value both recorded and supplied must agree.
 
     Attributes
     ----------
     path : str or None
-        Dataset directory: one CXI file per rotation angle (DESIGN section 4). Written by
-        ``adept simulate``, read by ``adept ptycho``.
+        Dataset: a directory of our CXI files (one per rotation angle, DESIGN section 4,
+        written by ``adept simulate``), or a file or directory in ``format``. Read by
+        ``adept ptycho``.
+    format : str
+        ``auto`` (detected from names and HDF5 keys; refuses to guess), a diffraction
+        format (``adept-cxi``, ``cxi``, ``foldslice-prepared``, ``ptychodus-diffraction``,
+        ``lamni-eiger``: ``adept ptycho`` reconstructs it) or a projection format
+        (``ptychoshelves-recons``, ``foldslice-niter``, ``ptychodus-product``,
+        ``tiff-stack``: ``adept ptycho`` only imports the projections, no LSQ-ML).
+    energy_ev : float or None, eV
+        Photon energy.
+    distance_m : float or None, m
+        Sample-detector distance.
+    detector_pixel_m : float or None, m
+        Detector pixel size (square pixels).
+    laminography_angle_deg : float or None, deg (in ``angle_convention``)
+        Angle between beam and rotation axis (ours and PtychoShelves': 90 = tomography).
+    rotation_angles_deg : list of float or None, deg (in ``angle_convention``)
+        One rotation angle per scan (files in name order) or per projection.
+    angles_path : str or None
+        Text file of those rotation angles (one per line, ``#`` comments); instead of
+        ``rotation_angles_deg``; required for ``tiff-stack``.
+    positions_path : str or None
+        Scan positions where the frames' file has none: the ptychodus product file (default:
+        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file.
+    angle_convention : str or None
+        Convention of the files' and the supplied angles (``adept``, ``ptychoshelves`` =
+        fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own.
+    foldslice_orientation : (int, int, int)
+        fold_slice's ``det.orientation`` (transpose, fliplr, flipud) of its prepared data:
+        ``[1, 0, 0]`` for Eiger detectors, ``[0, 0, 0]`` for EMPAD.
+    roi_px : int or None, pixels
+        ``lamni-eiger``: side of the square crop around the beam centre (required).
+    beam_center_rc : (row, col) or None, pixels
+        ``lamni-eiger``: beam centre on the detector when the file has none.
+    angle_table_path : str or None
+        ``lamni-eiger``: LamNI's ``tomography_scannumbers.txt`` (rotation angle per scan).
+    pixel_size_m : float or None, m
+        Projection pixel of a ``tiff-stack`` (required there; other formats record it).
+    phase_sign : float
+        1 keeps the stored phase, -1 flips it (projection formats whose matter is negative).
     """
 
     path: str | None = None
+    format: DataFormat = "auto"
+    energy_ev: float | None = None
+    distance_m: float | None = None
+    detector_pixel_m: float | None = None
+    laminography_angle_deg: float | None = None
+    rotation_angles_deg: tuple[float, ...] | None = None
+    angles_path: str | None = None
+    positions_path: str | None = None
+    angle_convention: AngleConvention | None = None
+    foldslice_orientation: tuple[int, int, int] = (1, 0, 0)
+    roi_px: int | None = None
+    beam_center_rc: tuple[float, float] | None = None
+    angle_table_path: str | None = None
+    pixel_size_m: float | None = None
+    phase_sign: float = 1.0
+
+    def check(self) -> None:
+        _choices("data", self)
+        for name in ("energy_ev", "distance_m", "detector_pixel_m", "pixel_size_m", "roi_px"):
+            if getattr(self, name) is not None:
+                _positive("data", self, name)
+        if self.roi_px is not None:
+            _at_most("data", self, MAX_SIDE, "roi_px")
+        if self.rotation_angles_deg is not None and self.angles_path is not None:
+            raise ConfigError("data.rotation_angles_deg and data.angles_path are both set; "
+                              "keep one of them")
+        if self.rotation_angles_deg is not None:
+            if not self.rotation_angles_deg:
+                raise ConfigError("data.rotation_angles_deg is empty")
+            if len(self.rotation_angles_deg) > MAX_ANGLES:
+                raise ConfigError(f"data.rotation_angles_deg holds more than {MAX_ANGLES} "
+                                  f"angles")
+        if any(v not in (0, 1) for v in self.foldslice_orientation):
+            raise ConfigError(f"data.foldslice_orientation must hold 0 or 1, got "
+                              f"{list(self.foldslice_orientation)}")
+        if self.phase_sign not in (1.0, -1.0):
+            raise ConfigError(f"data.phase_sign must be 1 or -1, got {self.phase_sign}")
 
 
 @dataclass(frozen=True)

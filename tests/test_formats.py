@@ -718,3 +718,38 @@ def test_adept_inspect_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("adept: error")
     assert main(["inspect", str(folder), "--set", "no_equals_sign"]) == 2
+
+
+def test_adept_inspect_takes_the_data_section_of_a_config(tmp_path, capsys):
+    """`adept inspect PATH -c CONFIG`: the config's data.* values supply what the files
+    lack; a --set value (bare or data.-prefixed) wins over the config."""
+    import yaml
+
+    from hpc_adept.cli import main
+
+    folder = tmp_path / "scan"
+    write_foldslice(folder, _scan(), with_header=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {
+        "format": "foldslice-prepared", "energy_ev": ENERGY_EV, "distance_m": DISTANCE_M,
+        "detector_pixel_m": PIXEL_M, "laminography_angle_deg": LAMINO,
+        "rotation_angles_deg": [120.0], "angle_convention": "adept"}}))
+    assert main(["inspect", str(folder), "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "format: foldslice-prepared" in out and "supply" not in out
+    assert f"laminography angle: {LAMINO:g} deg" in out
+    assert "rotation angles: 120..120 deg" in out
+    assert main(["inspect", str(folder), "-c", str(config), "--set",
+                 "data.laminography_angle_deg=45"]) == 0
+    assert "laminography angle: 45 deg" in capsys.readouterr().out
+    config.write_text(yaml.safe_dump({"data": {"energy_evv": 1.0}}))
+    assert main(["inspect", str(folder), "-c", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.energy_evv" in err[0]
+
+
+def test_a_missing_value_names_its_config_key(tmp_path):
+    write_foldslice(tmp_path / "S0", _scan(), with_header=False)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, laminography_angle_deg=LAMINO)
+    assert "data.energy_ev" in _one_line(exc)

@@ -27,11 +27,7 @@ from hpc_adept.config import AlignConfig, Config, PtychoConfig
 PENDING: dict[str, str] = {}
 
 # Dataclasses whose fields share a config key's name but not its meaning (no shadow of it).
-OTHER_MEANING: dict[str, str] = {
-    "hpc_adept.io.formats._values.Supplied": (
-        "what a beamline file lacks (energy, pixel, ...), None = not supplied; not the "
-        "simulator's simulate.energy_ev / detector_pixel_m"),
-}
+OTHER_MEANING: dict[str, str] = {}
 
 # Values a config key can hold; other defaults (callables, arrays) are not settings.
 SETTING_TYPES = (bool, int, float, str, tuple, type(None))

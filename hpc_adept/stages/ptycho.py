@@ -1,5 +1,12 @@
 """``adept ptycho``: LSQ-ML reconstruction of every scan, gathered into ``projections.h5``.
 
+The data set (``data.path``) is our CXI dataset or any diffraction format of
+:mod:`hpc_adept.io.formats` (read through a :class:`~hpc_adept.io.formats.source.ScanSource`:
+headers for the plan, each scan's counts when a rank takes it). With ``data.format`` a
+projection format (projections reconstructed elsewhere), the stage only imports them into
+``projections.h5`` (:class:`ImportPlan`, no LSQ-ML), so that ``adept run`` goes on to
+align and recon.
+
 Rank 0 lists the dataset (headers only) and every rank checks the same list; ranks then
 take scans first come, first served (:class:`~hpc_adept.parallel.workqueue.DynamicQueue`),
 each on its own GPU or CPU. Each finished scan is kept in ``output.dir/ptycho/`` at once,
@@ -19,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +34,24 @@ import numpy as np
 
 from hpc_adept import timing
 from hpc_adept.backend import array_module, to_numpy
-from hpc_adept.config import Config, PtychoConfig, require_dir
+from hpc_adept.config import Config, DataConfig, PtychoConfig
 from hpc_adept.errors import DataError
 from hpc_adept.io import (
     ProjectionSet,
     Scan,
-    check_counts,
-    list_dataset,
     read_cxi,
     write_projections,
 )
 from hpc_adept.io.atomic import write_h5_atomic
 from hpc_adept.io.cxi import TRANSLATION
+from hpc_adept.io.formats.detect import PROJECTION_FORMATS
+from hpc_adept.io.formats.source import (
+    ScanSource,
+    check_unused,
+    data_format,
+    read_projections_of,
+    reader_options,
+)
 from hpc_adept.io.h5read import open_h5, read_array, read_scalar_attr
 from hpc_adept.log import Progress
 from hpc_adept.parallel import ParallelContext, barrier, block_range, first_failure
@@ -76,6 +89,7 @@ class PtychoPlan:
     device_choice: str = "auto"
     keep_host_memory: bool = True
     memory_guard: bool = True
+    source: ScanSource | None = None  # None: our CXI dataset (each scan's path)
 
     def validate(self, ctx: ParallelContext, device: object) -> None:
         """Check every scan's counts and the memory before any work (collective).
@@ -88,7 +102,7 @@ class PtychoPlan:
             array_module(device, required=self.device_choice == "cuda")
             for index in block_range(len(self.scans), ctx.size, ctx.rank):
                 try:
-                    check_counts(self.scans[index].path)
+                    self.scan_source.check(self.scans[index])
                 except DataError:
                     raise
                 except Exception as exc:  # name the scan of an unexpected failure
@@ -98,6 +112,19 @@ class PtychoPlan:
         problem = first_failure(ctx, local_checks)
         if problem is not None:
             raise DataError(problem)
+
+    @property
+    def scan_source(self) -> ScanSource:
+        """Where the scans' counts are read (our CXI dataset when none was given)."""
+        if self.source is not None:
+            return self.source
+        return ScanSource(Path(self.scans[0].path).parent, "adept-cxi")
+
+    def load(self, index: int) -> Scan:
+        """Scan ``index`` with its counts."""
+        if self.scan_source.ours:
+            return read_cxi(self.scans[index].path)  # looked up here: tests wrap it
+        return self.scan_source.load(self.scans[index])
 
     def _memory_problem(self, ctx: ParallelContext) -> str | None:
         """Why this rank's LSQ-ML (and rank 0's assembly) would not fit, or None."""
@@ -181,10 +208,44 @@ def auto_field_shape(scans: tuple[Scan, ...]) -> tuple[int, int]:
     return _field_of(extent)
 
 
-def plan_ptycho(cfg: Config) -> PtychoPlan:
+@dataclass(frozen=True)
+class ImportPlan:
+    """Projections reconstructed elsewhere (``data.format`` a projection format), imported
+    as ``projections.h5`` without LSQ-ML."""
+
+    data: DataConfig
+    fmt: str
+    run_dir: Path
+    read: dict[str, ProjectionSet] = field(default_factory=dict, compare=False)
+
+    def validate(self, ctx: ParallelContext, device: object) -> None:
+        """Rank 0 reads and checks the projections (collective; one DataError line)."""
+        def local_checks() -> None:
+            if ctx.is_root:
+                self.read["projections"] = read_projections_of(self.data, self.fmt)
+
+        problem = first_failure(ctx, local_checks)
+        if problem is not None:
+            raise DataError(problem)
+
+    def projections(self) -> ProjectionSet:
+        """The projection set (read in :meth:`validate`, or now)."""
+        if "projections" not in self.read:
+            self.read["projections"] = read_projections_of(self.data, self.fmt)
+        return self.read["projections"]
+
+
+def plan_ptycho(cfg: Config) -> PtychoPlan | ImportPlan:
     """List and validate the dataset headers (no work, no output)."""
-    directory = require_dir(cfg.data.path, "data.path")
-    scans = tuple(list_dataset(directory))
+    fmt = data_format(cfg.data)
+    if fmt in PROJECTION_FORMATS:
+        if cfg.data.laminography_angle_deg is None:
+            raise DataError(f"data.laminography_angle_deg is not set: {fmt} files do not "
+                            f"record the laminography angle")
+        return ImportPlan(cfg.data, fmt, Path(cfg.output.dir))
+    check_unused(cfg.data, fmt)
+    source = ScanSource(Path(cfg.data.path), fmt, reader_options(cfg.data))  # type: ignore[arg-type]
+    scans = tuple(source.headers())
     ny, nx = scans[0].frame_shape
     if ny != nx or ny % 2:
         raise DataError(f"{scans[0].path}: frames of {ny} x {nx} pixels are not supported "
@@ -201,21 +262,30 @@ def plan_ptycho(cfg: Config) -> PtychoPlan:
     if cfg.ptycho.projection_shape is None:  # positions far off would set a huge field
         for scan in scans:
             check_positions(scan)
-    field = cfg.ptycho.projection_shape or auto_field_shape(scans)
+    shape = cfg.ptycho.projection_shape or auto_field_shape(scans)
     settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     run_dir = Path(cfg.output.dir)
     margin = cfg.ptycho.padding_px + 2  # 2 more with position correction (reconstruct())
-    return PtychoPlan(scans, tuple(field), float(pixel[0]), run_dir, run_dir / "ptycho", key,
+    return PtychoPlan(scans, tuple(shape), float(pixel[0]), run_dir, run_dir / "ptycho", key,
                       margin, cfg.runtime.device, cfg.runtime.keep_host_memory,
-                      cfg.runtime.memory_guard)
+                      cfg.runtime.memory_guard, None if source.ours else source)
 
 
 def _input_key(plan: PtychoPlan, scan: Scan) -> str:
-    """Identity of one scan's input and settings: a changed file or config redoes it."""
+    """Identity of one scan's input and settings: a changed file or config redoes it.
+
+    The header's values count too: another program's frames' file may keep its positions
+    and energy in a second file (fold_slice's ``_para.hdf5``, ptychodus's product) or
+    take them from ``data.*``.
+    """
     stat = os.stat(scan.path)
+    header = hashlib.sha256(np.ascontiguousarray(scan.positions_m, np.float64).tobytes())
+    header.update(repr((scan.energy_j, scan.distance_m, scan.x_pixel_size_m,
+                        scan.y_pixel_size_m, scan.rotation_angle_deg,
+                        scan.laminography_angle_deg)).encode())
     text = f"{plan.settings_key}|{plan.field_shape}|{Path(scan.path).name}|" \
-           f"{stat.st_size}|{stat.st_mtime_ns}"
+           f"{stat.st_size}|{stat.st_mtime_ns}|{header.hexdigest()}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -320,8 +390,12 @@ def initial_probe(p: PtychoConfig, scan: Scan, counts: Any, field_shape: tuple[i
     return None  # mean_pattern: reconstruct() back-propagates the mean pattern
 
 
-def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: object) -> None:
+def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan | ImportPlan,
+               device: object) -> None:
     """Run the stage on all ranks."""
+    if isinstance(plan, ImportPlan):
+        _import_projections(ctx, plan)
+        return
     t0 = time.perf_counter()
     n_scans = len(plan.scans)
     if ctx.is_root:
@@ -346,7 +420,7 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
 
     def read(index: int) -> list[Scan]:
         # in a box, so that taking the scan out releases it (the future keeps the box)
-        return [read_cxi(plan.scans[index].path)]
+        return [plan.load(index)]
 
     def work_on(index: int, pending: Future) -> None:
         t_scan = time.perf_counter()
@@ -390,6 +464,17 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan, device: obje
         total_reused = _sum(ctx, reused)
     if ctx.is_root:
         _assemble(plan, cfg, total_reused, t0)
+    barrier(ctx)
+
+
+def _import_projections(ctx: ParallelContext, plan: ImportPlan) -> None:
+    """Rank 0 writes the imported projections as ``projections.h5``."""
+    if ctx.is_root:
+        ps = plan.projections()
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        write_projections(plan.run_dir / "projections.h5", ps)
+        log.info("ptycho: imported %d %s projections of %s into %s (no LSQ-ML)",
+                 ps.n_angles, plan.fmt, plan.data.path, plan.run_dir / "projections.h5")
     barrier(ctx)
 
 

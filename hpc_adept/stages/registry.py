@@ -75,7 +75,18 @@ def _run_dir(cfg: Config) -> Path:
 
 
 def _dataset_files(cfg: Config) -> list[Path]:
-    return sorted(Path(cfg.data.path).glob("*.cxi")) if cfg.data.path else []
+    """The data set's files (any format of ``data.format``) and the files the ``data``
+    section names beside it (positions, angles)."""
+    if not cfg.data.path:
+        return []
+    path = Path(cfg.data.path)
+    if path.is_dir():
+        ours = sorted(path.glob("*.cxi"))
+        files = ours or sorted(f for f in path.rglob("*") if f.is_file())
+    else:
+        files = [path]
+    named = (cfg.data.positions_path, cfg.data.angles_path, cfg.data.angle_table_path)
+    return files + [Path(p) for p in named if p]
 
 
 def _projections(cfg: Config) -> list[Path]:

@@ -25,7 +25,9 @@ Projections made elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`
 :func:`inspect` summarises a path without running anything; :mod:`.geometry` maps other
 codes' angles onto ours; :func:`write_cxi_dataset` writes scans read from any format as our
 CXI dataset. Values the files lack (energy, distance, detector pixel,
-rotation and laminography angles) are supplied as keyword arguments.
+rotation and laminography angles) are supplied as keyword arguments; the stages take them
+from the config's ``data`` section (:mod:`.source`: ``ScanSource`` for ``adept ptycho``,
+``read_projections_of`` for projections imported as ``projections.h5``).
 """
 
 from hpc_adept.io.formats._values import Supplied

@@ -3,8 +3,9 @@
 Foreign formats record only part of the geometry our :class:`~hpc_adept.io.cxi.Scan` needs
 (fold_slice's parameter file has no distance, ptychodus's diffraction file has no energy,
 no file records the laminography angle). The caller supplies the rest as explicit keyword
-arguments (the lead maps config keys to them). A value found in the file and also supplied
-must agree (relative 1e-6): a contradiction is an error, never a silent choice.
+arguments; the stages take them from the config's ``data`` section under the same names
+(:func:`hpc_adept.io.formats.source.reader_options`). A value found in the file and also
+supplied must agree (relative 1e-6): a contradiction is an error, never a silent choice.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def supplied_from(values: Mapping[str, object]) -> Supplied:
 
 
 def _describe(name: str) -> str:
-    return f"supply {name}=... (config) since the file does not record it"
+    key = ("data.rotation_angles_deg or data.angles_path" if name == "rotation_angle_deg"
+           else f"data.{name}")
+    return f"supply {name}=... (config: set {key}) since the file does not record it"
 
 
 def resolve(path: PathLike, key: str, name: str, from_file: float | None,
@@ -143,7 +146,8 @@ def resolve_detector(path: PathLike, key: str, object_pixel_m: float | None,
         ratio = object_pixel_m * frame_size / wavelength_m  # z / p
         if z is None and p is None:
             raise data_error(path, "the file fixes the object pixel size but not the distance: "
-                                   "supply detector_pixel_m=... or distance_m=...", key)
+                                   "supply detector_pixel_m=... or distance_m=... (config: "
+                                   "set data.detector_pixel_m or data.distance_m)", key)
         if z is not None and p is not None and not math.isclose(z / p, ratio, rel_tol=1e-3):
             raise data_error(path, f"distance_m / detector_pixel_m = {z / p:g} disagrees with "
                                    f"the object pixel size in the file ({ratio:g})", key)

@@ -88,8 +88,11 @@ def _directory_files(d: Path) -> list[Path]:
     return files
 
 
-def detect_format(path: PathLike) -> str:
+def detect_format(path: PathLike, default: str | None = None) -> str:
     """The format of ``path`` (a file or a folder), one of :data:`FORMATS`.
+
+    ``default`` is the answer for a folder holding no file of a known format (the reader
+    of that format then names what is wrong there); None makes that an error.
 
     Raises
     ------
@@ -118,6 +121,8 @@ def detect_format(path: PathLike) -> str:
         kinds.discard("ptychodus-diffraction")  # the _para files' siblings
     if len(kinds) == 1:
         return kinds.pop()
+    if not kinds and default is not None:
+        return default
     if not kinds:
         raise data_error(p, f"no file of a known format; known: {', '.join(FORMATS)}")
     raise data_error(p, f"ambiguous: holds {', '.join(sorted(kinds))}; set data.format to "
@@ -150,8 +155,9 @@ def _per_scan(supplied: Supplied, angles: Sequence[float] | None, index: int,
 def _product_for(diffraction: Path) -> Path:
     guess = diffraction.with_name(diffraction.name.replace("diffraction", "product"))
     if guess == diffraction or not guess.is_file():
-        raise data_error(diffraction, "no positions: give positions_path (the ptychodus "
-                                      "product file); none named like *product* beside it")
+        raise data_error(diffraction, "no positions: set data.positions_path (the "
+                                      "ptychodus product file); none named like *product* "
+                                      "beside it")
     return guess
 
 
@@ -177,8 +183,8 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
             path, orientation=options["foldslice_orientation"], **kw)
     if fmt == "lamni-eiger":
         if positions_path is None or options.get("roi_px") is None:
-            raise data_error(path, "a raw Eiger scan needs positions_path (the Orchestra "
-                                   ".dat file) and roi_px (the square crop)")
+            raise data_error(path, "a raw Eiger scan needs data.positions_path (the "
+                                   "Orchestra .dat file) and data.roi_px (the square crop)")
         return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
                                      beam_center_rc=options.get("beam_center_rc"),
                                      angle_table_path=options.get("angle_table_path"), **kw)
@@ -195,6 +201,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
+               member: PathLike | None = None,
                **supplied: float | None) -> list[Scan]:
     """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
 
@@ -219,6 +226,9 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     roi_px, beam_center_rc, angle_table_path : optional
         Raw Eiger (``lamni-eiger``): the square crop (pixels), the beam centre (row, col)
         when the file has none, and LamNI's ``tomography_scannumbers.txt``.
+    member : path, optional
+        Read only this file of the data set (the ``path`` of a scan read before), with the
+        values supplied for it (its rotation angle); the list then holds one scan.
     **supplied
         ``energy_ev``, ``distance_m``, ``detector_pixel_m``, ``rotation_angle_deg``,
         ``laminography_angle_deg``: what the files lack.
@@ -240,10 +250,20 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     pos = Path(positions_path) if positions_path is not None else None
     options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
                "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
-    scans = [_read_one(fmt, f, pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
+    indexes = range(len(files)) if member is None else [_member_index(files, member, p)]
+    scans = [_read_one(fmt, files[i], pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
                        load_counts, angle_convention, options)
-             for i, f in enumerate(files)]
+             for i in indexes]
     return _sorted(scans, p)
+
+
+def _member_index(files: list[Path], member: PathLike, where: Path) -> int:
+    """Index of ``member`` among the data set's ``files``; DataError when it is none."""
+    wanted = Path(member).resolve()
+    for index, f in enumerate(files):
+        if f.resolve() == wanted:
+            return index
+    raise data_error(where, f"{member} is no longer one of the data set's files")
 
 
 # --------------------------------------------------------------------------- projections
@@ -301,7 +321,8 @@ def read_projection_set(path: PathLike | Sequence[PathLike], fmt: str | None = N
     fmt = fmt or detect_format(paths[0])
     if fmt == "tiff-stack":
         if angles_path is None or pixel_size_m is None:
-            raise data_error(paths[0], "a TIFF stack needs angles_path and pixel_size_m")
+            raise data_error(paths[0], "a TIFF stack needs data.angles_path and "
+                                       "data.pixel_size_m")
         return read_tiff_stack(paths[0], angles_path,
                                laminography_angle_deg=laminography_angle_deg,
                                pixel_size_m=pixel_size_m,
@@ -362,16 +383,17 @@ def _read_scans_leniently(p: Path, fmt: str, supplied: dict) -> tuple[list[Scan]
     raise data_error(p, "could not read the headers")
 
 
-def inspect(path: PathLike, **supplied: object) -> str:
+def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
     """Plain-text summary of what ``path`` holds (format, frames, energy, ...).
 
     Reads headers only for diffraction data (not the frames) and runs nothing. Values the
     files lack are listed as "not in the files (supply them)". ``supplied`` takes the
     keywords of :func:`read_scans` (diffraction data) or, for projections,
-    ``laminography_angle_deg``, ``angles_deg``, ``angles_path`` and ``pixel_size_m``.
+    ``laminography_angle_deg``, ``angles_deg``, ``angles_path``, ``pixel_size_m`` and
+    ``angle_convention``. ``fmt`` is detected when None.
     """
     p = Path(path)
-    fmt = detect_format(p)
+    fmt = fmt or detect_format(p)
     head = [f"path: {p}", f"format: {fmt}"]
     if fmt in SCAN_FORMATS:
         scans, missing = _read_scans_leniently(p, fmt, supplied)
@@ -380,7 +402,8 @@ def inspect(path: PathLike, **supplied: object) -> str:
     ps = read_projection_set(p, fmt, laminography_angle_deg=90.0 if lam is None else lam,
                              pixel_size_m=supplied.get("pixel_size_m"),
                              angles_path=supplied.get("angles_path"),
-                             angles_deg=supplied.get("angles_deg"))
+                             angles_deg=supplied.get("angles_deg"),
+                             angle_convention=supplied.get("angle_convention"))
     lines = head + [
         f"projections: {ps.n_angles}",
         f"projection shape: {ps.projections.shape[1]} x {ps.projections.shape[2]}",
