@@ -378,15 +378,15 @@ def test_a_dip_iteration_reads_the_device_once(volume_split):
     from .host_reads import adam_step_counts, count_host_reads
 
     trainer = _trainer_for_sync_count(volume_split)
-    trainer.net = trainer.comm.wrap(trainer.model)
-    assert trainer._advance()  # the first iteration builds the caches (grids, operators)
+    trainer.prepare()
+    assert trainer.advance()  # the first iteration builds the caches (grids, operators)
     with count_host_reads() as calls:
         step = trainer.step()
     assert len(calls) <= 1, calls
     assert np.isfinite(step.total) and not step.stop
     trainer.optimizer.zero_grad()
     with count_host_reads(ignore=adam_step_counts(trainer.optimizer)) as calls:
-        assert trainer._advance()
+        assert trainer.advance()
     assert len(calls) <= 1, calls  # the whole iteration: step, guard, record, Adam
     assert trainer.iteration == 2 and len(trainer.record.history["loss"]) == 2
 

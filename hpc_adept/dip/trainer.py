@@ -314,15 +314,20 @@ class DipTrainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, resume_state: dict[str, Any] | None = None) -> TrainResult:
         """Train to ``dip.iterations`` (from ``resume_state``, a checkpoint dict, if given)."""
+        self.prepare(resume_state)
+        while self.iteration < self.dip.iterations and self.advance():
+            pass
+        return self._result()
+
+    def prepare(self, resume_state: dict[str, Any] | None = None) -> None:
+        """Load ``resume_state`` (a checkpoint dict) if given and wrap the model for the
+        communicator: what :meth:`fit` does before its first :meth:`advance`."""
         if resume_state is not None:
             self.load_state(resume_state)
         autotune_convolutions(self.noise.device)
         self.net = self.comm.wrap(self.model)  # after loading: DDP starts from these weights
-        while self.iteration < self.dip.iterations and self._advance():
-            pass
-        return self._result()
 
-    def _advance(self) -> bool:
+    def advance(self) -> bool:
         """One iteration: step, verdict, roll back or record; False ends the training."""
         step = self.step()
         verdict = self.guard.verdict(step.total, self.record.best_loss, self.record.rollbacks,
