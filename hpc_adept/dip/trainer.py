@@ -73,7 +73,8 @@ class Communicator(Protocol):
         """The model as this rank runs it (gradient averaging, or one slab)."""
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum of a small 1-D tensor over ranks (every rank gets it)."""
+        """Element-wise sum of a small 1-D tensor over ranks (every rank gets it, on the
+        tensor's device or, where the transport stages through it, in host memory)."""
 
     def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
         """Projections of the whole volume from this rank's part (differentiable)."""
