@@ -316,3 +316,24 @@ def test_gpu_cupy_pool_is_empty_after_release():
     assert cupy.get_default_memory_pool().total_bytes() > 0  # kept by the pool
     release_cupy_pool()
     assert cupy.get_default_memory_pool().total_bytes() == 0
+
+
+@pytest.mark.gpu
+def test_gpu_memory_guard_counts_cupys_pool_as_used():
+    """Blocks CuPy's pool keeps are used memory to the DIP memory guard (cudaMemGetInfo)
+    until the ptycho stage hands them back."""
+    cupy = _cupy_or_skip()
+    from hpc_adept.backend import available_memory_bytes
+    from hpc_adept.stages.ptycho import release_cupy_pool
+
+    device = torch.device("cuda", cupy.cuda.Device().id)
+    size, slack = 1 << 30, 64 << 20
+    release_cupy_pool()
+    free_before, _ = available_memory_bytes(device)
+    block = cupy.empty(size, dtype=cupy.uint8)
+    del block  # back in the pool, not in the driver
+    held, _ = available_memory_bytes(device)
+    release_cupy_pool()
+    after, _ = available_memory_bytes(device)
+    assert held <= free_before - size + slack
+    assert after >= held + size - slack
