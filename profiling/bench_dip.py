@@ -110,6 +110,38 @@ def _network(channels, strides, in_channels, skip, seed, device, checkpointing=F
 
 
 # ----------------------------------------------------------------------------- speed
+def rank_device(name: str, local_rank: int) -> torch.device:
+    """The device of a benchmark rank: ``cuda`` means ``cuda:local_rank`` (modulo the GPUs
+    of the node, as adept's runtime.device does), so ranks of a node spread over its GPUs;
+    an explicit ``cuda:N`` or ``cpu`` is taken as it is."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the default stream follow this rank's GPU
+    return device
+
+
+def cuda_syncs_per_iteration(model, noise, shard, settings, comm) -> int:
+    """Host synchronisations of one DIP iteration on CUDA (step, guard, record, Adam), as
+    torch's sync debug mode reports them, after one iteration that fills the caches."""
+    import warnings
+
+    from hpc_adept.dip import DipTrainer
+
+    trainer = DipTrainer(model, noise, shard, replace(settings, iterations=2), comm)
+    trainer.prepare()
+    trainer.advance()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.advance()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
 def speed_worker(args: argparse.Namespace) -> None:
     """Time DIP iterations on this process's share of the angles (under mpiexec or alone)."""
     from hpc_adept.parallel import block_range, get_context
@@ -120,7 +152,7 @@ def speed_worker(args: argparse.Namespace) -> None:
     ctx = get_context()
     if not args.return_host_memory:
         keep_freed_host_memory()  # what adept does (runtime.keep_host_memory: true)
-    device = torch.device(args.device)
+    device = rank_device(args.device, ctx.local_rank)
     shape = tuple(args.shape)
     det = tuple(args.detector) if args.detector else auto_projection_shape(shape, 61.0)
     angles = np.arange(args.angles) * 360.0 / args.angles
@@ -154,6 +186,8 @@ def speed_worker(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     per_it = (time.perf_counter() - t0) / args.iterations
+    syncs = cuda_syncs_per_iteration(model, noise, shard, settings, comm) \
+        if device.type == "cuda" else None
     times = comm.sum(torch.tensor([per_it], dtype=torch.float64, device=device)).cpu()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else _peak_rss_mib())
@@ -167,6 +201,7 @@ def speed_worker(args: argparse.Namespace) -> None:
                           "decomposition": args.decomposition,
                           "s_per_iteration": float(times[0]) / ctx.size,
                           "peak_mib_per_rank": float(peaks[0]) / ctx.size,
+                          "host_syncs_per_iteration": syncs,
                           "memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
                           else "max RSS"}))
 
@@ -251,7 +286,8 @@ def gpu(args: argparse.Namespace) -> None:
         r = _run_worker(_worker_cmd(paper, 1, "cuda"), 4)
         print(f"bf16={bf16!s:5} activation checkpointing={ckpt!s:5}: "
               f"{r['s_per_iteration'] * 1e3:8.1f} ms/iteration, peak "
-              f"{r['peak_mib_per_rank']:.0f} MiB, {r['parameters']} parameters")
+              f"{r['peak_mib_per_rank']:.0f} MiB, {r['parameters']} parameters, "
+              f"{r['host_syncs_per_iteration']} host synchronisation(s) per iteration")
 
 
 # ----------------------------------------------------------------------------- quality

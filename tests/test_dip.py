@@ -347,6 +347,50 @@ def test_data_terms_follow_the_decomposition():
     assert [t.scored.tolist() for t in terms] == [[1], [], [0]]
 
 
+def _trainer_for_sync_count(volume_split: bool):
+    """A trainer with everything a step can do on: angle groups, input perturbation, the
+    guard with snapshots, TV; with ``volume_split`` the network runs as one slab of a
+    SlabCommunicator (one rank in this process: the slab BatchNorm and halo code)."""
+    from hpc_adept.dip import DipTrainer
+    from hpc_adept.parallel.context import SERIAL
+    from hpc_adept.parallel.slabs import SlabCommunicator
+
+    truth, shard = _tiny_problem()
+    model, noise = _model_and_noise(truth.shape)
+    comm = None
+    if volume_split:
+        comm = SlabCommunicator(SERIAL, torch.device("cpu"), truth.shape[0],
+                                model.total_stride)
+        shard = ShardData(shard.targets, shard.geometry.slab(0, truth.shape[0]),
+                          shard.global_index, shard.n_total, shard.tv_weights,
+                          slab=(0, truth.shape[0], truth.shape[0]))
+    dip = _dip(iterations=4, lr=3e-3, angles_per_step=3, input_perturbation=0.02,
+               guard_snapshot_every=1)
+    return DipTrainer(model, noise, shard, dip, comm)
+
+
+@pytest.mark.parametrize("volume_split", [False, True], ids=["whole", "slab"])
+def test_a_dip_iteration_reads_the_device_once(volume_split):
+    """Issue 22 item 5: the loss terms, the stop flag and the guard's inputs reach the host
+    in ONE read per iteration (one reduced tensor); BatchNorm, the input perturbation, the
+    projector and the record stay on the device. On a GPU each counted call would be a
+    synchronisation (torch.cuda.set_sync_debug_mode; tests/test_gpu_paths.py)."""
+    from .host_reads import adam_step_counts, count_host_reads
+
+    trainer = _trainer_for_sync_count(volume_split)
+    trainer.prepare()
+    assert trainer.advance()  # the first iteration builds the caches (grids, operators)
+    with count_host_reads() as calls:
+        step = trainer.step()
+    assert len(calls) <= 1, calls
+    assert np.isfinite(step.total) and not step.stop
+    trainer.optimizer.zero_grad()
+    with count_host_reads(ignore=adam_step_counts(trainer.optimizer)) as calls:
+        assert trainer.advance()
+    assert len(calls) <= 1, calls  # the whole iteration: step, guard, record, Adam
+    assert trainer.iteration == 2 and len(trainer.record.history["loss"]) == 2
+
+
 def test_the_trainer_projects_through_its_projector():
     from hpc_adept.dip import DipTrainer
     from hpc_adept.dip.trainer import default_projector

@@ -63,10 +63,13 @@ class _SlabBatchNorm(torch.autograd.Function):
         mean_local = x.mean(dims)
         m2_local = (x - mean_local.view(shape)).square_().sum(dims)
         # One reduction of (n, sum, sum of squared means, M2) in float64, where the
-        # between-slab term sum n_i (mean_i - mean)^2 does not cancel.
+        # between-slab term sum n_i (mean_i - mean)^2 does not cancel. The count enters as
+        # a Python number filled on the device (new_tensor would copy from the host and
+        # wait for it on a GPU), and the summed count is never read back to the host.
         mean64 = mean_local.double()
-        total = slabs.all_reduce(torch.cat([mean64.new_tensor([n_local]), mean64 * n_local,
-                                            mean64.square() * n_local, m2_local.double()]))
+        total = slabs.all_reduce(torch.cat([mean64.new_full((1,), float(n_local)),
+                                            mean64 * n_local, mean64.square() * n_local,
+                                            m2_local.double()]))
         n = total[0]
         mean64 = total[1:channels + 1] / n
         between = (total[channels + 1:2 * channels + 1] - n * mean64.square()).clamp_min(0.0)
@@ -113,7 +116,8 @@ def _slab_batch_norm(bn: nn.BatchNorm3d, x: torch.Tensor, slabs: SlabExchange) -
         with torch.no_grad():
             momentum = bn.momentum if bn.momentum is not None else 0.1
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-            unbiased = var * (n / max(float(n) - 1.0, 1.0))
+            # n / max(n - 1, 1) on the device: reading n would wait for the GPU
+            unbiased = var * (n / (n - 1.0).clamp_min(1.0))
             bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
             bn.num_batches_tracked += 1
     return out

@@ -28,7 +28,9 @@ differentiable. The slice layout and the sparse matrix M come from
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +171,65 @@ def _rotation_grid(
     return grid.reshape(1, layout.n_rows, -1, 2).to(dtype)
 
 
+#: Bytes of rotation grids kept for reuse, by device type: a training projects the same
+#: geometries every step, so each chunk's grid is built (and copied to the device) once.
+#: Least recently used grids go first; beyond the budget they are rebuilt per call.
+GRID_CACHE_BYTES: dict[str, int] = {"cpu": 256 * 2**20, "cuda": 2048 * 2**20}
+
+
+class _GridCache:
+    """Rotation grids by (geometry, chunk, layout, device, dtype), bounded in bytes per
+    device type (thread-safe: autograd may project on its device thread)."""
+
+    def __init__(self) -> None:
+        self._grids: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, geometry: Geometry, start: int, stop: int, layout: Layout,
+            device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The grid of angles ``start .. stop - 1`` of ``geometry`` (see
+        :func:`_rotation_grid`), from the cache or built and kept."""
+        key = (geometry, start, stop, layout, device, dtype)
+        with self._lock:
+            grid = self._grids.get(key)
+            if grid is not None:
+                self._grids.move_to_end(key)
+                return grid
+        with torch.inference_mode(False):  # a normal tensor, usable in any later mode
+            grid = _rotation_grid(geometry.angles_rad[start:stop], geometry, layout, device,
+                                  dtype)
+        self._keep(key, grid, device.type)
+        return grid
+
+    def _keep(self, key: tuple, grid: torch.Tensor, device_type: str) -> None:
+        budget = GRID_CACHE_BYTES.get(device_type, 0)
+        size = grid.numel() * grid.element_size()
+        if size > budget:
+            return
+        with self._lock:
+            self._grids[key] = grid
+            while self._bytes(device_type) > budget:
+                oldest = next(k for k in self._grids if k[4].type == device_type)
+                del self._grids[oldest]
+
+    def _bytes(self, device_type: str) -> int:
+        return sum(g.numel() * g.element_size() for k, g in self._grids.items()
+                   if k[4].type == device_type)
+
+    def clear(self) -> None:
+        """Forget every grid (frees their memory)."""
+        with self._lock:
+            self._grids.clear()
+
+
+_GRIDS = _GridCache()
+
+
+def clear_grid_cache() -> None:
+    """Free the cached rotation grids (e.g. before a stage that needs the device memory)."""
+    _GRIDS.clear()
+
+
 def _grid_sample_adjoint(
     grad_output: torch.Tensor, grid: torch.Tensor, input_shape: tuple[int, ...]
 ) -> torch.Tensor:
@@ -237,12 +298,11 @@ def project_torch(volume: torch.Tensor, geometry: Geometry, max_chunk_bytes: int
     cols = slice(layout.col_start, layout.col_start + layout.n_cols)
     op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype,
                            geometry.z_offset)
-    theta = geometry.angles_rad
     slices = _padded_slices(volume, layout)
     # columns outside the volume's in-plane circle stay zero
     out = volume.new_zeros(geometry.projection_shape)
     for start, stop in _angle_chunks(geometry, layout, volume.element_size(), max_chunk_bytes):
-        grid = _rotation_grid(theta[start:stop], geometry, layout, device, dtype)
+        grid = _GRIDS.get(geometry, start, stop, layout, device, dtype)
         proj = None
         for (k0, k1), matrix in zip(layout.groups(), op.matrices, strict=True):
             part = matrix @ _rotate(slices[k0:k1], grid, layout.batch)
@@ -262,7 +322,6 @@ def backproject_torch(
     cols = slice(layout.col_start, layout.col_start + layout.n_cols)
     op = _oblique_operator(geometry.tilt_deg, nz, nv, layout, device, dtype,
                            geometry.z_offset)
-    theta = geometry.angles_rad
     volume = projections.new_zeros((layout.nz_pad, ny, nx))
     itemsize = projections.element_size()
     for start, stop in _angle_chunks(geometry, layout, itemsize, max_chunk_bytes):
@@ -272,7 +331,7 @@ def backproject_torch(
         stacked[:nv].view(nv, stop - start, layout.n_cols).copy_(
             projections[start:stop, :, cols].transpose(0, 1)
         )
-        grid = _rotation_grid(theta[start:stop], geometry, layout, device, dtype)
+        grid = _GRIDS.get(geometry, start, stop, layout, device, dtype)
         for k0, k1 in layout.groups():
             rows = slice(k0 * layout.n_rows, k1 * layout.n_rows)
             rotated = F.embedding_bag(op.t_index[rows], stacked,

@@ -37,13 +37,52 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in host memory (itself when it is there: no copy, no call to wait on)."""
+    return tensor if tensor.device.type == "cpu" else tensor.cpu()
+
+
+def mpi_thread_problem(mpi: Any, device_type: str) -> str | None:
+    """Why MPI may not carry ``device_type`` tensors of the volume split, or None.
+
+    The backward of CUDA tensors runs on autograd's device thread, not the main thread,
+    and it calls the transport there (halo planes, BatchNorm sums). MPI allows calls from
+    another thread than the main one from ``MPI_THREAD_SERIALIZED`` on (the main thread
+    waits inside ``backward()`` meanwhile, so calls never overlap); mpi4py asks for
+    ``MPI_THREAD_MULTIPLE`` unless ``mpi4py.rc.thread_level`` says otherwise.
+    """
+    if device_type == "cpu":  # CPU backward runs on the calling (main) thread
+        return None
+    provided = mpi.Query_thread()
+    if provided >= mpi.THREAD_SERIALIZED:
+        return None
+    names = {mpi.THREAD_SINGLE: "MPI_THREAD_SINGLE", mpi.THREAD_FUNNELED: "MPI_THREAD_FUNNELED"}
+    return (f"dip.decomposition: volume with {device_type} tensors over MPI calls MPI from "
+            f"autograd's device thread, which needs MPI_THREAD_SERIALIZED or "
+            f"MPI_THREAD_MULTIPLE, but this MPI provides {names.get(provided, provided)}; "
+            f"use an MPI built with thread support (and mpi4py.rc.thread_level "
+            f"'multiple'), one GPU per rank (NCCL), or dip.decomposition: angles")
+
+
 class _MpiTransport:
     """Sums and neighbour exchanges over an mpi4py communicator (host memory; device
-    tensors are staged through it)."""
+    tensors are staged through it).
 
-    def __init__(self, comm: Any) -> None:
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+    device_type : str
+        Type of the device the tensors live on (``cpu`` or ``cuda``): RuntimeError when
+        MPI's thread level does not allow the calls that autograd makes off the main
+        thread for that device (see :func:`mpi_thread_problem`).
+    """
+
+    def __init__(self, comm: Any, device_type: str = "cpu") -> None:
         from mpi4py import MPI
 
+        problem = mpi_thread_problem(MPI, device_type)
+        if problem:
+            raise RuntimeError(problem)
         # a private duplicate: these messages never match anyone else's (collective call)
         self._comm, self._mpi = comm.Dup(), MPI
 
@@ -62,10 +101,10 @@ class _MpiTransport:
         from it (contiguous tensors; device tensors go through host copies)."""
         requests, staged = [], []
         for send, receive, peer in transfers:
-            host = receive if receive.device.type == "cpu" else receive.cpu()
+            host = _host(receive)
             staged.append((receive, host))
             requests.append(self._comm.Irecv(self._buffer(host), source=peer, tag=17))
-            requests.append(self._comm.Isend(self._buffer(send.cpu()), dest=peer, tag=17))
+            requests.append(self._comm.Isend(self._buffer(_host(send)), dest=peer, tag=17))
         self._mpi.Request.Waitall(requests)
         for receive, host in staged:
             if host is not receive:
@@ -73,19 +112,23 @@ class _MpiTransport:
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place (``tensor`` contiguous)."""
-        host = tensor.cpu()
-        self._comm.Allreduce(self._mpi.IN_PLACE, self._buffer(host, exact=True),
-                             op=self._mpi.SUM)
+        host = self.host_all_reduce_(_host(tensor))
         if host is not tensor:
             tensor.copy_(host)
         return tensor
+
+    def host_all_reduce_(self, host: torch.Tensor) -> torch.Tensor:
+        """Sum of a host tensor over ranks, in place; returns it."""
+        self._comm.Allreduce(self._mpi.IN_PLACE, self._buffer(host, exact=True),
+                             op=self._mpi.SUM)
+        return host
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (same shape on every rank), in rank order."""
         import torch
 
         out = torch.empty((self._comm.Get_size(), *tensor.shape), dtype=tensor.dtype)
-        self._comm.Allgather(self._buffer(tensor.contiguous().cpu()), self._buffer(out))
+        self._comm.Allgather(self._buffer(_host(tensor.contiguous())), self._buffer(out))
         return list(out.to(tensor.device))
 
 
@@ -134,7 +177,8 @@ def _autograd_functions(transport: Any) -> tuple[type, type]:
             transfers.append((send_prev.contiguous(), recv_prev, prev))
         if next_ is not None:
             transfers.append((send_next.contiguous(), recv_next, next_))
-        transport.exchange(transfers)
+        if transfers:  # one slab: no neighbour, and no transport either
+            transport.exchange(transfers)
 
     class HaloExchange(torch.autograd.Function):
         """``[N, C, L, H, W]`` -> ``[N, C, L + 2w, H, W]`` with the neighbours' planes."""
@@ -235,7 +279,7 @@ class SlabCommunicator:
                 init_torch_distributed(ctx, device, backend="nccl")
                 self.transport = _TorchTransport()
             else:  # host tensors, or GPUs shared by ranks (NCCL refuses those)
-                self.transport = _MpiTransport(ctx.comm)
+                self.transport = _MpiTransport(ctx.comm, getattr(device, "type", "cpu"))
         self.exchange = SlabExchange(ctx.rank, ctx.size, self.start, self.stop, self.transport)
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -248,8 +292,14 @@ class SlabCommunicator:
         return volume.narrow(dim, self.start, self.stop - self.start)
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a small 1-D tensor; over MPI it stays in host memory
+        (the caller reads it there: one device-to-host copy, not two)."""
         import torch
 
+        if self.world_size > 1 and isinstance(self.transport, _MpiTransport):
+            staged = _host(values)
+            host = staged.clone() if staged is values else staged
+            return self.transport.host_all_reduce_(host)
         out = values.clone(memory_format=torch.contiguous_format)
         return self.transport.all_reduce_(out) if self.world_size > 1 else out
 

@@ -465,6 +465,20 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan | ImportPlan,
     if ctx.is_root:
         _assemble(plan, cfg, total_reused, t0)
     barrier(ctx)
+    release_cupy_pool()
+
+
+def release_cupy_pool() -> None:
+    """Hand the blocks CuPy's memory pools keep back to the driver (when CuPy was used):
+    the stages after this one allocate through PyTorch, and their memory guards see the
+    pool's blocks as used (``cudaMemGetInfo``)."""
+    import sys
+
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return
+    cupy.get_default_memory_pool().free_all_blocks()
+    cupy.get_default_pinned_memory_pool().free_all_blocks()
 
 
 def _import_projections(ctx: ParallelContext, plan: ImportPlan) -> None:

@@ -364,6 +364,7 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     """Run the trainer on every rank, with progress, checkpoints (rank 0 writes) and the
     collective stop on SIGTERM/SIGUSR1."""
     from hpc_adept.dip import DipTrainer
+    from hpc_adept.lamino.projector import clear_grid_cache
     from hpc_adept.log import Progress
     from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
     from hpc_adept.parallel.slabs import SlabCommunicator
@@ -392,6 +393,7 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     # down while unwinding broke the others' all-reduce, and they could end the job (gloo
     # terminates the process) before this rank had printed its error; the CLI aborts instead.
     destroy_torch_distributed()
+    clear_grid_cache()  # the projector's rotation grids: device memory the next stage can use
     return result
 
 
