@@ -294,7 +294,8 @@ def gather_patches(image: Any, starts: Any, frame_size: int) -> Any:
     index array (measured 2x faster than flat-index gathering for 32 windows of 256^2). On
     the GPU, explicit indices (:func:`gather_patches_indexed`): the view's flat offsets reach
     ``(H - N + 1) (W - N + 1) N^2`` (1.8e10 for a 773^2 object and 512^2 frames), beyond the
-    32-bit index arithmetic of CuPy builds that have the as_strided indexing bug.
+    32-bit index arithmetic of CuPy builds that have the as_strided indexing bug
+    (cupy/cupy#8130, fixed by #8150; setup.cfg's gpu extra asks for CuPy >= 13.2 as well).
     """
     xp = get_array_module(image)
     if xp is not np:
