@@ -300,25 +300,16 @@ def _inspect(args: argparse.Namespace, ctx: Any) -> None:
     prints it), nothing run. The config's ``data`` section supplies what the files lack;
     ``--set`` values win over it."""
     if ctx.is_root:
-        import yaml
-
+        from hpc_adept.config import load_config
         from hpc_adept.io.formats import inspect
+        from hpc_adept.io.formats.source import inspect_options
 
-        fmt, supplied = None, {}
-        if args.config is not None:
-            from hpc_adept.config import load_config
-            from hpc_adept.io.formats.source import inspect_options
-
-            data = load_config(args.config).data
-            fmt = None if data.format == "auto" else data.format
-            supplied = inspect_options(data, args.path, fmt)
-        for item in (i for group in args.supplied for i in group):
-            key, sep, value = item.partition("=")
-            key = key.removeprefix("data.")
-            if not sep or not key.isidentifier():
-                raise ConfigError(f"adept inspect --set: expected KEY=VALUE, got {item!r}")
-            supplied[key] = yaml.safe_load(value)
-        sys.stdout.write(inspect(args.path, fmt, **supplied))
+        # --set KEY=VALUE are data.* keys: checked (names, types, ranges) as in any config
+        overrides = [item if item.startswith("data.") else f"data.{item}"
+                     for group in args.supplied for item in group]
+        data = load_config(args.config, overrides).data
+        fmt = None if data.format == "auto" else data.format
+        sys.stdout.write(inspect(args.path, fmt, **inspect_options(data, args.path, fmt)))
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:

@@ -718,6 +718,11 @@ def test_adept_inspect_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("adept: error")
     assert main(["inspect", str(folder), "--set", "no_equals_sign"]) == 2
+    capsys.readouterr()
+    for bad in ("bogus=1", "pixel_size_m=abc", "positions_path=[1]"):  # checked as data.*
+        assert main(["inspect", str(folder), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "data." in err[0] and "unexpected" not in err[0]
 
 
 def test_adept_inspect_takes_the_data_section_of_a_config(tmp_path, capsys):
@@ -753,3 +758,19 @@ def test_a_missing_value_names_its_config_key(tmp_path):
     with pytest.raises(DataError) as exc:
         read_scans(tmp_path, laminography_angle_deg=LAMINO)
     assert "data.energy_ev" in _one_line(exc)
+
+
+def test_tiff_pages_of_different_shapes_are_one_error(tmp_path):
+    import tifffile
+
+    from hpc_adept.io.formats.projections import read_tiff_stack
+
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "p0.tif", np.zeros((8, 8), np.float32))
+    tifffile.imwrite(folder / "p1.tif", np.zeros((8, 9), np.float32))
+    angles = tmp_path / "angles.txt"
+    angles.write_text("0\n90\n")
+    with pytest.raises(DataError, match="page shape") as info:
+        read_tiff_stack(folder, angles, laminography_angle_deg=61.0, pixel_size_m=1e-8)
+    assert "\n" not in str(info.value)

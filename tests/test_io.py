@@ -245,6 +245,13 @@ def test_ground_truth_round_trip_with_circuit_labels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="circuit: nets: shape"):
         write_ground_truth(tmp_path / "bad.h5", np.ones((3, 4, 5)),
                            np.ones((3, 4, 5), np.uint8), 1e-8, circuit=bad)
+    # An id far beyond the volume (tables indexed by id would take any memory) is refused.
+    huge = circuit.nets.copy()
+    huge[0, 0, 0] = 2**31 - 1
+    with pytest.raises(ValueError, match="exceeds the number of voxels"):
+        write_ground_truth(tmp_path / "bad.h5", np.ones((3, 4, 5)),
+                           np.ones((3, 4, 5), np.uint8), 1e-8,
+                           circuit=CircuitTruth(huge, circuit.vias, circuit.layers))
 
 
 def test_write_h5_atomic_nested_groups_and_attrs(tmp_path: Path) -> None:
@@ -651,3 +658,46 @@ def test_corrupted_bytes_give_only_data_errors(tmp_path: Path) -> None:
             read_cxi(damaged)
         except DataError as exc:
             assert_one_line_error(str(exc), "damaged.cxi")
+
+
+def test_datasets_that_read_other_files_are_refused(tmp_path):
+    """Untrusted files: an external link, external raw storage or a virtual dataset could
+    pull any local file into a volume; each is one DataError naming the key."""
+    import h5py
+
+    from hpc_adept.errors import DataError
+    from hpc_adept.io.h5read import open_h5, read_array
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["volume"] = np.ones((2, 2, 2), np.float32)
+    crafted = tmp_path / "crafted.h5"
+    with h5py.File(crafted, "w") as f:
+        f.create_dataset("raw", shape=(2, 2, 2), dtype=np.float32,
+                         external=[(str(secret), 0, 32)])
+        f["linked"] = h5py.ExternalLink(str(other), "volume")
+        layout = h5py.VirtualLayout(shape=(2, 2, 2), dtype=np.float32)
+        layout[:] = h5py.VirtualSource(str(other), "volume", shape=(2, 2, 2))
+        f.create_virtual_dataset("virtual", layout)
+    for key, needle in (("raw", "external files"), ("linked", "external link"),
+                        ("virtual", "virtual dataset")):
+        with open_h5(crafted) as f, pytest.raises(DataError, match=needle):
+            read_array(f, key, crafted, ndim=3, dtype=np.float32)
+
+
+def test_a_declared_size_beyond_memory_is_refused(tmp_path, monkeypatch):
+    import h5py
+
+    import hpc_adept.backend as backend
+    from hpc_adept.errors import DataError
+    from hpc_adept.io.h5read import open_h5, read_array
+
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("volume", shape=(64, 64, 64), dtype=np.float32, chunks=True,
+                         compression="gzip")  # nothing written: a few hundred bytes
+    monkeypatch.setattr(backend, "available_memory_bytes", lambda device, ranks=1: (2**16, ""))
+    with open_h5(path) as f, pytest.raises(DataError, match="more than the"):
+        read_array(f, "volume", path, ndim=3, dtype=np.float32)

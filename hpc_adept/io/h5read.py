@@ -75,7 +75,39 @@ def require_dataset(f: h5py.Group, key: str, path: PathLike) -> h5py.Dataset:
         raise data_error(path, "missing", key)
     if not isinstance(obj, h5py.Dataset):
         raise data_error(path, "is not a dataset", key)
+    problem = _outside_reference(f, key, obj)
+    if problem:
+        raise data_error(path, problem, key)
     return obj
+
+
+def _outside_reference(f: h5py.Group, key: str, ds: h5py.Dataset) -> str | None:
+    """Why ``ds`` would read data from outside its file, or None. Files are untrusted: an
+    external link, external raw storage or a virtual dataset can pull any local file into
+    a volume (and from there into the report's figures)."""
+    try:
+        if isinstance(f.get(key, getlink=True), h5py.ExternalLink):
+            return "is an external link to another file (refused: read the file itself)"
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return "has an unreadable link"
+    if ds.external:
+        return "stores its data in external files (refused)"
+    if ds.is_virtual:
+        return "is a virtual dataset mapping other files (refused)"
+    return None
+
+
+def _memory_problem(ds: h5py.Dataset, target: np.dtype) -> str | None:
+    """Why reading ``ds`` whole as ``target`` cannot fit in this host's available memory
+    (a small compressed file may declare a huge shape), or None."""
+    from hpc_adept.backend import available_memory_bytes
+
+    need = int(ds.size) * target.itemsize
+    free, _ = available_memory_bytes(None)
+    if need > free:
+        return (f"declares {need / 2**30:.3g} GiB ({ds.shape} {target}), more than the "
+                f"{free / 2**30:.3g} GiB of memory available")
+    return None
 
 
 _KINDS = {"real": "biuf", "complex": "c", "integer": "biu", "numeric": "biufc"}
@@ -149,6 +181,9 @@ def read_array(
     _check_dtype(ds, kind, path, key)
     check_shape(ds.shape, ndim, path, key, expected)
     target = np.dtype(dtype)
+    problem = _memory_problem(ds, target)
+    if problem:
+        raise data_error(path, problem, key)
     if target.kind == "b":
         data = np.asarray(ds[()]) != 0
     else:

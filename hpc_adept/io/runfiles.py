@@ -555,6 +555,8 @@ def _labels_problem(labels: np.ndarray, shape: tuple[int, ...], n_ids: int | Non
         return "negative labels"
     if labels.size and n_ids is not None and int(labels.max()) > n_ids:
         return f"label {int(labels.max())} but only {n_ids} names"
+    if labels.size and int(labels.max()) > labels.size:  # ids index tables of that length
+        return f"label {int(labels.max())} exceeds the number of voxels {labels.size}"
     return None
 
 

@@ -134,6 +134,12 @@ def _trig_tables(angles_deg: tuple[float, ...], device: torch.device, dtype: tor
             torch.from_numpy(np.sin(theta)).to(device=device, dtype=dtype))
 
 
+def clear_tables() -> None:
+    """Free the cached matrix and angle tables (device memory for the next stage)."""
+    _matrix_tables.cache_clear()
+    _trig_tables.cache_clear()
+
+
 def _tables(geometry: Geometry, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Everything a launch needs for ``geometry``: :func:`_matrix_tables` + cos, sin."""
     cos, sin = _trig_tables(tuple(geometry.angles_deg), device, dtype)

@@ -226,8 +226,13 @@ _GRIDS = _GridCache()
 
 
 def clear_grid_cache() -> None:
-    """Free the cached rotation grids (e.g. before a stage that needs the device memory)."""
+    """Free the cached rotation grids and oblique matrices of both kernels (e.g. before a
+    stage that needs the device memory)."""
     _GRIDS.clear()
+    _oblique_operator.cache_clear()
+    from hpc_adept.lamino import fused  # its tables: built only where triton ran
+
+    fused.clear_tables()
 
 
 def _grid_sample_adjoint(

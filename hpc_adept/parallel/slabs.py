@@ -72,7 +72,7 @@ class _MpiTransport:
     ----------
     comm : mpi4py.MPI.Comm
     device_type : str
-        Type of the device the tensors live on (``cpu`` or ``cuda``): RuntimeError when
+        Type of the device the tensors live on (``cpu`` or ``cuda``): ConfigError when
         MPI's thread level does not allow the calls that autograd makes off the main
         thread for that device (see :func:`mpi_thread_problem`).
     """
@@ -81,8 +81,10 @@ class _MpiTransport:
         from mpi4py import MPI
 
         problem = mpi_thread_problem(MPI, device_type)
-        if problem:
-            raise RuntimeError(problem)
+        if problem:  # the MPI library's setting, not a bug: one line, exit 2
+            from hpc_adept.errors import ConfigError
+
+            raise ConfigError(problem)
         # a private duplicate: these messages never match anyone else's (collective call)
         self._comm, self._mpi = comm.Dup(), MPI
 

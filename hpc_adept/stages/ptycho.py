@@ -263,7 +263,11 @@ def plan_ptycho(cfg: Config) -> PtychoPlan | ImportPlan:
         for scan in scans:
             check_positions(scan)
     shape = cfg.ptycho.projection_shape or auto_field_shape(scans)
-    settings = json.dumps(asdict(cfg.ptycho), sort_keys=True) + f"|seed={cfg.runtime.seed}"
+    # how the frames are read counts too (data.format, orientation, ROI, supplied values);
+    # where the data set lies does not (the files' identities are in each scan's key)
+    reading = {k: v for k, v in asdict(cfg.data).items() if k != "path"}
+    settings = json.dumps([asdict(cfg.ptycho), reading], sort_keys=True, default=str) \
+        + f"|seed={cfg.runtime.seed}"
     key = hashlib.sha256(settings.encode()).hexdigest()[:16]
     run_dir = Path(cfg.output.dir)
     margin = cfg.ptycho.padding_px + 2  # 2 more with position correction (reconstruct())

@@ -206,6 +206,10 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
         pages = [np.asarray(tifffile.imread(f)) for f in files]
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise data_error(files[0], f"not a readable TIFF: {exc}") from None
+    for f, page in zip(files, pages, strict=True):
+        if page.shape != pages[0].shape:
+            raise data_error(f, f"page shape {page.shape} differs from {files[0].name}'s "
+                                f"{pages[0].shape}")
     stack = pages[0] if len(pages) == 1 else np.stack(pages)
     if stack.ndim != 3 or 0 in stack.shape or stack.dtype.kind not in "biuf":
         raise data_error(p, f"expected a real [n, nv, nu] stack, got {stack.dtype} "
