@@ -103,7 +103,7 @@ def _memory_problem(ds: h5py.Dataset, target: np.dtype) -> str | None:
     from hpc_adept.backend import available_memory_bytes
 
     need = int(ds.size) * target.itemsize
-    free, _ = available_memory_bytes(None)
+    free, _ = available_memory_bytes(None, 1)
     if need > free:
         return (f"declares {need / 2**30:.3g} GiB ({ds.shape} {target}), more than the "
                 f"{free / 2**30:.3g} GiB of memory available")
