@@ -131,7 +131,15 @@ def init_torch_distributed(ctx: ParallelContext, device: Any, timeout_s: float =
 
 
 def destroy_torch_distributed() -> None:
+    """Tear the default process group down (collective in effect: every rank calls it).
+
+    Objects that still hold the group (a DDP wrapper's reducer kept by a reference cycle)
+    are collected first: freed only at interpreter exit, after the group, they ended the
+    process with "terminate called without an active exception" (seen in CI)."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
