@@ -215,24 +215,32 @@ def write_ptychodus(folder: Path, scan: Scan, assembled: bool = False) -> tuple[
         else:
             f.create_dataset("/dp", data=scan.counts, compression="lzf")
     product = folder / "scan_product.h5"
-    dx = _object_pixel()
-    with h5py.File(product, "w") as f:
-        f.attrs["name"] = "test"
+    write_ptychodus_product(product, scan, "test", order, 100 if assembled else 0)
+    return diffraction, product
+
+
+def write_ptychodus_product(path: Path, scan: Scan, name: str, order: np.ndarray,
+                            index_offset: int = 0) -> None:
+    """A ptychodus 1.7.0 product file of ``scan`` (``api/io.py`` ``save_product``
+    l.441-504), its positions listed in ``order`` with indexes ``order + index_offset``."""
+    dx = scan.object_pixel_size_m[1]
+    frame = scan.frame_shape[0]
+    with h5py.File(path, "w") as f:
+        f.attrs["name"] = name
         f.attrs["comments"] = ""
-        f.attrs["detector_object_distance_m"] = DISTANCE_M
-        f.attrs["photon_energy_eV"] = ENERGY_EV
+        f.attrs["detector_object_distance_m"] = scan.distance_m
+        f.attrs["photon_energy_eV"] = scan.energy_ev
         f.attrs["tomography_angle_deg"] = scan.rotation_angle_deg - 90.0
-        f.create_dataset("probe_position_indexes", data=order + (100 if assembled else 0))
+        f.create_dataset("probe_position_indexes", data=order + index_offset)
         f.create_dataset("probe_position_x_m", data=scan.positions_m[order, 0])
         f.create_dataset("probe_position_y_m", data=scan.positions_m[order, 1])
-        f.create_dataset("probe", data=np.ones((1, 1, FRAME, FRAME), np.complex64))
+        f.create_dataset("probe", data=np.ones((1, 1, frame, frame), np.complex64))
         obj = f.create_dataset("object", data=np.ones((1, 40, 40), np.complex64))
         obj.attrs["center_x_m"] = 0.0
         obj.attrs["center_y_m"] = 0.0
         obj.attrs["pixel_width_m"] = dx
         obj.attrs["pixel_height_m"] = dx
         f.create_dataset("object_layer_spacing_m", data=np.zeros(0))
-    return diffraction, product
 
 
 @pytest.mark.parametrize("assembled", [False, True])

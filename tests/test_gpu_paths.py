@@ -11,7 +11,6 @@ back at its end).
 
 from __future__ import annotations
 
-import math
 import sys
 import types
 import warnings
@@ -255,21 +254,13 @@ def test_gpu_cupy_probe_fitting():
     """probe_from_scan on CuPy arrays (the large-probe case of tests/test_ptycho.py): a
     CuPy probe with the scan's energy from which LSQ-ML on the GPU converges."""
     cupy = _cupy_or_skip()
-    from hpc_adept import sim
     from hpc_adept.config import PtychoConfig
     from hpc_adept.ptycho import phase_projection, probe_from_scan, reconstruct
 
-    from .test_ptycho import PCC_MIN, PHOTONS, _phantom
+    from .test_ptycho import PCC_MIN, large_probe_scan
 
-    frame, diameter, field = 64, 32.0, (124, 124)
-    rng = np.random.default_rng(0)
-    projection = _phantom(field, rng)
-    probe = sim.make_probe(frame, diameter)
-    positions = sim.raster_positions(field, 0.3 * diameter, 1.0, rng)
-    pad = frame // 2 + 4
-    obj = sim.object_from_projection(projection, 0.0, pad)
-    intensity = sim.diffraction_patterns(obj, pad, field, probe * math.sqrt(PHOTONS), positions)
-    counts = cupy.asarray(rng.poisson(intensity).astype(np.float32))
+    host_counts, positions, field, projection = large_probe_scan()
+    counts = cupy.asarray(host_counts)
     start = probe_from_scan(counts, positions, field)
     assert isinstance(start, cupy.ndarray)
     energy = float(cupy.sum(cupy.abs(start) ** 2))
@@ -284,9 +275,7 @@ def test_gpu_ptycho_stage_with_a_fitted_probe(tmp_path):
     """adept ptycho on the GPU with ptycho.initial_probe: fitted (no probe in the files):
     the projections match the truth, as on the CPU (tests/test_ptycho_stage.py)."""
     _cupy_or_skip()
-    from hpc_adept.io import read_projections
-
-    from .test_ptycho_stage import CONFIG
+    from .test_ptycho_stage import CONFIG, assert_projections_match_truth
 
     config = {**CONFIG, "simulate": {**CONFIG["simulate"], "store_probe": False,
                                      "n_angles": 2},
@@ -298,12 +287,7 @@ def test_gpu_ptycho_stage_with_a_fitted_probe(tmp_path):
                    "ptycho.initial_probe=fitted", "ptycho.projection_shape=[32,32]",
                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    found = read_projections(tmp_path / "run" / "projections.h5").projections
-    truth = read_projections(tmp_path / "dataset" / "true_projections.h5").projections
-    assert found.shape == truth.shape
-    centre = tuple(slice(s // 4, s - s // 4) for s in found.shape[1:])
-    for got, want in zip(found, truth, strict=True):
-        assert np.corrcoef(got[centre].ravel(), want[centre].ravel())[0, 1] > 0.97
+    assert_projections_match_truth(tmp_path / "run", tmp_path / "dataset", 0.97)
 
 
 @pytest.mark.gpu

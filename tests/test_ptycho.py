@@ -357,6 +357,20 @@ def test_probe_from_data(scan, lit):
 
 
 
+def large_probe_scan() -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray]:
+    """A scan with a probe of N/2 diameter (64 x 64 frames, 32 px aperture, 70 % overlap):
+    (counts [n, 64, 64] float32, positions px, field, true projection)."""
+    frame, diameter, field = 64, 32.0, (124, 124)
+    rng = np.random.default_rng(0)
+    projection = _phantom(field, rng)
+    probe = sim.make_probe(frame, diameter)
+    positions = sim.raster_positions(field, 0.3 * diameter, 1.0, rng)
+    pad = frame // 2 + 4
+    obj = sim.object_from_projection(projection, 0.0, pad)
+    intensity = sim.diffraction_patterns(obj, pad, field, probe * math.sqrt(PHOTONS), positions)
+    return rng.poisson(intensity).astype(np.float32), positions, field, projection
+
+
 def test_probe_from_scan_large_probe():
     """A probe of N/2 diameter (64 x 64 frames, 32 px aperture propagated at Fresnel number
     4, 70 % overlap): the back-propagated mean pattern is a poor start there (PCC 0.962 after
@@ -366,15 +380,8 @@ def test_probe_from_scan_large_probe():
     from hpc_adept.ptycho import probe_from_scan
     from hpc_adept.ptycho.probe import retrieve_pupil
 
-    frame, diameter, field = 64, 32.0, (124, 124)
-    rng = np.random.default_rng(0)
-    projection = _phantom(field, rng)
-    probe = sim.make_probe(frame, diameter)
-    positions = sim.raster_positions(field, 0.3 * diameter, 1.0, rng)
-    pad = frame // 2 + 4
-    obj = sim.object_from_projection(projection, 0.0, pad)
-    intensity = sim.diffraction_patterns(obj, pad, field, probe * math.sqrt(PHOTONS), positions)
-    counts = rng.poisson(intensity).astype(np.float32)
+    diameter = 32.0
+    counts, positions, field, projection = large_probe_scan()
     pupil, radius = retrieve_pupil(counts.mean(0))
     assert pupil.min() >= 0 and radius == pytest.approx(1.15 * diameter / 2, rel=0.15)
     start = probe_from_scan(counts, positions, field)

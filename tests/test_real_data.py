@@ -17,6 +17,7 @@ from hpc_adept.io import read_cxi, read_projections, read_volume
 from hpc_adept.io.cxi import PLANCK_TIMES_C_JM
 
 from .conftest import adept
+from .test_formats import write_ptychodus_product
 
 CONFIG = {
     "data": {"path": "dataset"},
@@ -79,24 +80,8 @@ def write_ptychodus_scan(folder, index: int, scan) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with h5py.File(folder / f"s{index:02d}_diffraction.h5", "w") as f:
         f.create_dataset("/dp", data=scan.counts, compression="lzf")
-    n, frame = scan.n_positions, scan.frame_shape[0]
-    dx = scan.object_pixel_size_m[1]
-    with h5py.File(folder / f"s{index:02d}_product.h5", "w") as f:
-        f.attrs["name"] = f"s{index}"
-        f.attrs["comments"] = ""
-        f.attrs["detector_object_distance_m"] = scan.distance_m
-        f.attrs["photon_energy_eV"] = scan.energy_ev
-        f.attrs["tomography_angle_deg"] = scan.rotation_angle_deg - 90.0
-        f.create_dataset("probe_position_indexes", data=np.arange(n))
-        f.create_dataset("probe_position_x_m", data=scan.positions_m[:, 0])
-        f.create_dataset("probe_position_y_m", data=scan.positions_m[:, 1])
-        f.create_dataset("probe", data=np.ones((1, 1, frame, frame), np.complex64))
-        obj = f.create_dataset("object", data=np.ones((1, 40, 40), np.complex64))
-        obj.attrs["center_x_m"] = 0.0
-        obj.attrs["center_y_m"] = 0.0
-        obj.attrs["pixel_width_m"] = dx
-        obj.attrs["pixel_height_m"] = dx
-        f.create_dataset("object_layer_spacing_m", data=np.zeros(0))
+    write_ptychodus_product(folder / f"s{index:02d}_product.h5", scan, f"s{index}",
+                            np.arange(scan.n_positions))
 
 
 def _foldslice(work) -> list[str]:
