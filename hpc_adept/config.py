@@ -485,11 +485,29 @@ class ReconConfig:
     input : {'auto', 'projections', 'aligned'}
         Which run-directory file to reconstruct from; ``auto`` takes ``aligned.h5`` when
         present, else ``projections.h5``.
+    sample : {'auto', 'extended', 'isolated'}
+        ``extended``: the region lies inside a wider slab (a chip) whose material outside
+        ``volume_shape`` is in the projections and whose phase has no vacuum reference:
+        FBP and the DIP reconstruct the region widened by ``lateral_margin``, ignore each
+        projection's constant and linear phase ramp, and write the region.
+        ``isolated``: the sample lies inside the field in vacuum (no margin, no plane
+        fit). ``auto``: ``isolated`` when the projections' outer border is empty (its RMS
+        under 10 % of the whole window's; :func:`hpc_adept.recon_region.looks_isolated`),
+        else ``extended``.
+    lateral_margin : int or 'auto', voxels
+        Voxels added on each lateral side of ``volume_shape`` for an extended sample;
+        ``auto``: the lateral run of a ray across the thickness, ``nz tan L``
+        (:func:`hpc_adept.lamino.region.lateral_run_px`), so that every ray through the
+        region crosses the slab inside the widened volume; rounded up so the widened size
+        suits the DIP network's strides. Detector pixels whose rays leave the widened
+        volume get weight 0 in the DIP's data term.
     """
 
     methods: tuple[Literal["fbp", "dip"], ...] = ("fbp",)
     volume_shape: tuple[int, int, int] = (144, 160, 160)
     input: Literal["auto", "projections", "aligned"] = "auto"
+    sample: Literal["auto", "extended", "isolated"] = "auto"
+    lateral_margin: int | Literal["auto"] = "auto"
 
     def check(self) -> None:
         _shape("recon.volume_shape", self.volume_shape)
@@ -497,6 +515,9 @@ class ReconConfig:
             raise ConfigError("recon.methods must name at least one method (fbp, dip)")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"recon.methods has duplicates: {list(self.methods)}")
+        if self.lateral_margin != "auto" and self.lateral_margin < 0:
+            raise ConfigError(f"recon.lateral_margin must be >= 0 or auto, got "
+                              f"{self.lateral_margin}")
 
 
 @dataclass(frozen=True)
@@ -547,6 +568,15 @@ class DipConfig:
         Std of Gaussian noise added to the input at every step (0: fixed input).
     init_gain : float
         Xavier-uniform gain (0.2).
+    outside : {'network', 'voxels'}
+        For an extended sample (``recon.sample``), what computes the widened volume's
+        lateral margin: ``network``, the DIP network over all of it (its cost grows with
+        the widened volume); ``voxels``, the network over the region plus
+        ``network_margin_px`` and free voxels beyond (:class:`hpc_adept.dip.outside.OutsideVoxels`,
+        trained with the same optimiser and TV).
+    network_margin_px : int, voxels
+        With ``outside: voxels``, the band around the region that the network still
+        computes (rounded up to keep the network's strides; at most the margin).
     decomposition : {'angles', 'volume'}
         How the ranks share the work. ``angles``: every rank runs the whole network and
         projects its share of the angles, gradients averaged (the paper's data
@@ -610,6 +640,8 @@ class DipConfig:
     init_gain: float = 0.2
     output_range: tuple[float, float] = (-0.03, 0.03)
     decomposition: Literal["angles", "volume"] = "angles"
+    outside: Literal["network", "voxels"] = "voxels"
+    network_margin_px: int = 8
     memory_guard: bool = True
     checkpoint_every: int = 100
     resume: bool = True
@@ -992,10 +1024,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _coerce_optional(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    """``X | None``, or a union such as ``int | Literal['auto']`` (first match wins)."""
     if value is None and type(None) in args:
         return None
     inner = [a for a in args if a is not type(None)]
-    return _coerce(value, inner[0], key)
+    problems = []
+    for tp in inner:
+        try:
+            return _coerce(value, tp, key)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    reasons = [problem.removeprefix(key).strip() for problem in problems]
+    raise ConfigError(f"{key} " + " or ".join(reasons))
 
 
 def _coerce_literal(value: Any, args: tuple[Any, ...], key: str) -> Any:

@@ -153,6 +153,25 @@ def tv_loss(volume: torch.Tensor, slice_weights: torch.Tensor) -> torch.Tensor:
     return (slice_weights.to(volume.dtype) * (dy + dx)).sum()
 
 
-def data_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``0.5 * ||predicted - target||^2`` summed over every pixel (a scalar)."""
-    return 0.5 * (predicted - target).square().sum()
+def data_loss(predicted: torch.Tensor, target: torch.Tensor,
+              weights: torch.Tensor | None = None, plane_free: bool = False) -> torch.Tensor:
+    """``0.5 * sum w r^2`` over every pixel (a scalar), ``r = predicted - target``.
+
+    Parameters
+    ----------
+    predicted, target : torch.Tensor, float32, [n, nv, nu]
+    weights : torch.Tensor, float32, [n, nv, nu], optional
+        Pixel weights (default 1): e.g. 0 where a ray leaves the modelled volume.
+    plane_free : bool
+        Score ``r`` minus its weighted least-squares constant and linear ramp per
+        projection (:func:`hpc_adept.lamino.planes.remove_planes`): blind to the offset and
+        ramp that ptychography without a vacuum reference leaves in each projection.
+    """
+    residual = predicted - target
+    if plane_free:
+        from hpc_adept.lamino.planes import remove_planes
+
+        residual = remove_planes(residual, weights)
+    if weights is None:
+        return 0.5 * residual.square().sum()
+    return 0.5 * (weights * residual.square()).sum()

@@ -52,6 +52,12 @@ class ShardData:
         Volume decomposition: this rank computes the z slices ``start .. stop - 1`` of the
         ``nz``, projects them for all angles and scores its ``global_index`` angles;
         ``tv_weights`` are then the slab's. None: the whole volume (angles split).
+    weights : torch.Tensor, float32, [n_local, nv, nu] or None
+        Pixel weights of the data term (e.g. 0 where a ray leaves a widened volume, see
+        :func:`hpc_adept.lamino.coverage.full_path_mask`); None: all 1.
+    plane_free : bool
+        The data term ignores each projection's constant and linear ramp (see
+        :func:`hpc_adept.dip.losses.data_loss`).
     """
 
     targets: torch.Tensor
@@ -61,6 +67,8 @@ class ShardData:
     tv_weights: torch.Tensor
     data_weight: float = 1.0
     slab: tuple[int, int, int] | None = None
+    weights: torch.Tensor | None = None
+    plane_free: bool = False
 
 
 def data_weight(kind: str, n_total: int, detector_shape: tuple[int, int]) -> float:
@@ -108,14 +116,20 @@ class OwnAngles:
     targets : torch.Tensor, float32, [n_mine, nv, nu]
     scale : float
         The data weight times ``n_total / n_group``.
+    weights : torch.Tensor, float32, [n_mine, nv, nu] or None
+    plane_free : bool
+        See :class:`ShardData`.
     """
 
     forward: Forward
     targets: torch.Tensor
     scale: float
+    weights: torch.Tensor | None = None
+    plane_free: bool = False
 
     def __call__(self, volume: torch.Tensor, comm: ProjectionSum) -> torch.Tensor:
-        return self.scale * data_loss(self.forward(volume), self.targets)
+        return self.scale * data_loss(self.forward(volume), self.targets, self.weights,
+                                      self.plane_free)
 
 
 @dataclass(frozen=True)
@@ -132,16 +146,22 @@ class SlabAngles:
         The data weight times ``n_total / n_group``.
     scored : torch.Tensor, int64, [n_mine]
         Rows of the group's projections that are this rank's angles.
+    weights : torch.Tensor, float32, [n_mine, nv, nu] or None
+    plane_free : bool
+        See :class:`ShardData`.
     """
 
     forward: Forward
     targets: torch.Tensor
     scale: float
     scored: torch.Tensor
+    weights: torch.Tensor | None = None
+    plane_free: bool = False
 
     def __call__(self, volume: torch.Tensor, comm: ProjectionSum) -> torch.Tensor:
         predicted = comm.reduce_projections(self.forward(volume))
-        return self.scale * data_loss(predicted[self.scored], self.targets)
+        return self.scale * data_loss(predicted[self.scored], self.targets, self.weights,
+                                      self.plane_free)
 
 
 def plan_data_terms(shard: ShardData, angles_per_step: int | None,
@@ -162,11 +182,14 @@ def _data_term(shard: ShardData, g: int, n_groups: int, projector: Projector) ->
     members = np.arange(g, shard.n_total, n_groups)
     scale = shard.data_weight * shard.n_total / len(members)
     mine = np.flatnonzero(shard.global_index % n_groups == g)
-    targets = shard.targets[torch.as_tensor(mine, device=device)]
+    rows = torch.as_tensor(mine, device=device)
+    targets = shard.targets[rows]
+    weights = None if shard.weights is None else shard.weights[rows]
     if shard.slab is not None:
         scored = np.searchsorted(members, shard.global_index[mine])
         return SlabAngles(projector(shard.geometry.subset(members)), targets, scale,
-                          torch.as_tensor(scored, device=device))
+                          torch.as_tensor(scored, device=device), weights, shard.plane_free)
     if shard.geometry is None or not len(mine):
         return NoAngles()
-    return OwnAngles(projector(shard.geometry.subset(mine)), targets, scale)
+    return OwnAngles(projector(shard.geometry.subset(mine)), targets, scale, weights,
+                     shard.plane_free)

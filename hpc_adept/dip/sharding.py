@@ -82,7 +82,8 @@ def shard_geometry(full: Geometry, layout: DipLayout) -> Geometry | None:
 
 def build_shard(ps: ProjectionSet, d: DipConfig, volume_shape: tuple[int, int, int],
                 layout: DipLayout, tv_weights: np.ndarray,
-                device: torch.device) -> ShardData:
+                device: torch.device, pixel_weights: torch.Tensor | None = None,
+                plane_free: bool = False) -> ShardData:
     """This rank's :class:`ShardData` on ``device``.
 
     Parameters
@@ -91,20 +92,32 @@ def build_shard(ps: ProjectionSet, d: DipConfig, volume_shape: tuple[int, int, i
         All projections (every rank reads them; only its block is used).
     d : DipConfig
     volume_shape : (nz, ny, nx)
+        The volume the network computes (a region widened by a lateral margin, or not).
     layout : DipLayout
     tv_weights : ndarray, float, [nz]
         TV weight per slice of the whole volume (:func:`tv_slice_weights`).
     device : torch.device
+    pixel_weights : torch.Tensor, float32, [n_angles, nv, nu], optional
+        Data-term weights of ALL angles (e.g. :func:`hpc_adept.lamino.coverage.full_path_mask`);
+        with ``dip.data_term: mean`` the mean is taken over their sum.
+    plane_free : bool
+        See :class:`ShardData`.
     """
     n_total = len(ps.angles_deg)
     detector = tuple(ps.projections.shape[1:])
     full = Geometry(ps.angles_deg, ps.tilt_deg, volume_shape, detector)
     targets = emphasised_targets(ps, d, layout.angles)
+    weight = data_weight(d.data_term, n_total, detector)
+    local_weights = None
+    if pixel_weights is not None:
+        if d.data_term == "mean":
+            weight = 2.0 / max(float(pixel_weights.double().sum()), 1.0)
+        local_weights = pixel_weights[layout.angles.start:layout.angles.stop].to(device)
     return ShardData(
         torch.from_numpy(targets).to(device), shard_geometry(full, layout),
         np.arange(layout.angles.start, layout.angles.stop), n_total,
         torch.from_numpy(tv_weights[layout.z.start:layout.z.stop]).float().to(device),
-        data_weight(d.data_term, n_total, detector), slab=layout.slab)
+        weight, slab=layout.slab, weights=local_weights, plane_free=plane_free)
 
 
 def volume_tv_weights(ps: ProjectionSet, d: DipConfig, nz: int) -> np.ndarray:

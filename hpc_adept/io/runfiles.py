@@ -668,3 +668,29 @@ def _read_circuit(f: h5py.File, path: Path, shape: tuple[int, ...]) -> CircuitTr
     if problem:
         raise data_error(path, problem, CIRCUIT)
     return circuit
+
+
+def read_projection_sample(path: PathLike, count: int = 8) -> tuple[np.ndarray, float]:
+    """Up to ``count`` evenly spaced projections ``[k, nv, nu]`` float64 and ``tilt_deg``,
+    for the plan phase's look at the data (e.g. whether the sample is isolated) without
+    reading a large file whole.
+
+    Raises
+    ------
+    DataError
+        As :func:`stored_projection_shape`; non-finite values; a bad ``tilt_deg``.
+    """
+    p = Path(path)
+    n, _, _ = stored_projection_shape(p)
+    from hpc_adept.lamino.region import sample_indices
+
+    picks = sample_indices(n, count)
+    with open_h5(p) as f:
+        sample = np.asarray(f[PROJECTIONS][picks], dtype=np.float64)
+        tilt = read_scalar_attr(f, TILT_ATTR, p)
+    if not np.all(np.isfinite(sample)):
+        raise data_error(p, "holds NaN or Inf", PROJECTIONS)
+    problem = tilt_problem(tilt)
+    if problem:
+        raise data_error(p, problem, f"@{TILT_ATTR}")
+    return sample, float(tilt)

@@ -11,8 +11,17 @@ window of a region therefore sees the chip around it, out to the radius
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-__all__ = ["extended_shape", "lateral_margin_px", "lateral_run_px", "window_reach_px"]
+import numpy as np
+
+__all__ = ["RegionPlan", "extend_columns", "extended_shape", "lateral_margin_px",
+           "lateral_run_px", "looks_isolated", "plan_region", "sample_indices", "window_reach_px"]
+
+#: Outer rows and columns of a projection that :func:`looks_isolated` inspects, pixels.
+BORDER_PX = 2
+#: Border RMS below this fraction of the whole window's RMS: the border is empty.
+EMPTY_BORDER_RATIO = 0.1
 
 
 def _sin_cos_a(tilt_deg: float) -> tuple[float, float]:
@@ -67,3 +76,101 @@ def extended_shape(volume_shape: tuple[int, int, int], margin_px: int) -> tuple[
     rotation axis) stays where it was, so the region is ``[:, m:m + ny, m:m + nx]``."""
     nz, ny, nx = volume_shape
     return (nz, ny + 2 * margin_px, nx + 2 * margin_px)
+
+
+def sample_indices(n: int, count: int = 8) -> list[int]:
+    """Up to ``count`` evenly spaced indices of ``n`` projections (the ones
+    :func:`looks_isolated` is shown, wherever it is called)."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))})
+
+
+def looks_isolated(projections: np.ndarray, border_px: int = BORDER_PX,
+                   ratio: float = EMPTY_BORDER_RATIO) -> bool:
+    """True when the projections' outer border is empty: the sample lies inside the field.
+
+    An isolated crop in vacuum projects inside a window chosen with a margin, so its outer
+    ``border_px`` rows and columns hold only noise; a region of a wide chip has chip in
+    every pixel. ``projections`` float [n, nv, nu]; True when the border's RMS is below
+    ``ratio`` times the RMS of the whole window.
+    """
+    p = np.asarray(projections, dtype=np.float64)
+    b = max(1, min(border_px, p.shape[1] // 4, p.shape[2] // 4))
+    border = np.concatenate([p[:, :b].ravel(), p[:, -b:].ravel(),
+                             p[:, b:-b, :b].ravel(), p[:, b:-b, -b:].ravel()])
+    whole = math.sqrt(float(np.mean(p**2)))
+    return whole == 0.0 or math.sqrt(float(np.mean(border**2))) < ratio * whole
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """The volume a reconstruction computes for a region, and where the region sits in it.
+
+    Attributes
+    ----------
+    region_shape : (nz, ny, nx)
+        The volume the user asked for (``recon.volume_shape``).
+    margin_px : int
+        Voxels added on each lateral side (0: the region itself).
+    extended : bool
+        The sample is a wide slab (the data hold material outside the region and no
+        vacuum phase reference).
+    """
+
+    region_shape: tuple[int, int, int]
+    margin_px: int
+    extended: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The widened volume ``[nz, ny + 2 m, nx + 2 m]``."""
+        return extended_shape(self.region_shape, self.margin_px)
+
+    def crop(self, volume: np.ndarray) -> np.ndarray:
+        """The region ``[nz, ny, nx]`` of a widened volume (a copy, float32)."""
+        m = self.margin_px
+        _, ny, nx = self.region_shape
+        return np.ascontiguousarray(volume[:, m:m + ny, m:m + nx], dtype=np.float32)
+
+
+def plan_region(region_shape: tuple[int, int, int], tilt_deg: float, extended: bool,
+                margin: int | str = "auto", multiple: int = 1) -> RegionPlan:
+    """The :class:`RegionPlan` of ``region_shape``.
+
+    ``margin`` ``auto`` is ``ceil(nz tan L)`` for an extended sample (:func:`lateral_run_px`)
+    and 0 for an isolated one; any margin is then rounded up so that the widened lateral
+    sizes stay multiples of ``multiple`` when the region's are (the DIP's strides).
+    """
+    nz = region_shape[0]
+    if margin == "auto":
+        m = math.ceil(lateral_run_px(nz, tilt_deg) - 1e-9) if extended else 0
+    else:
+        m = int(margin)
+    if m and multiple > 1:
+        while any((n + 2 * m) % multiple and n % multiple == 0 for n in region_shape[1:]):
+            m += 1
+    return RegionPlan(tuple(int(n) for n in region_shape), m, bool(extended))
+
+
+def extend_columns(projections: np.ndarray, pad_px: int) -> np.ndarray:
+    """Projections continued ``pad_px`` columns beyond both sides of the window.
+
+    The ramp filter is non-local: filtering a window cut out of a wide sample as if it
+    ended in zeros biases the low frequencies (cupping). The continuation mirrors the
+    window's edge columns and tapers them to 0 with a half cosine, so it starts at the
+    edge's values and slopes, then fades smoothly. ``[n, nv, nu] -> [n, nv, nu + 2 pad]``.
+    """
+    p = np.asarray(projections)
+    if pad_px <= 0:
+        return p
+    nu = p.shape[-1]
+    reach = min(pad_px, nu)
+    taper = 0.5 * (1 + np.cos(np.pi * (np.arange(1, pad_px + 1)) / (pad_px + 1)))
+    left = np.zeros((*p.shape[:-1], pad_px), dtype=p.dtype)
+    right = np.zeros_like(left)
+    left[..., pad_px - reach:] = p[..., 1:reach + 1][..., ::-1] if nu > reach else \
+        p[..., :reach][..., ::-1]
+    right[..., :reach] = p[..., -reach - 1:-1][..., ::-1] if nu > reach else \
+        p[..., -reach:][..., ::-1]
+    left *= taper[::-1].astype(p.dtype)
+    right *= taper.astype(p.dtype)
+    return np.concatenate([left, p, right], axis=-1)

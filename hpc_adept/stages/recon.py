@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,13 @@ from hpc_adept.config import Config
 from hpc_adept.errors import ConfigError, DataError, StopRequested
 from hpc_adept.io import ProjectionSet, read_ground_truth, read_projections, write_volume
 from hpc_adept.io.runfiles import stored_projection_shape
+from hpc_adept.lamino.region import (
+    RegionPlan,
+    extend_columns,
+    looks_isolated,
+    plan_region,
+    sample_indices,
+)
 from hpc_adept.parallel import ParallelContext, aligned_block_range, allreduce_sum, block_range
 
 if TYPE_CHECKING:  # torch and the DIP are imported where they run: the CLI's checks stay light
@@ -63,8 +71,20 @@ class ReconPlan:
             return
         if self.cfg.dip.decomposition == "volume":
             dip_slab(self.cfg, ctx.size, ctx.rank)
+            _check_volume_split(self.cfg, self.input_path, ctx)
         if self.cfg.dip.memory_guard:
             check_dip_memory(self.cfg, self.input_path, ctx)
+
+
+def _check_volume_split(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
+    """ConfigError when free outside voxels would have to be split into z slabs."""
+    if not ctx.is_parallel or cfg.dip.outside != "voxels":
+        return
+    region = planned_region(cfg, input_path)
+    if network_margin(cfg, region) < region.margin_px:
+        raise ConfigError("dip.outside: voxels (an extended sample's margin as free voxels) "
+                          "does not split into z slabs: set dip.outside: network or "
+                          "dip.decomposition: angles")
 
 
 def dip_slab(cfg: Config, size: int, rank: int) -> range:
@@ -114,7 +134,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     n_angles, nv, nu = stored_projection_shape(input_path)
     d = cfg.dip
     per_step = min(n_angles, d.angles_per_step or n_angles)
-    shape = tuple(cfg.recon.volume_shape)
+    shape = planned_region(cfg, input_path).shape  # the widened volume the network computes
     if d.decomposition == "volume":  # a slab of the network, projected for every angle
         longest = max(len(dip_slab(cfg, ctx.size, r)) for r in range(ctx.size))
         shape, local = (longest, *shape[1:]), per_step
@@ -175,8 +195,10 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
         shape = stored_projection_shape(input_path)
         device = select_torch_device(cfg.runtime.device, ctx.local_rank)
         on_gpu = device.type == "cuda"
-        host, on_device = fbp_memory_bytes(shape, tuple(cfg.recon.volume_shape), ctx.size,
-                                           on_gpu)
+        region = planned_region(cfg, input_path)
+        if region.extended:  # the projections continued beyond the window, twice as wide
+            shape = (shape[0], shape[1], 2 * shape[2])
+        host, on_device = fbp_memory_bytes(shape, region.shape, ctx.size, on_gpu)
         host = peak_memory_bytes(host, torch.device("cpu"), cfg.runtime.keep_host_memory)
         for need, where_device in ((host, torch.device("cpu")), (on_device, device)):
             shortfall = need and memory_shortfall("fbp", need, where_device, ctx.local_size)
@@ -221,6 +243,48 @@ def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
     return allreduce_sum(ctx, part.astype(np.float32))
 
 
+def planned_region(cfg: Config, input_path: Path) -> RegionPlan:
+    """:func:`recon_region` before the work, from a few of the stored projections."""
+    from hpc_adept.io.runfiles import read_projection_sample
+
+    sample, tilt = read_projection_sample(input_path)
+    return _region(cfg, tilt, lambda: looks_isolated(sample))
+
+
+def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool]) -> RegionPlan:
+    r = cfg.recon
+    extended = r.sample == "extended" or (r.sample == "auto" and not isolated())
+    multiple = math.prod(cfg.dip.strides) if "dip" in r.methods else 1
+    return plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple)
+
+
+def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
+    """The region plan of ``recon.sample`` and ``recon.lateral_margin`` for these data
+    (``auto``: extended unless the projections' border is empty)."""
+    picks = sample_indices(len(ps.projections))  # as planned_region reads them
+    return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]))
+
+
+def fbp_region(ps: ProjectionSet, region: RegionPlan, ctx: ParallelContext, device: object,
+               kernel: str = "torch") -> np.ndarray:
+    """FBP of the region; for an extended sample, of the widened volume from projections
+    without their constant and ramp (plane fit per projection) and continued beyond the
+    window before the ramp filter (:func:`~hpc_adept.lamino.region.extend_columns`), then
+    cut to the region. float32 [nz, ny, nx]."""
+    if not region.extended:
+        return region.crop(fbp_distributed(ps, region.shape, ctx, device, kernel))
+    import torch
+
+    from hpc_adept.lamino.planes import remove_planes
+
+    flat = remove_planes(torch.from_numpy(ps.projections.astype(np.float64))).numpy()
+    pad = ps.projections.shape[-1] // 2
+    wide = ProjectionSet(projections=extend_columns(flat, pad).astype(np.float32),
+                         angles_deg=ps.angles_deg, tilt_deg=ps.tilt_deg,
+                         pixel_size_m=ps.pixel_size_m)
+    return region.crop(fbp_distributed(wide, region.shape, ctx, device, kernel))
+
+
 def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object) -> None:
     """Run the stage on all ranks."""
     from hpc_adept.report.figures import save_orthoslices
@@ -229,21 +293,26 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
     if len(ps.angles_deg) < ctx.size and "dip" in plan.methods:
         log.warning("recon: %d ranks for %d angles: some ranks only run the network",
                     ctx.size, len(ps.angles_deg))
-    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s",
+    region = recon_region(cfg, ps)
+    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
-             ps.tilt_deg, list(cfg.recon.volume_shape))
+             ps.tilt_deg, list(cfg.recon.volume_shape),
+             "extended" if region.extended else "isolated",
+             f", reconstructed {list(region.shape)} (lateral margin {region.margin_px})"
+             if region.margin_px else "")
     for method in plan.methods:
         t0 = time.perf_counter()
         attrs: dict[str, object] = {"method": method}
         if method == "fbp":
             with timing.region("recon/fbp", device):
-                volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device,
-                                         cfg.runtime.projector)
+                volume = fbp_region(ps, region, ctx, device, cfg.runtime.projector)
         elif method == "dip":
             with timing.region("recon/dip", device):
-                volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
+                volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir, region)
         else:  # plan_recon admits implemented methods only
             raise AssertionError(method)
+        attrs.update(sample="extended" if region.extended else "isolated",
+                     lateral_margin_px=region.margin_px)
         if not np.all(np.isfinite(volume)):
             raise DataError(f"recon: the {method} volume holds NaN/Inf (input {plan.input_path})")
         if ctx.is_root:
@@ -290,8 +359,12 @@ def _plan_dip(cfg: Config) -> None:
 
 
 def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
-                    run_dir: Path) -> tuple[np.ndarray, dict[str, object]]:
+                    run_dir: Path, region: RegionPlan | None = None
+                    ) -> tuple[np.ndarray, dict[str, object]]:
     """Deep image prior over the ranks (angles or volume split); every rank gets the volume.
+
+    With ``region`` (default: :func:`recon_region`) the network computes the widened
+    volume and the region is returned.
 
     Returns
     -------
@@ -303,30 +376,63 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     StopRequested
         When a stop signal ended the training early (after the checkpoint was written).
     """
-    from hpc_adept.dip.network import count_parameters, input_from_config, network_from_config
+    from hpc_adept.dip.network import count_parameters, input_from_config
 
-    layout, shard = _dip_shard(cfg, ps, ctx, device)
-    model = network_from_config(cfg.dip, cfg.runtime.seed).to(device)
-    noise = input_from_config(cfg.dip, cfg.recon.volume_shape, cfg.runtime.seed,
-                              layout.z).to(device)
+    region = recon_region(cfg, ps) if region is None else region
+    layout, shard = _dip_shard(cfg, ps, ctx, device, region)
+    model, inner_shape = _dip_model(cfg, region)
+    model = model.to(device)
+    noise = input_from_config(cfg.dip, inner_shape, cfg.runtime.seed, layout.z).to(device)
     log.info("dip: network with %d parameters, input %s, device %s",
              count_parameters(model), list(noise.shape), device)
     checkpoints = _dip_checkpoints(cfg, ps, ctx, run_dir, device)
     result = _train_dip(cfg, ctx, device, layout, model, noise, shard, checkpoints)
-    return _dip_outputs(result, ctx, run_dir, checkpoints.directory, layout.by_volume)
+    volume, attrs = _dip_outputs(result, ctx, run_dir, checkpoints.directory,
+                                 layout.by_volume)
+    return region.crop(volume), attrs
 
 
-def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext,
-               device: object) -> tuple[DipLayout, ShardData]:
+def network_margin(cfg: Config, region: RegionPlan) -> int:
+    """Lateral margin (voxels) that the DIP network computes: all of ``region``'s, or with
+    ``dip.outside: voxels`` the band ``dip.network_margin_px`` (an even number, so the
+    network's input keeps the region's divisibility by the strides)."""
+    if cfg.dip.outside == "network" or not region.margin_px:
+        return region.margin_px
+    band = cfg.dip.network_margin_px + cfg.dip.network_margin_px % 2
+    return min(region.margin_px, band)
+
+
+def _dip_model(cfg: Config, region: RegionPlan) -> tuple[object, tuple[int, int, int]]:
+    """The model that computes the widened volume, and the shape of its network's input."""
+    from hpc_adept.dip.network import network_from_config
+    from hpc_adept.dip.outside import OutsideVoxels
+    from hpc_adept.lamino.region import extended_shape
+
+    model = network_from_config(cfg.dip, cfg.runtime.seed)
+    inner = network_margin(cfg, region)
+    inner_shape = extended_shape(region.region_shape, inner)
+    if inner < region.margin_px:
+        model = OutsideVoxels(model, region.shape, region.margin_px - inner)
+    return model, inner_shape
+
+
+def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
+               region: RegionPlan) -> tuple[DipLayout, ShardData]:
     """This rank's angles and slab of the DIP problem, and its targets on ``device``."""
     from hpc_adept.dip.sharding import build_shard, dip_layout, volume_tv_weights
+    from hpc_adept.lamino import Geometry
+    from hpc_adept.lamino.coverage import full_path_mask
 
-    d, shape = cfg.dip, tuple(cfg.recon.volume_shape)
+    d, shape = cfg.dip, region.shape
     by_volume = d.decomposition == "volume" and ctx.is_parallel
     slab = dip_slab(cfg, ctx.size, ctx.rank) if by_volume else None
     layout = dip_layout(len(ps.angles_deg), shape[0], ctx.size, ctx.rank, slab)
     weights = volume_tv_weights(ps, d, shape[0])
-    shard = build_shard(ps, d, shape, layout, weights, device)
+    mask = None
+    if region.margin_px:  # rays that leave the widened volume crossed unmodelled chip
+        geometry = Geometry(ps.angles_deg, ps.tilt_deg, shape, ps.projections.shape[1:])
+        mask = full_path_mask(geometry, cfg.runtime.projector, device=device)
+    shard = build_shard(ps, d, shape, layout, weights, device, mask, region.extended)
     log.info("dip: %d angles (%d on rank 0), hpf %s, data term %s, TV weight per slice "
              "from bottom %s ... top %s", len(ps.angles_deg), len(layout.angles), d.hpf,
              d.data_term, weights[0], weights[-1])

@@ -1,0 +1,193 @@
+"""A region inside an extended sample: plane-blind data terms, the widened volume, the
+rays it explains, and ``adept recon`` on such data (issue 18)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_adept.config import load_config
+from hpc_adept.dip.losses import data_loss
+from hpc_adept.errors import ConfigError
+from hpc_adept.io import ProjectionSet, read_volume, write_projections
+from hpc_adept.lamino import Geometry, LaminoOperator
+from hpc_adept.lamino.coverage import full_path_mask
+from hpc_adept.lamino.planes import plane_basis, remove_planes
+from hpc_adept.lamino.region import (
+    extend_columns,
+    extended_shape,
+    lateral_margin_px,
+    lateral_run_px,
+    looks_isolated,
+    plan_region,
+)
+from hpc_adept.linop import FunctionOperator, dottest
+from hpc_adept.phantom import procedural_phantom
+from hpc_adept.stages.simulate import auto_projection_shape
+from tests.conftest import adept
+
+TILT = 61.0
+
+
+def _planes(n, shape, scale, seed=1):
+    coef = np.random.default_rng(seed).uniform(-scale, scale, (n, 3))
+    return torch.einsum("nk,kij->nij", torch.from_numpy(coef), plane_basis(shape))
+
+
+def test_remove_planes_is_exact_idempotent_and_self_adjoint():
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.standard_normal((4, 9, 11)))
+    planes = _planes(4, (9, 11), 0.5)
+    clean = remove_planes(images)
+    torch.testing.assert_close(remove_planes(images + planes), clean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(remove_planes(clean), clean, rtol=0, atol=1e-12)
+    assert remove_planes(planes).abs().max() < 1e-12
+    weights = torch.from_numpy(rng.uniform(0.0, 1.0, (4, 9, 11)))
+    op = FunctionOperator(lambda x: remove_planes(x, weights) * weights,
+                          lambda y: remove_planes(y, weights) * weights,
+                          (4, 9, 11), (4, 9, 11))
+    dottest(op, rtol=1e-10)  # W P_W is symmetric: the weighted projection's adjoint
+
+
+def test_plane_free_data_term_is_blind_to_offsets_and_ramps():
+    rng = np.random.default_rng(2)
+    predicted = torch.from_numpy(rng.standard_normal((3, 8, 10)))
+    target = torch.from_numpy(rng.standard_normal((3, 8, 10)))
+    shifted = target + _planes(3, (8, 10), 0.5)
+    weights = torch.from_numpy((rng.uniform(size=(3, 8, 10)) > 0.3).astype(np.float64))
+    for w in (None, weights):
+        a = data_loss(predicted, target, w, plane_free=True)
+        b = data_loss(predicted, shifted, w, plane_free=True)
+        assert float(abs(a - b)) < 1e-10 * float(a)
+    assert float(data_loss(predicted, shifted)) != pytest.approx(
+        float(data_loss(predicted, target)))
+
+
+def test_full_path_mask_marks_rays_that_cross_the_slab_inside():
+    region = (6, 12, 12)
+    window = auto_projection_shape(region, TILT)
+    angles = np.arange(0, 360, 30.0)
+    # the region alone is narrower than one ray's lateral run: no ray crosses it whole
+    assert lateral_run_px(6, TILT) < 12
+    inside = full_path_mask(Geometry(angles, TILT, region, window))
+    wide = extended_shape(region, int(np.ceil(lateral_run_px(6, TILT))))
+    widened = full_path_mask(Geometry(angles, TILT, wide, window))
+    assert widened.shape == (len(angles), *window)
+    assert set(np.unique(widened.numpy())) <= {0.0, 1.0}
+    assert widened.sum() > inside.sum()
+    # every ray through the region's centre column crosses the widened slab inside
+    centre_col = window[1] // 2
+    assert torch.all(widened[:, window[0] // 2 - 1:window[0] // 2 + 1, centre_col] == 1)
+
+
+def test_plan_region_margins_and_rounding():
+    auto = plan_region((40, 56, 56), TILT, True, "auto", 4)
+    assert auto.margin_px >= np.ceil(lateral_run_px(40, TILT))
+    assert all(n % 4 == 0 for n in auto.shape[1:])
+    assert plan_region((40, 56, 56), TILT, False).margin_px == 0
+    assert plan_region((40, 56, 56), TILT, True, 10, 1).margin_px == 10
+    cut = plan_region((4, 6, 8), TILT, True, 2).crop(np.arange(4 * 10 * 12.0).reshape(4, 10, 12))
+    assert cut.shape == (4, 6, 8) and cut[0, 0, 0] == 2 * 12 + 2
+
+
+def test_extend_columns_continues_the_edges_and_fades_out():
+    p = np.linspace(1.0, 2.0, 12)[None, None].repeat(3, axis=1)
+    e = extend_columns(p, 6)
+    assert e.shape == (1, 3, 24)
+    np.testing.assert_array_equal(e[..., 6:18], p)
+    assert abs(e[0, 0, 5] - p[0, 0, 1]) < 0.1 and abs(e[0, 0, 18] - p[0, 0, -2]) < 0.1
+    assert abs(e[0, 0, 0]) < 0.1 * p.max() and abs(e[0, 0, -1]) < 0.1 * p.max()
+
+
+def _extended_data(region, n_angles=16, seed=0):
+    window = auto_projection_shape(region, TILT)
+    m = lateral_margin_px(region, window, TILT)
+    wide = procedural_phantom(extended_shape(region, m), 27.2e-9, seed).astype(np.float64)
+    angles = np.arange(n_angles) * 360.0 / n_angles
+    op = LaminoOperator(Geometry(angles, TILT, wide.shape, window))
+    with torch.no_grad():
+        extended = op.forward(torch.from_numpy(wide)).numpy()
+    isolated_vol = np.ascontiguousarray(wide[:, m:m + region[1], m:m + region[2]])
+    op_region = LaminoOperator(Geometry(angles, TILT, region, window))
+    with torch.no_grad():
+        isolated = op_region.forward(torch.from_numpy(isolated_vol)).numpy()
+    return angles, extended, isolated
+
+
+def test_border_tells_isolated_from_extended():
+    for seed in (3, 4):
+        _, extended, isolated = _extended_data((6, 16, 16), seed=seed)
+        assert looks_isolated(isolated)
+        assert not looks_isolated(extended)
+
+
+def test_recon_lateral_margin_is_checked():
+    with pytest.raises(ConfigError, match="recon.lateral_margin"):
+        load_config(None, ["recon.lateral_margin=-2"])
+    with pytest.raises(ConfigError, match="recon.lateral_margin"):
+        load_config(None, ["recon.lateral_margin=wide"])
+    with pytest.raises(ConfigError, match="recon.sample"):
+        load_config(None, ["recon.sample=slab"])
+
+
+def test_recon_of_an_extended_sample_writes_the_region_blind_to_planes(tmp_path):
+    region = (6, 16, 16)
+    angles, extended, _ = _extended_data(region, n_angles=24)
+    planes = _planes(len(angles), extended.shape[1:], 0.5).numpy()
+    volumes = []
+    for name, data in (("plain", extended), ("planes", extended + planes)):
+        run = tmp_path / name
+        run.mkdir()
+        write_projections(run / "projections.h5", ProjectionSet(
+            data.astype(np.float32), angles, TILT, 27.2e-9))
+        config = run / "config.yaml"
+        config.write_text(f"output:\n  dir: {run}\nrecon:\n  volume_shape: [6, 16, 16]\n"
+                          f"  methods: [fbp]\n")
+        r = adept("recon", "-c", str(config))
+        assert r.returncode == 0, r.stderr
+        assert "extended sample" in r.stderr
+        volume, attrs = read_volume(run / "volume_fbp.h5")
+        assert volume.shape == region
+        assert attrs["sample"] == "extended" and attrs["lateral_margin_px"] > 0
+        volumes.append(volume)
+    scale = np.abs(volumes[0]).max()
+    assert np.abs(volumes[0] - volumes[1]).max() < 1e-4 * scale
+
+
+def test_outside_voxels_frame_the_network_volume():
+    from hpc_adept.dip.outside import OutsideVoxels
+
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.level = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, noise):
+            return self.level * torch.ones(noise.shape[2:])
+
+    model = OutsideVoxels(Constant(), (3, 10, 12), 2)
+    volume = model(torch.zeros(1, 1, 3, 6, 8))
+    assert volume.shape == (3, 10, 12)
+    assert torch.all(volume[:, 2:8, 2:10] == 0.5) and volume.sum() == 0.5 * 3 * 6 * 8
+    volume.square().sum().backward()
+    grad = model.outside.grad
+    assert torch.all(grad[:, 2:8, 2:10] == 0) and model.inner.level.grad > 0
+    with pytest.raises(ValueError):
+        OutsideVoxels(Constant(), (3, 10, 12), 5)
+
+
+def test_recon_dip_of_an_extended_sample_writes_the_region(tmp_path):
+    region = (8, 16, 16)
+    angles, extended, _ = _extended_data(region, n_angles=12, seed=5)
+    write_projections(tmp_path / "projections.h5", ProjectionSet(
+        extended.astype(np.float32), angles, TILT, 27.2e-9))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"output:\n  dir: {tmp_path}\nrecon:\n  volume_shape: [8, 16, 16]\n"
+                      f"  methods: [dip]\ndip:\n  iterations: 3\n  in_channels: 4\n"
+                      f"  channels: [4, 4, 4, 4, 4]\n  network_margin_px: 4\n")
+    r = adept("recon", "-c", str(config))
+    assert r.returncode == 0, r.stderr
+    assert "input [1, 4, 8, 24, 24]" in r.stderr  # the region and the network's 4-voxel band
+    volume, attrs = read_volume(tmp_path / "volume_dip.h5")
+    assert volume.shape == region and attrs["sample"] == "extended"
