@@ -60,6 +60,11 @@ from hpc_adept.parallel.workqueue import DynamicQueue
 log = logging.getLogger(__name__)
 
 SCAN_RESULT = "scan_{:04d}.h5"
+# Scalars of a scan's result kept as its file's attributes (the rest are datasets).
+SCAN_ATTRS = ("iterations", "phase_offset_arbitrary", "background_level", "background_below",
+              "background_sharpness", "background_trusted")
+# projections.h5's per-angle record of the phase reference (docs/formats.md)
+OFFSET_ARBITRARY = "phase_offset_arbitrary"
 
 # A scan's projection field may be at most this many times the area its frames cover
 # (positions x frame pixels): overlapping raster scans stay far below 1, a scan without
@@ -300,8 +305,10 @@ def read_scan_result(path: Path, field_shape: tuple[int, int],
     Returns
     -------
     dict
-        ``phase`` float32 ``field_shape``, ``probe`` complex64 ``frame_shape``,
-        ``fourier_error`` float64 ``[iterations]`` (all finite) and ``iterations`` (int).
+        ``phase`` float32 ``field_shape`` (and ``phase_plane`` when stored:
+        ``ptycho.phase_reference: auto``), ``probe`` complex64 ``frame_shape``,
+        ``fourier_error`` float64 ``[iterations]`` (all finite), ``iterations`` (int) and
+        the phase reference's attributes (``SCAN_ATTRS``, floats).
 
     Raises
     ------
@@ -318,6 +325,11 @@ def read_scan_result(path: Path, field_shape: tuple[int, int],
             "fourier_error": read_array(f, "fourier_error", path, ndim=1,
                                         dtype=np.float64),
         }
+        if "phase_plane" in f:
+            out["phase_plane"] = read_array(f, "phase_plane", path, ndim=2,
+                                            dtype=np.float32, expected=field_shape)
+        for name in SCAN_ATTRS[1:]:
+            out[name] = read_scalar_attr(f, name, path)
         iterations = read_scalar_attr(f, "iterations", path, positive=True)
     if len(out["fourier_error"]) != int(iterations):
         raise DataError(f"{path}: fourier_error holds {len(out['fourier_error'])} values for "
@@ -348,7 +360,7 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
                      scan: Scan) -> dict:
     """LSQ-ML of scan ``index`` (``scan``, as read from its file) and its phase
     projection; host arrays."""
-    from hpc_adept.ptycho import phase_projection, reconstruct
+    from hpc_adept.ptycho import reconstruct
 
     xp = array_module(device, required=cfg.runtime.device == "cuda")
     seed = scan_seed(cfg.runtime.seed, index)
@@ -363,16 +375,40 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
     if not np.all(np.isfinite(errors)):
         raise DataError(f"{scan.path}: LSQ-ML diverged (non-finite Fourier error at "
                         f"iteration {int(np.argmin(np.isfinite(errors)))})")
-    phase, amplitude = phase_projection(result)
     probe_out = to_numpy(result.probe)
     return {
-        "phase": phase,
-        "amplitude": amplitude,
+        **phase_images(result, cfg.ptycho.phase_reference),
         "probe": np.asarray(probe_out[0], dtype=np.complex64),
         "fourier_error": errors,
         "positions_px": np.asarray(to_numpy(result.positions_px), dtype=np.float64),
         "iterations": int(result.iterations),
     }
+
+
+def phase_images(result: Any, reference: str) -> dict[str, Any]:
+    """A scan's phase projection(s) (``ptycho.phase_reference``) for its result file.
+
+    ``phase`` float32 [nv, nu] (with ``auto``: referenced to the background, the vacuum
+    fit), ``amplitude``, and with ``auto`` also ``phase_plane`` (the ``plane`` reference):
+    the assembly picks one of them for every scan (:func:`dataset_reference`). The
+    scalars ``phase_offset_arbitrary`` (1.0 when ``phase``'s offset and ramp carry no
+    information), ``background_level``, ``background_below``, ``background_sharpness``
+    (the evidence of ``auto``'s rule) go into the file's attributes.
+    """
+    from hpc_adept.ptycho.phase import extract_phase, trusts_background
+
+    host = result.to_host()
+    first = "vacuum" if reference == "auto" else reference
+    out = extract_phase(host, reference=first)  # type: ignore[arg-type]
+    images: dict[str, Any] = {"phase": out.phase, "amplitude": out.amplitude}
+    if reference == "auto":
+        images["phase_plane"] = extract_phase(host, reference="plane").phase
+    level = out.background
+    images.update({"phase_offset_arbitrary": float(out.offset_arbitrary),
+                   "background_level": level.level, "background_below": level.below,
+                   "background_sharpness": level.sharpness,
+                   "background_trusted": float(trusts_background(level))})
+    return images
 
 
 def scan_seed(seed: int, index: int) -> int:
@@ -435,11 +471,11 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan | ImportPlan,
         with timing.region("ptycho/write"):
             write_h5_atomic(
                 plan.cache_dir / SCAN_RESULT.format(index),
-                {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
+                {k: np.asarray(v) for k, v in res.items() if k not in SCAN_ATTRS},
                 attrs={"input_key": keys.pop(index),
                        "source": Path(plan.scans[index].path).name,
                        "rotation_angle_deg": plan.scans[index].rotation_angle_deg,
-                       "iterations": res["iterations"],
+                       **{k: res[k] for k in SCAN_ATTRS},
                        "seconds": time.perf_counter() - t_scan},
             )
 
@@ -544,25 +580,39 @@ def _sum(ctx: ParallelContext, value: int) -> int:
 def assemble_projections(plan: PtychoPlan, cfg: Config) -> None:
     """Read the per-scan results in angle order and write ``projections.h5`` (rank 0)."""
     n = len(plan.scans)
-    nv, nu = plan.field_shape
-    phases = np.empty((n, nv, nu), np.float32)
-    final_error = np.empty(n)
-    iterations = np.empty(n)
-    probes = None
+    results = []
     for i in range(n):
         path = plan.cache_dir / SCAN_RESULT.format(i)
         try:
-            res = read_scan_result(path, (nv, nu), plan.scans[i].frame_shape)
+            results.append(read_scan_result(path, plan.field_shape, plan.scans[i].frame_shape))
         except DataError as exc:  # damaged after this run checked it
             raise DataError(f"{exc}; run adept ptycho again to recompute the scan") from None
-        if probes is None:
-            probes = np.empty((n, *res["probe"].shape), np.complex64)
-        phases[i], probes[i] = res["phase"], res["probe"]
-        final_error[i] = res["fourier_error"][-1]
-        iterations[i] = res["iterations"]
+    reference = dataset_reference(cfg.ptycho.phase_reference, results)
+    key = "phase_plane" if reference == "plane" and "phase_plane" in results[0] else "phase"
+    if cfg.ptycho.phase_reference == "auto":
+        log.info("ptycho: phase reference %s (phase_reference auto: %d of %d scans hold a "
+                 "flat background level)", reference,
+                 sum(r["background_trusted"] > 0 for r in results), n)
     angles = np.array([s.rotation_angle_deg for s in plan.scans], dtype=np.float64)
-    ps = ProjectionSet(projections=phases, angles_deg=angles,
-                       tilt_deg=plan.scans[0].laminography_angle_deg,
-                       pixel_size_m=plan.object_pixel_m, probes=probes,
-                       extra={"fourier_error": final_error, "iterations": iterations})
+    extra = {"fourier_error": np.array([r["fourier_error"][-1] for r in results]),
+             "iterations": np.array([r["iterations"] for r in results], dtype=np.float64),
+             OFFSET_ARBITRARY: np.full(n, float(reference == "plane")),
+             # the vacuum fit's background level: auto's evidence, per scan
+             **{f"phase_{name}": np.array([r[name] for r in results])
+                for name in ("background_level", "background_below", "background_sharpness")}}
+    ps = ProjectionSet(projections=np.stack([r[key] for r in results]).astype(np.float32),
+                       angles_deg=angles, tilt_deg=plan.scans[0].laminography_angle_deg,
+                       pixel_size_m=plan.object_pixel_m,
+                       probes=np.stack([r["probe"] for r in results]).astype(np.complex64),
+                       extra=extra)
     write_projections(plan.run_dir / "projections.h5", ps)
+
+
+def dataset_reference(setting: str, results: list[dict[str, Any]]) -> str:
+    """The phase reference of the whole data set: ``setting`` unless ``auto``, then
+    ``vacuum`` when every scan's field holds a trusted background level
+    (``background_trusted``), else ``plane`` (one reference for all projections, so that
+    the later stages fit every projection's offset and ramp or none)."""
+    if setting != "auto":
+        return setting
+    return "vacuum" if all(r["background_trusted"] > 0 for r in results) else "plane"
