@@ -373,7 +373,7 @@ class PtychoConfig:
         removed, and ``projections.h5`` marks each projection's offset and ramp as
         arbitrary (``/phase_offset_arbitrary``) for the later stages to fit. ``auto``:
         ``vacuum`` when every scan's field holds such a level (at least 25 % of the lit
-        field within 3 noise sigmas of it, at most 1 % below it, and sharp), else ``plane``
+        field within 3 noise sigmas of it, at most 3 % below it, and sharp), else ``plane``
         for all scans (measured: profiling/phase_reference.py).
     """
 

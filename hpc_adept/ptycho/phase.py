@@ -53,9 +53,10 @@ PhaseReference = Literal["auto", "vacuum", "plane"]
 LEVEL_SIGMAS = 3.0          # half-width of the background level, noise standard deviations
 LEVEL_FLOOR = 1e-3          # ... at least this fraction of the phase range (noise-free data)
 REFINE_SIGMAS = 1.5         # half-width of the level the vacuum plane is refitted on
+CORE_SIGMAS = 1.5           # half-width of the level's core (its sharpness)
 MIN_LEVEL_FRACTION = 0.25   # the level holds at least this fraction of the support
-MAX_BELOW_FRACTION = 0.01   # at most this fraction of the support lies below the level
-MIN_SHARPNESS = 0.5         # within one sigma over within LEVEL_SIGMAS sigmas, at least
+MAX_BELOW_FRACTION = 0.03   # at most this fraction of the support lies below the level
+MIN_SHARPNESS = 0.7         # within CORE_SIGMAS over within LEVEL_SIGMAS sigmas, at least
 
 
 def crop_field(obj: Any, field_shape: tuple[int, int],
@@ -253,8 +254,10 @@ class BackgroundLevel:
     below : float
         Fraction of the support below ``-tolerance``.
     sharpness : float
-        Fraction within ``tolerance / LEVEL_SIGMAS`` (one noise sigma) over ``level``: 0.68
-        for a flat level with Gaussian noise, about 1 / LEVEL_SIGMAS for a smooth spread.
+        Fraction within ``CORE_SIGMAS`` noise sigmas over ``level`` (``LEVEL_SIGMAS``): 0.87
+        for a flat level with white Gaussian noise (0.74-0.75 after LSQ-ML, whose noise is
+        correlated, so that the estimated sigma is about 0.7 of the true one), 0.5 for a
+        uniform spread of phases, less at the low end of a rising histogram.
     tolerance : float, rad
         Half-width of the level.
     """
@@ -288,7 +291,7 @@ def background_level(residual: np.ndarray, support: np.ndarray,
     """
     values = residual[support]
     level = float(np.mean(np.abs(values) <= tolerance))
-    core = float(np.mean(np.abs(values) <= tolerance / LEVEL_SIGMAS))
+    core = float(np.mean(np.abs(values) <= tolerance * CORE_SIGMAS / LEVEL_SIGMAS))
     return BackgroundLevel(level, float(np.mean(values < -tolerance)),
                            core / level if level > 0 else 0.0, tolerance)
 
