@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -525,6 +525,10 @@ def _import_projections(ctx: ParallelContext, plan: ImportPlan) -> None:
     """Rank 0 writes the imported projections as ``projections.h5``."""
     if ctx.is_root:
         ps = plan.projections()
+        if OFFSET_ARBITRARY not in ps.extra:
+            # reconstructed elsewhere: whatever offset and ramp they keep, nothing says they
+            # are referenced to a background (complex objects lose a least-squares plane)
+            ps = replace(ps, extra={**ps.extra, OFFSET_ARBITRARY: np.ones(ps.n_angles)})
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         write_projections(plan.run_dir / "projections.h5", ps)
         log.info("ptycho: imported %d %s projections of %s into %s (no LSQ-ML)",
