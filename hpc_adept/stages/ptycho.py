@@ -13,7 +13,10 @@ each on its own GPU or CPU. Each finished scan is kept in ``output.dir/ptycho/``
 keyed by a hash of its input file and the ptycho settings, so a rerun after a crash skips
 the finished scans. Finally rank 0 assembles ```projections.h5`` in angle order: the file
 does not depend on which rank did which scan. The amplitude images stay in the per-scan
-files (``/amplitude``).
+files (``/amplitude``). Each projection's constant and linear phase are removed as
+``ptycho.phase_reference`` says, one reference for the whole data set (``auto`` decides at
+the assembly), and ``/phase_offset_arbitrary`` tells the later stages whether they are
+left arbitrary (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -582,33 +585,52 @@ def _sum(ctx: ParallelContext, value: int) -> int:
 
 
 def assemble_projections(plan: PtychoPlan, cfg: Config) -> None:
-    """Read the per-scan results in angle order and write ``projections.h5`` (rank 0)."""
+    """Read the per-scan results in angle order and write ``projections.h5`` (rank 0).
+
+    With ``ptycho.phase_reference: auto`` both phase images of every scan are held (8 bytes
+    per pixel and scan, as the memory guard counts) until :func:`dataset_reference` picks
+    one for all.
+    """
     n = len(plan.scans)
-    results = []
+    nv, nu = plan.field_shape
+    phases = {"phase": np.empty((n, nv, nu), np.float32)}
+    if cfg.ptycho.phase_reference == "auto":
+        phases["phase_plane"] = np.empty((n, nv, nu), np.float32)
+    scalars: list[dict[str, Any]] = []
+    probes = None
     for i in range(n):
         path = plan.cache_dir / SCAN_RESULT.format(i)
         try:
-            results.append(read_scan_result(path, plan.field_shape, plan.scans[i].frame_shape))
+            res = read_scan_result(path, (nv, nu), plan.scans[i].frame_shape)
+            missing = [f"/{key}" for key in phases if key not in res]
+            if missing:
+                raise DataError(f"{path}: {missing[0]}: missing dataset")
         except DataError as exc:  # damaged after this run checked it
             raise DataError(f"{exc}; run adept ptycho again to recompute the scan") from None
-    reference = dataset_reference(cfg.ptycho.phase_reference, results)
-    key = "phase_plane" if reference == "plane" and "phase_plane" in results[0] else "phase"
+        for key, stack in phases.items():
+            stack[i] = res[key]
+        if probes is None:
+            probes = np.empty((n, *res["probe"].shape), np.complex64)
+        probes[i] = res["probe"]
+        scalars.append({k: v for k, v in res.items() if k in SCAN_ATTRS}
+                       | {"fourier_error": res["fourier_error"][-1]})
+    reference = dataset_reference(cfg.ptycho.phase_reference, scalars)
     if cfg.ptycho.phase_reference == "auto":
         log.info("ptycho: phase reference %s (phase_reference auto: %d of %d scans hold a "
                  "flat background level)", reference,
-                 sum(r["background_trusted"] > 0 for r in results), n)
+                 sum(r["background_trusted"] > 0 for r in scalars), n)
+    chosen = phases.pop("phase_plane" if reference == "plane" and len(phases) == 2
+                        else "phase")
+    phases.clear()  # the other reference's images, before the file is written
+    extra = {name: np.array([r[name] for r in scalars], dtype=np.float64)
+             for name in ("fourier_error", "iterations")}
+    extra[OFFSET_ARBITRARY] = np.full(n, float(reference == "plane"))
+    for name in ("background_level", "background_below", "background_sharpness"):
+        extra[f"phase_{name}"] = np.array([r[name] for r in scalars])  # auto's evidence
     angles = np.array([s.rotation_angle_deg for s in plan.scans], dtype=np.float64)
-    extra = {"fourier_error": np.array([r["fourier_error"][-1] for r in results]),
-             "iterations": np.array([r["iterations"] for r in results], dtype=np.float64),
-             OFFSET_ARBITRARY: np.full(n, float(reference == "plane")),
-             # the vacuum fit's background level: auto's evidence, per scan
-             **{f"phase_{name}": np.array([r[name] for r in results])
-                for name in ("background_level", "background_below", "background_sharpness")}}
-    ps = ProjectionSet(projections=np.stack([r[key] for r in results]).astype(np.float32),
-                       angles_deg=angles, tilt_deg=plan.scans[0].laminography_angle_deg,
-                       pixel_size_m=plan.object_pixel_m,
-                       probes=np.stack([r["probe"] for r in results]).astype(np.complex64),
-                       extra=extra)
+    ps = ProjectionSet(projections=chosen, angles_deg=angles,
+                       tilt_deg=plan.scans[0].laminography_angle_deg,
+                       pixel_size_m=plan.object_pixel_m, probes=probes, extra=extra)
     write_projections(plan.run_dir / "projections.h5", ps)
 
 
