@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from _args import non_negative_int, positive_int
 
 from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import extended_shape, lateral_margin_px
@@ -227,8 +228,8 @@ def _lit(result, window: tuple[int, int]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--angles", type=int, default=32)
-    parser.add_argument("--ptycho", type=int, default=0, metavar="N",
+    parser.add_argument("--angles", type=positive_int, default=32)
+    parser.add_argument("--ptycho", type=non_negative_int, default=0, metavar="N",
                         help="also N LSQ-ML runs per sample (0: none)")
     parser.add_argument("--no-table", action="store_true")
     args = parser.parse_args()
