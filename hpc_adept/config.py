@@ -364,6 +364,17 @@ class PtychoConfig:
         ``position_correction``).
     fft_library : {'torch', 'scipy'}
         Library of the host FFTs (:func:`hpc_adept.ptycho.fft.make_fft2`); ignored on GPUs.
+    phase_reference : {'auto', 'vacuum', 'plane'}
+        How each phase projection's constant and linear phase (unknown after ptychography)
+        are removed (:mod:`hpc_adept.ptycho.phase`). ``vacuum``: fitted on the flat
+        background level at the low end of the field's phase (vacuum, or dielectric where
+        no ray crossed metal), which ends at 0. ``plane``: no background assumed; the
+        illumination-weighted least-squares constant and ramp over the lit field are
+        removed, and ``projections.h5`` marks each projection's offset and ramp as
+        arbitrary (``/phase_offset_arbitrary``) for the later stages to fit. ``auto``:
+        ``vacuum`` when every scan's field holds such a level (at least 25 % of the lit
+        field within 3 noise sigmas of it, at most 3 % below it, and sharp), else ``plane``
+        for all scans (measured: profiling/phase_reference.py).
     """
 
     iterations: int = 100
@@ -385,6 +396,7 @@ class PtychoConfig:
     trim_fraction: float = 0.1
     padding_px: int = 2
     fft_library: FftLibrary = "torch"
+    phase_reference: Literal["auto", "vacuum", "plane"] = "auto"
 
     def check(self) -> None:
         _choices("ptycho", self)  # for sections built in Python rather than from YAML

@@ -68,6 +68,47 @@ def test_serial_output_and_restart(dataset):
     assert result.returncode == 0 and "reused" not in result.stderr
 
 
+def test_phase_reference_lands_in_projections(dataset):
+    """``/phase_offset_arbitrary`` says per projection whether its offset and ramp carry
+    information: 1 with ``plane`` (each projection's weighted mean and ramp removed), one
+    value for the whole data set with ``auto`` (here an isolated crop in vacuum: the
+    vacuum fit, 0), and the background statistics behind auto's choice beside it."""
+    from hpc_adept.ptycho.phase import BackgroundLevel, trusts_background
+
+    result = adept("ptycho", "-c", "c.yaml", "--set", "output.dir=plane",
+                   "ptycho.phase_reference=plane", cwd=dataset)
+    assert result.returncode == 0, result.stderr[-3000:]
+    plane = read_projections(dataset / "plane" / "projections.h5")
+    assert plane.extra["phase_offset_arbitrary"].tolist() == [1.0] * 5
+    result = run_ptycho(dataset, "auto")  # the default: auto
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "phase reference vacuum (phase_reference auto: 5 of 5 scans" in result.stderr
+    auto = read_projections(dataset / "auto" / "projections.h5")
+    assert auto.extra["phase_offset_arbitrary"].tolist() == [0.0] * 5
+    for i in range(5):
+        level = BackgroundLevel(*(float(auto.extra[f"phase_background_{k}"][i])
+                                  for k in ("level", "below", "sharpness")), 0.0)
+        assert trusts_background(level)
+    # the same reconstructions: the two references differ by a plane per projection
+    yy, xx = np.mgrid[0:plane.projections.shape[1], 0:plane.projections.shape[2]]
+    basis = np.stack([np.ones(yy.size), yy.ravel(), xx.ravel()], axis=1)
+    for a, b in zip(auto.projections, plane.projections, strict=True):
+        diff = (a - b).ravel().astype(np.float64)
+        fit = basis @ np.linalg.lstsq(basis, diff, rcond=None)[0]
+        assert np.abs(diff - fit).max() < 1e-4
+
+
+def test_dataset_reference_is_one_for_all_scans():
+    from hpc_adept.stages.ptycho import dataset_reference
+
+    trusted = [{"background_trusted": 1.0}] * 3
+    mixed = trusted + [{"background_trusted": 0.0}]
+    assert dataset_reference("auto", trusted) == "vacuum"
+    assert dataset_reference("auto", mixed) == "plane"
+    assert dataset_reference("vacuum", mixed) == "vacuum"
+    assert dataset_reference("plane", trusted) == "plane"
+
+
 def test_read_ahead_gives_the_same_projections(dataset):
     result = run_ptycho(dataset, "ahead")
     assert result.returncode == 0, result.stderr[-3000:]

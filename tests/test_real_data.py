@@ -136,6 +136,8 @@ def test_tiff_stack_of_projections_gives_our_volume(work):
     volume = _run(work, "run_tiff", *settings)
     imported = read_projections(work / "run_tiff" / "projections.h5")
     np.testing.assert_array_equal(imported.projections, ps.projections)
+    # nothing says what the offsets and ramps of projections made elsewhere refer to
+    assert imported.extra["phase_offset_arbitrary"].tolist() == [1.0] * ps.n_angles
     assert _pcc(volume, reference) > 0.99
     assert not (work / "run_tiff" / "ptycho").exists()  # no LSQ-ML ran
     # a second run finds the import up to date; a changed angle file redoes it

@@ -237,6 +237,8 @@ BAD_ARGUMENTS = [
     ("paper_scale.py", ["--scale", "2"], "argument --scale: must lie in (0, 1]"),
     ("paper_scale.py", ["--dip-iterations", "0"], "argument --dip-iterations: must be a positive"),
     ("ablation.py", ["study.yaml", "--ranks", "0"], "argument --ranks: must be a positive"),
+    ("phase_reference.py", ["--angles", "0"], "argument --angles: must be a positive"),
+    ("phase_reference.py", ["--ptycho", "-1"], "argument --ptycho: must be"),
 ]
 if not _cuda_available():
     BAD_ARGUMENTS.append(("bench_align.py", ["--device", "cuda"],

@@ -13,7 +13,10 @@ each on its own GPU or CPU. Each finished scan is kept in ``output.dir/ptycho/``
 keyed by a hash of its input file and the ptycho settings, so a rerun after a crash skips
 the finished scans. Finally rank 0 assembles ```projections.h5`` in angle order: the file
 does not depend on which rank did which scan. The amplitude images stay in the per-scan
-files (``/amplitude``).
+files (``/amplitude``). Each projection's constant and linear phase are removed as
+``ptycho.phase_reference`` says, one reference for the whole data set (``auto`` decides at
+the assembly), and ``/phase_offset_arbitrary`` tells the later stages whether they are
+left arbitrary (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,11 @@ from hpc_adept.parallel.workqueue import DynamicQueue
 log = logging.getLogger(__name__)
 
 SCAN_RESULT = "scan_{:04d}.h5"
+# Scalars of a scan's result kept as its file's attributes (the rest are datasets).
+SCAN_ATTRS = ("iterations", "phase_offset_arbitrary", "background_level", "background_below",
+              "background_sharpness", "background_trusted")
+# projections.h5's per-angle record of the phase reference (docs/formats.md)
+OFFSET_ARBITRARY = "phase_offset_arbitrary"
 
 # A scan's projection field may be at most this many times the area its frames cover
 # (positions x frame pixels): overlapping raster scans stay far below 1, a scan without
@@ -300,8 +308,10 @@ def read_scan_result(path: Path, field_shape: tuple[int, int],
     Returns
     -------
     dict
-        ``phase`` float32 ``field_shape``, ``probe`` complex64 ``frame_shape``,
-        ``fourier_error`` float64 ``[iterations]`` (all finite) and ``iterations`` (int).
+        ``phase`` float32 ``field_shape`` (and ``phase_plane`` when stored:
+        ``ptycho.phase_reference: auto``), ``probe`` complex64 ``frame_shape``,
+        ``fourier_error`` float64 ``[iterations]`` (all finite), ``iterations`` (int) and
+        the phase reference's attributes (``SCAN_ATTRS``, floats).
 
     Raises
     ------
@@ -318,6 +328,11 @@ def read_scan_result(path: Path, field_shape: tuple[int, int],
             "fourier_error": read_array(f, "fourier_error", path, ndim=1,
                                         dtype=np.float64),
         }
+        if "phase_plane" in f:
+            out["phase_plane"] = read_array(f, "phase_plane", path, ndim=2,
+                                            dtype=np.float32, expected=field_shape)
+        for name in SCAN_ATTRS[1:]:
+            out[name] = read_scalar_attr(f, name, path)
         iterations = read_scalar_attr(f, "iterations", path, positive=True)
     if len(out["fourier_error"]) != int(iterations):
         raise DataError(f"{path}: fourier_error holds {len(out['fourier_error'])} values for "
@@ -348,7 +363,7 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
                      scan: Scan) -> dict:
     """LSQ-ML of scan ``index`` (``scan``, as read from its file) and its phase
     projection; host arrays."""
-    from hpc_adept.ptycho import phase_projection, reconstruct
+    from hpc_adept.ptycho import reconstruct
 
     xp = array_module(device, required=cfg.runtime.device == "cuda")
     seed = scan_seed(cfg.runtime.seed, index)
@@ -363,16 +378,40 @@ def reconstruct_scan(cfg: Config, plan: PtychoPlan, index: int, device: object,
     if not np.all(np.isfinite(errors)):
         raise DataError(f"{scan.path}: LSQ-ML diverged (non-finite Fourier error at "
                         f"iteration {int(np.argmin(np.isfinite(errors)))})")
-    phase, amplitude = phase_projection(result)
     probe_out = to_numpy(result.probe)
     return {
-        "phase": phase,
-        "amplitude": amplitude,
+        **phase_images(result, cfg.ptycho.phase_reference),
         "probe": np.asarray(probe_out[0], dtype=np.complex64),
         "fourier_error": errors,
         "positions_px": np.asarray(to_numpy(result.positions_px), dtype=np.float64),
         "iterations": int(result.iterations),
     }
+
+
+def phase_images(result: Any, reference: str) -> dict[str, Any]:
+    """A scan's phase projection(s) (``ptycho.phase_reference``) for its result file.
+
+    ``phase`` float32 [nv, nu] (with ``auto``: referenced to the background, the vacuum
+    fit), ``amplitude``, and with ``auto`` also ``phase_plane`` (the ``plane`` reference):
+    the assembly picks one of them for every scan (:func:`dataset_reference`). The
+    scalars ``phase_offset_arbitrary`` (1.0 when ``phase``'s offset and ramp carry no
+    information), ``background_level``, ``background_below``, ``background_sharpness``
+    (the evidence of ``auto``'s rule) go into the file's attributes.
+    """
+    from hpc_adept.ptycho.phase import extract_phase, trusts_background
+
+    host = result.to_host()
+    first = "vacuum" if reference == "auto" else reference
+    out = extract_phase(host, reference=first)  # type: ignore[arg-type]
+    images: dict[str, Any] = {"phase": out.phase, "amplitude": out.amplitude}
+    if reference == "auto":
+        images["phase_plane"] = extract_phase(host, reference="plane").phase
+    level = out.background
+    images.update({"phase_offset_arbitrary": float(out.offset_arbitrary),
+                   "background_level": level.level, "background_below": level.below,
+                   "background_sharpness": level.sharpness,
+                   "background_trusted": float(trusts_background(level))})
+    return images
 
 
 def scan_seed(seed: int, index: int) -> int:
@@ -435,11 +474,11 @@ def run_ptycho(cfg: Config, ctx: ParallelContext, plan: PtychoPlan | ImportPlan,
         with timing.region("ptycho/write"):
             write_h5_atomic(
                 plan.cache_dir / SCAN_RESULT.format(index),
-                {k: np.asarray(v) for k, v in res.items() if k != "iterations"},
+                {k: np.asarray(v) for k, v in res.items() if k not in SCAN_ATTRS},
                 attrs={"input_key": keys.pop(index),
                        "source": Path(plan.scans[index].path).name,
                        "rotation_angle_deg": plan.scans[index].rotation_angle_deg,
-                       "iterations": res["iterations"],
+                       **{k: res[k] for k in SCAN_ATTRS},
                        "seconds": time.perf_counter() - t_scan},
             )
 
@@ -489,6 +528,10 @@ def _import_projections(ctx: ParallelContext, plan: ImportPlan) -> None:
     """Rank 0 writes the imported projections as ``projections.h5``."""
     if ctx.is_root:
         ps = plan.projections()
+        if OFFSET_ARBITRARY not in ps.extra:
+            # reconstructed elsewhere: whatever offset and ramp they keep, nothing says they
+            # are referenced to a background (complex objects lose a least-squares plane)
+            ps = replace(ps, extra={**ps.extra, OFFSET_ARBITRARY: np.ones(ps.n_angles)})
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         write_projections(plan.run_dir / "projections.h5", ps)
         log.info("ptycho: imported %d %s projections of %s into %s (no LSQ-ML)",
@@ -542,27 +585,60 @@ def _sum(ctx: ParallelContext, value: int) -> int:
 
 
 def assemble_projections(plan: PtychoPlan, cfg: Config) -> None:
-    """Read the per-scan results in angle order and write ``projections.h5`` (rank 0)."""
+    """Read the per-scan results in angle order and write ``projections.h5`` (rank 0).
+
+    With ``ptycho.phase_reference: auto`` both phase images of every scan are held (8 bytes
+    per pixel and scan, as the memory guard counts) until :func:`dataset_reference` picks
+    one for all.
+    """
     n = len(plan.scans)
     nv, nu = plan.field_shape
-    phases = np.empty((n, nv, nu), np.float32)
-    final_error = np.empty(n)
-    iterations = np.empty(n)
+    phases = {"phase": np.empty((n, nv, nu), np.float32)}
+    if cfg.ptycho.phase_reference == "auto":
+        phases["phase_plane"] = np.empty((n, nv, nu), np.float32)
+    scalars: list[dict[str, Any]] = []
     probes = None
     for i in range(n):
         path = plan.cache_dir / SCAN_RESULT.format(i)
         try:
             res = read_scan_result(path, (nv, nu), plan.scans[i].frame_shape)
+            missing = [f"/{key}" for key in phases if key not in res]
+            if missing:
+                raise DataError(f"{path}: {missing[0]}: missing dataset")
         except DataError as exc:  # damaged after this run checked it
             raise DataError(f"{exc}; run adept ptycho again to recompute the scan") from None
+        for key, stack in phases.items():
+            stack[i] = res[key]
         if probes is None:
             probes = np.empty((n, *res["probe"].shape), np.complex64)
-        phases[i], probes[i] = res["phase"], res["probe"]
-        final_error[i] = res["fourier_error"][-1]
-        iterations[i] = res["iterations"]
+        probes[i] = res["probe"]
+        scalars.append({k: v for k, v in res.items() if k in SCAN_ATTRS}
+                       | {"fourier_error": res["fourier_error"][-1]})
+    reference = dataset_reference(cfg.ptycho.phase_reference, scalars)
+    if cfg.ptycho.phase_reference == "auto":
+        log.info("ptycho: phase reference %s (phase_reference auto: %d of %d scans hold a "
+                 "flat background level)", reference,
+                 sum(r["background_trusted"] > 0 for r in scalars), n)
+    chosen = phases.pop("phase_plane" if reference == "plane" and len(phases) == 2
+                        else "phase")
+    phases.clear()  # the other reference's images, before the file is written
+    extra = {name: np.array([r[name] for r in scalars], dtype=np.float64)
+             for name in ("fourier_error", "iterations")}
+    extra[OFFSET_ARBITRARY] = np.full(n, float(reference == "plane"))
+    for name in ("background_level", "background_below", "background_sharpness"):
+        extra[f"phase_{name}"] = np.array([r[name] for r in scalars])  # auto's evidence
     angles = np.array([s.rotation_angle_deg for s in plan.scans], dtype=np.float64)
-    ps = ProjectionSet(projections=phases, angles_deg=angles,
+    ps = ProjectionSet(projections=chosen, angles_deg=angles,
                        tilt_deg=plan.scans[0].laminography_angle_deg,
-                       pixel_size_m=plan.object_pixel_m, probes=probes,
-                       extra={"fourier_error": final_error, "iterations": iterations})
+                       pixel_size_m=plan.object_pixel_m, probes=probes, extra=extra)
     write_projections(plan.run_dir / "projections.h5", ps)
+
+
+def dataset_reference(setting: str, results: list[dict[str, Any]]) -> str:
+    """The phase reference of the whole data set: ``setting`` unless ``auto``, then
+    ``vacuum`` when every scan's field holds a trusted background level
+    (``background_trusted``), else ``plane`` (one reference for all projections, so that
+    the later stages fit every projection's offset and ramp or none)."""
+    if setting != "auto":
+        return setting
+    return "vacuum" if all(r["background_trusted"] > 0 for r in results) else "plane"
