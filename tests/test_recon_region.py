@@ -120,6 +120,10 @@ def test_border_tells_isolated_from_extended():
         _, extended, isolated = _extended_data((6, 16, 16), seed=seed)
         assert looks_isolated(isolated)
         assert not looks_isolated(extended)
+        # without a vacuum reference: an offset and a ramp per projection change nothing
+        planes = _planes(len(isolated), isolated.shape[1:], 0.5, seed).numpy()
+        assert looks_isolated(isolated + planes)
+        assert not looks_isolated(extended + planes)
 
 
 def test_recon_lateral_margin_is_checked():
@@ -191,3 +195,34 @@ def test_recon_dip_of_an_extended_sample_writes_the_region(tmp_path):
     assert "input [1, 4, 8, 24, 24]" in r.stderr  # the region and the network's 4-voxel band
     volume, attrs = read_volume(tmp_path / "volume_dip.h5")
     assert volume.shape == region and attrs["sample"] == "extended"
+
+
+def test_offsets_marked_arbitrary_by_ptycho_are_ignored_without_a_margin(tmp_path):
+    region = (6, 16, 16)
+    angles, _, isolated = _extended_data(region, n_angles=16, seed=8)
+    planes = _planes(len(angles), isolated.shape[1:], 0.5, seed=7).numpy()
+    flag = {"phase_offset_arbitrary": np.ones(len(angles), np.uint8)}
+    volumes = []
+    for name, data in (("plain", isolated), ("planes", isolated + planes)):
+        run = tmp_path / name
+        run.mkdir()
+        write_projections(run / "projections.h5", ProjectionSet(
+            data.astype(np.float32), angles, TILT, 27.2e-9, extra=flag))
+        config = run / "config.yaml"
+        config.write_text(f"output:\n  dir: {run}\nrecon:\n  volume_shape: [6, 16, 16]\n"
+                          f"  methods: [fbp]\n  sample: isolated\n")
+        r = adept("recon", "-c", str(config))
+        assert r.returncode == 0, r.stderr
+        volume, attrs = read_volume(run / "volume_fbp.h5")
+        assert attrs["lateral_margin_px"] == 0 and attrs["plane_free"] == 0
+        volumes.append(volume)
+    # sample: isolated says the offsets are referenced: the planes stay in
+    assert np.abs(volumes[0] - volumes[1]).max() > 1e-3 * np.abs(volumes[0]).max()
+    for run in (tmp_path / "plain", tmp_path / "planes"):
+        (run / "config.yaml").write_text(f"output:\n  dir: {run}\nrecon:\n  volume_shape: "
+                                         f"[6, 16, 16]\n  methods: [fbp]\n")
+        assert adept("recon", "-c", str(run / "config.yaml")).returncode == 0
+    (a, attrs), (b, _) = (read_volume(r / "volume_fbp.h5")
+                          for r in (tmp_path / "plain", tmp_path / "planes"))
+    assert attrs["plane_free"] == 1
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()

@@ -89,16 +89,26 @@ def looks_isolated(projections: np.ndarray, border_px: int = BORDER_PX,
     """True when the projections' outer border is empty: the sample lies inside the field.
 
     An isolated crop in vacuum projects inside a window chosen with a margin, so its outer
-    ``border_px`` rows and columns hold only noise; a region of a wide chip has chip in
-    every pixel. ``projections`` float [n, nv, nu]; True when the border's RMS is below
-    ``ratio`` times the RMS of the whole window.
+    ``border_px`` rows and columns hold only noise (and, without a vacuum phase reference,
+    a constant and a ramp); a region of a wide chip has chip in every pixel. Per
+    projection, a plane is fitted to the border and removed; True when what is left on
+    the border has an RMS below ``ratio`` times that of the whole window. ``projections``
+    float [n, nv, nu].
     """
     p = np.asarray(projections, dtype=np.float64)
-    b = max(1, min(border_px, p.shape[1] // 4, p.shape[2] // 4))
-    border = np.concatenate([p[:, :b].ravel(), p[:, -b:].ravel(),
-                             p[:, b:-b, :b].ravel(), p[:, b:-b, -b:].ravel()])
-    whole = math.sqrt(float(np.mean(p**2)))
-    return whole == 0.0 or math.sqrt(float(np.mean(border**2))) < ratio * whole
+    n, nv, nu = p.shape
+    b = max(1, min(border_px, nv // 4, nu // 4))
+    ring = np.ones((nv, nu), dtype=bool)
+    ring[b:nv - b, b:nu - b] = False
+    rows, cols = np.nonzero(ring)
+    basis = np.stack([np.ones(rows.size), rows / nv, cols / nu], axis=1)  # [k, 3]
+    coef = np.linalg.lstsq(basis, p[:, ring].T, rcond=None)[0]           # [3, n]
+    v, u = np.mgrid[0:nv, 0:nu]
+    planes = coef[0][:, None, None] + coef[1][:, None, None] * (v / nv) \
+        + coef[2][:, None, None] * (u / nu)
+    rest = p - planes
+    whole = math.sqrt(float(np.mean(rest**2)))
+    return whole == 0.0 or math.sqrt(float(np.mean(rest[:, ring] ** 2))) < ratio * whole
 
 
 @dataclass(frozen=True)
@@ -112,13 +122,16 @@ class RegionPlan:
     margin_px : int
         Voxels added on each lateral side (0: the region itself).
     extended : bool
-        The sample is a wide slab (the data hold material outside the region and no
-        vacuum phase reference).
+        The sample is a wide slab (the data hold material outside the region).
+    plane_free : bool
+        Each projection's constant and linear phase ramp are unknown (no vacuum
+        reference): the reconstruction must be blind to them.
     """
 
     region_shape: tuple[int, int, int]
     margin_px: int
     extended: bool
+    plane_free: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -133,12 +146,14 @@ class RegionPlan:
 
 
 def plan_region(region_shape: tuple[int, int, int], tilt_deg: float, extended: bool,
-                margin: int | str = "auto", multiple: int = 1) -> RegionPlan:
+                margin: int | str = "auto", multiple: int = 1,
+                plane_free: bool | None = None) -> RegionPlan:
     """The :class:`RegionPlan` of ``region_shape``.
 
     ``margin`` ``auto`` is ``ceil(nz tan L)`` for an extended sample (:func:`lateral_run_px`)
     and 0 for an isolated one; any margin is then rounded up so that the widened lateral
     sizes stay multiples of ``multiple`` when the region's are (the DIP's strides).
+    ``plane_free`` defaults to ``extended``.
     """
     nz = region_shape[0]
     if margin == "auto":
@@ -148,7 +163,8 @@ def plan_region(region_shape: tuple[int, int, int], tilt_deg: float, extended: b
     if m and multiple > 1:
         while any((n + 2 * m) % multiple and n % multiple == 0 for n in region_shape[1:]):
             m += 1
-    return RegionPlan(tuple(int(n) for n in region_shape), m, bool(extended))
+    plane_free = extended if plane_free is None else plane_free
+    return RegionPlan(tuple(int(n) for n in region_shape), m, bool(extended), bool(plane_free))
 
 
 def extend_columns(projections: np.ndarray, pad_px: int) -> np.ndarray:

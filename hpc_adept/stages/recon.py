@@ -251,33 +251,44 @@ def planned_region(cfg: Config, input_path: Path) -> RegionPlan:
     return _region(cfg, tilt, lambda: looks_isolated(sample))
 
 
-def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool]) -> RegionPlan:
+def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool],
+            offsets_arbitrary: bool = False) -> RegionPlan:
     r = cfg.recon
     extended = r.sample == "extended" or (r.sample == "auto" and not isolated())
     multiple = math.prod(cfg.dip.strides) if "dip" in r.methods else 1
-    return plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple)
+    return plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple,
+                       plane_free=extended or (r.sample == "auto" and offsets_arbitrary))
 
 
 def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
     """The region plan of ``recon.sample`` and ``recon.lateral_margin`` for these data
     (``auto``: extended unless the projections' border is empty)."""
     picks = sample_indices(len(ps.projections))  # as planned_region reads them
-    return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]))
+    arbitrary = ps.extra.get("phase_offset_arbitrary")  # written by adept ptycho
+    return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]),
+                   arbitrary is not None and bool(np.any(arbitrary)))
 
 
 def fbp_region(ps: ProjectionSet, region: RegionPlan, ctx: ParallelContext, device: object,
                kernel: str = "torch") -> np.ndarray:
-    """FBP of the region; for an extended sample, of the widened volume from projections
-    without their constant and ramp (plane fit per projection) and continued beyond the
-    window before the ramp filter (:func:`~hpc_adept.lamino.region.extend_columns`), then
-    cut to the region. float32 [nz, ny, nx]."""
+    """FBP of the region: from projections without their constant and ramp (plane fit per
+    projection) when those are unknown; for an extended sample, of the widened volume from
+    projections continued beyond the window before the ramp filter
+    (:func:`~hpc_adept.lamino.region.extend_columns`), then cut to the region.
+    float32 [nz, ny, nx]."""
+    projections = ps.projections
+    if region.plane_free:
+        import torch
+
+        from hpc_adept.lamino.planes import remove_planes
+
+        projections = remove_planes(torch.from_numpy(projections.astype(np.float64))).numpy()
     if not region.extended:
+        ps = ProjectionSet(projections=projections.astype(np.float32),
+                           angles_deg=ps.angles_deg, tilt_deg=ps.tilt_deg,
+                           pixel_size_m=ps.pixel_size_m)
         return region.crop(fbp_distributed(ps, region.shape, ctx, device, kernel))
-    import torch
-
-    from hpc_adept.lamino.planes import remove_planes
-
-    flat = remove_planes(torch.from_numpy(ps.projections.astype(np.float64))).numpy()
+    flat = projections
     pad = ps.projections.shape[-1] // 2
     wide = ProjectionSet(projections=extend_columns(flat, pad).astype(np.float32),
                          angles_deg=ps.angles_deg, tilt_deg=ps.tilt_deg,
@@ -294,12 +305,13 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         log.warning("recon: %d ranks for %d angles: some ranks only run the network",
                     ctx.size, len(ps.angles_deg))
     region = recon_region(cfg, ps)
-    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s",
+    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
              ps.tilt_deg, list(cfg.recon.volume_shape),
              "extended" if region.extended else "isolated",
              f", reconstructed {list(region.shape)} (lateral margin {region.margin_px})"
-             if region.margin_px else "")
+             if region.margin_px else "",
+             ", each projection's offset and ramp ignored" if region.plane_free else "")
     for method in plan.methods:
         t0 = time.perf_counter()
         attrs: dict[str, object] = {"method": method}
@@ -312,7 +324,7 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         else:  # plan_recon admits implemented methods only
             raise AssertionError(method)
         attrs.update(sample="extended" if region.extended else "isolated",
-                     lateral_margin_px=region.margin_px)
+                     lateral_margin_px=region.margin_px, plane_free=int(region.plane_free))
         if not np.all(np.isfinite(volume)):
             raise DataError(f"recon: the {method} volume holds NaN/Inf (input {plan.input_path})")
         if ctx.is_root:
@@ -432,7 +444,7 @@ def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: obj
     if region.margin_px:  # rays that leave the widened volume crossed unmodelled chip
         geometry = Geometry(ps.angles_deg, ps.tilt_deg, shape, ps.projections.shape[1:])
         mask = full_path_mask(geometry, cfg.runtime.projector, device=device)
-    shard = build_shard(ps, d, shape, layout, weights, device, mask, region.extended)
+    shard = build_shard(ps, d, shape, layout, weights, device, mask, region.plane_free)
     log.info("dip: %d angles (%d on rank 0), hpf %s, data term %s, TV weight per slice "
              "from bottom %s ... top %s", len(ps.angles_deg), len(layout.angles), d.hpf,
              d.data_term, weights[0], weights[-1])
