@@ -226,3 +226,11 @@ def test_offsets_marked_arbitrary_by_ptycho_are_ignored_without_a_margin(tmp_pat
                           for r in (tmp_path / "plain", tmp_path / "planes"))
     assert attrs["plane_free"] == 1
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+
+
+def test_the_margin_is_part_of_the_dip_problem():
+    from hpc_adept.dip.resume import dip_settings
+
+    base = dip_settings(load_config(None, []))
+    assert dip_settings(load_config(None, ["recon.lateral_margin=12"])) != base
+    assert dip_settings(load_config(None, ["recon.sample=isolated"])) != base

@@ -71,6 +71,10 @@ def dip_settings(cfg: Config) -> dict[str, object]:
                 if k not in skip}
     settings["seed"] = cfg.runtime.seed
     settings["volume_shape"] = list(cfg.recon.volume_shape)
+    # with the data these fix the widened volume the network computes (recon.sample: auto
+    # decides from the data, which the fingerprint holds)
+    settings["recon_sample"] = cfg.recon.sample
+    settings["lateral_margin"] = cfg.recon.lateral_margin
     return settings
 
 
