@@ -97,6 +97,10 @@ def test_ground_truth_is_the_centre_of_the_widened_phantom(extended):
     np.testing.assert_array_equal(widened[:, m:m + 16, m:m + 16], gt.occupancy)
     assert widened.sum() > 10 * gt.occupancy.sum()  # the chip around the region is there
     assert set(np.unique(gt.circuit.nets[gt.occupancy == 0])) == {0}
+    # the ids of the wires and vias the region holds, numbered 1..k, with their names
+    for labels, names in ((gt.circuit.nets, gt.circuit.net_names),
+                          (gt.circuit.vias, gt.circuit.via_layers)):
+        assert set(np.unique(labels).tolist()) == set(range(len(names) + 1))
 
 
 def test_material_outside_the_region_contributes(extended):

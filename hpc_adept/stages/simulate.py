@@ -83,7 +83,6 @@ class SimulationPlan:
     distance_m: float
     wavelength_m: float
     cfg: Config | None = None
-    sample: str = "isolated"
     margin_px: int = 0
     window_pad_px: int = 0
 
@@ -258,7 +257,7 @@ def plan_simulate(cfg: Config) -> SimulationPlan:
     angles = np.arange(s.n_angles, dtype=np.float64) * (360.0 / s.n_angles)
     margin, window_pad = _extension(cfg, tuple(shape))
     plan = SimulationPlan(dataset_dir, kind, angles, tuple(shape), diameter, distance, lam,
-                          cfg, s.sample, margin, window_pad)
+                          cfg, margin, window_pad)
     if kind == "layout" and s.sample == "extended":
         _warn_beyond_die(cfg, plan)
     return plan
@@ -366,9 +365,13 @@ def build_circuit_truth(cfg: Config, plan: SimulationPlan) -> CircuitTruth:
         from hpc_adept.phantom.procedural import procedural_circuit
 
         c = procedural_circuit(plan.phantom_shape, s.voxel_size_m, s.seed)
-        return CircuitTruth(np.ascontiguousarray(plan.region(c.nets)),
-                            np.ascontiguousarray(plan.region(c.vias)), c.layers,
-                            c.cut_layers, c.net_names, c.via_layers)
+        if plan.margin_px == 0:
+            return CircuitTruth(c.nets, c.vias, c.layers, c.cut_layers, c.net_names,
+                                c.via_layers)
+        # the drawing's ids of the wires and vias the region holds, numbered anew
+        nets, net_names = _renumbered(plan.region(c.nets), c.net_names)
+        vias, via_layers = _renumbered(plan.region(c.vias), c.via_layers)
+        return CircuitTruth(nets, vias, c.layers, c.cut_layers, net_names, via_layers)
     from hpc_adept.phantom.layout import layer_slices, rasterise_circuit
 
     layout, tech = load_layout(s.layout_def, s.layout_lef)
@@ -384,6 +387,17 @@ def build_circuit_truth(cfg: Config, plan: SimulationPlan) -> CircuitTruth:
             via_layers[via_id - 1] = layer
     return CircuitTruth(nets, vias, layers, tuple(n for n in layers if n in tech.cuts),
                         tuple(layout.net_names), tuple(via_layers))
+
+
+def _renumbered(labels: np.ndarray, names: tuple[str, ...]
+                ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """``labels`` int32 with the ids present numbered 1..k in their order, and their
+    ``names`` (index ``id - 1``)."""
+    present, inverse = np.unique(labels, return_inverse=True)
+    if present[0] != 0:  # no unlabelled voxel: keep 0 free
+        present, inverse = np.concatenate([[0], present]), inverse + 1
+    out = inverse.reshape(labels.shape).astype(np.int32)
+    return out, tuple(names[i - 1] for i in present[1:].tolist())
 
 
 def simulate_scan(projection: np.ndarray, probe: np.ndarray, angle_index: int,
@@ -495,7 +509,7 @@ def _start_dataset(cfg: Config, plan: SimulationPlan, t0: float
              plan.phantom_kind, list(s.volume_shape), s.voxel_size_m * 1e9, s.n_angles,
              s.tilt_deg, list(plan.projection_shape), s.frame_size, plan.distance_m)
     log.info("simulate: %s sample, lateral margin %d voxels (phantom %s, projected window "
-             "%s)", plan.sample, plan.margin_px, list(plan.phantom_shape),
+             "%s)", s.sample, plan.margin_px, list(plan.phantom_shape),
              list(plan.window_shape))
     occupancy, volume = build_ground_truth(cfg, plan)
     log.info("phantom ready in %.1f s: metal fraction %.3f",
@@ -564,8 +578,8 @@ def _write_ground_truth(cfg: Config, plan: SimulationPlan, volume: np.ndarray,
     s = cfg.simulate
     attrs = {"phantom": plan.phantom_kind, "energy_ev": s.energy_ev, "tilt_deg": s.tilt_deg}
     extras = {}
-    if plan.sample == "extended":
-        attrs.update(sample=plan.sample, lateral_margin_px=plan.margin_px)
+    if s.sample == "extended":
+        attrs.update(sample=s.sample, lateral_margin_px=plan.margin_px)
         extras[EXTENDED_OCCUPANCY] = (occupancy >= 0.5).astype(np.uint8)
     write_ground_truth(plan.dataset_dir / "ground_truth.h5", plan.region(volume),
                        (plan.region(occupancy) >= 0.5).astype(np.uint8), s.voxel_size_m,
