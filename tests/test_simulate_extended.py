@@ -144,7 +144,7 @@ def test_two_ranks_write_the_same_extended_dataset(extended, tmp_path):
         assert (tmp_path / "ds" / name).read_bytes() == one, name
 
 
-def test_scan_object_beyond_the_field_is_chip(tmp_path, monkeypatch):
+def test_scan_object_beyond_the_field_is_chip(tmp_path, monkeypatch, capsys):
     """The object a scan sees around the scanned field: chip (extended), vacuum
     (isolated); the ramp continues into it."""
     seen = {}
@@ -157,6 +157,7 @@ def test_scan_object_beyond_the_field_is_chip(tmp_path, monkeypatch):
     for sample in ("extended", "isolated"):
         seen.clear()
         simulate_in(tmp_path / sample, sample=sample, n_angles=1)
+        assert f"{sample} sample, lateral margin" in capsys.readouterr().err
         obj = seen["obj"]
         window = simulate.auto_projection_shape(REGION, 61.0)
         assert obj.shape == (window[0] + 2 * PAD, window[1] + 2 * PAD)
@@ -283,3 +284,20 @@ def test_layout_crop_whose_widened_slab_leaves_the_die_warns(tmp_path, caplog, d
     assert metal[(centres > 0.05) & (centres < die_um - 0.05)].all()  # the wire, on the die
     assert not metal[(centres < -0.05) | (centres > die_um + 0.05)].any()  # vacuum beyond
     assert ((centres < 0) | (centres > die_um)).any() == bool(warnings)
+
+
+def test_memory_guard_counts_the_widened_phantom(tmp_path):
+    """The phantom's part grows with the widened slab; the log line names sample and
+    margin."""
+    parts = {}
+    for sample in ("isolated", "extended"):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(tmp_path, sample=sample)))
+        cfg = load_config(tmp_path / "c.yaml")
+        plan = simulate.plan_simulate(cfg)
+        key = next(k for k in simulate.simulation_memory_parts(cfg, plan, 1)
+                   if k.startswith("the phantom"))
+        parts[sample] = (simulate.simulation_memory_parts(cfg, plan, 1)[key], plan)
+    (iso, _), (ext, plan) = parts["isolated"], parts["extended"]
+    nz, ny, nx = plan.phantom_shape
+    assert ext / iso == pytest.approx(ny * nx / (REGION[1] * REGION[2]), rel=1e-6)
+    assert plan.window_shape == tuple(n + 2 * PAD for n in plan.projection_shape)
