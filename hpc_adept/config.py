@@ -239,6 +239,25 @@ class SimulateConfig:
     seed : int
         Seed of the measurement noise and position jitter (per-angle streams), in
         [0, 2**32 - 1].
+    sample : {'extended', 'isolated'}
+        ``extended``: the chip continues around the region ``volume_shape`` (a real IC is
+        far wider than the region reconstructed): the phantom is built over a slab widened
+        by a lateral margin (voxels, :func:`hpc_adept.lamino.region.lateral_margin_px`)
+        that holds every point the detector window sees at some angle (the layout beyond
+        the crop, or the procedural phantom drawn that wide with the same seed, the region
+        at its centre); the projections cover the region's detector window and the object
+        beyond the scanned field is chip. ``ground_truth.h5`` holds the region (its widened
+        occupancy in ``/extended_occupancy``). ``isolated``: the region alone in vacuum.
+    phase_offset_rad : float, rad
+        Largest per-projection phase offset (uniform in ``[-x, x]``, one per angle) added
+        to the measured projections (the scans' objects and ``projections.h5``), as
+        ptychography leaves it without a vacuum reference; 0 = none.
+    phase_ramp_rad : float, rad
+        Largest per-projection linear phase ramp, as its phase change from the window's
+        centre to its edge along each axis (uniform in ``[-x, x]``, per angle and axis),
+        added like ``phase_offset_rad``; 0 = none. ``true_projections.h5`` records both in
+        ``/phase_offset_rad`` ``[n_angles]`` and ``/phase_ramp_rad`` ``[n_angles, 2]``
+        (row, col) and keeps its projections free of them.
     """
 
     phantom: Literal["layout", "procedural"] = "layout"
@@ -267,6 +286,9 @@ class SimulateConfig:
     drift_px: float = 0.0
     scans: bool = True
     seed: int = 0
+    sample: Literal["extended", "isolated"] = "extended"
+    phase_offset_rad: float = 0.0
+    phase_ramp_rad: float = 0.0
 
     def check(self) -> None:
         _positive("simulate", self, "voxel_size_m", "n_angles", "energy_ev",
@@ -303,6 +325,15 @@ class SimulateConfig:
             raise ConfigError(
                 "simulate.position_jitter_px and simulate.absorption_ratio must be >= 0"
             )
+        self._check_sample()
+
+    def _check_sample(self) -> None:
+        for name in ("phase_offset_rad", "phase_ramp_rad"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"simulate.{name} must be >= 0, got {getattr(self, name)}")
+        if self.sample == "extended" and self.tilt_deg >= 90.0:
+            raise ConfigError("simulate.sample: extended needs simulate.tilt_deg < 90 (in "
+                              "tomography the rays run along the slab: set sample: isolated)")
 
 
 @dataclass(frozen=True)

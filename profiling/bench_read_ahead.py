@@ -61,6 +61,7 @@ def main() -> None:
         config = {
             "data": {"path": "dataset"},
             "simulate": {"phantom": "procedural", "volume_shape": args.shape,
+                         "sample": "isolated",
                          "n_angles": args.angles, "frame_size": args.frame, "seed": 3,
                          "projection_shape": [args.field, args.field], "overlap": 0.7,
                          "write_projections": False},

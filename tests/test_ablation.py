@@ -15,7 +15,9 @@ import ablation  # noqa: E402
 BASE = {
     "data": {"path": "data"},
     "output": {"dir": "run"},
-    "simulate": {"phantom": "procedural", "volume_shape": [12, 20, 20], "n_angles": 16,
+    # the quality ordering of the variants is for the region alone in vacuum
+    "simulate": {"phantom": "procedural", "sample": "isolated",
+                 "volume_shape": [12, 20, 20], "n_angles": 16,
                  "scans": False, "write_projections": True, "projection_noise": 0.02},
     "recon": {"methods": ["fbp"], "volume_shape": [12, 20, 20], "input": "projections"},
     "dip": {"iterations": 3, "channels": [4, 8], "strides": [2, 1], "in_channels": 4},

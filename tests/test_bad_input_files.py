@@ -354,7 +354,8 @@ SIMULATE_TOO_BIG = {
     "volume": {"volume_shape": [512, 1024, 1024]},
     "probe diameter": {"probe_diameter_px": 0.001},
     "overlap": {"overlap": 0.99999},
-    "jitter": {"position_jitter_px": 1e6},
+    # isolated: an extended sample's slab, widened for that reach, would be the largest part
+    "jitter": {"position_jitter_px": 1e6, "sample": "isolated"},
 }
 
 

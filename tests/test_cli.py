@@ -25,6 +25,7 @@ TINY = {
         "frame_size": 32,
         "photons_per_pattern": 1.0e5,
         "seed": 3,
+        "sample": "isolated",  # the FBP's quality threshold is for the region alone
     },
     "recon": {"methods": ["fbp"], "volume_shape": [20, 24, 24]},
     "runtime": {"device": "cpu"},

@@ -200,7 +200,9 @@ def simulated_truth(tmp_path_factory) -> Path:
     """``adept simulate`` of a small procedural phantom: its ground_truth.h5 (with labels)."""
     work = tmp_path_factory.mktemp("circuit")
     cfg = {"data": {"path": str(work / "data")}, "output": {"dir": str(work / "sim")},
-           "simulate": {"phantom": "procedural", "volume_shape": list(CIRCUIT_SHAPE),
+           # isolated: every net lies whole inside the volume (no net joined outside it)
+           "simulate": {"phantom": "procedural", "sample": "isolated",
+                        "volume_shape": list(CIRCUIT_SHAPE),
                         "voxel_size_m": CIRCUIT_VOXEL, "n_angles": 4, "seed": 5,
                         "scans": False, "write_projections": True},
            "runtime": {"device": "cpu"}}

@@ -17,7 +17,9 @@ from .conftest import adept
 CONFIG = {
     "data": {"path": "dataset"},
     "output": {"dir": "run"},
-    "simulate": {"phantom": "procedural", "volume_shape": [16, 20, 20], "n_angles": 5,
+    # the projections-vs-truth thresholds are for the region alone in vacuum
+    "simulate": {"phantom": "procedural", "sample": "isolated",
+                 "volume_shape": [16, 20, 20], "n_angles": 5,
                  "frame_size": 32, "seed": 5, "write_projections": False},
     "ptycho": {"iterations": 8},
     "runtime": {"device": "cpu"},

@@ -479,6 +479,7 @@ def write_ground_truth(
     voxel_size_m: float,
     attrs: Mapping[str, Any] | None = None,
     circuit: CircuitTruth | None = None,
+    extras: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write ``ground_truth.h5`` atomically.
 
@@ -496,12 +497,16 @@ def write_ground_truth(
         Further root attributes.
     circuit : CircuitTruth, optional
         The circuit labels, stored under ``/circuit``.
+    extras : mapping of str to numpy.ndarray, optional
+        Further root datasets (e.g. a simulated extended sample's widened occupancy,
+        ``/extended_occupancy``), stored as given; :func:`read_ground_truth` ignores them.
 
     Raises
     ------
     ValueError
         Wrong dimensions, non-finite values, occupancy not 0/1 of the volume's shape,
-        non-positive voxel size, circuit labels that do not fit the volume.
+        non-positive voxel size, circuit labels that do not fit the volume, an extra that
+        takes a name of the file's own datasets.
     """
     volume = np.asarray(volume, dtype=np.float32)
     occupancy = np.asarray(occupancy)
@@ -517,6 +522,10 @@ def write_ground_truth(
         problem = _circuit_problem(circuit, volume.shape)
         if problem:
             raise ValueError(f"{path}: {CIRCUIT}: {problem}")
+    for name, array in (extras or {}).items():
+        if name.strip("/") in (VOLUME.strip("/"), OCCUPANCY.strip("/"), CIRCUIT.strip("/")):
+            raise ValueError(f"{path}: extra dataset {name!r} takes a reserved name")
+        datasets[name] = np.asarray(array)
     write_h5_atomic(path, datasets, attrs=_merged_attrs(attrs, voxel_size_m))
 
 

@@ -3,6 +3,7 @@
 from hpc_adept.sim.ptychography import (
     detector_distance_m,
     diffraction_patterns,
+    linear_phase,
     make_probe,
     object_from_projection,
     raster_positions,
@@ -12,6 +13,7 @@ from hpc_adept.sim.ptychography import (
 __all__ = [
     "detector_distance_m",
     "diffraction_patterns",
+    "linear_phase",
     "make_probe",
     "object_from_projection",
     "raster_positions",

@@ -102,6 +102,32 @@ def object_from_projection(projection: np.ndarray, absorption_ratio: float,
     return np.exp((1j - absorption_ratio) * phase)
 
 
+def linear_phase(field_shape: tuple[int, int], offset_rad: float,
+                 ramp_rad: np.ndarray | tuple[float, float], pad: int = 0) -> np.ndarray:
+    """A phase offset plus a linear ramp over a field and ``pad`` pixels around it.
+
+    Parameters
+    ----------
+    field_shape : (nv, nu)
+        The field (window) whose centre ``((nv - 1) / 2, (nu - 1) / 2)`` is the ramp's zero.
+    offset_rad : float, rad
+        The phase at the centre.
+    ramp_rad : (row, col), rad
+        The ramp's phase change from the centre to the field's edge (``nv / 2`` rows,
+        ``nu / 2`` columns away) along each axis.
+    pad : int
+        Pixels on every side beyond the field, where the ramp continues.
+
+    Returns
+    -------
+    ndarray, float64, [nv + 2 pad, nu + 2 pad]
+    """
+    nv, nu = field_shape
+    rows = (np.arange(nv + 2 * pad) - pad - (nv - 1) / 2.0) / (nv / 2.0)
+    cols = (np.arange(nu + 2 * pad) - pad - (nu - 1) / 2.0) / (nu / 2.0)
+    return offset_rad + ramp_rad[0] * rows[:, None] + ramp_rad[1] * cols[None, :]
+
+
 def diffraction_patterns(obj: np.ndarray, pad: int, field_shape: tuple[int, int],
                          probe: np.ndarray, positions_px: np.ndarray) -> np.ndarray:
     """Noiseless far-field intensities of a probe scanned over an object.
