@@ -30,7 +30,6 @@ def one_case(region: list[int], margin: int, angles: int, steps: int, channels: 
              in_channels: int) -> dict:
     """Time per step (s) and peak RSS (MiB) of DIP steps at this margin (in-process)."""
     import numpy as np
-    import torch
 
     from hpc_adept.config import DipConfig
     from hpc_adept.dip import DipTrainer
