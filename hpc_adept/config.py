@@ -558,9 +558,9 @@ class ReconConfig:
             raise ConfigError("recon.methods must name at least one method (fbp, dip)")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"recon.methods has duplicates: {list(self.methods)}")
-        if self.lateral_margin != "auto" and self.lateral_margin < 0:
-            raise ConfigError(f"recon.lateral_margin must be >= 0 or auto, got "
-                              f"{self.lateral_margin}")
+        if self.lateral_margin != "auto" and not 0 <= self.lateral_margin <= MAX_SIDE:
+            raise ConfigError(f"recon.lateral_margin must be auto or in [0, {MAX_SIDE}], "
+                              f"got {self.lateral_margin}")
 
 
 @dataclass(frozen=True)
@@ -729,7 +729,10 @@ class DipConfig:
             raise ConfigError(f"dip.guard_max_rollbacks must be >= 0, got "
                               f"{self.guard_max_rollbacks}")
         _at_most("dip", self, MAX_CHANNELS, "in_channels", "channels", "skip_channels")
-        _at_most("dip", self, MAX_SIDE, "strides")
+        _at_most("dip", self, MAX_SIDE, "strides", "network_margin_px")
+        if self.network_margin_px < 0:
+            raise ConfigError(f"dip.network_margin_px must be >= 0, got "
+                              f"{self.network_margin_px}")
         _at_most("dip", self, MAX_COUNT, "iterations", "lr_step", "angles_per_step",
                  "hpf_levels", "checkpoint_every", "guard_max_rollbacks",
                  "guard_snapshot_every")
