@@ -539,11 +539,12 @@ class ReconConfig:
         else ``extended``.
     lateral_margin : int or 'auto', voxels
         Voxels added on each lateral side of ``volume_shape`` for an extended sample;
-        ``auto``: the lateral run of a ray across the thickness, ``nz tan L``
-        (:func:`hpc_adept.lamino.region.lateral_run_px`), so that every ray through the
-        region crosses the slab inside the widened volume; rounded up so the widened size
-        suits the DIP network's strides. Detector pixels whose rays leave the widened
-        volume get weight 0 in the DIP's data term.
+        ``auto``: half the lateral run of a ray across the thickness, ``nz tan(L) / 2``
+        (:func:`hpc_adept.lamino.region.lateral_run_px`), so that every ray whose path's
+        middle lies in the region crosses the slab inside the widened volume; rounded up
+        so the widened size suits the DIP network's strides. Detector pixels whose rays
+        leave the widened volume get weight 0 in the DIP's data term; the network computes
+        the whole widened volume.
     """
 
     methods: tuple[Literal["fbp", "dip"], ...] = ("fbp",)
@@ -611,15 +612,6 @@ class DipConfig:
         Std of Gaussian noise added to the input at every step (0: fixed input).
     init_gain : float
         Xavier-uniform gain (0.2).
-    outside : {'network', 'voxels'}
-        For an extended sample (``recon.sample``), what computes the widened volume's
-        lateral margin: ``network``, the DIP network over all of it (its cost grows with
-        the widened volume); ``voxels``, the network over the region plus
-        ``network_margin_px`` and free voxels beyond (:class:`hpc_adept.dip.outside.OutsideVoxels`,
-        trained with the same optimiser and TV).
-    network_margin_px : int, voxels
-        With ``outside: voxels``, the band around the region that the network still
-        computes (rounded up to keep the network's strides; at most the margin).
     decomposition : {'angles', 'volume'}
         How the ranks share the work. ``angles``: every rank runs the whole network and
         projects its share of the angles, gradients averaged (the paper's data
@@ -683,8 +675,6 @@ class DipConfig:
     init_gain: float = 0.2
     output_range: tuple[float, float] = (-0.03, 0.03)
     decomposition: Literal["angles", "volume"] = "angles"
-    outside: Literal["network", "voxels"] = "voxels"
-    network_margin_px: int = 8
     memory_guard: bool = True
     checkpoint_every: int = 100
     resume: bool = True
@@ -729,10 +719,7 @@ class DipConfig:
             raise ConfigError(f"dip.guard_max_rollbacks must be >= 0, got "
                               f"{self.guard_max_rollbacks}")
         _at_most("dip", self, MAX_CHANNELS, "in_channels", "channels", "skip_channels")
-        _at_most("dip", self, MAX_SIDE, "strides", "network_margin_px")
-        if self.network_margin_px < 0:
-            raise ConfigError(f"dip.network_margin_px must be >= 0, got "
-                              f"{self.network_margin_px}")
+        _at_most("dip", self, MAX_SIDE, "strides")
         _at_most("dip", self, MAX_COUNT, "iterations", "lr_step", "angles_per_step",
                  "hpf_levels", "checkpoint_every", "guard_max_rollbacks",
                  "guard_snapshot_every")

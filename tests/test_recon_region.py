@@ -83,7 +83,7 @@ def test_full_path_mask_marks_rays_that_cross_the_slab_inside():
 
 def test_plan_region_margins_and_rounding():
     auto = plan_region((40, 56, 56), TILT, True, "auto", 4)
-    assert auto.margin_px >= np.ceil(lateral_run_px(40, TILT))
+    assert auto.margin_px >= np.ceil(lateral_run_px(40, TILT) / 2)
     assert all(n % 4 == 0 for n in auto.shape[1:])
     assert plan_region((40, 56, 56), TILT, False).margin_px == 0
     assert plan_region((40, 56, 56), TILT, True, 10, 1).margin_px == 10
@@ -159,28 +159,6 @@ def test_recon_of_an_extended_sample_writes_the_region_blind_to_planes(tmp_path)
     assert np.abs(volumes[0] - volumes[1]).max() < 1e-4 * scale
 
 
-def test_outside_voxels_frame_the_network_volume():
-    from hpc_adept.dip.outside import OutsideVoxels
-
-    class Constant(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.level = torch.nn.Parameter(torch.tensor(0.5))
-
-        def forward(self, noise):
-            return self.level * torch.ones(noise.shape[2:])
-
-    model = OutsideVoxels(Constant(), (3, 10, 12), 2)
-    volume = model(torch.zeros(1, 1, 3, 6, 8))
-    assert volume.shape == (3, 10, 12)
-    assert torch.all(volume[:, 2:8, 2:10] == 0.5) and volume.sum() == 0.5 * 3 * 6 * 8
-    volume.square().sum().backward()
-    grad = model.outside.grad
-    assert torch.all(grad[:, 2:8, 2:10] == 0) and model.inner.level.grad > 0
-    with pytest.raises(ValueError):
-        OutsideVoxels(Constant(), (3, 10, 12), 5)
-
-
 def test_recon_dip_of_an_extended_sample_writes_the_region(tmp_path):
     region = (8, 16, 16)
     angles, extended, _ = _extended_data(region, n_angles=12, seed=5)
@@ -189,10 +167,11 @@ def test_recon_dip_of_an_extended_sample_writes_the_region(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"output:\n  dir: {tmp_path}\nrecon:\n  volume_shape: [8, 16, 16]\n"
                       f"  methods: [dip]\ndip:\n  iterations: 3\n  in_channels: 4\n"
-                      f"  channels: [4, 4, 4, 4, 4]\n  network_margin_px: 4\n")
+                      f"  channels: [4, 4, 4, 4, 4]\n")
     r = adept("recon", "-c", str(config))
     assert r.returncode == 0, r.stderr
-    assert "input [1, 4, 8, 24, 24]" in r.stderr  # the region and the network's 4-voxel band
+    # the network computes the region widened by half a ray's lateral run (8 tan 61 / 2)
+    assert "input [1, 4, 8, 32, 32]" in r.stderr
     volume, attrs = read_volume(tmp_path / "volume_dip.h5")
     assert volume.shape == region and attrs["sample"] == "extended"
 

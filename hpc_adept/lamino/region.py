@@ -150,14 +150,16 @@ def plan_region(region_shape: tuple[int, int, int], tilt_deg: float, extended: b
                 plane_free: bool | None = None) -> RegionPlan:
     """The :class:`RegionPlan` of ``region_shape``.
 
-    ``margin`` ``auto`` is ``ceil(nz tan L)`` for an extended sample (:func:`lateral_run_px`)
-    and 0 for an isolated one; any margin is then rounded up so that the widened lateral
-    sizes stay multiples of ``multiple`` when the region's are (the DIP's strides).
+    ``margin`` ``auto`` is ``ceil(nz tan(L) / 2)`` for an extended sample (half of
+    :func:`lateral_run_px`: the rays whose path's middle lies in the region cross the slab
+    inside the widened volume) and 0 for an isolated one; any margin is then rounded up so
+    that the widened lateral sizes stay multiples of ``multiple`` when the region's are
+    (the DIP's strides).
     ``plane_free`` defaults to ``extended``.
     """
     nz = region_shape[0]
     if margin == "auto":
-        m = math.ceil(lateral_run_px(nz, tilt_deg) - 1e-9) if extended else 0
+        m = math.ceil(lateral_run_px(nz, tilt_deg) / 2 - 1e-9) if extended else 0
     else:
         m = int(margin)
     if m and multiple > 1:

@@ -71,20 +71,8 @@ class ReconPlan:
             return
         if self.cfg.dip.decomposition == "volume":
             dip_slab(self.cfg, ctx.size, ctx.rank)
-            _check_volume_split(self.cfg, self.input_path, ctx)
         if self.cfg.dip.memory_guard:
             check_dip_memory(self.cfg, self.input_path, ctx)
-
-
-def _check_volume_split(cfg: Config, input_path: Path, ctx: ParallelContext) -> None:
-    """ConfigError when free outside voxels would have to be split into z slabs."""
-    if not ctx.is_parallel or cfg.dip.outside != "voxels":
-        return
-    region = planned_region(cfg, input_path)
-    if network_margin(cfg, region) < region.margin_px:
-        raise ConfigError("dip.outside: voxels (an extended sample's margin as free voxels) "
-                          "does not split into z slabs: set dip.outside: network or "
-                          "dip.decomposition: angles")
 
 
 def dip_slab(cfg: Config, size: int, rank: int) -> range:
@@ -388,13 +376,12 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     StopRequested
         When a stop signal ended the training early (after the checkpoint was written).
     """
-    from hpc_adept.dip.network import count_parameters, input_from_config
+    from hpc_adept.dip.network import count_parameters, input_from_config, network_from_config
 
     region = recon_region(cfg, ps) if region is None else region
     layout, shard = _dip_shard(cfg, ps, ctx, device, region)
-    model, inner_shape = _dip_model(cfg, region)
-    model = model.to(device)
-    noise = input_from_config(cfg.dip, inner_shape, cfg.runtime.seed, layout.z).to(device)
+    model = network_from_config(cfg.dip, cfg.runtime.seed).to(device)
+    noise = input_from_config(cfg.dip, region.shape, cfg.runtime.seed, layout.z).to(device)
     log.info("dip: network with %d parameters, input %s, device %s",
              count_parameters(model), list(noise.shape), device)
     checkpoints = _dip_checkpoints(cfg, ps, ctx, run_dir, device)
@@ -402,30 +389,6 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     volume, attrs = _dip_outputs(result, ctx, run_dir, checkpoints.directory,
                                  layout.by_volume)
     return region.crop(volume), attrs
-
-
-def network_margin(cfg: Config, region: RegionPlan) -> int:
-    """Lateral margin (voxels) that the DIP network computes: all of ``region``'s, or with
-    ``dip.outside: voxels`` the band ``dip.network_margin_px`` (an even number, so the
-    network's input keeps the region's divisibility by the strides)."""
-    if cfg.dip.outside == "network" or not region.margin_px:
-        return region.margin_px
-    band = cfg.dip.network_margin_px + cfg.dip.network_margin_px % 2
-    return min(region.margin_px, band)
-
-
-def _dip_model(cfg: Config, region: RegionPlan) -> tuple[object, tuple[int, int, int]]:
-    """The model that computes the widened volume, and the shape of its network's input."""
-    from hpc_adept.dip.network import network_from_config
-    from hpc_adept.dip.outside import OutsideVoxels
-    from hpc_adept.lamino.region import extended_shape
-
-    model = network_from_config(cfg.dip, cfg.runtime.seed)
-    inner = network_margin(cfg, region)
-    inner_shape = extended_shape(region.region_shape, inner)
-    if inner < region.margin_px:
-        model = OutsideVoxels(model, region.shape, region.margin_px - inner)
-    return model, inner_shape
 
 
 def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: object,
