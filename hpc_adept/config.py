@@ -446,7 +446,9 @@ class AlignConfig:
         holds every point the level's detector window sees
         (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
         (cheaper) margin: pixels whose rays leave the widened volume are then left out of
-        the fit. ``0``: the region only, with ``support`` (the isolated-sample method).
+        the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
+        method; ``auto`` costs about 30 times its time and does not yet reach 0.15 px on
+        extended samples, issue 18).
     fit_phase_plane : bool
         Fit a constant and a linear ramp per projection against the reprojection of the
         current volume and remove them before the reconstruction and the shift update
@@ -460,8 +462,9 @@ class AlignConfig:
         not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
         reconstruction of one volume per iteration.
     momentum : float, in [0, 1)
-        Heavy-ball momentum of the optical-flow steps (the last step times this is added
-        while the steps keep their direction; 0: none).
+        Heavy-ball momentum of the optical-flow steps with a widened volume (the last step
+        times this is added while the steps keep their direction; 0: none). Material that
+        few angles see ties each shift to its neighbours' and slows plain steps.
     """
 
     enabled: bool = True
@@ -477,8 +480,8 @@ class AlignConfig:
     coarse_rounds: int = 3
     coarse_lowpass_px: float = 8.0
     coarse_search_px: float = 16.0
-    lateral_margin: Literal["auto"] | int = "auto"
-    fit_phase_plane: bool = True
+    lateral_margin: Literal["auto"] | int = 0
+    fit_phase_plane: bool = False
     cross_folds: int = 4
     momentum: float = 0.7
 

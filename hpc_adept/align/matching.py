@@ -263,7 +263,7 @@ def projection_matching(
     frame = _Frame.of(projections, options)
     track = _Track(shifts, angles, tilt_deg,
                    torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
-                   options.momentum, np.zeros((n, 2)))
+                   np.zeros((n, 2)))
     for level_index, factor in enumerate(options.binning):
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
         _run_level(options, level, frame, track, callback)
@@ -337,6 +337,7 @@ class _Level:
     orthonormal: torch.Tensor | None  # [3, nv, nu] the same, orthonormalised
     rounds: int               # cross-correlation rounds before the optical flow
     tolerance: float          # stop when the largest update is below, full-resolution px
+    momentum: float           # of the optical-flow steps (0 for the region alone)
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -388,7 +389,7 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
                  factor, list(vol), margin)
     orthonormal = None if basis is None else orthonormal_planes(basis)
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
-                  tolerance)
+                  tolerance, options.momentum if margin > 0 else 0.0)
 
 
 def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
@@ -445,7 +446,7 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
         data = _remove_planes(data, model, level, track)
         coarse = iteration < level.rounds
         update, residual = _shift_update(data, model, level, options, coarse)
-        entry = track.step(update, residual, factor, iteration, coarse, t0)
+        entry = track.step(update, residual, factor, iteration, coarse, t0, level.momentum)
         if callback is not None:
             callback(entry)
         if not coarse and entry["max_update_px"] < level.tolerance:
@@ -509,23 +510,23 @@ class _Track:
     angles: np.ndarray
     tilt_deg: float
     planes: torch.Tensor      # float64 [n, 3] on the device: offset rad, slopes rad/px
-    momentum: float = 0.0     # align.momentum
     velocity: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # last step
     history: list[dict] = field(default_factory=list)
     residuals: list[np.ndarray] = field(default_factory=list)
     snapshots: list[np.ndarray] = field(default_factory=list)
 
     def step(self, update: torch.Tensor, residual: torch.Tensor, factor: int, iteration: int,
-             coarse: bool, t0: float) -> dict:
-        """Apply ``update`` (pixels of the level), remove the drift, record the entry."""
+             coarse: bool, t0: float, momentum: float = 0.0) -> dict:
+        """Apply ``update`` (pixels of the level) with ``momentum``, remove the drift,
+        record the entry."""
         previous = self.shifts
         host_update, res = _to_host(update, residual)
         move = host_update * factor
-        # heavy-ball momentum while the updates keep their direction: material seen by a
-        # few angles only ties each shift to its neighbours' and slows plain steps
-        if self.momentum > 0 and not coarse and iteration > 0 and \
+        # heavy-ball momentum while the updates keep their direction (widened volumes: what
+        # few angles see ties each shift to its neighbours' and slows plain steps)
+        if momentum > 0 and not coarse and iteration > 0 and \
                 float((move * self.velocity).sum()) > 0:
-            move = move + self.momentum * self.velocity
+            move = move + momentum * self.velocity
         self.shifts, _ = remove_rigid_drift(self.shifts + move, self.angles, self.tilt_deg)
         self.velocity = self.shifts - previous
         step = self.shifts - previous  # the drift part of an update changes nothing
