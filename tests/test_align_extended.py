@@ -137,3 +137,16 @@ def test_extended_method_beats_the_region_only_method(seed, corner_um):
         errors[name] = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
     assert errors["old"] > 3 * before, errors
     assert errors["new"] < before and errors["new"] < 0.2 * errors["old"], errors
+
+
+def test_stage_plans_the_widened_volume():
+    """The memory guard counts the widened volume (and the folds' volumes)."""
+    from hpc_adept.stages.align import widened_volume
+
+    auto = AlignConfig(lateral_margin="auto")
+    margin = lateral_margin_px(REGION, (46, 48), TILT)
+    assert widened_volume(auto, REGION, (46, 48), TILT) == \
+        (REGION[0], REGION[1] + 2 * margin, REGION[2] + 2 * margin)
+    assert widened_volume(AlignConfig(lateral_margin=5), REGION, (46, 48), TILT) == (24, 42, 42)
+    assert widened_volume(AlignConfig(), REGION, (46, 48), TILT) == REGION
+    assert widened_volume(auto, REGION, (46, 48), None) == REGION  # the reader refuses it
