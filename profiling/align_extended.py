@@ -1,6 +1,7 @@
 """Projection matching on a region inside an extended chip (issue 18): accuracy and time of
 the region-only method (``align.lateral_margin: 0``, no plane fit, no momentum) against
-the extended-sample method (the defaults), on isolated and extended samples, with and
+the extended-sample method (``lateral_margin: auto``, ``fit_phase_plane: true``, held-out
+folds and momentum at their defaults), on isolated and extended samples, with and
 without per-projection phase offsets and ramps.
 
 Data: ``tests/extended_sample.py`` (the real layout, procedural without it): the region
@@ -34,7 +35,7 @@ from tests.extended_sample import TILT, extended_sample, shift_error_px  # noqa:
 
 METHODS = {
     "region-only": dict(lateral_margin=0, fit_phase_plane=False, momentum=0.0),
-    "extended": {},
+    "extended": dict(lateral_margin="auto", fit_phase_plane=True),
 }
 CASES = (("isolated", False, 0.0), ("extended", True, 0.0), ("extended+planes", True, 0.5))
 
