@@ -482,6 +482,32 @@ class AlignConfig:
         Low-pass sigma of that estimate (about the period of the IC patterns or more).
     coarse_search_px : float, pixels
         Largest shift per axis that estimate looks for.
+    lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
+        Widen the reconstruction beyond ``volume_shape`` so that the material around the
+        region, which every projection of an extended sample (a chip) also holds, is
+        modelled instead of biasing the shifts. ``auto``: at each level, the margin that
+        holds every point the level's detector window sees
+        (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
+        (cheaper) margin: pixels whose rays leave the widened volume are then left out of
+        the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
+        method; ``auto`` costs about 30 times its time and does not yet reach 0.15 px on
+        extended samples, issue 18).
+    fit_phase_plane : bool
+        Fit a constant and a linear ramp per projection against the reprojection of the
+        current volume and remove them before the reconstruction and the shift update
+        (ptychographic phase has no vacuum reference); the least-squares fit is made blind
+        to them.
+    cross_folds : int
+        With a widened volume (``lateral_margin`` not 0): the angles are dealt into this
+        many interleaved groups, and each group is compared with the reprojection of a
+        volume fitted to the other groups. Material that only a few angles see is fitted
+        to their own misaligned data and hides their shifts; a held-out prediction does
+        not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
+        reconstruction of one volume per iteration.
+    momentum : float, in [0, 1)
+        Heavy-ball momentum of the optical-flow steps with a widened volume (the last step
+        times this is added while the steps keep their direction; 0: none). Material that
+        few angles see ties each shift to its neighbours' and slows plain steps.
     """
 
     enabled: bool = True
@@ -497,19 +523,29 @@ class AlignConfig:
     coarse_rounds: int = 3
     coarse_lowpass_px: float = 8.0
     coarse_search_px: float = 16.0
+    lateral_margin: Literal["auto"] | int = 0
+    fit_phase_plane: bool = False
+    cross_folds: int = 4
+    momentum: float = 0.7
 
     def check(self) -> None:
         _shape("align.crop_shape", self.crop_shape)
+        if self.lateral_margin != "auto" and (
+                isinstance(self.lateral_margin, bool) or not isinstance(self.lateral_margin, int)
+                or not 0 <= self.lateral_margin <= MAX_SIDE):
+            raise ConfigError(f"align.lateral_margin must be auto or an integer in "
+                              f"[0, {MAX_SIDE}], got {self.lateral_margin!r}")
         if self.volume_shape is not None:
             _shape("align.volume_shape", self.volume_shape)
         _positive("align", self, "max_iterations", "tolerance_px", "max_update_px",
-                  "coarse_lowpass_px", "coarse_search_px")
+                  "coarse_lowpass_px", "coarse_search_px", "cross_folds")
+        _in_range("align.momentum", self.momentum, 1.0)
         if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
             raise ConfigError(f"align.binning must be positive factors that divide the "
                               f"first, got {list(self.binning)}")
         _at_most("align", self, MAX_SIDE, "binning")
         _at_most("align", self, MAX_COUNT, "max_iterations", "reconstruct_iterations",
-                 "coarse_rounds")
+                 "coarse_rounds", "cross_folds")
         for name in ("highpass_sigma_px", "reconstruct_iterations", "coarse_rounds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name} must be >= 0, got {getattr(self, name)}")

@@ -2,10 +2,24 @@
 
 Coarse to fine over binning levels; at each level iterate: shift the measured projections
 by the current estimates, reconstruct (an FBP at the start of the level, then a few
-warm-started least-squares iterations per alignment iteration, with a loose support mask),
-reproject, and update every projection's shift from the high-pass filtered residual by
-linearised optical flow (clamped), then project out the rigid-translation drift that
-laminography cannot observe.
+warm-started least-squares iterations per alignment iteration), reproject, fit and remove
+each projection's phase offset and linear ramp against the reprojection, and update every
+projection's shift from the high-pass filtered residual by linearised optical flow
+(clamped), then project out the rigid-translation drift that laminography cannot observe.
+
+Extended samples (issue 18; REFERENCE.md, "Extended samples"): a chip is far wider than
+the region, and every projection of the region's detector window also holds the chip
+around it, out to :func:`hpc_adept.lamino.region.window_reach_px`. A reconstruction of the
+region alone cannot reproject that material, and the residual it leaves pulls the shifts
+off by many pixels. So each level reconstructs the region widened by
+``align.lateral_margin`` (``auto``: every point the level's window sees; cheap at binned
+levels), weights out the pixels whose rays leave the widened volume (a smaller margin) in
+both the least-squares fit and the shift update, and fits the per-projection offset and
+ramp that ptychography leaves without a vacuum reference (``align.fit_phase_plane``;
+REFERENCE: "fit and remove them against the reprojection of the current volume during
+alignment"). ``align.lateral_margin: 0`` is the isolated-region method: the region only,
+with a loose support mask (voxels that leave the window at some angle are zero) and
+weights on the region's shadow.
 A level ends when the largest update falls below the tolerance. Before the first optical
 flow step, a few rounds of low-pass, window-bounded cross-correlation against the
 reprojections give a coarse estimate that periodic IC patterns cannot pull onto the wrong
@@ -18,6 +32,7 @@ knows nothing about MPI.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -37,9 +52,17 @@ from hpc_adept.align.imaging import (
     highpass,
     shift_images,
 )
-from hpc_adept.align.support import visible_support
+from hpc_adept.align.plane import (
+    fit_planes,
+    orthonormal_planes,
+    plane_basis,
+    plane_images,
+    remove_planes,
+)
+from hpc_adept.align.support import level_margin_px, ray_trust, visible_support
 from hpc_adept.config import AlignConfig
 from hpc_adept.lamino import Geometry, LaminoOperator
+from hpc_adept.lamino.region import extended_shape
 from hpc_adept.linop import LinearOperator
 
 log = logging.getLogger(__name__)
@@ -75,9 +98,10 @@ class LocalLamino:
 
 
 def least_squares(op: LinearOperator, data: torch.Tensor, volume: torch.Tensor,
-                  support: torch.Tensor, iterations: int
+                  support: torch.Tensor, iterations: int, weights: torch.Tensor | None = None,
+                  blind: Callable[[torch.Tensor], torch.Tensor] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CGLS iterations on ``min ||A (m x) - data||^2`` from ``volume`` (warm start).
+    """CGLS iterations on ``min sum w (P (A (m x) - data))^2`` from ``volume`` (warm start).
 
     ``A`` is the operator ``op`` (the projector of a geometry) and ``m`` the support mask
     (the returned volume is zero outside it). A laminographic FBP is not data-consistent
@@ -94,6 +118,13 @@ def least_squares(op: LinearOperator, data: torch.Tensor, volume: torch.Tensor,
         Starting volume.
     support : torch.Tensor, bool or float, [nz, ny, nx]
     iterations : int
+    weights : torch.Tensor, float, [n, nv, nu] or [nv, nu], optional
+        Non-negative pixel weights ``w`` (default 1): pixels whose rays leave the volume
+        get 0 so that the material they miss is not forced into the volume.
+    blind : callable, optional
+        An orthogonal projector ``P`` on projection stacks (default identity), e.g. the
+        removal of each projection's offset and linear ramp: the fit is blind to what it
+        removes, so unknown phase offsets and ramps do not enter the volume.
 
     Returns
     -------
@@ -102,22 +133,31 @@ def least_squares(op: LinearOperator, data: torch.Tensor, volume: torch.Tensor,
         recursion (``data - r``), which saves one projection per call.
     """
     mask = support.to(volume.dtype)
+
+    def weighted(image: torch.Tensor) -> torch.Tensor:
+        image = image if blind is None else blind(image)
+        return image if weights is None else image * weights
+
+    def normal(image: torch.Tensor) -> torch.Tensor:  # P W P, self-adjoint
+        image = weighted(image)
+        return image if blind is None else blind(image)
+
     x = volume * mask
-    r = data - op.forward(x)
-    s = op.adjoint(r) * mask
+    r = data - op.forward(x)  # the plain residual: its recursion gives A (m x)
+    s = op.adjoint(normal(r)) * mask
     p = s.clone()
     gamma = float((s.double() ** 2).sum())
     for _ in range(iterations):
         if gamma <= 0.0:
             break
         q = op.forward(p)
-        qq = float((q.double() ** 2).sum())
+        qq = float((normal(q).double() * q.double()).sum())
         if qq <= 0.0:
             break
         alpha = gamma / qq
         x = x + alpha * p
         r = r - alpha * q
-        s = op.adjoint(r) * mask
+        s = op.adjoint(normal(r)) * mask
         gamma_new = float((s.double() ** 2).sum())
         p = s + (gamma_new / gamma) * p
         gamma = gamma_new
@@ -143,12 +183,17 @@ class AlignResult:
         Weighted RMS of each projection's filtered residual at each iteration.
     shifts_per_iteration : ndarray, float64, [n_iterations, n_angles, 2]
         Shift estimates after each iteration (for plots).
+    phase_planes : ndarray, float64, [n_angles, 3]
+        The offset (rad) and row / column slopes (rad per pixel, about the centre of the
+        aligned projection) removed from each projection (zeros without
+        ``fit_phase_plane``).
     """
 
     shifts_px: np.ndarray
     history: list[dict] = field(default_factory=list)
     residual_per_angle: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     shifts_per_iteration: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    phase_planes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
 
 def working_frame(shape: tuple[int, int], factor: int) -> tuple[tuple[int, int], np.ndarray,
@@ -216,7 +261,9 @@ def projection_matching(
     shifts = np.zeros((n, 2)) if initial_shifts_px is None else \
         np.asarray(initial_shifts_px, np.float64).copy()
     frame = _Frame.of(projections, options)
-    track = _Track(shifts, angles, tilt_deg)
+    track = _Track(shifts, angles, tilt_deg,
+                   torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
+                   np.zeros((n, 2)))
     for level_index, factor in enumerate(options.binning):
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
         _run_level(options, level, frame, track, callback)
@@ -227,6 +274,7 @@ def projection_matching(
                             else np.zeros((n, 0))),
         shifts_per_iteration=(np.stack(track.snapshots) if track.snapshots
                               else np.zeros((0, n, 2))),
+        phase_planes=track.planes.cpu().numpy(),
     )
 
 
@@ -265,55 +313,140 @@ class _Frame:
 
 
 @dataclass(frozen=True)
+class _Fold:
+    """One reconstruction of a level: it fits the angles ``fit`` (operator ``op``) and
+    predicts the angles ``predict`` (operator ``op_predict``; None: it predicts what it
+    fits)."""
+
+    fit: torch.Tensor                     # long, indices of the fitted angles
+    op: LaminoOperator
+    predict: torch.Tensor | None = None   # long, indices of the predicted angles
+    op_predict: LaminoOperator | None = None
+
+
+@dataclass(frozen=True)
 class _Level:
     """What one binning level fixes: geometry, support mask, residual weights, stop."""
 
     factor: int
-    op: LaminoOperator        # the level's projector
+    folds: tuple[_Fold, ...]  # reconstructions (region widened by the margin)
     support: torch.Tensor     # bool, [nz, ny, nx] of the level
-    weights: torch.Tensor     # float, [n, nv, nu] of the level
+    weights: torch.Tensor     # float, [n, nv, nu] of the level: shift update, plane fit
+    trust: torch.Tensor | None  # float, [n, nv, nu]: least-squares weights (None: all 1)
+    basis: torch.Tensor | None  # [3, nv, nu] plane images (None: no plane fit)
+    orthonormal: torch.Tensor | None  # [3, nv, nu] the same, orthonormalised
     rounds: int               # cross-correlation rounds before the optical flow
     tolerance: float          # stop when the largest update is below, full-resolution px
+    momentum: float           # of the optical-flow steps (0 for the region alone)
+
+
+def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
+           det: tuple[int, int], split: int, device: torch.device) -> tuple[_Fold, ...]:
+    """``split`` interleaved groups of angles, each predicted from the others (1: one
+    reconstruction of all angles that predicts itself)."""
+    n = len(angles)
+    if split <= 1:
+        return (_Fold(torch.arange(n, device=device), ops(Geometry(angles, tilt_deg, vol, det))),)
+    folds = []
+    for k in range(split):
+        held = np.arange(k, n, split)
+        fit = np.setdiff1d(np.arange(n), held)
+        folds.append(_Fold(torch.as_tensor(fit, device=device),
+                           ops(Geometry(angles[fit], tilt_deg, vol, det)),
+                           torch.as_tensor(held, device=device),
+                           ops(Geometry(angles[held], tilt_deg, vol, det))))
+    return tuple(folds)
 
 
 def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: int,
                 frame: _Frame, tilt_deg: float, angles: np.ndarray) -> _Level:
     like = frame.projections
-    device, dtype = like.device, like.dtype
     det = (frame.size[0] // factor, frame.size[1] // factor)
-    vol = _binned(options.volume_shape, factor)
-    op = ops(Geometry(angles, tilt_deg, vol, det))
-    support = torch.as_tensor(
-        visible_support(vol, det, tilt_deg) if options.support else np.ones(vol, bool),
-        device=device)
-    # weight: the volume's shadow (path length through it), tapered at the border
-    path = op.forward(torch.ones(vol, dtype=dtype, device=device))
-    shadow = (path / path.amax().clamp_min(1e-30) * 4.0).clamp(0.0, 1.0)
+    region = _binned(options.volume_shape, factor)
+    margin = level_margin_px(options.lateral_margin, region, det, tilt_deg, factor)
+    vol = extended_shape(region, margin)
+    # a widened volume fits what few angles see: predict each angle from the others
+    split = options.cross_folds if margin > 0 else 1
+    folds = _folds(ops, angles, tilt_deg, vol, det, split, like.device)
+    path = torch.empty(len(angles), *det, dtype=like.dtype, device=like.device)
+    ones = torch.ones(vol, dtype=like.dtype, device=like.device)
+    for fold in folds:
+        path[fold.fit] = fold.op.forward(ones)
+    if margin == 0:
+        support, weights, trust = _isolated_masks(options, path, vol, det, tilt_deg)
+    else:
+        support, weights, trust = _widened_masks(path, vol, tilt_deg)
     taper_px = max(2, int(math.ceil(options.highpass_sigma_px)))
-    weights = shadow * border_taper(det, taper_px, like)
+    weights = weights * border_taper(det, taper_px, like)
+    basis = plane_basis(det, factor, like) if options.fit_phase_plane else None
     rounds = options.coarse_rounds if level_index == 0 else 0
     # coarse levels only prepare the next one: a looser stop saves iterations there
     last_level = level_index == len(options.binning) - 1
     tolerance = options.tolerance_px if last_level else \
         max(options.tolerance_px, COARSE_TOLERANCE) * factor
-    return _Level(factor, op, support, weights, rounds, tolerance)
+    if level_index == 0 or last_level:
+        log.info("projection matching: binning %d reconstructs %s (margin %d voxels)",
+                 factor, list(vol), margin)
+    orthonormal = None if basis is None else orthonormal_planes(basis)
+    return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
+                  tolerance, options.momentum if margin > 0 else 0.0)
+
+
+def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
+                    det: tuple[int, int], tilt_deg: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """The region alone: loose support, weights on its shadow (path length through it)."""
+    support = torch.as_tensor(
+        visible_support(vol, det, tilt_deg) if options.support else np.ones(vol, bool),
+        device=path.device)
+    shadow = (path / path.amax().clamp_min(1e-30) * 4.0).clamp(0.0, 1.0)
+    return support, shadow, None
+
+
+def _widened_masks(path: torch.Tensor, vol: tuple[int, int, int], tilt_deg: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A widened volume: every voxel free (the margin holds what only some angles see);
+    pixels weighted by how much of their ray runs inside it."""
+    support = torch.ones(vol, dtype=torch.bool, device=path.device)
+    trust = ray_trust(path, vol[0], tilt_deg)
+    return support, trust, (None if bool((trust >= 1.0).all()) else trust)
+
+
+def _reconstruct(level: _Level, data: torch.Tensor, volumes: list[torch.Tensor | None],
+                 iterations: int) -> torch.Tensor:
+    """Update every fold's volume (an FBP where there is none yet, then ``iterations``
+    warm-started least-squares steps) and return the model ``[n, nv, nu]``: each angle's
+    prediction by the fold that predicts it."""
+    model = torch.empty_like(data)
+    for k, fold in enumerate(level.folds):
+        part = data[fold.fit]
+        blind = None if level.basis is None else functools.partial(
+            remove_planes, orthonormal=level.orthonormal)
+        if volumes[k] is None:
+            volumes[k] = fold.op.fbp(part if blind is None else blind(part)) * level.support
+        trust = None if level.trust is None else level.trust[fold.fit]
+        volumes[k], reprojection = least_squares(fold.op, part, volumes[k], level.support,
+                                                 iterations, trust, blind)
+        if fold.predict is None:
+            model[fold.fit] = reprojection
+        else:
+            model[fold.predict] = fold.op_predict.forward(volumes[k])
+    return model
 
 
 def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                track: _Track, callback: Callable[[dict], None] | None) -> None:
     """Alignment iterations of one level until its tolerance or ``max_iterations``."""
     factor = level.factor
-    volume = None
+    volumes: list[torch.Tensor | None] = [None] * len(level.folds)
     for iteration in range(level.rounds + options.max_iterations):
         t0 = time.perf_counter()
         data = frame.aligned(track.shifts, factor)
-        if volume is None:
-            volume = level.op.fbp(data) * level.support
-        volume, model = least_squares(level.op, data, volume, level.support,
-                                      options.reconstruct_iterations)
+        model = _reconstruct(level, data, volumes, options.reconstruct_iterations)
+        data = _remove_planes(data, model, level, track)
         coarse = iteration < level.rounds
         update, residual = _shift_update(data, model, level, options, coarse)
-        entry = track.step(update, residual, factor, iteration, coarse, t0)
+        entry = track.step(update, residual, factor, iteration, coarse, t0, level.momentum)
         if callback is not None:
             callback(entry)
         if not coarse and entry["max_update_px"] < level.tolerance:
@@ -324,6 +457,17 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                 "update %.4f px (tolerance %.4f px)", factor,
                 level.rounds + options.max_iterations, track.history[-1]["max_update_px"],
                 level.tolerance)
+
+
+def _remove_planes(data: torch.Tensor, model: torch.Tensor, level: _Level, track: _Track
+                   ) -> torch.Tensor:
+    """``data`` less the planes of ``data - model`` (kept in ``track``); as is without a
+    plane fit."""
+    if level.basis is None:
+        return data
+    planes = fit_planes(data - model, level.weights, level.basis)
+    track.planes = planes
+    return data - plane_images(planes, level.basis).to(data.dtype)
 
 
 def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
@@ -365,17 +509,26 @@ class _Track:
     shifts: np.ndarray        # float64 [n, 2], full-resolution pixels, drift free
     angles: np.ndarray
     tilt_deg: float
+    planes: torch.Tensor      # float64 [n, 3] on the device: offset rad, slopes rad/px
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # last step
     history: list[dict] = field(default_factory=list)
     residuals: list[np.ndarray] = field(default_factory=list)
     snapshots: list[np.ndarray] = field(default_factory=list)
 
     def step(self, update: torch.Tensor, residual: torch.Tensor, factor: int, iteration: int,
-             coarse: bool, t0: float) -> dict:
-        """Apply ``update`` (pixels of the level), remove the drift, record the entry."""
+             coarse: bool, t0: float, momentum: float = 0.0) -> dict:
+        """Apply ``update`` (pixels of the level) with ``momentum``, remove the drift,
+        record the entry."""
         previous = self.shifts
         host_update, res = _to_host(update, residual)
-        self.shifts, _ = remove_rigid_drift(self.shifts + host_update * factor,
-                                            self.angles, self.tilt_deg)
+        move = host_update * factor
+        # heavy-ball momentum while the updates keep their direction (widened volumes: what
+        # few angles see ties each shift to its neighbours' and slows plain steps)
+        if momentum > 0 and not coarse and iteration > 0 and \
+                float((move * self.velocity).sum()) > 0:
+            move = move + momentum * self.velocity
+        self.shifts, _ = remove_rigid_drift(self.shifts + move, self.angles, self.tilt_deg)
+        self.velocity = self.shifts - previous
         step = self.shifts - previous  # the drift part of an update changes nothing
         entry = {
             "level": int(factor), "iteration": int(iteration),

@@ -1,10 +1,15 @@
-"""Loose support of the projection-matching reconstruction."""
+"""Where the projection-matching reconstruction and its reprojections can be trusted: the
+loose support of an isolated region, the lateral margin of a widened volume and the weight
+of a pixel whose ray leaves that volume."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import torch
+
+from hpc_adept.lamino.region import lateral_margin_px
 
 
 def visible_support(volume_shape: tuple[int, int, int], detector_shape: tuple[int, int],
@@ -32,3 +37,51 @@ def visible_support(volume_shape: tuple[int, int, int], detector_shape: tuple[in
     in_cols = r <= (nu - 1) / 2.0 - margin_px + 0.5
     in_rows = abs(math.sin(a)) * r + abs(math.cos(a)) * z <= (nv - 1) / 2.0 - margin_px + 0.5
     return np.broadcast_to(in_cols & in_rows, volume_shape).copy()
+
+
+def level_margin_px(lateral_margin: str | int, region_shape: tuple[int, int, int],
+                    detector_shape: tuple[int, int], tilt_deg: float, factor: int) -> int:
+    """Lateral margin (voxels of the level, each side) of one binning level.
+
+    Parameters
+    ----------
+    lateral_margin : 'auto' or int
+        ``align.lateral_margin``: ``auto`` is
+        :func:`~hpc_adept.lamino.region.lateral_margin_px` of the level's region and
+        detector window (every point the window sees is inside the widened volume); an
+        integer is full-resolution voxels, divided by ``factor`` and rounded up.
+    region_shape : (nz, ny, nx)
+        The region at this level, voxels.
+    detector_shape : (nv, nu)
+        The level's detector window, pixels.
+    tilt_deg : float, degrees
+    factor : int
+        Binning of the level.
+    """
+    if lateral_margin == "auto":
+        return lateral_margin_px(region_shape, detector_shape, tilt_deg)
+    return int(math.ceil(int(lateral_margin) / factor))
+
+
+def ray_trust(path: torch.Tensor, thickness_px: int, tilt_deg: float,
+              band: float = 0.1) -> torch.Tensor:
+    """Weight in [0, 1] of each pixel from the length of its ray inside the modelled slab.
+
+    A ray of an extended sample crosses the whole slab (``thickness / sin(a)`` voxels,
+    ``a = 90 - L``); where it leaves a widened volume of finite width through its side, the
+    reprojection misses material that the data hold. Pixels whose ray is inside for the
+    full length get 1, those short by more than ``band`` of it get 0, linear between.
+
+    Parameters
+    ----------
+    path : torch.Tensor, float, [n, nv, nu]
+        Projections of a volume of ones (ray lengths, voxels).
+    thickness_px : int
+        Slab thickness (the volume's nz), voxels.
+    tilt_deg : float, degrees
+    band : float
+        Fraction of the full length over which the weight falls to zero.
+    """
+    full = thickness_px / abs(math.sin(math.radians(90.0 - tilt_deg)))
+    # 2 % below the full length still counts as full (projector interpolation)
+    return ((path / full - (1.0 - band)) / (band - 0.02)).clamp(0.0, 1.0)

@@ -25,6 +25,7 @@ from hpc_adept.config import AlignConfig, Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, write_projections
 from hpc_adept.io.h5read import open_h5, require_dataset
+from hpc_adept.io.runfiles import TILT_ATTR
 from hpc_adept.parallel import ParallelContext, bcast, bcast_array
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,12 @@ class AlignPlan:
     crop_shape : (nv, nu)
         Centre crop written (``align.crop_shape``, limited to the projection size).
     volume_shape : (nz, ny, nx)
-        Volume of the projection matching reconstructions.
+        Volume of the projection matching reconstructions (the region).
+    widened_shape : (nz, ny, nx)
+        ``volume_shape`` with ``align.lateral_margin`` at full resolution (the largest
+        volume reconstructed); equal to ``volume_shape`` for a margin of 0.
+    volumes : int
+        Widened volumes kept between iterations (``align.cross_folds`` with a margin).
     """
 
     input_path: Path
@@ -58,6 +64,8 @@ class AlignPlan:
     projection_shape: tuple[int, int, int]
     crop_shape: tuple[int, int]
     volume_shape: tuple[int, int, int]
+    widened_shape: tuple[int, int, int] | None = None
+    volumes: int = 1
     device_choice: str = "auto"
     enabled: bool = True
     keep_host_memory: bool = True
@@ -66,8 +74,9 @@ class AlignPlan:
     def validate(self, ctx: ParallelContext, device: object) -> None:
         """Stop before any work when projection matching will not fit in memory.
 
-        Every rank holds all projections (several working copies) and a few volumes (the
-        CGLS vectors) plus the projector's chunk buffer.
+        Every rank holds all projections (several working copies), the widened volumes
+        kept between iterations and a few more (the CGLS vectors) plus the projector's
+        chunk buffer.
         """
         if not (self.enabled and self.memory_guard):
             return
@@ -79,27 +88,50 @@ class AlignPlan:
         )
 
         n, nv, nu = self.projection_shape
-        voxels = int(np.prod(self.volume_shape))
+        voxels = int(np.prod(self.widened_shape or self.volume_shape))
         device = select_torch_device(self.device_choice, ctx.local_rank)
         chunk = 1 << 30 if device.type == "cuda" else 32 << 20
-        estimate = (512 << 20) + 4 * (8 * n * nv * nu + 8 * voxels) + chunk
+        estimate = (512 << 20) + 4 * (8 * n * nv * nu + (7 + self.volumes) * voxels) + chunk
         need = peak_memory_bytes(estimate, device, self.keep_host_memory)
         shortfall = memory_shortfall("align", need, device, ctx.local_size)
         if shortfall:
             raise DataError(
-                f"{shortfall}; set a smaller align.volume_shape, align.enabled: false (crop "
-                f"only), "
+                f"{shortfall}; set a smaller align.volume_shape or align.lateral_margin, "
+                f"align.enabled: false (crop only), "
                 + ("runtime.keep_host_memory: false, " if need > estimate else "")
                 + f"or use larger nodes{MEMORY_GUARD_HINT}")
 
 
-def _stored_shape(path: Path) -> tuple[int, int, int]:
-    """Shape of ``/projections`` in ``path`` without reading the data."""
+def _stored_shape(path: Path) -> tuple[tuple[int, int, int], float | None]:
+    """Shape of ``/projections`` in ``path`` and its tilt (degrees, None when absent or
+    not a number) without reading the data."""
     with open_h5(path) as f:
         shape = tuple(int(n) for n in require_dataset(f, "projections", path).shape)
+        tilt = f.attrs.get(TILT_ATTR)
     if len(shape) != 3 or 0 in shape:
         raise DataError(f"{path}: /projections must be [n_angles, nv, nu], got {list(shape)}")
-    return shape  # type: ignore[return-value]
+    try:
+        tilt = float(tilt) if tilt is not None else None
+    except (TypeError, ValueError):
+        tilt = None
+    return shape, tilt  # type: ignore[return-value]
+
+
+def widened_volume(options: AlignConfig, volume_shape: tuple[int, int, int],
+                   detector_shape: tuple[int, int], tilt_deg: float | None
+                   ) -> tuple[int, int, int]:
+    """The full-resolution volume projection matching reconstructs: ``volume_shape`` with
+    ``align.lateral_margin`` (``auto``: :func:`~hpc_adept.lamino.region.lateral_margin_px`
+    of the detector window). A missing or invalid tilt (the reader refuses it later)
+    leaves the region as it is."""
+    from hpc_adept.align.support import level_margin_px
+    from hpc_adept.lamino.region import extended_shape
+
+    if tilt_deg is None or not 0.0 < tilt_deg < 90.0:
+        return volume_shape
+    margin = level_margin_px(options.lateral_margin, volume_shape, detector_shape, tilt_deg,
+                             1)
+    return extended_shape(volume_shape, margin)
 
 
 def plan_align(cfg: Config) -> AlignPlan:
@@ -120,7 +152,7 @@ def plan_align(cfg: Config) -> AlignPlan:
             f"align: {source} not found (run adept ptycho first, or adept simulate with "
             f"simulate.write_projections: true)"
         )
-    shape = _stored_shape(source)
+    shape, tilt = _stored_shape(source)
     crop = (min(a.crop_shape[0], shape[1]), min(a.crop_shape[1], shape[2]))
     if crop != tuple(a.crop_shape):
         log.warning("align.crop_shape %s is larger than the projections %s in %s: keeping "
@@ -131,8 +163,10 @@ def plan_align(cfg: Config) -> AlignPlan:
             f"align.binning: the coarsest level ({a.binning[0]}) leaves fewer than "
             f"{MIN_BINNED_PX} pixels of the {list(shape[1:])} projections in {source}"
         )
+    widened = widened_volume(a, volume_shape, shape[1:], tilt)  # type: ignore[arg-type]
     return AlignPlan(source, run_dir / "aligned.h5", run_dir / HISTORY_NAME, run_dir,
                      shape, crop, volume_shape,  # type: ignore[arg-type]
+                     widened, a.cross_folds if widened != volume_shape else 1,
                      cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory,
                      cfg.runtime.memory_guard)
 
@@ -199,8 +233,9 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
     n = len(angles)
     if cfg.align.enabled:
         options = align_options(cfg, plan)
-        log.info("align: %d projections %s, tilt %.2f deg, volume %s, binning %s, %d rank(s)",
-                 n, list(projections.shape[1:]), tilt, list(plan.volume_shape),
+        log.info("align: %d projections %s, tilt %.2f deg, volume %s (widened to %s), "
+                 "binning %s, %d rank(s)", n, list(projections.shape[1:]), tilt,
+                 list(plan.volume_shape), list(plan.widened_shape or plan.volume_shape),
                  list(options.binning), ctx.size)
 
         def report(entry: dict) -> None:
@@ -232,6 +267,8 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         "enabled": cfg.align.enabled,
         "options": dataclasses.asdict(options) if options is not None else None,
         "volume_shape": list(plan.volume_shape),
+        "widened_shape": list(plan.widened_shape or plan.volume_shape),
+        "phase_planes": result.phase_planes.tolist(),
         "crop_shape": list(plan.crop_shape),
         "n_ranks": ctx.size,
         "iterations": result.history,
