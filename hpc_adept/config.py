@@ -798,6 +798,14 @@ class RuntimeConfig:
         ``torch`` (``grid_sample`` + a sparse product, any device) or ``triton`` (one fused
         kernel per direction, GPUs only, needs Triton; checked against ``torch`` in the
         tests, not yet timed on a GPU, see profiling/RESULTS.md).
+    deterministic : bool
+        The same bits on any number of ranks: sums over angles that feed the DIP's
+        optimiser, its logged loss and the FBP volume are exact (each angle computed on its
+        own, summed in fixed point), the DIP with the angles split runs the same network
+        backward on every rank instead of averaging weight gradients (no DDP), and torch's
+        deterministic algorithms are on (cuDNN without autotuning, cuBLAS with a fixed
+        workspace). On CPU the network's kernels depend on the thread count, so equal bits
+        also need equal ``torch_threads`` per rank. False: the faster float all-reduces.
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -809,6 +817,7 @@ class RuntimeConfig:
     memory_guard: bool = True
     read_ahead: bool = True
     projector: Literal["torch", "triton"] = "torch"
+    deterministic: bool = True
 
     def check(self) -> None:
         if self.torch_threads is not None and not 1 <= self.torch_threads <= MAX_THREADS:

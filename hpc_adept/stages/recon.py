@@ -366,8 +366,7 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     from hpc_adept.dip import DipTrainer
     from hpc_adept.lamino.projector import clear_grid_cache
     from hpc_adept.log import Progress
-    from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
-    from hpc_adept.parallel.slabs import SlabCommunicator
+    from hpc_adept.parallel.ddp import StopFlag
     from hpc_adept.parallel.torchdist import destroy_torch_distributed
 
     d = cfg.dip
@@ -379,8 +378,7 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     def on_iteration(it: int, values: dict[str, float]) -> None:
         progress.update(extra=f"loss {values['loss']:.5g}, lr {values['lr']:.2g}")
 
-    comm = (SlabCommunicator(ctx, device, layout.nz, math.prod(d.strides)) if layout.by_volume
-            else DdpCommunicator(ctx, device))
+    comm = dip_communicator(cfg, ctx, device, layout)
     with StopFlag() as stop:
         # no name holds the trainer (and its DDP-wrapped model) past the training: it is
         # released before the process group it uses is torn down
@@ -395,6 +393,22 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     destroy_torch_distributed()
     clear_grid_cache()  # the projector's rotation grids: device memory the next stage can use
     return result
+
+
+def dip_communicator(cfg: Config, ctx: ParallelContext, device: object,
+                     layout: DipLayout) -> object:
+    """How the ranks share the DIP: z slabs (volume split); with the angles split, exact
+    partition-independent sums (``runtime.deterministic``: the same bits on any number of
+    ranks) or DDP's gradient averaging."""
+    from hpc_adept.parallel.ddp import DdpCommunicator
+    from hpc_adept.parallel.replica import ReplicaCommunicator
+    from hpc_adept.parallel.slabs import SlabCommunicator
+
+    if layout.by_volume:
+        return SlabCommunicator(ctx, device, layout.nz, math.prod(cfg.dip.strides))
+    if cfg.runtime.deterministic:
+        return ReplicaCommunicator(ctx, device)
+    return DdpCommunicator(ctx, device)
 
 
 def _dip_outputs(result: TrainResult, ctx: ParallelContext, run_dir: Path, ckpt_dir: Path,
