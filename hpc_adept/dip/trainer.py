@@ -274,8 +274,10 @@ def make_adam(model: nn.Module, dip: DipConfig) -> torch.optim.Adam:
 
 def autotune_convolutions(device: torch.device) -> None:
     """Let cuDNN pick the fastest algorithm of each convolution once: the DIP's shapes are
-    the same every step, so the one-time search pays off (no effect off CUDA)."""
-    if getattr(device, "type", "cpu") == "cuda":
+    the same every step, so the one-time search pays off (no effect off CUDA, nor with
+    deterministic algorithms: the search's pick may differ between runs)."""
+    if getattr(device, "type", "cpu") == "cuda" \
+            and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True
 
 

@@ -192,13 +192,14 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
 
 
 def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
-                    ctx: ParallelContext, device: object, kernel: str = "torch"
-                    ) -> np.ndarray:
+                    ctx: ParallelContext, device: object, kernel: str = "torch",
+                    exact: bool = False) -> np.ndarray:
     """FBP with angles split over ranks and partial volumes summed (every rank gets it).
 
     Each rank moves only its block of projections to ``device`` and backprojects it with
     ``kernel`` (``runtime.projector``), weighted by its share of the whole scan's angular
-    weights.
+    weights. ``exact`` (``runtime.deterministic``): the same bits on any number of ranks
+    (:func:`fbp_exact`).
 
     Returns
     -------
@@ -210,6 +211,8 @@ def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
 
     full = Geometry(ps.angles_deg, ps.tilt_deg, volume_shape, ps.projections.shape[1:])
     weights = angular_weights(full)
+    if exact:
+        return fbp_exact(ps, full, weights, ctx, device, kernel)
     mine = block_range(len(ps.angles_deg), ctx.size, ctx.rank)
     part = np.zeros(volume_shape, np.float32)
     if len(mine):
@@ -219,6 +222,28 @@ def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
             proj = torch.from_numpy(ps.projections[block]).to(device)
             part = op.fbp(proj, weights=weights[block]).cpu().numpy()
     return allreduce_sum(ctx, part.astype(np.float32))
+
+
+def fbp_exact(ps: ProjectionSet, full: object, weights: np.ndarray, ctx: ParallelContext,
+              device: object, kernel: str) -> np.ndarray:
+    """FBP whose volume has the same bits on any number of ranks: each angle filtered and
+    backprojected on its own, the volumes summed exactly
+    (:func:`hpc_adept.parallel.distops.exact_angle_sum`); float32 [nz, ny, nx]."""
+    import torch
+
+    from hpc_adept.lamino import LaminoOperator
+    from hpc_adept.parallel.distops import exact_angle_sum
+
+    op = LaminoOperator(full, kernel=kernel)
+
+    def one_angle(n: int) -> torch.Tensor:
+        proj = torch.from_numpy(ps.projections[n:n + 1]).to(device)
+        with torch.no_grad():
+            return op.angles_subset([n]).fbp(proj, weights=weights[n:n + 1])
+
+    mine = block_range(len(ps.angles_deg), ctx.size, ctx.rank)
+    return exact_angle_sum(ctx, one_angle, mine, len(ps.angles_deg), full.volume_shape,
+                           device).cpu().numpy()
 
 
 def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object) -> None:
@@ -238,7 +263,7 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         if method == "fbp":
             with timing.region("recon/fbp", device):
                 volume = fbp_distributed(ps, cfg.recon.volume_shape, ctx, device,
-                                         cfg.runtime.projector)
+                                         cfg.runtime.projector, cfg.runtime.deterministic)
         elif method == "dip":
             with timing.region("recon/dip", device):
                 volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir)
