@@ -40,8 +40,8 @@ CONFIG = {
                  "voxel_size_m": 2.72e-8, "n_angles": 12, "frame_size": 32,
                  "photons_per_pattern": 1.0e5, "seed": 3, "write_projections": True},
     "recon": {"methods": ["fbp", "dip"], "volume_shape": [16, 32, 32]},
-    "dip": {"iterations": 30, "checkpoint_every": 0, "in_channels": 16,
-            "channels": [16, 32, 48, 48, 48]},
+    "dip": {"iterations": 30, "checkpoint_every": 0, "decomposition": "angles",
+            "in_channels": 16, "channels": [16, 32, 48, 48, 48]},
     "runtime": {"device": "cpu", "torch_threads": 1},
 }
 

@@ -61,7 +61,7 @@ class ReconPlan:
             check_fbp_memory(self.cfg, self.input_path, ctx)
         if "dip" not in self.methods:
             return
-        if self.cfg.dip.decomposition == "volume":
+        if dip_decomposition(self.cfg, ctx.size) == "volume":
             dip_slab(self.cfg, ctx.size, ctx.rank)
         if self.cfg.dip.memory_guard:
             check_dip_memory(self.cfg, self.input_path, ctx)
@@ -78,6 +78,22 @@ def dip_slab(cfg: Config, size: int, rank: int) -> range:
             f"of dip.strides) per rank, but recon.volume_shape has {nz} slices for {size} "
             f"ranks; use at most {-(-nz // multiple)} ranks or dip.decomposition: angles")
     return slab
+
+
+#: ``dip.decomposition: auto`` splits the volume when every rank gets at least this many
+#: blocks of ``prod(dip.strides)`` slices (thinner slabs spend most of their convolutions
+#: on the neighbours' planes).
+AUTO_MIN_BLOCKS = 2
+
+
+def dip_decomposition(cfg: Config, size: int) -> str:
+    """``angles`` or ``volume``: ``dip.decomposition``, with ``auto`` resolved for
+    ``size`` ranks (volume when every rank gets :data:`AUTO_MIN_BLOCKS` blocks)."""
+    choice = cfg.dip.decomposition
+    if choice != "auto":
+        return choice
+    blocks = cfg.recon.volume_shape[0] // math.prod(cfg.dip.strides)
+    return "volume" if size > 1 and blocks >= AUTO_MIN_BLOCKS * size else "angles"
 
 
 def plan_recon(cfg: Config) -> ReconPlan:
@@ -115,7 +131,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     d = cfg.dip
     per_step = min(n_angles, d.angles_per_step or n_angles)
     shape = tuple(cfg.recon.volume_shape)
-    if d.decomposition == "volume":  # a slab of the network, projected for every angle
+    if dip_decomposition(cfg, ctx.size) == "volume":  # a slab, projected for every angle
         longest = max(len(dip_slab(cfg, ctx.size, r)) for r in range(ctx.size))
         shape, local = (longest, *shape[1:]), per_step
     else:
@@ -132,7 +148,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
             f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16), "
             f"fewer dip.angles_per_step, "
             + ("dip.decomposition: volume (a z slab of the network per rank), "
-               if d.decomposition == "angles" and ctx.size > 1 else "")
+               if dip_decomposition(cfg, ctx.size) == "angles" and ctx.size > 1 else "")
             + ("runtime.keep_host_memory: false, " if kept else "")
             + "or use larger nodes (dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank", need / 2**30)
@@ -347,7 +363,7 @@ def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext,
     from hpc_adept.dip.sharding import build_shard, dip_layout, volume_tv_weights
 
     d, shape = cfg.dip, tuple(cfg.recon.volume_shape)
-    by_volume = d.decomposition == "volume" and ctx.is_parallel
+    by_volume = dip_decomposition(cfg, ctx.size) == "volume" and ctx.is_parallel
     slab = dip_slab(cfg, ctx.size, ctx.rank) if by_volume else None
     layout = dip_layout(len(ps.angles_deg), shape[0], ctx.size, ctx.rank, slab)
     weights = volume_tv_weights(ps, d, shape[0])
