@@ -102,8 +102,9 @@ def det_dataset(tmp_path_factory) -> Path:
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_recon_gives_the_same_bits_on_1_2_and_3_ranks(det_dataset):
-    """``adept recon`` (FBP, and the DIP with the angles split, the default) on 1, 2 and 3
-    ranks: identical volume_fbp.h5 and volume_dip.h5 volumes and identical loss curves."""
+    """``adept recon`` (FBP, and the DIP with the angles split) on 1, 2 and 3 ranks:
+    identical volume_fbp.h5 and volume_dip.h5 volumes and identical loss curves; the
+    volume split within its measured bound."""
     if mpiexec_path() is None:
         pytest.skip("mpiexec not available")
     volumes, losses = {}, {}
@@ -124,3 +125,25 @@ def test_recon_gives_the_same_bits_on_1_2_and_3_ranks(det_dataset):
             np.testing.assert_array_equal(volumes[n_ranks][method], volumes[1][method],
                                           err_msg=f"{method} on {n_ranks} ranks")
         assert losses[n_ranks] == losses[1]
+    _volume_split_within_its_bound(det_dataset, volumes[1]["dip"], losses[1])
+
+
+def _volume_split_within_its_bound(work: Path, one: np.ndarray, one_loss: list) -> None:
+    """The volume split (z slabs) is not bit-reproducible: BatchNorm's statistics, the
+    convolutions' weight gradients and the projections are summed over slabs whose
+    boundaries move with the rank count. Its measured bound on this problem (2 ranks, 30
+    iterations): the first loss within 6e-8, the loss curve within 6 %, the volume 10 %
+    apart (relative L2), correlation 0.994 (3 ranks: 11 %, 12 %, 0.991); asserted with
+    about 2x headroom."""
+    run_dir = work / "slabs"
+    run_dir.mkdir()
+    (run_dir / "projections.h5").write_bytes((work / "run" / "projections.h5").read_bytes())
+    result = adept("recon", "-c", "det.yaml", "--set", "output.dir=slabs",
+                   "recon.methods=[dip]", "dip.decomposition=volume", n_ranks=2, cwd=work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    volume = read_volume(run_dir / "volume_dip.h5")[0]
+    loss = json.loads((run_dir / "dip_history.json").read_text())["loss"]
+    np.testing.assert_allclose(loss[0], one_loss[0], rtol=1e-6)
+    np.testing.assert_allclose(loss, one_loss, rtol=0.15)
+    assert np.linalg.norm(volume - one) / np.linalg.norm(one) < 0.25
+    assert np.corrcoef(volume.ravel(), one.ravel())[0, 1] > 0.98
