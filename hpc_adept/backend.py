@@ -180,6 +180,30 @@ def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool | None:
     return None
 
 
+#: cuBLAS' workspace setting that makes its GEMMs reproducible (NVIDIA's documented value).
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+def configure_determinism(enabled: bool) -> None:
+    """Switch torch's reproducibility settings (``runtime.deterministic``), the one place.
+
+    On: ``torch.use_deterministic_algorithms`` (warn-only: an operation without a
+    deterministic implementation, such as ``grid_sample``'s CUDA backward that the torch
+    projector's adjoint uses, warns once instead of failing), cuDNN deterministic and not
+    autotuned, and ``CUBLAS_WORKSPACE_CONFIG`` (set before CUDA's first GEMM unless the user
+    set it). Off: torch's defaults. Measured cost on CPU: none beyond noise (the CPU kernels
+    are the same; see profiling/determinism.py).
+    """
+    import torch
+
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False
+
+
 def set_torch_threads(threads: int | None, local_size: int) -> int:
     """Give each rank an even share of the node's cores for torch's CPU kernels."""
     import torch

@@ -185,8 +185,14 @@ def _configure(stage: Stage, path: str, overrides: list[str], ctx: Any
 
 def _take_device(cfg: Config, ctx: Any) -> Any:
     """Phase 1, step 2: this rank's torch device, threads, projector and allocator."""
-    from hpc_adept.backend import keep_freed_host_memory, select_torch_device, set_torch_threads
+    from hpc_adept.backend import (
+        configure_determinism,
+        keep_freed_host_memory,
+        select_torch_device,
+        set_torch_threads,
+    )
 
+    configure_determinism(cfg.runtime.deterministic)
     device = select_torch_device(cfg.runtime.device, ctx.local_rank)
     set_torch_threads(cfg.runtime.torch_threads, ctx.local_size)
     _check_projector(cfg.runtime.projector, device)

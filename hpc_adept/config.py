@@ -648,15 +648,21 @@ class DipConfig:
         Std of Gaussian noise added to the input at every step (0: fixed input).
     init_gain : float
         Xavier-uniform gain (0.2).
-    decomposition : {'angles', 'volume'}
+    decomposition : {'auto', 'angles', 'volume'}
         How the ranks share the work. ``angles``: every rank runs the whole network and
-        projects its share of the angles, gradients averaged (the paper's data
-        parallelism; the network's cost does not shrink with more ranks). ``volume``: every
-        rank computes a z slab of every feature map (neighbour planes exchanged for each
-        3x3x3 convolution, BatchNorm statistics summed) and projects it for all angles; the
-        projections are summed over ranks. Network time and activation memory shrink with
-        the ranks; it needs at least one block of ``prod(strides)`` slices per rank. Both
-        give the one-process result (up to rounding).
+        projects its share of the angles (the paper's data parallelism; the network's cost
+        does not shrink with more ranks); with ``runtime.deterministic`` the result has the
+        same bits on any number of ranks. ``volume``: every rank computes a z slab of every
+        feature map (neighbour planes exchanged for each 3x3x3 convolution, BatchNorm
+        statistics summed) and projects it for all angles; the projections are summed over
+        ranks. Network time and activation memory shrink with the ranks; it needs at least
+        one block of ``prod(strides)`` slices per rank, and it gives the one-process result
+        up to rounding (which Adam amplifies over the iterations; profiling/RESULTS.md,
+        issue 21). ``auto``: ``volume`` on several ranks when every rank gets a slab of at
+        least ``2 prod(strides)`` slices (every part of the step then divides by the
+        ranks), else ``angles``. The default is ``angles``: results that do not depend on
+        the number of ranks; on this project's 2-core test machine the volume split was not
+        measurably faster with one thread per rank (profiling/RESULTS.md, issue 21).
     memory_guard : bool
         Before any work, estimate the memory the DIP needs per rank (network activations
         from a shape-only pass, optimiser, projections) and stop with a clear message when
@@ -710,7 +716,7 @@ class DipConfig:
     input_perturbation: float = 0.0
     init_gain: float = 0.2
     output_range: tuple[float, float] = (-0.03, 0.03)
-    decomposition: Literal["angles", "volume"] = "angles"
+    decomposition: Literal["auto", "angles", "volume"] = "angles"
     memory_guard: bool = True
     checkpoint_every: int = 100
     resume: bool = True
@@ -899,6 +905,14 @@ class RuntimeConfig:
         ``torch`` (``grid_sample`` + a sparse product, any device) or ``triton`` (one fused
         kernel per direction, GPUs only, needs Triton; checked against ``torch`` in the
         tests, not yet timed on a GPU, see profiling/RESULTS.md).
+    deterministic : bool
+        The same bits on any number of ranks: sums over angles that feed the DIP's
+        optimiser, its logged loss and the FBP volume are exact (each angle computed on its
+        own, summed in fixed point), the DIP with the angles split runs the same network
+        backward on every rank instead of averaging weight gradients (no DDP), and torch's
+        deterministic algorithms are on (cuDNN without autotuning, cuBLAS with a fixed
+        workspace). On CPU the network's kernels depend on the thread count, so equal bits
+        also need equal ``torch_threads`` per rank. False: the faster float all-reduces.
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -910,6 +924,7 @@ class RuntimeConfig:
     memory_guard: bool = True
     read_ahead: bool = True
     projector: Literal["torch", "triton"] = "torch"
+    deterministic: bool = True
 
     def check(self) -> None:
         if self.torch_threads is not None and not 1 <= self.torch_threads <= MAX_THREADS:

@@ -213,3 +213,33 @@ def test_the_margin_is_part_of_the_dip_problem():
     base = dip_settings(load_config(None, []))
     assert dip_settings(load_config(None, ["recon.lateral_margin=12"])) != base
     assert dip_settings(load_config(None, ["recon.sample=isolated"])) != base
+
+
+def test_exact_sums_score_the_masked_plane_free_data_term_alike():
+    """The angles split's exact path (issue 21) and the plain data term give the same loss
+    and volume gradient with pixel weights and the plane-free residual (float64)."""
+    from dataclasses import replace
+
+    from hpc_adept.config import DipConfig
+    from hpc_adept.dip.exact import plan_exact_groups
+    from hpc_adept.dip.shard import ShardData, plan_data_terms
+    from hpc_adept.dip.trainer import SerialCommunicator, default_projector
+
+    rng = np.random.default_rng(4)
+    shape, window, angles = (4, 8, 8), (10, 12), np.arange(0, 360, 60.0)
+    geometry = Geometry(angles, TILT, shape, window)
+    targets = torch.from_numpy(rng.standard_normal((len(angles), *window)))
+    weights = torch.from_numpy((rng.uniform(size=targets.shape) > 0.3).astype(np.float64))
+    shard = ShardData(targets, geometry, np.arange(len(angles)), len(angles),
+                      torch.zeros(4, dtype=torch.float64), 0.7, weights=weights,
+                      plane_free=True)
+    volume = torch.from_numpy(rng.standard_normal(shape)).requires_grad_(True)
+    plain = plan_data_terms(shard, None, default_projector)[0](volume, SerialCommunicator())
+    (expected,) = torch.autograd.grad(plain, volume)
+    group = plan_exact_groups(shard, None, default_projector)[0]
+    scored = group.score(volume)
+    assert float(scored.slots[:len(angles)].sum()) == pytest.approx(float(plain), rel=1e-10)
+    total = sum(torch.autograd.grad(p, volume, r)[0]
+                for p, r in zip(scored.projections, scored.residuals, strict=True))
+    torch.testing.assert_close(total, expected, rtol=1e-9, atol=1e-12)
+    assert replace(DipConfig()).decomposition == "angles"

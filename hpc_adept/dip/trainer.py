@@ -37,6 +37,12 @@ import torch
 from torch import nn
 
 from hpc_adept.config import DipConfig
+from hpc_adept.dip.exact import (
+    ExactGroup,
+    gradient_exponent,
+    local_gains,
+    plan_exact_groups,
+)
 from hpc_adept.dip.guard import RollbackGuard, Verdict
 from hpc_adept.dip.losses import tv_loss
 from hpc_adept.dip.shard import (
@@ -47,6 +53,7 @@ from hpc_adept.dip.shard import (
     plan_data_terms,
 )
 from hpc_adept.lamino import Geometry, LaminoOperator
+from hpc_adept.parallel.fixedpoint import dequantize
 
 __all__ = ["Communicator", "DipTrainer", "SerialCommunicator", "ShardData", "TrainResult",
            "TrainingRecord", "data_weight", "default_projector", "input_jitter", "train_dip"]
@@ -86,11 +93,30 @@ class Communicator(Protocol):
         """The full volume from this rank's part (collective; every rank gets it)."""
 
 
+class ExactCommunicator(Communicator, Protocol):
+    """A communicator of the angles split with exact sums (``exact_sums`` True): the
+    trainer then scores angle by angle and sums in fixed point (:mod:`hpc_adept.dip.exact`)
+    instead of wrapping the model for a gradient all-reduce."""
+
+    exact_sums: bool
+
+    def sum_exact_(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of an int64 tensor over ranks, in place (exact: integer addition)."""
+
+
 class SerialCommunicator:
     """One process: nothing to reduce."""
 
     world_size = 1
     splits_volume = False
+
+    def __init__(self, exact_sums: bool = False) -> None:
+        # exact_sums: score angle by angle as the angles split over ranks does, so that
+        # one process gives the bits of any rank count
+        self.exact_sums = exact_sums
+
+    def sum_exact_(self, values: torch.Tensor) -> torch.Tensor:
+        return values
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
@@ -248,8 +274,10 @@ def make_adam(model: nn.Module, dip: DipConfig) -> torch.optim.Adam:
 
 def autotune_convolutions(device: torch.device) -> None:
     """Let cuDNN pick the fastest algorithm of each convolution once: the DIP's shapes are
-    the same every step, so the one-time search pays off (no effect off CUDA)."""
-    if getattr(device, "type", "cpu") == "cuda":
+    the same every step, so the one-time search pays off (no effect off CUDA, nor with
+    deterministic algorithms: the search's pick may differ between runs)."""
+    if getattr(device, "type", "cpu") == "cuda" \
+            and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True
 
 
@@ -305,7 +333,13 @@ class DipTrainer:
         self.record = TrainingRecord()
         if projector is None:
             projector = functools.partial(default_projector, kernel=kernel)
-        self.data_terms = plan_data_terms(shard, dip.angles_per_step, projector)
+        # exact sums: the angles split's partition-independent data term (and none of
+        # DDP's gradient averaging); the volume split keeps its own sums
+        self.exact = bool(getattr(self.comm, "exact_sums", False)) and not shard.slab
+        self.data_terms: list = (plan_exact_groups(shard, dip.angles_per_step, projector)
+                                 if self.exact else
+                                 plan_data_terms(shard, dip.angles_per_step, projector))
+        self._gain: float | None = None
         self.iteration = 0
         self.lr_scale = 1.0
         self.stopped = False
@@ -357,10 +391,41 @@ class DipTrainer:
         lr = self._set_learning_rate(it)
         volume = self._forward(self._net_input(it))
         self.last_volume = volume
+        if self.exact:
+            return self._exact_step(volume, self.data_terms[it % len(self.data_terms)], lr)
         data = self.data_terms[it % len(self.data_terms)](volume, self.comm)
         tv = tv_loss(volume, self.shard.tv_weights)
         self._backward(data, tv)
         return self._reduce(volume, data, tv, lr)
+
+    def _exact_step(self, volume: torch.Tensor, group: ExactGroup, lr: float) -> StepOutcome:
+        """The step with exact sums (:mod:`hpc_adept.dip.exact`): score this rank's angles
+        one by one, one float64 all-reduce of the slots (losses, residual maxima, stop
+        flags; one read to the host), the volume gradient summed in fixed point, then the
+        same network backward on every rank."""
+        gain = self._adjoint_gain(volume)
+        leaf = volume.detach().requires_grad_(True)
+        scored = group.score(leaf)
+        tv = tv_loss(volume, self.shard.tv_weights)
+        stop = scored.slots.new_full((1,), 1.0 if self.stop_requested() else 0.0)
+        summed = self.comm.sum(torch.cat([scored.slots, stop]))
+        n = group.n_total
+        values = torch.cat([summed, tv.detach().double().view(1).to(summed.device)]).tolist()
+        k = gradient_exponent(max(values[n:2 * n]), gain, group.n_group)
+        self.optimizer.zero_grad(set_to_none=True)
+        if k is not None:  # else a non-finite loss: no step (the guard rolls back)
+            total = self.comm.sum_exact_(group.gradient(leaf, scored, k))
+            torch.autograd.backward([tv, volume],
+                                    [torch.ones_like(tv), dequantize(total, k, volume.dtype)])
+        # every angle's loss in its slot: the same sum, in the same order, on any ranks
+        return StepOutcome(volume, math.fsum(values[:n]), values[-1], lr, values[2 * n] > 0)
+
+    def _adjoint_gain(self, volume: torch.Tensor) -> float:
+        """``max_n max(H_n^T 1)`` over all angles (computed once, collective)."""
+        if self._gain is None:
+            slots = self.comm.sum(local_gains(self.data_terms, volume.detach()))
+            self._gain = float(max(slots.tolist()))
+        return self._gain
 
     def _set_learning_rate(self, iteration: int) -> float:
         # Only the iteration, never dip.iterations, may shape a step: a checkpoint of a

@@ -69,7 +69,7 @@ class ReconPlan:
             check_fbp_memory(self.cfg, self.input_path, ctx)
         if "dip" not in self.methods:
             return
-        if self.cfg.dip.decomposition == "volume":
+        if dip_decomposition(self.cfg, ctx.size) == "volume":
             dip_slab(self.cfg, ctx.size, ctx.rank)
         if self.cfg.dip.memory_guard:
             check_dip_memory(self.cfg, self.input_path, ctx)
@@ -86,6 +86,22 @@ def dip_slab(cfg: Config, size: int, rank: int) -> range:
             f"of dip.strides) per rank, but recon.volume_shape has {nz} slices for {size} "
             f"ranks; use at most {-(-nz // multiple)} ranks or dip.decomposition: angles")
     return slab
+
+
+#: ``dip.decomposition: auto`` splits the volume when every rank gets at least this many
+#: blocks of ``prod(dip.strides)`` slices (thinner slabs spend most of their convolutions
+#: on the neighbours' planes).
+AUTO_MIN_BLOCKS = 2
+
+
+def dip_decomposition(cfg: Config, size: int) -> str:
+    """``angles`` or ``volume``: ``dip.decomposition``, with ``auto`` resolved for
+    ``size`` ranks (volume when every rank gets :data:`AUTO_MIN_BLOCKS` blocks)."""
+    choice = cfg.dip.decomposition
+    if choice != "auto":
+        return choice
+    blocks = cfg.recon.volume_shape[0] // math.prod(cfg.dip.strides)
+    return "volume" if size > 1 and blocks >= AUTO_MIN_BLOCKS * size else "angles"
 
 
 def plan_recon(cfg: Config) -> ReconPlan:
@@ -123,7 +139,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
     d = cfg.dip
     per_step = min(n_angles, d.angles_per_step or n_angles)
     shape = planned_region(cfg, input_path).shape  # the widened volume the network computes
-    if d.decomposition == "volume":  # a slab of the network, projected for every angle
+    if dip_decomposition(cfg, ctx.size) == "volume":  # a slab, projected for every angle
         longest = max(len(dip_slab(cfg, ctx.size, r)) for r in range(ctx.size))
         shape, local = (longest, *shape[1:]), per_step
     else:
@@ -140,7 +156,7 @@ def check_dip_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
             f"recon.volume_shape, set dip.activation_checkpointing: true (or dip.bf16), "
             f"fewer dip.angles_per_step, "
             + ("dip.decomposition: volume (a z slab of the network per rank), "
-               if d.decomposition == "angles" and ctx.size > 1 else "")
+               if dip_decomposition(cfg, ctx.size) == "angles" and ctx.size > 1 else "")
             + ("runtime.keep_host_memory: false, " if kept else "")
             + "or use larger nodes (dip.memory_guard: false skips this check)")
     log.info("dip: about %.2f GiB per rank", need / 2**30)
@@ -202,13 +218,14 @@ def check_fbp_memory(cfg: Config, input_path: Path, ctx: ParallelContext) -> Non
 
 
 def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
-                    ctx: ParallelContext, device: object, kernel: str = "torch"
-                    ) -> np.ndarray:
+                    ctx: ParallelContext, device: object, kernel: str = "torch",
+                    exact: bool = False) -> np.ndarray:
     """FBP with angles split over ranks and partial volumes summed (every rank gets it).
 
     Each rank moves only its block of projections to ``device`` and backprojects it with
     ``kernel`` (``runtime.projector``), weighted by its share of the whole scan's angular
-    weights.
+    weights. ``exact`` (``runtime.deterministic``): the same bits on any number of ranks
+    (:func:`fbp_exact`).
 
     Returns
     -------
@@ -220,6 +237,8 @@ def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
 
     full = Geometry(ps.angles_deg, ps.tilt_deg, volume_shape, ps.projections.shape[1:])
     weights = angular_weights(full)
+    if exact:
+        return fbp_exact(ps, full, weights, ctx, device, kernel)
     mine = block_range(len(ps.angles_deg), ctx.size, ctx.rank)
     part = np.zeros(volume_shape, np.float32)
     if len(mine):
@@ -258,12 +277,12 @@ def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
 
 
 def fbp_region(ps: ProjectionSet, region: RegionPlan, ctx: ParallelContext, device: object,
-               kernel: str = "torch") -> np.ndarray:
+               kernel: str = "torch", exact: bool = False) -> np.ndarray:
     """FBP of the region: from projections without their constant and ramp (plane fit per
     projection) when those are unknown; for an extended sample, of the widened volume from
     projections continued beyond the window before the ramp filter
-    (:func:`~hpc_adept.lamino.region.extend_columns`), then cut to the region.
-    float32 [nz, ny, nx]."""
+    (:func:`~hpc_adept.lamino.region.extend_columns`), then cut to the region. ``exact``:
+    see :func:`fbp_distributed`. float32 [nz, ny, nx]."""
     projections = ps.projections
     if region.plane_free:
         import torch
@@ -275,13 +294,35 @@ def fbp_region(ps: ProjectionSet, region: RegionPlan, ctx: ParallelContext, devi
         ps = ProjectionSet(projections=projections.astype(np.float32),
                            angles_deg=ps.angles_deg, tilt_deg=ps.tilt_deg,
                            pixel_size_m=ps.pixel_size_m)
-        return region.crop(fbp_distributed(ps, region.shape, ctx, device, kernel))
+        return region.crop(fbp_distributed(ps, region.shape, ctx, device, kernel, exact))
     flat = projections
     pad = ps.projections.shape[-1] // 2
     wide = ProjectionSet(projections=extend_columns(flat, pad).astype(np.float32),
                          angles_deg=ps.angles_deg, tilt_deg=ps.tilt_deg,
                          pixel_size_m=ps.pixel_size_m)
-    return region.crop(fbp_distributed(wide, region.shape, ctx, device, kernel))
+    return region.crop(fbp_distributed(wide, region.shape, ctx, device, kernel, exact))
+
+
+def fbp_exact(ps: ProjectionSet, full: object, weights: np.ndarray, ctx: ParallelContext,
+              device: object, kernel: str) -> np.ndarray:
+    """FBP whose volume has the same bits on any number of ranks: each angle filtered and
+    backprojected on its own, the volumes summed exactly
+    (:func:`hpc_adept.parallel.distops.exact_angle_sum`); float32 [nz, ny, nx]."""
+    import torch
+
+    from hpc_adept.lamino import LaminoOperator
+    from hpc_adept.parallel.distops import exact_angle_sum
+
+    op = LaminoOperator(full, kernel=kernel)
+
+    def one_angle(n: int) -> torch.Tensor:
+        proj = torch.from_numpy(ps.projections[n:n + 1]).to(device)
+        with torch.no_grad():
+            return op.angles_subset([n]).fbp(proj, weights=weights[n:n + 1])
+
+    mine = block_range(len(ps.angles_deg), ctx.size, ctx.rank)
+    return exact_angle_sum(ctx, one_angle, mine, len(ps.angles_deg), full.volume_shape,
+                           device).cpu().numpy()
 
 
 def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object) -> None:
@@ -305,7 +346,8 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         attrs: dict[str, object] = {"method": method}
         if method == "fbp":
             with timing.region("recon/fbp", device):
-                volume = fbp_region(ps, region, ctx, device, cfg.runtime.projector)
+                volume = fbp_region(ps, region, ctx, device, cfg.runtime.projector,
+                                    cfg.runtime.deterministic)
         elif method == "dip":
             with timing.region("recon/dip", device):
                 volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir, region)
@@ -399,7 +441,7 @@ def _dip_shard(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device: obj
     from hpc_adept.lamino.coverage import full_path_mask
 
     d, shape = cfg.dip, region.shape
-    by_volume = d.decomposition == "volume" and ctx.is_parallel
+    by_volume = dip_decomposition(cfg, ctx.size) == "volume" and ctx.is_parallel
     slab = dip_slab(cfg, ctx.size, ctx.rank) if by_volume else None
     layout = dip_layout(len(ps.angles_deg), shape[0], ctx.size, ctx.rank, slab)
     weights = volume_tv_weights(ps, d, shape[0])
@@ -447,8 +489,7 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     from hpc_adept.dip import DipTrainer
     from hpc_adept.lamino.projector import clear_grid_cache
     from hpc_adept.log import Progress
-    from hpc_adept.parallel.ddp import DdpCommunicator, StopFlag
-    from hpc_adept.parallel.slabs import SlabCommunicator
+    from hpc_adept.parallel.ddp import StopFlag
     from hpc_adept.parallel.torchdist import destroy_torch_distributed
 
     d = cfg.dip
@@ -460,8 +501,7 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     def on_iteration(it: int, values: dict[str, float]) -> None:
         progress.update(extra=f"loss {values['loss']:.5g}, lr {values['lr']:.2g}")
 
-    comm = (SlabCommunicator(ctx, device, layout.nz, math.prod(d.strides)) if layout.by_volume
-            else DdpCommunicator(ctx, device))
+    comm = dip_communicator(cfg, ctx, device, layout)
     with StopFlag() as stop:
         # no name holds the trainer (and its DDP-wrapped model) past the training: it is
         # released before the process group it uses is torn down
@@ -476,6 +516,22 @@ def _train_dip(cfg: Config, ctx: ParallelContext, device: object, layout: DipLay
     destroy_torch_distributed()
     clear_grid_cache()  # the projector's rotation grids: device memory the next stage can use
     return result
+
+
+def dip_communicator(cfg: Config, ctx: ParallelContext, device: object,
+                     layout: DipLayout) -> object:
+    """How the ranks share the DIP: z slabs (volume split); with the angles split, exact
+    partition-independent sums (``runtime.deterministic``: the same bits on any number of
+    ranks) or DDP's gradient averaging."""
+    from hpc_adept.parallel.ddp import DdpCommunicator
+    from hpc_adept.parallel.replica import ReplicaCommunicator
+    from hpc_adept.parallel.slabs import SlabCommunicator
+
+    if layout.by_volume:
+        return SlabCommunicator(ctx, device, layout.nz, math.prod(cfg.dip.strides))
+    if cfg.runtime.deterministic:
+        return ReplicaCommunicator(ctx, device)
+    return DdpCommunicator(ctx, device)
 
 
 def _dip_outputs(result: TrainResult, ctx: ParallelContext, run_dir: Path, ckpt_dir: Path,
