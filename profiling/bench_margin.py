@@ -22,6 +22,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from _args import positive_int
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -68,11 +70,11 @@ def one_case(region: list[int], margin: int, angles: int, steps: int, channels: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--region", type=int, nargs=3, default=[40, 56, 56])
-    ap.add_argument("--angles", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--channels", type=int, nargs=5, default=[16, 32, 48, 48, 48])
-    ap.add_argument("--in-channels", type=int, default=16)
+    ap.add_argument("--region", type=positive_int, nargs=3, default=[40, 56, 56])
+    ap.add_argument("--angles", type=positive_int, default=32)
+    ap.add_argument("--steps", type=positive_int, default=6)
+    ap.add_argument("--channels", type=positive_int, nargs=5, default=[16, 32, 48, 48, 48])
+    ap.add_argument("--in-channels", type=positive_int, default=16)
     ap.add_argument("--case", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.case is not None:

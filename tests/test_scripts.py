@@ -239,6 +239,9 @@ BAD_ARGUMENTS = [
     ("ablation.py", ["study.yaml", "--ranks", "0"], "argument --ranks: must be a positive"),
     ("phase_reference.py", ["--angles", "0"], "argument --angles: must be a positive"),
     ("phase_reference.py", ["--ptycho", "-1"], "argument --ptycho: must be"),
+    ("extended_recon.py", ["--angles", "0"], "argument --angles: must be a positive"),
+    ("extended_recon.py", ["--config", "/missing.yaml"], "argument --config: /missing.yaml"),
+    ("bench_margin.py", ["--steps", "0"], "argument --steps: must be a positive"),
 ]
 if not _cuda_available():
     BAD_ARGUMENTS.append(("bench_align.py", ["--device", "cuda"],
