@@ -1,10 +1,17 @@
 """``adept recon``: volume reconstruction from the run directory's projections.
 
+A region of an extended sample (``recon.sample``, :mod:`hpc_adept.lamino.region`) is
+reconstructed widened by ``recon.lateral_margin`` and cut back to ``recon.volume_shape``;
+each projection's offset and ramp are ignored where they are unknown.
+
 FBP is distributed like every backprojection here: each rank filters and backprojects its
-block of angles and the partial volumes are summed over ranks.
+block of angles; with ``runtime.deterministic`` the per-angle volumes are summed exactly
+(the same bits on any number of ranks), else the partial volumes are all-reduced.
 
 DIP (deep image prior) is data parallel: every rank builds the same network from the same
-seed, projects only its block of angles, and the network's gradients are all-reduced by
+seed and projects only its block of angles; with the angles split and
+``runtime.deterministic`` the volume gradient is summed exactly and every rank takes the
+same backward (:mod:`hpc_adept.dip.exact`), else the network's gradients are all-reduced by
 DistributedDataParallel (:mod:`hpc_adept.parallel.ddp`). Checkpoints go to
 ``output.dir/checkpoints/dip/<fingerprint>`` (one set per DIP problem: settings and data);
 a rerun resumes from the newest one of its own set at or before ``dip.iterations``, other
