@@ -103,8 +103,9 @@ def det_dataset(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_recon_gives_the_same_bits_on_1_2_and_3_ranks(det_dataset):
     """``adept recon`` (FBP, and the DIP with the angles split) on 1, 2 and 3 ranks:
-    identical volume_fbp.h5 and volume_dip.h5 volumes and identical loss curves; the
-    volume split within its measured bound."""
+    identical volume_fbp.h5 and volume_dip.h5 volumes and identical loss curves, on the
+    simulator's default extended sample (the widened volume, the ray mask and the
+    plane-free data term); the volume split within its measured bound."""
     if mpiexec_path() is None:
         pytest.skip("mpiexec not available")
     volumes, losses = {}, {}
@@ -125,21 +126,31 @@ def test_recon_gives_the_same_bits_on_1_2_and_3_ranks(det_dataset):
             np.testing.assert_array_equal(volumes[n_ranks][method], volumes[1][method],
                                           err_msg=f"{method} on {n_ranks} ranks")
         assert losses[n_ranks] == losses[1]
-    _volume_split_within_its_bound(det_dataset, volumes[1]["dip"], losses[1])
+    _volume_split_within_its_bound(det_dataset)
 
 
-def _volume_split_within_its_bound(work: Path, one: np.ndarray, one_loss: list) -> None:
+def _volume_split_within_its_bound(work: Path) -> None:
     """The volume split (z slabs) is not bit-reproducible: BatchNorm's statistics, the
     convolutions' weight gradients and the projections are summed over slabs whose
-    boundaries move with the rank count. Its measured bound on this problem (2 ranks, 30
-    iterations): the first loss within 6e-8, the loss curve within 6 %, the volume 10 %
-    apart (relative L2), correlation 0.994 (3 ranks: 11 %, 12 %, 0.991); asserted with
-    about 2x headroom."""
-    run_dir = work / "slabs"
+    boundaries move with the rank count. Its measured bound on this problem isolated
+    (2 ranks, 30 iterations): the first loss within 6e-8, the loss curve within 6 %, the
+    volume 10 % apart (relative L2), correlation 0.994 (3 ranks: 11 %, 12 %, 0.991);
+    asserted with about 2x headroom. (On the extended sample the split drifts further:
+    curve 34 %, volume 38 %, correlation 0.93 measured: README.)"""
+    iso = work / "isolated"
+    iso.mkdir()
+    config = {**CONFIG, "simulate": {**CONFIG["simulate"], "sample": "isolated"}}
+    (iso / "det.yaml").write_text(yaml.safe_dump(config))
+    assert adept("simulate", "-c", "det.yaml", cwd=iso).returncode == 0
+    one_run = adept("recon", "-c", "det.yaml", "--set", "recon.methods=[dip]", cwd=iso)
+    assert one_run.returncode == 0, one_run.stderr[-3000:]
+    one = read_volume(iso / "run" / "volume_dip.h5")[0]
+    one_loss = json.loads((iso / "run" / "dip_history.json").read_text())["loss"]
+    run_dir = iso / "slabs"
     run_dir.mkdir()
-    (run_dir / "projections.h5").write_bytes((work / "run" / "projections.h5").read_bytes())
+    (run_dir / "projections.h5").write_bytes((iso / "run" / "projections.h5").read_bytes())
     result = adept("recon", "-c", "det.yaml", "--set", "output.dir=slabs",
-                   "recon.methods=[dip]", "dip.decomposition=volume", n_ranks=2, cwd=work)
+                   "recon.methods=[dip]", "dip.decomposition=volume", n_ranks=2, cwd=iso)
     assert result.returncode == 0, result.stderr[-3000:]
     volume = read_volume(run_dir / "volume_dip.h5")[0]
     loss = json.loads((run_dir / "dip_history.json").read_text())["loss"]
