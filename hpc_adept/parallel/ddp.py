@@ -28,7 +28,21 @@ if TYPE_CHECKING:  # torch is imported where it is used: `import hpc_adept.paral
 log = logging.getLogger(__name__)
 
 
-class DdpCommunicator:
+class WholeVolume:
+    """The trainer's communicator methods when every rank computes the whole volume:
+    nothing to add up beyond the gradients' own reduction."""
+
+    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
+        return projections
+
+    def finish_gradients(self, model: nn.Module) -> None:
+        return None
+
+    def gather_volume(self, volume: torch.Tensor) -> torch.Tensor:
+        return volume
+
+
+class DdpCommunicator(WholeVolume):
     """Gradient all-reduce by DistributedDataParallel and scalar sums over the ranks.
 
     Parameters
@@ -72,15 +86,6 @@ class DdpCommunicator:
         dist.all_reduce(out)
         return out
 
-    # Every rank holds the whole volume: nothing to add up beyond what DDP does.
-    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
-        return projections
-
-    def finish_gradients(self, model: nn.Module) -> None:
-        return None
-
-    def gather_volume(self, volume: torch.Tensor) -> torch.Tensor:
-        return volume
 
 
 class StopFlag:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpc_adept.parallel.context import ParallelContext
+from hpc_adept.parallel.ddp import WholeVolume
 from hpc_adept.parallel.slabs import _host, _MpiTransport, _TorchTransport
 from hpc_adept.parallel.torchdist import init_torch_distributed, torch_backend
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-class ReplicaCommunicator:
+class ReplicaCommunicator(WholeVolume):
     """:class:`hpc_adept.dip.trainer.Communicator` with ``exact_sums`` (angles split).
 
     Parameters
@@ -70,11 +71,3 @@ class ReplicaCommunicator:
         """Sum of an int64 tensor over ranks, in place (integer addition: exact)."""
         return values if self.transport is None else self.transport.all_reduce_(values)
 
-    def reduce_projections(self, projections: torch.Tensor) -> torch.Tensor:
-        return projections
-
-    def finish_gradients(self, model: nn.Module) -> None:
-        return None
-
-    def gather_volume(self, volume: torch.Tensor) -> torch.Tensor:
-        return volume
