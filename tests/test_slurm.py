@@ -51,8 +51,8 @@ def slurm(tmp_path_factory):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"), "ADEPT_HOME": str(REPO)}
-    _warm_up(env)
-    try:
+    try:  # stopped whatever happens: a failed warm-up left daemons behind otherwise
+        _warm_up(env)
         yield env
     finally:
         subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60, check=False)
