@@ -238,7 +238,8 @@ def test_exact_sums_score_the_masked_plane_free_data_term_alike():
     (expected,) = torch.autograd.grad(plain, volume)
     group = plan_exact_groups(shard, None, default_projector)[0]
     scored = group.score(volume)
-    assert float(scored.slots[:len(angles)].sum()) == pytest.approx(float(plain), rel=1e-10)
+    assert float(scored.slots[:len(angles)].sum().detach()) == pytest.approx(float(plain.detach()),
+                                                                      rel=1e-10)
     total = sum(torch.autograd.grad(p, volume, r)[0]
                 for p, r in zip(scored.projections, scored.residuals, strict=True))
     torch.testing.assert_close(total, expected, rtol=1e-9, atol=1e-12)
