@@ -105,6 +105,16 @@ def writable_dir(text: str) -> Path:
     return path
 
 
+def output_dir(text: str) -> Path:
+    """A writable directory, made (with its parents) when missing."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot make {text}: {err.strerror}") from None
+    return writable_dir(text)
+
+
 def existing_file(text: str) -> Path:
     """A readable file."""
     path = Path(text)

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from _args import existing_file, non_negative_float, non_negative_int, positive_int, writable_dir
+from _args import existing_file, non_negative_float, non_negative_int, output_dir, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 IC = ROOT.parent / "shared" / "data" / "ic"
@@ -65,6 +65,17 @@ def run_variant(run_dir, config, overrides, methods):
     return {k: metrics[k] for k in methods}, time.perf_counter() - t0
 
 
+def variant_run_dir(case_dir, name):
+    """The run directory of one variant (its volumes and metrics kept side by side), with a
+    link to the case's projections."""
+    run_dir = case_dir / "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    run_dir.mkdir(exist_ok=True)
+    link = run_dir / "projections.h5"
+    if not link.exists():
+        link.symlink_to((case_dir / "projections.h5").resolve())
+    return run_dir
+
+
 def via_count(scores):
     """(recovered, true) vias over every cut layer of ``metrics.json``'s circuit."""
     vias = (scores.get("circuit") or {}).get("vias") or {}
@@ -84,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--kinds", default="extended,isolated,extended+planes")
     ap.add_argument("--methods", default="fbp,dip")
     ap.add_argument("--variant", action="append", default=[])
-    ap.add_argument("--out", type=writable_dir, default=ROOT / "runs/extended_study")
+    ap.add_argument("--out", type=output_dir, default=ROOT / "runs/extended_study")
     ap.add_argument("--seed", type=non_negative_int, default=0)
     a = ap.parse_args(argv)
     region = tuple(int(n) for n in a.region.split(","))
@@ -98,10 +109,11 @@ def main(argv=None):
             simulate(run_dir, a.config, region, a.voxel_nm * 1e-9, origin, a.angles, a.noise,
                      a.planes_rad, kind, a.seed)
             for name, sets in variants:
+                variant_dir = variant_run_dir(run_dir, name)
                 overrides = [s for s in sets.split(";") if s] + [
                     f"recon.volume_shape=[{','.join(map(str, region))}]",
                     f"evaluate.reference={run_dir / 'dataset' / 'ground_truth.h5'}"]
-                scores, seconds = run_variant(run_dir, a.config, overrides,
+                scores, seconds = run_variant(variant_dir, a.config, overrides,
                                               a.methods.split(","))
                 for method, s in scores.items():
                     vias = via_count(s)

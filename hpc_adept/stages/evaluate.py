@@ -14,8 +14,10 @@ For every ``volume_<method>.h5`` of ``recon.methods`` in the run directory:
 5. the circuit (:mod:`hpc_adept.metrics.circuit`), from the same binarised region: opens,
    shorts, missing and spurious structures, variation of information, per cut layer the via
    recall and precision and per metal layer the opens and shorts, against the reference's
-   net and via labels (``/circuit`` of ``ground_truth.h5``) or, without labels, against
-   the connected components of the reference's binarisation (no via or layer figures then).
+   net and via labels (``/circuit`` of ``ground_truth.h5``, kept where the binarised
+   reference is metal; a via with no metal voxel at this voxel size is not counted) or,
+   without labels, against the connected components of the reference's binarisation (no
+   via or layer figures then).
    Every layer of the region counts here (the ambiguous-layer exclusion is for BER/PCC).
 
 Results go to ``output.dir/metrics.json`` (one entry per method, the circuit under
@@ -359,7 +361,12 @@ def evaluate_circuit(reference: GroundTruth, region: _Region, slices: tuple[slic
         nets, vias, layers = reference_labels(region.ref_occ, ev), None, {}
         figures = circuit_figures(metal, nets, criteria=ev)
     else:
-        nets, vias = circuit.nets[slices], circuit.vias[slices]
+        # Labels mark every voxel whose centre lies in a box; the binarised reference (the
+        # truth BER scores against) calls some of those voxels dielectric where a box covers
+        # less than half of a voxel. Keep only the reference's metal so that the reference
+        # itself scores no error and a via is judged on the voxels that should be metal.
+        nets = np.where(region.ref_occ, circuit.nets[slices], 0)
+        vias = np.where(region.ref_occ, circuit.vias[slices], 0)
         layers = _region_layers(circuit.layers, slices[0], metal.shape[0])
         cuts = {k: (v, circuit.via_ids(k)) for k, v in layers.items()
                 if k in circuit.cut_layers}
