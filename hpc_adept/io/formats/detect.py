@@ -19,7 +19,7 @@ import numpy as np
 
 from hpc_adept.errors import DataError
 from hpc_adept.io.cxi import Scan, list_dataset, read_cxi
-from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, lamni, ptychodus
+from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, lamni, lamni_tomo, ptychodus
 from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
 from hpc_adept.io.formats._values import Supplied, supplied_from
 from hpc_adept.io.formats.projections import (
@@ -34,7 +34,7 @@ __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_s
 PathLike = str | os.PathLike
 
 SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                "lamni-eiger")
+                "lamni-eiger", "lamni-tomo")
 PROJECTION_FORMATS = ("ptychoshelves-recons", "foldslice-niter", "ptychodus-product",
                       "tiff-stack")
 FORMATS = SCAN_FORMATS + PROJECTION_FORMATS
@@ -108,6 +108,8 @@ def detect_format(path: PathLike, default: str | None = None) -> str:
         if kind is None:
             raise data_error(p, f"unknown format; known: {', '.join(FORMATS)}")
         return kind
+    if lamni_tomo.is_tomo_folder(p):  # the beamline's own layout: angle table in dat-files/
+        return "lamni-tomo"
     kinds = set()
     for candidate in _directory_files(p):
         try:
@@ -169,7 +171,8 @@ def _scan_files(p: Path, fmt: str) -> list[Path]:
     if fmt in ("cxi", "adept-cxi"):
         return sorted(p.glob("*.cxi"))
     if fmt == "lamni-eiger":
-        raise data_error(p, "give one raw Eiger file (with its positions_path) at a time")
+        raise data_error(p, "give one raw Eiger file (with its positions_path) at a time, or "
+                            "the experiment folder as data.format lamni-tomo")
     return sorted(c for c in p.glob("*.h5") if "product" not in c.name)
 
 
@@ -201,6 +204,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
+               scan_range: tuple[int, int] | None = None, scan_step: int = 1,
                member: PathLike | None = None,
                **supplied: float | None) -> list[Scan]:
     """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
@@ -224,8 +228,11 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
         ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
     roi_px, beam_center_rc, angle_table_path : optional
-        Raw Eiger (``lamni-eiger``): the square crop (pixels), the beam centre (row, col)
-        when the file has none, and LamNI's ``tomography_scannumbers.txt``.
+        Raw Eiger (``lamni-eiger``, ``lamni-tomo``): the square crop (pixels), the beam
+        centre (row, col) when the file has none, and LamNI's
+        ``tomography_scannumbers.txt``.
+    scan_range, scan_step : optional
+        ``lamni-tomo``: first and last scan number (inclusive) and every k-th scan.
     member : path, optional
         Read only this file of the data set (the ``path`` of a scan read before), with the
         values supplied for it (its rotation angle); the list then holds one scan.
@@ -244,6 +251,18 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if fmt not in SCAN_FORMATS:
         raise data_error(p, f"format {fmt} holds no diffraction data; known: "
                             f"{', '.join(SCAN_FORMATS)}")
+    if fmt == "lamni-tomo":
+        if rotation_angles_deg is not None:
+            raise data_error(p, "the angle table gives a lamni-tomo folder's rotation angles: "
+                                "remove data.rotation_angles_deg / data.angles_path")
+        kw = {} if angle_convention is None else {"angle_convention": angle_convention}
+        return _sorted(lamni_tomo.read_tomo_scans(
+            p, roi_px=roi_px, beam_center_rc=beam_center_rc, angle_table_path=angle_table_path,
+            scan_range=scan_range, scan_step=scan_step, supplied=s, load_counts=load_counts,
+            member=member, **kw), p)
+    if scan_range is not None or scan_step != 1:
+        raise data_error(p, f"data.scan_range and data.scan_step select scans of a "
+                            f"lamni-tomo folder, not of {fmt}")
     files = _scan_files(p, fmt)
     if not files:
         raise data_error(p, f"no {fmt} files found")

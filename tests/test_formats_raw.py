@@ -1,0 +1,259 @@
+"""Raw beamline layouts read as a whole (issue 19): a cSAXS / LamNI tomography folder.
+
+The fixtures write the beamline's files with h5py and plain text following the programs
+that read them, line by line (cited beside each writer): fold_slice (yijiang1/fold_slice),
+ptychodus 1.7.0 (AdvancedPhotonSource/ptychodus) and ptypy (ptycho/ptypy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hpc_adept.errors import DataError
+from hpc_adept.io.cxi import Scan
+from hpc_adept.io.formats import detect_format, inspect, read_scans
+from hpc_adept.io.formats.lamni import read_angle_table, read_lamni_positions
+
+from .conftest import adept
+from .test_formats import DISTANCE_M, FRAME, LAMINO, PIXEL_M, _one_line, _scan
+from .test_real_data import work  # noqa: F401 (the module's simulated data set and volume)
+
+ORCHESTRA = ("DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
+             "Average_y_st_fzp Stdev_y_st_fzp Average_cap1 Stdev_cap1 Average_cap2 "
+             "Stdev_cap2 Average_cap3 Stdev_cap3 Average_cap4 Stdev_cap4 Average_cap5 "
+             "Stdev_cap5")
+CENTRE_RC = (19, 27)  # the beam centre of a 16 x 16 frame's detector (_detector)
+
+
+def write_positions(path: Path, scan: Scan, scan_no: int, angle: float,
+                    header: str = ORCHESTRA) -> None:
+    """``specES1/scan_positions/scan_%05d.dat`` as its readers expect it.
+
+    - title line ``Scan 00123, lsamrot_encoder 12.3``: fold_slice
+      ``+beamline/read_position_file.m`` (``textscan(f,'%s %d, %s %f',1)``), ptychodus's
+      test of ``plugins/aps31id_lamni/position_file.py``;
+    - column names on line 2 (ptypy ``cSAXS.py`` ``get_positions``: ``if k == 1: keys =
+      line.split()``; ptychodus ``column_header_row = next(csv_iterator)``);
+    - rows from line 3 (``np.loadtxt(path, skiprows=2)``), micrometres, the negated
+      position (ptychodus: ``-LengthUnit.MICROMETER.to_meters(float(row[x_column]))``;
+      fold_slice ``orchestra.m`` ``positions_real = [Average_y_st_fzp*1e-6
+      Average_x_st_fzp*1e-6]``, negated in ``ptycho_adjust_positions.m``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = header.split()
+    n = scan.n_positions
+    rows = []
+    for i, (x, y, _) in enumerate(scan.positions_m):
+        values = dict.fromkeys(names, 0.0)
+        values.update({"DataPoint": i, "TotalPoints": n, "Target_x": round(-x * 1e6, 3),
+                       "Target_y": round(-y * 1e6, 3), "Average_x_st_fzp": -x * 1e6,
+                       "Average_y_st_fzp": -y * 1e6, "Average_x": -x * 1e6,
+                       "Average_y": -y * 1e6})
+        rows.append(" ".join(f"{values[k]:.9g}" for k in names))
+    path.write_text(f"Scan {scan_no:05d}, lsamrot_encoder {angle:.4f}\n{header}\n"
+                    + "\n".join(rows) + "\n")
+
+
+def _detector(frame: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A small stand-in for the Eiger 1.5M's 1030 x 1614 frame, and its beam centre."""
+    return (frame + 24, frame + 34), (frame // 2 + 11, frame // 2 + 19)
+
+
+def write_eiger(path: Path, scan: Scan, layout: str = "legacy") -> None:
+    """A raw Eiger file of ``scan``'s counts placed with their DC at the beam centre of a
+    larger frame (uint32; one pixel at the dtype's maximum: a gap).
+
+    - ``legacy``: ptychodus 1.7.0 ``plugins/aps31id_lamni/diffraction_file.py``
+      ``_read_legacy``: ``/entry/data/eiger_4`` with attributes ``Center_x_pixel``,
+      ``Center_y_pixel``, ``Detector_distance_m``, ``Photon_energy_kev``, ``Pixel_size``;
+    - ``csaxs``: fold_slice ``+detector/+eiger1p5M/eiger1p5M.m`` (``H5Location``
+      ``/entry/instrument/eiger_4/data``) with ptychodus ``sls_csaxs_diffraction_file.py``
+      lines 37-40 (``monochromator/distance`` mm, sign ignored: ``abs``;
+      ``eiger_4/x_pixel_size`` um; ``monochromator/energy`` keV); no beam centre.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, frame, _ = scan.counts.shape
+    shape, centre = _detector(frame)
+    frames = np.zeros((n, *shape), np.uint32)
+    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
+    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
+    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    pixel = scan.x_pixel_size_m
+    with h5py.File(path, "w") as f:
+        if layout == "legacy":
+            ds = f.create_dataset("/entry/data/eiger_4", data=frames, chunks=(1, *shape))
+            ds.attrs.update({"Center_x_pixel": centre[1], "Center_y_pixel": centre[0],
+                             "Detector_distance_m": scan.distance_m,
+                             "Photon_energy_kev": scan.energy_ev / 1e3, "Pixel_size": pixel})
+        else:
+            f.create_dataset("/entry/instrument/eiger_4/data", data=frames)
+            f["/entry/instrument/monochromator/distance"] = -scan.distance_m * 1e3
+            f["/entry/instrument/monochromator/energy"] = scan.energy_ev / 1e3
+            f["/entry/instrument/eiger_4/x_pixel_size"] = pixel * 1e6
+            f["/entry/instrument/eiger_4/y_pixel_size"] = pixel * 1e6
+
+
+def write_tomo_folder(root: Path, scans: dict[int, Scan], site: str = "psi",
+                      layout: str = "legacy", extra_rows: str = "") -> Path:
+    """A LamNI tomography as the beamline leaves it (see :mod:`.lamni_tomo`'s citations).
+
+    - PSI: ``ROOT/specES1/dat-files/tomography_scannumbers.txt`` and
+      ``ROOT/specES1/scan_positions/scan_%05d.dat`` (fold_slice
+      ``tomo/tests/test_tomo_real_data.m`` lines 52-53); APS 31-ID-E: the same without
+      ``specES1/`` (ptychodus ``plugins/workflow.py`` lines 105-107);
+    - frames ``ROOT/eiger_4/S%05d-%05d/S%05d/run_%05d_000000000000.h5`` (fold_slice
+      ``+utils/compile_x12sa_dirname.m``, ``+eiger1p5M/eiger1p5M.m`` ``basepath_dir``,
+      ``+eiger1p5M/convert2hdf5.m`` ``dir([load_dir, '/run_*.h5'])``);
+    - table rows ``scan_no golden_angle encoder_angle measurement_id subtomo_no
+      detector_position label`` (ptychodus ``_scan_table.py``), the encoder angle in the
+      PtychoShelves convention (ours - 90, :mod:`hpc_adept.io.formats.geometry`).
+    """
+    spec = root / "specES1" if site == "psi" else root
+    rows = []
+    for k, (number, scan) in enumerate(sorted(scans.items())):
+        angle = scan.rotation_angle_deg - 90.0
+        low = number // 1000 * 1000
+        folder = root / "eiger_4" / f"S{low:05d}-{low + 999:05d}" / f"S{number:05d}"
+        write_eiger(folder / f"run_{number:05d}_000000000000.h5", scan, layout)
+        write_positions(spec / "scan_positions" / f"scan_{number:05d}.dat", scan, number,
+                        angle)
+        rows.append(f"{number} {k * 17.5:.4f} {angle:.6f} {k} 1 0 lamni_ic")
+    table = spec / "dat-files" / "tomography_scannumbers.txt"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("\n".join(rows) + "\n" + extra_rows)
+    return table
+
+
+def _tomo_scans() -> dict[int, Scan]:
+    return {number: _scan(angle, seed=i) for i, (number, angle) in
+            enumerate(((998, 40.0), (999, -20.0), (1000, 100.0), (1001, 10.0)))}
+
+
+@pytest.mark.parametrize("site", ["psi", "aps"])
+def test_lamni_tomography_folder_reads_every_scan_with_its_angle(tmp_path, site):
+    scans = _tomo_scans()
+    table = write_tomo_folder(tmp_path, scans, site)
+    # scan 999 measured again: the last row wins (load_angles.m: unique(scans, 'last'))
+    rows = table.read_text().replace(" -110.000000 ", " -111.000000 ")
+    table.write_text(rows + "999 1.0 -110.000000 1 1 0 lamni_ic\n")
+    assert detect_format(tmp_path) == "lamni-tomo"
+    read = read_scans(tmp_path, roi_px=FRAME, laminography_angle_deg=LAMINO)
+    assert [s.rotation_angle_deg for s in read] == pytest.approx([-20.0, 10.0, 40.0, 100.0])
+    by_angle = {round(s.rotation_angle_deg): s for s in scans.values()}
+    for got in read:
+        want = by_angle[round(got.rotation_angle_deg)]
+        np.testing.assert_array_equal(got.counts, want.counts)
+        np.testing.assert_allclose(got.positions_m, want.positions_m, atol=1e-14)
+        assert got.energy_j == pytest.approx(want.energy_j, rel=1e-9)
+        assert got.distance_m == pytest.approx(DISTANCE_M)
+        assert got.x_pixel_size_m == pytest.approx(PIXEL_M)
+        assert got.laminography_angle_deg == pytest.approx(LAMINO)
+        assert got.mask is not None and not got.mask.any()  # the gap lies outside the crop
+    assert read_angle_table(table)[999].golden_angle_deg == 1.0
+    text = inspect(tmp_path, roi_px=FRAME)
+    assert "format: lamni-tomo" in text and "scans: 4" in text
+    assert "rotation angles: -20..100 deg" in text
+    assert "not in the files (supply them): laminography_angle_deg" in text
+
+
+def test_lamni_tomography_subsets_and_the_csaxs_layout(tmp_path):
+    scans = _tomo_scans()
+    write_tomo_folder(tmp_path, scans, layout="csaxs",
+                      extra_rows="1002 70.0 70.000000 4 1 0 lamni_ic\n")  # not yet on disk
+    common = {"roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "beam_center_rc": CENTRE_RC, "load_counts": False}
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, **common)
+    assert "S01002" in _one_line(exc) and "data.scan_range" in str(exc.value)
+    some = read_scans(tmp_path, scan_range=(999, 1001), **common)
+    assert [Path(s.path).name for s in some] == [
+        "run_00999_000000000000.h5", "run_01001_000000000000.h5",
+        "run_01000_000000000000.h5"]  # ordered by angle: -20, 10, 100
+    every_other = read_scans(tmp_path, scan_range=(998, 1001), scan_step=2, **common)
+    assert sorted(Path(s.path).name[4:9] for s in every_other) == ["00998", "01000"]
+    one = read_scans(tmp_path, scan_range=(998, 1001), member=some[1].path,
+                     **{**common, "load_counts": True})
+    assert len(one) == 1 and one[0].rotation_angle_deg == pytest.approx(10.0)
+    np.testing.assert_array_equal(one[0].counts, scans[1001].counts)
+    assert one[0].distance_m == pytest.approx(DISTANCE_M)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, scan_range=(2000, 3000), **common)
+    assert "no scan" in _one_line(exc)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, scan_range=(998, 1001), rotation_angles_deg=[0, 1, 2, 3],
+                   **common)
+    assert "angle table" in _one_line(exc)
+
+
+def test_position_files_in_every_layout_their_readers_accept(tmp_path):
+    """Orchestra, fold_slice's named columns and the outdated ``Average_x``/``Average_y``
+    give the same positions; a header naming neither is one error line."""
+    scan = _scan(0.0)
+    want = scan.positions_m
+    for name, header in (("orchestra", ORCHESTRA),
+                         ("named", "Target_x Target_y Average_y_st_fzp Average_x_st_fzp"),
+                         ("outdated", "Average_x Average_y Stdev_x Stdev_y")):
+        path = tmp_path / f"{name}.dat"
+        write_positions(path, scan, 5, 0.0, header)
+        indexes, positions = read_lamni_positions(path)
+        assert indexes.tolist() == list(range(scan.n_positions))
+        np.testing.assert_allclose(positions, want, atol=1e-14)
+    bad = tmp_path / "bad.dat"
+    write_positions(bad, scan, 5, 0.0, "Target_x Target_y")
+    with pytest.raises(DataError) as exc:
+        read_lamni_positions(bad)
+    assert "Average_x_st_fzp" in _one_line(exc)
+    text = (tmp_path / "named.dat").read_text().splitlines()
+    (tmp_path / "short.dat").write_text("\n".join(text[:3] + ["1 2 3"]) + "\n")
+    with pytest.raises(DataError) as exc:
+        read_lamni_positions(tmp_path / "short.dat")
+    assert "line 4: 3 columns, expected 4" in _one_line(exc)
+    (tmp_path / "um.dat").write_text("\n".join(text[:2] + ["0 0 1e5 1e5"]) + "\n")
+    with pytest.raises(DataError) as exc:  # metres stored where micrometres belong
+        read_lamni_positions(tmp_path / "um.dat")
+    assert "too large" in _one_line(exc)
+
+
+def test_angle_table_of_six_columns_and_bad_rows(tmp_path):
+    """fold_slice's older table has six columns (``read_omny_angles.m`` ``case {3,6}``:
+    scan, target, readout, subtomo, detpos, name)."""
+    old = tmp_path / "old.txt"
+    old.write_text("12 0.0 0.52 1 0 chip\n13 10.0 10.48 1 0 chip\n")
+    table = read_angle_table(old)
+    assert table[13].encoder_angle_deg == 10.48 and table[13].subtomo_no == 1
+    for bad in ("12 0.0 x 1 1 0 chip\n", "12 0.0 1.0 1\n", "12 0.0 nan 1 1 0 chip\n"):
+        old.write_text(bad)
+        with pytest.raises(DataError) as exc:
+            read_angle_table(old)
+        assert "line 1" in _one_line(exc)
+
+
+# --------------------------------------------------------------------------- adept run
+
+
+def test_lamni_tomography_folder_gives_our_volume(work):  # noqa: F811 (the fixture)
+    """``adept run`` (ptycho -> align -> recon FBP) on the beamline folder of the simulated
+    data set: the volume of our own layout. ``data.scan_range`` leaves out a scan the
+    table lists but the disk does not hold yet (a tomography still being measured)."""
+    from .test_real_data import LAMINO as RUN_LAMINO
+    from .test_real_data import _pcc, _run, _scans
+
+    work, reference = work
+    scans = _scans(work)
+    numbers = {997 + i: scan for i, scan in enumerate(scans)}  # across S00000-00999 / S01000-
+    write_tomo_folder(work / "lamni", numbers, extra_rows="1100 5.0 5.0 9 1 0 lamni_ic\n")
+    settings = ["data.path=lamni", f"data.laminography_angle_deg={RUN_LAMINO}",
+                f"data.roi_px={scans[0].frame_shape[0]}"]
+    volume = _run(work, "run_lamni", *settings, f"data.scan_range=[997, {996 + len(scans)}]")
+    assert _pcc(volume, reference) > 0.99
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_lamni_bad", *settings,
+                   cwd=work)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "S01100" in lines[0] and "data.scan_range" in lines[0], lines
+    assert not (work / "run_lamni_bad" / "projections.h5").exists()
+    assert not (work / "run_lamni_bad" / "ptycho").exists()
