@@ -15,6 +15,9 @@ Diffraction data -> list of :class:`~hpc_adept.io.cxi.Scan` (:func:`read_scans`)
 ``lamni-eiger``
     PSI cSAXS / LamNI raw Eiger HDF5 with Orchestra positions and the LamNI angle table,
     cropped around the beam centre (:mod:`.lamni`).
+``lamni-tomo``
+    a raw cSAXS / LamNI tomography as one experiment folder (angle table, per-scan
+    position files and Eiger files in the beamline's layout; :mod:`.lamni_tomo`).
 
 Projections made elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`
 (:func:`read_projection_set`): ``ptychoshelves-recons`` (``*_recons.h5``),
