@@ -60,7 +60,8 @@ and torch accept it too, with room for the offsets the stages add."""
 
 
 DataFormat = Literal["auto", "adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                     "lamni-eiger", "lamni-tomo", "ptychoshelves-recons", "foldslice-niter",
+                     "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared",
+                     "ptychoshelves-recons", "foldslice-niter",
                      "ptychodus-product", "tiff-stack"]
 """``data.format``: ``auto`` or a format of :mod:`hpc_adept.io.formats` (its ``FORMATS``)."""
 AngleConvention = Literal["adept", "ptychoshelves", "tike", "tomocupy"]
@@ -83,8 +84,8 @@ class DataConfig:
     format : str
         ``auto`` (detected from names and HDF5 keys; refuses to guess), a diffraction
         format (``adept-cxi``, ``cxi``, ``foldslice-prepared``, ``ptychodus-diffraction``,
-        ``lamni-eiger``, ``lamni-tomo``: ``adept ptycho`` reconstructs it) or a projection
-        format
+        ``lamni-eiger``, ``lamni-tomo``, ``ptychoshelves-prepared``: ``adept ptycho``
+        reconstructs it) or a projection format
         (``ptychoshelves-recons``, ``foldslice-niter``, ``ptychodus-product``,
         ``tiff-stack``: ``adept ptycho`` only imports the projections, no LSQ-ML).
     energy_ev : float or None, eV
@@ -115,7 +116,8 @@ class DataConfig:
     beam_center_rc : (row, col) or None, pixels
         ``lamni-eiger``, ``lamni-tomo``: beam centre on the detector when the file has none.
     angle_table_path : str or None
-        ``lamni-eiger``: LamNI's ``tomography_scannumbers.txt`` (rotation angle per scan);
+        ``lamni-eiger``, ``ptychoshelves-prepared``: LamNI's ``tomography_scannumbers.txt``
+        (rotation angle per scan number);
         ``lamni-tomo``: another table than the folder's ``dat-files/`` one.
     scan_range : (first, last) or None, scan numbers
         ``lamni-tomo``: read only the scans numbered first..last (inclusive); None = all.

@@ -19,7 +19,16 @@ from hpc_adept.io.formats import detect_format, inspect, read_scans
 from hpc_adept.io.formats.lamni import read_angle_table, read_lamni_positions
 
 from .conftest import adept
-from .test_formats import DISTANCE_M, FRAME, LAMINO, PIXEL_M, _one_line, _scan
+from .test_formats import (
+    DISTANCE_M,
+    ENERGY_EV,
+    FRAME,
+    LAMINO,
+    PIXEL_M,
+    _object_pixel,
+    _one_line,
+    _scan,
+)
 from .test_real_data import work  # noqa: F401 (the module's simulated data set and volume)
 
 ORCHESTRA = ("DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
@@ -257,3 +266,163 @@ def test_lamni_tomography_folder_gives_our_volume(work):  # noqa: F811 (the fixt
     assert len(lines) == 1 and "S01100" in lines[0] and "data.scan_range" in lines[0], lines
     assert not (work / "run_lamni_bad" / "projections.h5").exists()
     assert not (work / "run_lamni_bad" / "ptycho").exists()
+
+
+# --------------------------------------------------------------------------- PtychoShelves
+
+
+def _runs(valid: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) 0-based of the runs of True (prep_h5data.m lines 91-117: begins where
+    ``diff(any(fmask)) == 1``, ends where it is -1, plus the edges)."""
+    edges = np.diff(np.concatenate([[0], valid.astype(int), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True))
+
+
+def write_ptychoshelves_prepared(folder: Path, scan_no: int, scan: Scan,
+                                 fmask: np.ndarray | None = None) -> Path:
+    """``S%05d_data_%03dx%03d.h5`` as fold_slice ``ptycho/+core/prep_h5data.m`` writes it.
+
+    - ``prep_data_matlab.m`` lines 205-216: ``max_sum`` per scan, ``max_power =
+      max(max_sum) / prod(asize)``, ``renorm = sqrt(1/max_power)``, ``p.fmag =
+      fftshift_2D(sqrt(data)) * renorm``, ``p.fmask = fftshift_2D(fmask)``;
+    - ``ptycho_adjust_positions.m``: ``positions = -positions_real ./ dx_spec``, ``- min``
+      (``positions_real`` is already negated by the position loader, so the window moves
+      with (+y, +x)), then prep_h5data.m line 214: ``uint32(transpose(round(...)))``;
+    - prep_h5data.m lines 84-117 (modules from ``any(fmask, 1)`` / ``any(fmask, 2)``),
+      line 123 (bad pixels ``[y, x] - 1`` inside modules), lines 180-216 (groups,
+      attributes, ``data = permute((fmag/renorm).^2, [2 1 3])``);
+    - ``+io/+HDF/save2hdf5.m`` / ``write_dataset.m``: MATLAB ``[a, b, c]`` is stored with
+      ``fliplr`` dims, so h5py reads ``[c, b, a]`` and the permuted frames as MATLAB's
+      ``[row, col]``; a ``[2, K]`` matrix reads as ``[K, 2]``; root attributes
+      ``filename``, ``creator``, ``file_time``; ``h5_struc.Attributes.format = 2``.
+    """
+    n, size, _ = scan.counts.shape
+    dx = scan.object_pixel_size_m[1]
+    valid = np.ones((size, size), bool) if fmask is None else fmask  # ours: DC at N // 2
+    max_sum = float(scan.counts.sum(axis=(1, 2)).max())
+    renorm = np.sqrt(1.0 / (max_sum / size ** 2))
+    fmag = np.fft.fftshift(np.sqrt(scan.counts), axes=(1, 2)) * renorm
+    stored_mask = np.fft.fftshift(valid)
+    rc = np.stack([scan.positions_m[:, 1], scan.positions_m[:, 0]], 1) / dx
+    positions = np.round(rc - rc.min(axis=0)).astype(np.uint32)
+    rows, cols = _runs(stored_mask.any(axis=1)), _runs(stored_mask.any(axis=0))
+    modules = np.array([[r1 - r0 + 1, c1 - c0 + 1, r0, c0]
+                        for r0, r1 in rows for c0, c1 in cols], np.uint32)
+    in_modules = np.zeros_like(valid)
+    for nr, nc, r0, c0 in modules:
+        in_modules[r0:r0 + nr, c0:c0 + nc] = True
+    bad = np.argwhere(in_modules & ~stored_mask).astype(np.uint32)  # (row, col), 0-based
+    path = folder / f"S{scan_no:05d}_data_{size:03d}x{size:03d}.h5"
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"filename": str(path), "creator": "ptycho_recons",
+                        "file_time": "03-Dec-2026 12:00:00", "format": 2})
+        f["probes"] = np.array([[size, size]], np.uint64)
+        f["objects"] = np.array([[size + 40, size + 40]], np.uint64)
+        det = f.create_group("detector/n0")
+        det.attrs.update({"rows": np.uint32(size), "columns": np.uint32(size)})
+        if len(bad):
+            det["bad_pixels"] = bad
+        det["modules"] = modules
+        meas = f.create_group("measurement")
+        meas.attrs["max_power"] = 1.0 / renorm ** 2
+        group = meas.create_group("n0")
+        group.attrs.update({"detector": np.uint32(0), "probe": np.uint32(0),
+                            "object": np.uint32(0), "max_sum": np.uint32(max_sum)})
+        group["positions"] = positions
+        group.create_dataset("data", data=((fmag / renorm) ** 2).astype(np.float32),
+                             compression="gzip")
+    return path
+
+
+def test_ptychoshelves_prepared_round_trip(tmp_path):
+    scan = _scan(30.0)
+    valid = np.ones((FRAME, FRAME), bool)
+    valid[3, :] = False  # a gap between modules (a row)
+    valid[10, 12] = False  # a bad pixel
+    path = write_ptychoshelves_prepared(tmp_path / "S00042", 42, scan, valid)
+    assert detect_format(tmp_path) == "ptychoshelves-prepared"
+    supplied = {"energy_ev": ENERGY_EV, "distance_m": DISTANCE_M, "detector_pixel_m": PIXEL_M,
+                "laminography_angle_deg": LAMINO}
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, **supplied)
+    assert "data.rotation_angles_deg" in _one_line(exc)
+    read = read_scans(tmp_path, rotation_angles_deg=[30.0 - 90.0], **supplied)[0]
+    np.testing.assert_allclose(read.counts, scan.counts, rtol=1e-6, atol=1e-6)
+    dx = _object_pixel()
+    middle = np.array([3.0 * dx, -2.0 * dx, 0.0])  # the middle of _scan's positions
+    np.testing.assert_allclose(read.positions_m, scan.positions_m - middle, atol=1e-15)
+    assert read.rotation_angle_deg == pytest.approx(30.0)
+    np.testing.assert_array_equal(read.mask, ~valid)
+    table = tmp_path / "tomography_scannumbers.txt"
+    table.write_text("41 0.0 0.0 0 1 0 ic\n42 0.0 -55.5 1 1 0 ic\n")
+    by_table = read_scans(path, angle_table_path=table, **supplied)[0]
+    assert by_table.rotation_angle_deg == pytest.approx(34.5)
+    text = inspect(tmp_path, angle_table_path=table)
+    assert "format: ptychoshelves-prepared" in text and "frame shape: 16 x 16" in text
+    assert "energy_ev" in text and "distance_m" in text
+
+
+def test_bad_ptychoshelves_prepared_files(tmp_path):
+    scan = _scan(0.0)
+    path = write_ptychoshelves_prepared(tmp_path, 7, scan)
+    supplied = {"energy_ev": ENERGY_EV, "distance_m": DISTANCE_M, "detector_pixel_m": PIXEL_M,
+                "laminography_angle_deg": LAMINO, "rotation_angle_deg": 0.0}
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/positions"]
+        f["measurement/n0/positions"] = np.zeros((3, 2), np.uint32)
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "/measurement/n0/positions" in _one_line(exc)
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/positions"]
+        f["measurement/n0/positions"] = np.zeros((scan.n_positions, 2), np.uint32)
+        data = f["measurement/n0/data"][()]
+        data[1, 2, 3] = np.nan
+        del f["measurement/n0/data"]
+        f["measurement/n0/data"] = data
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "/measurement/n0/data: contains NaN" in _one_line(exc)
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/data"]
+        f["measurement/n0/data"] = np.ones((scan.n_positions, 16, 12), np.float32)
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "square" in _one_line(exc)
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0"]
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "n0" in _one_line(exc)
+
+
+def test_ptychoshelves_prepared_files_give_our_volume(work):  # noqa: F811 (the fixture)
+    """``adept run`` on PtychoShelves prepared files (one per scan, the rotation angles from
+    a LamNI angle table by scan number) gives the volume of our own layout holding what the
+    format keeps: positions rounded to whole pixels (``prep_h5data.m`` line 214), each
+    scan's centred (the format keeps no absolute offset)."""
+    from hpc_adept.io.cxi import write_cxi
+
+    from .test_real_data import LAMINO as RUN_LAMINO
+    from .test_real_data import _pcc, _run, _scans
+
+    work, _ = work
+    scans = _scans(work)
+    rows = []
+    for i, scan in enumerate(scans):
+        write_ptychoshelves_prepared(work / "psi" / f"S{100 + i:05d}", 100 + i, scan)
+        rows.append(f"{100 + i} 0.0 {scan.rotation_angle_deg - 90.0!r} {i} 1 0 ic\n")
+        dx = scan.object_pixel_size_m[1]
+        kept = np.round(scan.positions_m[:, :2] / dx - scan.positions_m[:, :2].min(0) / dx)
+        kept = (kept - (kept.min(0) + kept.max(0)) / 2) * dx
+        write_cxi(work / "psi_ours" / f"scan_{i:04d}.cxi", Scan(**{
+            **scan.__dict__, "positions_m": np.column_stack([kept, np.zeros(len(kept))])}))
+    (work / "psi_angles.txt").write_text("".join(rows))
+    reference = _run(work, "run_psi_ours", "data.path=psi_ours")
+    first = scans[0]
+    volume = _run(work, "run_psi", "data.path=psi", "data.angle_table_path=psi_angles.txt",
+                  f"data.laminography_angle_deg={RUN_LAMINO}",
+                  f"data.energy_ev={first.energy_ev!r}", f"data.distance_m={first.distance_m!r}",
+                  f"data.detector_pixel_m={first.x_pixel_size_m!r}")
+    assert _pcc(volume, reference) > 0.99

@@ -15,6 +15,8 @@ Diffraction data -> list of :class:`~hpc_adept.io.cxi.Scan` (:func:`read_scans`)
 ``lamni-eiger``
     PSI cSAXS / LamNI raw Eiger HDF5 with Orchestra positions and the LamNI angle table,
     cropped around the beam centre (:mod:`.lamni`).
+``ptychoshelves-prepared``
+    PtychoShelves (PSI) prepared ``S%05d_data_%03dx%03d.h5`` (:mod:`.ptychoshelves_prepared`).
 ``lamni-tomo``
     a raw cSAXS / LamNI tomography as one experiment folder (angle table, per-scan
     position files and Eiger files in the beamline's layout; :mod:`.lamni_tomo`).

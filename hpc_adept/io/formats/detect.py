@@ -19,7 +19,14 @@ import numpy as np
 
 from hpc_adept.errors import DataError
 from hpc_adept.io.cxi import Scan, list_dataset, read_cxi
-from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, lamni, lamni_tomo, ptychodus
+from hpc_adept.io.formats import (
+    cxi_foreign,
+    foldslice_prepared,
+    lamni,
+    lamni_tomo,
+    ptychodus,
+    ptychoshelves_prepared,
+)
 from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
 from hpc_adept.io.formats._values import Supplied, supplied_from
 from hpc_adept.io.formats.projections import (
@@ -34,7 +41,7 @@ __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_s
 PathLike = str | os.PathLike
 
 SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                "lamni-eiger", "lamni-tomo")
+                "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared")
 PROJECTION_FORMATS = ("ptychoshelves-recons", "foldslice-niter", "ptychodus-product",
                       "tiff-stack")
 FORMATS = SCAN_FORMATS + PROJECTION_FORMATS
@@ -56,6 +63,8 @@ def _h5_kind(f: h5py.File) -> str | None:
         return "foldslice-niter"
     if any(f.get(k) is not None for k in cxi_foreign.DATA):
         return "adept-cxi" if all(f.get(k) is not None for k in _OUR_KEYS) else "cxi"
+    if f.get("/measurement/n0/data") is not None:
+        return "ptychoshelves-prepared"
     if any(f.get(k) is not None for k in lamni.EIGER_DATA):
         return "lamni-eiger"
     if f.get(ptychodus.DP_KEY) is not None or f.get(ptychodus.PATTERNS) is not None:
@@ -70,6 +79,8 @@ def _file_kind(p: Path) -> str | None:
         return "tiff-stack"
     if foldslice_prepared.DP_PATTERN.match(p.name):
         return "foldslice-prepared"
+    if ptychoshelves_prepared.NAME_PATTERN.match(p.name):
+        return "ptychoshelves-prepared"
     if name.endswith(".mat"):
         problem = mat_v73_problem(p)
         if problem:
@@ -166,6 +177,8 @@ def _product_for(diffraction: Path) -> Path:
 def _scan_files(p: Path, fmt: str) -> list[Path]:
     if fmt == "foldslice-prepared":
         return [dp for dp, _ in foldslice_prepared.find_pairs(p)]
+    if fmt == "ptychoshelves-prepared":
+        return ptychoshelves_prepared.find_files(p)
     if p.is_file():
         return [p]
     if fmt in ("cxi", "adept-cxi"):
@@ -191,6 +204,9 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
         return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
                                      beam_center_rc=options.get("beam_center_rc"),
                                      angle_table_path=options.get("angle_table_path"), **kw)
+    if fmt == "ptychoshelves-prepared":
+        return ptychoshelves_prepared.read_prepared_scan(
+            path, angle_table_path=options.get("angle_table_path"), **kw)
     if fmt == "ptychodus-diffraction":
         return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
     return cxi_foreign.read_foreign_cxi(path, positions_path, **kw)
