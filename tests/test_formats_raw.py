@@ -426,3 +426,132 @@ def test_ptychoshelves_prepared_files_give_our_volume(work):  # noqa: F811 (the 
                   f"data.energy_ev={first.energy_ev!r}", f"data.distance_m={first.distance_m!r}",
                   f"data.detector_pixel_m={first.x_pixel_size_m!r}")
     assert _pcc(volume, reference) > 0.99
+
+
+# --------------------------------------------------------------------------- geometry pins
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    weights = np.clip(image, 0, None)
+    rows, cols = np.indices(image.shape)
+    return np.array([(rows * weights).sum(), (cols * weights).sum()]) / weights.sum()
+
+
+def _tike_forward(volume: np.ndarray, theta: np.ndarray, tilt: float) -> np.ndarray:
+    """tike's ``Lamino.fwd`` (``src/tike/operators/cupy/lamino.py``) as an exact Fourier
+    sum: ``_make_grids`` (``u = arange(-n//2, n//2) / n``; ``ku`` along columns, ``kv``
+    along rows; ``xi[:, 2] = ku cos + kv sin cos(tilt)``, ``xi[:, 1] = -ku sin + kv cos
+    cos(tilt)``, ``xi[:, 0] = kv sin(tilt)``), ``eq2us`` (``checkerboard(fftn(
+    checkerboard(f)))``: the forward transform of the volume centred at ``n / 2``, sampled
+    at ``xi`` instead of interpolated by the USFFT), then ``checkerboard(ifft2(
+    checkerboard(F)))``: the inverse 2-D transform centred at ``n / 2``. Returns the real
+    part ``[n_theta, n, n]``."""
+    n = volume.shape[0]
+    k = np.arange(-n // 2, n // 2) / n
+    ku = np.broadcast_to(k, (n, n)).ravel()
+    kv = np.broadcast_to(k[:, None], (n, n)).ravel()
+    voxels = np.argwhere(volume > 1e-9 * volume.max())
+    weights = volume[tuple(voxels.T)]
+    coords = voxels - n // 2  # (z, y, x) from the centre n / 2
+    centred = np.exp(2j * np.pi * np.outer(np.arange(n) - n // 2, k))  # [r, k]
+    images = []
+    for t in theta:
+        xi = np.stack([kv * np.sin(tilt), -ku * np.sin(t) + kv * np.cos(t) * np.cos(tilt),
+                       ku * np.cos(t) + kv * np.sin(t) * np.cos(tilt)], axis=1)
+        spectrum = (weights[:, None] * np.exp(-2j * np.pi * coords @ xi.T)).sum(0)
+        spectrum = spectrum.reshape(n, n)  # [kv, ku]
+        images.append((centred @ spectrum @ centred.T).real / n ** 2)
+    return np.array(images)
+
+
+def test_tike_geometry_pinned_by_a_point_phantom():
+    """A blob at p from the centre, projected by tike's forward model, lands at (p . V,
+    p . U) of :func:`tike_vectors`; our projector puts a point at p there with theta =
+    -degrees(theta_tike), L = degrees(tilt); with tike's theta unnegated it would not."""
+    import torch
+
+    from hpc_adept.io.formats import tike_vectors, to_adept_angles, to_adept_laminography
+    from hpc_adept.lamino import Geometry, project
+
+    n = 24
+    offset = np.array([4.0, -3.0, 2.0])  # (x, y, z) voxels
+    theta = np.radians([0.0, 35.0, 80.0, 150.0, 260.0])
+    tilt = np.radians(61.0)
+    zz, yy, xx = np.indices((n, n, n)) - n // 2  # tike's centre n / 2
+    blob = np.exp(-((xx - offset[0]) ** 2 + (yy - offset[1]) ** 2 + (zz - offset[2]) ** 2)
+                  / (2 * 1.0 ** 2))
+    tike_images = _tike_forward(blob, theta, tilt)
+    col, row = tike_vectors(theta, tilt)
+    want = np.stack([row @ offset, col @ offset], axis=1)  # (row, col) from the centre
+    for k in range(len(theta)):
+        np.testing.assert_allclose(_centroid(tike_images[k]) - n // 2, want[k], atol=0.3)
+    m = 25  # ours: a point voxel at the same offset from our centre (m - 1) / 2
+    volume = torch.zeros((m, m, m), dtype=torch.float64)
+    volume[12 + int(offset[2]), 12 + int(offset[1]), 12 + int(offset[0])] = 1.0
+    geometry = Geometry(to_adept_angles(theta, "tike"), to_adept_laminography(tilt, "tike"),
+                        (m, m, m), (m, m))
+    ours = project(volume, geometry).numpy()
+    for k in range(len(theta)):
+        np.testing.assert_allclose(_centroid(ours[k]) - 12, want[k], atol=0.35)
+    unnegated = Geometry(np.degrees(theta), np.degrees(tilt), (m, m, m), (m, m))
+    assert np.abs(unnegated.detector_position(offset) - want).max() > 2.0
+
+
+def _tomocupy_backprojection(data: np.ndarray, theta_deg: np.ndarray, lamino_deg: float,
+                             n: int, nz: int) -> np.ndarray:
+    """tomocupy's ``backprojection_ker`` (``src/include/kernels_linerec.cuh``, ``sz = 0``)
+    with ``phi = pi/2 + lamino_angle/180*pi`` (``reconstruction/linerec.py``): every voxel
+    ``(tx, ty, tz)`` sums the linearly interpolated ``data[v, t, u]`` at ``u = R[0](tx -
+    n/2) + R[1](ty - n/2) + n/2``, ``v = R[3](tx - n/2) + R[4](ty - n/2) + R[5](tz -
+    nz/2) + nz/2`` (``ur = (int)(u - 1e-5)``, kept when ``0 <= ur < n - 1`` and ``0 <= vr
+    < nz - 1``) and is written to ``f[tz, n - ty - 1, tx]``. ``data`` is ``[nz, n_theta,
+    n]`` (rows, angles, columns)."""
+    phi = np.pi / 2 + lamino_deg / 180 * np.pi
+    tz, ty, tx = np.indices((nz, n, n), dtype=np.float64)
+    out = np.zeros((nz, n, n))
+    for t, angle in enumerate(np.radians(theta_deg)):
+        r = (np.cos(angle), np.sin(angle), 0.0, np.sin(angle) * np.cos(phi),
+             -np.cos(angle) * np.cos(phi), np.sin(phi))
+        u = r[0] * (tx - n // 2) + r[1] * (ty - n // 2) + n // 2
+        v = r[3] * (tx - n // 2) + r[4] * (ty - n // 2) + r[5] * (tz - nz // 2) + nz // 2
+        ur, vr = np.trunc(u - 1e-5).astype(int), np.trunc(v - 1e-5).astype(int)
+        ok = (ur >= 0) & (ur < n - 1) & (vr >= 0) & (vr < nz - 1)
+        fu, fv = u - ur, v - vr
+        ur, vr = np.where(ok, ur, 0), np.where(ok, vr, 0)
+        image = data[:, t, :]
+        value = (image[vr, ur] * (1 - fu) * (1 - fv) + image[vr, ur + 1] * fu * (1 - fv)
+                 + image[vr + 1, ur] * (1 - fu) * fv + image[vr + 1, ur + 1] * fu * fv)
+        out += np.where(ok, value, 0.0)
+    return out[:, ::-1, :]  # f[tx + (n - ty - 1) * n + tz * n * n]
+
+
+def test_tomocupy_geometry_pinned_by_a_point_phantom():
+    """Our projections of a point with theta = tomocupy's theta and L = 90 - lamino_angle,
+    backprojected by tomocupy's kernel, peak at the point (its volume reversed along y, as
+    tomocupy writes it); with the angles' sense reversed they do not. The column and row
+    steps of :func:`tomocupy_vectors` are ours."""
+    import torch
+
+    from hpc_adept.io.formats import to_adept_angles, to_adept_laminography, tomocupy_vectors
+    from hpc_adept.lamino import Geometry, project
+
+    n = nz = 21  # odd: tomocupy's centre n/2 (integer division) is our (n - 1) / 2
+    c = n // 2
+    offset = np.array([4, -3, 2])  # (x, y, z) voxels
+    theta = np.arange(0.0, 360.0, 7.5)
+    lamino = 25.0
+    volume = torch.zeros((nz, n, n), dtype=torch.float64)
+    volume[c + offset[2], c + offset[1], c + offset[0]] = 1.0
+    geometry = Geometry(to_adept_angles(theta, "tomocupy"),
+                        to_adept_laminography(lamino, "tomocupy"), (nz, n, n), (nz, n))
+    col, row = tomocupy_vectors(theta, lamino)
+    np.testing.assert_allclose(geometry.detector_position(offset.astype(float)),
+                               np.stack([row @ offset, col @ offset], 1), atol=1e-9)
+    images = project(volume, geometry).numpy()  # [angle, row, col]
+    recon = _tomocupy_backprojection(images.transpose(1, 0, 2), theta, lamino, n, nz)
+    peak = np.unravel_index(np.argmax(recon), recon.shape)
+    assert peak == (c + offset[2], n - 1 - (c + offset[1]), c + offset[0])
+    wrong = Geometry(-theta, 90.0 - lamino, (nz, n, n), (nz, n))  # the other sense
+    recon = _tomocupy_backprojection(project(volume, wrong).numpy().transpose(1, 0, 2),
+                                     theta, lamino, n, nz)
+    assert np.unravel_index(np.argmax(recon), recon.shape) != peak

@@ -48,8 +48,10 @@ from hpc_adept.io.formats.detect import (
 )
 from hpc_adept.io.formats.geometry import (
     ptychoshelves_vectors,
+    tike_vectors,
     to_adept_angles,
     to_adept_laminography,
+    tomocupy_vectors,
 )
 from hpc_adept.io.formats.projections import read_angle_file
 
@@ -64,7 +66,9 @@ __all__ = [
     "read_angle_file",
     "read_projection_set",
     "read_scans",
+    "tike_vectors",
     "to_adept_angles",
     "to_adept_laminography",
+    "tomocupy_vectors",
     "write_cxi_dataset",
 ]
