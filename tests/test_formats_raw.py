@@ -555,3 +555,38 @@ def test_tomocupy_geometry_pinned_by_a_point_phantom():
     recon = _tomocupy_backprojection(project(volume, wrong).numpy().transpose(1, 0, 2),
                                      theta, lamino, n, nz)
     assert np.unravel_index(np.argmax(recon), recon.shape) != peak
+
+
+# --------------------------------------------------------------------------- LYNX
+
+
+def test_lynx_files_read_as_lamni_eiger(tmp_path):
+    """APS 31-ID-E LYNX keeps LamNI's legacy layout: ptychodus 1.7.0
+    ``plugins/aps31id_lynx_diffraction_file.py`` (``/entry/data/eiger_4`` with
+    ``Center_x_pixel``, ``Center_y_pixel``, ``Detector_distance_m``, ``Exposure_time``,
+    ``Photon_energy_kev``, ``Pixel_size``), ``aps31id_lynx_orchestra_position_file.py``
+    (Orchestra header, ``DataPoint`` index, x column 3, y column 6, ``-um * 1e-6``) and
+    ``aps31id_lynx_sgz_position_file.py`` (raw ``DataPoint x_st_fzp y_st_fzp
+    ckUser_Clk_Count Detector_Count``: ``Detector_Count`` runs 1..N, frame ``count - 1``
+    as ``plugins/aps31id_lamni/position_file.py`` explains)."""
+    scan = _scan(-35.0)
+    eiger = tmp_path / "lynx_00042.h5"
+    write_eiger(eiger, scan)
+    with h5py.File(eiger, "a") as f:
+        f["/entry/data/eiger_4"].attrs["Exposure_time"] = 0.1
+    orchestra = tmp_path / "scan_00042.dat"
+    write_positions(orchestra, scan, 42, 0.0)
+    sgz = tmp_path / "scan_00042_sgz.dat"
+    rows = [f"{k} {-x * 1e6:.12g} {-y * 1e6:.12g} {1000 * k} {k + 1}"
+            for k, (x, y, _) in enumerate(scan.positions_m)]
+    sgz.write_text("Scan 00042, lsamrot_encoder 0.0\nDataPoint x_st_fzp y_st_fzp "
+                   "ckUser_Clk_Count Detector_Count\n" + "\n".join(rows[::-1]) + "\n")
+    assert detect_format(eiger) == "lamni-eiger"
+    for positions in (orchestra, sgz):
+        read = read_scans(eiger, positions_path=positions, roi_px=FRAME,
+                          laminography_angle_deg=LAMINO, rotation_angle_deg=-35.0 - 90.0)[0]
+        order = np.argsort(read.positions_m[:, 0] + 1e-3 * read.positions_m[:, 1])
+        want = np.argsort(scan.positions_m[:, 0] + 1e-3 * scan.positions_m[:, 1])
+        np.testing.assert_allclose(read.positions_m[order], scan.positions_m[want], atol=1e-14)
+        np.testing.assert_array_equal(read.counts[order], scan.counts[want])
+        assert read.rotation_angle_deg == pytest.approx(-35.0)
