@@ -60,7 +60,7 @@ and torch accept it too, with room for the offsets the stages add."""
 
 
 DataFormat = Literal["auto", "adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                     "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared",
+                     "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared", "velociprobe",
                      "ptychoshelves-recons", "foldslice-niter",
                      "ptychodus-product", "tiff-stack"]
 """``data.format``: ``auto`` or a format of :mod:`hpc_adept.io.formats` (its ``FORMATS``)."""
@@ -84,8 +84,8 @@ class DataConfig:
     format : str
         ``auto`` (detected from names and HDF5 keys; refuses to guess), a diffraction
         format (``adept-cxi``, ``cxi``, ``foldslice-prepared``, ``ptychodus-diffraction``,
-        ``lamni-eiger``, ``lamni-tomo``, ``ptychoshelves-prepared``: ``adept ptycho``
-        reconstructs it) or a projection format
+        ``lamni-eiger``, ``lamni-tomo``, ``ptychoshelves-prepared``, ``velociprobe``:
+        ``adept ptycho`` reconstructs it) or a projection format
         (``ptychoshelves-recons``, ``foldslice-niter``, ``ptychodus-product``,
         ``tiff-stack``: ``adept ptycho`` only imports the projections, no LSQ-ML).
     energy_ev : float or None, eV
@@ -103,7 +103,8 @@ class DataConfig:
         ``rotation_angles_deg``; required for ``tiff-stack``.
     positions_path : str or None
         Scan positions where the frames' file has none: the ptychodus product file (default:
-        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file.
+        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file, the Velociprobe
+        position CSV.
     angle_convention : str or None
         Convention of the files' and the supplied angles (``adept``, ``ptychoshelves`` =
         fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own.
@@ -111,10 +112,11 @@ class DataConfig:
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) of its prepared data:
         ``[1, 0, 0]`` for Eiger detectors, ``[0, 0, 0]`` for EMPAD.
     roi_px : int or None, pixels
-        ``lamni-eiger``, ``lamni-tomo``: side of the square crop around the beam centre
-        (required).
+        ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: side of the square crop around the
+        beam centre (required).
     beam_center_rc : (row, col) or None, pixels
-        ``lamni-eiger``, ``lamni-tomo``: beam centre on the detector when the file has none.
+        ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: beam centre on the detector when
+        the file has none.
     angle_table_path : str or None
         ``lamni-eiger``, ``ptychoshelves-prepared``: LamNI's ``tomography_scannumbers.txt``
         (rotation angle per scan number);

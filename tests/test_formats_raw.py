@@ -590,3 +590,113 @@ def test_lynx_files_read_as_lamni_eiger(tmp_path):
         np.testing.assert_allclose(read.positions_m[order], scan.positions_m[want], atol=1e-14)
         np.testing.assert_array_equal(read.counts[order], scan.counts[want])
         assert read.rotation_angle_deg == pytest.approx(-35.0)
+
+
+# --------------------------------------------------------------------------- Velociprobe
+
+
+def write_velociprobe(folder: Path, scan: Scan, chi_deg: float = 0.0) -> tuple[Path, Path]:
+    """A Velociprobe master file, its frame files and its position CSV.
+
+    - ptychodus 1.7.0 ``plugins/aps33id_velociprobe/aps33id_velociprobe_diffraction_file.py``:
+      ``/entry/data/data_000001`` (``num_patterns_per_array = shape[0]``), every
+      ``h5py.ExternalLink`` of ``/entry/data`` a frame array beside the master;
+      ``DetectorGroup.read`` (``detector_distance`` units ``b'm'``, ``beam_center_x/y``
+      ``b'pixel'``, ``bit_depth_readout``, ``x/y_pixel_size`` ``b'm'``),
+      ``DetectorSpecificGroup.read`` (``nimages``, ``ntrigger``, ``photon_energy``
+      ``b'eV'``, ``x/y_pixels_in_detector``), ``GoniometerGroup.read`` (``chi``
+      ``b'degree'``); one more link than files (tike ``read_aps_2idd``: "the master file is
+      created before the linked files");
+    - ``aps33id_velociprobe_position_file.py``: comma-separated, >= 8 columns, x nm in
+      column 1, laser-interferometer y nm in column 2, trigger in column 7 (tike's
+      docstring: ``samz, samx, samy, zpx, zpy, encoder y, encoder x, trigger``); one
+      trigger written twice (averaged), rows out of order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    n, frame, _ = scan.counts.shape
+    shape, centre = _detector(frame)
+    frames = np.zeros((n, *shape), np.uint32)
+    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
+    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
+    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    master = folder / "fly042_master.h5"
+    with h5py.File(master, "w") as f:
+        for k, (start, stop) in enumerate(((0, 4), (4, n)), start=1):
+            name = f"fly042_data_{k:06d}.h5"
+            with h5py.File(folder / name, "w") as g:
+                g.create_dataset("/entry/data/data", data=frames[start:stop])
+            f[f"/entry/data/data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+        f["/entry/data/data_000003"] = h5py.ExternalLink("fly042_data_000003.h5",
+                                                         "/entry/data/data")
+        det = f.create_group("/entry/instrument/detector")
+        for key, value, units in (("detector_distance", scan.distance_m, b"m"),
+                                  ("beam_center_x", float(centre[1]), b"pixel"),
+                                  ("beam_center_y", float(centre[0]), b"pixel"),
+                                  ("x_pixel_size", scan.x_pixel_size_m, b"m"),
+                                  ("y_pixel_size", scan.y_pixel_size_m, b"m")):
+            det[key] = value
+            det[key].attrs["units"] = units
+        det["bit_depth_readout"] = 32
+        spec = det.create_group("detectorSpecific")
+        spec["nimages"], spec["ntrigger"] = n, 1
+        spec["photon_energy"] = scan.energy_ev
+        spec["photon_energy"].attrs["units"] = b"eV"
+        spec["x_pixels_in_detector"], spec["y_pixels_in_detector"] = shape[1], shape[0]
+        f["/entry/sample/goniometer/chi"] = [chi_deg]
+        f["/entry/sample/goniometer/chi"].attrs["units"] = b"degree"
+    nm = np.rint(scan.positions_m[:, :2] * 1e9).astype(int)
+    rows = [f"0,{x},{y},0,0,{-y},{x},{k}" for k, (x, y) in enumerate(nm)]
+    rows.append(f"0,{nm[2, 0] + 6},{nm[2, 1] - 4},0,0,0,0,2")  # trigger 2 again
+    rows[2] = f"0,{nm[2, 0] - 6},{nm[2, 1] + 4},0,0,0,0,2"
+    positions = folder / "fly042_pos.csv"
+    positions.write_text("# samz,samx,samy,zpx,zpy,ency,encx,trigger\n"
+                         + "\n".join(rows[::-1]) + "\n")
+    return master, positions
+
+
+@pytest.mark.parametrize("chi", [0.0, 30.0])
+def test_velociprobe_round_trip(tmp_path, chi):
+    scan = _scan(15.0)
+    master, positions = write_velociprobe(tmp_path, scan, chi)
+    assert detect_format(master) == "velociprobe"
+    read = read_scans(master, positions_path=positions, roi_px=FRAME,
+                      laminography_angle_deg=LAMINO, rotation_angle_deg=15.0)[0]
+    np.testing.assert_array_equal(read.counts, scan.counts)
+    want = scan.positions_m - scan.positions_m.mean(axis=0)
+    want[:, 0] *= np.cos(np.radians(chi))
+    np.testing.assert_allclose(read.positions_m, want, atol=1e-9)
+    assert read.energy_ev == pytest.approx(scan.energy_ev)
+    assert read.distance_m == pytest.approx(scan.distance_m)
+    assert read.x_pixel_size_m == pytest.approx(PIXEL_M)
+    assert read.mask is not None and not read.mask.any()
+
+
+def test_bad_velociprobe_files(tmp_path):
+    scan = _scan(0.0)
+    master, positions = write_velociprobe(tmp_path, scan)
+    common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": 0.0}
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **{**common, "positions_path": None})
+    assert "data.positions_path" in _one_line(exc)
+    with h5py.File(master, "a") as f:
+        f["/entry/instrument/detector/detector_distance"].attrs["units"] = b"mm"
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "units 'mm'" in _one_line(exc)
+    with h5py.File(master, "a") as f:
+        f["/entry/instrument/detector/detector_distance"].attrs["units"] = b"m"
+        del f["/entry/data/data_000001"]
+        f["/entry/data/data_000001"] = h5py.ExternalLink("/etc/passwd.h5", "/x")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "not a file beside the master" in _one_line(exc)
+    master, positions = write_velociprobe(tmp_path / "b", scan)
+    positions.write_text("0,1,2,3\n")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **{**common, "positions_path": positions})
+    assert "at least 8" in _one_line(exc)
+    positions.write_text("0,1,2,0,0,0,0,99\n")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **{**common, "positions_path": positions})
+    assert "outside the 7 frames" in _one_line(exc)

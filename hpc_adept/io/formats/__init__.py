@@ -14,7 +14,10 @@ Diffraction data -> list of :class:`~hpc_adept.io.cxi.Scan` (:func:`read_scans`)
     positions (:mod:`.ptychodus`).
 ``lamni-eiger``
     PSI cSAXS / LamNI raw Eiger HDF5 with Orchestra positions and the LamNI angle table,
-    cropped around the beam centre (:mod:`.lamni`).
+    cropped around the beam centre (:mod:`.lamni`); APS 31-ID-E LYNX files share it.
+``velociprobe``
+    APS 33-ID-C Velociprobe master file (external links to its frame files) with its
+    position CSV in nanometres (:mod:`.velociprobe`).
 ``ptychoshelves-prepared``
     PtychoShelves (PSI) prepared ``S%05d_data_%03dx%03d.h5`` (:mod:`.ptychoshelves_prepared`).
 ``lamni-tomo``

@@ -26,6 +26,7 @@ from hpc_adept.io.formats import (
     lamni_tomo,
     ptychodus,
     ptychoshelves_prepared,
+    velociprobe,
 )
 from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
 from hpc_adept.io.formats._values import Supplied, supplied_from
@@ -41,7 +42,7 @@ __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_s
 PathLike = str | os.PathLike
 
 SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared")
+                "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared", "velociprobe")
 PROJECTION_FORMATS = ("ptychoshelves-recons", "foldslice-niter", "ptychodus-product",
                       "tiff-stack")
 FORMATS = SCAN_FORMATS + PROJECTION_FORMATS
@@ -63,6 +64,8 @@ def _h5_kind(f: h5py.File) -> str | None:
         return "foldslice-niter"
     if any(f.get(k) is not None for k in cxi_foreign.DATA):
         return "adept-cxi" if all(f.get(k) is not None for k in _OUR_KEYS) else "cxi"
+    if velociprobe.is_master(f):
+        return "velociprobe"
     if f.get("/measurement/n0/data") is not None:
         return "ptychoshelves-prepared"
     if any(f.get(k) is not None for k in lamni.EIGER_DATA):
@@ -186,6 +189,8 @@ def _scan_files(p: Path, fmt: str) -> list[Path]:
     if fmt == "lamni-eiger":
         raise data_error(p, "give one raw Eiger file (with its positions_path) at a time, or "
                             "the experiment folder as data.format lamni-tomo")
+    if fmt == "velociprobe":
+        raise data_error(p, "give one Velociprobe master file (with its positions_path)")
     return sorted(c for c in p.glob("*.h5") if "product" not in c.name)
 
 
@@ -204,6 +209,13 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
         return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
                                      beam_center_rc=options.get("beam_center_rc"),
                                      angle_table_path=options.get("angle_table_path"), **kw)
+    if fmt == "velociprobe":
+        if positions_path is None or options.get("roi_px") is None:
+            raise data_error(path, "a Velociprobe scan needs data.positions_path (the position "
+                                   "CSV) and data.roi_px (the square crop)")
+        return velociprobe.read_velociprobe_scan(
+            path, positions_path, roi_px=options["roi_px"],
+            beam_center_rc=options.get("beam_center_rc"), **kw)
     if fmt == "ptychoshelves-prepared":
         return ptychoshelves_prepared.read_prepared_scan(
             path, angle_table_path=options.get("angle_table_path"), **kw)

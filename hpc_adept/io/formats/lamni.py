@@ -88,8 +88,8 @@ from hpc_adept.io.formats._values import (
     rotation_deg,
 )
 
-__all__ = ["EIGER_DATA", "ScanRecord", "read_angle_table", "read_eiger_scan",
-           "read_lamni_positions"]
+__all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_angle_table",
+           "read_eiger_scan", "read_lamni_positions"]
 
 PathLike = str | os.PathLike
 
@@ -240,8 +240,10 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
     return head
 
 
-def _crop(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
-          roi_px: int) -> tuple[slice, slice]:
+def crop_window(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
+                roi_px: int) -> tuple[slice, slice]:
+    """Rows and columns of the ``roi_px`` square around ``centre`` (row, col) of frames
+    ``shape`` ``[n, rows, cols]``; DataError when it leaves the frame."""
     r0 = int(round(centre[0])) - roi_px // 2
     c0 = int(round(centre[1])) - roi_px // 2
     if r0 < 0 or c0 < 0 or r0 + roi_px > shape[1] or c0 + roi_px > shape[2]:
@@ -251,8 +253,8 @@ def _crop(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, flo
     return slice(r0, r0 + roi_px), slice(c0, c0 + roi_px)
 
 
-def _frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
-            load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
+                   load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
     if not load:
         return None, None
@@ -296,8 +298,8 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
         centre = beam_center_rc or (head["row"], head["col"])
         if centre[0] is None or centre[1] is None:
             raise data_error(p, "no beam centre in the file; supply beam_center_rc", key)
-        rows, cols = _crop(p, key, ds.shape, centre, roi_px)
-        frames, mask = _frames(f, p, key, rows, cols, load_counts)
+        rows, cols = crop_window(p, key, ds.shape, centre, roi_px)
+        frames, mask = cropped_frames(f, p, key, rows, cols, load_counts)
         n_frames = ds.shape[0]
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"position indexes outside the {n_frames} frames")
