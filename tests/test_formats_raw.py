@@ -700,3 +700,32 @@ def test_bad_velociprobe_files(tmp_path):
     with pytest.raises(DataError) as exc:
         read_scans(master, **{**common, "positions_path": positions})
     assert "outside the 7 frames" in _one_line(exc)
+
+
+# --------------------------------------------------------------------------- bad input, CLI
+
+
+@pytest.mark.parametrize(("settings", "needle"), [
+    (["data.path=lamni_bad"], "data.roi_px"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.rotation_angles_deg=[1, 2]"],
+     "the angle table gives"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.scan_range=[5000, 6000]"], "no scan"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.scan_range=[9, 2]"], "first 9 is after"),
+    (["data.path=psi_bad", f"data.laminography_angle_deg={LAMINO}"], "data.energy_ev"),
+    (["data.path=psi_bad", "data.scan_step=2"], "select scans of a lamni-tomo folder"),
+])
+def test_bad_raw_input_is_one_line_and_nothing_written(work, settings, needle):  # noqa: F811
+    from .test_real_data import _scans
+
+    work, _ = work
+    if not (work / "lamni_bad").exists():
+        scans = _scans(work)[:2]
+        write_tomo_folder(work / "lamni_bad", {1: scans[0], 2: scans[1]})
+        write_ptychoshelves_prepared(work / "psi_bad" / "S00001", 1, scans[0])
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_raw_bad", *settings,
+                   cwd=work)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (work / "run_raw_bad" / "projections.h5").exists()
+    assert not (work / "run_raw_bad" / "ptycho").exists()
