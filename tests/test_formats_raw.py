@@ -391,9 +391,16 @@ def test_bad_ptychoshelves_prepared_files(tmp_path):
         read_scans(path, **supplied)
     assert "square" in _one_line(exc)
     with h5py.File(path, "a") as f:
+        del f["measurement/n0/data"]
+        f["measurement/n0/data"] = np.ones((scan.n_positions, 16, 16), np.float32)
+    renamed = path.rename(path.with_name("S00007_data_032x032.h5"))
+    with pytest.raises(DataError) as exc:
+        read_scans(renamed, **supplied)
+    assert "the name says 032x032" in _one_line(exc)
+    with h5py.File(renamed, "a") as f:
         del f["measurement/n0"]
     with pytest.raises(DataError) as exc:
-        read_scans(path, **supplied)
+        read_scans(renamed, **supplied)
     assert "n0" in _one_line(exc)
 
 

@@ -207,6 +207,10 @@ def read_prepared_scan(path: PathLike, *, supplied: Supplied | None = None,
     p = Path(path)
     s = supplied or Supplied()
     counts, rc, shape, mask = _read_file(p, load_counts)
+    match = NAME_PATTERN.match(p.name)
+    if match is not None and (int(match["rows"]), int(match["cols"])) != shape[1:]:
+        raise data_error(p, f"the name says {match['rows']}x{match['cols']} frames, the file "
+                            f"holds {shape[1]} x {shape[2]}", "/measurement")
     energy_j = energy_j_from_ev(p, "energy", resolve(p, "energy", "energy_ev", None,
                                                      s.energy_ev))
     distance = check_range(p, "distance", resolve(p, "distance", "distance_m", None,
