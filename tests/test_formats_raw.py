@@ -165,6 +165,7 @@ def test_lamni_tomography_folder_reads_every_scan_with_its_angle(tmp_path, site)
     assert read_angle_table(table)[999].golden_angle_deg == 1.0
     text = inspect(tmp_path, roi_px=FRAME)
     assert "format: lamni-tomo" in text and "scans: 4" in text
+    assert "scan numbers: 998..1001 (4 of the table's 4)" in text
     assert "rotation angles: -20..100 deg" in text
     assert "not in the files (supply them): laminography_angle_deg" in text
 

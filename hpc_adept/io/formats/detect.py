@@ -444,6 +444,9 @@ def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
     head = [f"path: {p}", f"format: {fmt}"]
     if fmt in SCAN_FORMATS:
         scans, missing = _read_scans_leniently(p, fmt, supplied)
+        if fmt == "lamni-tomo":
+            head += lamni_tomo.describe(p, supplied.get("angle_table_path"),
+                                        supplied.get("scan_range"), supplied.get("scan_step", 1))
         return "\n".join(head + _scan_lines(scans, missing)) + "\n"
     lam = supplied.get("laminography_angle_deg")
     ps = read_projection_set(p, fmt, laminography_angle_deg=90.0 if lam is None else lam,

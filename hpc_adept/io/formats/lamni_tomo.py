@@ -42,8 +42,8 @@ from hpc_adept.io.formats._read import data_error
 from hpc_adept.io.formats._values import Supplied
 from hpc_adept.io.formats.lamni import ScanRecord, read_angle_table, read_eiger_scan
 
-__all__ = ["TABLE_NAME", "TomoLayout", "find_layout", "is_tomo_folder", "read_tomo_scans",
-           "selected_scans"]
+__all__ = ["TABLE_NAME", "TomoLayout", "describe", "find_layout", "is_tomo_folder",
+           "read_tomo_scans", "selected_scans"]
 
 PathLike = str | os.PathLike
 
@@ -190,3 +190,14 @@ def read_tomo_scans(path: PathLike, *, roi_px: int | None,
                                      supplied=Supplied(**values), load_counts=load_counts,
                                      angle_convention=angle_convention))
     return scans
+
+
+def describe(path: PathLike, angle_table_path: PathLike | None = None,
+             scan_range: tuple[int, int] | None = None, scan_step: int = 1) -> list[str]:
+    """Lines for ``adept inspect``: the table and the scan numbers selected from it."""
+    layout = find_layout(path, angle_table_path)
+    table = read_angle_table(layout.table)
+    chosen = selected_scans(table, scan_range, scan_step, layout.table)
+    return [f"angle table: {layout.table}",
+            f"scan numbers: {chosen[0].scan_no}..{chosen[-1].scan_no} ({len(chosen)} of the "
+            f"table's {len(table)})"]
