@@ -113,7 +113,7 @@ def write_tomo_folder(root: Path, scans: dict[int, Scan], site: str = "psi",
     - PSI: ``ROOT/specES1/dat-files/tomography_scannumbers.txt`` and
       ``ROOT/specES1/scan_positions/scan_%05d.dat`` (fold_slice
       ``tomo/tests/test_tomo_real_data.m`` lines 52-53); APS 31-ID-E: the same without
-      ``specES1/`` (ptychodus ``plugins/workflow.py`` lines 105-107);
+      ``specES1/`` (ptychodus ``plugins/workflow.py`` lines 104-107);
     - frames ``ROOT/eiger_4/S%05d-%05d/S%05d/run_%05d_000000000000.h5`` (fold_slice
       ``+utils/compile_x12sa_dirname.m``, ``+eiger1p5M/eiger1p5M.m`` ``basepath_dir``,
       ``+eiger1p5M/convert2hdf5.m`` ``dir([load_dir, '/run_*.h5'])``);
@@ -273,7 +273,7 @@ def test_lamni_tomography_folder_gives_our_volume(work):  # noqa: F811 (the fixt
 
 
 def _runs(valid: np.ndarray) -> list[tuple[int, int]]:
-    """(first, last) 0-based of the runs of True (prep_h5data.m lines 91-117: begins where
+    """(first, last) 0-based of the runs of True (prep_h5data.m lines 100-126: begins where
     ``diff(any(fmask)) == 1``, ends where it is -1, plus the edges)."""
     edges = np.diff(np.concatenate([[0], valid.astype(int), [0]]))
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True))
@@ -283,15 +283,15 @@ def write_ptychoshelves_prepared(folder: Path, scan_no: int, scan: Scan,
                                  fmask: np.ndarray | None = None) -> Path:
     """``S%05d_data_%03dx%03d.h5`` as fold_slice ``ptycho/+core/prep_h5data.m`` writes it.
 
-    - ``prep_data_matlab.m`` lines 205-216: ``max_sum`` per scan, ``max_power =
+    - ``prep_data_matlab.m`` (``+matlab_ps``) lines 206-216: ``max_sum`` per scan, ``max_power =
       max(max_sum) / prod(asize)``, ``renorm = sqrt(1/max_power)``, ``p.fmag =
       fftshift_2D(sqrt(data)) * renorm``, ``p.fmask = fftshift_2D(fmask)``;
     - ``ptycho_adjust_positions.m``: ``positions = -positions_real ./ dx_spec``, ``- min``
       (``positions_real`` is already negated by the position loader, so the window moves
-      with (+y, +x)), then prep_h5data.m line 214: ``uint32(transpose(round(...)))``;
-    - prep_h5data.m lines 84-117 (modules from ``any(fmask, 1)`` / ``any(fmask, 2)``),
-      line 123 (bad pixels ``[y, x] - 1`` inside modules), lines 180-216 (groups,
-      attributes, ``data = permute((fmag/renorm).^2, [2 1 3])``);
+      with (+y, +x)), then prep_h5data.m line 216: ``uint32(transpose(round(...)))``;
+    - prep_h5data.m lines 97-139 (modules from ``any(fmask, 1)`` / ``any(fmask, 2)``),
+      line 164 (bad pixels ``[y, x] - 1`` inside modules), lines 182-218 (groups,
+      attributes, line 217 ``data = permute((fmag/renorm).^2, [2 1 3])``);
     - ``+io/+HDF/save2hdf5.m`` / ``write_dataset.m``: MATLAB ``[a, b, c]`` is stored with
       ``fliplr`` dims, so h5py reads ``[c, b, a]`` and the permuted frames as MATLAB's
       ``[row, col]``; a ``[2, K]`` matrix reads as ``[K, 2]``; root attributes
@@ -408,7 +408,7 @@ def test_bad_ptychoshelves_prepared_files(tmp_path):
 def test_ptychoshelves_prepared_files_give_our_volume(work):  # noqa: F811 (the fixture)
     """``adept run`` on PtychoShelves prepared files (one per scan, the rotation angles from
     a LamNI angle table by scan number) gives the volume of our own layout holding what the
-    format keeps: positions rounded to whole pixels (``prep_h5data.m`` line 214), each
+    format keeps: positions rounded to whole pixels (``prep_h5data.m`` line 216), each
     scan's centred (the format keeps no absolute offset)."""
     from hpc_adept.io.cxi import write_cxi
 

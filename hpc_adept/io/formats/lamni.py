@@ -35,7 +35,7 @@ lsamrot_encoder 12.3``: ``textscan(f, '%s %d, %s %f', 1)``), a line of column na
   Target_x Average_x_st_fzp ...``, index origin 0, x column 3, y column 6) or
   softGlueZynq (raw / processed, index origin 1);
 - any other header naming ``Average_x_st_fzp`` and ``Average_y_st_fzp`` (or the
-  "outdated" ``Average_x`` / ``Average_y``, ``orchestra.m`` lines 45-48), rows in
+  "outdated" ``Average_x`` / ``Average_y``, ``orchestra.m`` lines 47-50), rows in
   frame order (fold_slice pairs row k with frame k).
 
 Units and sign: micrometres, negated: ``x = -Average_x_st_fzp * 1e-6``, likewise y

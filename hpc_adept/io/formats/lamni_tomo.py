@@ -5,7 +5,7 @@ The beamline's layout, under the experiment folder ``ROOT`` (``data.path``):
 - angle table ``ROOT/specES1/dat-files/tomography_scannumbers.txt`` (PSI: fold_slice
   ``tomo/tests/test_tomo_real_data.m`` lines 53 and 134, ``par0.OMNY_angle_file``) or
   ``ROOT/dat-files/tomography_scannumbers.txt`` (APS 31-ID-E: ptychodus
-  ``plugins/workflow.py`` ``APS31IDEFileBasedWorkflow.execute``, lines 105-107, with
+  ``plugins/workflow.py`` ``APS31IDEFileBasedWorkflow.execute``, lines 104-107, with
   ``experiment_dir = file_path.parents[3]``); rows as read by
   :func:`~hpc_adept.io.formats.lamni.read_angle_table`;
 - positions ``<spec>/scan_positions/scan_%05d.dat`` beside ``dat-files`` (fold_slice

@@ -1,6 +1,6 @@
 """PtychoShelves (PSI) prepared data: ``S%05d_data_%03dx%03d.h5``.
 
-Written by yijiang1/fold_slice ``ptycho/+core/prep_h5data.m`` (lines 64-222), named by
+Written by yijiang1/fold_slice ``ptycho/+core/prep_h5data.m`` (lines 64-233), named by
 ``ptycho/+core/ptycho_prepare_paths.m`` line 235 (``sprintf('S%05d_data_%03dx%03d',
 p.scan_number(1), p.asize(1), p.asize(2)) p.prepare.prep_data_suffix '.h5'``; with binning
 ``..._b%i``), read back by ``+io/load_prepared_data.m`` (case ``'LibDetXR'``):
@@ -10,7 +10,7 @@ p.scan_number(1), p.asize(1), p.asize(2)) p.prepare.prep_data_suffix '.h5'``; wi
   fliplr(dims))``: h5py reads ``[N, asize(1), asize(2)]`` and frame ``k`` is
   ``fmag(:,:,k).^2 / renorm^2`` in MATLAB's own ``[row, col]``. ``fmag`` is
   ``fftshift_2D(sqrt(data)) * p.renorm`` (``+detector/+prep_data/+matlab_ps/
-  prep_data_matlab.m`` lines 208-216), so the stored frame is the measured intensity,
+  prep_data_matlab.m`` lines 206-216), so the stored frame is the measured intensity,
   fftshifted (DC at ``[0, 0]``): the counts are ``ifftshift`` of it (``fftshift_2D``
   rolls by ``ceil(m/2)``, as ``numpy.fft.fftshift``). The frames are the detector's as
   fold_slice holds them after ``det.orientation`` (Eiger ``[1 0 0]``: as h5py stores the
