@@ -60,7 +60,8 @@ and torch accept it too, with room for the offsets the stages add."""
 
 
 DataFormat = Literal["auto", "adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                     "lamni-eiger", "ptychoshelves-recons", "foldslice-niter",
+                     "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared", "velociprobe",
+                     "ptychoshelves-recons", "foldslice-niter",
                      "ptychodus-product", "tiff-stack"]
 """``data.format``: ``auto`` or a format of :mod:`hpc_adept.io.formats` (its ``FORMATS``)."""
 AngleConvention = Literal["adept", "ptychoshelves", "tike", "tomocupy"]
@@ -83,7 +84,8 @@ class DataConfig:
     format : str
         ``auto`` (detected from names and HDF5 keys; refuses to guess), a diffraction
         format (``adept-cxi``, ``cxi``, ``foldslice-prepared``, ``ptychodus-diffraction``,
-        ``lamni-eiger``: ``adept ptycho`` reconstructs it) or a projection format
+        ``lamni-eiger``, ``lamni-tomo``, ``ptychoshelves-prepared``, ``velociprobe``:
+        ``adept ptycho`` reconstructs it) or a projection format
         (``ptychoshelves-recons``, ``foldslice-niter``, ``ptychodus-product``,
         ``tiff-stack``: ``adept ptycho`` only imports the projections, no LSQ-ML).
     energy_ev : float or None, eV
@@ -101,7 +103,8 @@ class DataConfig:
         ``rotation_angles_deg``; required for ``tiff-stack``.
     positions_path : str or None
         Scan positions where the frames' file has none: the ptychodus product file (default:
-        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file.
+        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file, the Velociprobe
+        position CSV.
     angle_convention : str or None
         Convention of the files' and the supplied angles (``adept``, ``ptychoshelves`` =
         fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own.
@@ -109,11 +112,19 @@ class DataConfig:
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) of its prepared data:
         ``[1, 0, 0]`` for Eiger detectors, ``[0, 0, 0]`` for EMPAD.
     roi_px : int or None, pixels
-        ``lamni-eiger``: side of the square crop around the beam centre (required).
+        ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: side of the square crop around the
+        beam centre (required).
     beam_center_rc : (row, col) or None, pixels
-        ``lamni-eiger``: beam centre on the detector when the file has none.
+        ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: beam centre on the detector when
+        the file has none.
     angle_table_path : str or None
-        ``lamni-eiger``: LamNI's ``tomography_scannumbers.txt`` (rotation angle per scan).
+        ``lamni-eiger``, ``ptychoshelves-prepared``: LamNI's ``tomography_scannumbers.txt``
+        (rotation angle per scan number);
+        ``lamni-tomo``: another table than the folder's ``dat-files/`` one.
+    scan_range : (first, last) or None, scan numbers
+        ``lamni-tomo``: read only the scans numbered first..last (inclusive); None = all.
+    scan_step : int
+        ``lamni-tomo``: read every ``scan_step``-th scan of the selection (1 = all).
     pixel_size_m : float or None, m
         Projection pixel of a ``tiff-stack`` (required there; other formats record it).
     phase_sign : float
@@ -134,6 +145,8 @@ class DataConfig:
     roi_px: int | None = None
     beam_center_rc: tuple[float, float] | None = None
     angle_table_path: str | None = None
+    scan_range: tuple[int, int] | None = None
+    scan_step: int = 1
     pixel_size_m: float | None = None
     phase_sign: float = 1.0
 
@@ -153,6 +166,10 @@ class DataConfig:
             if len(self.rotation_angles_deg) > MAX_ANGLES:
                 raise ConfigError(f"data.rotation_angles_deg holds more than {MAX_ANGLES} "
                                   f"angles")
+        _positive("data", self, "scan_step")
+        if self.scan_range is not None and self.scan_range[0] > self.scan_range[1]:
+            raise ConfigError(f"data.scan_range: first {self.scan_range[0]} is after last "
+                              f"{self.scan_range[1]}")
         if any(v not in (0, 1) for v in self.foldslice_orientation):
             raise ConfigError(f"data.foldslice_orientation must hold 0 or 1, got "
                               f"{list(self.foldslice_orientation)}")

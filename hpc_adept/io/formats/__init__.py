@@ -14,7 +14,15 @@ Diffraction data -> list of :class:`~hpc_adept.io.cxi.Scan` (:func:`read_scans`)
     positions (:mod:`.ptychodus`).
 ``lamni-eiger``
     PSI cSAXS / LamNI raw Eiger HDF5 with Orchestra positions and the LamNI angle table,
-    cropped around the beam centre (:mod:`.lamni`).
+    cropped around the beam centre (:mod:`.lamni`); APS 31-ID-E LYNX files share it.
+``velociprobe``
+    APS 33-ID-C Velociprobe master file (external links to its frame files) with its
+    position CSV in nanometres (:mod:`.velociprobe`).
+``ptychoshelves-prepared``
+    PtychoShelves (PSI) prepared ``S%05d_data_%03dx%03d.h5`` (:mod:`.ptychoshelves_prepared`).
+``lamni-tomo``
+    a raw cSAXS / LamNI tomography as one experiment folder (angle table, per-scan
+    position files and Eiger files in the beamline's layout; :mod:`.lamni_tomo`).
 
 Projections made elsewhere -> :class:`~hpc_adept.io.runfiles.ProjectionSet`
 (:func:`read_projection_set`): ``ptychoshelves-recons`` (``*_recons.h5``),
@@ -43,8 +51,10 @@ from hpc_adept.io.formats.detect import (
 )
 from hpc_adept.io.formats.geometry import (
     ptychoshelves_vectors,
+    tike_vectors,
     to_adept_angles,
     to_adept_laminography,
+    tomocupy_vectors,
 )
 from hpc_adept.io.formats.projections import read_angle_file
 
@@ -59,7 +69,9 @@ __all__ = [
     "read_angle_file",
     "read_projection_set",
     "read_scans",
+    "tike_vectors",
     "to_adept_angles",
     "to_adept_laminography",
+    "tomocupy_vectors",
     "write_cxi_dataset",
 ]

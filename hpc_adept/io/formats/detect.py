@@ -19,7 +19,15 @@ import numpy as np
 
 from hpc_adept.errors import DataError
 from hpc_adept.io.cxi import Scan, list_dataset, read_cxi
-from hpc_adept.io.formats import cxi_foreign, foldslice_prepared, lamni, ptychodus
+from hpc_adept.io.formats import (
+    cxi_foreign,
+    foldslice_prepared,
+    lamni,
+    lamni_tomo,
+    ptychodus,
+    ptychoshelves_prepared,
+    velociprobe,
+)
 from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
 from hpc_adept.io.formats._values import Supplied, supplied_from
 from hpc_adept.io.formats.projections import (
@@ -34,7 +42,7 @@ __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_s
 PathLike = str | os.PathLike
 
 SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
-                "lamni-eiger")
+                "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared", "velociprobe")
 PROJECTION_FORMATS = ("ptychoshelves-recons", "foldslice-niter", "ptychodus-product",
                       "tiff-stack")
 FORMATS = SCAN_FORMATS + PROJECTION_FORMATS
@@ -56,6 +64,10 @@ def _h5_kind(f: h5py.File) -> str | None:
         return "foldslice-niter"
     if any(f.get(k) is not None for k in cxi_foreign.DATA):
         return "adept-cxi" if all(f.get(k) is not None for k in _OUR_KEYS) else "cxi"
+    if velociprobe.is_master(f):
+        return "velociprobe"
+    if f.get("/measurement/n0/data") is not None:
+        return "ptychoshelves-prepared"
     if any(f.get(k) is not None for k in lamni.EIGER_DATA):
         return "lamni-eiger"
     if f.get(ptychodus.DP_KEY) is not None or f.get(ptychodus.PATTERNS) is not None:
@@ -70,6 +82,8 @@ def _file_kind(p: Path) -> str | None:
         return "tiff-stack"
     if foldslice_prepared.DP_PATTERN.match(p.name):
         return "foldslice-prepared"
+    if ptychoshelves_prepared.NAME_PATTERN.match(p.name):
+        return "ptychoshelves-prepared"
     if name.endswith(".mat"):
         problem = mat_v73_problem(p)
         if problem:
@@ -108,6 +122,8 @@ def detect_format(path: PathLike, default: str | None = None) -> str:
         if kind is None:
             raise data_error(p, f"unknown format; known: {', '.join(FORMATS)}")
         return kind
+    if lamni_tomo.is_tomo_folder(p):  # the beamline's own layout: angle table in dat-files/
+        return "lamni-tomo"
     kinds = set()
     for candidate in _directory_files(p):
         try:
@@ -164,12 +180,17 @@ def _product_for(diffraction: Path) -> Path:
 def _scan_files(p: Path, fmt: str) -> list[Path]:
     if fmt == "foldslice-prepared":
         return [dp for dp, _ in foldslice_prepared.find_pairs(p)]
+    if fmt == "ptychoshelves-prepared":
+        return ptychoshelves_prepared.find_files(p)
     if p.is_file():
         return [p]
     if fmt in ("cxi", "adept-cxi"):
         return sorted(p.glob("*.cxi"))
     if fmt == "lamni-eiger":
-        raise data_error(p, "give one raw Eiger file (with its positions_path) at a time")
+        raise data_error(p, "give one raw Eiger file (with its positions_path) at a time, or "
+                            "the experiment folder as data.format lamni-tomo")
+    if fmt == "velociprobe":
+        raise data_error(p, "give one Velociprobe master file (with its positions_path)")
     return sorted(c for c in p.glob("*.h5") if "product" not in c.name)
 
 
@@ -188,6 +209,16 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
         return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
                                      beam_center_rc=options.get("beam_center_rc"),
                                      angle_table_path=options.get("angle_table_path"), **kw)
+    if fmt == "velociprobe":
+        if positions_path is None or options.get("roi_px") is None:
+            raise data_error(path, "a Velociprobe scan needs data.positions_path (the position "
+                                   "CSV) and data.roi_px (the square crop)")
+        return velociprobe.read_velociprobe_scan(
+            path, positions_path, roi_px=options["roi_px"],
+            beam_center_rc=options.get("beam_center_rc"), **kw)
+    if fmt == "ptychoshelves-prepared":
+        return ptychoshelves_prepared.read_prepared_scan(
+            path, angle_table_path=options.get("angle_table_path"), **kw)
     if fmt == "ptychodus-diffraction":
         return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
     return cxi_foreign.read_foreign_cxi(path, positions_path, **kw)
@@ -201,6 +232,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
+               scan_range: tuple[int, int] | None = None, scan_step: int = 1,
                member: PathLike | None = None,
                **supplied: float | None) -> list[Scan]:
     """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
@@ -224,8 +256,11 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
         ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
     roi_px, beam_center_rc, angle_table_path : optional
-        Raw Eiger (``lamni-eiger``): the square crop (pixels), the beam centre (row, col)
-        when the file has none, and LamNI's ``tomography_scannumbers.txt``.
+        Raw Eiger (``lamni-eiger``, ``lamni-tomo``): the square crop (pixels), the beam
+        centre (row, col) when the file has none, and LamNI's
+        ``tomography_scannumbers.txt``.
+    scan_range, scan_step : optional
+        ``lamni-tomo``: first and last scan number (inclusive) and every k-th scan.
     member : path, optional
         Read only this file of the data set (the ``path`` of a scan read before), with the
         values supplied for it (its rotation angle); the list then holds one scan.
@@ -244,6 +279,18 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if fmt not in SCAN_FORMATS:
         raise data_error(p, f"format {fmt} holds no diffraction data; known: "
                             f"{', '.join(SCAN_FORMATS)}")
+    if fmt == "lamni-tomo":
+        if rotation_angles_deg is not None:
+            raise data_error(p, "the angle table gives a lamni-tomo folder's rotation angles: "
+                                "remove data.rotation_angles_deg / data.angles_path")
+        kw = {} if angle_convention is None else {"angle_convention": angle_convention}
+        return _sorted(lamni_tomo.read_tomo_scans(
+            p, roi_px=roi_px, beam_center_rc=beam_center_rc, angle_table_path=angle_table_path,
+            scan_range=scan_range, scan_step=scan_step, supplied=s, load_counts=load_counts,
+            member=member, **kw), p)
+    if scan_range is not None or scan_step != 1:
+        raise data_error(p, f"data.scan_range and data.scan_step select scans of a "
+                            f"lamni-tomo folder, not of {fmt}")
     files = _scan_files(p, fmt)
     if not files:
         raise data_error(p, f"no {fmt} files found")
@@ -397,6 +444,9 @@ def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
     head = [f"path: {p}", f"format: {fmt}"]
     if fmt in SCAN_FORMATS:
         scans, missing = _read_scans_leniently(p, fmt, supplied)
+        if fmt == "lamni-tomo":
+            head += lamni_tomo.describe(p, supplied.get("angle_table_path"),
+                                        supplied.get("scan_range"), supplied.get("scan_step", 1))
         return "\n".join(head + _scan_lines(scans, missing)) + "\n"
     lam = supplied.get("laminography_angle_deg")
     ps = read_projection_set(p, fmt, laminography_angle_deg=90.0 if lam is None else lam,

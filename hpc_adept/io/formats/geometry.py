@@ -17,11 +17,12 @@ pyxalign
 ptychodus           ``tomography_angle_deg`` only   supplied            as PtychoShelves
                     (handed on to pyxalign)                             (its consumer)
 tike                ``tilt`` (rad, between axis     ``degrees(tilt)``   ``-degrees(theta)``
-                    and beam, pi/2 = tomography);                       (sense measured on
-                    ``theta`` (rad)                                     tike's test data; not
-                                                                        pinned here)
-tomocupy            ``--lamino-angle`` (deg, stage  ``90 - angle``      ``theta`` (sense not
-                    pitch, 0 = tomography)                              pinned)
+                    and beam, pi/2 = tomography);                       (pinned by a test)
+                    ``theta`` (rad)
+tomocupy            ``--lamino-angle`` (deg, stage  ``90 - angle``      ``theta`` (pinned by
+                    pitch, 0 = tomography);                             a test; its volume
+                    ``/exchange/theta`` (deg)                           is written with y
+                                                                        reversed)
 ==================  ==============================  ==================  ===================
 
 PtychoShelves / pyxalign: ``+astra/ASTRA_initialize.m`` (yijiang1/fold_slice) first adds
@@ -34,10 +35,36 @@ is ``[row, col] = [v, u]`` in MATLAB orientation (``size_projection = [Nlayers, 
 :func:`ptychoshelves_vectors` transcribes it, and tests/test_formats.py pins the mapping by
 projecting a point phantom with :func:`hpc_adept.lamino.project`.
 
+tike (AdvancedPhotonSource/tike ``src/tike/operators/cupy/lamino.py``, ``Lamino.fwd`` and
+``_make_grids``): the 2-D Fourier transform of the projection at (``kv`` along rows,
+``ku`` along columns) is the volume's 3-D transform ``u[z, y, x]`` at ``xi = (kv
+sin(tilt), -ku sin(theta) + kv cos(theta) cos(tilt), ku cos(theta) + kv sin(theta)
+cos(tilt))`` (forward FFT of the volume, inverse 2-D FFT to the projection, both centred
+by ``checkerboard``). By the Fourier slice theorem a point at ``p = (x, y, z)`` from the
+volume centre lands at column ``p . U`` and row ``p . V`` with ``U = (cos t, -sin t, 0)``,
+``V = (sin t cos(tilt), cos t cos(tilt), sin(tilt))``: ours with ``theta = -t`` and
+``L = tilt`` (:func:`tike_vectors`).
+
+tomocupy (tomography/tomocupy ``src/tomocupy/reconstruction/linerec.py``: ``phi = pi/2 +
+lamino_angle / 180 * pi``; ``src/include/kernels_linerec.cuh`` ``backprojection_ker``:
+``u = R[0](tx - n/2) + R[1](ty - n/2) + n/2``, ``v = R[3](tx - n/2) + R[4](ty - n/2) +
+R[5](tz + sz - nz/2) + nz/2`` with ``R = (cos t, sin t, 0, sin t cos phi, -cos t cos phi,
+sin phi)``, data ``[row v, angle, column u]``; ``/exchange/theta`` in degrees,
+``dataio/reader.py`` ``read_theta``): the column step ``(cos t, sin t, 0)`` and row step
+``(-sin a sin t, sin a cos t, cos a)`` with ``a = lamino_angle`` are ours with ``theta =
+t`` and ``L = 90 - lamino_angle`` (:func:`tomocupy_vectors`), in the kernel's voxel frame
+``(tx, ty, tz)``. tomocupy writes voxel ``(tx, ty, tz)`` to ``f[tz, n - ty - 1, tx]``: its
+volume is ours reversed along y (axis 1).
+
+Both pinned by tests/test_formats_raw.py: tike's forward model, transcribed as an exact
+Fourier sum, and tomocupy's backprojection, transcribed voxel by voxel, meet our
+projector's point phantom where these vectors say.
+
 Not pinned: PtychoShelves' ``rotation_center`` (default ``size_projection / 2`` in its
 corner-based pixel coordinates, i.e. our ``(m - 1) / 2`` up to half a pixel), its
-``tilt_angle`` / ``skewness_angle`` / ``pixel_scale`` (we accept only 0, 0, 1); tike's and
-tomocupy's rotation senses and offsets (no code of theirs is run here).
+``tilt_angle`` / ``skewness_angle`` / ``pixel_scale`` (we accept only 0, 0, 1); tike's
+centres (``n / 2``, even sizes only: half a pixel from our ``(n - 1) / 2``) and tomocupy's
+rotation-centre shift (``--rotation-axis``).
 """
 
 from __future__ import annotations
@@ -50,8 +77,10 @@ import numpy as np
 __all__ = [
     "CONVENTIONS",
     "ptychoshelves_vectors",
+    "tike_vectors",
     "to_adept_angles",
     "to_adept_laminography",
+    "tomocupy_vectors",
 ]
 
 CONVENTIONS = ("adept", "ptychoshelves", "tike", "tomocupy")
@@ -126,3 +155,35 @@ def ptychoshelves_vectors(angles_deg: Sequence[float], lamino_angle_deg: float
     row = np.stack([-math.sin(a) * np.sin(t), math.sin(a) * np.cos(t),
                     np.full_like(t, math.cos(a))], axis=1)
     return ray, col, row
+
+
+def tike_vectors(theta_rad: Sequence[float], tilt_rad: float) -> tuple[np.ndarray, np.ndarray]:
+    """tike's detector steps (column, row), each ``[n, 3]`` float64 in (x, y, z) voxels.
+
+    From ``Lamino._make_grids`` (tike ``src/tike/operators/cupy/lamino.py``): ``xi[:, 2] =
+    ku cos(theta) + kv sin(theta) cos(tilt)``, ``xi[:, 1] = -ku sin(theta) + kv cos(theta)
+    cos(tilt)``, ``xi[:, 0] = kv sin(tilt)``, the volume ``u`` indexed ``[z, y, x]``: the
+    coefficients of ``ku`` and ``kv`` are the column and row steps.
+    """
+    t = np.asarray(theta_rad, dtype=np.float64)
+    ct, st = math.cos(float(tilt_rad)), math.sin(float(tilt_rad))
+    col = np.stack([np.cos(t), -np.sin(t), np.zeros_like(t)], axis=1)
+    row = np.stack([np.sin(t) * ct, np.cos(t) * ct, np.full_like(t, st)], axis=1)
+    return col, row
+
+
+def tomocupy_vectors(theta_deg: Sequence[float], lamino_angle_deg: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """tomocupy's detector steps (column, row), each ``[n, 3]`` float64 in the (tx, ty, tz)
+    voxel frame of its backprojection kernel.
+
+    From ``kernels_linerec.cuh`` ``backprojection_ker``: ``R[0..2] = (cos t, sin t, 0)``
+    (column ``u``), ``R[3..5] = (sin t cos phi, -cos t cos phi, sin phi)`` (row ``v``),
+    ``phi = pi/2 + lamino_angle`` (``linerec.py``), ``t`` the angle in radians.
+    """
+    t = np.deg2rad(np.asarray(theta_deg, dtype=np.float64))
+    phi = math.pi / 2 + math.radians(float(lamino_angle_deg))
+    col = np.stack([np.cos(t), np.sin(t), np.zeros_like(t)], axis=1)
+    row = np.stack([np.sin(t) * math.cos(phi), -np.cos(t) * math.cos(phi),
+                    np.full_like(t, math.sin(phi))], axis=1)
+    return col, row

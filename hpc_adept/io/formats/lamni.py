@@ -22,17 +22,38 @@ beam centre (``Center_x/y_pixel`` or ``beam_center_x/y``, or supplied) at
 ``(roi_px // 2, roi_px // 2)``. Pixels at the dtype's maximum in any frame (Eiger gaps and
 dead pixels) are masked.
 
-Positions (ptychodus 1.7.0 ``plugins/aps31id_lamni/position_file.py``): a title line, a
-header line, then rows; Orchestra (``DataPoint TotalPoints Target_x Average_x_st_fzp ...``,
-index origin 0, x column 3, y column 6) or softGlueZynq (raw / processed, origin 1), in
-micrometres with the sign flipped: ``x = -Average_x_st_fzp * 1e-6``. fold_slice
-(``+scans/+positions/orchestra.m``, ``angular_correction_setup = 'lamni'``) agrees:
-``positions_real = [y x] * 1e-6``, negated by ``ptycho_adjust_positions.m``.
+Positions: the ``specES1/scan_positions/scan_%05d.dat`` files (fold_slice templates'
+``p.positions_file``; ptypy ``ptypy/experiment/cSAXS.py`` ``get_position_path``). Read
+by ptychodus 1.7.0 (``plugins/aps31id_lamni/position_file.py``), fold_slice
+(``+beamline/read_position_file.m``, called by ``+scans/+positions/orchestra.m``) and
+ptypy (``cSAXS.py`` ``get_positions``) the same way: a title line (``Scan 00123,
+lsamrot_encoder 12.3``: ``textscan(f, '%s %d, %s %f', 1)``), a line of column names
+(ptypy: ``if k == 1: keys = line.split()``), then one row per point
+(``np.loadtxt(path, skiprows=2)``). Columns:
 
-Angles (ptychodus 1.7.0 ``plugins/aps31id_lamni/_scan_table.py``):
-``tomography_scannumbers.txt``, no header, rows ``scan_no golden_angle encoder_angle
-measurement_id subtomo_no detector_position label``; the encoder angle is the rotation
-angle (PtychoShelves convention, as pyxalign uses it); a repeated scan number: last row.
+- the three layouts ptychodus matches exactly: Orchestra (``DataPoint TotalPoints
+  Target_x Average_x_st_fzp ...``, index origin 0, x column 3, y column 6) or
+  softGlueZynq (raw / processed, index origin 1);
+- any other header naming ``Average_x_st_fzp`` and ``Average_y_st_fzp`` (or the
+  "outdated" ``Average_x`` / ``Average_y``, ``orchestra.m`` lines 47-50), rows in
+  frame order (fold_slice pairs row k with frame k).
+
+Units and sign: micrometres, negated: ``x = -Average_x_st_fzp * 1e-6``, likewise y
+(ptychodus: ``-LengthUnit.MICROMETER.to_meters(...)``; fold_slice ``orchestra.m`` with
+``angular_correction_setup = 'lamni'``: ``positions_real = [Average_y_st_fzp*1e-6
+Average_x_st_fzp*1e-6]``, negated by ``+core/ptycho_adjust_positions.m``). The measured
+interferometer averages are used, as fold_slice and ptychodus do, not ptypy's default
+``motors = ('Target_y', 'Target_x')``. OMNY / flOMNI's angular correction
+(``Average_rotz_st``, ``orchestra.m`` ``apply_correction``) is not applied: LamNI
+(``'lamni'``) applies none.
+
+Angles (ptychodus 1.7.0 ``plugins/aps31id_lamni/_scan_table.py``; fold_slice
+``+beamline/read_omny_angles.m``): ``tomography_scannumbers.txt``, no header, rows
+``scan_no golden_angle encoder_angle measurement_id subtomo_no detector_position label``
+(fold_slice's older 6 columns lack ``measurement_id``: ``case {3,6}``); the encoder angle
+(fold_slice's ``readout_angle``, used by ``tomo/+prepare/load_angles.m``) is the rotation
+angle in the PtychoShelves convention (as pyxalign uses it); a repeated scan number: the
+last row (``unique(scans, 'last')`` in ``load_angles.m``).
 """
 
 from __future__ import annotations
@@ -67,8 +88,8 @@ from hpc_adept.io.formats._values import (
     rotation_deg,
 )
 
-__all__ = ["EIGER_DATA", "ScanRecord", "read_angle_table", "read_eiger_scan",
-           "read_lamni_positions"]
+__all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_angle_table",
+           "read_eiger_scan", "read_lamni_positions"]
 
 PathLike = str | os.PathLike
 
@@ -108,10 +129,14 @@ def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
+        if len(fields) == 6:  # fold_slice's older layout: no measurement_id
+            fields = fields[:3] + ["0"] + fields[3:]
         try:
+            if len(fields) != 7:
+                raise ValueError
             record = ScanRecord(int(fields[0]), float(fields[1]), float(fields[2]),
                                 int(fields[3]), int(fields[4]), int(fields[5]), fields[6])
-        except (IndexError, ValueError):
+        except ValueError:
             raise data_error(p, f"line {number}: expected 'scan_no golden_angle "
                                 f"encoder_angle measurement_id subtomo_no "
                                 f"detector_position label'") from None
@@ -121,18 +146,24 @@ def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
     return records
 
 
-def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Frame indexes ``[n]`` (0-based) and positions ``[n, 3]`` metres of a LamNI ``.dat``."""
-    p = Path(path)
-    if not p.is_file():
-        raise data_error(p, "position file not found")
-    lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
-    header = " ".join(lines[1].split()) if len(lines) > 1 else ""
-    if header not in _POSITION_LAYOUTS:
-        raise data_error(p, f"line 2: unknown column header {header[:60]!r} (expected "
-                            f"Orchestra or softGlueZynq)")
-    index_col, origin, x_col, y_col = _POSITION_LAYOUTS[header]
-    width = len(header.split())
+_NAMED_COLUMNS = (("Average_x_st_fzp", "Average_y_st_fzp"), ("Average_x", "Average_y"))
+
+
+def _columns(p: Path, header: str) -> tuple[int | None, int, int, int]:
+    """(index column or None = row order, index origin, x column, y column) of a header."""
+    if header in _POSITION_LAYOUTS:
+        return _POSITION_LAYOUTS[header]
+    names = header.split()
+    for x_name, y_name in _NAMED_COLUMNS:
+        if x_name in names and y_name in names:
+            return None, 0, names.index(x_name), names.index(y_name)
+    raise data_error(p, f"line 2: unknown column header {header[:60]!r} (expected Orchestra, "
+                        f"softGlueZynq, or columns Average_x_st_fzp and Average_y_st_fzp)")
+
+
+def _position_rows(p: Path, lines: list[str], width: int, columns: tuple) -> np.ndarray:
+    """``[n, 3]`` float64 rows (frame index, x um, y um) of the data lines."""
+    index_col, origin, x_col, y_col = columns
     rows = []
     for number, line in enumerate(lines[2:], start=3):
         fields = line.split()
@@ -141,15 +172,31 @@ def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         if len(fields) != width:
             raise data_error(p, f"line {number}: {len(fields)} columns, expected {width}")
         try:
-            rows.append((int(float(fields[index_col])) - origin, float(fields[x_col]),
-                         float(fields[y_col])))
+            index = len(rows) if index_col is None else int(float(fields[index_col])) - origin
+            rows.append((index, float(fields[x_col]), float(fields[y_col])))
         except ValueError:
             raise data_error(p, f"line {number}: not a number") from None
     if not rows:
         raise data_error(p, "no positions")
-    table = np.array(rows, dtype=np.float64)
+    return np.array(rows, dtype=np.float64)
+
+
+def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indexes ``[n]`` (0-based) and positions ``[n, 3]`` metres of a LamNI ``.dat``.
+
+    Positions ``(x, y, 0) = -(Average_x_st_fzp, Average_y_st_fzp) * 1e-6`` (see the module
+    docstring); DataError (one line) for an unknown header, a short row, a non-number,
+    non-finite values or values too large for micrometres.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise data_error(p, "position file not found")
+    lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+    header = " ".join(lines[1].split()) if len(lines) > 1 else ""
+    columns = _columns(p, header)
+    table = _position_rows(p, lines, len(header.split()), columns)
     positions = np.stack([-table[:, 1] * 1e-6, -table[:, 2] * 1e-6,
-                          np.zeros(len(rows))], axis=1)
+                          np.zeros(len(table))], axis=1)
     check_positions_m(p, "positions", positions)
     return table[:, 0].astype(np.int64), positions
 
@@ -193,8 +240,10 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
     return head
 
 
-def _crop(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
-          roi_px: int) -> tuple[slice, slice]:
+def crop_window(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
+                roi_px: int) -> tuple[slice, slice]:
+    """Rows and columns of the ``roi_px`` square around ``centre`` (row, col) of frames
+    ``shape`` ``[n, rows, cols]``; DataError when it leaves the frame."""
     r0 = int(round(centre[0])) - roi_px // 2
     c0 = int(round(centre[1])) - roi_px // 2
     if r0 < 0 or c0 < 0 or r0 + roi_px > shape[1] or c0 + roi_px > shape[2]:
@@ -204,8 +253,8 @@ def _crop(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, flo
     return slice(r0, r0 + roi_px), slice(c0, c0 + roi_px)
 
 
-def _frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
-            load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
+                   load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
     if not load:
         return None, None
@@ -249,8 +298,8 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
         centre = beam_center_rc or (head["row"], head["col"])
         if centre[0] is None or centre[1] is None:
             raise data_error(p, "no beam centre in the file; supply beam_center_rc", key)
-        rows, cols = _crop(p, key, ds.shape, centre, roi_px)
-        frames, mask = _frames(f, p, key, rows, cols, load_counts)
+        rows, cols = crop_window(p, key, ds.shape, centre, roi_px)
+        frames, mask = cropped_frames(f, p, key, rows, cols, load_counts)
         n_frames = ds.shape[0]
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"position indexes outside the {n_frames} frames")

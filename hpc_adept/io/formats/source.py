@@ -73,6 +73,8 @@ def reader_options(data: DataConfig) -> dict[str, Any]:
         "roi_px": data.roi_px,
         "beam_center_rc": data.beam_center_rc,
         "angle_table_path": data.angle_table_path,
+        "scan_range": data.scan_range,
+        "scan_step": data.scan_step,
     }
     options.update({k: getattr(data, k) for k in SUPPLIED_KEYS})
     return options

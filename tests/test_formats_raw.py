@@ -1,0 +1,739 @@
+"""Raw beamline layouts read as a whole (issue 19): a cSAXS / LamNI tomography folder.
+
+The fixtures write the beamline's files with h5py and plain text following the programs
+that read them, line by line (cited beside each writer): fold_slice (yijiang1/fold_slice),
+ptychodus 1.7.0 (AdvancedPhotonSource/ptychodus) and ptypy (ptycho/ptypy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hpc_adept.errors import DataError
+from hpc_adept.io.cxi import Scan
+from hpc_adept.io.formats import detect_format, inspect, read_scans
+from hpc_adept.io.formats.lamni import read_angle_table, read_lamni_positions
+
+from .conftest import adept
+from .test_formats import (
+    DISTANCE_M,
+    ENERGY_EV,
+    FRAME,
+    LAMINO,
+    PIXEL_M,
+    _object_pixel,
+    _one_line,
+    _scan,
+)
+from .test_real_data import work  # noqa: F401 (the module's simulated data set and volume)
+
+ORCHESTRA = ("DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
+             "Average_y_st_fzp Stdev_y_st_fzp Average_cap1 Stdev_cap1 Average_cap2 "
+             "Stdev_cap2 Average_cap3 Stdev_cap3 Average_cap4 Stdev_cap4 Average_cap5 "
+             "Stdev_cap5")
+CENTRE_RC = (19, 27)  # the beam centre of a 16 x 16 frame's detector (_detector)
+
+
+def write_positions(path: Path, scan: Scan, scan_no: int, angle: float,
+                    header: str = ORCHESTRA) -> None:
+    """``specES1/scan_positions/scan_%05d.dat`` as its readers expect it.
+
+    - title line ``Scan 00123, lsamrot_encoder 12.3``: fold_slice
+      ``+beamline/read_position_file.m`` (``textscan(f,'%s %d, %s %f',1)``), ptychodus's
+      test of ``plugins/aps31id_lamni/position_file.py``;
+    - column names on line 2 (ptypy ``cSAXS.py`` ``get_positions``: ``if k == 1: keys =
+      line.split()``; ptychodus ``column_header_row = next(csv_iterator)``);
+    - rows from line 3 (``np.loadtxt(path, skiprows=2)``), micrometres, the negated
+      position (ptychodus: ``-LengthUnit.MICROMETER.to_meters(float(row[x_column]))``;
+      fold_slice ``orchestra.m`` ``positions_real = [Average_y_st_fzp*1e-6
+      Average_x_st_fzp*1e-6]``, negated in ``ptycho_adjust_positions.m``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = header.split()
+    n = scan.n_positions
+    rows = []
+    for i, (x, y, _) in enumerate(scan.positions_m):
+        values = dict.fromkeys(names, 0.0)
+        values.update({"DataPoint": i, "TotalPoints": n, "Target_x": round(-x * 1e6, 3),
+                       "Target_y": round(-y * 1e6, 3), "Average_x_st_fzp": -x * 1e6,
+                       "Average_y_st_fzp": -y * 1e6, "Average_x": -x * 1e6,
+                       "Average_y": -y * 1e6})
+        rows.append(" ".join(f"{values[k]:.9g}" for k in names))
+    path.write_text(f"Scan {scan_no:05d}, lsamrot_encoder {angle:.4f}\n{header}\n"
+                    + "\n".join(rows) + "\n")
+
+
+def _detector(frame: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A small stand-in for the Eiger 1.5M's 1030 x 1614 frame, and its beam centre."""
+    return (frame + 24, frame + 34), (frame // 2 + 11, frame // 2 + 19)
+
+
+def write_eiger(path: Path, scan: Scan, layout: str = "legacy") -> None:
+    """A raw Eiger file of ``scan``'s counts placed with their DC at the beam centre of a
+    larger frame (uint32; one pixel at the dtype's maximum: a gap).
+
+    - ``legacy``: ptychodus 1.7.0 ``plugins/aps31id_lamni/diffraction_file.py``
+      ``_read_legacy``: ``/entry/data/eiger_4`` with attributes ``Center_x_pixel``,
+      ``Center_y_pixel``, ``Detector_distance_m``, ``Photon_energy_kev``, ``Pixel_size``;
+    - ``csaxs``: fold_slice ``+detector/+eiger1p5M/eiger1p5M.m`` (``H5Location``
+      ``/entry/instrument/eiger_4/data``) with ptychodus ``sls_csaxs_diffraction_file.py``
+      lines 37-40 (``monochromator/distance`` mm, sign ignored: ``abs``;
+      ``eiger_4/x_pixel_size`` um; ``monochromator/energy`` keV); no beam centre.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, frame, _ = scan.counts.shape
+    shape, centre = _detector(frame)
+    frames = np.zeros((n, *shape), np.uint32)
+    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
+    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
+    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    pixel = scan.x_pixel_size_m
+    with h5py.File(path, "w") as f:
+        if layout == "legacy":
+            ds = f.create_dataset("/entry/data/eiger_4", data=frames, chunks=(1, *shape))
+            ds.attrs.update({"Center_x_pixel": centre[1], "Center_y_pixel": centre[0],
+                             "Detector_distance_m": scan.distance_m,
+                             "Photon_energy_kev": scan.energy_ev / 1e3, "Pixel_size": pixel})
+        else:
+            f.create_dataset("/entry/instrument/eiger_4/data", data=frames)
+            f["/entry/instrument/monochromator/distance"] = -scan.distance_m * 1e3
+            f["/entry/instrument/monochromator/energy"] = scan.energy_ev / 1e3
+            f["/entry/instrument/eiger_4/x_pixel_size"] = pixel * 1e6
+            f["/entry/instrument/eiger_4/y_pixel_size"] = pixel * 1e6
+
+
+def write_tomo_folder(root: Path, scans: dict[int, Scan], site: str = "psi",
+                      layout: str = "legacy", extra_rows: str = "") -> Path:
+    """A LamNI tomography as the beamline leaves it (see :mod:`.lamni_tomo`'s citations).
+
+    - PSI: ``ROOT/specES1/dat-files/tomography_scannumbers.txt`` and
+      ``ROOT/specES1/scan_positions/scan_%05d.dat`` (fold_slice
+      ``tomo/tests/test_tomo_real_data.m`` lines 52-53); APS 31-ID-E: the same without
+      ``specES1/`` (ptychodus ``plugins/workflow.py`` lines 104-107);
+    - frames ``ROOT/eiger_4/S%05d-%05d/S%05d/run_%05d_000000000000.h5`` (fold_slice
+      ``+utils/compile_x12sa_dirname.m``, ``+eiger1p5M/eiger1p5M.m`` ``basepath_dir``,
+      ``+eiger1p5M/convert2hdf5.m`` ``dir([load_dir, '/run_*.h5'])``);
+    - table rows ``scan_no golden_angle encoder_angle measurement_id subtomo_no
+      detector_position label`` (ptychodus ``_scan_table.py``), the encoder angle in the
+      PtychoShelves convention (ours - 90, :mod:`hpc_adept.io.formats.geometry`).
+    """
+    spec = root / "specES1" if site == "psi" else root
+    rows = []
+    for k, (number, scan) in enumerate(sorted(scans.items())):
+        angle = scan.rotation_angle_deg - 90.0
+        low = number // 1000 * 1000
+        folder = root / "eiger_4" / f"S{low:05d}-{low + 999:05d}" / f"S{number:05d}"
+        write_eiger(folder / f"run_{number:05d}_000000000000.h5", scan, layout)
+        write_positions(spec / "scan_positions" / f"scan_{number:05d}.dat", scan, number,
+                        angle)
+        rows.append(f"{number} {k * 17.5:.4f} {angle:.6f} {k} 1 0 lamni_ic")
+    table = spec / "dat-files" / "tomography_scannumbers.txt"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("\n".join(rows) + "\n" + extra_rows)
+    return table
+
+
+def _tomo_scans() -> dict[int, Scan]:
+    return {number: _scan(angle, seed=i) for i, (number, angle) in
+            enumerate(((998, 40.0), (999, -20.0), (1000, 100.0), (1001, 10.0)))}
+
+
+@pytest.mark.parametrize("site", ["psi", "aps"])
+def test_lamni_tomography_folder_reads_every_scan_with_its_angle(tmp_path, site):
+    scans = _tomo_scans()
+    table = write_tomo_folder(tmp_path, scans, site)
+    # scan 999 measured again: the last row wins (load_angles.m: unique(scans, 'last'))
+    rows = table.read_text().replace(" -110.000000 ", " -111.000000 ")
+    table.write_text(rows + "999 1.0 -110.000000 1 1 0 lamni_ic\n")
+    assert detect_format(tmp_path) == "lamni-tomo"
+    read = read_scans(tmp_path, roi_px=FRAME, laminography_angle_deg=LAMINO)
+    assert [s.rotation_angle_deg for s in read] == pytest.approx([-20.0, 10.0, 40.0, 100.0])
+    by_angle = {round(s.rotation_angle_deg): s for s in scans.values()}
+    for got in read:
+        want = by_angle[round(got.rotation_angle_deg)]
+        np.testing.assert_array_equal(got.counts, want.counts)
+        np.testing.assert_allclose(got.positions_m, want.positions_m, atol=1e-14)
+        assert got.energy_j == pytest.approx(want.energy_j, rel=1e-9)
+        assert got.distance_m == pytest.approx(DISTANCE_M)
+        assert got.x_pixel_size_m == pytest.approx(PIXEL_M)
+        assert got.laminography_angle_deg == pytest.approx(LAMINO)
+        assert got.mask is not None and not got.mask.any()  # the gap lies outside the crop
+    assert read_angle_table(table)[999].golden_angle_deg == 1.0
+    text = inspect(tmp_path, roi_px=FRAME)
+    assert "format: lamni-tomo" in text and "scans: 4" in text
+    assert "scan numbers: 998..1001 (4 of the table's 4)" in text
+    assert "rotation angles: -20..100 deg" in text
+    assert "not in the files (supply them): laminography_angle_deg" in text
+
+
+def test_lamni_tomography_subsets_and_the_csaxs_layout(tmp_path):
+    scans = _tomo_scans()
+    write_tomo_folder(tmp_path, scans, layout="csaxs",
+                      extra_rows="1002 70.0 70.000000 4 1 0 lamni_ic\n")  # not yet on disk
+    common = {"roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "beam_center_rc": CENTRE_RC, "load_counts": False}
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, **common)
+    assert "S01002" in _one_line(exc) and "data.scan_range" in str(exc.value)
+    some = read_scans(tmp_path, scan_range=(999, 1001), **common)
+    assert [Path(s.path).name for s in some] == [
+        "run_00999_000000000000.h5", "run_01001_000000000000.h5",
+        "run_01000_000000000000.h5"]  # ordered by angle: -20, 10, 100
+    every_other = read_scans(tmp_path, scan_range=(998, 1001), scan_step=2, **common)
+    assert sorted(Path(s.path).name[4:9] for s in every_other) == ["00998", "01000"]
+    one = read_scans(tmp_path, scan_range=(998, 1001), member=some[1].path,
+                     **{**common, "load_counts": True})
+    assert len(one) == 1 and one[0].rotation_angle_deg == pytest.approx(10.0)
+    np.testing.assert_array_equal(one[0].counts, scans[1001].counts)
+    assert one[0].distance_m == pytest.approx(DISTANCE_M)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, scan_range=(2000, 3000), **common)
+    assert "no scan" in _one_line(exc)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, scan_range=(998, 1001), rotation_angles_deg=[0, 1, 2, 3],
+                   **common)
+    assert "angle table" in _one_line(exc)
+
+
+def test_position_files_in_every_layout_their_readers_accept(tmp_path):
+    """Orchestra, fold_slice's named columns and the outdated ``Average_x``/``Average_y``
+    give the same positions; a header naming neither is one error line."""
+    scan = _scan(0.0)
+    want = scan.positions_m
+    for name, header in (("orchestra", ORCHESTRA),
+                         ("named", "Target_x Target_y Average_y_st_fzp Average_x_st_fzp"),
+                         ("outdated", "Average_x Average_y Stdev_x Stdev_y")):
+        path = tmp_path / f"{name}.dat"
+        write_positions(path, scan, 5, 0.0, header)
+        indexes, positions = read_lamni_positions(path)
+        assert indexes.tolist() == list(range(scan.n_positions))
+        np.testing.assert_allclose(positions, want, atol=1e-14)
+    bad = tmp_path / "bad.dat"
+    write_positions(bad, scan, 5, 0.0, "Target_x Target_y")
+    with pytest.raises(DataError) as exc:
+        read_lamni_positions(bad)
+    assert "Average_x_st_fzp" in _one_line(exc)
+    text = (tmp_path / "named.dat").read_text().splitlines()
+    (tmp_path / "short.dat").write_text("\n".join(text[:3] + ["1 2 3"]) + "\n")
+    with pytest.raises(DataError) as exc:
+        read_lamni_positions(tmp_path / "short.dat")
+    assert "line 4: 3 columns, expected 4" in _one_line(exc)
+    (tmp_path / "um.dat").write_text("\n".join(text[:2] + ["0 0 1e5 1e5"]) + "\n")
+    with pytest.raises(DataError) as exc:  # metres stored where micrometres belong
+        read_lamni_positions(tmp_path / "um.dat")
+    assert "too large" in _one_line(exc)
+
+
+def test_angle_table_of_six_columns_and_bad_rows(tmp_path):
+    """fold_slice's older table has six columns (``read_omny_angles.m`` ``case {3,6}``:
+    scan, target, readout, subtomo, detpos, name)."""
+    old = tmp_path / "old.txt"
+    old.write_text("12 0.0 0.52 1 0 chip\n13 10.0 10.48 1 0 chip\n")
+    table = read_angle_table(old)
+    assert table[13].encoder_angle_deg == 10.48 and table[13].subtomo_no == 1
+    for bad in ("12 0.0 x 1 1 0 chip\n", "12 0.0 1.0 1\n", "12 0.0 nan 1 1 0 chip\n"):
+        old.write_text(bad)
+        with pytest.raises(DataError) as exc:
+            read_angle_table(old)
+        assert "line 1" in _one_line(exc)
+
+
+# --------------------------------------------------------------------------- adept run
+
+
+def test_lamni_tomography_folder_gives_our_volume(work):  # noqa: F811 (the fixture)
+    """``adept run`` (ptycho -> align -> recon FBP) on the beamline folder of the simulated
+    data set: the volume of our own layout. ``data.scan_range`` leaves out a scan the
+    table lists but the disk does not hold yet (a tomography still being measured)."""
+    from .test_real_data import LAMINO as RUN_LAMINO
+    from .test_real_data import _pcc, _run, _scans
+
+    work, reference = work
+    scans = _scans(work)
+    numbers = {997 + i: scan for i, scan in enumerate(scans)}  # across S00000-00999 / S01000-
+    write_tomo_folder(work / "lamni", numbers, extra_rows="1100 5.0 5.0 9 1 0 lamni_ic\n")
+    settings = ["data.path=lamni", f"data.laminography_angle_deg={RUN_LAMINO}",
+                f"data.roi_px={scans[0].frame_shape[0]}"]
+    volume = _run(work, "run_lamni", *settings, f"data.scan_range=[997, {996 + len(scans)}]")
+    assert _pcc(volume, reference) > 0.99
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_lamni_bad", *settings,
+                   cwd=work)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "S01100" in lines[0] and "data.scan_range" in lines[0], lines
+    assert not (work / "run_lamni_bad" / "projections.h5").exists()
+    assert not (work / "run_lamni_bad" / "ptycho").exists()
+
+
+# --------------------------------------------------------------------------- PtychoShelves
+
+
+def _runs(valid: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) 0-based of the runs of True (prep_h5data.m lines 100-126: begins where
+    ``diff(any(fmask)) == 1``, ends where it is -1, plus the edges)."""
+    edges = np.diff(np.concatenate([[0], valid.astype(int), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1, strict=True))
+
+
+def write_ptychoshelves_prepared(folder: Path, scan_no: int, scan: Scan,
+                                 fmask: np.ndarray | None = None) -> Path:
+    """``S%05d_data_%03dx%03d.h5`` as fold_slice ``ptycho/+core/prep_h5data.m`` writes it.
+
+    - ``prep_data_matlab.m`` (``+matlab_ps``) lines 206-216: ``max_sum`` per scan, ``max_power =
+      max(max_sum) / prod(asize)``, ``renorm = sqrt(1/max_power)``, ``p.fmag =
+      fftshift_2D(sqrt(data)) * renorm``, ``p.fmask = fftshift_2D(fmask)``;
+    - ``ptycho_adjust_positions.m``: ``positions = -positions_real ./ dx_spec``, ``- min``
+      (``positions_real`` is already negated by the position loader, so the window moves
+      with (+y, +x)), then prep_h5data.m line 216: ``uint32(transpose(round(...)))``;
+    - prep_h5data.m lines 97-139 (modules from ``any(fmask, 1)`` / ``any(fmask, 2)``),
+      line 164 (bad pixels ``[y, x] - 1`` inside modules), lines 182-218 (groups,
+      attributes, line 217 ``data = permute((fmag/renorm).^2, [2 1 3])``);
+    - ``+io/+HDF/save2hdf5.m`` / ``write_dataset.m``: MATLAB ``[a, b, c]`` is stored with
+      ``fliplr`` dims, so h5py reads ``[c, b, a]`` and the permuted frames as MATLAB's
+      ``[row, col]``; a ``[2, K]`` matrix reads as ``[K, 2]``; root attributes
+      ``filename``, ``creator``, ``file_time``; ``h5_struc.Attributes.format = 2``.
+    """
+    n, size, _ = scan.counts.shape
+    dx = scan.object_pixel_size_m[1]
+    valid = np.ones((size, size), bool) if fmask is None else fmask  # ours: DC at N // 2
+    max_sum = float(scan.counts.sum(axis=(1, 2)).max())
+    renorm = np.sqrt(1.0 / (max_sum / size ** 2))
+    fmag = np.fft.fftshift(np.sqrt(scan.counts), axes=(1, 2)) * renorm
+    stored_mask = np.fft.fftshift(valid)
+    rc = np.stack([scan.positions_m[:, 1], scan.positions_m[:, 0]], 1) / dx
+    positions = np.round(rc - rc.min(axis=0)).astype(np.uint32)
+    rows, cols = _runs(stored_mask.any(axis=1)), _runs(stored_mask.any(axis=0))
+    modules = np.array([[r1 - r0 + 1, c1 - c0 + 1, r0, c0]
+                        for r0, r1 in rows for c0, c1 in cols], np.uint32)
+    in_modules = np.zeros_like(valid)
+    for nr, nc, r0, c0 in modules:
+        in_modules[r0:r0 + nr, c0:c0 + nc] = True
+    bad = np.argwhere(in_modules & ~stored_mask).astype(np.uint32)  # (row, col), 0-based
+    path = folder / f"S{scan_no:05d}_data_{size:03d}x{size:03d}.h5"
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"filename": str(path), "creator": "ptycho_recons",
+                        "file_time": "03-Dec-2026 12:00:00", "format": 2})
+        f["probes"] = np.array([[size, size]], np.uint64)
+        f["objects"] = np.array([[size + 40, size + 40]], np.uint64)
+        det = f.create_group("detector/n0")
+        det.attrs.update({"rows": np.uint32(size), "columns": np.uint32(size)})
+        if len(bad):
+            det["bad_pixels"] = bad
+        det["modules"] = modules
+        meas = f.create_group("measurement")
+        meas.attrs["max_power"] = 1.0 / renorm ** 2
+        group = meas.create_group("n0")
+        group.attrs.update({"detector": np.uint32(0), "probe": np.uint32(0),
+                            "object": np.uint32(0), "max_sum": np.uint32(max_sum)})
+        group["positions"] = positions
+        group.create_dataset("data", data=((fmag / renorm) ** 2).astype(np.float32),
+                             compression="gzip")
+    return path
+
+
+def test_ptychoshelves_prepared_round_trip(tmp_path):
+    scan = _scan(30.0)
+    valid = np.ones((FRAME, FRAME), bool)
+    valid[3, :] = False  # a gap between modules (a row)
+    valid[10, 12] = False  # a bad pixel
+    path = write_ptychoshelves_prepared(tmp_path / "S00042", 42, scan, valid)
+    assert detect_format(tmp_path) == "ptychoshelves-prepared"
+    supplied = {"energy_ev": ENERGY_EV, "distance_m": DISTANCE_M, "detector_pixel_m": PIXEL_M,
+                "laminography_angle_deg": LAMINO}
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, **supplied)
+    assert "data.rotation_angles_deg" in _one_line(exc)
+    read = read_scans(tmp_path, rotation_angles_deg=[30.0 - 90.0], **supplied)[0]
+    np.testing.assert_allclose(read.counts, scan.counts, rtol=1e-6, atol=1e-6)
+    dx = _object_pixel()
+    middle = np.array([3.0 * dx, -2.0 * dx, 0.0])  # the middle of _scan's positions
+    np.testing.assert_allclose(read.positions_m, scan.positions_m - middle, atol=1e-15)
+    assert read.rotation_angle_deg == pytest.approx(30.0)
+    np.testing.assert_array_equal(read.mask, ~valid)
+    table = tmp_path / "tomography_scannumbers.txt"
+    table.write_text("41 0.0 0.0 0 1 0 ic\n42 0.0 -55.5 1 1 0 ic\n")
+    by_table = read_scans(path, angle_table_path=table, **supplied)[0]
+    assert by_table.rotation_angle_deg == pytest.approx(34.5)
+    text = inspect(tmp_path, angle_table_path=table)
+    assert "format: ptychoshelves-prepared" in text and "frame shape: 16 x 16" in text
+    assert "energy_ev" in text and "distance_m" in text
+
+
+def test_bad_ptychoshelves_prepared_files(tmp_path):
+    scan = _scan(0.0)
+    path = write_ptychoshelves_prepared(tmp_path, 7, scan)
+    supplied = {"energy_ev": ENERGY_EV, "distance_m": DISTANCE_M, "detector_pixel_m": PIXEL_M,
+                "laminography_angle_deg": LAMINO, "rotation_angle_deg": 0.0}
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/positions"]
+        f["measurement/n0/positions"] = np.zeros((3, 2), np.uint32)
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "/measurement/n0/positions" in _one_line(exc)
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/positions"]
+        f["measurement/n0/positions"] = np.zeros((scan.n_positions, 2), np.uint32)
+        data = f["measurement/n0/data"][()]
+        data[1, 2, 3] = np.nan
+        del f["measurement/n0/data"]
+        f["measurement/n0/data"] = data
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "/measurement/n0/data: contains NaN" in _one_line(exc)
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/data"]
+        f["measurement/n0/data"] = np.ones((scan.n_positions, 16, 12), np.float32)
+    with pytest.raises(DataError) as exc:
+        read_scans(path, **supplied)
+    assert "square" in _one_line(exc)
+    with h5py.File(path, "a") as f:
+        del f["measurement/n0/data"]
+        f["measurement/n0/data"] = np.ones((scan.n_positions, 16, 16), np.float32)
+    renamed = path.rename(path.with_name("S00007_data_032x032.h5"))
+    with pytest.raises(DataError) as exc:
+        read_scans(renamed, **supplied)
+    assert "the name says 032x032" in _one_line(exc)
+    with h5py.File(renamed, "a") as f:
+        del f["measurement/n0"]
+    with pytest.raises(DataError) as exc:
+        read_scans(renamed, **supplied)
+    assert "n0" in _one_line(exc)
+
+
+def test_ptychoshelves_prepared_files_give_our_volume(work):  # noqa: F811 (the fixture)
+    """``adept run`` on PtychoShelves prepared files (one per scan, the rotation angles from
+    a LamNI angle table by scan number) gives the volume of our own layout holding what the
+    format keeps: positions rounded to whole pixels (``prep_h5data.m`` line 216), each
+    scan's centred (the format keeps no absolute offset)."""
+    from hpc_adept.io.cxi import write_cxi
+
+    from .test_real_data import LAMINO as RUN_LAMINO
+    from .test_real_data import _pcc, _run, _scans
+
+    work, _ = work
+    scans = _scans(work)
+    rows = []
+    for i, scan in enumerate(scans):
+        write_ptychoshelves_prepared(work / "psi" / f"S{100 + i:05d}", 100 + i, scan)
+        rows.append(f"{100 + i} 0.0 {scan.rotation_angle_deg - 90.0!r} {i} 1 0 ic\n")
+        dx = scan.object_pixel_size_m[1]
+        kept = np.round(scan.positions_m[:, :2] / dx - scan.positions_m[:, :2].min(0) / dx)
+        kept = (kept - (kept.min(0) + kept.max(0)) / 2) * dx
+        write_cxi(work / "psi_ours" / f"scan_{i:04d}.cxi", Scan(**{
+            **scan.__dict__, "positions_m": np.column_stack([kept, np.zeros(len(kept))])}))
+    (work / "psi_angles.txt").write_text("".join(rows))
+    reference = _run(work, "run_psi_ours", "data.path=psi_ours")
+    first = scans[0]
+    volume = _run(work, "run_psi", "data.path=psi", "data.angle_table_path=psi_angles.txt",
+                  f"data.laminography_angle_deg={RUN_LAMINO}",
+                  f"data.energy_ev={first.energy_ev!r}", f"data.distance_m={first.distance_m!r}",
+                  f"data.detector_pixel_m={first.x_pixel_size_m!r}")
+    assert _pcc(volume, reference) > 0.99
+
+
+# --------------------------------------------------------------------------- geometry pins
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    weights = np.clip(image, 0, None)
+    rows, cols = np.indices(image.shape)
+    return np.array([(rows * weights).sum(), (cols * weights).sum()]) / weights.sum()
+
+
+def _tike_forward(volume: np.ndarray, theta: np.ndarray, tilt: float) -> np.ndarray:
+    """tike's ``Lamino.fwd`` (``src/tike/operators/cupy/lamino.py``) as an exact Fourier
+    sum: ``_make_grids`` (``u = arange(-n//2, n//2) / n``; ``ku`` along columns, ``kv``
+    along rows; ``xi[:, 2] = ku cos + kv sin cos(tilt)``, ``xi[:, 1] = -ku sin + kv cos
+    cos(tilt)``, ``xi[:, 0] = kv sin(tilt)``), ``eq2us`` (``checkerboard(fftn(
+    checkerboard(f)))``: the forward transform of the volume centred at ``n / 2``, sampled
+    at ``xi`` instead of interpolated by the USFFT), then ``checkerboard(ifft2(
+    checkerboard(F)))``: the inverse 2-D transform centred at ``n / 2``. Returns the real
+    part ``[n_theta, n, n]``."""
+    n = volume.shape[0]
+    k = np.arange(-n // 2, n // 2) / n
+    ku = np.broadcast_to(k, (n, n)).ravel()
+    kv = np.broadcast_to(k[:, None], (n, n)).ravel()
+    voxels = np.argwhere(volume > 1e-9 * volume.max())
+    weights = volume[tuple(voxels.T)]
+    coords = voxels - n // 2  # (z, y, x) from the centre n / 2
+    centred = np.exp(2j * np.pi * np.outer(np.arange(n) - n // 2, k))  # [r, k]
+    images = []
+    for t in theta:
+        xi = np.stack([kv * np.sin(tilt), -ku * np.sin(t) + kv * np.cos(t) * np.cos(tilt),
+                       ku * np.cos(t) + kv * np.sin(t) * np.cos(tilt)], axis=1)
+        spectrum = (weights[:, None] * np.exp(-2j * np.pi * coords @ xi.T)).sum(0)
+        spectrum = spectrum.reshape(n, n)  # [kv, ku]
+        images.append((centred @ spectrum @ centred.T).real / n ** 2)
+    return np.array(images)
+
+
+def test_tike_geometry_pinned_by_a_point_phantom():
+    """A blob at p from the centre, projected by tike's forward model, lands at (p . V,
+    p . U) of :func:`tike_vectors`; our projector puts a point at p there with theta =
+    -degrees(theta_tike), L = degrees(tilt); with tike's theta unnegated it would not."""
+    import torch
+
+    from hpc_adept.io.formats import tike_vectors, to_adept_angles, to_adept_laminography
+    from hpc_adept.lamino import Geometry, project
+
+    n = 24
+    offset = np.array([4.0, -3.0, 2.0])  # (x, y, z) voxels
+    theta = np.radians([0.0, 35.0, 80.0, 150.0, 260.0])
+    tilt = np.radians(61.0)
+    zz, yy, xx = np.indices((n, n, n)) - n // 2  # tike's centre n / 2
+    blob = np.exp(-((xx - offset[0]) ** 2 + (yy - offset[1]) ** 2 + (zz - offset[2]) ** 2)
+                  / (2 * 1.0 ** 2))
+    tike_images = _tike_forward(blob, theta, tilt)
+    col, row = tike_vectors(theta, tilt)
+    want = np.stack([row @ offset, col @ offset], axis=1)  # (row, col) from the centre
+    for k in range(len(theta)):
+        np.testing.assert_allclose(_centroid(tike_images[k]) - n // 2, want[k], atol=0.3)
+    m = 25  # ours: a point voxel at the same offset from our centre (m - 1) / 2
+    volume = torch.zeros((m, m, m), dtype=torch.float64)
+    volume[12 + int(offset[2]), 12 + int(offset[1]), 12 + int(offset[0])] = 1.0
+    geometry = Geometry(to_adept_angles(theta, "tike"), to_adept_laminography(tilt, "tike"),
+                        (m, m, m), (m, m))
+    ours = project(volume, geometry).numpy()
+    for k in range(len(theta)):
+        np.testing.assert_allclose(_centroid(ours[k]) - 12, want[k], atol=0.35)
+    unnegated = Geometry(np.degrees(theta), np.degrees(tilt), (m, m, m), (m, m))
+    assert np.abs(unnegated.detector_position(offset) - want).max() > 2.0
+
+
+def _tomocupy_backprojection(data: np.ndarray, theta_deg: np.ndarray, lamino_deg: float,
+                             n: int, nz: int) -> np.ndarray:
+    """tomocupy's ``backprojection_ker`` (``src/include/kernels_linerec.cuh``, ``sz = 0``)
+    with ``phi = pi/2 + lamino_angle/180*pi`` (``reconstruction/linerec.py``): every voxel
+    ``(tx, ty, tz)`` sums the linearly interpolated ``data[v, t, u]`` at ``u = R[0](tx -
+    n/2) + R[1](ty - n/2) + n/2``, ``v = R[3](tx - n/2) + R[4](ty - n/2) + R[5](tz -
+    nz/2) + nz/2`` (``ur = (int)(u - 1e-5)``, kept when ``0 <= ur < n - 1`` and ``0 <= vr
+    < nz - 1``) and is written to ``f[tz, n - ty - 1, tx]``. ``data`` is ``[nz, n_theta,
+    n]`` (rows, angles, columns)."""
+    phi = np.pi / 2 + lamino_deg / 180 * np.pi
+    tz, ty, tx = np.indices((nz, n, n), dtype=np.float64)
+    out = np.zeros((nz, n, n))
+    for t, angle in enumerate(np.radians(theta_deg)):
+        r = (np.cos(angle), np.sin(angle), 0.0, np.sin(angle) * np.cos(phi),
+             -np.cos(angle) * np.cos(phi), np.sin(phi))
+        u = r[0] * (tx - n // 2) + r[1] * (ty - n // 2) + n // 2
+        v = r[3] * (tx - n // 2) + r[4] * (ty - n // 2) + r[5] * (tz - nz // 2) + nz // 2
+        ur, vr = np.trunc(u - 1e-5).astype(int), np.trunc(v - 1e-5).astype(int)
+        ok = (ur >= 0) & (ur < n - 1) & (vr >= 0) & (vr < nz - 1)
+        fu, fv = u - ur, v - vr
+        ur, vr = np.where(ok, ur, 0), np.where(ok, vr, 0)
+        image = data[:, t, :]
+        value = (image[vr, ur] * (1 - fu) * (1 - fv) + image[vr, ur + 1] * fu * (1 - fv)
+                 + image[vr + 1, ur] * (1 - fu) * fv + image[vr + 1, ur + 1] * fu * fv)
+        out += np.where(ok, value, 0.0)
+    return out[:, ::-1, :]  # f[tx + (n - ty - 1) * n + tz * n * n]
+
+
+def test_tomocupy_geometry_pinned_by_a_point_phantom():
+    """Our projections of a point with theta = tomocupy's theta and L = 90 - lamino_angle,
+    backprojected by tomocupy's kernel, peak at the point (its volume reversed along y, as
+    tomocupy writes it); with the angles' sense reversed they do not. The column and row
+    steps of :func:`tomocupy_vectors` are ours."""
+    import torch
+
+    from hpc_adept.io.formats import to_adept_angles, to_adept_laminography, tomocupy_vectors
+    from hpc_adept.lamino import Geometry, project
+
+    n = nz = 21  # odd: tomocupy's centre n/2 (integer division) is our (n - 1) / 2
+    c = n // 2
+    offset = np.array([4, -3, 2])  # (x, y, z) voxels
+    theta = np.arange(0.0, 360.0, 7.5)
+    lamino = 25.0
+    volume = torch.zeros((nz, n, n), dtype=torch.float64)
+    volume[c + offset[2], c + offset[1], c + offset[0]] = 1.0
+    geometry = Geometry(to_adept_angles(theta, "tomocupy"),
+                        to_adept_laminography(lamino, "tomocupy"), (nz, n, n), (nz, n))
+    col, row = tomocupy_vectors(theta, lamino)
+    np.testing.assert_allclose(geometry.detector_position(offset.astype(float)),
+                               np.stack([row @ offset, col @ offset], 1), atol=1e-9)
+    images = project(volume, geometry).numpy()  # [angle, row, col]
+    recon = _tomocupy_backprojection(images.transpose(1, 0, 2), theta, lamino, n, nz)
+    peak = np.unravel_index(np.argmax(recon), recon.shape)
+    assert peak == (c + offset[2], n - 1 - (c + offset[1]), c + offset[0])
+    wrong = Geometry(-theta, 90.0 - lamino, (nz, n, n), (nz, n))  # the other sense
+    recon = _tomocupy_backprojection(project(volume, wrong).numpy().transpose(1, 0, 2),
+                                     theta, lamino, n, nz)
+    assert np.unravel_index(np.argmax(recon), recon.shape) != peak
+
+
+# --------------------------------------------------------------------------- LYNX
+
+
+def test_lynx_files_read_as_lamni_eiger(tmp_path):
+    """APS 31-ID-E LYNX keeps LamNI's legacy layout: ptychodus 1.7.0
+    ``plugins/aps31id_lynx_diffraction_file.py`` (``/entry/data/eiger_4`` with
+    ``Center_x_pixel``, ``Center_y_pixel``, ``Detector_distance_m``, ``Exposure_time``,
+    ``Photon_energy_kev``, ``Pixel_size``), ``aps31id_lynx_orchestra_position_file.py``
+    (Orchestra header, ``DataPoint`` index, x column 3, y column 6, ``-um * 1e-6``) and
+    ``aps31id_lynx_sgz_position_file.py`` (raw ``DataPoint x_st_fzp y_st_fzp
+    ckUser_Clk_Count Detector_Count``: ``Detector_Count`` runs 1..N, frame ``count - 1``
+    as ``plugins/aps31id_lamni/position_file.py`` explains)."""
+    scan = _scan(-35.0)
+    eiger = tmp_path / "lynx_00042.h5"
+    write_eiger(eiger, scan)
+    with h5py.File(eiger, "a") as f:
+        f["/entry/data/eiger_4"].attrs["Exposure_time"] = 0.1
+    orchestra = tmp_path / "scan_00042.dat"
+    write_positions(orchestra, scan, 42, 0.0)
+    sgz = tmp_path / "scan_00042_sgz.dat"
+    rows = [f"{k} {-x * 1e6:.12g} {-y * 1e6:.12g} {1000 * k} {k + 1}"
+            for k, (x, y, _) in enumerate(scan.positions_m)]
+    sgz.write_text("Scan 00042, lsamrot_encoder 0.0\nDataPoint x_st_fzp y_st_fzp "
+                   "ckUser_Clk_Count Detector_Count\n" + "\n".join(rows[::-1]) + "\n")
+    assert detect_format(eiger) == "lamni-eiger"
+    for positions in (orchestra, sgz):
+        read = read_scans(eiger, positions_path=positions, roi_px=FRAME,
+                          laminography_angle_deg=LAMINO, rotation_angle_deg=-35.0 - 90.0)[0]
+        order = np.argsort(read.positions_m[:, 0] + 1e-3 * read.positions_m[:, 1])
+        want = np.argsort(scan.positions_m[:, 0] + 1e-3 * scan.positions_m[:, 1])
+        np.testing.assert_allclose(read.positions_m[order], scan.positions_m[want], atol=1e-14)
+        np.testing.assert_array_equal(read.counts[order], scan.counts[want])
+        assert read.rotation_angle_deg == pytest.approx(-35.0)
+
+
+# --------------------------------------------------------------------------- Velociprobe
+
+
+def write_velociprobe(folder: Path, scan: Scan, chi_deg: float = 0.0) -> tuple[Path, Path]:
+    """A Velociprobe master file, its frame files and its position CSV.
+
+    - ptychodus 1.7.0 ``plugins/aps33id_velociprobe/aps33id_velociprobe_diffraction_file.py``:
+      ``/entry/data/data_000001`` (``num_patterns_per_array = shape[0]``), every
+      ``h5py.ExternalLink`` of ``/entry/data`` a frame array beside the master;
+      ``DetectorGroup.read`` (``detector_distance`` units ``b'm'``, ``beam_center_x/y``
+      ``b'pixel'``, ``bit_depth_readout``, ``x/y_pixel_size`` ``b'm'``),
+      ``DetectorSpecificGroup.read`` (``nimages``, ``ntrigger``, ``photon_energy``
+      ``b'eV'``, ``x/y_pixels_in_detector``), ``GoniometerGroup.read`` (``chi``
+      ``b'degree'``); one more link than files (tike ``read_aps_2idd``: "the master file is
+      created before the linked files");
+    - ``aps33id_velociprobe_position_file.py``: comma-separated, >= 8 columns, x nm in
+      column 1, laser-interferometer y nm in column 2, trigger in column 7 (tike's
+      docstring: ``samz, samx, samy, zpx, zpy, encoder y, encoder x, trigger``); one
+      trigger written twice (averaged), rows out of order.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    n, frame, _ = scan.counts.shape
+    shape, centre = _detector(frame)
+    frames = np.zeros((n, *shape), np.uint32)
+    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
+    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
+    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    master = folder / "fly042_master.h5"
+    with h5py.File(master, "w") as f:
+        for k, (start, stop) in enumerate(((0, 4), (4, n)), start=1):
+            name = f"fly042_data_{k:06d}.h5"
+            with h5py.File(folder / name, "w") as g:
+                g.create_dataset("/entry/data/data", data=frames[start:stop])
+            f[f"/entry/data/data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
+        f["/entry/data/data_000003"] = h5py.ExternalLink("fly042_data_000003.h5",
+                                                         "/entry/data/data")
+        det = f.create_group("/entry/instrument/detector")
+        for key, value, units in (("detector_distance", scan.distance_m, b"m"),
+                                  ("beam_center_x", float(centre[1]), b"pixel"),
+                                  ("beam_center_y", float(centre[0]), b"pixel"),
+                                  ("x_pixel_size", scan.x_pixel_size_m, b"m"),
+                                  ("y_pixel_size", scan.y_pixel_size_m, b"m")):
+            det[key] = value
+            det[key].attrs["units"] = units
+        det["bit_depth_readout"] = 32
+        spec = det.create_group("detectorSpecific")
+        spec["nimages"], spec["ntrigger"] = n, 1
+        spec["photon_energy"] = scan.energy_ev
+        spec["photon_energy"].attrs["units"] = b"eV"
+        spec["x_pixels_in_detector"], spec["y_pixels_in_detector"] = shape[1], shape[0]
+        f["/entry/sample/goniometer/chi"] = [chi_deg]
+        f["/entry/sample/goniometer/chi"].attrs["units"] = b"degree"
+    nm = np.rint(scan.positions_m[:, :2] * 1e9).astype(int)
+    rows = [f"0,{x},{y},0,0,{-y},{x},{k}" for k, (x, y) in enumerate(nm)]
+    rows.append(f"0,{nm[2, 0] + 6},{nm[2, 1] - 4},0,0,0,0,2")  # trigger 2 again
+    rows[2] = f"0,{nm[2, 0] - 6},{nm[2, 1] + 4},0,0,0,0,2"
+    positions = folder / "fly042_pos.csv"
+    positions.write_text("# samz,samx,samy,zpx,zpy,ency,encx,trigger\n"
+                         + "\n".join(rows[::-1]) + "\n")
+    return master, positions
+
+
+@pytest.mark.parametrize("chi", [0.0, 30.0])
+def test_velociprobe_round_trip(tmp_path, chi):
+    scan = _scan(15.0)
+    master, positions = write_velociprobe(tmp_path, scan, chi)
+    assert detect_format(master) == "velociprobe"
+    read = read_scans(master, positions_path=positions, roi_px=FRAME,
+                      laminography_angle_deg=LAMINO, rotation_angle_deg=15.0)[0]
+    np.testing.assert_array_equal(read.counts, scan.counts)
+    want = scan.positions_m - scan.positions_m.mean(axis=0)
+    want[:, 0] *= np.cos(np.radians(chi))
+    np.testing.assert_allclose(read.positions_m, want, atol=1e-9)
+    assert read.energy_ev == pytest.approx(scan.energy_ev)
+    assert read.distance_m == pytest.approx(scan.distance_m)
+    assert read.x_pixel_size_m == pytest.approx(PIXEL_M)
+    assert read.mask is not None and not read.mask.any()
+
+
+def test_bad_velociprobe_files(tmp_path):
+    scan = _scan(0.0)
+    master, positions = write_velociprobe(tmp_path, scan)
+    common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": 0.0}
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **{**common, "positions_path": None})
+    assert "data.positions_path" in _one_line(exc)
+    with h5py.File(master, "a") as f:
+        f["/entry/instrument/detector/detector_distance"].attrs["units"] = b"mm"
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "units 'mm'" in _one_line(exc)
+    with h5py.File(master, "a") as f:
+        f["/entry/instrument/detector/detector_distance"].attrs["units"] = b"m"
+        del f["/entry/data/data_000001"]
+        f["/entry/data/data_000001"] = h5py.ExternalLink("/etc/passwd.h5", "/x")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "not a file beside the master" in _one_line(exc)
+    master, positions = write_velociprobe(tmp_path / "b", scan)
+    positions.write_text("0,1,2,3\n")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **{**common, "positions_path": positions})
+    assert "at least 8" in _one_line(exc)
+    positions.write_text("0,1,2,0,0,0,0,99\n")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **{**common, "positions_path": positions})
+    assert "outside the 7 frames" in _one_line(exc)
+
+
+# --------------------------------------------------------------------------- bad input, CLI
+
+
+@pytest.mark.parametrize(("settings", "needle"), [
+    (["data.path=lamni_bad"], "data.roi_px"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.rotation_angles_deg=[1, 2]"],
+     "the angle table gives"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.scan_range=[5000, 6000]"], "no scan"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.scan_range=[9, 2]"], "first 9 is after"),
+    (["data.path=psi_bad", f"data.laminography_angle_deg={LAMINO}"], "data.energy_ev"),
+    (["data.path=psi_bad", "data.scan_step=2"], "select scans of a lamni-tomo folder"),
+])
+def test_bad_raw_input_is_one_line_and_nothing_written(work, settings, needle):  # noqa: F811
+    from .test_real_data import _scans
+
+    work, _ = work
+    if not (work / "lamni_bad").exists():
+        scans = _scans(work)[:2]
+        write_tomo_folder(work / "lamni_bad", {1: scans[0], 2: scans[1]})
+        write_ptychoshelves_prepared(work / "psi_bad" / "S00001", 1, scans[0])
+    result = adept("run", "-c", "c.yaml", "--set", "output.dir=run_raw_bad", *settings,
+                   cwd=work)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert not (work / "run_raw_bad" / "projections.h5").exists()
+    assert not (work / "run_raw_bad" / "ptycho").exists()
