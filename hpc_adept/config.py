@@ -522,9 +522,15 @@ class AlignConfig:
         not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
         reconstruction of one volume per iteration.
     momentum : float, in [0, 1)
-        Heavy-ball momentum of the optical-flow steps with a widened volume (the last step
+        Heavy-ball momentum of the optical-flow steps with held-out folds (the last step
         times this is added while the steps keep their direction; 0: none). Material that
         few angles see ties each shift to its neighbours' and slows plain steps.
+    joint_last_level : bool
+        With a widened volume and more than one binning level: the last level fits one
+        volume to all angles (no held-out folds, no momentum). A held-out prediction of the
+        outside material is biased (started at the true shifts it drifts off by ~0.4 px);
+        one volume of all angles stays at them and pulls an estimate that the coarser
+        levels brought near them further in (docs/extended_samples.md).
     """
 
     enabled: bool = True
@@ -542,8 +548,9 @@ class AlignConfig:
     coarse_search_px: float = 16.0
     lateral_margin: Literal["auto"] | int = 0
     fit_phase_plane: bool = False
-    cross_folds: int = 4
+    cross_folds: int = 8
     momentum: float = 0.7
+    joint_last_level: bool = True
 
     def check(self) -> None:
         _shape("align.crop_shape", self.crop_shape)

@@ -32,6 +32,7 @@ knows nothing about MPI.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -311,6 +312,28 @@ class _Frame:
         frame = moved[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
         return bin_images(frame, factor)
 
+    def measured(self, shifts: np.ndarray, factor: int, taper_px: int) -> torch.Tensor:
+        """Weights ``[n, h, w]`` in [0, 1] of :meth:`aligned`'s pixels by how far inside the
+        measured window their source lies: 0 where a shift brought in the edge padding (no
+        data), rising to 1 over ``taper_px`` pixels of the level (raised cosine).
+
+        An isolated sample's window ends in vacuum, so padding there is what was measured;
+        a window cut out of a chip is followed by chip, and the padding would be matched
+        against a reprojection of it.
+        """
+        like = self.projections
+        ramps = []
+        for axis in (0, 1):
+            n_px = like.shape[1 + axis]
+            idx = torch.arange(self.size[axis], dtype=torch.float64, device=like.device)
+            source = idx[None, :] + self.start[axis] + torch.as_tensor(
+                shifts[:, axis] + self.centre_offset[axis], device=like.device)[:, None]
+            inside = torch.minimum(source, (n_px - 1) - source)
+            t = (inside / float(max(taper_px, 1) * factor)).clamp(0.0, 1.0)
+            ramps.append((0.5 - 0.5 * torch.cos(math.pi * t)).to(like.dtype))
+        weights = ramps[0][:, :, None] * ramps[1][:, None, :]
+        return bin_images(weights, factor)
+
 
 @dataclass(frozen=True)
 class _Fold:
@@ -338,6 +361,7 @@ class _Level:
     rounds: int               # cross-correlation rounds before the optical flow
     tolerance: float          # stop when the largest update is below, full-resolution px
     momentum: float           # of the optical-flow steps (0 for the region alone)
+    taper_px: int = 0         # > 0: weight out pixels with no measured data (widened volume)
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -365,8 +389,11 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     region = _binned(options.volume_shape, factor)
     margin = level_margin_px(options.lateral_margin, region, det, tilt_deg, factor)
     vol = extended_shape(region, margin)
-    # a widened volume fits what few angles see: predict each angle from the others
-    split = options.cross_folds if margin > 0 else 1
+    last_level = level_index == len(options.binning) - 1
+    # a widened volume fits what few angles see: predict each angle from the others; near
+    # the solution one volume of all angles refines without the held-out prediction's bias
+    joint = last_level and level_index > 0 and options.joint_last_level
+    split = options.cross_folds if margin > 0 and not joint else 1
     folds = _folds(ops, angles, tilt_deg, vol, det, split, like.device)
     path = torch.empty(len(angles), *det, dtype=like.dtype, device=like.device)
     ones = torch.ones(vol, dtype=like.dtype, device=like.device)
@@ -381,7 +408,6 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     basis = plane_basis(det, factor, like) if options.fit_phase_plane else None
     rounds = options.coarse_rounds if level_index == 0 else 0
     # coarse levels only prepare the next one: a looser stop saves iterations there
-    last_level = level_index == len(options.binning) - 1
     tolerance = options.tolerance_px if last_level else \
         max(options.tolerance_px, COARSE_TOLERANCE) * factor
     if level_index == 0 or last_level:
@@ -389,7 +415,8 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
                  factor, list(vol), margin)
     orthonormal = None if basis is None else orthonormal_planes(basis)
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
-                  tolerance, options.momentum if margin > 0 else 0.0)
+                  tolerance, options.momentum if split > 1 else 0.0,
+                  taper_px if margin > 0 else 0)
 
 
 def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
@@ -442,10 +469,11 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
     for iteration in range(level.rounds + options.max_iterations):
         t0 = time.perf_counter()
         data = frame.aligned(track.shifts, factor)
-        model = _reconstruct(level, data, volumes, options.reconstruct_iterations)
-        data = _remove_planes(data, model, level, track)
+        now = _with_measured(level, frame, track.shifts)
+        model = _reconstruct(now, data, volumes, options.reconstruct_iterations)
+        data = _remove_planes(data, model, now, track)
         coarse = iteration < level.rounds
-        update, residual = _shift_update(data, model, level, options, coarse)
+        update, residual = _shift_update(data, model, now, options, coarse)
         entry = track.step(update, residual, factor, iteration, coarse, t0, level.momentum)
         if callback is not None:
             callback(entry)
@@ -457,6 +485,16 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                 "update %.4f px (tolerance %.4f px)", factor,
                 level.rounds + options.max_iterations, track.history[-1]["max_update_px"],
                 level.tolerance)
+
+
+def _with_measured(level: _Level, frame: _Frame, shifts: np.ndarray) -> _Level:
+    """``level`` with its weights (and least-squares weights) times
+    :meth:`_Frame.measured` at ``shifts``; as is when ``level.taper_px`` is 0."""
+    if level.taper_px <= 0:
+        return level
+    measured = frame.measured(shifts, level.factor, level.taper_px)
+    trust = measured if level.trust is None else level.trust * measured
+    return dataclasses.replace(level, weights=level.weights * measured, trust=trust)
 
 
 def _remove_planes(data: torch.Tensor, model: torch.Tensor, level: _Level, track: _Track
