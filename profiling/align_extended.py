@@ -1,8 +1,8 @@
 """Projection matching on a region inside an extended chip (issue 18): accuracy and time of
 the region-only method (``align.lateral_margin: 0``, no plane fit, no momentum) against
 the extended-sample method (``lateral_margin: auto``, ``fit_phase_plane: true``, held-out
-folds and momentum at their defaults), on isolated and extended samples, with and
-without per-projection phase offsets and ramps.
+folds, momentum and the joint last level at their defaults), on isolated and extended
+samples, with and without per-projection phase offsets and ramps.
 
 Data: ``tests/extended_sample.py`` (the real layout, procedural without it): the region
 widened to every point its detector window sees, projected in float64, shifted by known
@@ -16,8 +16,10 @@ Command (the issue's region, 27.2 nm voxels, 61 deg, 32 angles)::
 
 ``--diagnose`` measures why the extended method stops short (docs/extended_samples.md,
 "Alignment"): on the extended sample without and with noise and planes it runs the
-extended method and the joint fit of one widened volume to all angles
-(``cross_folds: 1``, no momentum), each from zero and from the true shifts, and prints
+extended method, the same with held-out folds on the last level too
+(``joint_last_level: false``) and the joint fit of one widened volume to all angles on
+every level (``cross_folds: 1``, no momentum), each from zero and from the true shifts,
+and prints
 the error and the last weighted residual of each run. A method whose estimate leaves the
 true shifts is biased there; one that ends far from them at a residual no larger than at
 the truth cannot tell them apart (the data leave the shifts undetermined).
@@ -48,6 +50,7 @@ METHODS = {
 CASES = (("isolated", False, 0.0), ("extended", True, 0.0), ("extended+planes", True, 0.5))
 DIAGNOSE = {
     "extended": dict(lateral_margin="auto", fit_phase_plane=True),
+    "folds": dict(lateral_margin="auto", fit_phase_plane=True, joint_last_level=False),
     "joint": dict(lateral_margin="auto", fit_phase_plane=True, cross_folds=1, momentum=0.0),
 }
 
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--highpass", type=float, default=8.0,
                         help="align.highpass_sigma_px")
     parser.add_argument("--coarse-rounds", type=int, default=3, help="align.coarse_rounds")
+    parser.add_argument("--coarse-lowpass", type=float, default=8.0,
+                        help="align.coarse_lowpass_px (4 for windows under ~64 px)")
     parser.add_argument("--corner", type=float, nargs=2, default=[40.0, 28.0],
                         help="layout coordinates (um) of the region's corner")
     parser.add_argument("--diagnose", action="store_true",
@@ -89,9 +94,11 @@ def main() -> None:
     args = parser.parse_args()
     region = tuple(args.region)
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
-                       highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds)
+                       highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,
+                       coarse_lowpass_px=args.coarse_lowpass)
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
-          f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}")
+          f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "
+          f"coarse low-pass {args.coarse_lowpass} px, corner {args.corner} um")
     for seed in args.seeds:
         if args.diagnose:
             diagnose(base, region, args.angles, seed, tuple(args.corner))
