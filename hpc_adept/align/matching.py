@@ -17,7 +17,14 @@ levels), weights out the pixels whose rays leave the widened volume (a smaller m
 both the least-squares fit and the shift update, and fits the per-projection offset and
 ramp that ptychography leaves without a vacuum reference (``align.fit_phase_plane``;
 REFERENCE: "fit and remove them against the reprojection of the current volume during
-alignment"). ``align.lateral_margin: 0`` is the isolated-region method: the region only,
+alignment"). Pixels that a shift fills with edge padding get weight 0 too: a window cut
+out of a chip is followed by chip, not by the vacuum the padding stands for. A widened
+volume explains misaligned data nearly as well as aligned ones (it has far more unknowns
+than the projections have pixels), so the coarse levels compare each angle with a volume
+fitted to the others (``align.cross_folds``); that prediction is biased by a few tenths of
+a pixel, so the last level fits one volume to all angles (``align.joint_last_level``),
+which stays at the true shifts (docs/extended_samples.md, "Alignment").
+``align.lateral_margin: 0`` is the isolated-region method: the region only,
 with a loose support mask (voxels that leave the window at some angle are zero) and
 weights on the region's shadow.
 A level ends when the largest update falls below the tolerance. Before the first optical
