@@ -507,8 +507,8 @@ class AlignConfig:
         (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
         (cheaper) margin: pixels whose rays leave the widened volume are then left out of
         the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
-        method; ``auto`` costs about 30 times its time and does not yet reach 0.15 px on
-        extended samples, issue 18).
+        method; ``auto`` costs about 10-15 times its time and reaches about 0.2 px, not yet
+        0.15 px, on extended samples: issue 18, docs/extended_samples.md).
     fit_phase_plane : bool
         Fit a constant and a linear ramp per projection against the reprojection of the
         current volume and remove them before the reconstruction and the shift update
@@ -520,7 +520,8 @@ class AlignConfig:
         volume fitted to the other groups. Material that only a few angles see is fitted
         to their own misaligned data and hides their shifts; a held-out prediction does
         not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
-        reconstruction of one volume per iteration.
+        reconstruction of one volume per iteration (on the levels that use them: see
+        ``joint_last_level``).
     momentum : float, in [0, 1)
         Heavy-ball momentum of the optical-flow steps with held-out folds (the last step
         times this is added while the steps keep their direction; 0: none). Material that
