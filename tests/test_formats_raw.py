@@ -398,7 +398,22 @@ def test_bad_ptychoshelves_prepared_files(tmp_path):
     with pytest.raises(DataError) as exc:
         read_scans(renamed, **supplied)
     assert "the name says 032x032" in _one_line(exc)
+    # fold_slice names a binned file by the unbinned size (load_prepared_data.m): 16 x 16
+    # frames of 2x2 physical pixels, so the object pixel halves against the unbinned read.
+    binned = renamed.rename(renamed.with_name("S00007_data_032x032_b1.h5"))
+    one = read_scans(binned, **supplied)[0]
+    renamed = binned.rename(binned.with_name("S00007_data_016x016.h5"))
+    plain = read_scans(renamed, **supplied)[0]
+    np.testing.assert_allclose(one.positions_m, plain.positions_m / 2, atol=1e-15)
     with h5py.File(renamed, "a") as f:
+        if "detector/n0/modules" in f:
+            del f["detector/n0/modules"]
+        f["detector/n0/modules"] = np.array([[16, 16, -2, 0]], np.int64)
+    with pytest.raises(DataError) as exc:
+        read_scans(renamed, **supplied)
+    assert "lies outside the 16 x 16 frame" in _one_line(exc)
+    with h5py.File(renamed, "a") as f:
+        del f["detector"]
         del f["measurement/n0"]
     with pytest.raises(DataError) as exc:
         read_scans(renamed, **supplied)

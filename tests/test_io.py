@@ -678,10 +678,12 @@ def test_datasets_that_read_other_files_are_refused(tmp_path):
         f.create_dataset("raw", shape=(2, 2, 2), dtype=np.float32,
                          external=[(str(secret), 0, 32)])
         f["linked"] = h5py.ExternalLink(str(other), "volume")
+        f["group"] = h5py.ExternalLink(str(other), "/")  # /group/volume: a hard link there
         layout = h5py.VirtualLayout(shape=(2, 2, 2), dtype=np.float32)
         layout[:] = h5py.VirtualSource(str(other), "volume", shape=(2, 2, 2))
         f.create_virtual_dataset("virtual", layout)
     for key, needle in (("raw", "external files"), ("linked", "external link"),
+                        ("group/volume", "external link"), ("/group/volume", "external link"),
                         ("virtual", "virtual dataset")):
         with open_h5(crafted) as f, pytest.raises(DataError, match=needle):
             read_array(f, key, crafted, ndim=3, dtype=np.float32)

@@ -85,9 +85,15 @@ def _outside_reference(f: h5py.Group, key: str, ds: h5py.Dataset) -> str | None:
     """Why ``ds`` would read data from outside its file, or None. Files are untrusted: an
     external link, external raw storage or a virtual dataset can pull any local file into
     a volume (and from there into the report's figures)."""
+    # Every group on the way counts: ``/a`` linked to another file makes ``/a/data`` a
+    # hard link inside that file.
+    parts = [p for p in key.split("/") if p]
+    prefix = "/" if key.startswith("/") else ""
     try:
-        if isinstance(f.get(key, getlink=True), h5py.ExternalLink):
-            return "is an external link to another file (refused: read the file itself)"
+        for n in range(1, len(parts) + 1):
+            if isinstance(f.get(prefix + "/".join(parts[:n]), getlink=True), h5py.ExternalLink):
+                return "is or lies under an external link to another file (refused: read " \
+                       "the file itself)"
     except (OSError, RuntimeError, KeyError, ValueError):
         return "has an unreadable link"
     if ds.external:

@@ -74,7 +74,7 @@ __all__ = ["NAME_PATTERN", "find_files", "read_prepared_scan"]
 PathLike = str | os.PathLike
 
 NAME_PATTERN = re.compile(r"^S(?P<scan>\d{5,})_data_(?P<rows>\d{3,})x(?P<cols>\d{3,})"
-                          r"(?:_b\d+)?.*\.h5$")
+                          r"(?:_b(?P<binning>\d+))?.*\.h5$")
 _MEASUREMENT = re.compile(r"^n(\d+)$")
 
 
@@ -137,6 +137,11 @@ def _mask(f: h5py.File, path: Path, names: list[str], shape: tuple[int, int]
             check_shape(modules.shape, 2, path, f"{base}/modules", (None, 4))
             outside = np.ones(shape, dtype=bool)
             for rows, cols, row0, col0 in modules:
+                if min(rows, cols) < 1 or min(row0, col0) < 0 or row0 + rows > shape[0] \
+                        or col0 + cols > shape[1]:
+                    raise data_error(path, f"module {[rows, cols, row0, col0]} lies outside "
+                                           f"the {shape[0]} x {shape[1]} frame",
+                                     f"{base}/modules")
                 outside[row0:row0 + rows, col0:col0 + cols] = False
             bad |= outside
         _mark(bad, f, path, f"{base}/bad_pixels")
@@ -208,9 +213,14 @@ def read_prepared_scan(path: PathLike, *, supplied: Supplied | None = None,
     s = supplied or Supplied()
     counts, rc, shape, mask = _read_file(p, load_counts)
     match = NAME_PATTERN.match(p.name)
-    if match is not None and (int(match["rows"]), int(match["cols"])) != shape[1:]:
-        raise data_error(p, f"the name says {match['rows']}x{match['cols']} frames, the file "
-                            f"holds {shape[1]} x {shape[2]}", "/measurement")
+    # fold_slice names the file by the unbinned size; the frames are binned 2^b times
+    # (load_prepared_data.m: p.asize / 2^p.detector.binning).
+    binning = 2 ** int(match["binning"] or 0) if match is not None else 1
+    if match is not None and (int(match["rows"]) // binning,
+                              int(match["cols"]) // binning) != shape[1:]:
+        raise data_error(p, f"the name says {match['rows']}x{match['cols']} frames binned "
+                            f"{binning}x, the file holds {shape[1]} x {shape[2]}",
+                         "/measurement")
     energy_j = energy_j_from_ev(p, "energy", resolve(p, "energy", "energy_ev", None,
                                                      s.energy_ev))
     distance = check_range(p, "distance", resolve(p, "distance", "distance_m", None,
@@ -218,7 +228,8 @@ def read_prepared_scan(path: PathLike, *, supplied: Supplied | None = None,
     pixel = check_range(p, "pixel size", resolve(p, "pixel size", "detector_pixel_m", None,
                                                  s.detector_pixel_m),
                         DETECTOR_PIXEL_M_RANGE, "m")
-    dx = PLANCK_TIMES_C_JM / energy_j * distance / (shape[1] * pixel)
+    # detector_pixel_m is the physical pixel; a binned file's frame pixel is 2^b of them.
+    dx = PLANCK_TIMES_C_JM / energy_j * distance / (shape[1] * pixel * binning)
     middle = (rc.min(axis=0) + rc.max(axis=0)) / 2.0
     positions = np.zeros((shape[0], 3))
     positions[:, 0] = (rc[:, 1] - middle[1]) * dx
