@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--kinds", default="extended,isolated,extended+planes")
     ap.add_argument("--methods", default="fbp,dip")
     ap.add_argument("--variant", action="append", default=[])
-    ap.add_argument("--out", type=output_dir, default=ROOT / "runs/extended_study")
+    ap.add_argument("--out", type=output_dir, default=str(ROOT / "runs/extended_study"))
     ap.add_argument("--seed", type=non_negative_int, default=0)
     a = ap.parse_args(argv)
     region = tuple(int(n) for n in a.region.split(","))

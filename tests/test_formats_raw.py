@@ -752,3 +752,23 @@ def test_bad_raw_input_is_one_line_and_nothing_written(work, settings, needle): 
     assert len(lines) == 1 and needle in lines[0], lines
     assert not (work / "run_raw_bad" / "projections.h5").exists()
     assert not (work / "run_raw_bad" / "ptycho").exists()
+
+
+def test_eiger_frames_that_are_not_numbers_are_one_data_error(tmp_path):
+    """A frame dataset of strings (or any non-numeric dtype) is a DataError naming it, not
+    a conversion traceback."""
+    scan = _scan(0.0)
+    eiger = tmp_path / "lynx_00042.h5"
+    write_eiger(eiger, scan)
+    orchestra = tmp_path / "scan_00042.dat"
+    write_positions(orchestra, scan, 42, 0.0)
+    with h5py.File(eiger, "a") as f:
+        attrs = dict(f["/entry/data/eiger_4"].attrs)
+        shape = f["/entry/data/eiger_4"].shape
+        del f["/entry/data/eiger_4"]
+        ds = f.create_dataset("/entry/data/eiger_4", shape=shape, dtype=h5py.string_dtype())
+        ds.attrs.update(attrs)
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, positions_path=orchestra, roi_px=FRAME,
+                   laminography_angle_deg=LAMINO, rotation_angle_deg=0.0)
+    assert "/entry/data/eiger_4" in _one_line(exc) and "not numeric" in _one_line(exc)

@@ -258,7 +258,14 @@ def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
     """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
     if not load:
         return None, None
-    raw = np.asarray(f[key][:, rows, cols])
+    ds = require_dataset(f, key, path)
+    if ds.dtype.kind not in "biuf":
+        raise data_error(path, f"dtype {ds.dtype} is not numeric", key)
+    n_bytes = ds.shape[0] * (rows.stop - rows.start) * (cols.stop - cols.start) * 4
+    if n_bytes > available_bytes():
+        raise data_error(path, f"declares {n_bytes / 2**30:.3g} GiB of cropped frames, more "
+                               f"than the memory available", key)
+    raw = np.asarray(ds[:, rows, cols])
     mask = None
     if raw.dtype.kind in "iu":
         mask = (raw == np.iinfo(raw.dtype).max).any(axis=0)
@@ -267,6 +274,13 @@ def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
     if not np.isfinite(frames).all() or (frames < 0).any():
         raise data_error(path, "contains NaN, infinite or negative values", key)
     return frames, mask
+
+
+def available_bytes() -> int:
+    """Host memory available to this process (bytes)."""
+    from hpc_adept.backend import available_memory_bytes
+
+    return int(available_memory_bytes(None, 1)[0])
 
 
 def _scan_number(path: Path) -> int | None:

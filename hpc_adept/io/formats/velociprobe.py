@@ -113,6 +113,9 @@ def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
         if target.name != link.filename or target.name in ("", ".", ".."):
             raise data_error(path, f"links to {link.filename!r}, not a file beside the "
                                    f"master (refused)", f"/entry/data/{name}")
+        if (path.parent / target).resolve().parent != path.resolve().parent:
+            raise data_error(path, f"{link.filename!r} resolves outside the master's folder "
+                                   f"(refused)", f"/entry/data/{name}")
         if not (path.parent / target).is_file():
             break  # written before its file, as tike notes
         arrays.append((path.parent / target, link.path))
