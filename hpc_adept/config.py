@@ -606,6 +606,13 @@ class ReconConfig:
         so the widened size suits the DIP network's strides. Detector pixels whose rays
         leave the widened volume get weight 0 in the DIP's data term; the network computes
         the whole widened volume.
+    level_slices : bool
+        For an extended sample whose projections' offsets are unknown: shift every z slice
+        of the written region so that its median (the dielectric where metal fills less
+        than half of the layer) is 0. A uniform layer of a wide slab projects to a
+        constant, so neither method can see each slice's level, and the DIP's drifts from
+        slice to slice (PCC 0.932 -> 0.981 on the demo; :func:`hpc_adept.lamino.planes.
+        level_slices`, profiling/RESULTS.md). Off: the volume as reconstructed.
     """
 
     methods: tuple[Literal["fbp", "dip"], ...] = ("fbp",)
@@ -613,6 +620,7 @@ class ReconConfig:
     input: Literal["auto", "projections", "aligned"] = "auto"
     sample: Literal["auto", "extended", "isolated"] = "auto"
     lateral_margin: int | Literal["auto"] = "auto"
+    level_slices: bool = True
 
     def check(self) -> None:
         _shape("recon.volume_shape", self.volume_shape)

@@ -731,7 +731,9 @@ def test_bad_velociprobe_files(tmp_path):
 @pytest.mark.parametrize(("settings", "needle"), [
     (["data.path=lamni_bad"], "data.roi_px"),
     (["data.path=lamni_bad", "data.roi_px=32", "data.rotation_angles_deg=[1, 2]"],
-     "the angle table gives"),
+     "angle table and position files give"),
+    (["data.path=lamni_bad", "data.roi_px=32", "data.positions_path=lamni_bad"],
+     "remove data.rotation_angles_deg / data.angles_path / data.positions_path"),
     (["data.path=lamni_bad", "data.roi_px=32", "data.scan_range=[5000, 6000]"], "no scan"),
     (["data.path=lamni_bad", "data.roi_px=32", "data.scan_range=[9, 2]"], "first 9 is after"),
     (["data.path=psi_bad", f"data.laminography_angle_deg={LAMINO}"], "data.energy_ev"),

@@ -6,13 +6,18 @@ ptychography without a vacuum reference leaves undetermined.
 differentiable, so a data term ``||remove_planes(H x - y)||^2`` is exactly blind to any
 offset and ramp of the data: the same as fitting three free parameters per projection and
 minimising over them in closed form. MPI-free.
+
+The price: a uniform z layer of a wide slab projects to a constant in every projection, so
+such a data term cannot see each slice's level either. :func:`level_slices` fixes that
+level after the reconstruction (the dielectric, most of every layer, at 0).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["plane_basis", "remove_planes"]
+__all__ = ["level_slices", "plane_basis", "remove_planes"]
 
 
 def plane_basis(shape: tuple[int, int], dtype: torch.dtype = torch.float64,
@@ -50,3 +55,23 @@ def remove_planes(images: torch.Tensor, weights: torch.Tensor | None = None) -> 
     # the plane undetermined (e.g. one lit column: only what is determined is removed)
     coef = (torch.linalg.pinv(gram, hermitian=True) @ rhs.unsqueeze(-1)).squeeze(-1)
     return images - torch.einsum("nk,kij->nij", coef, basis)
+
+
+def level_slices(volume: np.ndarray) -> np.ndarray:
+    """``volume`` with every z slice shifted so that its median is 0.
+
+    For a region of a wide slab reconstructed from projections whose offsets are unknown,
+    each slice's level is in the null space of the data term (a uniform layer projects to a
+    constant); the median, the dielectric wherever metal fills less than half of a layer,
+    is the level fixed here.
+
+    Parameters
+    ----------
+    volume : ndarray, float, [nz, ny, nx]
+
+    Returns
+    -------
+    ndarray, float32, [nz, ny, nx]
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    return volume - np.median(volume, axis=(1, 2), keepdims=True).astype(np.float32)

@@ -360,8 +360,14 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
                 volume, attrs = dip_distributed(cfg, ps, ctx, device, plan.run_dir, region)
         else:  # plan_recon admits implemented methods only
             raise AssertionError(method)
+        leveled = cfg.recon.level_slices and region.extended and region.plane_free
+        if leveled:
+            from hpc_adept.lamino.planes import level_slices
+
+            volume = level_slices(volume)
         attrs.update(sample="extended" if region.extended else "isolated",
-                     lateral_margin_px=region.margin_px, plane_free=int(region.plane_free))
+                     lateral_margin_px=region.margin_px, plane_free=int(region.plane_free),
+                     slices_leveled=int(leveled))
         if not np.all(np.isfinite(volume)):
             raise DataError(f"recon: the {method} volume holds NaN/Inf (input {plan.input_path})")
         if ctx.is_root:

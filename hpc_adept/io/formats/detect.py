@@ -280,12 +280,10 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         raise data_error(p, f"format {fmt} holds no diffraction data; known: "
                             f"{', '.join(SCAN_FORMATS)}")
     if fmt == "lamni-tomo":
-        if rotation_angles_deg is not None:
-            raise data_error(p, "the angle table gives a lamni-tomo folder's rotation angles: "
-                                "remove data.rotation_angles_deg / data.angles_path")
-        if positions_path is not None:
-            raise data_error(p, "a lamni-tomo folder holds each scan's position file: remove "
-                                "data.positions_path")
+        if rotation_angles_deg is not None or positions_path is not None:
+            raise data_error(p, "a lamni-tomo folder's angle table and position files give the "
+                                "angles and positions: remove data.rotation_angles_deg / "
+                                "data.angles_path / data.positions_path")
         kw = {} if angle_convention is None else {"angle_convention": angle_convention}
         return _sorted(lamni_tomo.read_tomo_scans(
             p, roi_px=roi_px, beam_center_rc=beam_center_rc, angle_table_path=angle_table_path,
