@@ -167,6 +167,7 @@ class DataConfig:
                 raise ConfigError(f"data.rotation_angles_deg holds more than {MAX_ANGLES} "
                                   f"angles")
         _positive("data", self, "scan_step")
+        _at_most("data", self, MAX_COUNT, "scan_step", "scan_range")
         if self.scan_range is not None and self.scan_range[0] > self.scan_range[1]:
             raise ConfigError(f"data.scan_range: first {self.scan_range[0]} is after last "
                               f"{self.scan_range[1]}")
