@@ -36,7 +36,9 @@ is ``[row, col] = [v, u]`` in MATLAB orientation (``size_projection = [Nlayers, 
 projecting a point phantom with :func:`hpc_adept.lamino.project`.
 
 tike (AdvancedPhotonSource/tike ``src/tike/operators/cupy/lamino.py``, ``Lamino.fwd`` and
-``_make_grids``): the 2-D Fourier transform of the projection at (``kv`` along rows,
+``_make_grids``; newer releases compute the same grid in the ``make_grids`` kernel of
+``src/tike/operators/cupy/grid.cu``): the 2-D Fourier transform of the projection at
+(``kv`` along rows,
 ``ku`` along columns) is the volume's 3-D transform ``u[z, y, x]`` at ``xi = (kv
 sin(tilt), -ku sin(theta) + kv cos(theta) cos(tilt), ku cos(theta) + kv sin(theta)
 cos(tilt))`` (forward FFT of the volume, inverse 2-D FFT to the projection, both centred

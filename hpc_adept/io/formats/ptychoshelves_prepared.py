@@ -12,7 +12,7 @@ p.scan_number(1), p.asize(1), p.asize(2)) p.prepare.prep_data_suffix '.h5'``; wi
   ``fftshift_2D(sqrt(data)) * p.renorm`` (``+detector/+prep_data/+matlab_ps/
   prep_data_matlab.m`` lines 206-216), so the stored frame is the measured intensity,
   fftshifted (DC at ``[0, 0]``): the counts are ``ifftshift`` of it (``fftshift_2D``
-  rolls by ``ceil(m/2)``, as ``numpy.fft.fftshift``). The frames are the detector's as
+  shifts the first two axes as ``numpy.fft.fftshift`` does). The frames are the detector's as
   fold_slice holds them after ``det.orientation`` (Eiger ``[1 0 0]``: as h5py stores the
   raw file), the orientation :mod:`.foldslice_prepared` documents.
 - ``/measurement/n{i}/positions`` = ``uint32(transpose(round(p.positions(idx,:))))``:
