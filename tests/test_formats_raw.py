@@ -72,6 +72,18 @@ def _detector(frame: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return (frame + 24, frame + 34), (frame // 2 + 11, frame // 2 + 19)
 
 
+def _detector_frames(scan: Scan) -> tuple[np.ndarray, tuple[int, int]]:
+    """``scan``'s counts with their DC at the beam centre of a :func:`_detector` frame
+    (uint32; one pixel at the dtype's maximum: a gap), and the centre (row, col)."""
+    n, frame, _ = scan.counts.shape
+    shape, centre = _detector(frame)
+    frames = np.zeros((n, *shape), np.uint32)
+    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
+    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
+    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    return frames, centre
+
+
 def write_eiger(path: Path, scan: Scan, layout: str = "legacy") -> None:
     """A raw Eiger file of ``scan``'s counts placed with their DC at the beam centre of a
     larger frame (uint32; one pixel at the dtype's maximum: a gap).
@@ -85,12 +97,8 @@ def write_eiger(path: Path, scan: Scan, layout: str = "legacy") -> None:
       ``eiger_4/x_pixel_size`` um; ``monochromator/energy`` keV); no beam centre.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    n, frame, _ = scan.counts.shape
-    shape, centre = _detector(frame)
-    frames = np.zeros((n, *shape), np.uint32)
-    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
-    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
-    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    frames, centre = _detector_frames(scan)
+    shape = frames.shape[1:]
     pixel = scan.x_pixel_size_m
     with h5py.File(path, "w") as f:
         if layout == "legacy":
@@ -636,12 +644,8 @@ def write_velociprobe(folder: Path, scan: Scan, chi_deg: float = 0.0) -> tuple[P
       trigger written twice (averaged), rows out of order.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    n, frame, _ = scan.counts.shape
-    shape, centre = _detector(frame)
-    frames = np.zeros((n, *shape), np.uint32)
-    r0, c0 = centre[0] - frame // 2, centre[1] - frame // 2
-    frames[:, r0:r0 + frame, c0:c0 + frame] = np.rint(scan.counts).astype(np.uint32)
-    frames[:, 0, 0] = np.iinfo(np.uint32).max
+    frames, centre = _detector_frames(scan)
+    n, shape = len(frames), frames.shape[1:]
     master = folder / "fly042_master.h5"
     with h5py.File(master, "w") as f:
         for k, (start, stop) in enumerate(((0, 4), (4, n)), start=1):
