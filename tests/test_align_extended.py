@@ -163,12 +163,14 @@ def test_extended_sample_alignment_recovers_known_shifts(seed, corner_um):
 
 
 @pytest.mark.slow
-def test_joint_fit_cannot_tell_the_shifts():
+def test_joint_fit_cannot_tell_the_shifts(ic_files):
     """The cause of the floor: one widened volume fitted to all angles (no held-out folds,
     the coarse estimate's former low-pass of 8 px), without noise or planes, stays at the
     true shifts when started there (0.11 px), but started at zero it ends 1.0 px away (two
     angles 5 px off) at a residual only 1.24 times the truth's: once the volume holds the
-    outside material, it explains misaligned data nearly as well as aligned ones."""
+    outside material, it explains misaligned data nearly as well as aligned ones. A finding
+    about this crop of the real layout (the procedural fallback, denser in every layer,
+    ends at 0.2 px from zero), so it skips without the layout."""
     sample = extended_sample(REGION, 32, 2, corner_um=(30.0, 20.0), noise=0.0)
     joint = dataclasses.replace(OPTIONS, cross_folds=1, momentum=0.0, coarse_lowpass_px=8.0)
     runs = {}
