@@ -335,3 +335,28 @@ def test_labels_count_only_the_reference_metal(simulated_truth, tmp_path):
     assert (dip["opens"], dip["shorts"], dip["missing"], dip["spurious"]) == (0, 0, 0, 0)
     assert dip["via_recall"] == 1.0
     assert sum(v["vias"] for v in dip["vias"].values()) == int(circuit.vias.max())
+
+
+def test_every_method_is_judged_on_the_same_region_and_vias(simulated_truth, tmp_path):
+    """A reconstruction shifted by a fraction of a voxel loses its border plane to the
+    registration; the other method must then be scored on the same voxels (same vias)."""
+    from hpc_adept.io import read_ground_truth
+
+    truth = read_ground_truth(simulated_truth)
+    write_ground_truth(tmp_path / "ground_truth.h5", truth.volume, truth.occupancy,
+                       CIRCUIT_VOXEL, circuit=truth.circuit)
+    shifted = ndimage.shift(truth.volume.astype(np.float64), (0.0, 0.3, 0.0), order=3,
+                            mode="nearest").astype(np.float32)
+    write_volume(tmp_path / "run" / "volume_fbp.h5", truth.volume, CIRCUIT_VOXEL)
+    write_volume(tmp_path / "run" / "volume_dip.h5", shifted, CIRCUIT_VOXEL)
+    assert main(["evaluate", "-c", str(write_config(tmp_path, register=True))]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    fbp, dip = metrics["fbp"], metrics["dip"]
+    assert abs(dip["registration"]["shift_voxels"][1]) > 0.2
+    assert fbp["registration"]["shift_voxels"] == [0.0, 0.0, 0.0]
+    for key in ("region_start", "region_shape"):
+        assert fbp["registration"][key] == dip["registration"][key]
+    assert dip["registration"]["region_shape"][1] == truth.volume.shape[1] - 1
+    count = {m: sum(v["vias"] for v in metrics[m]["circuit"]["vias"].values())
+             for m in metrics}
+    assert count["fbp"] == count["dip"] > 0

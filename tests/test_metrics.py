@@ -13,6 +13,7 @@ from hpc_adept.metrics import (
     ber,
     ber_per_layer,
     center_crop_slices,
+    common_region,
     estimate_shift,
     exclude_ambiguous_layers,
     fit_gmm,
@@ -23,6 +24,7 @@ from hpc_adept.metrics import (
     power_spectrum,
     psd_cuts,
     register,
+    restrict,
 )
 
 
@@ -283,3 +285,20 @@ def test_tied_mixture_threshold_ignores_a_narrow_background():
     assert full.threshold < 0.004 < tied.threshold
     assert np.mean(tied.binarize(values) != truth) < 0.02
     assert np.mean(full.binarize(values) != truth) > 0.05
+
+
+def test_common_region_cuts_every_registration_to_the_same_voxels():
+    reference = smooth_periodic((12, 14, 16), seed=10)
+    regs = [register(reference, np.roll(reference, shift, axis=(0, 1, 2)), max_shift=3)
+            for shift in ((1, -2, 0), (0, 1, -1), (0, 0, 0))]
+    common = common_region(regs)
+    assert common == (slice(0, 11), slice(2, 13), slice(1, 16))
+    for reg in regs:
+        cut = restrict(reg, common)
+        assert cut.reference_slices == common
+        np.testing.assert_array_equal(cut.aligned, reference[common])
+        np.testing.assert_array_equal(cut.shift_voxels, reg.shift_voxels)
+    with pytest.raises(ValueError, match="not inside"):
+        restrict(regs[2], (slice(0, 12), slice(0, 14), slice(0, 17)))
+    with pytest.raises(ValueError, match="no registration"):
+        common_region([])

@@ -18,8 +18,10 @@ from hpc_adept.metrics.register import (
     Registration,
     affine_fit,
     center_crop_slices,
+    common_region,
     estimate_shift,
     register,
+    restrict,
 )
 from hpc_adept.metrics.scores import (
     LayerExclusion,
@@ -50,6 +52,7 @@ __all__ = [
     "ber",
     "ber_per_layer",
     "center_crop_slices",
+    "common_region",
     "estimate_shift",
     "exclude_ambiguous_layers",
     "partly_filled_metal",
@@ -61,4 +64,5 @@ __all__ = [
     "power_spectrum",
     "psd_cuts",
     "register",
+    "restrict",
 ]

@@ -4,7 +4,8 @@ For every ``volume_<method>.h5`` of ``recon.methods`` in the run directory:
 
 1. register it to ``evaluate.reference`` (centre alignment of the two grids, then an
    optional integer + sub-voxel shift from FFT cross-correlation) and cut both to the
-   common region;
+   region that every method's registration defines (a shift pulls border planes in from
+   outside a volume; one common region judges all methods on the same voxels and vias);
 2. binarise the reference (its ``/occupancy`` when it has one, else a two-component
    Gaussian mixture of ``/volume``) and the reconstruction (its own mixture);
 3. score: BER and PCC over all voxels of the layers kept, per z layer, and per z range
@@ -298,17 +299,18 @@ def _registration_entry(reg: Any, enabled: bool) -> dict[str, Any]:
     }
 
 
-def _register(reference: GroundTruth, binarised: _ReferenceBinarisation, volume: np.ndarray,
-              cfg: Config, what: str) -> tuple[Any, _Region, GmmBinarizer]:
-    """Register ``volume`` to the reference and binarise the common region.
-
-    Returns the registration, the region and the reconstruction's mixture model.
-    """
+def register_volume(reference: GroundTruth, volume: np.ndarray, cfg: Config) -> Any:
+    """``volume`` registered to the reference (:func:`hpc_adept.metrics.register` with the
+    ``evaluate`` settings)."""
     from hpc_adept.metrics import register
 
     ev = cfg.evaluate
-    reg = register(reference.volume, volume, enabled=ev.register,
-                   max_shift=ev.max_shift_voxels)
+    return register(reference.volume, volume, enabled=ev.register, max_shift=ev.max_shift_voxels)
+
+
+def _region(reference: GroundTruth, binarised: _ReferenceBinarisation, reg: Any, cfg: Config,
+            what: str) -> tuple[_Region, GmmBinarizer]:
+    """The registered region of a reconstruction, binarised, and its mixture model."""
     est_val = reg.aligned
     model = _fit_gmm(est_val, cfg, f"{what}: evaluated region {list(est_val.shape)}")
     z_slice = reg.reference_slices[0]
@@ -318,7 +320,7 @@ def _register(reference: GroundTruth, binarised: _ReferenceBinarisation, volume:
                      est_val=est_val, est_occ=model.binarize(est_val),
                      layer_index=layer_index,
                      excluded=binarised.exclusion.excluded[layer_index])
-    return reg, region, model
+    return region, model
 
 
 def _json_safe(value: Any) -> Any:
@@ -388,16 +390,17 @@ def evaluate_circuit(reference: GroundTruth, region: _Region, slices: tuple[slic
     return entry, panel
 
 
-def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
-                    volume: np.ndarray, cfg: Config, what: str = "reconstruction"
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of one reconstruction.
+def evaluate_registered(reference: GroundTruth, binarised: _ReferenceBinarisation, reg: Any,
+                        cfg: Config, what: str = "reconstruction"
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of one registered reconstruction.
 
     Parameters
     ----------
     reference, binarised : the reference and its binarisation
-    volume : ndarray, [nz, ny, nx]
-        The reconstruction.
+    reg : Registration
+        The reconstruction on the reference grid (:func:`register_volume`, possibly cut to
+        the region common to every method, :func:`hpc_adept.metrics.restrict`).
     cfg : Config
         ``evaluate`` and ``runtime.seed`` are used.
     what : str
@@ -422,7 +425,7 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
     from hpc_adept.metrics import ber_per_layer, pcc_per_layer
 
     voxel = reference.voxel_size_m
-    reg, region, model = _register(reference, binarised, volume, cfg, what)
+    region, model = _region(reference, binarised, reg, cfg, what)
     layer_index, excluded = region.layer_index, region.excluded
     layer_z_m = (layer_index + 0.5) * voxel
     kept = np.flatnonzero(~excluded)
@@ -462,6 +465,25 @@ def evaluate_method(reference: GroundTruth, binarised: _ReferenceBinarisation,
 # ----------------------------------------------------------------------------- the stage
 
 
+def _registrations(reference: GroundTruth, plan: EvaluatePlan, cfg: Config,
+                   cuts: dict[str, Any]) -> dict[str, Any]:
+    """Every method's volume registered to the reference and cut to the region they all
+    define (so that all are scored on the same voxels, vias and wires); adds each volume's
+    power-spectrum cuts to ``cuts``."""
+    from hpc_adept.metrics import common_region, psd_cuts, restrict
+
+    registrations = {}
+    for method, path in plan.volumes:
+        volume, _ = read_volume(path)
+        registrations[method] = register_volume(reference, volume, cfg)
+        cuts[method] = psd_cuts(volume, reference.voxel_size_m, window=cfg.evaluate.psd_window)
+    try:
+        common = common_region(list(registrations.values()))
+    except ValueError as exc:
+        raise DataError(f"evaluate: {exc}: the methods' volumes cannot be compared") from None
+    return {m: restrict(reg, common) for m, reg in registrations.items()}
+
+
 def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: object) -> None:
     """Compute the metrics on rank 0 and write ``metrics.json`` and the figures.
 
@@ -484,9 +506,10 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
     cuts = {"reference": psd_cuts(reference.volume, reference.voxel_size_m, window=window)}
     metrics: dict[str, Any] = {}
     per_layer: dict[str, dict[str, Any]] = {}
+    registrations = _registrations(reference, plan, cfg, cuts)
     for method, path in plan.volumes:
-        volume, _ = read_volume(path)
-        entry, layers = evaluate_method(reference, binarised, volume, cfg, str(path))
+        entry, layers = evaluate_registered(reference, binarised, registrations[method], cfg,
+                                            str(path))
         entry = {
             "volume": str(path),
             "reference": {"path": str(plan.reference_path),
@@ -500,7 +523,6 @@ def run_evaluate(cfg: Config, ctx: ParallelContext, plan: EvaluatePlan, device: 
         }
         metrics[method] = entry
         per_layer[method] = layers
-        cuts[method] = psd_cuts(volume, reference.voxel_size_m, window=window)
         log.info("evaluate: %s: BER %s, PCC %s over %d layers; shift %s voxels; %s",
                  method, _fmt(entry["ber"]), _fmt(entry["pcc"]),
                  len(entry["layers"]["index"]) - len(entry["excluded_layers"]),
