@@ -18,7 +18,8 @@ from hpc_adept.io.export import export_run, pyramid, write_ome_zarr
 from hpc_adept.io.runfiles import write_volume
 
 with warnings.catch_warnings():
-    # npe2's manifest models use pydantic-1 style fields (deprecation warnings at import)
+    # npe2's manifest models use pydantic-1 style fields: deprecation warnings at import
+    # (napari's and npe2's pytest plugins, when installed, import it before this module)
     warnings.simplefilter("ignore", DeprecationWarning)
     npe2 = pytest.importorskip("npe2")
     pytest.importorskip("napari_ome_zarr")
