@@ -64,7 +64,7 @@ def test_shipped_studies_give_valid_configs():
     """Every variant of the studies in jobs/configs loads into a valid config."""
     from hpc_adept.config import load_config
 
-    for name in ("ablations.yaml", "ablation_seeds.yaml"):
+    for name in ("ablations.yaml", "ablation_seeds.yaml", "ablations_extended.yaml"):
         study = ablation.load_study(REPO / "jobs" / "configs" / name)
         for variant in study["variants"]:
             cfg = load_config(REPO / study["config"], ablation._sets(variant["set"]))

@@ -45,6 +45,10 @@ def test_ome_zarr_opens_in_the_ngff_reader_with_micrometres(tmp_path):
     assert all(a["unit"] == "micrometer" for a in meta["axes"])
     scales = [t[0]["scale"] for t in meta["coordinateTransformations"]]
     assert scales[0] == pytest.approx([0.0272] * 3) and scales[1] == pytest.approx([0.0544] * 3)
+    # Level 1's voxel 0 is the mean of level 0's voxels 0 and 1: centred half a voxel on.
+    assert len(meta["coordinateTransformations"][0]) == 1
+    assert meta["coordinateTransformations"][1][1] == {"type": "translation",
+                                                       "translation": pytest.approx([0.0136] * 3)}
     assert meta["name"] == "dip"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

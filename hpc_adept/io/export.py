@@ -58,11 +58,21 @@ def pyramid(volume: np.ndarray, min_side: int = MIN_PYRAMID_SIDE) -> list[np.nda
 
 
 def ngff_multiscales(voxel_size_um: Sequence[float], n_levels: int, name: str) -> list[dict]:
-    """The NGFF 0.4 ``multiscales`` attribute for ``n_levels`` levels named ``0, 1, ...``."""
+    """The NGFF 0.4 ``multiscales`` attribute for ``n_levels`` levels named ``0, 1, ...``.
+
+    Level ``l`` holds means of ``2**l`` voxels per axis, so its voxel 0 is centred
+    ``(2**l - 1) / 2`` voxels of level 0 from level 0's first voxel: the translation that
+    lets a viewer overlay the levels exactly.
+    """
     axes = [{"name": axis, "type": "space", "unit": "micrometer"} for axis in "zyx"]
-    datasets = [{"path": str(level), "coordinateTransformations": [
-        {"type": "scale", "scale": [float(v) * 2**level for v in voxel_size_um]}]}
-        for level in range(n_levels)]
+    datasets = []
+    for level in range(n_levels):
+        transforms = [{"type": "scale", "scale": [float(v) * 2**level for v in voxel_size_um]}]
+        if level:
+            transforms.append({"type": "translation",
+                               "translation": [float(v) * (2**level - 1) / 2
+                                               for v in voxel_size_um]})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets,
              "type": "mean"}]
 
