@@ -639,7 +639,7 @@ class DipConfig:
     """Deep image prior reconstruction.
 
     Defaults follow the ADePt paper and reference code, except ``lr`` (1e-3, paper 2e-4),
-    ``hpf`` (``none``, paper ``wavelet``) and ``tv_weights`` (a tenth of the paper's): on
+    ``hpf`` (``none``, paper ``wavelet``) and ``tv_weights`` (a hundredth of the paper's): on
     noisy small simulated data with known truth those gave higher PCC and lower BER, and
     the lower TV keeps small vias (README, profiling/RESULTS.md). Set ``lr: 2.0e-4``,
     ``hpf: wavelet`` and ``tv_weights: [3.0e-6, 3.0e-8]`` for the paper's recipe.
@@ -669,11 +669,13 @@ class DipConfig:
         ``fourier`` uses levels and gain for a smooth high-frequency boost.
     tv_weights : list of float
         Anisotropic in-plane TV weight per height range, bottom first (n bounds + 1).
-        Default 3e-7 below 2.75 um and 3e-9 above, a tenth of the paper's (3e-6, 3e-8):
-        the paper weighs TV against a data term whose detail its wavelet HPF amplifies
-        (gain 2.5 per level); against the plain data term (``hpf: none``) its weights
-        flatten small vias (0 to 3 of 10 kept vs 8 of 10, and BER 0.0175 vs 0.0043 on a
-        crop not used to choose; profiling/RESULTS.md, issue 20).
+        Default 3e-8 below 2.75 um and 3e-10 above, a hundredth of the paper's (3e-6,
+        3e-8): the paper weighs TV against a data term whose detail its wavelet HPF
+        amplifies (gain 2.5 per level); against the plain data term (``hpf: none``) its
+        weights flatten small vias (0 to 3 of 10 kept). A tenth of the paper's still lost
+        vias on 2 of 5 crops; a hundredth kept every via FBP kept on all 5, with BER / PCC
+        within +-0.002 / 0.004 of it (54.4 nm, 300 iterations, 40 angles;
+        profiling/RESULTS.md, issue 20).
     tv_z_bounds_m : list of float
         Heights above the substrate (metres, increasing) where the TV weight changes
         (paper: 3e-6 below 2.75 um, 3e-8 above); converted to slices by the voxel size.
@@ -746,7 +748,7 @@ class DipConfig:
     hpf_wavelet: str = "db8"
     hpf_levels: int = 4
     hpf_gain: float = 2.5
-    tv_weights: tuple[float, ...] = (3.0e-7, 3.0e-9)
+    tv_weights: tuple[float, ...] = (3.0e-8, 3.0e-10)
     tv_z_bounds_m: tuple[float, ...] = (2.75e-6,)
     in_channels: int = 48
     channels: tuple[int, ...] = (32, 64, 96, 96, 96)
