@@ -276,3 +276,28 @@ def test_a_uniform_layer_of_a_wide_slab_is_invisible_and_leveled():
     offsets = rng.normal(size=(region[0], 1, 1))
     np.testing.assert_allclose(level_slices(volume + offsets), level_slices(volume), atol=1e-6)
     assert np.abs(np.median(level_slices(volume + offsets), axis=(1, 2))).max() < 1e-6
+
+
+def test_the_dielectric_level_holds_where_metal_fills_most_of_a_slice():
+    """Median leveling puts a slice that is mostly metal (a power stripe) at the metal's
+    level; the dielectric level is the lower class's median there, and the median in a
+    slice of one class or of sparse metal."""
+    from hpc_adept.lamino.planes import dielectric_level
+
+    rng = np.random.default_rng(5)
+    noise = 0.002 * rng.standard_normal((4, 32, 32))
+    metal = np.zeros((4, 32, 32), bool)
+    metal[0, :, :22] = True  # 69 % copper
+    metal[1, :, :4] = True   # 12 % copper
+    metal[2, 8:10, :] = True  # a wire: 6 %
+    volume = 0.3 + 0.05 * metal + noise  # slice 3: dielectric only
+    for k in range(4):
+        level = dielectric_level(volume[k])
+        assert abs(level - 0.3) < 0.002, k
+        if k:  # one class or sparse metal: the median as before, within the noise
+            assert abs(level - np.median(volume[k])) < 0.002
+    assert abs(np.median(volume[0]) - 0.35) < 0.002  # the plain median: the metal
+    leveled = level_slices(volume + rng.normal(size=(4, 1, 1)))
+    np.testing.assert_allclose([np.median(leveled[k][~metal[k]]) for k in range(4)], 0.0,
+                               atol=0.002)
+    assert dielectric_level(np.full((3, 3), 0.2)) == pytest.approx(0.2)
