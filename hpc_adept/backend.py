@@ -204,12 +204,31 @@ def configure_determinism(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def default_torch_threads(local_size: int) -> int:
+    """Threads per rank when ``runtime.torch_threads`` is not set.
+
+    ``OMP_NUM_THREADS`` when the environment sets it (launch scripts and SLURM jobs set it
+    to the cores per task), else an even share of the cores this process may run on (its
+    CPU affinity: a SLURM allocation's cores, not the whole node's) among the node's ranks.
+    Oversubscribed cores are costly here: one 2-thread rank beside another busy process on
+    2 cores ran a DIP step in 10 s instead of 1.2 s (profiling/RESULTS.md, issue 21).
+    """
+    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested.isdigit() and int(requested) > 0:
+        return int(requested)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call (macOS)
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_size))
+
+
 def set_torch_threads(threads: int | None, local_size: int) -> int:
-    """Give each rank an even share of the node's cores for torch's CPU kernels."""
+    """Set torch's CPU threads: ``threads``, or :func:`default_torch_threads`."""
     import torch
 
     if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // max(1, local_size))
+        threads = default_torch_threads(local_size)
     torch.set_num_threads(threads)
     return threads
 

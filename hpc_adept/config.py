@@ -925,7 +925,8 @@ class RuntimeConfig:
     log_level : {'DEBUG', 'INFO', 'WARNING', 'ERROR'}
         Level of rank 0's log (other ranks log warnings and errors only).
     torch_threads : int or None
-        CPU threads per rank for torch (default: cores / ranks on the node).
+        CPU threads per rank for torch (default: ``OMP_NUM_THREADS`` when set, else the
+        cores this process may use, its CPU affinity, divided by the ranks on the node).
     timing : bool
         Time every stage and its parts on every rank (host clock; CUDA events and NVTX
         ranges on GPUs) and write ``output.dir/timing.json``.

@@ -6,7 +6,10 @@ set -euo pipefail
 config=${ADEPT_DEMO_CONFIG:-jobs/configs/demo.yaml}
 ranks=${ADEPT_DEMO_RANKS:-2}
 export MPIEXEC_TIMEOUT=${MPIEXEC_TIMEOUT:-3600}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one thread per rank: ranks share the cores
+# The cores this process may use, shared by the ranks (torch and NumPy read it).
+cores=$(nproc 2>/dev/null || echo 1)
+threads=$(( cores / ranks )); (( threads >= 1 )) || threads=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads}
 launch=(mpiexec -n "$ranks")
 command -v mpiexec >/dev/null || launch=()
 "${launch[@]}" adept simulate -c "$config"

@@ -175,3 +175,24 @@ def test_torch_kernel_probe_reports_a_missing_cuda():
     problem = cuda_kernel_problem(torch.device("cuda", 0))
     assert problem is not None and "\n" not in problem
     assert cuda_kernel_problem(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize(("omp", "affinity", "local_size", "expected"), [
+    ("3", 16, 2, 3),        # the launch script's OMP_NUM_THREADS wins
+    (None, 16, 4, 4),       # else the allowed cores shared by the node's ranks
+    (None, 4, 8, 1),        # at least one
+    ("0", 6, 2, 3),         # not a usable count: ignored
+    ("two", 6, 1, 6),
+])
+def test_default_torch_threads_follow_the_allocation(monkeypatch, omp, affinity, local_size,
+                                                     expected):
+    from hpc_adept import backend
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(affinity)),
+                        raising=False)
+    monkeypatch.setattr(backend.os, "cpu_count", lambda: 128)  # the node: not ours to use
+    assert backend.default_torch_threads(local_size) == expected
