@@ -204,23 +204,45 @@ def configure_determinism(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def _env_count(name: str) -> int | None:
+    """A positive thread count from environment variable ``name``, or None."""
+    try:
+        value = int(os.environ.get(name, "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
 def default_torch_threads(local_size: int) -> int:
     """Threads per rank when ``runtime.torch_threads`` is not set.
 
-    ``OMP_NUM_THREADS`` when the environment sets it (launch scripts and SLURM jobs set it
-    to the cores per task), else an even share of the cores this process may run on (its
-    CPU affinity: a SLURM allocation's cores, not the whole node's) among the node's ranks.
-    Oversubscribed cores are costly here: one 2-thread rank beside another busy process on
-    2 cores ran a DIP step in 10 s instead of 1.2 s (profiling/RESULTS.md, issue 21).
+    ``OMP_NUM_THREADS`` when the environment sets it (launch scripts set it to the cores
+    per task), else SLURM's ``SLURM_CPUS_PER_TASK``, else an even share among the node's
+    ranks of the cores this process may run on (its CPU affinity, not the whole node's);
+    at most ``MAX_THREADS``. Oversubscribed cores are costly: one 2-thread rank beside
+    another busy process on 2 cores ran a DIP step in 10 s instead of 1.2 s
+    (profiling/RESULTS.md, issue 21).
+
+    Parameters
+    ----------
+    local_size : int
+        Ranks on this node.
+
+    Returns
+    -------
+    int
+        Threads, >= 1.
     """
-    requested = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if requested.isdigit() and int(requested) > 0:
-        return int(requested)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity call (macOS)
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, local_size))
+    from hpc_adept.config import MAX_THREADS
+
+    threads = _env_count("OMP_NUM_THREADS") or _env_count("SLURM_CPUS_PER_TASK")
+    if threads is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # no affinity call (macOS)
+            cores = os.cpu_count() or 1
+        threads = cores // max(1, local_size)
+    return min(max(1, threads), MAX_THREADS)
 
 
 def set_torch_threads(threads: int | None, local_size: int) -> int:

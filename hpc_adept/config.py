@@ -609,12 +609,13 @@ class ReconConfig:
         the whole widened volume.
     level_slices : bool
         For an extended sample whose projections' offsets are unknown: shift every z slice
-        of the written region so that its dielectric is at 0 (the slice's median, or in a
-        slice of two clear classes the lower class's median, which stays the dielectric
-        where metal fills most of the slice). A uniform layer of a wide slab projects to a
-        constant, so neither method can see each slice's level, and the DIP's drifts from
-        slice to slice (PCC 0.932 -> 0.981 on the demo; :func:`hpc_adept.lamino.planes.
-        level_slices`, profiling/RESULTS.md). Off: the volume as reconstructed.
+        of the written region so that its dielectric is at 0 (the slice's median, or where
+        metal clearly fills most of the slice the lower class's median;
+        :func:`hpc_adept.lamino.planes.dielectric_level`). A uniform layer of a wide slab
+        projects to a constant, so neither method can see each slice's level, and the
+        DIP's drifts from slice to slice (PCC 0.932 -> 0.981 on the demo;
+        :func:`hpc_adept.lamino.planes.level_slices`, profiling/RESULTS.md). Off: the
+        volume as reconstructed.
     """
 
     methods: tuple[Literal["fbp", "dip"], ...] = ("fbp",)

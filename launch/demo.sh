@@ -5,6 +5,7 @@
 set -euo pipefail
 config=${ADEPT_DEMO_CONFIG:-jobs/configs/demo.yaml}
 ranks=${ADEPT_DEMO_RANKS:-2}
+[[ $ranks =~ ^[1-9][0-9]*$ ]] || { echo "demo: ADEPT_DEMO_RANKS must be a positive integer, got '$ranks'" >&2; exit 2; }
 export MPIEXEC_TIMEOUT=${MPIEXEC_TIMEOUT:-3600}
 # The cores this process may use, shared by the ranks (torch and NumPy read it).
 cores=$(nproc 2>/dev/null || echo 1)

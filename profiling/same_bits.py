@@ -55,6 +55,7 @@ def difference(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
 
 
 def outputs(run: Path) -> dict[str, np.ndarray]:
+    """The compared arrays of one run directory, by ``file:dataset``."""
     arrays = {}
     for name, keys in COMPARED.items():
         with h5py.File(run / name, "r") as f:
@@ -65,11 +66,12 @@ def outputs(run: Path) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
+    """Simulate once, run every rank count, print the differences and times."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", type=positive_int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--iterations", type=positive_int, default=200)
     ap.add_argument("--drift-px", type=float, default=1.0)
-    ap.add_argument("--set", action="append", default=[], help="adept --set for recon")
+    ap.add_argument("--set", action="append", default=[], help="adept --set for align and recon")
     ap.add_argument("--out", type=output_dir, default=str(REPO / "runs/same_bits"))
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -84,7 +86,7 @@ def main() -> None:
         run = out / f"ranks{ranks}"
         run.mkdir(exist_ok=True)
         link = run / "projections.h5"
-        if not link.exists():
+        if not (link.is_symlink() or link.exists()):
             link.symlink_to(out / "sim" / "projections.h5")
         sets = common + [f"output.dir={run}", "align.enabled=true",
                          f"dip.iterations={args.iterations}", "dip.checkpoint_every=0",

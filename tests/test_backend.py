@@ -177,21 +177,25 @@ def test_torch_kernel_probe_reports_a_missing_cuda():
     assert cuda_kernel_problem(torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize(("omp", "affinity", "local_size", "expected"), [
-    ("3", 16, 2, 3),        # the launch script's OMP_NUM_THREADS wins
-    (None, 16, 4, 4),       # else the allowed cores shared by the node's ranks
-    (None, 4, 8, 1),        # at least one
-    ("0", 6, 2, 3),         # not a usable count: ignored
-    ("two", 6, 1, 6),
+@pytest.mark.parametrize(("omp", "slurm", "affinity", "local_size", "expected"), [
+    ("3", "8", 16, 2, 3),       # the launch script's OMP_NUM_THREADS wins
+    (None, "8", 16, 4, 8),      # then SLURM's cores per task
+    (None, None, 16, 4, 4),     # else the allowed cores shared by the node's ranks
+    (None, None, 4, 8, 1),      # at least one
+    ("0", None, 6, 2, 3),       # not a usable count: ignored
+    ("two", None, 6, 1, 6),
+    ("\u00b2", None, 6, 1, 6),  # a digit to str.isdigit, not to int
+    ("99999", None, 6, 1, 4096),  # at most MAX_THREADS
 ])
-def test_default_torch_threads_follow_the_allocation(monkeypatch, omp, affinity, local_size,
-                                                     expected):
+def test_default_torch_threads_follow_the_allocation(monkeypatch, omp, slurm, affinity,
+                                                     local_size, expected):
     from hpc_adept import backend
 
-    if omp is None:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    for name, value in (("OMP_NUM_THREADS", omp), ("SLURM_CPUS_PER_TASK", slurm)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     monkeypatch.setattr(backend.os, "sched_getaffinity", lambda pid: set(range(affinity)),
                         raising=False)
     monkeypatch.setattr(backend.os, "cpu_count", lambda: 128)  # the node: not ours to use

@@ -357,6 +357,8 @@ def test_every_method_is_judged_on_the_same_region_and_vias(simulated_truth, tmp
     for key in ("region_start", "region_shape"):
         assert fbp["registration"][key] == dip["registration"][key]
     assert dip["registration"]["region_shape"][1] == truth.volume.shape[1] - 1
+    assert fbp["registration"]["own_region_shape"] == list(truth.volume.shape)
+    assert dip["registration"]["own_region_shape"] == dip["registration"]["region_shape"]
     count = {m: sum(v["vias"] for v in metrics[m]["circuit"]["vias"].values())
              for m in metrics}
     assert count["fbp"] == count["dip"] > 0

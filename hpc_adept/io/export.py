@@ -6,7 +6,8 @@ rotation axis, DESIGN section 3):
 - OME-Zarr, NGFF 0.4 (zarr format 2, what napari-ome-zarr, Fiji's MoBIE and the ``ome-zarr``
   package read): a ``multiscales`` group with axes ``z, y, x`` of type space in
   ``micrometer``, level ``0`` the full volume and coarser levels averaged by 2 on each axis
-  (while every side stays >= :data:`MIN_PYRAMID_SIDE`), each with its scale transformation;
+  (while every side stays >= :data:`MIN_PYRAMID_SIDE`), each with its scale transformation
+  and, for coarser levels, the translation of a block mean's centre;
 - TIFF with ImageJ metadata: ``axes ZYX``, ``spacing`` (z) and ``unit`` ``um``, the
   in-plane resolution as pixels per micrometre (what tifffile and Fiji read).
 

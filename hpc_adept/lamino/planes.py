@@ -57,31 +57,57 @@ def remove_planes(images: torch.Tensor, weights: torch.Tensor | None = None) -> 
     return images - torch.einsum("nk,kij->nij", coef, basis)
 
 
-# A slice is "two classes" when Otsu's split explains this share of its variance: a
-# split of one Gaussian explains 2/pi = 0.64, a slice with a quarter of clean metal ~1.
-TWO_CLASS_SHARE = 0.8
+# The lower of two classes is the dielectric when their means lie this many pooled
+# within-class standard deviations apart: Otsu's split of one Gaussian gives 2.7.
+MIN_SEPARATION = 3.0
+# ... and at least this share of the widest slice's range apart (see level_slices).
+MIN_STEP_SHARE = 0.3
 
 
-def dielectric_level(values: np.ndarray) -> float:
-    """The dielectric's level among one slice's ``values`` (any shape, float).
+def dielectric_level(values: np.ndarray, min_step: float = 0.0) -> float:
+    """The dielectric's level among one slice's ``values``.
 
-    The slice's median, unless the values fall into two clear classes (Otsu's split
-    explains at least ``TWO_CLASS_SHARE`` of their variance): then the median of the lower
-    class (dielectric's phase is below copper's), which stays the dielectric where metal
-    fills more than half of the slice (a power stripe), where the plain median would be
-    the metal.
+    The slice's median, which is the dielectric wherever metal fills less than half of
+    the slice; where Otsu's split of the values leaves more than half of them in the upper
+    class and the two classes are separated (means ``MIN_SEPARATION`` pooled standard
+    deviations and at least ``min_step`` apart), the median of the lower class:
+    dielectric's phase is below copper's, and there the plain median would be the metal
+    (a power stripe).
+
+    Parameters
+    ----------
+    values : ndarray, float, any shape
+        One z slice of a reconstruction.
+    min_step : float
+        Smallest difference of the two classes' means that counts as metal against
+        dielectric, in the values' units (a DIP slice of dielectric alone can hold two
+        populations a few per cent of the copper contrast apart).
+
+    Returns
+    -------
+    float
+        The level, in the values' units; NaN when a value is not finite or there is none.
     """
     v = np.sort(np.asarray(values, np.float64).ravel())
     n = v.size
-    if n < 2 or v[0] == v[-1]:
-        return float(np.median(v))
+    if n == 0 or not np.isfinite(v).all():
+        return float("nan")
+    median = float(np.median(v))
+    if n < 4 or v[0] == v[-1]:
+        return median
+    centred = v - median  # sums of centred values: no cancellation for a large offset
     k = np.arange(1, n)  # the lower class is v[:k]
-    low_sum = np.cumsum(v)[:-1]
-    between = (low_sum / k - (v.sum() - low_sum) / (n - k)) ** 2 * k * (n - k) / n**2
-    best = int(np.argmax(between))
-    if between[best] < TWO_CLASS_SHARE * v.var():
-        return float(np.median(v))
-    return float(np.median(v[: best + 1]))
+    low_sum = np.cumsum(centred)[:-1]
+    high_sum = centred.sum() - low_sum
+    between = (low_sum / k - high_sum / (n - k)) ** 2 * k * (n - k)
+    low = int(np.argmax(between)) + 1
+    if low >= n / 2:
+        return median
+    lower, upper = v[:low], v[low:]
+    pooled = np.sqrt((lower.var() * low + upper.var() * (n - low)) / n)
+    if upper.mean() - lower.mean() < max(MIN_SEPARATION * pooled, min_step):
+        return median
+    return float(np.median(lower))
 
 
 def level_slices(volume: np.ndarray) -> np.ndarray:
@@ -90,7 +116,7 @@ def level_slices(volume: np.ndarray) -> np.ndarray:
     For a region of a wide slab reconstructed from projections whose offsets are unknown,
     each slice's level is in the null space of the data term (a uniform layer projects to a
     constant); the dielectric's level (:func:`dielectric_level`: the median, or the lower
-    class's median in a slice of two clear classes) is the level fixed here.
+    class's median where metal fills most of the slice) is the level fixed here.
 
     Parameters
     ----------
@@ -101,5 +127,10 @@ def level_slices(volume: np.ndarray) -> np.ndarray:
     ndarray, float32, [nz, ny, nx]
     """
     volume = np.asarray(volume, dtype=np.float32)
-    levels = np.array([dielectric_level(layer) for layer in volume], np.float32)
+    # Metal against dielectric: at least 0.3 of the widest slice's 1-99 % range (noise
+    # widens a range by a few sigma); per slice, as the slices' offsets are unknown.
+    ranges = [np.subtract(*np.percentile(layer, [99.0, 1.0])) for layer in volume
+              if layer.size]
+    min_step = MIN_STEP_SHARE * float(max(ranges, default=0.0))
+    levels = np.array([dielectric_level(layer, min_step) for layer in volume], np.float32)
     return volume - levels[:, None, None]

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Registration", "affine_fit", "center_crop_slices", "estimate_shift", "register"]
+__all__ = ["Registration", "affine_fit", "center_crop_slices", "common_region", "estimate_shift",
+           "register", "restrict"]
 
 Slices = tuple[slice, slice, slice]
 
@@ -205,12 +206,16 @@ class Registration:
     peak_correlation : float or None
         Pearson correlation of the overlapping voxels at the integer shift found (None
         when registration is off).
+    own_slices : tuple of slice or None
+        After :func:`restrict`: the region this registration defined on its own (None:
+        ``reference_slices`` is that region).
     """
 
     reference_slices: Slices
     aligned: np.ndarray
     shift_voxels: np.ndarray
     peak_correlation: float | None
+    own_slices: Slices | None = None
 
 
 def register(reference: np.ndarray, volume: np.ndarray, enabled: bool = True,
@@ -250,6 +255,15 @@ def common_region(registrations: list[Registration]) -> Slices:
     reconstruction (a plane for a shift of 0.02 voxels); scoring every method on the
     intersection judges them all on the same voxels, the same vias and the same wires.
 
+    Parameters
+    ----------
+    registrations : list of Registration
+
+    Returns
+    -------
+    tuple of slice
+        The intersection, in reference indices (z, y, x).
+
     Raises
     ------
     ValueError
@@ -266,14 +280,23 @@ def common_region(registrations: list[Registration]) -> Slices:
 
 
 def restrict(registration: Registration, region: Slices) -> Registration:
-    """``registration`` cut to ``region`` (reference indices, inside its own region)."""
+    """``registration`` cut to ``region`` (reference indices, inside its own region); the
+    aligned values are copied (the full array can be freed) and ``own_slices`` keeps the
+    region it had.
+
+    Raises
+    ------
+    ValueError
+        When ``region`` is not inside the registration's region.
+    """
     own = registration.reference_slices
     if any(r.start < o.start or r.stop > o.stop for r, o in zip(region, own, strict=True)):
         raise ValueError(f"region {region} is not inside the registered region {own}")
     local = tuple(slice(r.start - o.start, r.stop - o.start)
                   for r, o in zip(region, own, strict=True))
     return dataclasses.replace(registration, reference_slices=tuple(region),
-                               aligned=registration.aligned[local])
+                               aligned=registration.aligned[local].copy(),
+                               own_slices=registration.own_slices or own)
 
 
 def affine_fit(reference: np.ndarray, estimate: np.ndarray) -> tuple[float, float, float]:

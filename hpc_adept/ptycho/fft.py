@@ -4,8 +4,9 @@ On the host the transforms run through :mod:`torch.fft` on zero-copy views of th
 arrays (MKL's FFT in the x86 wheels): 1.4-2x faster than :mod:`scipy.fft` on batches of
 128^2-512^2 complex64 frames on the development machine (profiling/RESULTS.md, "Host FFTs"),
 and like it complex64 stays complex64. Its threads are torch's intra-op threads
-(``runtime.torch_threads``, cores / ranks per node by default); results do not depend on the
-thread count or the batch size (checked bit for bit), so ranks agree with one process.
+(``runtime.torch_threads``; :func:`hpc_adept.backend.default_torch_threads`); results do
+not depend on the thread count or the batch size (checked bit for bit), so ranks agree with
+one process.
 :mod:`scipy.fft` stays available (``library="scipy"``, ``workers`` threads per transform:
 1 by default) for side-by-side checks. On the GPU, ``cupy.fft`` (cuFFT with CuPy's plan
 cache) is used.

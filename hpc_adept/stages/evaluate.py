@@ -288,7 +288,10 @@ def _intensity_fit(region: _Region, kept: np.ndarray) -> dict[str, float | None]
 
 
 def _registration_entry(reg: Any, enabled: bool) -> dict[str, Any]:
-    """The ``registration`` entry of a :func:`hpc_adept.metrics.register` result."""
+    """The ``registration`` entry of a :func:`hpc_adept.metrics.register` result:
+    ``region_*`` the region scored (common to every method), ``own_region_*`` the one this
+    method's own shift defines."""
+    own = reg.own_slices or reg.reference_slices
     return {
         "enabled": enabled,
         "shift_voxels": [float(s) for s in reg.shift_voxels],
@@ -296,6 +299,8 @@ def _registration_entry(reg: Any, enabled: bool) -> dict[str, Any]:
                              else _number(reg.peak_correlation)),
         "region_start": [s.start for s in reg.reference_slices],
         "region_shape": list(reg.aligned.shape),
+        "own_region_start": [s.start for s in own],
+        "own_region_shape": [s.stop - s.start for s in own],
     }
 
 
@@ -481,6 +486,8 @@ def _registrations(reference: GroundTruth, plan: EvaluatePlan, cfg: Config,
         common = common_region(list(registrations.values()))
     except ValueError as exc:
         raise DataError(f"evaluate: {exc}: the methods' volumes cannot be compared") from None
+    log.info("evaluate: every method scored on the reference's region start %s, shape %s",
+             [s.start for s in common], [s.stop - s.start for s in common])
     return {m: restrict(reg, common) for m, reg in registrations.items()}
 
 
