@@ -135,7 +135,10 @@ def write_tomo_folder(root: Path, scans: dict[int, Scan], site: str = "psi",
         angle = scan.rotation_angle_deg - 90.0
         low = number // 1000 * 1000
         folder = root / "eiger_4" / f"S{low:05d}-{low + 999:05d}" / f"S{number:05d}"
-        write_eiger(folder / f"run_{number:05d}_000000000000.h5", scan, layout)
+        if layout == "dectris":  # the detector's own master + data files (SIMPLON API)
+            write_dectris_master(folder, f"S{number:05d}", scan)
+        else:
+            write_eiger(folder / f"run_{number:05d}_000000000000.h5", scan, layout)
         write_positions(spec / "scan_positions" / f"scan_{number:05d}.dat", scan, number,
                         angle)
         rows.append(f"{number} {k * 17.5:.4f} {angle:.6f} {k} 1 0 lamni_ic")
@@ -176,6 +179,29 @@ def test_lamni_tomography_folder_reads_every_scan_with_its_angle(tmp_path, site)
     assert "scan numbers: 998..1001 (4 of the table's 4)" in text
     assert "rotation angles: -20..100 deg" in text
     assert "not in the files (supply them): laminography_angle_deg" in text
+
+
+def test_lamni_tomography_folder_of_dectris_master_files(tmp_path):
+    """Scan folders holding the detector's own ``*_master.h5`` + ``*_data_%06d.h5``: each
+    master's frames come from the data files it links (header units checked)."""
+    scans = _tomo_scans()
+    write_tomo_folder(tmp_path, scans, layout="dectris")
+    assert detect_format(tmp_path) == "lamni-tomo"
+    read = read_scans(tmp_path, roi_px=FRAME, laminography_angle_deg=LAMINO)
+    assert [Path(s.path).name for s in read] == [
+        "S00999_master.h5", "S01001_master.h5", "S00998_master.h5", "S01000_master.h5"]
+    by_angle = {round(s.rotation_angle_deg): s for s in scans.values()}
+    for got in read:
+        want = by_angle[round(got.rotation_angle_deg)]
+        np.testing.assert_array_equal(got.counts, want.counts)
+        assert got.distance_m == pytest.approx(DISTANCE_M)
+        assert got.x_pixel_size_m == pytest.approx(PIXEL_M)
+        assert got.energy_j == pytest.approx(want.energy_j, rel=1e-9)
+    # the first data file missing: one error naming the scan
+    (tmp_path / "eiger_4" / "S00000-00999" / "S00999" / "S00999_data_000001.h5").unlink()
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, roi_px=FRAME, laminography_angle_deg=LAMINO)
+    assert "S00999" in _one_line(exc)
 
 
 def test_lamni_tomography_subsets_and_the_csaxs_layout(tmp_path):
@@ -626,34 +652,29 @@ def test_lynx_files_read_as_lamni_eiger(tmp_path):
 # --------------------------------------------------------------------------- Velociprobe
 
 
-def write_velociprobe(folder: Path, scan: Scan, chi_deg: float = 0.0) -> tuple[Path, Path]:
-    """A Velociprobe master file, its frame files and its position CSV.
-
-    - ptychodus 1.7.0 ``plugins/aps33id_velociprobe/aps33id_velociprobe_diffraction_file.py``:
-      ``/entry/data/data_000001`` (``num_patterns_per_array = shape[0]``), every
-      ``h5py.ExternalLink`` of ``/entry/data`` a frame array beside the master;
-      ``DetectorGroup.read`` (``detector_distance`` units ``b'm'``, ``beam_center_x/y``
-      ``b'pixel'``, ``bit_depth_readout``, ``x/y_pixel_size`` ``b'm'``),
-      ``DetectorSpecificGroup.read`` (``nimages``, ``ntrigger``, ``photon_energy``
-      ``b'eV'``, ``x/y_pixels_in_detector``), ``GoniometerGroup.read`` (``chi``
-      ``b'degree'``); one more link than files (tike ``read_aps_2idd``: "the master file is
-      created before the linked files");
-    - ``aps33id_velociprobe_position_file.py``: comma-separated, >= 8 columns, x nm in
-      column 1, laser-interferometer y nm in column 2, trigger in column 7 (tike's
-      docstring: ``samz, samx, samy, zpx, zpy, encoder y, encoder x, trigger``); one
-      trigger written twice (averaged), rows out of order.
-    """
+def write_dectris_master(folder: Path, stem: str, scan: Scan, chi_deg: float = 0.0) -> Path:
+    """``<stem>_master.h5`` and its ``<stem>_data_%06d.h5`` files (the frames split over
+    two), as the DECTRIS SIMPLON API writes them (ptychodus 1.7.0
+    ``plugins/aps33id_velociprobe/aps33id_velociprobe_diffraction_file.py``:
+    ``/entry/data/data_000001`` (``num_patterns_per_array = shape[0]``), every
+    ``h5py.ExternalLink`` of ``/entry/data`` a frame array beside the master;
+    ``DetectorGroup.read`` (``detector_distance`` units ``b'm'``, ``beam_center_x/y``
+    ``b'pixel'``, ``bit_depth_readout``, ``x/y_pixel_size`` ``b'm'``),
+    ``DetectorSpecificGroup.read`` (``nimages``, ``ntrigger``, ``photon_energy``
+    ``b'eV'``, ``x/y_pixels_in_detector``), ``GoniometerGroup.read`` (``chi``
+    ``b'degree'``)); one more link than files (tike ``read_aps_2idd``: "the master file is
+    created before the linked files")."""
     folder.mkdir(parents=True, exist_ok=True)
     frames, centre = _detector_frames(scan)
     n, shape = len(frames), frames.shape[1:]
-    master = folder / "fly042_master.h5"
+    master = folder / f"{stem}_master.h5"
     with h5py.File(master, "w") as f:
         for k, (start, stop) in enumerate(((0, 4), (4, n)), start=1):
-            name = f"fly042_data_{k:06d}.h5"
+            name = f"{stem}_data_{k:06d}.h5"
             with h5py.File(folder / name, "w") as g:
                 g.create_dataset("/entry/data/data", data=frames[start:stop])
             f[f"/entry/data/data_{k:06d}"] = h5py.ExternalLink(name, "/entry/data/data")
-        f["/entry/data/data_000003"] = h5py.ExternalLink("fly042_data_000003.h5",
+        f["/entry/data/data_000003"] = h5py.ExternalLink(f"{stem}_data_000003.h5",
                                                          "/entry/data/data")
         det = f.create_group("/entry/instrument/detector")
         for key, value, units in (("detector_distance", scan.distance_m, b"m"),
@@ -671,6 +692,19 @@ def write_velociprobe(folder: Path, scan: Scan, chi_deg: float = 0.0) -> tuple[P
         spec["x_pixels_in_detector"], spec["y_pixels_in_detector"] = shape[1], shape[0]
         f["/entry/sample/goniometer/chi"] = [chi_deg]
         f["/entry/sample/goniometer/chi"].attrs["units"] = b"degree"
+    return master
+
+
+def write_velociprobe(folder: Path, scan: Scan, chi_deg: float = 0.0) -> tuple[Path, Path]:
+    """A Velociprobe master file, its frame files and its position CSV.
+
+    - the master and its data files: :func:`write_dectris_master`;
+    - ``aps33id_velociprobe_position_file.py``: comma-separated, >= 8 columns, x nm in
+      column 1, laser-interferometer y nm in column 2, trigger in column 7 (tike's
+      docstring: ``samz, samx, samy, zpx, zpy, encoder y, encoder x, trigger``); one
+      trigger written twice (averaged), rows out of order.
+    """
+    master = write_dectris_master(folder, "fly042", scan, chi_deg)
     nm = np.rint(scan.positions_m[:, :2] * 1e9).astype(int)
     rows = [f"0,{x},{y},0,0,{-y},{x},{k}" for k, (x, y) in enumerate(nm)]
     rows.append(f"0,{nm[2, 0] + 6},{nm[2, 1] - 4},0,0,0,0,2")  # trigger 2 again

@@ -184,7 +184,7 @@ def test_recon_dip_of_an_extended_sample_writes_the_region(tmp_path):
     assert volume.shape == region and attrs["sample"] == "extended"
 
 
-def test_offsets_marked_arbitrary_by_ptycho_are_ignored_without_a_margin(tmp_path):
+def test_offsets_marked_arbitrary_of_an_isolated_sample_are_referenced_to_vacuum(tmp_path):
     region = (6, 16, 16)
     angles, _, isolated = _extended_data(region, n_angles=16, seed=8)
     planes = _planes(len(angles), isolated.shape[1:], 0.5, seed=7).numpy()
@@ -211,8 +211,12 @@ def test_offsets_marked_arbitrary_by_ptycho_are_ignored_without_a_margin(tmp_pat
         assert adept("recon", "-c", str(run / "config.yaml")).returncode == 0
     (a, attrs), (b, _) = (read_volume(r / "volume_fbp.h5")
                           for r in (tmp_path / "plain", tmp_path / "planes"))
-    assert attrs["plane_free"] == 1
+    # sample: auto finds the border empty: it is vacuum, the phase's reference; each
+    # projection's plane fitted there is removed, which keeps the sample's own constant
+    # and ramp (a reconstruction blind to planes would lose them: not the referenced one)
+    assert attrs["plane_free"] == 0 and attrs["border_referenced"] == 1
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+    assert np.abs(a - volumes[0]).max() < 1e-4 * np.abs(a).max()
 
 
 def test_the_margin_is_part_of_the_dip_problem():

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["RegionPlan", "extend_columns", "extended_shape", "lateral_margin_px",
-           "lateral_run_px", "looks_isolated", "plan_region", "sample_indices", "window_reach_px"]
+           "lateral_run_px", "looks_isolated", "plan_region", "reference_to_border",
+           "sample_indices", "window_reach_px"]
 
 #: Outer rows and columns of a projection that :func:`looks_isolated` inspects, pixels.
 BORDER_PX = 2
@@ -84,6 +85,22 @@ def sample_indices(n: int, count: int = 8) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))})
 
 
+def _border_planes(p: np.ndarray, border_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per projection, the plane ``c0 + c1 v / nv + c2 u / nu`` least-squares fitted to the
+    outer ``border_px`` rows and columns: (planes float64 [n, nv, nu], ring bool [nv, nu])."""
+    n, nv, nu = p.shape
+    b = max(1, min(border_px, nv // 4, nu // 4))
+    ring = np.ones((nv, nu), dtype=bool)
+    ring[b:nv - b, b:nu - b] = False
+    rows, cols = np.nonzero(ring)
+    basis = np.stack([np.ones(rows.size), rows / nv, cols / nu], axis=1)  # [k, 3]
+    coef = np.linalg.lstsq(basis, p[:, ring].T, rcond=None)[0]           # [3, n]
+    v, u = np.mgrid[0:nv, 0:nu]
+    planes = coef[0][:, None, None] + coef[1][:, None, None] * (v / nv) \
+        + coef[2][:, None, None] * (u / nu)
+    return planes, ring
+
+
 def looks_isolated(projections: np.ndarray, border_px: int = BORDER_PX,
                    ratio: float = EMPTY_BORDER_RATIO) -> bool:
     """True when the projections' outer border is empty: the sample lies inside the field.
@@ -96,19 +113,36 @@ def looks_isolated(projections: np.ndarray, border_px: int = BORDER_PX,
     float [n, nv, nu].
     """
     p = np.asarray(projections, dtype=np.float64)
-    n, nv, nu = p.shape
-    b = max(1, min(border_px, nv // 4, nu // 4))
-    ring = np.ones((nv, nu), dtype=bool)
-    ring[b:nv - b, b:nu - b] = False
-    rows, cols = np.nonzero(ring)
-    basis = np.stack([np.ones(rows.size), rows / nv, cols / nu], axis=1)  # [k, 3]
-    coef = np.linalg.lstsq(basis, p[:, ring].T, rcond=None)[0]           # [3, n]
-    v, u = np.mgrid[0:nv, 0:nu]
-    planes = coef[0][:, None, None] + coef[1][:, None, None] * (v / nv) \
-        + coef[2][:, None, None] * (u / nu)
+    planes, ring = _border_planes(p, border_px)
     rest = p - planes
     whole = math.sqrt(float(np.mean(rest**2)))
     return whole == 0.0 or math.sqrt(float(np.mean(rest[:, ring] ** 2))) < ratio * whole
+
+
+def reference_to_border(projections: np.ndarray, border_px: int = BORDER_PX) -> np.ndarray:
+    """Projections of an isolated sample referenced to the vacuum around it.
+
+    Where nothing fixed each projection's phase offset and ramp (ptychography without a
+    vacuum reference, projections made elsewhere) but the sample lies inside the field
+    (:func:`looks_isolated`), the empty border is vacuum, whose phase is 0: the plane
+    fitted to it is each projection's offset and ramp, and is subtracted. Unlike a
+    reconstruction blind to every projection's plane, this keeps the sample's own
+    constant and linear content (its projected mass), which the blind fit cannot tell
+    from an offset.
+
+    Parameters
+    ----------
+    projections : ndarray, float, [n, nv, nu], rad
+    border_px : int
+        Outer rows and columns taken as vacuum.
+
+    Returns
+    -------
+    ndarray, float32, [n, nv, nu]
+    """
+    p = np.asarray(projections, dtype=np.float64)
+    planes, _ = _border_planes(p, border_px)
+    return (p - planes).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -126,12 +160,16 @@ class RegionPlan:
     plane_free : bool
         Each projection's constant and linear phase ramp are unknown (no vacuum
         reference): the reconstruction must be blind to them.
+    border_referenced : bool
+        An isolated sample whose offsets and ramps were marked arbitrary: each projection
+        is referenced to its empty border (:func:`reference_to_border`) before use.
     """
 
     region_shape: tuple[int, int, int]
     margin_px: int
     extended: bool
     plane_free: bool = False
+    border_referenced: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:

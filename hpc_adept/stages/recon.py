@@ -23,6 +23,7 @@ iteration k, checkpoint written"), without ``volume_dip.h5``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -44,6 +45,7 @@ from hpc_adept.lamino.region import (
     extend_columns,
     looks_isolated,
     plan_region,
+    reference_to_border,
     sample_indices,
 )
 from hpc_adept.parallel import ParallelContext, aligned_block_range, allreduce_sum, block_range
@@ -270,8 +272,11 @@ def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool],
     r = cfg.recon
     extended = r.sample == "extended" or (r.sample == "auto" and not isolated())
     multiple = math.prod(cfg.dip.strides) if "dip" in r.methods else 1
-    return plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple,
-                       plane_free=extended or (r.sample == "auto" and offsets_arbitrary))
+    plan = plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple)
+    # found isolated by its empty border: that border is vacuum, the phase's reference
+    if not extended and r.sample == "auto" and offsets_arbitrary:
+        plan = dataclasses.replace(plan, border_referenced=True)
+    return plan
 
 
 def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
@@ -281,6 +286,17 @@ def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
     arbitrary = ps.extra.get("phase_offset_arbitrary")  # written by adept ptycho
     return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]),
                    arbitrary is not None and bool(np.any(arbitrary)))
+
+
+def recon_inputs(cfg: Config, ps: ProjectionSet) -> tuple[ProjectionSet, RegionPlan]:
+    """The projections as the methods use them, and the region plan: an isolated sample
+    whose offsets and ramps are arbitrary is referenced to its empty border
+    (:func:`~hpc_adept.lamino.region.reference_to_border`), which keeps its own low
+    frequencies; an extended one is reconstructed blind to them (``plane_free``)."""
+    region = recon_region(cfg, ps)
+    if region.border_referenced:
+        ps = dataclasses.replace(ps, projections=reference_to_border(ps.projections))
+    return ps, region
 
 
 def fbp_region(ps: ProjectionSet, region: RegionPlan, ctx: ParallelContext, device: object,
@@ -340,14 +356,16 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
     if len(ps.angles_deg) < ctx.size and "dip" in plan.methods:
         log.warning("recon: %d ranks for %d angles: some ranks only run the network",
                     ctx.size, len(ps.angles_deg))
-    region = recon_region(cfg, ps)
-    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s",
+    ps, region = recon_inputs(cfg, ps)
+    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s%s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
              ps.tilt_deg, list(cfg.recon.volume_shape),
              "extended" if region.extended else "isolated",
              f", reconstructed {list(region.shape)} (lateral margin {region.margin_px})"
              if region.margin_px else "",
-             ", each projection's offset and ramp ignored" if region.plane_free else "")
+             ", each projection's offset and ramp ignored" if region.plane_free else "",
+             ", each projection referenced to its empty border" if region.border_referenced
+             else "")
     for method in plan.methods:
         t0 = time.perf_counter()
         attrs: dict[str, object] = {"method": method}
@@ -367,6 +385,7 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
             volume = level_slices(volume)
         attrs.update(sample="extended" if region.extended else "isolated",
                      lateral_margin_px=region.margin_px, plane_free=int(region.plane_free),
+                     border_referenced=int(region.border_referenced),
                      slices_leveled=int(leveled))
         if not np.all(np.isfinite(volume)):
             raise DataError(f"recon: the {method} volume holds NaN/Inf (input {plan.input_path})")
@@ -418,7 +437,8 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
                     ) -> tuple[np.ndarray, dict[str, object]]:
     """Deep image prior over the ranks (angles or volume split); every rank gets the volume.
 
-    With ``region`` (default: :func:`recon_region`) the network computes the widened
+    With ``region`` (default: :func:`recon_inputs`, which also references an isolated
+    sample's projections to their border when needed) the network computes the widened
     volume and the region is returned.
 
     Returns
@@ -433,7 +453,8 @@ def dip_distributed(cfg: Config, ps: ProjectionSet, ctx: ParallelContext, device
     """
     from hpc_adept.dip.network import count_parameters, input_from_config, network_from_config
 
-    region = recon_region(cfg, ps) if region is None else region
+    if region is None:
+        ps, region = recon_inputs(cfg, ps)
     layout, shard = _dip_shard(cfg, ps, ctx, device, region)
     model = network_from_config(cfg.dip, cfg.runtime.seed).to(device)
     noise = input_from_config(cfg.dip, region.shape, cfg.runtime.seed, layout.z).to(device)

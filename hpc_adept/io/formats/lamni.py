@@ -15,6 +15,9 @@ Frames (ptychodus 1.7.0 ``plugins/aps31id_lamni/diffraction_file.py`` and
   mm, um, keV);
 - cSAXS: ``/entry/instrument/monochromator/distance`` (mm, sign ignored) and ``energy``
   (keV), ``/entry/instrument/eiger_4/x_pixel_size`` (um).
+- a DECTRIS master file (``*_master.h5``, the detector's own SIMPLON API output) whose
+  frames sit in the ``*_data_%06d.h5`` files it links, header in metres / eV
+  (:mod:`.dectris`).
 
 fold_slice's Eiger ``det.orientation = [1 0 0]`` undoes ``h5read``'s transpose, so the frame
 is used as h5py stores it (as ptychodus does), cropped to ``roi_px`` x ``roi_px`` with the
@@ -86,6 +89,15 @@ from hpc_adept.io.formats._values import (
     laminography_deg,
     resolve,
     rotation_deg,
+)
+from hpc_adept.io.formats.dectris import (
+    DETECTOR,
+    FIRST_LINK,
+    crop_window,
+    cropped_frames,
+    is_master,
+    master_frames,
+    master_header,
 )
 
 __all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_angle_table",
@@ -240,52 +252,44 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
     return head
 
 
-def crop_window(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
-                roi_px: int) -> tuple[slice, slice]:
-    """Rows and columns of the ``roi_px`` square around ``centre`` (row, col) of frames
-    ``shape`` ``[n, rows, cols]``; DataError when it leaves the frame."""
-    r0 = int(round(centre[0])) - roi_px // 2
-    c0 = int(round(centre[1])) - roi_px // 2
-    if r0 < 0 or c0 < 0 or r0 + roi_px > shape[1] or c0 + roi_px > shape[2]:
-        raise data_error(path, f"a {roi_px} px square around the beam centre "
-                               f"({centre[0]:g}, {centre[1]:g}) leaves the {shape[1]} x "
-                               f"{shape[2]} frame", key)
-    return slice(r0, r0 + roi_px), slice(c0, c0 + roi_px)
-
-
-def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
-                   load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
-    if not load:
-        return None, None
-    ds = require_dataset(f, key, path)
-    if ds.dtype.kind not in "biuf":
-        raise data_error(path, f"dtype {ds.dtype} is not numeric", key)
-    n_bytes = ds.shape[0] * (rows.stop - rows.start) * (cols.stop - cols.start) * 4
-    if n_bytes > available_bytes():
-        raise data_error(path, f"declares {n_bytes / 2**30:.3g} GiB of cropped frames, more "
-                               f"than the memory available", key)
-    raw = np.asarray(ds[:, rows, cols])
-    mask = None
-    if raw.dtype.kind in "iu":
-        mask = (raw == np.iinfo(raw.dtype).max).any(axis=0)
-        raw = np.where(mask[None], 0, raw)
-    frames = raw.astype(np.float32)
-    if not np.isfinite(frames).all() or (frames < 0).any():
-        raise data_error(path, "contains NaN, infinite or negative values", key)
-    return frames, mask
-
-
-def available_bytes() -> int:
-    """Host memory available to this process (bytes)."""
-    from hpc_adept.backend import available_memory_bytes
-
-    return int(available_memory_bytes(None, 1)[0])
-
-
 def _scan_number(path: Path) -> int | None:
     runs = re.findall(r"\d{3,}", path.stem)
     return int(runs[-1]) if runs else None
+
+
+def _centre(p: Path, head: dict, beam_center_rc: tuple[float, float] | None,
+            key: str) -> tuple[float, float]:
+    centre = beam_center_rc or (head["row"], head["col"])
+    if centre[0] is None or centre[1] is None:
+        raise data_error(p, "no beam centre in the file; supply beam_center_rc", key)
+    return centre
+
+
+def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
+                 load: bool) -> tuple[dict, np.ndarray | None, np.ndarray | None, int]:
+    """Header, cropped frames, gap mask and frame count of a file holding its frames."""
+    with open_h5(p) as f:
+        key = next((k for k in EIGER_DATA if f.get(k) is not None), None)
+        if key is None:
+            raise data_error(p, f"no Eiger frames ({', '.join(EIGER_DATA)}) and not a "
+                                f"DECTRIS master file ({FIRST_LINK})")
+        ds = require_dataset(f, key, p)
+        check_shape(ds.shape, 3, p, key)
+        check_filters(ds, p, key)
+        head = _header(f, p, key)
+        rows, cols = crop_window(p, key, ds.shape, _centre(p, head, beam_center_rc, key),
+                                 roi_px)
+        frames, mask = cropped_frames(f, p, key, rows, cols, load)
+        return head, frames, mask, ds.shape[0]
+
+
+def _master_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
+                   load: bool) -> tuple[dict, np.ndarray | None, np.ndarray | None, int]:
+    """The same of a DECTRIS master file (frames in the data files it links)."""
+    head = master_header(p)
+    centre = _centre(p, head, beam_center_rc, DETECTOR)
+    frames, mask, count = master_frames(p, centre, roi_px, load)
+    return head, frames, mask, count
 
 
 def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
@@ -293,7 +297,9 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
                     angle_table_path: PathLike | None = None, scan_number: int | None = None,
                     supplied: Supplied | None = None, load_counts: bool = True,
                     angle_convention: str = "ptychoshelves") -> Scan:
-    """One raw cSAXS / LamNI Eiger scan, cropped to ``roi_px`` around the beam centre.
+    """One raw cSAXS / LamNI Eiger scan, cropped to ``roi_px`` around the beam centre: a
+    file holding its frames, or a DECTRIS master file linking data files beside it
+    (:mod:`.dectris`).
 
     The rotation angle comes from the supplied value or the angle table (the row of
     ``scan_number``, default: the last run of 3+ digits in the file name).
@@ -302,19 +308,9 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
     s = supplied or Supplied()
     indexes, positions = read_lamni_positions(positions_path)
     with open_h5(p) as f:
-        key = next((k for k in EIGER_DATA if f.get(k) is not None), None)
-        if key is None:
-            raise data_error(p, f"no Eiger frames ({', '.join(EIGER_DATA)})")
-        ds = require_dataset(f, key, p)
-        check_shape(ds.shape, 3, p, key)
-        check_filters(ds, p, key)
-        head = _header(f, p, key)
-        centre = beam_center_rc or (head["row"], head["col"])
-        if centre[0] is None or centre[1] is None:
-            raise data_error(p, "no beam centre in the file; supply beam_center_rc", key)
-        rows, cols = crop_window(p, key, ds.shape, centre, roi_px)
-        frames, mask = cropped_frames(f, p, key, rows, cols, load_counts)
-        n_frames = ds.shape[0]
+        master = is_master(f)
+    read = _master_frames if master else _file_frames
+    head, frames, mask, n_frames = read(p, beam_center_rc, roi_px, load_counts)
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"position indexes outside the {n_frames} frames")
     energy_j = energy_j_from_ev(p, "energy", resolve(p, "energy", "energy_ev",

@@ -21,7 +21,8 @@ The beamline's layout, under the experiment folder ``ROOT`` (``data.path``):
   (``raw_data_path`` + ``basepath_dir`` + ``read_path(scan)``), and
   ``ptycho/+scans/get_filenames_cSAXS.m`` (no filename pattern: every ``*.h5`` of that
   folder; ``+eiger1p5M/convert2hdf5.m`` makes one ``run_*.h5`` per scan). A scan folder
-  with several ``.h5`` files must name one ``*master*``.
+  with several ``.h5`` files must name one ``*master*``: the DECTRIS master file, whose
+  frames are read from the data files it links (:mod:`.dectris`).
 
 Each scan is then read by :func:`~hpc_adept.io.formats.lamni.read_eiger_scan` with its
 rotation angle from the table (encoder angle, PtychoShelves convention). The scans are

@@ -39,17 +39,11 @@ import math
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from hpc_adept.io.cxi import Scan
 from hpc_adept.io.formats._read import (
-    check_filters,
-    check_shape,
     data_error,
-    open_h5,
-    optional_number,
-    require_dataset,
 )
 from hpc_adept.io.formats._values import (
     DETECTOR_PIXEL_M_RANGE,
@@ -62,102 +56,20 @@ from hpc_adept.io.formats._values import (
     resolve,
     rotation_deg,
 )
-from hpc_adept.io.formats.lamni import crop_window, cropped_frames
+from hpc_adept.io.formats.dectris import (
+    DETECTOR,
+    FIRST_LINK,
+    is_master,
+    master_frames,
+    master_header,
+)
 
 __all__ = ["DETECTOR", "FIRST_LINK", "is_master", "read_velociprobe_positions",
            "read_velociprobe_scan"]
 
 PathLike = str | os.PathLike
 
-FIRST_LINK = "/entry/data/data_000001"
-DETECTOR = "/entry/instrument/detector"
-CHI = "/entry/sample/goniometer/chi"
 _X, _Y, _TRIGGER = 1, 2, 7  # VelociprobePositionFileColumn.X, LASER_INTERFEROMETER_Y, TRIGGER
-
-
-def is_master(f: h5py.File) -> bool:
-    """Whether ``f`` is a Velociprobe master file (an external link to its first frames)."""
-    try:
-        link = f.get(FIRST_LINK, getlink=True)
-    except (OSError, KeyError, ValueError):
-        return False
-    return isinstance(link, h5py.ExternalLink) and f.get(f"{DETECTOR}/detectorSpecific") \
-        is not None
-
-
-def _number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
-            ) -> float | None:
-    """A scalar (or one-element) dataset, its ``units`` attribute checked when present."""
-    value = optional_number(f, key, path, positive=positive)
-    if value is None:
-        return None
-    units = f[key].attrs.get("units")
-    if units is not None:
-        text = units.decode("utf-8", "replace") if isinstance(units, bytes) else str(units)
-        if text.strip() != unit:
-            raise data_error(path, f"units {text!r}, expected {unit!r}", key)
-    return value
-
-
-def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
-    """(file, dataset) of each frame array, in name order, up to the first absent file."""
-    group = f.get("/entry/data", getlink=False)
-    if not isinstance(group, h5py.Group):
-        raise data_error(path, "missing", "/entry/data")
-    arrays = []
-    for name in sorted(group):
-        link = group.get(name, getlink=True)
-        if not isinstance(link, h5py.ExternalLink):
-            continue
-        target = Path(link.filename)
-        if target.name != link.filename or target.name in ("", ".", ".."):
-            raise data_error(path, f"links to {link.filename!r}, not a file beside the "
-                                   f"master (refused)", f"/entry/data/{name}")
-        if (path.parent / target).resolve().parent != path.resolve().parent:
-            raise data_error(path, f"{link.filename!r} resolves outside the master's folder "
-                                   f"(refused)", f"/entry/data/{name}")
-        if not (path.parent / target).is_file():
-            break  # written before its file, as tike notes
-        arrays.append((path.parent / target, link.path))
-    if not arrays:
-        raise data_error(path, "no frame file of its external links exists beside it",
-                         "/entry/data")
-    return arrays
-
-
-def _header(path: Path) -> dict[str, float | None]:
-    with open_h5(path) as f:
-        det = DETECTOR
-        return {
-            "distance_m": _number(f, f"{det}/detector_distance", path, "m"),
-            "pixel_m": _number(f, f"{det}/x_pixel_size", path, "m"),
-            "y_pixel_m": _number(f, f"{det}/y_pixel_size", path, "m"),
-            "col": _number(f, f"{det}/beam_center_x", path, "pixel", positive=False),
-            "row": _number(f, f"{det}/beam_center_y", path, "pixel", positive=False),
-            "energy_ev": _number(f, f"{det}/detectorSpecific/photon_energy", path, "eV"),
-            "chi_deg": _number(f, CHI, path, "degree", positive=False),
-        }
-
-
-def _frames(arrays: list[tuple[Path, str]], centre: tuple[float, float], roi_px: int,
-            load: bool) -> tuple[np.ndarray | None, np.ndarray | None, int]:
-    """Cropped frames of every array (concatenated), their mask and their count."""
-    frames, masks, count = [], [], 0
-    for file, key in arrays:
-        with open_h5(file) as g:
-            ds = require_dataset(g, key, file)
-            check_shape(ds.shape, 3, file, key)
-            check_filters(ds, file, key)
-            rows, cols = crop_window(file, key, ds.shape, centre, roi_px)
-            data, mask = cropped_frames(g, file, key, rows, cols, load)
-            count += ds.shape[0]
-        frames.append(data)
-        masks.append(mask)
-    if not load:
-        return None, None, count
-    mask = np.any([m for m in masks if m is not None], axis=0) if any(
-        m is not None for m in masks) else None
-    return np.concatenate(frames), mask, count
 
 
 def read_velociprobe_positions(path: PathLike, chi_deg: float = 0.0
@@ -200,13 +112,11 @@ def read_velociprobe_scan(path: PathLike, positions_path: PathLike, *, roi_px: i
     """One Velociprobe scan (master file + position CSV), cropped to ``roi_px``."""
     p = Path(path)
     s = supplied or Supplied()
-    head = _header(p)
-    with open_h5(p) as f:
-        arrays = _links(f, p)
+    head = master_header(p)
     centre = beam_center_rc or (head["row"], head["col"])
     if centre[0] is None or centre[1] is None:
         raise data_error(p, "no beam centre in the file; supply beam_center_rc", DETECTOR)
-    frames, mask, n_frames = _frames(arrays, centre, roi_px, load_counts)
+    frames, mask, n_frames = master_frames(p, centre, roi_px, load_counts)
     indexes, positions = read_velociprobe_positions(positions_path, head["chi_deg"] or 0.0)
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"triggers {indexes.min()}..{indexes.max()} outside "

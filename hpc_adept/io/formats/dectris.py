@@ -1,0 +1,181 @@
+"""DECTRIS Eiger files: frames cropped around the beam centre, and master files whose
+frames sit in data files beside them.
+
+A DECTRIS master file (the SIMPLON API's ``<name>_master.h5``, which the Velociprobe at APS
+33-ID-C and newer cSAXS / LamNI Eiger set-ups write) holds the NeXus header and
+``/entry/data/data_000001``, ``data_000002``, ...: external links, each to a frame array
+``[n_k, rows, cols]`` in a ``<name>_data_%06d.h5`` file beside it (ptychodus 1.7.0
+``plugins/aps33id_velociprobe/aps33id_velociprobe_diffraction_file.py``: ``DataGroup.read``
+takes every ``h5py.ExternalLink`` of ``/entry/data`` in ``sorted(group.items())`` order,
+``file_path = master.parent / link.filename``, ``data_path = link.path``; tike
+``src/tike/ptycho/io.py`` ``read_aps_2idd``: "the number of data_000000 links may be more
+than the actual number of files", the master being written first: the links are read in
+name order up to the first whose file is absent). Header: ``/entry/instrument/detector/
+detector_distance`` (``units`` ``m``), ``x_pixel_size``, ``y_pixel_size`` (``m``),
+``beam_center_x``, ``beam_center_y`` (``pixel``), ``detectorSpecific/photon_energy``
+(``eV``), each checked against its ``units`` attribute where the file has one
+(``DetectorGroup.read`` asserts them).
+
+Our HDF5 reading refuses external links (a link could pull any local file in); here each
+link is resolved explicitly instead: its target must be a plain file name (no folder
+part) in the master's folder, opened and checked like any file. Frames are cropped to
+``roi_px`` around the beam centre; pixels at the dtype's maximum (gaps, dead pixels) are
+masked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpc_adept.io.formats._read import (
+    check_filters,
+    check_shape,
+    data_error,
+    open_h5,
+    optional_number,
+    require_dataset,
+)
+
+__all__ = ["DETECTOR", "FIRST_LINK", "available_bytes", "crop_window", "cropped_frames",
+           "is_master", "master_frames", "master_header"]
+
+FIRST_LINK = "/entry/data/data_000001"
+DETECTOR = "/entry/instrument/detector"
+CHI = "/entry/sample/goniometer/chi"
+
+
+def crop_window(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
+                roi_px: int) -> tuple[slice, slice]:
+    """Rows and columns of the ``roi_px`` square around ``centre`` (row, col) of frames
+    ``shape`` ``[n, rows, cols]``; DataError when it leaves the frame."""
+    r0 = int(round(centre[0])) - roi_px // 2
+    c0 = int(round(centre[1])) - roi_px // 2
+    if r0 < 0 or c0 < 0 or r0 + roi_px > shape[1] or c0 + roi_px > shape[2]:
+        raise data_error(path, f"a {roi_px} px square around the beam centre "
+                               f"({centre[0]:g}, {centre[1]:g}) leaves the {shape[1]} x "
+                               f"{shape[2]} frame", key)
+    return slice(r0, r0 + roi_px), slice(c0, c0 + roi_px)
+
+
+def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
+                   load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
+    if not load:
+        return None, None
+    ds = require_dataset(f, key, path)
+    if ds.dtype.kind not in "biuf":
+        raise data_error(path, f"dtype {ds.dtype} is not numeric", key)
+    n_bytes = ds.shape[0] * (rows.stop - rows.start) * (cols.stop - cols.start) * 4
+    if n_bytes > available_bytes():
+        raise data_error(path, f"declares {n_bytes / 2**30:.3g} GiB of cropped frames, more "
+                               f"than the memory available", key)
+    raw = np.asarray(ds[:, rows, cols])
+    mask = None
+    if raw.dtype.kind in "iu":
+        mask = (raw == np.iinfo(raw.dtype).max).any(axis=0)
+        raw = np.where(mask[None], 0, raw)
+    frames = raw.astype(np.float32)
+    if not np.isfinite(frames).all() or (frames < 0).any():
+        raise data_error(path, "contains NaN, infinite or negative values", key)
+    return frames, mask
+
+
+def available_bytes() -> int:
+    """Host memory available to this process (bytes)."""
+    from hpc_adept.backend import available_memory_bytes
+
+    return int(available_memory_bytes(None, 1)[0])
+
+
+def is_master(f: h5py.File) -> bool:
+    """Whether ``f`` is a DECTRIS master file (an external link to its first frames)."""
+    try:
+        link = f.get(FIRST_LINK, getlink=True)
+    except (OSError, KeyError, ValueError):
+        return False
+    return isinstance(link, h5py.ExternalLink) and f.get(f"{DETECTOR}/detectorSpecific") \
+        is not None
+
+
+def number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
+           ) -> float | None:
+    """A scalar (or one-element) dataset, its ``units`` attribute checked when present."""
+    value = optional_number(f, key, path, positive=positive)
+    if value is None:
+        return None
+    units = f[key].attrs.get("units")
+    if units is not None:
+        text = units.decode("utf-8", "replace") if isinstance(units, bytes) else str(units)
+        if text.strip() != unit:
+            raise data_error(path, f"units {text!r}, expected {unit!r}", key)
+    return value
+
+
+def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
+    """(file, dataset) of each frame array, in name order, up to the first absent file."""
+    group = f.get("/entry/data", getlink=False)
+    if not isinstance(group, h5py.Group):
+        raise data_error(path, "missing", "/entry/data")
+    arrays = []
+    for name in sorted(group):
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.ExternalLink):
+            continue
+        target = Path(link.filename)
+        if target.name != link.filename or target.name in ("", ".", ".."):
+            raise data_error(path, f"links to {link.filename!r}, not a file beside the "
+                                   f"master (refused)", f"/entry/data/{name}")
+        if (path.parent / target).resolve().parent != path.resolve().parent:
+            raise data_error(path, f"{link.filename!r} resolves outside the master's folder "
+                                   f"(refused)", f"/entry/data/{name}")
+        if not (path.parent / target).is_file():
+            break  # written before its file, as tike notes
+        arrays.append((path.parent / target, link.path))
+    if not arrays:
+        raise data_error(path, "no frame file of its external links exists beside it",
+                         "/entry/data")
+    return arrays
+
+
+def master_header(path: Path) -> dict[str, float | None]:
+    """Distance, pixel sizes (m), beam centre (pixels), energy (eV) and the goniometer's
+    chi (degrees) of a master file; None for what it lacks."""
+    with open_h5(path) as f:
+        det = DETECTOR
+        return {
+            "distance_m": number(f, f"{det}/detector_distance", path, "m"),
+            "pixel_m": number(f, f"{det}/x_pixel_size", path, "m"),
+            "y_pixel_m": number(f, f"{det}/y_pixel_size", path, "m"),
+            "col": number(f, f"{det}/beam_center_x", path, "pixel", positive=False),
+            "row": number(f, f"{det}/beam_center_y", path, "pixel", positive=False),
+            "energy_ev": number(f, f"{det}/detectorSpecific/photon_energy", path, "eV"),
+            "chi_deg": number(f, CHI, path, "degree", positive=False),
+        }
+
+
+def master_frames(path: Path, centre: tuple[float, float], roi_px: int, load: bool
+                  ) -> tuple[np.ndarray | None, np.ndarray | None, int]:
+    """The frames of every data file a master links (concatenated in link-name order),
+    cropped to ``roi_px`` around ``centre`` (row, col): float32 ``[n, roi_px, roi_px]``
+    (None unless ``load``), the mask of gap pixels and the frame count."""
+    with open_h5(path) as f:
+        arrays = _links(f, path)
+    frames, masks, count = [], [], 0
+    for file, key in arrays:
+        with open_h5(file) as g:
+            ds = require_dataset(g, key, file)
+            check_shape(ds.shape, 3, file, key)
+            check_filters(ds, file, key)
+            rows, cols = crop_window(file, key, ds.shape, centre, roi_px)
+            data, mask = cropped_frames(g, file, key, rows, cols, load)
+            count += ds.shape[0]
+        frames.append(data)
+        masks.append(mask)
+    if not load:
+        return None, None, count
+    mask = np.any([m for m in masks if m is not None], axis=0) if any(
+        m is not None for m in masks) else None
+    return np.concatenate(frames), mask, count

@@ -1,0 +1,157 @@
+"""tike's own simulated laminography data set, reconstructed by ``adept run`` and scored
+against tike's own reconstructions of it (issue 19: "a peer's own simulated laminography
+data set is reconstructed at least as well as that peer's own reconstruction").
+
+The data set is tike's test fixture (AdvancedPhotonSource/tike ``tests/data/``):
+``lamino_setup.pickle.lzma`` = ``[data, original, theta, tilt]`` written by
+``tests/test_lamino.py::TestLaminoRecon.create_dataset`` (a 64^3 crop of a chip, complex
+``delta + i beta``, projected by ``tike.lamino.simulate`` at 58 angles over 360 deg,
+``tilt = pi/3``, no noise), and tike's reconstructions of it, ``lamino_cgrad.pickle.lzma``
+(``tike.lamino.lamino`` conjugate gradient, 1 + 30 iterations) and
+``lamino_bucket.pickle.lzma`` (``tike.lamino.bucket``). The pickles are parsed by
+:func:`hpc_adept.io.formats.numpy_pickle.read_pickled_arrays`, never unpickled. They are
+third-party data: bring them with the ``fetch`` tool (or a clone of tike) and pass the
+folder; nothing of them enters this repository.
+
+What a user would do: the real part of tike's projections (the ``delta`` part; times
+``--scale`` so that a voxel's phase is of the order of copper's at our voxel sizes: tike's
+units are arbitrary) as a TIFF stack, tike's angles (radians) in a text file, and ``adept
+run`` with ``data.format: tiff-stack``, ``data.angle_convention: tike``,
+``data.laminography_angle_deg`` = tike's ``tilt`` (radians, tike's convention), no
+alignment (the data are aligned), FBP and the DIP (the demo's network) on the whole 64^3
+box. Scores, every method on the same voxels against ``original.real``: PCC over the box
+and over the chip's bounding box, and BER of the two-class (tied) Gaussian-mixture
+binarisation against the chip's occupancy (``original != 0``).
+
+    OMP_NUM_THREADS=2 .venv/bin/python profiling/peer_tike.py /path/to/tike/tests/data \\
+        --iterations 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _args import positive_int
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hpc_adept.io.formats import to_adept_angles, to_adept_laminography  # noqa: E402
+from hpc_adept.io.formats.numpy_pickle import read_pickled_arrays  # noqa: E402
+from hpc_adept.io.runfiles import read_volume  # noqa: E402
+from hpc_adept.metrics import ber, fit_gmm, pcc  # noqa: E402
+
+
+def read_tike_set(folder: Path) -> dict:
+    """tike's data set and whichever of its reconstructions are there (complex arrays)."""
+    data, original, theta, tilt = read_pickled_arrays(folder / "lamino_setup.pickle.lzma")
+    if not (data.ndim == 3 and original.ndim == 3 and theta.shape == (data.shape[0],)):
+        raise SystemExit(f"unexpected shapes: data {data.shape}, original {original.shape}, "
+                         f"theta {theta.shape}")
+    recons = {}
+    for name in ("cgrad", "bucket"):
+        path = folder / f"lamino_{name}.pickle.lzma"
+        if path.is_file():
+            volume = read_pickled_arrays(path)
+            if volume.shape != original.shape:
+                raise SystemExit(f"{path}: shape {volume.shape}, not {original.shape}")
+            recons[f"tike {name}"] = volume.real
+        else:
+            print(f"note: {path} absent, tike's {name} not scored", file=sys.stderr)
+    return dict(data=data, original=original, theta=np.asarray(theta, np.float64),
+                tilt=float(tilt), recons=recons)
+
+
+def geometry_check(s: dict) -> float:
+    """PCC of our projector (tike's angles mapped onto ours) with tike's own projections."""
+    import torch
+
+    from hpc_adept.lamino import Geometry, LaminoOperator
+
+    op = LaminoOperator(Geometry(to_adept_angles(s["theta"], "tike"),
+                                 to_adept_laminography(s["tilt"], "tike"),
+                                 s["original"].shape, s["data"].shape[1:]))
+    with torch.no_grad():
+        ours = op.forward(torch.from_numpy(s["original"].real.astype(np.float64))).numpy()
+    return pcc(s["data"].real, ours)
+
+
+def write_inputs(work: Path, s: dict, scale: float, iterations: int, threads: int) -> None:
+    import tifffile
+
+    tifffile.imwrite(work / "stack.tif", (s["data"].real * scale).astype(np.float32),
+                     photometric="minisblack")
+    (work / "angles.txt").write_text("# tike theta, radians\n" + "".join(
+        f"{float(t)!r}\n" for t in s["theta"]))
+    config = {
+        "data": {"path": "stack.tif", "format": "tiff-stack", "angles_path": "angles.txt",
+                 "angle_convention": "tike", "laminography_angle_deg": s["tilt"],
+                 "pixel_size_m": 2.72e-8},
+        "output": {"dir": "run"},
+        "align": {"enabled": False},
+        "recon": {"methods": ["fbp", "dip"], "volume_shape": list(s["original"].shape)},
+        "dip": {"iterations": iterations, "checkpoint_every": 0, "in_channels": 16,
+                "channels": [16, 32, 48, 48, 48], "output_range": [-0.06, 0.06]},
+        "runtime": {"device": "cpu", "torch_threads": threads},
+    }
+    (work / "c.yaml").write_text(yaml.safe_dump(config))
+
+
+def scores(truth: np.ndarray, volume: np.ndarray, box: tuple[slice, ...]) -> dict:
+    """PCC (box, chip) and BER of the tied-GMM binarisation (material = more negative)."""
+    occupancy = truth != 0
+    model = fit_gmm(-volume, covariance="tied")
+    return {"pcc": round(pcc(truth, volume), 4), "pcc_chip": round(pcc(truth[box],
+                                                                         volume[box]), 4),
+            "ber": round(ber(occupancy, model.binarize(-volume)), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tike_data", type=Path, help="tike's tests/data folder")
+    parser.add_argument("--iterations", type=positive_int, default=300)
+    parser.add_argument("--scale", type=float, default=1000.0,
+                        help="factor on tike's projections (arbitrary units -> radians)")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    args = parser.parse_args()
+    if not (args.tike_data / "lamino_setup.pickle.lzma").is_file():
+        parser.error(f"{args.tike_data}: no lamino_setup.pickle.lzma")
+    s = read_tike_set(args.tike_data)
+    print(json.dumps({"data": list(s["data"].shape), "volume": list(s["original"].shape),
+                      "angles": len(s["theta"]), "tilt_rad": s["tilt"],
+                      "geometry_pcc_our_projector_vs_tike": round(geometry_check(s), 4)}))
+    truth = s["original"].real.astype(np.float64)
+    nz = np.nonzero(truth)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)
+    with tempfile.TemporaryDirectory(prefix="peer_tike_") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        write_inputs(work, s, args.scale, args.iterations, args.threads)
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "hpc_adept", "run", "-c", "c.yaml"],
+                           cwd=work, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+        if r.returncode:
+            raise SystemExit(f"adept run failed:\n{r.stderr[-3000:]}")
+        wall = time.perf_counter() - t0
+        volumes = {f"adept {m}": read_volume(work / "run" / f"volume_{m}.h5")[0]
+                   for m in ("fbp", "dip")}
+    volumes.update(s["recons"])
+    print(json.dumps({"adept_run_wall_s": round(wall, 1), "iterations": args.iterations}))
+    for name, volume in volumes.items():
+        print(json.dumps({"method": name, **scores(truth, np.asarray(volume, np.float64),
+                                                    box)}))
+
+
+if __name__ == "__main__":
+    main()
