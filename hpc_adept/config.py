@@ -596,9 +596,12 @@ class ReconConfig:
         FBP and the DIP reconstruct the region widened by ``lateral_margin``, ignore each
         projection's constant and linear phase ramp, and write the region.
         ``isolated``: the sample lies inside the field in vacuum (no margin, no plane
-        fit). ``auto``: ``isolated`` when the projections' outer border is empty (its RMS
-        under 10 % of the whole window's; :func:`hpc_adept.recon_region.looks_isolated`),
-        else ``extended``.
+        fit). ``auto``: ``isolated`` when the outer border of eight evenly spaced
+        projections is empty (its RMS under 10 % of the whole window's;
+        :func:`hpc_adept.lamino.region.looks_isolated`), else ``extended``; an isolated
+        sample whose offsets are marked arbitrary (``/phase_offset_arbitrary``) then has
+        each projection referenced to its empty border, the vacuum
+        (:func:`hpc_adept.lamino.region.reference_to_border`).
     lateral_margin : int or 'auto', voxels
         Voxels added on each lateral side of ``volume_shape`` for an extended sample;
         ``auto``: half the lateral run of a ray across the thickness, ``nz tan(L) / 2``

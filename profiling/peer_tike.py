@@ -45,6 +45,7 @@ from _args import positive_int
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hpc_adept.errors import DataError  # noqa: E402
 from hpc_adept.io.formats import to_adept_angles, to_adept_laminography  # noqa: E402
 from hpc_adept.io.formats.numpy_pickle import read_pickled_arrays  # noqa: E402
 from hpc_adept.io.runfiles import read_volume  # noqa: E402
@@ -53,7 +54,16 @@ from hpc_adept.metrics import ber, fit_gmm, pcc  # noqa: E402
 
 def read_tike_set(folder: Path) -> dict:
     """tike's data set and whichever of its reconstructions are there (complex arrays)."""
-    data, original, theta, tilt = read_pickled_arrays(folder / "lamino_setup.pickle.lzma")
+    try:
+        setup = read_pickled_arrays(folder / "lamino_setup.pickle.lzma")
+    except DataError as exc:
+        raise SystemExit(f"peer_tike: {exc}") from None
+    if not (isinstance(setup, list) and len(setup) == 4
+            and all(isinstance(a, np.ndarray) for a in setup[:3])
+            and isinstance(setup[3], float)):
+        raise SystemExit("peer_tike: lamino_setup.pickle.lzma is not [data, original, theta, "
+                         "tilt]")
+    data, original, theta, tilt = setup
     if not (data.ndim == 3 and original.ndim == 3 and theta.shape == (data.shape[0],)):
         raise SystemExit(f"unexpected shapes: data {data.shape}, original {original.shape}, "
                          f"theta {theta.shape}")
@@ -61,9 +71,12 @@ def read_tike_set(folder: Path) -> dict:
     for name in ("cgrad", "bucket"):
         path = folder / f"lamino_{name}.pickle.lzma"
         if path.is_file():
-            volume = read_pickled_arrays(path)
-            if volume.shape != original.shape:
-                raise SystemExit(f"{path}: shape {volume.shape}, not {original.shape}")
+            try:
+                volume = read_pickled_arrays(path)
+            except DataError as exc:
+                raise SystemExit(f"peer_tike: {exc}") from None
+            if not isinstance(volume, np.ndarray) or volume.shape != original.shape:
+                raise SystemExit(f"{path}: not an array of shape {original.shape}")
             recons[f"tike {name}"] = volume.real
         else:
             print(f"note: {path} absent, tike's {name} not scored", file=sys.stderr)

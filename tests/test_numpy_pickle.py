@@ -101,3 +101,49 @@ def test_missing_truncated_and_foreign_files_are_one_error(tmp_path):
     for name in ("cut.pickle", "text.pickle", "bad.lzma"):
         with pytest.raises(DataError, match=name):
             read_pickled_arrays(tmp_path / name)
+
+
+def _raw(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name, data", [
+    ("cycle", b"\x80\x04]\x94h\x00a."),                      # a list holding itself
+    ("deep", b"\x80\x04" + b"]" * 5000 + b"a" * 4999 + b"."),  # 5000 nested lists
+    ("underflow", b"\x80\x04K\x01\x87."),                      # TUPLE3 of one item
+    ("empty-stack", b"\x80\x04a."),
+])
+def test_malformed_streams_are_one_error(tmp_path, name, data):
+    with pytest.raises(DataError):
+        read_pickled_arrays(_raw(tmp_path, name, data))
+
+
+def test_shared_references_are_converted_once(tmp_path):
+    """A value referenced many times through the memo is built once (no copies), and a
+    doubling chain of shared tuples does not explode."""
+    a = np.arange(1000.0)
+    read = read_pickled_arrays(_raw(tmp_path, "many", pickle.dumps([a] * 2000, protocol=4)))
+    assert len(read) == 2000 and all(x is read[0] for x in read)
+    chain: tuple = ()
+    for _ in range(60):  # 2**60 leaves if expanded
+        chain = (chain, chain)
+    assert read_pickled_arrays(_raw(tmp_path, "chain", pickle.dumps(chain, protocol=4)))
+
+
+def test_dtype_specs_beyond_plain_numbers_never_reach_numpy(tmp_path):
+    raw = pickle.dumps(np.arange(2.0), protocol=4)
+    assert raw.count(b"\x8c\x02f8") == 1
+    bad = raw.replace(b"\x8c\x02f8", b"\x8c\x04f8,(")  # numpy would try to parse it
+    with pytest.raises(DataError, match="not a plain numeric dtype"):
+        read_pickled_arrays(_raw(tmp_path, "dtype", bad))
+
+
+def test_corrupt_gzip_is_one_error(tmp_path):
+    import gzip
+
+    good = gzip.compress(pickle.dumps(np.arange(1000.0), protocol=4))
+    bad = good[:20] + bytes(b ^ 0xFF for b in good[20:60]) + good[60:]
+    with pytest.raises(DataError, match="cannot be read or decompressed"):
+        read_pickled_arrays(_raw(tmp_path, "bad.gz", bad))

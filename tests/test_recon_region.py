@@ -26,6 +26,7 @@ from hpc_adept.lamino.region import (
     lateral_run_px,
     looks_isolated,
     plan_region,
+    reference_to_border,
 )
 from hpc_adept.linop import FunctionOperator, dottest
 from hpc_adept.phantom import procedural_phantom
@@ -129,6 +130,21 @@ def test_border_tells_isolated_from_extended():
         planes = _planes(len(isolated), isolated.shape[1:], 0.5, seed).numpy()
         assert looks_isolated(isolated + planes)
         assert not looks_isolated(extended + planes)
+
+
+def test_reference_to_border_removes_exactly_the_planes():
+    """Referenced to its empty border, an isolated sample's projections lose the added
+    offsets and ramps and keep their own content (including its mean); float32, a copy."""
+    _, _, isolated = _extended_data((6, 16, 16), seed=5)
+    planes = _planes(len(isolated), isolated.shape[1:], 0.5, 6).numpy()
+    given = (isolated + planes).astype(np.float32)
+    kept = given.copy()
+    referenced = reference_to_border(given)
+    assert referenced.dtype == np.float32 and referenced.shape == given.shape
+    np.testing.assert_array_equal(given, kept)
+    scale = float(np.abs(isolated).max())
+    np.testing.assert_allclose(referenced, isolated, atol=2e-6 * scale + 1e-6)
+    assert float(np.abs(isolated.mean(axis=(1, 2))).min()) > 0.1 * scale / 16
 
 
 def test_recon_lateral_margin_is_checked():

@@ -85,20 +85,26 @@ def sample_indices(n: int, count: int = 8) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(count, n))})
 
 
-def _border_planes(p: np.ndarray, border_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per projection, the plane ``c0 + c1 v / nv + c2 u / nu`` least-squares fitted to the
-    outer ``border_px`` rows and columns: (planes float64 [n, nv, nu], ring bool [nv, nu])."""
-    n, nv, nu = p.shape
+def _border_plane_coefficients(p: np.ndarray, border_px: int
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per projection, ``(c0, c1, c2)`` of the plane ``c0 + c1 v / nv + c2 u / nu``
+    least-squares fitted to the outer ``border_px`` rows and columns (float64 [3, n]), and
+    that ring (bool [nv, nu])."""
+    _, nv, nu = p.shape
     b = max(1, min(border_px, nv // 4, nu // 4))
     ring = np.ones((nv, nu), dtype=bool)
     ring[b:nv - b, b:nu - b] = False
     rows, cols = np.nonzero(ring)
     basis = np.stack([np.ones(rows.size), rows / nv, cols / nu], axis=1)  # [k, 3]
-    coef = np.linalg.lstsq(basis, p[:, ring].T, rcond=None)[0]           # [3, n]
+    values = np.asarray(p[:, ring], dtype=np.float64)                     # [n, k]
+    return np.linalg.lstsq(basis, values.T, rcond=None)[0], ring
+
+
+def _plane(coef: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The plane of coefficients ``(c0, c1, c2)`` on ``shape`` (float64 [nv, nu])."""
+    nv, nu = shape
     v, u = np.mgrid[0:nv, 0:nu]
-    planes = coef[0][:, None, None] + coef[1][:, None, None] * (v / nv) \
-        + coef[2][:, None, None] * (u / nu)
-    return planes, ring
+    return coef[0] + coef[1] * (v / nv) + coef[2] * (u / nu)
 
 
 def looks_isolated(projections: np.ndarray, border_px: int = BORDER_PX,
@@ -113,8 +119,8 @@ def looks_isolated(projections: np.ndarray, border_px: int = BORDER_PX,
     float [n, nv, nu].
     """
     p = np.asarray(projections, dtype=np.float64)
-    planes, ring = _border_planes(p, border_px)
-    rest = p - planes
+    coef, ring = _border_plane_coefficients(p, border_px)
+    rest = np.stack([p[i] - _plane(coef[:, i], p.shape[1:]) for i in range(len(p))])
     whole = math.sqrt(float(np.mean(rest**2)))
     return whole == 0.0 or math.sqrt(float(np.mean(rest[:, ring] ** 2))) < ratio * whole
 
@@ -139,10 +145,14 @@ def reference_to_border(projections: np.ndarray, border_px: int = BORDER_PX) -> 
     Returns
     -------
     ndarray, float32, [n, nv, nu]
+        A new array; the input is not changed. Host memory: the copy and one float64
+        projection beyond it (the plane is fitted on the border only).
     """
-    p = np.asarray(projections, dtype=np.float64)
-    planes, _ = _border_planes(p, border_px)
-    return (p - planes).astype(np.float32)
+    coef, _ = _border_plane_coefficients(projections, border_px)
+    out = np.array(projections, dtype=np.float32, copy=True)
+    for i in range(len(out)):
+        out[i] -= _plane(coef[:, i], out.shape[1:]).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)

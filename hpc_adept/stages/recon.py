@@ -289,10 +289,24 @@ def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
 
 
 def recon_inputs(cfg: Config, ps: ProjectionSet) -> tuple[ProjectionSet, RegionPlan]:
-    """The projections as the methods use them, and the region plan: an isolated sample
-    whose offsets and ramps are arbitrary is referenced to its empty border
-    (:func:`~hpc_adept.lamino.region.reference_to_border`), which keeps its own low
-    frequencies; an extended one is reconstructed blind to them (``plane_free``)."""
+    """The projections as the methods use them, and the region plan.
+
+    An isolated sample whose offsets and ramps are arbitrary is referenced to its empty
+    border (:func:`~hpc_adept.lamino.region.reference_to_border`), which keeps its own low
+    frequencies; an extended one is reconstructed blind to them (``plane_free``).
+
+    Parameters
+    ----------
+    cfg : Config
+    ps : ProjectionSet
+        As read from ``projections.h5`` / ``aligned.h5``.
+
+    Returns
+    -------
+    (ProjectionSet, RegionPlan)
+        The projections to reconstruct (a referenced copy, or ``ps`` itself) and the plan;
+        :func:`fbp_region` and :func:`dip_distributed` take the two together.
+    """
     region = recon_region(cfg, ps)
     if region.border_referenced:
         ps = dataclasses.replace(ps, projections=reference_to_border(ps.projections))

@@ -100,7 +100,7 @@ def is_master(f: h5py.File) -> bool:
         is not None
 
 
-def number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
+def _number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
            ) -> float | None:
     """A scalar (or one-element) dataset, its ``units`` attribute checked when present."""
     value = optional_number(f, key, path, positive=positive)
@@ -146,13 +146,13 @@ def master_header(path: Path) -> dict[str, float | None]:
     with open_h5(path) as f:
         det = DETECTOR
         return {
-            "distance_m": number(f, f"{det}/detector_distance", path, "m"),
-            "pixel_m": number(f, f"{det}/x_pixel_size", path, "m"),
-            "y_pixel_m": number(f, f"{det}/y_pixel_size", path, "m"),
-            "col": number(f, f"{det}/beam_center_x", path, "pixel", positive=False),
-            "row": number(f, f"{det}/beam_center_y", path, "pixel", positive=False),
-            "energy_ev": number(f, f"{det}/detectorSpecific/photon_energy", path, "eV"),
-            "chi_deg": number(f, CHI, path, "degree", positive=False),
+            "distance_m": _number(f, f"{det}/detector_distance", path, "m"),
+            "pixel_m": _number(f, f"{det}/x_pixel_size", path, "m"),
+            "y_pixel_m": _number(f, f"{det}/y_pixel_size", path, "m"),
+            "col": _number(f, f"{det}/beam_center_x", path, "pixel", positive=False),
+            "row": _number(f, f"{det}/beam_center_y", path, "pixel", positive=False),
+            "energy_ev": _number(f, f"{det}/detectorSpecific/photon_energy", path, "eV"),
+            "chi_deg": _number(f, CHI, path, "degree", positive=False),
         }
 
 

@@ -271,8 +271,9 @@ def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: in
     with open_h5(p) as f:
         key = next((k for k in EIGER_DATA if f.get(k) is not None), None)
         if key is None:
-            raise data_error(p, f"no Eiger frames ({', '.join(EIGER_DATA)}) and not a "
-                                f"DECTRIS master file ({FIRST_LINK})")
+            raise data_error(p, f"no Eiger frames ({', '.join(EIGER_DATA)}), nor a DECTRIS "
+                                f"master's external link {FIRST_LINK} with "
+                                f"{DETECTOR}/detectorSpecific")
         ds = require_dataset(f, key, p)
         check_shape(ds.shape, 3, p, key)
         check_filters(ds, p, key)
@@ -321,6 +322,8 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
     pixel = check_range(p, "pixel size", resolve(p, "pixel size", "detector_pixel_m",
                                                  head["pixel_m"], s.detector_pixel_m),
                         DETECTOR_PIXEL_M_RANGE, "m")
+    y_pixel = check_range(p, "y pixel size", head.get("y_pixel_m") or pixel,
+                          DETECTOR_PIXEL_M_RANGE, "m")  # master files record both
     angle = s.rotation_angle_deg
     if angle is None and angle_table_path is not None:
         number = scan_number if scan_number is not None else _scan_number(p)
@@ -333,6 +336,7 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
                   s.laminography_angle_deg)
     return Scan(counts=None if frames is None else frames[indexes], positions_m=positions,
                 energy_j=energy_j, distance_m=distance, x_pixel_size_m=pixel,
-                y_pixel_size_m=pixel, rotation_angle_deg=rotation_deg(angle, angle_convention),
+                y_pixel_size_m=y_pixel,
+                rotation_angle_deg=rotation_deg(angle, angle_convention),
                 laminography_angle_deg=laminography_deg(p, lam, angle_convention), mask=mask,
                 path=str(p), counts_shape=(len(indexes), roi_px, roi_px))

@@ -9,9 +9,11 @@ knows containers, numbers, strings and bytes and, of the globals, only the names
 own array pickles use (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
 ``numpy.dtype``, ``numpy.core.multiarray.scalar``, protocol 5's
 ``numpy.core.numeric._frombuffer`` with in-band buffers, and ``_codecs.encode`` /
-``bytes`` for protocol 2's bytes): nothing is imported and nothing is called. Any other
-global or opcode is one :class:`~hpc_adept.errors.DataError`. An array is built from its
-recorded shape, dtype (numeric kinds only) and raw bytes, whose length is checked.
+``bytes`` for protocol 2's bytes): nothing named in the file is imported or called. Any
+other global or opcode is one :class:`~hpc_adept.errors.DataError`. An array is built from
+its recorded shape, dtype (a plain numeric code such as ``<f4``, checked before numpy
+parses it) and raw bytes, whose length is checked. Malformed streams, nesting, containers
+holding themselves and value or size bombs end in the same one-line error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import lzma
 import math
 import os
 import pickletools
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,10 @@ _PUSH_ARG = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT", "SHOR
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 _TUPLE_N = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _SKIP = {"PROTO", "FRAME"}
+_DTYPE_CODE = re.compile(r"[<>=|]?[biufc][0-9]{1,2}")
+MAX_DIMS = 32
+MAX_DEPTH = 100          # nesting of containers
+MAX_NODES = 10_000_000   # values visited while building the result
 
 
 @dataclass
@@ -73,7 +81,8 @@ def _open_stream(path: Path) -> bytes:
                 data = f.read(MAX_BYTES + 1)
             break
     else:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise DataError(f"{path}: more than {MAX_BYTES >> 30} GiB once decompressed")
     return data
@@ -84,10 +93,14 @@ def _dtype(value: Any, where: str) -> np.dtype:
     if not (isinstance(value, _Call) and value.func == ("numpy", "dtype") and value.args
             and isinstance(value.args[0], str)):
         raise DataError(f"{where}: an array whose dtype is not a plain numpy dtype")
+    code = value.args[0]
+    # only plain numeric codes reach numpy's parser (which evaluates structured specs)
+    if not _DTYPE_CODE.fullmatch(code):
+        raise DataError(f"{where}: dtype {code[:40]!r} is not a plain numeric dtype")
     try:
-        dtype = np.dtype(value.args[0])
+        dtype = np.dtype(code)
     except TypeError:
-        raise DataError(f"{where}: unknown dtype {value.args[0]!r}") from None
+        raise DataError(f"{where}: unknown dtype {code!r}") from None
     if dtype.kind not in "biufc" or dtype.fields is not None:
         raise DataError(f"{where}: dtype {dtype} is not numeric")
     state = value.state
@@ -103,12 +116,19 @@ def _raw_bytes(value: Any, where: str) -> bytes:
     if isinstance(value, _Call) and value.func == ("_codecs", "encode") and \
             len(value.args) == 2 and isinstance(value.args[0], str) and \
             value.args[1] == "latin1":
-        return value.args[0].encode("latin1")
+        return _latin1(value.args[0], where)
     if isinstance(value, _Call) and value.func in _BYTES and value.args == ():
         return b""
     if isinstance(value, str):  # protocol 0/1 strings
-        return value.encode("latin1")
+        return _latin1(value, where)
     raise DataError(f"{where}: expected raw bytes")
+
+
+def _latin1(text: str, where: str) -> bytes:
+    try:
+        return text.encode("latin1")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: raw bytes stored as text outside latin-1") from None
 
 
 def _from_buffer(value: _Call, where: str) -> np.ndarray:
@@ -122,8 +142,11 @@ def _from_buffer(value: _Call, where: str) -> np.ndarray:
 
 def _checked_array(data: bytes, dtype: np.dtype, shape: Any, fortran: bool,
                    where: str) -> np.ndarray:
-    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
-        raise DataError(f"{where}: bad array shape {shape!r}")
+    """The array of ``shape`` from ``data``, after checking that they agree."""
+    if not (isinstance(shape, tuple) and len(shape) <= MAX_DIMS
+            and all(type(n) is int and 0 <= n <= MAX_BYTES for n in shape)):
+        raise DataError(f"{where}: bad array shape (a {type(shape).__name__} of "
+                        f"{len(shape) if isinstance(shape, tuple) else '?'} entries)")
     if len(data) != math.prod(shape) * dtype.itemsize:
         raise DataError(f"{where}: {len(data)} bytes for an array {shape} of {dtype}")
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C"
@@ -142,30 +165,68 @@ def _array(value: _Call, where: str) -> np.ndarray:
                           bool(fortran), where)
 
 
-def _value(obj: Any, where: str) -> Any:
-    """Evaluated data: arrays for the recorded calls, containers recursively."""
-    if isinstance(obj, _Call):
-        if obj.func in _RECONSTRUCT:
-            return _array(obj, where)
-        if obj.func in _FROMBUFFER:
-            return _from_buffer(obj, where)
-        if obj.func in _BYTES:
-            return _raw_bytes(obj, where)
-        if obj.func in _SCALAR and len(obj.args) == 2:
-            dtype = _dtype(obj.args[0], where)
-            data = _raw_bytes(obj.args[1], where)
-            if len(data) != dtype.itemsize:
-                raise DataError(f"{where}: a {dtype} scalar of {len(data)} bytes")
-            return np.frombuffer(data, dtype=dtype)[0].item()
-        raise DataError(f"{where}: {'.'.join(obj.func)} outside an array")
-    if isinstance(obj, _Global):
-        raise DataError(f"{where}: a bare global {'.'.join(obj.name)}")
-    if isinstance(obj, list | tuple):
-        values = [_value(item, where) for item in obj]
-        return values if isinstance(obj, list) else tuple(values)
-    if isinstance(obj, dict):
-        return {_value(k, where): _value(v, where) for k, v in obj.items()}
-    return obj
+class _Converter:
+    """Evaluated data: arrays for the recorded calls, containers rebuilt. A value shared
+    through the memo is converted once (no blow-up by repeated references); nesting
+    deeper than :data:`MAX_DEPTH`, a container holding itself, more than
+    :data:`MAX_NODES` values or more than :data:`MAX_BYTES` of arrays stop the parse."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.done: dict[int, Any] = {}
+        self.open: set[int] = set()
+        self.nodes = 0
+        self.array_bytes = 0
+
+    def __call__(self, obj: Any, depth: int = 0) -> Any:
+        key = id(obj)
+        if key in self.done:
+            return self.done[key]
+        if key in self.open or depth > MAX_DEPTH:
+            raise DataError(f"{self.where}: containers nested deeper than {MAX_DEPTH} or "
+                            "holding themselves")
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise DataError(f"{self.where}: more than {MAX_NODES} values")
+        self.open.add(key)
+        value = self._convert(obj, depth)
+        self.open.discard(key)
+        self.done[key] = value
+        if isinstance(value, np.ndarray):
+            self.array_bytes += value.nbytes
+            if self.array_bytes > MAX_BYTES:
+                raise DataError(f"{self.where}: more than {MAX_BYTES >> 30} GiB of arrays")
+        return value
+
+    def _convert(self, obj: Any, depth: int) -> Any:
+        where = self.where
+        if isinstance(obj, _Call):
+            return _call_value(obj, where)
+        if isinstance(obj, _Global):
+            raise DataError(f"{where}: a bare global {'.'.join(obj.name)}")
+        if isinstance(obj, list | tuple):
+            values = [self(item, depth + 1) for item in obj]
+            return values if isinstance(obj, list) else tuple(values)
+        if isinstance(obj, dict):
+            return {self(k, depth + 1): self(v, depth + 1) for k, v in obj.items()}
+        return obj
+
+
+def _call_value(obj: _Call, where: str) -> Any:
+    """The array, bytes or number one recorded call of an allowed global stands for."""
+    if obj.func in _RECONSTRUCT:
+        return _array(obj, where)
+    if obj.func in _FROMBUFFER:
+        return _from_buffer(obj, where)
+    if obj.func in _BYTES:
+        return _raw_bytes(obj, where)
+    if obj.func in _SCALAR and len(obj.args) == 2:
+        dtype = _dtype(obj.args[0], where)
+        data = _raw_bytes(obj.args[1], where)
+        if len(data) != dtype.itemsize:
+            raise DataError(f"{where}: a {dtype} scalar of {len(data)} bytes")
+        return np.frombuffer(data, dtype=dtype)[0].item()
+    raise DataError(f"{where}: {'.'.join(obj.func)} outside an array")
 
 
 class _Machine:
@@ -197,6 +258,8 @@ class _Machine:
             self.stack.append(_CONSTANTS[name])
         elif name in _TUPLE_N:
             n = _TUPLE_N[name]
+            if n > len(self.stack) - (self.marks[-1] if self.marks else 0):
+                raise self.error("malformed pickle (stack underflow)")
             items = tuple(self.stack[len(self.stack) - n:]) if n else ()
             del self.stack[len(self.stack) - n:]
             self.stack.append(items)
@@ -213,6 +276,8 @@ class _Machine:
         if not self.marks:
             raise self.error("malformed pickle (no MARK)")
         start = self.marks.pop()
+        if start > len(self.stack):
+            raise self.error("malformed pickle (a MARK below the stack)")
         items = self.stack[start:]
         del self.stack[start:]
         return items
@@ -305,6 +370,9 @@ def read_pickled_arrays(path: str | os.PathLike) -> Any:
         raise DataError(f"{p}: no such file")
     try:
         data = _open_stream(p)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise DataError(f"{p}: cannot be read or decompressed ({exc})") from None
-    return _value(_interpret(data, str(p)), str(p))
+    try:
+        return _Converter(str(p))(_interpret(data, str(p)))
+    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError) as exc:
+        raise DataError(f"{p}: not a readable array pickle ({type(exc).__name__})") from None
