@@ -20,8 +20,9 @@ run`` with ``data.format: tiff-stack``, ``data.angle_convention: tike``,
 ``data.laminography_angle_deg`` = tike's ``tilt`` (radians, tike's convention), no
 alignment (the data are aligned), FBP and the DIP (the demo's network) on the whole 64^3
 box. Scores, every method on the same voxels against ``original.real``: PCC over the box
-and over the chip's bounding box, and BER of the two-class (tied) Gaussian-mixture
-binarisation against the chip's occupancy (``original != 0``).
+and over the chip's bounding box. No BER: tike's chip is not two-class (vacuum, a matrix
+near 0.6e-5 and metal near 2e-5 of delta), so a two-class binarisation scores whichever
+split the mixture picks (measured: 0.03 or 0.17 for one volume, tied or full covariance).
 
     OMP_NUM_THREADS=2 .venv/bin/python profiling/peer_tike.py /path/to/tike/tests/data \\
         --iterations 300
@@ -49,7 +50,7 @@ from hpc_adept.errors import DataError  # noqa: E402
 from hpc_adept.io.formats import to_adept_angles, to_adept_laminography  # noqa: E402
 from hpc_adept.io.formats.numpy_pickle import read_pickled_arrays  # noqa: E402
 from hpc_adept.io.runfiles import read_volume  # noqa: E402
-from hpc_adept.metrics import ber, fit_gmm, pcc  # noqa: E402
+from hpc_adept.metrics import pcc  # noqa: E402
 
 
 def read_tike_set(folder: Path) -> dict:
@@ -120,12 +121,9 @@ def write_inputs(work: Path, s: dict, scale: float, iterations: int, threads: in
 
 
 def scores(truth: np.ndarray, volume: np.ndarray, box: tuple[slice, ...]) -> dict:
-    """PCC (box, chip) and BER of the tied-GMM binarisation (material = more negative)."""
-    occupancy = truth != 0
-    model = fit_gmm(-volume, covariance="tied")
-    return {"pcc": round(pcc(truth, volume), 4), "pcc_chip": round(pcc(truth[box],
-                                                                         volume[box]), 4),
-            "ber": round(ber(occupancy, model.binarize(-volume)), 4)}
+    """PCC over the whole box and over the chip's bounding box."""
+    return {"pcc": round(pcc(truth, volume), 4),
+            "pcc_chip": round(pcc(truth[box], volume[box]), 4)}
 
 
 def main() -> None:
