@@ -132,6 +132,26 @@ def test_border_tells_isolated_from_extended():
         assert not looks_isolated(extended + planes)
 
 
+def test_border_reference_needs_every_projection_empty_at_its_border():
+    """The plan looks at eight projections; one with chip at its border among the others
+    keeps the reconstruction blind to planes instead of referenced to that border."""
+    from hpc_adept.lamino.region import sample_indices
+    from hpc_adept.stages.recon import recon_inputs
+
+    angles, extended, isolated = _extended_data((6, 16, 16), n_angles=16, seed=9)
+    flag = {"phase_offset_arbitrary": np.ones(len(angles), np.uint8)}
+    cfg = load_config(None, ["recon.volume_shape=[6,16,16]"])
+    ps = ProjectionSet(isolated.astype(np.float32), angles, TILT, 27.2e-9, extra=flag)
+    got, region = recon_inputs(cfg, ps)
+    assert region.border_referenced and not region.plane_free and got is not ps
+    unseen = sorted(set(range(16)) - set(sample_indices(16)))[0]
+    mixed = isolated.copy()
+    mixed[unseen] = extended[unseen]
+    ps = ProjectionSet(mixed.astype(np.float32), angles, TILT, 27.2e-9, extra=flag)
+    got, region = recon_inputs(cfg, ps)
+    assert not region.border_referenced and region.plane_free and got is ps
+
+
 def test_reference_to_border_removes_exactly_the_planes():
     """Referenced to its empty border, an isolated sample's projections lose the added
     offsets and ramps and keep their own content (including its mean); float32, a copy."""

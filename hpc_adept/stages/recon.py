@@ -293,7 +293,9 @@ def recon_inputs(cfg: Config, ps: ProjectionSet) -> tuple[ProjectionSet, RegionP
 
     An isolated sample whose offsets and ramps are arbitrary is referenced to its empty
     border (:func:`~hpc_adept.lamino.region.reference_to_border`), which keeps its own low
-    frequencies; an extended one is reconstructed blind to them (``plane_free``).
+    frequencies, when every projection's border is empty (the plan looked at eight);
+    otherwise, and for an extended sample, it is reconstructed blind to them
+    (``plane_free``).
 
     Parameters
     ----------
@@ -308,6 +310,12 @@ def recon_inputs(cfg: Config, ps: ProjectionSet) -> tuple[ProjectionSet, RegionP
         :func:`fbp_region` and :func:`dip_distributed` take the two together.
     """
     region = recon_region(cfg, ps)
+    if region.border_referenced and not all(
+            looks_isolated(ps.projections[i:i + 1]) for i in range(len(ps.projections))):
+        # eight projections looked isolated, not all: no border to trust; stay blind
+        log.info("recon: some projections' border is not empty: each projection's offset "
+                 "and ramp ignored instead of referenced to the border")
+        region = dataclasses.replace(region, border_referenced=False, plane_free=True)
     if region.border_referenced:
         ps = dataclasses.replace(ps, projections=reference_to_border(ps.projections))
     return ps, region
