@@ -193,6 +193,7 @@ def test_two_ranks_write_the_same_metrics(flipped_run):
 
 CIRCUIT_SHAPE = (24, 30, 36)
 CIRCUIT_VOXEL = 27.2e-9
+LAYOUT_VOXEL = 54.4e-9  # the demo's: a 48-voxel crop holds 10-18 vias
 
 
 @pytest.fixture(scope="module")
@@ -211,11 +212,12 @@ def simulated_truth(tmp_path_factory) -> Path:
     return work / "data" / "ground_truth.h5"
 
 
-def _defects(nets: np.ndarray, vias: np.ndarray, metal1: tuple[int, int]) -> np.ndarray:
-    """The true metal with a via removed, a 2-voxel gap in the longest metal1 wire and a
-    bridge between two wires of different nets in metal1."""
+def _defects(nets: np.ndarray, vias: np.ndarray, metal1: tuple[int, int],
+             via_id: int = 1) -> np.ndarray:
+    """The true metal with via ``via_id`` removed, a 2-voxel gap in the longest metal1 wire
+    and a bridge between two wires of different nets in metal1."""
     metal = nets > 0
-    metal[vias == 1] = False
+    metal[vias == via_id] = False
     z0, z1 = metal1
     pieces, _ = ndimage.label(metal[z0:z1].any(axis=0))
     longest = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
@@ -288,6 +290,48 @@ def test_circuit_figures_agree_with_an_independent_count(simulated_truth, tmp_pa
     assert dip["via_recall"] == 1.0 and dip["vi_split_bits"] == dip["vi_merge_bits"] == 0.0
     assert all(v["recall"] == 1.0 and v["precision"] == 1.0 for v in dip["vias"].values())
     assert (tmp_path / "run" / "figures" / "circuit_errors.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("corner_um", [(45.0, 52.0), (36.0, 44.0)])  # 10 and 18 vias
+def test_circuit_figures_on_layout_crops_agree_with_an_independent_count(ic_files, tmp_path,
+                                                                         corner_um):
+    """Crops of the real layout used nowhere else (DEF net and via ids, nets cut by the
+    crop): a reconstruction with one via removed, a wire cut and two nets bridged gets the
+    figures of a direct count, and the via recall of a direct count."""
+    from hpc_adept.io import read_ground_truth
+
+    cfg = {"data": {"path": str(tmp_path / "data")}, "output": {"dir": str(tmp_path / "sim")},
+           "simulate": {"phantom": "layout", "layout_def": str(ic_files[0]),
+                        "layout_lef": str(ic_files[1]), "crop_origin_um": list(corner_um),
+                        "sample": "isolated", "volume_shape": [28, 48, 48],
+                        "voxel_size_m": LAYOUT_VOXEL, "n_angles": 4, "scans": False,
+                        "write_projections": True},
+           "runtime": {"device": "cpu"}}
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["simulate", "-c", str(tmp_path / "sim.yaml")]) == 0
+    truth = read_ground_truth(tmp_path / "data" / "ground_truth.h5")
+    circuit = truth.circuit
+    ids, sizes = np.unique(circuit.vias[circuit.vias > 0], return_counts=True)
+    assert len(ids) >= 2
+    metal = _defects(circuit.nets, circuit.vias, circuit.layers["metal1"],
+                     via_id=int(ids[np.argmax(sizes)]))
+    write_volume(tmp_path / "run" / "volume_fbp.h5", (0.03 * metal).astype(np.float32),
+                 LAYOUT_VOXEL)
+    write_volume(tmp_path / "run" / "volume_dip.h5", truth.volume, LAYOUT_VOXEL)
+    config = write_config(tmp_path, register=False)
+    config.write_text(config.read_text().replace(
+        str(tmp_path / "ground_truth.h5"), str(tmp_path / "data" / "ground_truth.h5")))
+    assert main(["evaluate", "-c", str(config)]) == 0
+    fbp = json.loads((tmp_path / "run" / "metrics.json").read_text())["fbp"]["circuit"]
+    expected = _independent_count(metal, circuit.nets)
+    assert {k: fbp[k] for k in expected} == expected
+    assert fbp["opens"] >= 1 and fbp["shorts"] >= 1
+    kept = circuit.vias[truth.occupancy.astype(bool)]  # as evaluate keeps the labels
+    counted = [v for v in ids if np.any(kept == v)]
+    recovered = sum(metal[circuit.vias == v].mean() >= 0.5 for v in counted)
+    assert sum(v["vias"] for v in fbp["vias"].values()) == len(counted)
+    assert fbp["via_recall"] == pytest.approx(recovered / len(counted), abs=1e-12)
+    assert recovered == len(counted) - 1
 
 
 def test_circuit_without_labels_uses_the_reference_components(simulated_truth, tmp_path):
