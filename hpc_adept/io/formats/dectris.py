@@ -39,8 +39,8 @@ from hpc_adept.io.formats._read import (
     require_dataset,
 )
 
-__all__ = ["DETECTOR", "FIRST_LINK", "available_bytes", "crop_window", "cropped_frames",
-           "is_master", "master_frames", "master_header"]
+__all__ = ["DETECTOR", "FIRST_LINK", "available_bytes", "beam_centre", "crop_window",
+           "cropped_frames", "is_master", "master_frames", "master_header", "read_master"]
 
 FIRST_LINK = "/entry/data/data_000001"
 DETECTOR = "/entry/instrument/detector"
@@ -179,3 +179,23 @@ def master_frames(path: Path, centre: tuple[float, float], roi_px: int, load: bo
     mask = np.any([m for m in masks if m is not None], axis=0) if any(
         m is not None for m in masks) else None
     return np.concatenate(frames), mask, count
+
+
+def beam_centre(path: Path, head: dict, beam_center_rc: tuple[float, float] | None,
+                key: str) -> tuple[float, float]:
+    """The supplied beam centre (row, col), else the file's; DataError naming ``key``
+    when neither gives one."""
+    centre = beam_center_rc or (head["row"], head["col"])
+    if centre[0] is None or centre[1] is None:
+        raise data_error(path, "no beam centre in the file; supply beam_center_rc", key)
+    return centre
+
+
+def read_master(path: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
+                load: bool) -> tuple[dict, np.ndarray | None, np.ndarray | None, int]:
+    """Header (:func:`master_header`), frames cropped around the beam centre, gap mask and
+    frame count of a master file and the data files it links."""
+    head = master_header(path)
+    centre = beam_centre(path, head, beam_center_rc, DETECTOR)
+    frames, mask, count = master_frames(path, centre, roi_px, load)
+    return head, frames, mask, count

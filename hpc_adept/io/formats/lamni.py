@@ -93,11 +93,11 @@ from hpc_adept.io.formats._values import (
 from hpc_adept.io.formats.dectris import (
     DETECTOR,
     FIRST_LINK,
+    beam_centre,
     crop_window,
     cropped_frames,
     is_master,
-    master_frames,
-    master_header,
+    read_master,
 )
 
 __all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_angle_table",
@@ -257,14 +257,6 @@ def _scan_number(path: Path) -> int | None:
     return int(runs[-1]) if runs else None
 
 
-def _centre(p: Path, head: dict, beam_center_rc: tuple[float, float] | None,
-            key: str) -> tuple[float, float]:
-    centre = beam_center_rc or (head["row"], head["col"])
-    if centre[0] is None or centre[1] is None:
-        raise data_error(p, "no beam centre in the file; supply beam_center_rc", key)
-    return centre
-
-
 def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
                  load: bool) -> tuple[dict, np.ndarray | None, np.ndarray | None, int]:
     """Header, cropped frames, gap mask and frame count of a file holding its frames."""
@@ -278,19 +270,10 @@ def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: in
         check_shape(ds.shape, 3, p, key)
         check_filters(ds, p, key)
         head = _header(f, p, key)
-        rows, cols = crop_window(p, key, ds.shape, _centre(p, head, beam_center_rc, key),
+        rows, cols = crop_window(p, key, ds.shape, beam_centre(p, head, beam_center_rc, key),
                                  roi_px)
         frames, mask = cropped_frames(f, p, key, rows, cols, load)
         return head, frames, mask, ds.shape[0]
-
-
-def _master_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
-                   load: bool) -> tuple[dict, np.ndarray | None, np.ndarray | None, int]:
-    """The same of a DECTRIS master file (frames in the data files it links)."""
-    head = master_header(p)
-    centre = _centre(p, head, beam_center_rc, DETECTOR)
-    frames, mask, count = master_frames(p, centre, roi_px, load)
-    return head, frames, mask, count
 
 
 def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
@@ -310,7 +293,7 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
     indexes, positions = read_lamni_positions(positions_path)
     with open_h5(p) as f:
         master = is_master(f)
-    read = _master_frames if master else _file_frames
+    read = read_master if master else _file_frames
     head, frames, mask, n_frames = read(p, beam_center_rc, roi_px, load_counts)
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"position indexes outside the {n_frames} frames")

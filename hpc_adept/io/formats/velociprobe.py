@@ -60,8 +60,7 @@ from hpc_adept.io.formats.dectris import (
     DETECTOR,
     FIRST_LINK,
     is_master,
-    master_frames,
-    master_header,
+    read_master,
 )
 
 __all__ = ["DETECTOR", "FIRST_LINK", "is_master", "read_velociprobe_positions",
@@ -112,11 +111,7 @@ def read_velociprobe_scan(path: PathLike, positions_path: PathLike, *, roi_px: i
     """One Velociprobe scan (master file + position CSV), cropped to ``roi_px``."""
     p = Path(path)
     s = supplied or Supplied()
-    head = master_header(p)
-    centre = beam_center_rc or (head["row"], head["col"])
-    if centre[0] is None or centre[1] is None:
-        raise data_error(p, "no beam centre in the file; supply beam_center_rc", DETECTOR)
-    frames, mask, n_frames = master_frames(p, centre, roi_px, load_counts)
+    head, frames, mask, n_frames = read_master(p, beam_center_rc, roi_px, load_counts)
     indexes, positions = read_velociprobe_positions(positions_path, head["chi_deg"] or 0.0)
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"triggers {indexes.min()}..{indexes.max()} outside "
