@@ -351,10 +351,12 @@ def test_foreign_cxi_round_trip(tmp_path):
     scan = _scan(-20.0)
     diffraction, product = write_ptychodus_cxi(tmp_path, scan)
     assert detect_format(diffraction) == "cxi"
+    _assert_same(read_scans(diffraction, laminography_angle_deg=LAMINO)[0], scan)  # beside it
+    elsewhere = product.rename(tmp_path / "positions.cxi")
     with pytest.raises(DataError) as exc:
         read_scans(diffraction, laminography_angle_deg=LAMINO)
     assert "positions" in _one_line(exc)
-    read = read_scans(diffraction, positions_path=product, laminography_angle_deg=LAMINO)[0]
+    read = read_scans(diffraction, positions_path=elsewhere, laminography_angle_deg=LAMINO)[0]
     _assert_same(read, scan)
     assert read.mask is not None and read.mask[0, 3] and read.mask.sum() == 1
 
@@ -494,6 +496,13 @@ def test_tiff_stack_with_angle_file(tmp_path):
                             angles_path=tmp_path / "bad.txt", pixel_size_m=20e-9)
     assert "2 angles for 3" in _one_line(exc)
     assert read_angle_file(tmp_path / "angles.txt").tolist() == [30.0, -10.5, 100.0]
+    # a two-column "index angle" table is refused, not read as its index column
+    (tmp_path / "two.txt").write_text("0 30.0\n1 -10.5\n2 100.0\n")
+    with pytest.raises(DataError) as exc:
+        read_angle_file(tmp_path / "two.txt")
+    assert "line 1: 2 columns" in _one_line(exc)
+    (tmp_path / "commas.txt").write_text("30.0,\n-10.5,\n100.0\n")
+    assert read_angle_file(tmp_path / "commas.txt").tolist() == [30.0, -10.5, 100.0]
 
 
 def test_object_phase_unwraps_and_removes_plane():
@@ -782,3 +791,138 @@ def test_tiff_pages_of_different_shapes_are_one_error(tmp_path):
     with pytest.raises(DataError, match="page shape") as info:
         read_tiff_stack(folder, angles, laminography_angle_deg=61.0, pixel_size_m=1e-8)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- hidden-data variants
+
+
+def write_ptychodus_batch_folder(folder: Path, scan: Scan) -> None:
+    """One scan in ptychodus's batch layout (AdvancedPhotonSource/ptychodus, 2025-11
+    snapshot 7ccf581): ``api/io.py`` l.4-10 ``StandardFileLayout`` (``diffraction.h5``,
+    ``product-in.h5``), read together by ``model/core.py`` ``_batch_mode_reconstruct``
+    l.243-268; ``model/diffraction/dataset.py`` ``export_assembled_patterns`` l.367-379
+    (``patterns``, ``indexes``, ``bad_pixels``, all LZF, no pixel-size attributes);
+    ``plugins/h5_product_file.py`` ``H5ProductFileIO.write`` l.160-215 (root attributes
+    ``probe_energy_eV``, ..., no ``tomography_angle_deg``; positions from Python lists;
+    ``object`` with its pixel and centre attributes; ``loss_epochs`` / ``loss_values``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "diffraction.h5", "w") as f:
+        f.create_dataset("patterns", data=np.rint(scan.counts).astype(np.uint32),
+                         compression="lzf")
+        f.create_dataset("indexes", data=np.arange(scan.n_positions), compression="lzf")
+        f.create_dataset("bad_pixels", data=np.zeros((FRAME, FRAME), bool), compression="lzf")
+    dx = scan.object_pixel_size_m[1]
+    with h5py.File(folder / "product-in.h5", "w") as f:
+        for key, value in (("name", "scan"), ("comments", ""),
+                           ("detector_object_distance_m", scan.distance_m),
+                           ("probe_energy_eV", scan.energy_ev), ("probe_photon_count", 0.0),
+                           ("exposure_time_s", 0.0), ("mass_attenuation_m2_kg", 0.0)):
+            f.attrs[key] = value
+        f.create_dataset("probe_position_indexes", data=list(range(scan.n_positions)))
+        f.create_dataset("probe_position_x_m", data=[float(v) for v in scan.positions_m[:, 0]])
+        f.create_dataset("probe_position_y_m", data=[float(v) for v in scan.positions_m[:, 1]])
+        probe = f.create_dataset("probe", data=np.ones((1, 1, FRAME, FRAME), np.complex64))
+        obj = f.create_dataset("object", data=np.ones((1, 40, 40), np.complex64))
+        for ds in (probe, obj):
+            ds.attrs["pixel_width_m"] = dx
+            ds.attrs["pixel_height_m"] = dx
+        obj.attrs["center_x_m"] = 0.0
+        obj.attrs["center_y_m"] = 0.0
+        f.create_dataset("object_layer_spacing_m", data=np.zeros(0))
+        f.create_dataset("loss_epochs", data=[])
+        f.create_dataset("loss_values", data=[])
+
+
+def test_ptychodus_batch_layout_one_folder_per_scan(tmp_path):
+    """``diffraction.h5`` + ``product-in.h5`` per scan folder: detected from the base folder
+    (the products are the positions, not projections), paired, and read in full."""
+    scans = {angle: _scan(angle, seed=i) for i, angle in enumerate((20.0, -40.0))}
+    for i, scan in enumerate(scans.values()):
+        write_ptychodus_batch_folder(tmp_path / f"scan_{i:03d}", scan)
+    assert detect_format(tmp_path) == "ptychodus-diffraction"
+    # the writer records no rotation angle: supplied, in the files' order
+    read = read_scans(tmp_path, laminography_angle_deg=LAMINO, angle_convention="adept",
+                      rotation_angles_deg=list(scans))
+    assert [s.rotation_angle_deg for s in read] == [-40.0, 20.0]
+    for got in read:
+        want = scans[got.rotation_angle_deg]
+        np.testing.assert_array_equal(got.counts, np.rint(want.counts))
+        np.testing.assert_allclose(got.positions_m, want.positions_m, atol=1e-15)
+        assert got.x_pixel_size_m == pytest.approx(PIXEL_M, rel=1e-9)  # from the object pixel
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path / "scan_000" / "diffraction.h5", laminography_angle_deg=LAMINO)
+    assert "rotation_angle" in _one_line(exc)
+    (tmp_path / "scan_001" / "product-in.h5").unlink()
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path / "scan_001" / "diffraction.h5", laminography_angle_deg=LAMINO,
+                   rotation_angle_deg=0.0)
+    assert "positions_path" in _one_line(exc)
+
+
+def test_ptychodus_cxi_pairs_one_folder_per_scan(tmp_path):
+    """ptychodus's split CXI files per scan folder (``plugins/cxi_file.py``,
+    ``CXIDiffractionFileWriter.write`` / ``CXIProductFileIO.write``: the frames in
+    ``diffraction.cxi``, the translations in ``product.cxi``, which holds no frames)."""
+    scans = [_scan(angle, seed=i) for i, angle in enumerate((10.0, 70.0))]
+    for i, scan in enumerate(scans):
+        write_ptychodus_cxi(tmp_path / f"angle_{i}", scan)
+    assert detect_format(tmp_path) == "cxi"
+    read = read_scans(tmp_path, laminography_angle_deg=LAMINO)
+    for got, want in zip(read, scans, strict=True):
+        _assert_same(got, want)
+
+
+def test_matlab_empty_angle_and_deep_result_folders(tmp_path):
+    """fold_slice's results lie at ``<base>/<scan>/roi<label>/<prefix>/<engine>/Niter<N>.mat``
+    (``ptycho/ptycho_recon.m`` l.575-580): detected from the base folder. A MATLAB ``[]``
+    (-v7.3: uint64 dimensions with ``MATLAB_empty`` = 1) is no value: the angle is then
+    supplied, and a plain non-scalar angle stays an error."""
+    phase = _phase_image(30, 36)
+    roi = (range(4, 25), range(6, 33))
+    for i in range(2):
+        folder = tmp_path / f"S{i:05d}" / "roi0_Ndp16" / "MLs_L1_p1_g32"
+        folder.mkdir(parents=True)
+        path = folder / "Niter200.mat"
+        write_niter_mat(path, _ramped(phase), roi, None)
+        with h5py.File(path, "r+") as f:
+            f["p/angle"] = np.array([0, 0], np.uint64)
+            f["p/angle"].attrs["MATLAB_class"] = np.bytes_("double")
+            f["p/angle"].attrs["MATLAB_empty"] = np.uint8(1)
+    assert detect_format(tmp_path) == "foldslice-niter"
+    ps = read_projection_set(tmp_path, laminography_angle_deg=LAMINO, angles_deg=[0.0, 40.0])
+    assert ps.angles_deg.tolist() == [90.0, 130.0]
+    with pytest.raises(DataError) as exc:
+        read_projection_set(tmp_path, laminography_angle_deg=LAMINO)
+    assert "no rotation angle" in _one_line(exc)
+    with h5py.File(path, "r+") as f:
+        del f["p/angle"].attrs["MATLAB_empty"]
+    with pytest.raises(DataError) as exc:
+        read_projection_set(tmp_path, laminography_angle_deg=LAMINO, angles_deg=[0.0, 40.0])
+    assert "/p/angle" in _one_line(exc)
+
+
+def test_tiff_pages_appended_one_at_a_time_and_unpadded_names(tmp_path):
+    """``tifffile.imwrite(path, page, append=True)`` per angle makes one series per page;
+    a folder ``proj_0.tif`` .. ``proj_10.tif`` is in page order by number, not by name."""
+    import tifffile
+
+    from hpc_adept.io.formats.projections import read_tiff_stack
+
+    pages = [np.full((6, 7), float(k), np.float32) for k in range(11)]
+    angles = tmp_path / "angles.txt"
+    angles.write_text("".join(f"{10.0 * k}\n" for k in range(11)))
+    stack = tmp_path / "stack.tif"
+    for page in pages:
+        tifffile.imwrite(stack, page, append=True)
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    for k, page in enumerate(pages):
+        tifffile.imwrite(folder / f"proj_{k}.tif", page)
+    for path in (stack, folder):
+        ps = read_tiff_stack(path, angles, laminography_angle_deg=LAMINO, pixel_size_m=1e-8)
+        assert [float(p[0, 0]) for p in ps.projections] == [float(k) for k in range(11)]
+        assert ps.angles_deg.tolist() == [10.0 * k for k in range(11)]
+    tifffile.imwrite(stack, np.zeros((6, 8), np.float32), append=True)  # another shape
+    with pytest.raises(DataError) as exc:
+        read_tiff_stack(stack, angles, laminography_angle_deg=LAMINO, pixel_size_m=1e-8)
+    assert "series of different shapes" in _one_line(exc)

@@ -732,6 +732,32 @@ def test_velociprobe_round_trip(tmp_path, chi):
     assert read.mask is not None and not read.mask.any()
 
 
+def test_velociprobe_chi_written_once_per_image(tmp_path):
+    """The Eiger writes ``/entry/sample/goniometer/chi`` as one value per image (with
+    ``chi_start``, ``chi_increment``): ptychodus ``aps33id_velociprobe_diffraction_file.py``
+    ``GoniometerGroup.read`` (l.143-160) takes ``float(chi_item[0])`` of such a 1-D
+    dataset. Read as that one chi; values that vary over the images are one error line."""
+    scan = _scan(0.0)
+    master, positions = write_velociprobe(tmp_path, scan)
+    with h5py.File(master, "a") as f:
+        del f["/entry/sample/goniometer/chi"]
+        f["/entry/sample/goniometer/chi"] = np.full(scan.n_positions, 30.0)
+        f["/entry/sample/goniometer/chi"].attrs["units"] = b"degree"
+        f["/entry/sample/goniometer/chi_start"] = 30.0
+        f["/entry/sample/goniometer/chi_increment"] = 0.0
+    common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": 0.0}
+    read = read_scans(master, **common)[0]
+    want = scan.positions_m - scan.positions_m.mean(axis=0)
+    want[:, 0] *= np.cos(np.radians(30.0))
+    np.testing.assert_allclose(read.positions_m, want, atol=1e-9)
+    with h5py.File(master, "a") as f:
+        f["/entry/sample/goniometer/chi"][1] = 31.0
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "chi varies" in _one_line(exc)
+
+
 def test_bad_velociprobe_files(tmp_path):
     scan = _scan(0.0)
     master, positions = write_velociprobe(tmp_path, scan)

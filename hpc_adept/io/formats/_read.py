@@ -137,11 +137,28 @@ def _number(value: object, path: PathLike, key: str, positive: bool) -> float:
 
 def optional_number(f: h5py.Group, key: str, path: PathLike, *, positive: bool = False
                     ) -> float | None:
-    """A one-element real dataset as float, None when absent."""
+    """A one-element real dataset as float, None when absent.
+
+    A MATLAB ``-v7.3`` empty matrix (``[]``: MATLAB stores its dimensions as a uint64 vector
+    with the attribute ``MATLAB_empty`` = 1) counts as absent.
+    """
     if f.get(key) is None:
         return None
     ds = require_dataset(f, key, path)
+    if _matlab_empty(ds):
+        return None
     return _number(ds[()], path, key, positive)
+
+
+def _matlab_empty(ds: h5py.Dataset) -> bool:
+    """Whether ``ds`` is MATLAB's -v7.3 encoding of an empty matrix."""
+    try:
+        flag = ds.attrs.get("MATLAB_empty")
+    except (OSError, TypeError, ValueError):
+        return False
+    return (flag is not None and np.asarray(flag).size == 1 and np.asarray(flag).dtype.kind
+            in "biu" and int(np.asarray(flag).reshape(())) == 1 and ds.dtype.kind == "u"
+            and not np.asarray(ds[()]).all())
 
 
 def optional_number_attr(obj: h5py.HLObject, name: str, path: PathLike, *,

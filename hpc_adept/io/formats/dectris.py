@@ -14,7 +14,9 @@ name order up to the first whose file is absent). Header: ``/entry/instrument/de
 detector_distance`` (``units`` ``m``), ``x_pixel_size``, ``y_pixel_size`` (``m``),
 ``beam_center_x``, ``beam_center_y`` (``pixel``), ``detectorSpecific/photon_energy``
 (``eV``), each checked against its ``units`` attribute where the file has one
-(``DetectorGroup.read`` asserts them).
+(``DetectorGroup.read`` asserts them); ``/entry/sample/goniometer/chi`` (``degree``), which the
+Eiger writes as one value per image (``GoniometerGroup.read``: ``float(chi_item[0])`` of a 1-D
+dataset; here the values must also agree).
 
 Our HDF5 reading refuses external links (a link could pull any local file in); here each
 link is resolved explicitly instead: its target must be a plain file name (no folder
@@ -114,6 +116,28 @@ def _number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
     return value
 
 
+def _chi(f: h5py.File, path: Path) -> float | None:
+    """The goniometer's chi (degrees): a scalar, or the Eiger's one value per image (all
+    equal: ptychodus ``GoniometerGroup.read`` takes ``chi[0]`` of a 1-D dataset)."""
+    ds = f.get(CHI)
+    if not isinstance(ds, h5py.Dataset) or len(ds.shape) != 1 or ds.shape[0] < 2:
+        return _number(f, CHI, path, "degree", positive=False)
+    if ds.dtype.kind not in "iuf":
+        raise data_error(path, f"dtype {ds.dtype} is not real numeric", CHI)
+    values = np.asarray(ds[()], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise data_error(path, "not finite", CHI)
+    if np.ptp(values) > 1e-6:
+        raise data_error(path, f"chi varies over the images ({values.min():g}.."
+                               f"{values.max():g} deg): one chi per scan is read", CHI)
+    units = ds.attrs.get("units")
+    if units is not None:
+        text = units.decode("utf-8", "replace") if isinstance(units, bytes) else str(units)
+        if text.strip() != "degree":
+            raise data_error(path, f"units {text!r}, expected 'degree'", CHI)
+    return float(values[0])
+
+
 def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
     """(file, dataset) of each frame array, in name order, up to the first absent file."""
     group = f.get("/entry/data", getlink=False)
@@ -152,7 +176,7 @@ def master_header(path: Path) -> dict[str, float | None]:
             "col": _number(f, f"{det}/beam_center_x", path, "pixel", positive=False),
             "row": _number(f, f"{det}/beam_center_y", path, "pixel", positive=False),
             "energy_ev": _number(f, f"{det}/detectorSpecific/photon_energy", path, "eV"),
-            "chi_deg": _number(f, CHI, path, "degree", positive=False),
+            "chi_deg": _chi(f, path),
         }
 
 

@@ -102,6 +102,38 @@ def _directory_files(d: Path) -> list[Path]:
     return files
 
 
+def _deep_kinds(d: Path) -> set[str]:
+    """Formats whose files a program leaves deeper than one folder below the data set's
+    base, found by name: fold_slice's ``Niter<N>.mat`` (``ptycho/ptycho_recon.m`` lines
+    575-580: ``<base>/<scan>/roi<label>/<prefix>/<engine folder>/``) and PtychoShelves'
+    ``*_recons.h5`` (the readers of both search folders recursively)."""
+    kinds = set()
+    if any(_NITER.match(f.name) and f.is_file() for f in d.rglob("Niter*.mat")):
+        kinds.add("foldslice-niter")
+    if any(f.is_file() for f in d.rglob("*_recons.h5")):
+        kinds.add("ptychoshelves-recons")
+    return kinds
+
+
+def _folder_kinds(d: Path) -> set[str]:
+    """Formats of the files of folder ``d`` and of its direct sub-folders (else of the
+    deeper result files :func:`_deep_kinds` finds), companion files left out."""
+    kinds = set()
+    for candidate in _directory_files(d):
+        try:
+            kind = _file_kind(candidate)
+        except DataError:
+            continue
+        if kind is not None and not (kind == "ptychodus-diffraction"
+                                     and candidate.name.endswith("_para.hdf5")):
+            kinds.add(kind)
+    if "foldslice-prepared" in kinds:
+        kinds.discard("ptychodus-diffraction")  # the _para files' siblings
+    if "ptychodus-diffraction" in kinds:
+        kinds.discard("ptychodus-product")  # the diffraction files' positions
+    return kinds or _deep_kinds(d)
+
+
 def detect_format(path: PathLike, default: str | None = None) -> str:
     """The format of ``path`` (a file or a folder), one of :data:`FORMATS`.
 
@@ -124,17 +156,7 @@ def detect_format(path: PathLike, default: str | None = None) -> str:
         return kind
     if lamni_tomo.is_tomo_folder(p):  # the beamline's own layout: angle table in dat-files/
         return "lamni-tomo"
-    kinds = set()
-    for candidate in _directory_files(p):
-        try:
-            kind = _file_kind(candidate)
-        except DataError:
-            continue
-        if kind is not None and not (kind == "ptychodus-diffraction"
-                                     and candidate.name.endswith("_para.hdf5")):
-            kinds.add(kind)
-    if "foldslice-prepared" in kinds:
-        kinds.discard("ptychodus-diffraction")  # the _para files' siblings
+    kinds = _folder_kinds(p)
     if len(kinds) == 1:
         return kinds.pop()
     if not kinds and default is not None:
@@ -169,12 +191,17 @@ def _per_scan(supplied: Supplied, angles: Sequence[float] | None, index: int,
 
 
 def _product_for(diffraction: Path) -> Path:
-    guess = diffraction.with_name(diffraction.name.replace("diffraction", "product"))
-    if guess == diffraction or not guess.is_file():
-        raise data_error(diffraction, "no positions: set data.positions_path (the "
-                                      "ptychodus product file); none named like *product* "
-                                      "beside it")
-    return guess
+    """The ptychodus product file beside a diffraction file: ``*diffraction*`` ->
+    ``*product*``, or ptychodus's standard batch layout (``api/io.py``
+    ``StandardFileLayout``: ``diffraction.h5`` with ``product-in.h5``, the positions the
+    reconstruction started from, then ``product-out.h5``)."""
+    for name in ("product", "product-in", "product-out"):
+        guess = diffraction.with_name(diffraction.name.replace("diffraction", name))
+        if guess != diffraction and guess.is_file():
+            return guess
+    raise data_error(diffraction, "no positions: set data.positions_path (the "
+                                  "ptychodus product file); none named like *product* "
+                                  "beside it")
 
 
 def _scan_files(p: Path, fmt: str) -> list[Path]:
@@ -184,14 +211,21 @@ def _scan_files(p: Path, fmt: str) -> list[Path]:
         return ptychoshelves_prepared.find_files(p)
     if p.is_file():
         return [p]
-    if fmt in ("cxi", "adept-cxi"):
+    if fmt == "cxi":
+        # ptychodus writes split diffraction.cxi / product.cxi files (plugins/cxi_file.py
+        # CXIDiffractionFileWriter, CXIProductFileIO): a product holds no frames
+        files = [c for c in sorted(p.glob("*.cxi")) if _file_kind(c) == "cxi"]
+        return files or [c for c in sorted(p.glob("*/*.cxi")) if _file_kind(c) == "cxi"]
+    if fmt == "adept-cxi":
         return sorted(p.glob("*.cxi"))
     if fmt == "lamni-eiger":
         raise data_error(p, "give one raw Eiger file (with its positions_path) at a time, or "
                             "the experiment folder as data.format lamni-tomo")
     if fmt == "velociprobe":
         raise data_error(p, "give one Velociprobe master file (with its positions_path)")
-    return sorted(c for c in p.glob("*.h5") if "product" not in c.name)
+    files = sorted(c for c in p.glob("*.h5") if "product" not in c.name)
+    # ptychodus's batch layout: one folder per scan, each with its diffraction.h5
+    return files or sorted(c for c in p.glob("*/*.h5") if "product" not in c.name)
 
 
 def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
@@ -221,7 +255,14 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
             path, angle_table_path=options.get("angle_table_path"), **kw)
     if fmt == "ptychodus-diffraction":
         return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
-    return cxi_foreign.read_foreign_cxi(path, positions_path, **kw)
+    return cxi_foreign.read_foreign_cxi(path, positions_path or _cxi_product_for(path), **kw)
+
+
+def _cxi_product_for(diffraction: Path) -> Path | None:
+    """ptychodus's ``product.cxi`` beside its ``diffraction.cxi`` (``*diffraction*`` ->
+    ``*product*``), or None: the positions are then the file's own."""
+    guess = diffraction.with_name(diffraction.name.replace("diffraction", "product"))
+    return guess if guess != diffraction and guess.is_file() else None
 
 
 def read_scans(path: PathLike, fmt: str | None = None, *,

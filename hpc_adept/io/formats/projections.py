@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,7 +48,8 @@ OBJECT_READERS: dict[str, tuple[Callable[[PathLike], dict], str]] = {
 
 
 def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
-    """Angles from a text file: one number per line; blank lines and ``#`` comments skipped.
+    """Angles from a text file: one number per line (a trailing comma allowed); blank lines
+    and ``#`` comments skipped.
 
     Returns
     -------
@@ -56,7 +58,8 @@ def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
     Raises
     ------
     DataError
-        Missing file, a line that is no finite number, or not ``expected`` angles.
+        Missing file, a line that is no finite number or holds more than one column, or not
+        ``expected`` angles.
     """
     p = Path(path)
     if not p.is_file():
@@ -67,8 +70,13 @@ def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
+        fields = [f for f in re.split(r"[\s,;]+", text) if f]
+        if len(fields) != 1:
+            # e.g. "index angle" tables: taking a column silently could pair the wrong one
+            raise data_error(p, f"line {number}: {len(fields)} columns, expected one angle "
+                                f"per line")
         try:
-            value = float(text.split()[0].rstrip(","))
+            value = float(fields[0])
         except ValueError:
             raise data_error(p, f"line {number}: {text[:40]!r} is not a number") from None
         if not math.isfinite(value):
@@ -183,6 +191,31 @@ def read_object_projections(paths: Sequence[PathLike], fmt: str, *,
                      files[0].parent)
 
 
+def _natural_key(path: Path) -> list:
+    """Sort key of a file name with its digit runs compared as numbers: ``proj_2.tif``
+    before ``proj_10.tif`` (names numbered without zero padding), as in page order."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", path.name) if part]
+
+
+def _tiff_images(path: Path) -> np.ndarray:
+    """The images of one TIFF file: its one series, or, when it holds several series of
+    one image shape (pages appended one ``tifffile.imwrite(..., append=True)`` at a time,
+    each its own series), all of them in file order; DataError when the series differ."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series
+        if len(series) <= 1:
+            return np.asarray(tif.asarray())
+        shapes = {tuple(s.shape[-2:]) for s in series}
+        if len(shapes) != 1 or any(len(s.shape) not in (2, 3) for s in series):
+            raise data_error(path, f"holds {len(series)} image series of different shapes "
+                                   f"({', '.join(str(tuple(s.shape)) for s in series[:4])})")
+        arrays = [np.asarray(s.asarray()) for s in series]
+        return np.concatenate([a[None] if a.ndim == 2 else a for a in arrays])
+
+
 def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle_deg: float,
                     pixel_size_m: float, angle_convention: str = "adept") -> ProjectionSet:
     """A TIFF stack ``[n, nv, nu]`` of phase projections (radians) with a text angle file.
@@ -190,7 +223,8 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
     Parameters
     ----------
     path : path
-        A multi-page TIFF, or a folder of single-page ``*.tif``/``*.tiff`` (sorted by name).
+        A multi-page TIFF, or a folder of single-page ``*.tif``/``*.tiff`` (sorted by name,
+        numbers in names by value: ``p2.tif`` before ``p10.tif``).
     angles_path : path
         One rotation angle per line, in ``angle_convention`` (default ours).
     laminography_angle_deg, pixel_size_m : float
@@ -199,11 +233,12 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
     import tifffile
 
     p = Path(path)
-    files = sorted([*p.glob("*.tif"), *p.glob("*.tiff")]) if p.is_dir() else [p]
+    files = (sorted([*p.glob("*.tif"), *p.glob("*.tiff")], key=_natural_key) if p.is_dir()
+             else [p])
     if not files or not files[0].is_file():
         raise data_error(p, "no TIFF file found")
     try:
-        pages = [np.asarray(tifffile.imread(f)) for f in files]
+        pages = [_tiff_images(f) for f in files]
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise data_error(files[0], f"not a readable TIFF: {exc}") from None
     for f, page in zip(files, pages, strict=True):
