@@ -361,6 +361,32 @@ def test_foreign_cxi_round_trip(tmp_path):
     assert read.mask is not None and read.mask[0, 3] and read.mask.sum() == 1
 
 
+def test_foreign_cxi_mask_flags_and_per_frame_masks(tmp_path):
+    """CXI pixel-mask flags (Maia 2012; FXIhub condor ``utils/pixelmask.py`` lists them):
+    saturated or missing pixels are left out, informational flags (a hit finder's peak,
+    background corrected) are not; a per-frame mask ``[n, ny, nx]`` leaves out a pixel
+    flagged in any frame."""
+    scan = _scan(-20.0)
+    diffraction, _ = write_ptychodus_cxi(tmp_path, scan)
+    flags = np.zeros((scan.n_positions, FRAME, FRAME), np.uint16)
+    flags[0, 1, 1] = 0x2        # saturated in frame 0 only
+    flags[2, 4, 5] = 0x200      # missing in frame 2
+    flags[1, 6, 6] = 0x2000     # a hit finder's peak: usable
+    flags[3, 7, 8] = 0x4000     # background corrected: usable
+    for stored in (flags, flags.max(axis=0)):
+        with h5py.File(diffraction, "r+") as f:
+            del f["/entry_1/instrument_1/detector_1/mask"]
+            f["/entry_1/instrument_1/detector_1/mask"] = stored
+        mask = read_scans(diffraction, laminography_angle_deg=LAMINO)[0].mask
+        assert mask is not None and np.argwhere(mask).tolist() == [[1, 1], [4, 5]]
+    with h5py.File(diffraction, "r+") as f:  # neither one per frame nor one for all
+        del f["/entry_1/instrument_1/detector_1/mask"]
+        f["/entry_1/instrument_1/detector_1/mask"] = flags[:2]
+    with pytest.raises(DataError) as exc:
+        read_scans(diffraction, laminography_angle_deg=LAMINO)
+    assert "mask" in _one_line(exc)
+
+
 def test_our_own_cxi_is_detected(tmp_path):
     write_cxi(tmp_path / "a.cxi", _scan(0.0))
     write_cxi(tmp_path / "b.cxi", _scan(10.0))
@@ -857,6 +883,26 @@ def test_ptychodus_batch_layout_one_folder_per_scan(tmp_path):
         read_scans(tmp_path / "scan_001" / "diffraction.h5", laminography_angle_deg=LAMINO,
                    rotation_angle_deg=0.0)
     assert "positions_path" in _one_line(exc)
+
+
+def test_ptychodus_batch_results_as_projections(tmp_path):
+    """Per-scan batch folders imported as projections: each folder's ``product-out.h5``
+    (the reconstruction), not its ``product-in.h5`` (the start), in folder order."""
+    import shutil
+
+    for i, angle in enumerate((20.0, -40.0)):
+        folder = tmp_path / f"scan_{i:03d}"
+        write_ptychodus_batch_folder(folder, _scan(angle, seed=i))
+        shutil.copy(folder / "product-in.h5", folder / "product-out.h5")
+        with h5py.File(folder / "product-out.h5", "r+") as f:
+            phase = np.zeros((40, 40))
+            phase[10:20, 12 + 5 * i:22 + 5 * i] = 0.3
+            f["object"][...] = np.exp(1j * phase)[None].astype(np.complex64)
+    ps = read_projection_set(tmp_path, "ptychodus-product", laminography_angle_deg=LAMINO,
+                             angles_deg=[20.0, -40.0], angle_convention="adept")
+    assert ps.n_angles == 2
+    # the results' phase step (the start's objects are flat: no phase at all)
+    assert min(np.ptp(ps.projections[0]), np.ptp(ps.projections[1])) > 0.25
 
 
 def test_ptychodus_cxi_pairs_one_folder_per_scan(tmp_path):

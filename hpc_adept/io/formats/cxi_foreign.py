@@ -7,7 +7,13 @@ class ``_P`` and ``CXIDiffractionFileWriter.write``):
   ``/entry_1/instrument_1/detector_1/data``, written with ``compression='lzf'``);
 - ``/entry_1/instrument_1/source_1/energy`` (J), ``.../detector_1/distance`` (m),
   ``x_pixel_size``, ``y_pixel_size`` (m);
-- ``.../detector_1/mask``: unsigned, ``CXI_PIXEL_IS_INVALID = 0x1``; any nonzero = bad;
+- ``.../detector_1/mask``: unsigned bit flags (Maia 2012, the CXI pixel mask, as FXIhub's
+  condor ``utils/pixelmask.py`` lists them); a pixel is left out when a flag that marks it
+  unusable is set (invalid, saturated, hot, dead, shadowed, to be ignored, bad, missing,
+  noisy, failed artifact correction: :data:`MASK_BAD_BITS`), not for informational flags
+  (in a peak mask, out of resolution limits, artifact or background corrected, peak for a
+  hit finder); 2-D ``[ny, nx]``, or 3-D ``[n, ny, nx]`` per frame, then a pixel flagged in
+  any frame is left out of all (LSQ-ML takes one detector mask);
 - positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]`` (ptychodus writes the
   probe position (x_m, y_m, 0) there in its product CXI file; its diffraction CXI file has
   none, so the positions come from a second file); legacy ``/entry_1/data_1/translation``;
@@ -61,6 +67,10 @@ DISTANCE = "/entry_1/instrument_1/detector_1/distance"
 X_PIXEL = "/entry_1/instrument_1/detector_1/x_pixel_size"
 Y_PIXEL = "/entry_1/instrument_1/detector_1/y_pixel_size"
 MASK = "/entry_1/instrument_1/detector_1/mask"
+# CXI pixel-mask flags that make a pixel unusable: invalid 0x1, saturated 0x2, hot 0x4,
+# dead 0x8, shadowed 0x10, to be ignored 0x40, bad 0x80, missing 0x200, noisy 0x400,
+# failed artifact correction 0x1000
+MASK_BAD_BITS = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x40 | 0x80 | 0x200 | 0x400 | 0x1000
 OUR_ROTATION = "/entry_1/sample_1/geometry_1/rotation_angle_deg"
 OUR_LAMINOGRAPHY = "/entry_1/sample_1/geometry_1/laminography_angle_deg"
 PTYCHODUS_ANGLE = "/entry_1/ptychodus/tomography_angle_deg"
@@ -149,6 +159,17 @@ def _angles(f: h5py.File, path: Path, s: Supplied, convention: str) -> tuple[flo
     return theta, laminography_deg(path, lam, convention)
 
 
+def _bad_pixels(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The detector mask ``[ny, nx]`` bool (True = left out) from the CXI pixel flags,
+    2-D or one per frame."""
+    ds = require_dataset(f, MASK, path)
+    ndim = 3 if len(ds.shape) == 3 else 2
+    flags = read_array(f, MASK, path, ndim=ndim, dtype=np.int64, kind="integer",
+                       expected=shape if ndim == 3 else shape[1:])
+    bad = (flags & MASK_BAD_BITS) != 0
+    return bad.any(axis=0) if ndim == 3 else bad
+
+
 def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
                      supplied: Supplied | None = None, load_counts: bool = True,
                      angle_convention: str = "adept") -> Scan:
@@ -178,10 +199,7 @@ def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
         energy_j = _energy_j(f, p, s)
         distance, x_pixel, y_pixel = _detector(f, p, s)
         theta, lam = _angles(f, p, s, angle_convention)
-        mask = None
-        if f.get(MASK) is not None:
-            mask = read_array(f, MASK, p, ndim=2, dtype=np.bool_, kind="integer",
-                              expected=shape[1:])
+        mask = _bad_pixels(f, p, shape) if f.get(MASK) is not None else None
     if positions is None:
         if positions_path is None:
             raise data_error(p, f"no positions ({TRANSLATION[0]}); give the product file "

@@ -375,7 +375,19 @@ def _projection_files(p: Path, fmt: str) -> list[Path]:
         return _latest_niter(sorted(p.rglob("Niter*.mat")))
     if fmt == "ptychoshelves-recons":
         return sorted(p.rglob("*_recons.h5"))
-    return [f for f in sorted(p.glob("*.h5")) if _file_kind(f) == "ptychodus-product"]
+    return _ptychodus_outputs(p) or [f for d in sorted(x for x in p.iterdir() if x.is_dir())
+                                     for f in _ptychodus_outputs(d)]
+
+
+def _ptychodus_outputs(folder: Path) -> list[Path]:
+    """The ptychodus product files of ``folder``; of its batch layout (``api/io.py``
+    ``StandardFileLayout``: ``product-in.h5`` the start, ``product-out.h5`` the result)
+    only the result."""
+    files = [f for f in sorted(folder.glob("*.h5")) if _file_kind(f) == "ptychodus-product"]
+    names = {f.name for f in files}
+    if "product-out.h5" in names:
+        files = [f for f in files if f.name != "product-in.h5"]
+    return files
 
 
 def read_projection_set(path: PathLike | Sequence[PathLike], fmt: str | None = None, *,
