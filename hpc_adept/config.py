@@ -65,6 +65,7 @@ DataFormat = Literal["auto", "adept-cxi", "cxi", "foldslice-prepared", "ptychodu
                      "ptychodus-product", "tiff-stack"]
 """``data.format``: ``auto`` or a format of :mod:`hpc_adept.io.formats` (its ``FORMATS``)."""
 AngleConvention = Literal["adept", "ptychoshelves", "tike", "tomocupy"]
+CxiTranslation = Literal["auto", "probe", "sample"]
 """Angle conventions of :mod:`hpc_adept.io.formats.geometry` (its ``CONVENTIONS``)."""
 
 
@@ -111,6 +112,12 @@ class DataConfig:
     foldslice_orientation : (int, int, int)
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) of its prepared data:
         ``[1, 0, 0]`` for Eiger detectors, ``[0, 0, 0]`` for EMPAD.
+    cxi_translation : {'auto', 'probe', 'sample'}
+        ``cxi`` (other programs' CXI files): what ``translation`` holds. ``sample``: the
+        sample's translation, as the CXI spec defines it (the probe position on the sample
+        is its negative; CDTools writes them so); ``probe``: the probe position (ptychodus
+        writes and reads them so); ``auto``: ``probe`` for a file that ptychodus wrote
+        (its ``/entry_1/ptychodus`` group or ``process_1/program``), else ``sample``.
     roi_px : int or None, pixels
         ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: side of the square crop around the
         beam centre (required).
@@ -142,6 +149,7 @@ class DataConfig:
     positions_path: str | None = None
     angle_convention: AngleConvention | None = None
     foldslice_orientation: tuple[int, int, int] = (1, 0, 0)
+    cxi_translation: CxiTranslation = "auto"
     roi_px: int | None = None
     beam_center_rc: tuple[float, float] | None = None
     angle_table_path: str | None = None

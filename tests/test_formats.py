@@ -321,7 +321,9 @@ def write_ptychodus_cxi(folder: Path, scan: Scan) -> tuple[Path, Path]:
     """ptychodus 1.7.0 ``plugins/cxi_file.py``: ``CXIDiffractionFileWriter.write``
     l.222-264 (energy J, distance, pixel sizes, ``detector_1/data`` LZF, ``mask`` uint32
     ``CXI_PIXEL_IS_INVALID``, soft link ``data_1/data``, ``ptychodus/tomography_angle_deg``)
-    and ``CXIProductFileIO.write`` (``sample_1/geometry_1/translation`` ``[n, 3]``)."""
+    and ``CXIProductFileIO.write`` (``sample_1/geometry_1/translation`` ``[n, 3]``: the probe
+    positions as they are; ``process_1/program`` 'Ptychodus'; the ``ptychodus`` extras group,
+    written always by ``_write_ptychodus_extras``)."""
     folder.mkdir(parents=True, exist_ok=True)
     diffraction = folder / "diffraction.cxi"
     with h5py.File(diffraction, "w") as f:
@@ -344,7 +346,44 @@ def write_ptychodus_cxi(folder: Path, scan: Scan) -> tuple[Path, Path]:
     product = folder / "product.cxi"
     with h5py.File(product, "w") as f:
         f.create_dataset("/entry_1/sample_1/geometry_1/translation", data=scan.positions_m)
+        f.create_dataset("/entry_1/process_1/program", data="Ptychodus")
+        f.create_dataset("/entry_1/ptychodus/probe_position_indexes",
+                         data=np.arange(scan.n_positions))
     return diffraction, product
+
+
+def write_cdtools_cxi(path: Path, scan: Scan) -> None:
+    """A CXI file as CDTools writes one (cdtools ``tools/data``: ``create_cxi``
+    (``cxi_version`` 160, ``number_of_entries``), ``add_source`` (float32 ``wavelength`` and
+    ``energy`` in J), ``add_detector`` (float32 ``distance``, pixel sizes as norms of
+    ``basis_vectors``), ``add_mask`` (uint32, 1 = off), ``add_data`` (gzip, soft link
+    ``data_1/data``), ``add_ptycho_translations``: the translations negated "to conform to
+    the standard in cxi files that the translations refer to the object's translation",
+    stored at ``sample_1/geometry_1/translation`` with soft links in ``data_1`` and
+    ``detector_1``)."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cxi_version", data=160)
+        f.create_dataset("number_of_entries", data=1)
+        source = f.create_group("/entry_1/instrument_1/source_1")
+        wavelength = _wavelength()
+        source["wavelength"] = np.float32(wavelength)
+        source["energy"] = np.float32(1.9864459e-25 / wavelength)
+        det = f.create_group("/entry_1/instrument_1/detector_1")
+        det["distance"] = np.float32(scan.distance_m)
+        basis = np.array([[0.0, -PIXEL_M], [-PIXEL_M, 0.0], [0.0, 0.0]])
+        det["x_pixel_size"] = np.linalg.norm(basis[:, 1])
+        det["y_pixel_size"] = np.linalg.norm(basis[:, 0])
+        det.create_dataset("basis_vectors", data=basis)
+        det.create_dataset("mask", data=np.zeros((FRAME, FRAME), np.uint32))
+        det.create_dataset("data", data=scan.counts.astype(np.float32), compression="gzip",
+                           chunks=True)
+        f.create_group("/entry_1/data_1")["data"] = h5py.SoftLink(
+            "/entry_1/instrument_1/detector_1/data")
+        geometry = f.create_group("/entry_1/sample_1/geometry_1")
+        geometry.create_dataset("translation", data=-scan.positions_m)
+        f["/entry_1/data_1/translation"] = h5py.SoftLink(
+            "/entry_1/sample_1/geometry_1/translation")
+        det["translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
 
 
 def test_foreign_cxi_round_trip(tmp_path):
@@ -385,6 +424,25 @@ def test_foreign_cxi_mask_flags_and_per_frame_masks(tmp_path):
     with pytest.raises(DataError) as exc:
         read_scans(diffraction, laminography_angle_deg=LAMINO)
     assert "mask" in _one_line(exc)
+
+
+def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
+    """The CXI spec's translation is the sample's (CDTools writes the negated probe
+    positions); ptychodus writes the probe positions: ``auto`` tells them apart, and
+    ``data.cxi_translation`` overrides it."""
+    scan = _scan(-20.0)
+    write_cdtools_cxi(tmp_path / "cdtools.cxi", scan)
+    assert detect_format(tmp_path / "cdtools.cxi") == "cxi"
+    kw = {"laminography_angle_deg": LAMINO, "rotation_angle_deg": -20.0}
+    read = read_scans(tmp_path / "cdtools.cxi", **kw)[0]
+    np.testing.assert_allclose(read.positions_m, scan.positions_m, atol=1e-15)
+    np.testing.assert_allclose(read.counts, scan.counts, rtol=1e-6)
+    mirrored = read_scans(tmp_path / "cdtools.cxi", cxi_translation="probe", **kw)[0]
+    np.testing.assert_allclose(mirrored.positions_m, -scan.positions_m, atol=1e-15)
+    diffraction, _ = write_ptychodus_cxi(tmp_path / "pty", scan)
+    as_sample = read_scans(diffraction, laminography_angle_deg=LAMINO,
+                           cxi_translation="sample")[0]
+    np.testing.assert_allclose(as_sample.positions_m, -scan.positions_m, atol=1e-15)
 
 
 def test_our_own_cxi_is_detected(tmp_path):

@@ -14,9 +14,16 @@ class ``_P`` and ``CXIDiffractionFileWriter.write``):
   (in a peak mask, out of resolution limits, artifact or background corrected, peak for a
   hit finder); 2-D ``[ny, nx]``, or 3-D ``[n, ny, nx]`` per frame, then a pixel flagged in
   any frame is left out of all (LSQ-ML takes one detector mask);
-- positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]`` (ptychodus writes the
-  probe position (x_m, y_m, 0) there in its product CXI file; its diffraction CXI file has
-  none, so the positions come from a second file); legacy ``/entry_1/data_1/translation``;
+- positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]``; legacy
+  ``/entry_1/data_1/translation``. The CXI spec defines it as the sample's translation, so
+  the probe position on the sample is its negative (CDTools ``tools/data``
+  ``add_ptycho_translations`` writes ``-probe positions`` there and its reader negates them
+  back); ptychodus (``plugins/cxi_file.py`` ``CXIProductFileIO.write``) writes the probe
+  position (x_m, y_m, 0) as it is, in its product CXI file (its diffraction CXI file has
+  none, so the positions come from a second file). ``translation`` (``data.cxi_translation``)
+  says which: ``auto`` takes the probe position from a file ptychodus wrote (its
+  ``/entry_1/ptychodus`` group or ``/entry_1/process_1/program``), else the sample's
+  translation;
 - rotation angle ``/entry_1/ptychodus/tomography_angle_deg`` (non-standard), read in the
   PtychoShelves convention (ptychodus hands it to pyxalign); our own
   ``/entry_1/sample_1/geometry_1/rotation_angle_deg`` and ``laminography_angle_deg`` when
@@ -74,14 +81,30 @@ MASK_BAD_BITS = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x40 | 0x80 | 0x200 | 0x400 | 0x1
 OUR_ROTATION = "/entry_1/sample_1/geometry_1/rotation_angle_deg"
 OUR_LAMINOGRAPHY = "/entry_1/sample_1/geometry_1/laminography_angle_deg"
 PTYCHODUS_ANGLE = "/entry_1/ptychodus/tomography_angle_deg"
+PROGRAM = "/entry_1/process_1/program"
+TRANSLATION_MEANINGS = ("auto", "probe", "sample")
 
 
 def _first(f: h5py.File, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if f.get(k) is not None), None)
 
 
-def _translation(f: h5py.File, path: Path, n: int) -> np.ndarray | None:
-    """``[n, 3]`` positions (a 2-column table gets z = 0), or None when absent."""
+def _written_by_ptychodus(f: h5py.File) -> bool:
+    """Whether ptychodus wrote ``f`` (its extras group, or its name as the program)."""
+    if isinstance(f.get("/entry_1/ptychodus"), h5py.Group):
+        return True
+    program = f.get(PROGRAM)
+    if not isinstance(program, h5py.Dataset) or program.shape not in ((), (1,)):
+        return False
+    value = np.asarray(program[()]).reshape(-1)[0]
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.strip().lower() == "ptychodus"
+
+
+def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
+                 ) -> np.ndarray | None:
+    """``[n, 3]`` probe positions (a 2-column table gets z = 0), or None when absent;
+    ``translation``: what the file holds (``probe``, ``sample`` or ``auto``)."""
     key = _first(f, TRANSLATION)
     if key is None:
         return None
@@ -93,16 +116,21 @@ def _translation(f: h5py.File, path: Path, n: int) -> np.ndarray | None:
     if table.shape[1] == 2:
         table = np.concatenate([table, np.zeros((n, 1))], axis=1)
     check_positions_m(path, key, table)
+    if translation not in TRANSLATION_MEANINGS:
+        raise ValueError(f"translation must be one of {TRANSLATION_MEANINGS}, got "
+                         f"{translation!r}")
+    if translation == "sample" or (translation == "auto" and not _written_by_ptychodus(f)):
+        table = -table  # the sample moves by t: the probe sits at -t on the sample
     return table
 
 
-def _positions_from(other: Path, n: int) -> np.ndarray:
+def _positions_from(other: Path, n: int, translation: str) -> np.ndarray:
     """Positions from a second file: a CXI product or a ptychodus product."""
     with open_h5(other) as f:
         if _ptychodus.is_product(f):
             table = None
         else:
-            table = _translation(f, other, n)
+            table = _translation(f, other, n, translation)
             if table is None:
                 raise data_error(other, f"no positions ({TRANSLATION[0]})")
     if table is None:
@@ -172,7 +200,7 @@ def _bad_pixels(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
                      supplied: Supplied | None = None, load_counts: bool = True,
-                     angle_convention: str = "adept") -> Scan:
+                     angle_convention: str = "adept", translation: str = "auto") -> Scan:
     """Read a CXI file written by another program as a :class:`Scan`.
 
     Parameters
@@ -187,6 +215,8 @@ def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
         ``tomography_angle_deg`` (written as 0 by default).
     angle_convention : str
         Convention of the supplied angles (default ours).
+    translation : {'auto', 'probe', 'sample'}
+        What ``translation`` holds (module docstring; ``data.cxi_translation``).
     """
     p = Path(path)
     s = supplied or Supplied()
@@ -195,7 +225,7 @@ def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
         if key is None:
             raise data_error(p, f"no diffraction data (neither {DATA[0]} nor {DATA[1]})")
         frames, shape = read_frames(f, key, p, load_counts)
-        positions = _translation(f, p, shape[0])
+        positions = _translation(f, p, shape[0], translation)
         energy_j = _energy_j(f, p, s)
         distance, x_pixel, y_pixel = _detector(f, p, s)
         theta, lam = _angles(f, p, s, angle_convention)
@@ -204,7 +234,7 @@ def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
         if positions_path is None:
             raise data_error(p, f"no positions ({TRANSLATION[0]}); give the product file "
                                 "that holds them")
-        positions = _positions_from(Path(positions_path), shape[0])
+        positions = _positions_from(Path(positions_path), shape[0], translation)
     if mask is not None and mask.all():
         raise data_error(p, "every detector pixel is masked", MASK)
     return Scan(counts=frames, positions_m=positions, energy_j=energy_j, distance_m=distance,

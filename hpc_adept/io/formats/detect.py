@@ -255,7 +255,8 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
             path, angle_table_path=options.get("angle_table_path"), **kw)
     if fmt == "ptychodus-diffraction":
         return ptychodus.read_ptychodus_scan(path, positions_path or _product_for(path), **kw)
-    return cxi_foreign.read_foreign_cxi(path, positions_path or _cxi_product_for(path), **kw)
+    return cxi_foreign.read_foreign_cxi(path, positions_path or _cxi_product_for(path),
+                                        translation=options["cxi_translation"], **kw)
 
 
 def _cxi_product_for(diffraction: Path) -> Path | None:
@@ -270,6 +271,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                rotation_angles_deg: Sequence[float] | None = None,
                load_counts: bool = True, angle_convention: str | None = None,
                foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
+               cxi_translation: str = "auto",
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
@@ -296,6 +298,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     foldslice_orientation : (int, int, int)
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
         ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
+    cxi_translation : {'auto', 'probe', 'sample'}
+        What a foreign CXI file's ``translation`` holds (``data.cxi_translation``).
     roi_px, beam_center_rc, angle_table_path : optional
         Raw Eiger (``lamni-eiger``, ``lamni-tomo``): the square crop (pixels), the beam
         centre (row, col) when the file has none, and LamNI's
@@ -337,7 +341,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if not files:
         raise data_error(p, f"no {fmt} files found")
     pos = Path(positions_path) if positions_path is not None else None
-    options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
+    options = {"foldslice_orientation": foldslice_orientation,
+               "cxi_translation": cxi_translation, "roi_px": roi_px,
                "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
     indexes = range(len(files)) if member is None else [_member_index(files, member, p)]
     scans = [_read_one(fmt, files[i], pos, _per_scan(s, rotation_angles_deg, i, len(files), p),

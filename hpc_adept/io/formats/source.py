@@ -70,6 +70,7 @@ def reader_options(data: DataConfig) -> dict[str, Any]:
         "rotation_angles_deg": _angles(data),
         "angle_convention": data.angle_convention,
         "foldslice_orientation": tuple(data.foldslice_orientation),
+        "cxi_translation": data.cxi_translation,
         "roi_px": data.roi_px,
         "beam_center_rc": data.beam_center_rc,
         "angle_table_path": data.angle_table_path,
