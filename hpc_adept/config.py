@@ -516,8 +516,9 @@ class AlignConfig:
         (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
         (cheaper) margin: pixels whose rays leave the widened volume are then left out of
         the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
-        method; ``auto`` costs about 10-15 times its time and reaches about 0.2 px, not yet
-        0.15 px, on extended samples: issue 18, docs/extended_samples.md).
+        method; ``auto`` costs about 2-16 times its time and reaches 0.12-0.24 px on six of ten
+        small extended-sample crops, not yet 0.15 px, and fails on three: issue 18,
+        docs/extended_samples.md).
     fit_phase_plane : bool
         Fit a constant and a linear ramp per projection against the reprojection of the
         current volume and remove them before the reconstruction and the shift update

@@ -4,10 +4,10 @@ pixels that a shift fills without data, and the joint last level.
 
 The must-show of the issue (known shifts of 2 px RMS of a region inside a chip, with 2 %
 noise and per-projection offsets and ramps up to +-0.5 rad, recovered to < 0.15 px RMS) is
-NOT reached yet: on the crop and seed below the extended method ends at 0.19 px (0.21 px at
-seed 3, layout corner (50, 40) um; one crop, seed 4 at (25, 45) um, 1.2 px) where the
-region-only method diverges to 19 px (``profiling/align_extended.py``); the test of the
-target is an expected failure until it is. The crop and seed were not used to choose the
+NOT reached yet: on the crop and seed below the extended method ends at 0.19 px (on ten
+crops: 0.12-0.24 px on six, 0.7 px on one, 1.2-3.7 px on three) where the region-only method
+diverges to 19 px (``profiling/align_extended.py``, docs/extended_samples.md); the test of
+the target is an expected failure until it is. The crop and seed were not used to choose the
 settings: those (``coarse_lowpass_px`` 4, ``cross_folds`` 8, the joint last level) came
 from seed 1 at the layout corner (40, 28) um, where the method reaches 0.12 px.
 
