@@ -443,6 +443,10 @@ def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
     as_sample = read_scans(diffraction, laminography_angle_deg=LAMINO,
                            cxi_translation="sample")[0]
     np.testing.assert_allclose(as_sample.positions_m, -scan.positions_m, atol=1e-15)
+    # inspect says which reading it took
+    assert "probe position = -translation" in inspect(tmp_path / "cdtools.cxi", **kw)
+    text = inspect(diffraction, laminography_angle_deg=LAMINO)
+    assert "CXI translation (product.cxi): probe positions as stored" in text
 
 
 def test_our_own_cxi_is_detected(tmp_path):

@@ -63,7 +63,7 @@ from hpc_adept.io.formats._values import (
     rotation_deg,
 )
 
-__all__ = ["read_foreign_cxi"]
+__all__ = ["read_foreign_cxi", "translation_meaning"]
 
 PathLike = str | os.PathLike
 
@@ -89,6 +89,11 @@ def _first(f: h5py.File, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if f.get(k) is not None), None)
 
 
+def has_translation(f: h5py.File) -> bool:
+    """Whether ``f`` holds a translation table (else the positions are in a second file)."""
+    return _first(f, TRANSLATION) is not None
+
+
 def _written_by_ptychodus(f: h5py.File) -> bool:
     """Whether ptychodus wrote ``f`` (its extras group, or its name as the program)."""
     if isinstance(f.get("/entry_1/ptychodus"), h5py.Group):
@@ -99,6 +104,18 @@ def _written_by_ptychodus(f: h5py.File) -> bool:
     value = np.asarray(program[()]).reshape(-1)[0]
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return text.strip().lower() == "ptychodus"
+
+
+def translation_meaning(path: PathLike, translation: str = "auto") -> str:
+    """``probe`` or ``sample``: how the positions of ``path`` (a CXI file, or a ptychodus
+    product file: always probe positions) are read under the setting ``translation``
+    (``auto``: ``probe`` when ptychodus wrote the file)."""
+    with open_h5(Path(path)) as f:
+        if _ptychodus.is_product(f):  # a ptychodus product .h5: probe positions
+            return "probe"
+        if translation != "auto":
+            return translation
+        return "probe" if _written_by_ptychodus(f) else "sample"
 
 
 def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"

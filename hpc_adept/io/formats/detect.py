@@ -489,6 +489,19 @@ def _read_scans_leniently(p: Path, fmt: str, supplied: dict) -> tuple[list[Scan]
     raise data_error(p, "could not read the headers")
 
 
+def _cxi_translation_line(first: Path, supplied: dict) -> str:
+    """How the first CXI scan's positions were read (the sign is a convention: say it)."""
+    with open_h5(first) as f:
+        own = cxi_foreign.has_translation(f)
+    holder = first if own else (supplied.get("positions_path") or _cxi_product_for(first))
+    setting = str(supplied.get("cxi_translation") or "auto")
+    meaning = cxi_foreign.translation_meaning(holder, setting) if holder else setting
+    how = ("probe positions as stored" if meaning == "probe"
+           else "the sample's translation: probe position = -translation")
+    return f"CXI translation ({Path(holder).name if holder else 'none'}): {how} " \
+           f"(data.cxi_translation: {setting})"
+
+
 def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
     """Plain-text summary of what ``path`` holds (format, frames, energy, ...).
 
@@ -506,7 +519,10 @@ def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
         if fmt == "lamni-tomo":
             head += lamni_tomo.describe(p, supplied.get("angle_table_path"),
                                         supplied.get("scan_range"), supplied.get("scan_step", 1))
-        return "\n".join(head + _scan_lines(scans, missing)) + "\n"
+        lines = head + _scan_lines(scans, missing)
+        if fmt == "cxi" and scans:
+            lines.append(_cxi_translation_line(Path(scans[0].path), supplied))
+        return "\n".join(lines) + "\n"
     lam = supplied.get("laminography_angle_deg")
     ps = read_projection_set(p, fmt, laminography_angle_deg=90.0 if lam is None else lam,
                              pixel_size_m=supplied.get("pixel_size_m"),
