@@ -262,6 +262,54 @@ def test_position_files_in_every_layout_their_readers_accept(tmp_path):
     assert "too large" in _one_line(exc)
 
 
+def test_softgluezynq_raw_rows_of_one_frame_are_averaged(tmp_path):
+    """softGlueZynq's raw layout samples each frame several times: ptychodus
+    ``plugins/aps31id_lamni/position_file.py`` (module docstring: "several oversampled rows
+    share one value" of ``Detector_Count``, 1-based; ``_SOFT_GLUE_ZYNQ_RAW`` header
+    ``DataPoint x_st_fzp y_st_fzp ckUser_Clk_Count Detector_Count``) averages the rows of one
+    index into one position (``api/reconstructor.py`` ``prepare_reconstruct_input``): one
+    position per frame, not one frame repeated per row."""
+    scan = _scan(0.0)
+    rows = []
+    for i, (x, y, _) in enumerate(scan.positions_m):
+        for k, wobble in enumerate((-0.002, 0.0, 0.002)):  # three samples around the point
+            rows.append(f"{3 * i + k} {-x * 1e6 + wobble:.9f} {-y * 1e6 - wobble:.9f} "
+                        f"{1000 * (3 * i + k)} {i + 1}")
+    path = tmp_path / "scan_00005.dat"
+    path.write_text("Scan 00005, lsamrot_encoder 0.0000\r\nDataPoint x_st_fzp y_st_fzp "
+                    "ckUser_Clk_Count Detector_Count\r\n" + "\r\n".join(rows) + "\r\n\r\n")
+    indexes, positions = read_lamni_positions(path)
+    assert indexes.tolist() == list(range(scan.n_positions))
+    np.testing.assert_allclose(positions, scan.positions_m, atol=1e-14)
+
+
+def test_area_detector_metadata_units_as_ptychodus_names_them(tmp_path):
+    """``/entry/metadata_units/*_EGU``: ptychodus 1.7.0 ``plugins/aps31id_lamni/
+    diffraction_file.py`` (``_LEN_TO_M``, ``_E_TO_EV``, ``_read_egu``: stripped, lower case)
+    knows cm, millimeter, microns, ... ; a unit name it does not know is one error line, not
+    a silent default (mm / um / keV) that would be off by a power of ten."""
+    from .test_formats import write_lamni
+
+    scan = _scan(70.0)
+    eiger, positions, _ = write_lamni(tmp_path, scan, "area-detector")
+    with h5py.File(eiger, "a") as f:
+        f["/entry/instrument/detector/detector_distance"][...] = [DISTANCE_M * 1e2]
+        f["/entry/metadata_units/Distance_EGU"] = "cm"
+        f["/entry/metadata_units/PixelSize_EGU"] = np.array([b"Microns "])
+        f["/entry/metadata_units/MonoEnergy_EGU"] = "keV"
+    read = read_scans(eiger, positions_path=positions, roi_px=FRAME,
+                      laminography_angle_deg=LAMINO, rotation_angle_deg=0.0)[0]
+    assert read.distance_m == pytest.approx(DISTANCE_M)
+    assert read.x_pixel_size_m == pytest.approx(PIXEL_M)
+    with h5py.File(eiger, "a") as f:
+        del f["/entry/metadata_units/MonoEnergy_EGU"]
+        f["/entry/metadata_units/MonoEnergy_EGU"] = "kV"
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, positions_path=positions, roi_px=FRAME,
+                   laminography_angle_deg=LAMINO, rotation_angle_deg=0.0)
+    assert "MonoEnergy_EGU" in _one_line(exc) and "unknown unit 'kv'" in _one_line(exc)
+
+
 def test_angle_table_of_six_columns_and_bad_rows(tmp_path):
     """fold_slice's older table has six columns (``read_omny_angles.m`` ``case {3,6}``:
     scan, target, readout, subtomo, detpos, name)."""
@@ -396,6 +444,23 @@ def test_ptychoshelves_prepared_round_trip(tmp_path):
     text = inspect(tmp_path, angle_table_path=table)
     assert "format: ptychoshelves-prepared" in text and "frame shape: 16 x 16" in text
     assert "energy_ev" in text and "distance_m" in text
+
+
+def test_ptychoshelves_prepared_empty_per_frame_bad_pixels(tmp_path):
+    """Frames whose masks differ (prep_h5data.m ``~single_mask``) keep their bad pixels
+    per measurement: ``bad_pixels{ii}`` concatenates each frame's ``[2, K]`` list (double)
+    and is written even when no frame has any, a ``2 x 0`` matrix that ``write_dataset.m``
+    stores with ``fliplr`` dims: h5py ``(0, 2)``. It marks nothing."""
+    scan = _scan(30.0)
+    path = write_ptychoshelves_prepared(tmp_path / "S00042", 42, scan)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("measurement/n0/bad_pixels", shape=(0, 2), dtype=np.float64)
+        f["measurement/n0/bad_pixels_index"] = np.zeros(scan.n_positions, np.uint64)
+    read = read_scans(path, energy_ev=ENERGY_EV, distance_m=DISTANCE_M,
+                      detector_pixel_m=PIXEL_M, laminography_angle_deg=LAMINO,
+                      rotation_angles_deg=[0.0])[0]
+    assert read.mask is None
+    np.testing.assert_allclose(read.counts, scan.counts, rtol=1e-6, atol=1e-6)
 
 
 def test_bad_ptychoshelves_prepared_files(tmp_path):

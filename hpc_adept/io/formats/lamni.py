@@ -106,8 +106,19 @@ __all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_an
 PathLike = str | os.PathLike
 
 EIGER_DATA = ("/entry/data/data", "/entry/data/eiger_4", "/entry/instrument/eiger_4/data")
-_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6, "nm": 1e-9,
-          "ev": 1.0, "kev": 1e3}
+# The unit names ptychodus accepts in /entry/metadata_units (aps31id_lamni/diffraction_file.py
+# _LEN_TO_M, _E_TO_EV); any other name is refused (ptychodus warns and assumes m / eV).
+_LENGTH_UNITS = {
+    **dict.fromkeys(("m", "meter", "meters", "metre", "metres"), 1.0),
+    **dict.fromkeys(("cm", "centimeter", "centimeters", "centimetre", "centimetres"), 1e-2),
+    **dict.fromkeys(("mm", "millimeter", "millimeters", "millimetre", "millimetres"), 1e-3),
+    **dict.fromkeys(("um", "µm", "micron", "microns", "micrometer", "micrometers",
+                     "micrometre", "micrometres"), 1e-6),
+    **dict.fromkeys(("nm", "nanometer", "nanometers", "nanometre", "nanometres"), 1e-9)}
+_ENERGY_UNITS = {
+    **dict.fromkeys(("ev", "electronvolt", "electronvolts"), 1.0),
+    **dict.fromkeys(("kev", "kiloelectronvolt", "kiloelectronvolts"), 1e3),
+    **dict.fromkeys(("mev", "megaelectronvolt", "megaelectronvolts"), 1e6)}
 _POSITION_LAYOUTS = {  # header -> (index column, index origin, x column, y column)
     "DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
     "Average_y_st_fzp Stdev_y_st_fzp Average_cap1 Stdev_cap1 Average_cap2 Stdev_cap2 "
@@ -197,7 +208,11 @@ def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Frame indexes ``[n]`` (0-based) and positions ``[n, 3]`` metres of a LamNI ``.dat``.
 
     Positions ``(x, y, 0) = -(Average_x_st_fzp, Average_y_st_fzp) * 1e-6`` (see the module
-    docstring); DataError (one line) for an unknown header, a short row, a non-number,
+    docstring). Rows sharing a frame index (softGlueZynq's raw layout samples each frame
+    several times, all with one ``Detector_Count``) are averaged into one position, as
+    ptychodus does (``api/reconstructor.py`` ``prepare_reconstruct_input``: "duplicate
+    position indexes are averaged into a single anchor"); the frames are then in index order.
+    DataError (one line) for an unknown header, a short row, a non-number,
     non-finite values or values too large for micrometres.
     """
     p = Path(path)
@@ -207,13 +222,22 @@ def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     header = " ".join(lines[1].split()) if len(lines) > 1 else ""
     columns = _columns(p, header)
     table = _position_rows(p, lines, len(header.split()), columns)
+    indexes, inverse = np.unique(table[:, 0], return_inverse=True)
+    if len(indexes) < len(table):  # softGlueZynq raw: several samples of one frame
+        counts = np.bincount(inverse)
+        table = np.stack([indexes] + [np.bincount(inverse, table[:, c]) / counts
+                                      for c in (1, 2)], axis=1)
     positions = np.stack([-table[:, 1] * 1e-6, -table[:, 2] * 1e-6,
                           np.zeros(len(table))], axis=1)
     check_positions_m(p, "positions", positions)
     return table[:, 0].astype(np.int64), positions
 
 
-def _unit(f: h5py.File, key: str, default: str) -> float:
+def _unit(f: h5py.File, path: Path, key: str, default: str, table: dict[str, float]
+          ) -> float:
+    """Scale to SI (m, eV) of the unit name at ``key`` (``default`` when absent or empty);
+    DataError for a unit this table does not know (a silent default would be off by powers
+    of ten)."""
     raw = f.get(key)
     text = default
     if isinstance(raw, h5py.Dataset):
@@ -221,8 +245,12 @@ def _unit(f: h5py.File, key: str, default: str) -> float:
         if value.size:
             item = value[0]
             text = (item.decode("utf-8", "replace") if isinstance(item, bytes)
-                    else str(item)).strip().lower()
-    return _UNITS.get(text, _UNITS[default])
+                    else str(item)).strip().lower() or default
+    if text not in table:
+        raise data_error(path, f"unknown unit {text[:20]!r} (expected one of "
+                               f"{', '.join(sorted({k for k in table if k.isascii()})[:8])}, "
+                               f"...)", key)
+    return table[text]
 
 
 def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
@@ -244,7 +272,9 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
     for k, (name, egu, default) in lengths.items():
         value = optional_number(f, k, path)
         if value is not None and head[name] is None:
-            scale = _unit(f, f"/entry/metadata_units/{egu}", default) if egu else _UNITS[default]
+            table = _ENERGY_UNITS if name == "energy_ev" else _LENGTH_UNITS
+            scale = (_unit(f, path, f"/entry/metadata_units/{egu}", default, table) if egu
+                     else table[default])
             head[name] = abs(value) * scale
     for k, name in ((f"{det}/beam_center_x", "col"), (f"{det}/beam_center_y", "row")):
         if head[name] is None:

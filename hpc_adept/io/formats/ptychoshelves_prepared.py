@@ -115,9 +115,10 @@ def _mark(mask: np.ndarray, f: h5py.File, path: Path, key: str) -> None:
     """Set the (row, col) pixels listed at ``key`` (``[K, 2]``, 0-based) in ``mask``."""
     if f.get(key) is None:
         return
+    ds = require_dataset(f, key, path)
+    if len(ds.shape) == 2 and 0 in ds.shape:
+        return  # MATLAB's empty 2 x 0 list (prep_h5data.m: no bad pixel in these frames)
     pixels = read_array(f, key, path, ndim=2, dtype=np.int64)
-    if pixels.size == 0:
-        return
     if pixels.shape[1] != 2 or pixels.min() < 0 or (pixels.max(0) >= mask.shape).any():
         raise data_error(path, f"expected [K, 2] (row, col) pixels inside the "
                                f"{mask.shape[0]} x {mask.shape[1]} frame", key)
