@@ -823,6 +823,36 @@ def test_velociprobe_chi_written_once_per_image(tmp_path):
     assert "chi varies" in _one_line(exc)
 
 
+def test_dectris_pixel_mask_flags_pixels(tmp_path):
+    """The master's ``detectorSpecific/pixel_mask`` (uint32, nonzero = gap / dead / noisy;
+    a converter such as PSI's hdf5maker fills the gaps with 0 and marks them there only):
+    its pixels are masked, cropped like the frames; a mask of another shape is refused."""
+    scan = _scan(0.0)
+    master, positions = write_velociprobe(tmp_path, scan)
+    _, centre = _detector_frames(scan)
+    with h5py.File(master, "a") as f:
+        shape = (int(f["/entry/instrument/detector/detectorSpecific/y_pixels_in_detector"][()]),
+                 int(f["/entry/instrument/detector/detectorSpecific/x_pixels_in_detector"][()]))
+        flags = np.zeros(shape, np.uint32)
+        gap_row = int(round(centre[0]))
+        flags[gap_row, :] = 1   # a module gap
+        flags[gap_row + 2, int(round(centre[1]))] = 16  # a noisy pixel
+        f["/entry/instrument/detector/detectorSpecific/pixel_mask"] = flags
+    common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": 0.0}
+    read = read_scans(master, **common)[0]
+    assert read.mask is not None and read.mask.sum() == FRAME + 1
+    flagged_rows = np.nonzero(read.mask.all(axis=1))[0]
+    assert len(flagged_rows) == 1 and read.mask[flagged_rows[0] + 2].sum() == 1
+    assert not read.counts[:, read.mask].any()
+    with h5py.File(master, "a") as f:
+        del f["/entry/instrument/detector/detectorSpecific/pixel_mask"]
+        f["/entry/instrument/detector/detectorSpecific/pixel_mask"] = flags[:-1]
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "pixel_mask" in _one_line(exc)
+
+
 def test_bad_velociprobe_files(tmp_path):
     scan = _scan(0.0)
     master, positions = write_velociprobe(tmp_path, scan)

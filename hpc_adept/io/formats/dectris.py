@@ -22,7 +22,11 @@ Our HDF5 reading refuses external links (a link could pull any local file in); h
 link is resolved explicitly instead: its target must be a plain file name (no folder
 part) in the master's folder, opened and checked like any file. Frames are cropped to
 ``roi_px`` around the beam centre; pixels at the dtype's maximum (gaps, dead pixels) are
-masked.
+masked, and so are the pixels the master's ``detectorSpecific/pixel_mask`` flags (nonzero:
+gap, dead, under- or over-responding, noisy; DECTRIS writes it with every master file, and
+converters that fill the module gaps with 0, such as PSI's ``hdf5maker``, mark the gaps
+there only; readers of Eiger masters, e.g. the XPCS and ptychography loaders found with
+``pixel_mask``, take nonzero as bad).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from hpc_adept.io.formats._read import (
     data_error,
     open_h5,
     optional_number,
+    read_array,
     require_dataset,
 )
 
@@ -46,6 +51,7 @@ __all__ = ["DETECTOR", "FIRST_LINK", "available_bytes", "beam_centre", "crop_win
 
 FIRST_LINK = "/entry/data/data_000001"
 DETECTOR = "/entry/instrument/detector"
+PIXEL_MASK = f"{DETECTOR}/detectorSpecific/pixel_mask"
 CHI = "/entry/sample/goniometer/chi"
 
 
@@ -187,12 +193,13 @@ def master_frames(path: Path, centre: tuple[float, float], roi_px: int, load: bo
     (None unless ``load``), the mask of gap pixels and the frame count."""
     with open_h5(path) as f:
         arrays = _links(f, path)
-    frames, masks, count = [], [], 0
+    frames, masks, count, frame_shape = [], [], 0, None
     for file, key in arrays:
         with open_h5(file) as g:
             ds = require_dataset(g, key, file)
-            check_shape(ds.shape, 3, file, key)
+            check_shape(ds.shape, 3, file, key, (None, *(frame_shape or (None, None))))
             check_filters(ds, file, key)
+            frame_shape = ds.shape[1:]
             rows, cols = crop_window(file, key, ds.shape, centre, roi_px)
             data, mask = cropped_frames(g, file, key, rows, cols, load)
             count += ds.shape[0]
@@ -200,9 +207,25 @@ def master_frames(path: Path, centre: tuple[float, float], roi_px: int, load: bo
         masks.append(mask)
     if not load:
         return None, None, count
-    mask = np.any([m for m in masks if m is not None], axis=0) if any(
-        m is not None for m in masks) else None
-    return np.concatenate(frames), mask, count
+    masks.append(_flagged_pixels(path, frame_shape, rows, cols))
+    present = [m for m in masks if m is not None]
+    mask = np.any(present, axis=0) if present else None
+    stacked = np.concatenate(frames)
+    if mask is not None:
+        stacked[:, mask] = 0.0
+    return stacked, mask, count
+
+
+def _flagged_pixels(path: Path, frame_shape: tuple[int, int], rows: slice, cols: slice
+                    ) -> np.ndarray | None:
+    """The master's ``pixel_mask`` (nonzero = not to be used) cropped like the frames, or
+    None when it has none."""
+    with open_h5(path) as f:
+        if f.get(PIXEL_MASK) is None:
+            return None
+        flags = read_array(f, PIXEL_MASK, path, ndim=2, dtype=np.bool_, kind="integer",
+                           expected=tuple(frame_shape))
+    return flags[rows, cols]
 
 
 def beam_centre(path: Path, head: dict, beam_center_rc: tuple[float, float] | None,
