@@ -536,6 +536,14 @@ class AlignConfig:
         Heavy-ball momentum of the optical-flow steps with held-out folds (the last step
         times this is added while the steps keep their direction; 0: none). Material that
         few angles see ties each shift to its neighbours' and slows plain steps.
+    flow_eigen_floor : float, in [0, 1)
+        Damps the optical-flow step along the direction a projection barely determines:
+        the smaller eigenvalue of its 2 x 2 normal matrix is raised to this fraction of the
+        larger (0: off, the default). Projections of wires running mostly one way fix the
+        shift across them only (the aperture problem); on a small window of an extended
+        chip the undamped steps along the wires drift (docs/extended_samples.md: 0.3 turns
+        3.45 / 1.82 px into 1.31 / 1.23 px on the two such crops of ten, within +-0.1 px on
+        the others).
     joint_last_level : bool
         With a widened volume and more than one binning level: the last level fits one
         volume to all angles (no held-out folds, no momentum). A held-out prediction of the
@@ -561,6 +569,7 @@ class AlignConfig:
     fit_phase_plane: bool = False
     cross_folds: int = 8
     momentum: float = 0.7
+    flow_eigen_floor: float = 0.0
     joint_last_level: bool = True
 
     def check(self) -> None:
@@ -575,6 +584,7 @@ class AlignConfig:
         _positive("align", self, "max_iterations", "tolerance_px", "max_update_px",
                   "coarse_lowpass_px", "coarse_search_px", "cross_folds")
         _in_range("align.momentum", self.momentum, 1.0)
+        _in_range("align.flow_eigen_floor", self.flow_eigen_floor, 1.0)
         if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
             raise ConfigError(f"align.binning must be positive factors that divide the "
                               f"first, got {list(self.binning)}")

@@ -89,21 +89,29 @@ def main() -> None:
                         help="align.coarse_lowpass_px (4 for windows under ~64 px)")
     parser.add_argument("--corner", type=float, nargs=2, default=[40.0, 28.0],
                         help="layout coordinates (um) of the region's corner")
+    parser.add_argument("--flow-eigen-floor", type=float, default=0.0,
+                        help="align.flow_eigen_floor (0.3 on extended samples)")
+    parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
+                        default=[c[0] for c in CASES], help="which cases to run")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
     region = tuple(args.region)
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
                        highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,
-                       coarse_lowpass_px=args.coarse_lowpass)
+                       coarse_lowpass_px=args.coarse_lowpass,
+                       flow_eigen_floor=args.flow_eigen_floor)
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
           f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "
-          f"coarse low-pass {args.coarse_lowpass} px, corner {args.corner} um")
+          f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "
+          f"{args.flow_eigen_floor}, corner {args.corner} um")
     for seed in args.seeds:
         if args.diagnose:
             diagnose(base, region, args.angles, seed, tuple(args.corner))
             continue
         for case, extended, plane in CASES:
+            if case not in args.cases:
+                continue
             sample = extended_sample(region, args.angles, seed, extended=extended,
                                      plane_rad=plane, corner_um=tuple(args.corner))
             before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts,

@@ -146,6 +146,46 @@ def test_optical_flow_recovers_a_subpixel_shift():
     assert float(zero.abs().max()) < 1e-9 and float(residual0.max()) < 1e-9
 
 
+def test_raise_small_eigenvalue_keeps_the_eigenvectors():
+    from hpc_adept.align.estimate import raise_small_eigenvalue
+
+    rng = np.random.default_rng(5)
+    m = rng.standard_normal((50, 2, 2))
+    a = m @ m.transpose(0, 2, 1)
+    a[0] = [[4.0, 0.0], [0.0, 0.01]]  # diagonal, either order (a null-vector candidate is 0)
+    a[1] = [[0.01, 0.0], [0.0, 4.0]]
+    a[2] = [[1.0, 0.0], [0.0, 1.0]]   # isotropic: nothing to raise
+    t = torch.from_numpy(a)
+    rr, rc, cc = raise_small_eigenvalue(t[:, 0, 0], t[:, 0, 1], t[:, 1, 1], 0.3)
+    raised = torch.stack([torch.stack([rr, rc], -1), torch.stack([rc, cc], -1)], -2).numpy()
+    for before, after in zip(a, raised, strict=True):
+        w0, v0 = np.linalg.eigh(before)
+        w1, v1 = np.linalg.eigh(after)
+        np.testing.assert_allclose(w1, [max(w0[0], 0.3 * w0[1]), w0[1]], rtol=1e-9, atol=1e-12)
+        if w0[1] - w0[0] > 1e-9:  # the eigenvectors stay (up to sign)
+            np.testing.assert_allclose(np.abs(v1.T @ v0), np.eye(2), atol=1e-9)
+
+
+def test_eigen_floor_damps_the_step_along_one_way_structure():
+    """Stripes along the rows fix the column shift only: a faint row structure that the
+    model does not hold (as a mispredicted layer) drives the plain solve's row step; with
+    a floor that step stays small, and the column step stays."""
+    n = 48
+    r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    model = torch.from_numpy(np.cos(2 * np.pi * c / 9.0)
+                             + 0.02 * np.cos(2 * np.pi * r / 13.0))[None]
+    truth = torch.tensor([[0.0, 0.3]], dtype=torch.float64)
+    unmodelled = torch.from_numpy(0.02 * np.sin(2 * np.pi * r / 13.0))[None]
+    data = fourier_shift(model, truth) + unmodelled
+    weights = border_taper((n, n), 6, model)
+    plain, _ = optical_flow_update(data, model, weights, 6.0, 2.0)
+    damped, _ = optical_flow_update(data, model, weights, 6.0, 2.0, eigen_floor=0.3)
+    assert abs(float(plain[0, 0])) > 0.5  # a row step from what the model lacks
+    assert abs(float(damped[0, 0])) < 0.1 * abs(float(plain[0, 0]))
+    assert float(damped[0, 1]) == pytest.approx(0.3, abs=0.03)
+    assert float(plain[0, 1]) == pytest.approx(0.3, abs=0.03)
+
+
 def test_bounded_lowpass_xcorr_is_robust_to_periodic_patterns():
     """A grating of period 6 px over the whole field plus one broad feature: the sample
     moved by +5 columns. Plain FFT cross-correlation locks onto the grating peak one period

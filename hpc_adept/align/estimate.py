@@ -16,14 +16,18 @@ from hpc_adept.align.imaging import highpass_with_gradient, lowpass
 
 def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.Tensor,
                         highpass_sigma_px: float, max_update_px: float,
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        eigen_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift update by linearised optical flow on high-pass filtered images.
 
     With ``r = HP(data) - HP(model)`` and ``g = grad HP(model)``, ``data = model(x - e)``
     linearises to ``r = -e.g``; the weighted least-squares solution is
     ``e = -(sum w g g^T)^-1 sum w g r`` per projection (a 2 x 2 solve, so correlated row and
     column gradients are handled). Each component is clamped to ``+-max_update_px`` so one
-    step stays inside the range where the linearisation holds.
+    step stays inside the range where the linearisation holds. With ``eigen_floor`` > 0 the
+    smaller eigenvalue of ``sum w g g^T`` is raised to ``eigen_floor`` times the larger
+    (along its eigenvector only): a projection whose structure runs mostly one way (wires)
+    barely determines its shift along that way (the aperture problem), and a full step
+    there follows noise and model bias; the step across the structure is unchanged.
 
     Parameters
     ----------
@@ -35,6 +39,8 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
         Gaussian high-pass scale, pixels (0 = no filter).
     max_update_px : float
         Clamp of each update component, pixels.
+    eigen_floor : float, in [0, 1)
+        Smallest ratio of the normal matrix's eigenvalues (0: the plain solve).
 
     Returns
     -------
@@ -54,6 +60,8 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
     # a tiny ridge keeps featureless projections (all gradients ~0) at a zero update
     ridge = 1e-9 * (a_rr + a_cc) + torch.finfo(torch.float64).tiny
     a_rr, a_cc = a_rr + ridge, a_cc + ridge
+    if eigen_floor > 0:
+        a_rr, a_rc, a_cc = raise_small_eigenvalue(a_rr, a_rc, a_cc, eigen_floor)
     det = a_rr * a_cc - a_rc * a_rc
     e_r = -(a_cc * b_r - a_rc * b_c) / det
     e_c = -(a_rr * b_c - a_rc * b_r) / det
@@ -61,6 +69,26 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
     residual_rms = torch.sqrt((w * residual ** 2).sum(dim=(-2, -1))
                               / w.sum(dim=(-2, -1)).clamp_min(1e-30))
     return update, residual_rms
+
+
+def raise_small_eigenvalue(a_rr: torch.Tensor, a_rc: torch.Tensor, a_cc: torch.Tensor,
+                           floor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric 2 x 2 matrices ``[[a_rr, a_rc], [a_rc, a_cc]]`` (batched, [n]) with their
+    smaller eigenvalue raised to at least ``floor`` times the larger; the larger eigenvalue
+    and both eigenvectors are kept."""
+    half_trace = 0.5 * (a_rr + a_cc)
+    spread = torch.sqrt((0.5 * (a_rr - a_cc)) ** 2 + a_rc ** 2)
+    large, small = half_trace + spread, half_trace - spread
+    added = (floor * large - small).clamp_min(0.0)
+    # the small eigenvalue's eigenvector: of the two null vectors of A - small I, the longer
+    # (one of them vanishes for a diagonal A)
+    u_r, u_c = a_rc, small - a_rr
+    v_r, v_c = small - a_cc, a_rc
+    first = u_r ** 2 + u_c ** 2 >= v_r ** 2 + v_c ** 2
+    e_r, e_c = torch.where(first, u_r, v_r), torch.where(first, u_c, v_c)
+    norm = torch.sqrt(e_r ** 2 + e_c ** 2).clamp_min(torch.finfo(e_r.dtype).tiny)
+    e_r, e_c = e_r / norm, e_c / norm
+    return a_rr + added * e_r * e_r, a_rc + added * e_r * e_c, a_cc + added * e_c * e_c
 
 
 def _parabola_vertex(left: torch.Tensor, mid: torch.Tensor, right: torch.Tensor

@@ -520,7 +520,7 @@ def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
     """Shift update ``[n, 2]`` (pixels of the level) and weighted residual RMS ``[n]``."""
     if not coarse:
         return optical_flow_update(data, model, level.weights, options.highpass_sigma_px,
-                                   options.max_update_px)
+                                   options.max_update_px, options.flow_eigen_floor)
     factor = level.factor
     update = xcorr_shift(data, model, level.weights.mean(dim=0),
                          options.coarse_lowpass_px / factor, options.coarse_search_px / factor)
