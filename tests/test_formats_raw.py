@@ -322,6 +322,17 @@ def test_angle_table_of_six_columns_and_bad_rows(tmp_path):
         with pytest.raises(DataError) as exc:
             read_angle_table(old)
         assert "line 1" in _one_line(exc)
+    # a tomography being measured: the last line, still without its newline, is being
+    # written and is skipped; complete, it is read; a bad line before it stays an error
+    rows = "12 0.0 0.52 0 1 0 chip\n13 10.0 10.48 0 1 0 chip\n"
+    old.write_text(rows + "14 20.0 19")
+    assert sorted(read_angle_table(old)) == [12, 13]
+    old.write_text(rows + "14 20.0 19.5 0 1 0 chip")
+    assert sorted(read_angle_table(old)) == [12, 13, 14]
+    old.write_text("12 0.0 0.5\n" + rows + "14 20.0 19")
+    with pytest.raises(DataError) as exc:
+        read_angle_table(old)
+    assert "line 1" in _one_line(exc)
 
 
 # --------------------------------------------------------------------------- adept run

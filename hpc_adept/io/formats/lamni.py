@@ -61,6 +61,7 @@ last row (``unique(scans, 'last')`` in ``load_angles.m``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ __all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_an
 
 PathLike = str | os.PathLike
 
+log = logging.getLogger(__name__)
 EIGER_DATA = ("/entry/data/data", "/entry/data/eiger_4", "/entry/instrument/eiger_4/data")
 # The unit names ptychodus accepts in /entry/metadata_units (aps31id_lamni/diffraction_file.py
 # _LEN_TO_M, _E_TO_EV); any other name is refused (ptychodus warns and assumes m / eV).
@@ -143,12 +145,20 @@ class ScanRecord:
 
 
 def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
-    """Scan number -> record; unparsable or short rows are errors (one line)."""
+    """Scan number -> record; unparsable or short rows are errors (one line), except a last
+    line without its newline that does not parse: the beamline appends one line per scan
+    while the tomography is measured, so that line is being written; it is skipped with a
+    warning (ptychodus skips unparsable lines too)."""
     p = Path(path)
     if not p.is_file():
         raise data_error(p, "angle table not found")
     records: dict[int, ScanRecord] = {}
-    for number, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+    text = p.read_text(errors="replace")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if number == len(lines) and not text.endswith(("\n", "\r")) and not _parses(line):
+            log.warning("%s: line %d is incomplete (being written?): skipped", p, number)
+            break
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
@@ -167,6 +177,20 @@ def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
             raise data_error(p, f"line {number}: angle is not finite")
         records[record.scan_no] = record
     return records
+
+
+def _parses(line: str) -> bool:
+    """Whether ``line`` is a comment, blank, or a complete angle-table row."""
+    fields = line.split()
+    if not fields or fields[0].startswith("#"):
+        return True
+    if len(fields) not in (6, 7):
+        return False
+    try:
+        [float(v) for v in fields[:len(fields) - 1]]
+    except ValueError:
+        return False
+    return True
 
 
 _NAMED_COLUMNS = (("Average_x_st_fzp", "Average_y_st_fzp"), ("Average_x", "Average_y"))
