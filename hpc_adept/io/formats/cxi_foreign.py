@@ -44,6 +44,7 @@ import numpy as np
 from hpc_adept.io.cxi import ELEMENTARY_CHARGE_C, Scan
 from hpc_adept.io.formats import ptychodus as _ptychodus
 from hpc_adept.io.formats._read import (
+    check_shape,
     data_error,
     open_h5,
     optional_number,
@@ -208,11 +209,19 @@ def _bad_pixels(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The detector mask ``[ny, nx]`` bool (True = left out) from the CXI pixel flags,
     2-D or one per frame."""
     ds = require_dataset(f, MASK, path)
-    ndim = 3 if len(ds.shape) == 3 else 2
-    flags = read_array(f, MASK, path, ndim=ndim, dtype=np.int64, kind="integer",
-                       expected=shape if ndim == 3 else shape[1:])
-    bad = (flags & MASK_BAD_BITS) != 0
-    return bad.any(axis=0) if ndim == 3 else bad
+    if len(ds.shape) != 3:
+        flags = read_array(f, MASK, path, ndim=2, dtype=np.int64, kind="integer",
+                           expected=shape[1:])
+        return (flags & MASK_BAD_BITS) != 0
+    check_shape(ds.shape, 3, path, MASK, shape)
+    if ds.dtype.kind not in "iu":
+        raise data_error(path, f"dtype {ds.dtype} is not integer", MASK)
+    bad = np.zeros(shape[1:], dtype=bool)
+    block = max(1, 2**22 // max(1, shape[1] * shape[2]))  # frames per read: a bounded buffer
+    for start in range(0, shape[0], block):
+        flags = np.asarray(ds[start:start + block]).astype(np.int64)
+        bad |= ((flags & MASK_BAD_BITS) != 0).any(axis=0)
+    return bad
 
 
 def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,
