@@ -65,8 +65,9 @@ DataFormat = Literal["auto", "adept-cxi", "cxi", "foldslice-prepared", "ptychodu
                      "ptychodus-product", "tiff-stack"]
 """``data.format``: ``auto`` or a format of :mod:`hpc_adept.io.formats` (its ``FORMATS``)."""
 AngleConvention = Literal["adept", "ptychoshelves", "tike", "tomocupy"]
-CxiTranslation = Literal["auto", "probe", "sample"]
 """Angle conventions of :mod:`hpc_adept.io.formats.geometry` (its ``CONVENTIONS``)."""
+CxiTranslation = Literal["auto", "probe", "sample"]
+"""What a foreign CXI file's ``translation`` holds (``data.cxi_translation``)."""
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,10 @@ class DataConfig:
         ``cxi`` (other programs' CXI files): what ``translation`` holds. ``sample``: the
         sample's translation, as the CXI spec defines it (the probe position on the sample
         is its negative; CDTools writes them so); ``probe``: the probe position (ptychodus
-        writes and reads them so); ``auto``: ``probe`` for a file that ptychodus wrote
-        (its ``/entry_1/ptychodus`` group or ``process_1/program``), else ``sample``.
+        writes and reads them so, and so do our own CXI files); ``auto``: ``probe`` for a
+        file that ptychodus wrote (its ``/entry_1/ptychodus`` group or
+        ``process_1/program``) or one laid out as ours (our geometry keys), else ``sample``
+        (with a warning).
     roi_px : int or None, pixels
         ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: side of the square crop around the
         beam centre (required).
@@ -542,7 +545,7 @@ class AlignConfig:
         larger (0: off, the default). Projections of wires running mostly one way fix the
         shift across them only (the aperture problem); on a small window of an extended
         chip the undamped steps along the wires drift (docs/extended_samples.md: 0.3 turns
-        3.45 / 1.82 px into 1.31 / 1.23 px on the two such crops of ten, within +-0.1 px on
+        3.71 / 2.18 px into 1.31 / 1.46 px on the two such crops of ten, within 0.1 px on
         the others).
     joint_last_level : bool
         With a widened volume and more than one binning level: the last level fits one

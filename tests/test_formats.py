@@ -412,12 +412,18 @@ def test_foreign_cxi_mask_flags_and_per_frame_masks(tmp_path):
     flags[2, 4, 5] = 0x200      # missing in frame 2
     flags[1, 6, 6] = 0x2000     # a hit finder's peak: usable
     flags[3, 7, 8] = 0x4000     # background corrected: usable
+    flags[4, 9, 9] = 0x8000     # a writer's own flag, unknown: bad
     for stored in (flags, flags.max(axis=0)):
         with h5py.File(diffraction, "r+") as f:
             del f["/entry_1/instrument_1/detector_1/mask"]
             f["/entry_1/instrument_1/detector_1/mask"] = stored
         mask = read_scans(diffraction, laminography_angle_deg=LAMINO)[0].mask
-        assert mask is not None and np.argwhere(mask).tolist() == [[1, 1], [4, 5]]
+        assert mask is not None and np.argwhere(mask).tolist() == [[1, 1], [4, 5], [9, 9]]
+    with h5py.File(diffraction, "r+") as f:  # a boolean per-frame mask
+        del f["/entry_1/instrument_1/detector_1/mask"]
+        f["/entry_1/instrument_1/detector_1/mask"] = flags == 0x2
+    mask = read_scans(diffraction, laminography_angle_deg=LAMINO)[0].mask
+    assert np.argwhere(mask).tolist() == [[1, 1]]
     with h5py.File(diffraction, "r+") as f:  # neither one per frame nor one for all
         del f["/entry_1/instrument_1/detector_1/mask"]
         f["/entry_1/instrument_1/detector_1/mask"] = flags[:2]
@@ -443,6 +449,24 @@ def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
     as_sample = read_scans(diffraction, laminography_angle_deg=LAMINO,
                            cxi_translation="sample")[0]
     np.testing.assert_allclose(as_sample.positions_m, -scan.positions_m, atol=1e-15)
+    # our own layout read as a foreign CXI file (our geometry keys): probe positions
+    write_cxi(tmp_path / "ours.cxi", scan)
+    ours = read_scans(tmp_path / "ours.cxi", "cxi")[0]
+    np.testing.assert_allclose(ours.positions_m, scan.positions_m, atol=1e-15)
+    # ptychodus's position indexes put product.cxi's rows in frame order
+    order = np.random.default_rng(4).permutation(scan.n_positions)
+    with h5py.File(tmp_path / "pty" / "product.cxi", "r+") as f:
+        f["/entry_1/sample_1/geometry_1/translation"][...] = scan.positions_m[order]
+        f["/entry_1/ptychodus/probe_position_indexes"][...] = order
+    shuffled = read_scans(diffraction, laminography_angle_deg=LAMINO)[0]
+    np.testing.assert_allclose(shuffled.positions_m, scan.positions_m, atol=1e-15)
+    with h5py.File(tmp_path / "pty" / "product.cxi", "r+") as f:
+        f["/entry_1/ptychodus/probe_position_indexes"][0] = order[1]
+    with pytest.raises(DataError) as exc:
+        read_scans(diffraction, laminography_angle_deg=LAMINO)
+    assert "permutation" in _one_line(exc)
+    with h5py.File(tmp_path / "pty" / "product.cxi", "r+") as f:
+        f["/entry_1/ptychodus/probe_position_indexes"][0] = order[0]
     # inspect says which reading it took
     assert "probe position = -translation" in inspect(tmp_path / "cdtools.cxi", **kw)
     text = inspect(diffraction, laminography_angle_deg=LAMINO)
@@ -965,6 +989,12 @@ def test_ptychodus_batch_results_as_projections(tmp_path):
     assert ps.n_angles == 2
     # the results' phase step (the start's objects are flat: no phase at all)
     assert min(np.ptp(ps.projections[0]), np.ptp(ps.projections[1])) > 0.25
+    # a scan whose reconstruction did not finish (no product-out.h5) is not imported
+    (tmp_path / "scan_001" / "product-out.h5").unlink()
+    from hpc_adept.io.formats.detect import _projection_files
+
+    files = [p.parent.name for p in _projection_files(tmp_path, "ptychodus-product")]
+    assert files == ["scan_000"]
 
 
 def test_ptychodus_cxi_pairs_one_folder_per_scan(tmp_path):

@@ -7,13 +7,12 @@ class ``_P`` and ``CXIDiffractionFileWriter.write``):
   ``/entry_1/instrument_1/detector_1/data``, written with ``compression='lzf'``);
 - ``/entry_1/instrument_1/source_1/energy`` (J), ``.../detector_1/distance`` (m),
   ``x_pixel_size``, ``y_pixel_size`` (m);
-- ``.../detector_1/mask``: unsigned bit flags (Maia 2012, the CXI pixel mask, as FXIhub's
-  condor ``utils/pixelmask.py`` lists them); a pixel is left out when a flag that marks it
-  unusable is set (invalid, saturated, hot, dead, shadowed, to be ignored, bad, missing,
-  noisy, failed artifact correction: :data:`MASK_BAD_BITS`), not for informational flags
-  (in a peak mask, out of resolution limits, artifact or background corrected, peak for a
-  hit finder); 2-D ``[ny, nx]``, or 3-D ``[n, ny, nx]`` per frame, then a pixel flagged in
-  any frame is left out of all (LSQ-ML takes one detector mask);
+- ``.../detector_1/mask``: bit flags (Maia 2012, the CXI pixel mask, as FXIhub's condor
+  ``utils/pixelmask.py`` lists them); a pixel is left out when any flag is set but the
+  informational ones (in a peak mask, out of resolution limits, artifact or background
+  corrected, peak for a hit finder: :data:`MASK_INFO_BITS`), so a writer's own nonzero
+  "bad" value stays bad; 2-D ``[ny, nx]``, or 3-D ``[n, ny, nx]`` per frame, then a pixel
+  flagged in any frame is left out of all (LSQ-ML takes one detector mask);
 - positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]``; legacy
   ``/entry_1/data_1/translation``. The CXI spec defines it as the sample's translation, so
   the probe position on the sample is its negative (CDTools ``tools/data``
@@ -22,8 +21,9 @@ class ``_P`` and ``CXIDiffractionFileWriter.write``):
   position (x_m, y_m, 0) as it is, in its product CXI file (its diffraction CXI file has
   none, so the positions come from a second file). ``translation`` (``data.cxi_translation``)
   says which: ``auto`` takes the probe position from a file ptychodus wrote (its
-  ``/entry_1/ptychodus`` group or ``/entry_1/process_1/program``), else the sample's
-  translation;
+  ``/entry_1/ptychodus`` group or ``/entry_1/process_1/program``) or one laid out as our
+  own (our geometry keys), else the sample's translation (with a warning); ptychodus's
+  ``probe_position_indexes`` put the rows in frame order;
 - rotation angle ``/entry_1/ptychodus/tomography_angle_deg`` (non-standard), read in the
   PtychoShelves convention (ptychodus hands it to pyxalign); our own
   ``/entry_1/sample_1/geometry_1/rotation_angle_deg`` and ``laminography_angle_deg`` when
@@ -35,6 +35,7 @@ them: ``ProbePosition(idx, translation[i, 0], translation[i, 1])``).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -67,6 +68,8 @@ from hpc_adept.io.formats._values import (
 __all__ = ["read_foreign_cxi", "translation_meaning"]
 
 PathLike = str | os.PathLike
+log = logging.getLogger(__name__)
+_WARNED: set[Path] = set()  # folders told that their translations were read as the sample's
 
 DATA = ("/entry_1/data_1/data", "/entry_1/instrument_1/detector_1/data")
 TRANSLATION = ("/entry_1/sample_1/geometry_1/translation", "/entry_1/data_1/translation")
@@ -75,14 +78,16 @@ DISTANCE = "/entry_1/instrument_1/detector_1/distance"
 X_PIXEL = "/entry_1/instrument_1/detector_1/x_pixel_size"
 Y_PIXEL = "/entry_1/instrument_1/detector_1/y_pixel_size"
 MASK = "/entry_1/instrument_1/detector_1/mask"
-# CXI pixel-mask flags that make a pixel unusable: invalid 0x1, saturated 0x2, hot 0x4,
-# dead 0x8, shadowed 0x10, to be ignored 0x40, bad 0x80, missing 0x200, noisy 0x400,
-# failed artifact correction 0x1000
-MASK_BAD_BITS = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x40 | 0x80 | 0x200 | 0x400 | 0x1000
+# CXI pixel-mask flags that say something about a usable pixel: in a peak mask 0x20, out of
+# resolution limits 0x100, artifact corrected 0x800, peak for a hit finder 0x2000, photon
+# background corrected 0x4000; any other set bit (invalid 0x1, saturated 0x2, hot, dead,
+# shadowed, to be ignored, bad, missing, noisy, failed correction, or a writer's own) = bad
+MASK_INFO_BITS = 0x20 | 0x100 | 0x800 | 0x2000 | 0x4000
 OUR_ROTATION = "/entry_1/sample_1/geometry_1/rotation_angle_deg"
 OUR_LAMINOGRAPHY = "/entry_1/sample_1/geometry_1/laminography_angle_deg"
 PTYCHODUS_ANGLE = "/entry_1/ptychodus/tomography_angle_deg"
 PROGRAM = "/entry_1/process_1/program"
+POSITION_INDEXES = "/entry_1/ptychodus/probe_position_indexes"
 TRANSLATION_MEANINGS = ("auto", "probe", "sample")
 
 
@@ -95,9 +100,13 @@ def has_translation(f: h5py.File) -> bool:
     return _first(f, TRANSLATION) is not None
 
 
-def _written_by_ptychodus(f: h5py.File) -> bool:
-    """Whether ptychodus wrote ``f`` (its extras group, or its name as the program)."""
+def _holds_probe_positions(f: h5py.File) -> bool:
+    """Whether ``f``'s translation is the probe position: ptychodus wrote it (its extras
+    group, or its name as the program), or it is laid out as our own CXI files (our
+    geometry keys; ``hpc_adept.io.cxi.write_cxi`` stores probe positions)."""
     if isinstance(f.get("/entry_1/ptychodus"), h5py.Group):
+        return True
+    if f.get(OUR_ROTATION) is not None or f.get(OUR_LAMINOGRAPHY) is not None:
         return True
     program = f.get(PROGRAM)
     if not isinstance(program, h5py.Dataset) or program.shape not in ((), (1,)):
@@ -116,7 +125,7 @@ def translation_meaning(path: PathLike, translation: str = "auto") -> str:
             return "probe"
         if translation != "auto":
             return translation
-        return "probe" if _written_by_ptychodus(f) else "sample"
+        return "probe" if _holds_probe_positions(f) else "sample"
 
 
 def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
@@ -137,9 +146,33 @@ def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
     if translation not in TRANSLATION_MEANINGS:
         raise ValueError(f"translation must be one of {TRANSLATION_MEANINGS}, got "
                          f"{translation!r}")
-    if translation == "sample" or (translation == "auto" and not _written_by_ptychodus(f)):
+    table = _in_frame_order(f, path, table)
+    if translation == "auto" and not _holds_probe_positions(f):
+        _say_sample(path)
+    if translation == "sample" or (translation == "auto" and not _holds_probe_positions(f)):
         table = -table  # the sample moves by t: the probe sits at -t on the sample
     return table
+
+
+def _in_frame_order(f: h5py.File, path: Path, table: np.ndarray) -> np.ndarray:
+    """Rows in frame order: ptychodus pairs row i with frame ``probe_position_indexes[i]``
+    (``CXIProductFileIO._read_positions``); without the indexes, row i is frame i."""
+    if f.get(POSITION_INDEXES) is None:
+        return table
+    indexes = read_array(f, POSITION_INDEXES, path, ndim=1, dtype=np.int64, kind="integer",
+                         expected=(len(table),))
+    if not np.array_equal(np.sort(indexes), np.arange(len(table))):
+        raise data_error(path, f"not a permutation of 0..{len(table) - 1}", POSITION_INDEXES)
+    return table[np.argsort(indexes)]
+
+
+def _say_sample(path: Path) -> None:
+    """Warn once per folder that ``auto`` read the translations as the sample's."""
+    if path.parent not in _WARNED:
+        _WARNED.add(path.parent)
+        log.warning("%s: CXI translation read as the sample's (the CXI spec: probe position "
+                    "= -translation); set data.cxi_translation: probe if the writer stored "
+                    "probe positions", path)
 
 
 def _positions_from(other: Path, n: int, translation: str) -> np.ndarray:
@@ -209,18 +242,17 @@ def _bad_pixels(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The detector mask ``[ny, nx]`` bool (True = left out) from the CXI pixel flags,
     2-D or one per frame."""
     ds = require_dataset(f, MASK, path)
-    if len(ds.shape) != 3:
-        flags = read_array(f, MASK, path, ndim=2, dtype=np.int64, kind="integer",
-                           expected=shape[1:])
-        return (flags & MASK_BAD_BITS) != 0
-    check_shape(ds.shape, 3, path, MASK, shape)
-    if ds.dtype.kind not in "iu":
-        raise data_error(path, f"dtype {ds.dtype} is not integer", MASK)
+    per_frame = len(ds.shape) == 3
+    check_shape(ds.shape, 3 if per_frame else 2, path, MASK, shape if per_frame else shape[1:])
+    if ds.dtype.kind not in "biu":
+        raise data_error(path, f"dtype {ds.dtype} is not integer or boolean", MASK)
+    if not per_frame:
+        return (np.asarray(ds[()]).astype(np.int64) & ~MASK_INFO_BITS) != 0
     bad = np.zeros(shape[1:], dtype=bool)
     block = max(1, 2**22 // max(1, shape[1] * shape[2]))  # frames per read: a bounded buffer
     for start in range(0, shape[0], block):
         flags = np.asarray(ds[start:start + block]).astype(np.int64)
-        bad |= ((flags & MASK_BAD_BITS) != 0).any(axis=0)
+        bad |= ((flags & ~MASK_INFO_BITS) != 0).any(axis=0)
     return bad
 
 

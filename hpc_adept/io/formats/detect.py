@@ -9,6 +9,7 @@ angle; :func:`read_projection_set` a :class:`~hpc_adept.io.runfiles.ProjectionSe
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ from hpc_adept.io.runfiles import ProjectionSet
 __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_scans"]
 
 PathLike = str | os.PathLike
+log = logging.getLogger(__name__)
 
 SCAN_FORMATS = ("adept-cxi", "cxi", "foldslice-prepared", "ptychodus-diffraction",
                 "lamni-eiger", "lamni-tomo", "ptychoshelves-prepared", "velociprobe")
@@ -266,6 +268,14 @@ def _cxi_product_for(diffraction: Path) -> Path | None:
     return guess if guess != diffraction and guess.is_file() else None
 
 
+def _read_own(p: Path, load_counts: bool) -> list[Scan]:
+    """Our own CXI data set (a folder) or file."""
+    if p.is_dir():
+        scans = list_dataset(p)
+        return scans if not load_counts else [read_cxi(sc.path) for sc in scans]
+    return [read_cxi(p, load_counts=load_counts)]
+
+
 def read_scans(path: PathLike, fmt: str | None = None, *,
                positions_path: PathLike | None = None,
                rotation_angles_deg: Sequence[float] | None = None,
@@ -317,10 +327,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     fmt = fmt or detect_format(p)
     s = supplied_from(supplied)
     if fmt == "adept-cxi":
-        if p.is_dir():
-            scans = list_dataset(p)
-            return scans if not load_counts else [read_cxi(sc.path) for sc in scans]
-        return [read_cxi(p, load_counts=load_counts)]
+        return _read_own(p, load_counts)
     if fmt not in SCAN_FORMATS:
         raise data_error(p, f"format {fmt} holds no diffraction data; known: "
                             f"{', '.join(SCAN_FORMATS)}")
@@ -387,12 +394,14 @@ def _projection_files(p: Path, fmt: str) -> list[Path]:
 def _ptychodus_outputs(folder: Path) -> list[Path]:
     """The ptychodus product files of ``folder``; of its batch layout (``api/io.py``
     ``StandardFileLayout``: ``product-in.h5`` the start, ``product-out.h5`` the result)
-    only the result."""
+    only the result: a start without a result (a reconstruction that did not finish) is
+    skipped with a warning, never imported as a projection."""
     files = [f for f in sorted(folder.glob("*.h5")) if _file_kind(f) == "ptychodus-product"]
     names = {f.name for f in files}
-    if "product-out.h5" in names:
-        files = [f for f in files if f.name != "product-in.h5"]
-    return files
+    if "product-in.h5" in names and "product-out.h5" not in names:
+        log.warning("%s: product-in.h5 without product-out.h5 (not reconstructed): skipped",
+                    folder)
+    return [f for f in files if f.name != "product-in.h5"]
 
 
 def read_projection_set(path: PathLike | Sequence[PathLike], fmt: str | None = None, *,

@@ -121,11 +121,12 @@ _ENERGY_UNITS = {
     **dict.fromkeys(("ev", "electronvolt", "electronvolts"), 1.0),
     **dict.fromkeys(("kev", "kiloelectronvolt", "kiloelectronvolts"), 1e3),
     **dict.fromkeys(("mev", "megaelectronvolt", "megaelectronvolts"), 1e6)}
+SOFTGLUE_RAW = "DataPoint x_st_fzp y_st_fzp ckUser_Clk_Count Detector_Count"
 _POSITION_LAYOUTS = {  # header -> (index column, index origin, x column, y column)
     "DataPoint TotalPoints Target_x Average_x_st_fzp Stdev_x_st_fzp Target_y "
     "Average_y_st_fzp Stdev_y_st_fzp Average_cap1 Stdev_cap1 Average_cap2 Stdev_cap2 "
     "Average_cap3 Stdev_cap3 Average_cap4 Stdev_cap4 Average_cap5 Stdev_cap5": (0, 0, 3, 6),
-    "DataPoint x_st_fzp y_st_fzp ckUser_Clk_Count Detector_Count": (4, 1, 1, 2),
+    SOFTGLUE_RAW: (4, 1, 1, 2),
     "Detector_Count Average_x_st_fzp Stdev_x_st_fzp Average_y_st_fzp Stdev_y_st_fzp":
         (0, 1, 1, 3),
 }
@@ -162,13 +163,8 @@ def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
-        if len(fields) == 6:  # fold_slice's older layout: no measurement_id
-            fields = fields[:3] + ["0"] + fields[3:]
         try:
-            if len(fields) != 7:
-                raise ValueError
-            record = ScanRecord(int(fields[0]), float(fields[1]), float(fields[2]),
-                                int(fields[3]), int(fields[4]), int(fields[5]), fields[6])
+            record = _table_row(fields)
         except ValueError:
             raise data_error(p, f"line {number}: expected 'scan_no golden_angle "
                                 f"encoder_angle measurement_id subtomo_no "
@@ -179,15 +175,24 @@ def read_angle_table(path: PathLike) -> dict[int, ScanRecord]:
     return records
 
 
+def _table_row(fields: list[str]) -> ScanRecord:
+    """One angle-table row (seven fields, or fold_slice's older six without
+    ``measurement_id``); ValueError when it is not one."""
+    if len(fields) == 6:
+        fields = fields[:3] + ["0"] + fields[3:]
+    if len(fields) != 7:
+        raise ValueError(f"{len(fields)} fields")
+    return ScanRecord(int(fields[0]), float(fields[1]), float(fields[2]), int(fields[3]),
+                      int(fields[4]), int(fields[5]), fields[6])
+
+
 def _parses(line: str) -> bool:
     """Whether ``line`` is a comment, blank, or a complete angle-table row."""
     fields = line.split()
     if not fields or fields[0].startswith("#"):
         return True
-    if len(fields) not in (6, 7):
-        return False
     try:
-        [float(v) for v in fields[:len(fields) - 1]]
+        _table_row(fields)
     except ValueError:
         return False
     return True
@@ -248,6 +253,9 @@ def read_lamni_positions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     table = _position_rows(p, lines, len(header.split()), columns)
     indexes, inverse = np.unique(table[:, 0], return_inverse=True)
     if len(indexes) < len(table):  # softGlueZynq raw: several samples of one frame
+        if header != SOFTGLUE_RAW:
+            log.warning("%s: %d rows repeat a frame index: their positions are averaged",
+                        p, len(table) - len(indexes))
         counts = np.bincount(inverse)
         table = np.stack([indexes] + [np.bincount(inverse, table[:, c]) / counts
                                       for c in (1, 2)], axis=1)
@@ -271,9 +279,9 @@ def _unit(f: h5py.File, path: Path, key: str, default: str, table: dict[str, flo
             text = (item.decode("utf-8", "replace") if isinstance(item, bytes)
                     else str(item)).strip().lower() or default
     if text not in table:
-        raise data_error(path, f"unknown unit {text[:20]!r} (expected one of "
-                               f"{', '.join(sorted({k for k in table if k.isascii()})[:8])}, "
-                               f"...)", key)
+        known = [k for k in ("m", "cm", "mm", "um", "nm", "ev", "kev", "mev") if k in table]
+        raise data_error(path, f"unknown unit {text[:20]!r} (expected e.g. "
+                               f"{', '.join(known)})", key)
     return table[text]
 
 
