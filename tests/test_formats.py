@@ -615,6 +615,16 @@ def test_tiff_stack_with_angle_file(tmp_path):
     assert "line 1: 2 columns" in _one_line(exc)
     (tmp_path / "commas.txt").write_text("30.0,\n-10.5,\n100.0\n")
     assert read_angle_file(tmp_path / "commas.txt").tolist() == [30.0, -10.5, 100.0]
+    # a folder of pages with one corrupt file: the error names that file
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for k in range(3):
+        tifffile.imwrite(pages / f"p{k}.tif", stack[k])
+    (pages / "p1.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(DataError) as exc:
+        read_projection_set(pages, "tiff-stack", laminography_angle_deg=LAMINO,
+                            angles_path=tmp_path / "angles.txt", pixel_size_m=20e-9)
+    assert "p1.tif" in _one_line(exc)
 
 
 def test_object_phase_unwraps_and_removes_plane():

@@ -237,10 +237,12 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
              else [p])
     if not files or not files[0].is_file():
         raise data_error(p, "no TIFF file found")
-    try:
-        pages = [_tiff_images(f) for f in files]
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise data_error(files[0], f"not a readable TIFF: {exc}") from None
+    pages = []
+    for f in files:
+        try:
+            pages.append(_tiff_images(f))
+        except (OSError, ValueError, tifffile.TiffFileError) as exc:
+            raise data_error(f, f"not a readable TIFF: {exc}") from None
     for f, page in zip(files, pages, strict=True):
         if page.shape != pages[0].shape:
             raise data_error(f, f"page shape {page.shape} differs from {files[0].name}'s "
