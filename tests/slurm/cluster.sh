@@ -22,7 +22,7 @@ start() {
     mkdir -p "$dir"/state "$dir"/spool "$dir"/log
     local host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc honours OMP_NUM_THREADS
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
     cat > "$dir/slurm.conf" <<CONF
 ClusterName=adept-test
