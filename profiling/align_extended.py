@@ -55,6 +55,28 @@ DIAGNOSE = {
 }
 
 
+def structure(region: tuple[int, int, int], n_angles: int, seed: int,
+              corner_um: tuple[float, float], highpass_px: float) -> None:
+    """How one-way each projection's structure is (the aperture problem): the ratio of the
+    small to the large eigenvalue of its high-passed 2 x 2 structure tensor (the normal
+    matrix of the optical-flow solve), on noise-free, unshifted projections."""
+    import torch
+
+    from hpc_adept.align.estimate import highpass_with_gradient
+
+    sample = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0,
+                             shift_sigma_px=1e-9)
+    _, d_row, d_col = highpass_with_gradient(sample.measured.double(), highpass_px)
+    a_rr, a_rc, a_cc = ((u * v).sum(dim=(-2, -1)) for u, v in
+                        ((d_row, d_row), (d_row, d_col), (d_col, d_col)))
+    tensors = torch.stack([torch.stack([a_rr, a_rc], -1), torch.stack([a_rc, a_cc], -1)], -2)
+    eigen = torch.linalg.eigvalsh(tensors).numpy()
+    ratio = eigen[:, 0] / eigen[:, 1]
+    print(f"seed {seed} corner {list(corner_um)} eigenvalue ratio min {ratio.min():.3f} "
+          f"median {np.median(ratio):.3f}, {int((ratio < 0.1).sum())} of {len(ratio)} "
+          f"projections below 0.1", flush=True)
+
+
 def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, seed: int,
              corner_um: tuple[float, float]) -> None:
     """Each method from zero and from the true shifts, without and with noise and planes."""
@@ -93,6 +115,8 @@ def main() -> None:
                         help="align.flow_eigen_floor (0.3 on extended samples)")
     parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
                         default=[c[0] for c in CASES], help="which cases to run")
+    parser.add_argument("--structure", action="store_true",
+                        help="print how one-way each projection's structure is, no alignment")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
@@ -106,6 +130,9 @@ def main() -> None:
           f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "
           f"{args.flow_eigen_floor}, corner {args.corner} um")
     for seed in args.seeds:
+        if args.structure:
+            structure(region, args.angles, seed, tuple(args.corner), args.highpass)
+            continue
         if args.diagnose:
             diagnose(base, region, args.angles, seed, tuple(args.corner))
             continue

@@ -832,6 +832,12 @@ def test_velociprobe_chi_written_once_per_image(tmp_path):
     with pytest.raises(DataError) as exc:
         read_scans(master, **common)
     assert "chi varies" in _one_line(exc)
+    with h5py.File(master, "a") as f:  # one value again, in the wrong unit
+        f["/entry/sample/goniometer/chi"][1] = 30.0
+        f["/entry/sample/goniometer/chi"].attrs["units"] = b"rad"
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "expected 'degree'" in _one_line(exc)
 
 
 def test_dectris_pixel_mask_flags_pixels(tmp_path):

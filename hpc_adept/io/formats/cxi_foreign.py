@@ -123,9 +123,17 @@ def translation_meaning(path: PathLike, translation: str = "auto") -> str:
     with open_h5(Path(path)) as f:
         if _ptychodus.is_product(f):  # a ptychodus product .h5: probe positions
             return "probe"
-        if translation != "auto":
-            return translation
-        return "probe" if _holds_probe_positions(f) else "sample"
+        return _meaning(f, translation)
+
+
+def _meaning(f: h5py.File, translation: str) -> str:
+    """``probe`` or ``sample`` for the CXI file ``f`` under the setting ``translation``."""
+    if translation not in TRANSLATION_MEANINGS:
+        raise ValueError(f"translation must be one of {TRANSLATION_MEANINGS}, got "
+                         f"{translation!r}")
+    if translation != "auto":
+        return translation
+    return "probe" if _holds_probe_positions(f) else "sample"
 
 
 def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
@@ -143,15 +151,12 @@ def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
     if table.shape[1] == 2:
         table = np.concatenate([table, np.zeros((n, 1))], axis=1)
     check_positions_m(path, key, table)
-    if translation not in TRANSLATION_MEANINGS:
-        raise ValueError(f"translation must be one of {TRANSLATION_MEANINGS}, got "
-                         f"{translation!r}")
     table = _in_frame_order(f, path, table)
-    if translation == "auto" and not _holds_probe_positions(f):
+    if _meaning(f, translation) == "probe":
+        return table
+    if translation == "auto":
         _say_sample(path)
-    if translation == "sample" or (translation == "auto" and not _holds_probe_positions(f)):
-        table = -table  # the sample moves by t: the probe sits at -t on the sample
-    return table
+    return -table  # the sample moves by t: the probe sits at -t on the sample
 
 
 def _in_frame_order(f: h5py.File, path: Path, table: np.ndarray) -> np.ndarray:
@@ -247,13 +252,17 @@ def _bad_pixels(f: h5py.File, path: Path, shape: tuple[int, ...]) -> np.ndarray:
     if ds.dtype.kind not in "biu":
         raise data_error(path, f"dtype {ds.dtype} is not integer or boolean", MASK)
     if not per_frame:
-        return (np.asarray(ds[()]).astype(np.int64) & ~MASK_INFO_BITS) != 0
+        return _unusable(ds[()])
     bad = np.zeros(shape[1:], dtype=bool)
     block = max(1, 2**22 // max(1, shape[1] * shape[2]))  # frames per read: a bounded buffer
     for start in range(0, shape[0], block):
-        flags = np.asarray(ds[start:start + block]).astype(np.int64)
-        bad |= ((flags & ~MASK_INFO_BITS) != 0).any(axis=0)
+        bad |= _unusable(ds[start:start + block]).any(axis=0)
     return bad
+
+
+def _unusable(flags: np.ndarray) -> np.ndarray:
+    """True where a CXI pixel flag other than an informational one is set."""
+    return (np.asarray(flags).astype(np.int64) & ~MASK_INFO_BITS) != 0
 
 
 def read_foreign_cxi(path: PathLike, positions_path: PathLike | None = None, *,

@@ -114,12 +114,17 @@ def _number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
     value = optional_number(f, key, path, positive=positive)
     if value is None:
         return None
-    units = f[key].attrs.get("units")
+    _check_units(f[key], path, key, unit)
+    return value
+
+
+def _check_units(ds: h5py.Dataset, path: Path, key: str, unit: str) -> None:
+    """DataError when ``ds`` has a ``units`` attribute other than ``unit``."""
+    units = ds.attrs.get("units")
     if units is not None:
         text = units.decode("utf-8", "replace") if isinstance(units, bytes) else str(units)
         if text.strip() != unit:
             raise data_error(path, f"units {text!r}, expected {unit!r}", key)
-    return value
 
 
 def _chi(f: h5py.File, path: Path) -> float | None:
@@ -136,11 +141,7 @@ def _chi(f: h5py.File, path: Path) -> float | None:
     if np.ptp(values) > 1e-6:
         raise data_error(path, f"chi varies over the images ({values.min():g}.."
                                f"{values.max():g} deg): one chi per scan is read", CHI)
-    units = ds.attrs.get("units")
-    if units is not None:
-        text = units.decode("utf-8", "replace") if isinstance(units, bytes) else str(units)
-        if text.strip() != "degree":
-            raise data_error(path, f"units {text!r}, expected 'degree'", CHI)
+    _check_units(ds, path, CHI, "degree")
     return float(values[0])
 
 

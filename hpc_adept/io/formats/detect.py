@@ -110,10 +110,11 @@ def _deep_kinds(d: Path) -> set[str]:
     575-580: ``<base>/<scan>/roi<label>/<prefix>/<engine folder>/``) and PtychoShelves'
     ``*_recons.h5`` (the readers of both search folders recursively)."""
     kinds = set()
-    if any(_NITER.match(f.name) and f.is_file() for f in d.rglob("Niter*.mat")):
-        kinds.add("foldslice-niter")
-    if any(f.is_file() for f in d.rglob("*_recons.h5")):
-        kinds.add("ptychoshelves-recons")
+    for f in d.rglob("*"):  # one walk of the tree
+        if _NITER.match(f.name) and f.is_file():
+            kinds.add("foldslice-niter")
+        elif f.name.endswith("_recons.h5") and f.is_file():
+            kinds.add("ptychoshelves-recons")
     return kinds
 
 
@@ -197,13 +198,22 @@ def _product_for(diffraction: Path) -> Path:
     ``*product*``, or ptychodus's standard batch layout (``api/io.py``
     ``StandardFileLayout``: ``diffraction.h5`` with ``product-in.h5``, the positions the
     reconstruction started from, then ``product-out.h5``)."""
-    for name in ("product", "product-in", "product-out"):
+    found = _companion(diffraction, ("product", "product-in", "product-out"))
+    if found is None:
+        raise data_error(diffraction, "no positions: set data.positions_path (the "
+                                      "ptychodus product file); none named like *product* "
+                                      "beside it")
+    return found
+
+
+def _companion(diffraction: Path, names: Sequence[str]) -> Path | None:
+    """The first existing file beside ``diffraction`` named with ``diffraction`` replaced
+    by one of ``names``, or None."""
+    for name in names:
         guess = diffraction.with_name(diffraction.name.replace("diffraction", name))
         if guess != diffraction and guess.is_file():
             return guess
-    raise data_error(diffraction, "no positions: set data.positions_path (the "
-                                  "ptychodus product file); none named like *product* "
-                                  "beside it")
+    return None
 
 
 def _scan_files(p: Path, fmt: str) -> list[Path]:
@@ -264,8 +274,7 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
 def _cxi_product_for(diffraction: Path) -> Path | None:
     """ptychodus's ``product.cxi`` beside its ``diffraction.cxi`` (``*diffraction*`` ->
     ``*product*``), or None: the positions are then the file's own."""
-    guess = diffraction.with_name(diffraction.name.replace("diffraction", "product"))
-    return guess if guess != diffraction and guess.is_file() else None
+    return _companion(diffraction, ("product",))
 
 
 def _read_own(p: Path, load_counts: bool) -> list[Scan]:
