@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,40 @@ def configure_determinism(enabled: bool) -> None:
     torch.backends.cudnn.deterministic = enabled
     if enabled:
         torch.backends.cudnn.benchmark = False
+
+
+def cuda_sync_sites(function: Callable[[], object]) -> list[str]:
+    """Where ``function`` made the host wait for the GPU, as torch's sync debug mode reports
+    it: one ``"file:line"`` per synchronisation, followed by ``" <- file:line"`` of the
+    innermost frame of this package when torch itself warned (a debugging aid for the
+    benchmarks and the GPU tests; costs nothing on other devices)."""
+    import traceback
+    import warnings
+
+    import torch
+
+    package = str(Path(__file__).resolve().parent)
+    sites: list[str] = []
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" not in str(message).lower():
+            return
+        ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(package)]
+        origin = f" <- {ours[-1].filename}:{ours[-1].lineno}" if ours and not str(
+            filename).startswith(package) else ""
+        sites.append(f"{filename}:{lineno}{origin}")
+
+    # switched on outside the recording: torch warns once per process on switching it on
+    # (that warning mentions synchronising operations too; seen with torch 2.11 on an H200)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            function()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sites
 
 
 def _env_count(name: str) -> int | None:

@@ -124,22 +124,19 @@ def rank_device(name: str, local_rank: int) -> torch.device:
 
 def cuda_syncs_per_iteration(model, noise, shard, settings, comm) -> int:
     """Host synchronisations of one DIP iteration on CUDA (step, guard, record, Adam), as
-    torch's sync debug mode reports them, after one iteration that fills the caches."""
-    import warnings
-
+    torch's sync debug mode reports them, after one iteration of every angle group (which
+    fills the caches: each group builds its projector's tables on first use)."""
+    from hpc_adept.backend import cuda_sync_sites
     from hpc_adept.dip import DipTrainer
 
-    trainer = DipTrainer(model, noise, shard, replace(settings, iterations=2), comm)
+    trainer = DipTrainer(model, noise, shard, replace(settings, iterations=10**6), comm)
     trainer.prepare()
-    trainer.advance()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            trainer.advance()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    for _ in range(len(trainer.data_terms)):
+        trainer.advance()
+    sites = cuda_sync_sites(trainer.advance)
+    if len(sites) > 1:
+        print("host synchronisations:", *sites, sep="\n  ", file=sys.stderr)
+    return len(sites)
 
 
 def speed_worker(args: argparse.Namespace) -> None:

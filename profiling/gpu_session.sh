@@ -6,12 +6,14 @@
 #   bash profiling/gpu_session.sh projector   # bench_projector --triton: torch vs triton vs reference
 #   bash profiling/gpu_session.sh roofline    # bytes/FLOPs floors vs measured (both projector kernels)
 #   bash profiling/gpu_session.sh dip         # DIP step at the paper's size: fp32 / bf16 / checkpointing
+#   bash profiling/gpu_session.sh margin      # lateral margin's cost per DIP step (issue 18)
 #   bash profiling/gpu_session.sh paper-data  # paper_scale.py --simulate-only: the dataset
 #   bash profiling/gpu_session.sh paper       # paper_scale.py: the paper's problem end to end
 #
 # Each step writes its output to ${OUT:-runs/gpu_session}/STEP.txt as well as the terminal.
-# Python: the first of $PYTHON, python3. Packages the machine lacks (e.g. PyWavelets) can be
-# carried as wheels in .wheels/ (pip download -d .wheels PyWavelets on a machine with network).
+# Python: the first of $PYTHON, python3. Packages the machine lacks (e.g. PyWavelets, zarr,
+# mpi4py with mpich for the 2-rank tests) can be carried as wheels in .whl/ (ignored by git;
+# `pip download --no-deps -d .whl NAME` for the machine's Python on one with network).
 # Every `paper` run starts from an empty runs/paper_scale/run (only the dataset made by
 # `paper-data` is reused), so its stage times are the whole work: it must finish within one
 # call for the comparison with the paper's Table 1.
@@ -22,8 +24,8 @@ PYTHON=${PYTHON:-python3}
 out_dir=${OUT:-runs/gpu_session}
 mkdir -p "$out_dir"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .wheels ]; then
-    "$PYTHON" -m pip install -q --no-index --find-links .wheels .wheels/*.whl
+if [ -d .whl ]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --upgrade .whl/*.whl
 fi
 
 run() {  # the command line first, then its output, into STEP.txt
@@ -47,7 +49,7 @@ for name in ("triton", "cupy", "mpi4py"):
 PY
 case "$step" in
     check)  # a skipped GPU test is a failure here: every GPU path must run
-        run "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests
+        run "$PYTHON" -m pytest -q -rs -p no:cacheprovider --timeout 150 -m gpu tests
         if grep -Eq "[0-9]+ skipped" "$out_dir/$step.txt"; then
             echo "gpu_session check: GPU tests were skipped (see SKIPPED above)" >&2
             exit 1
@@ -58,6 +60,10 @@ case "$step" in
         run "$PYTHON" profiling/roofline.py --device cuda ;;
     dip)
         run "$PYTHON" profiling/bench_dip.py gpu ;;
+    margin)  # the small network as on the CPU (RESULTS), then the paper's network
+        run "$PYTHON" profiling/bench_margin.py --device cuda --region 40 56 56 --angles 32
+        run "$PYTHON" profiling/bench_margin.py --device cuda --region 64 96 96 --angles 64 \
+            --channels 32 64 96 96 96 --in-channels 48 ;;
     paper-data)  # simulation is not part of Table 1; done apart, reused by `paper`
         run "$PYTHON" profiling/paper_scale.py --workdir runs/paper_scale --simulate-only ;;
     paper)

@@ -159,11 +159,13 @@ def test_cuda_matches_torch_projector():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     gen = torch.Generator().manual_seed(7)
-    # the last case has several column blocks per row and 128-voxel blocks per slice
+    # the last case has several column blocks per row and 128-voxel blocks per slice; float32
+    # sums of a few hundred samples in another order differ by ~n eps (1.3e-5 measured on
+    # an H200 for the last case), float64 shows that the operators are the same
     for tilt, dtype, tol, vshape, dshape in (
             (61.0, torch.float64, 1e-10, (10, 14, 13), (18, 20)),
-            (30.0, torch.float32, 1e-5, (10, 14, 13), (18, 20)),
-            (61.0, torch.float32, 1e-5, (24, 150, 170), (60, 300))):
+            (30.0, torch.float32, 5e-5, (10, 14, 13), (18, 20)),
+            (61.0, torch.float32, 5e-5, (24, 150, 170), (60, 300))):
         g = _geometry(tilt, vshape, dshape, n_angles=9)
         x = torch.randn(g.volume_shape, dtype=dtype, generator=gen).cuda()
         y = torch.randn(g.projection_shape, dtype=dtype, generator=gen).cuda()

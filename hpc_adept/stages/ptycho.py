@@ -520,6 +520,7 @@ def release_cupy_pool() -> None:
     cupy = sys.modules.get("cupy")
     if cupy is None:
         return
+    cupy.fft.config.get_plan_cache().clear()  # cached cuFFT plans hold work areas in the pool
     cupy.get_default_memory_pool().free_all_blocks()
     cupy.get_default_pinned_memory_pool().free_all_blocks()
 

@@ -34,6 +34,11 @@ DEVICE = torch.device(os.environ.get("ADEPT_CHECK_DEVICE", "cpu"))
 if DEVICE.type == "cuda":
     DEVICE = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
     torch.cuda.set_device(DEVICE)
+    # cuDNN's TF32 convolutions round each rank's partial volume gradient to 10 bits, so the
+    # sum of the ranks' backwards leaves the backward of the sum by ~1e-3 a step, which Adam
+    # carries to percents in 20 steps (measured on an H200); this check is of the reduction
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 shape, n_angles = (8, 12, 12), 7
 geometry = Geometry(np.arange(n_angles) * 360.0 / n_angles, 61.0, shape, (16, 20))
 truth = np.zeros(shape, np.float32)
