@@ -105,8 +105,11 @@ class DataConfig:
         ``rotation_angles_deg``; required for ``tiff-stack``.
     positions_path : str or None
         Scan positions where the frames' file has none: the ptychodus product file (default:
-        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file, the Velociprobe
-        position CSV.
+        the ``*product*`` file beside it), LamNI's Orchestra ``.dat`` file or the
+        beamline's spec data file (``lamni-eiger``), the Velociprobe position CSV.
+    spec_motors : (str, str)
+        ``lamni-eiger`` with a spec data file as ``positions_path``: the columns holding x
+        and y (micrometres; fold_slice's ``p.spec.motor.fine_motors``, default px, py).
     angle_convention : str or None
         Convention of the files' and the supplied angles (``adept``, ``ptychoshelves`` =
         fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own.
@@ -153,6 +156,7 @@ class DataConfig:
     angle_convention: AngleConvention | None = None
     foldslice_orientation: tuple[int, int, int] = (1, 0, 0)
     cxi_translation: CxiTranslation = "auto"
+    spec_motors: tuple[str, str] = ("px", "py")
     roi_px: int | None = None
     beam_center_rc: tuple[float, float] | None = None
     angle_table_path: str | None = None
@@ -182,6 +186,10 @@ class DataConfig:
         if self.scan_range is not None and self.scan_range[0] > self.scan_range[1]:
             raise ConfigError(f"data.scan_range: first {self.scan_range[0]} is after last "
                               f"{self.scan_range[1]}")
+        if len(self.spec_motors) != 2 or not all(
+                isinstance(m, str) and m.strip() for m in self.spec_motors):
+            raise ConfigError(f"data.spec_motors must be two column names (x, y), got "
+                              f"{list(self.spec_motors)}")
         if any(v not in (0, 1) for v in self.foldslice_orientation):
             raise ConfigError(f"data.foldslice_orientation must hold 0 or 1, got "
                               f"{list(self.foldslice_orientation)}")

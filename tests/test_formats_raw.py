@@ -725,6 +725,56 @@ def test_lynx_files_read_as_lamni_eiger(tmp_path):
         assert read.rotation_angle_deg == pytest.approx(-35.0)
 
 
+def write_spec_file(path: Path, scans: dict[int, Scan], motors=("px", "py")) -> None:
+    """A spec data file holding step scans ``#S n``, as spec writes it (certif.com's spec
+    manual, "Standard Data File Format": ``#F``/``#E``/``#D`` file header, per scan ``#S n
+    command``, ``#D``, ``#P0`` motor positions, ``#N`` column count, ``#L`` names separated
+    by two spaces, rows of numbers, ``#C`` comments anywhere) and fold_slice
+    ``+scans/+positions/spec.m`` reads it: ``positions_real = [py*1e-6 px*1e-6]`` (motors
+    in micrometres, one row per frame), negated by ``+core/ptycho_adjust_positions.m``."""
+    labels = ["Epoch", "Time Stamp", motors[0], motors[1], "bpm4i", "diode"]
+    out = ["#F specES1_started_2026_12_04.dat", "#E 1764806400", "#D Fri Dec 04 2026", ""]
+    for number, scan in scans.items():
+        out += [f"#S {number}  round_roi_scan 12 12 1.5 1 0.1", "#D Fri Dec 04 2026",
+                "#P0 12.5 -3.25 0 0", f"#N {len(labels)}", "#L " + "  ".join(labels)]
+        for k, (x, y, _) in enumerate(scan.positions_m):
+            out.append(f"{k} {1000 + k} {-x * 1e6:.12g} {-y * 1e6:.12g} 512 7")
+            if k == 1:
+                out.append("#C beam check")
+        out.append("")
+    path.write_text("\n".join(out))
+
+
+def test_lamni_eiger_with_positions_from_the_spec_file(tmp_path):
+    """``data.positions_path`` naming the beamline's spec file: the block of the Eiger
+    file's scan number, its ``px`` / ``py`` columns (or ``data.spec_motors``)."""
+    scan, other = _scan(-35.0), _scan(10.0, seed=3)
+    eiger = tmp_path / "run_00042_000000000000.h5"
+    write_eiger(eiger, scan)
+    spec = tmp_path / "specES1_started.dat"
+    write_spec_file(spec, {41: other, 42: scan})
+    common = {"positions_path": spec, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": -35.0 - 90.0}
+    read = read_scans(eiger, **common)[0]
+    np.testing.assert_allclose(read.positions_m, scan.positions_m, atol=1e-14)
+    np.testing.assert_array_equal(read.counts, scan.counts)
+    write_spec_file(spec, {42: scan}, motors=("samx", "samy"))
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, **common)
+    assert "no column px, py" in _one_line(exc) and "data.spec_motors" in _one_line(exc)
+    read = read_scans(eiger, spec_motors=("samx", "samy"), **common)[0]
+    np.testing.assert_allclose(read.positions_m, scan.positions_m, atol=1e-14)
+    write_spec_file(spec, {41: other})
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, **common)
+    assert "no scan 42" in _one_line(exc)
+    write_spec_file(spec, {42: scan})
+    spec.write_text(spec.read_text().replace("round_roi_scan", "cont_line px -6 6 20 0.1"))
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, **common)
+    assert "continuous line scan" in _one_line(exc)
+
+
 # --------------------------------------------------------------------------- Velociprobe
 
 
@@ -806,6 +856,33 @@ def test_velociprobe_round_trip(tmp_path, chi):
     assert read.distance_m == pytest.approx(scan.distance_m)
     assert read.x_pixel_size_m == pytest.approx(PIXEL_M)
     assert read.mask is not None and not read.mask.any()
+
+
+def test_master_with_its_frame_arrays_copied_in(tmp_path):
+    """A master whose external links were expanded into it (``h5copy --expand-ext-links``,
+    ``h5py``'s ``copy(..., expand_external=True)``): the ``data_%06d`` datasets of the file
+    itself are the frames, in name order, as the linked files would be."""
+    scan = _scan(15.0)
+    master, positions = write_velociprobe(tmp_path / "linked", scan)
+    flat = tmp_path / "flat_master.h5"
+    with h5py.File(master, "r") as src, h5py.File(flat, "w") as dst:
+        for name in ("data_000001", "data_000002"):
+            src.copy(f"/entry/data/{name}", dst.require_group("/entry/data"), name=name,
+                     expand_external=True)
+        for key in ("/entry/instrument", "/entry/sample"):
+            src.copy(key, dst.require_group("/entry"))
+        dst["/entry/data/comment"] = "not frames: no data_%06d name"
+    with h5py.File(flat, "r") as f:
+        assert isinstance(f["/entry/data"].get("data_000001", getlink=True), h5py.HardLink)
+    assert detect_format(flat) == "velociprobe"
+    common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": 15.0}
+    np.testing.assert_array_equal(read_scans(flat, **common)[0].counts, scan.counts)
+    with h5py.File(flat, "a") as f:  # the arrays out of name order on disk: name order wins
+        second = f["/entry/data/data_000002"][()]
+        del f["/entry/data/data_000002"]
+        f["/entry/data/data_000002"] = second
+    np.testing.assert_array_equal(read_scans(flat, **common)[0].counts, scan.counts)
 
 
 def test_velociprobe_chi_written_once_per_image(tmp_path):

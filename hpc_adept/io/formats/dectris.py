@@ -10,12 +10,15 @@ takes every ``h5py.ExternalLink`` of ``/entry/data`` in ``sorted(group.items())`
 ``file_path = master.parent / link.filename``, ``data_path = link.path``; tike
 ``src/tike/ptycho/io.py`` ``read_aps_2idd``: "the number of data_000000 links may be more
 than the actual number of files", the master being written first: the links are read in
-name order up to the first whose file is absent). Header: ``/entry/instrument/detector/
-detector_distance`` (``units`` ``m``), ``x_pixel_size``, ``y_pixel_size`` (``m``),
-``beam_center_x``, ``beam_center_y`` (``pixel``), ``detectorSpecific/photon_energy``
-(``eV``), each checked against its ``units`` attribute where the file has one
-(``DetectorGroup.read`` asserts them); ``/entry/sample/goniometer/chi`` (``degree``), which the
-Eiger writes as one value per image (``GoniometerGroup.read``: ``float(chi_item[0])`` of a 1-D
+name order up to the first whose file is absent). A master whose links were copied in
+(``h5copy --expand-ext-links``, or a writer keeping everything in one file) holds the
+``data_%06d`` arrays as datasets of its own: they are read in the same name order.
+Header: ``/entry/instrument/detector/detector_distance`` (``units`` ``m``),
+``x_pixel_size``, ``y_pixel_size`` (``m``), ``beam_center_x``, ``beam_center_y``
+(``pixel``), ``detectorSpecific/photon_energy`` (``eV``), each checked against its
+``units`` attribute where the file has one (``DetectorGroup.read`` asserts them);
+``/entry/sample/goniometer/chi`` (``degree``), which the Eiger writes as one value per
+image (``GoniometerGroup.read``: ``float(chi_item[0])`` of a 1-D
 dataset; here the values must also agree).
 
 Our HDF5 reading refuses external links (a link could pull any local file in); here each
@@ -31,6 +34,7 @@ there only; readers of Eiger masters, e.g. the XPCS and ptychography loaders fou
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -53,6 +57,7 @@ FIRST_LINK = "/entry/data/data_000001"
 DETECTOR = "/entry/instrument/detector"
 PIXEL_MASK = f"{DETECTOR}/detectorSpecific/pixel_mask"
 CHI = "/entry/sample/goniometer/chi"
+FRAME_ARRAY_NAME = re.compile(r"data_\d{6}")
 
 
 def crop_window(path: Path, key: str, shape: tuple[int, ...], centre: tuple[float, float],
@@ -99,13 +104,15 @@ def available_bytes() -> int:
 
 
 def is_master(f: h5py.File) -> bool:
-    """Whether ``f`` is a DECTRIS master file (an external link to its first frames)."""
+    """Whether ``f`` is a DECTRIS master file (an external link to its first frames, or
+    those frames copied in as a dataset)."""
     try:
         link = f.get(FIRST_LINK, getlink=True)
+        copied_in = isinstance(link, h5py.HardLink) and isinstance(f[FIRST_LINK], h5py.Dataset)
     except (OSError, KeyError, ValueError):
         return False
-    return isinstance(link, h5py.ExternalLink) and f.get(f"{DETECTOR}/detectorSpecific") \
-        is not None
+    return (isinstance(link, h5py.ExternalLink) or copied_in) \
+        and f.get(f"{DETECTOR}/detectorSpecific") is not None
 
 
 def _number(f: h5py.File, key: str, path: Path, unit: str, positive: bool = True
@@ -146,13 +153,18 @@ def _chi(f: h5py.File, path: Path) -> float | None:
 
 
 def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
-    """(file, dataset) of each frame array, in name order, up to the first absent file."""
+    """(file, dataset) of each frame array, in name order, up to the first absent file
+    (arrays copied into the master: the master itself)."""
     group = f.get("/entry/data", getlink=False)
     if not isinstance(group, h5py.Group):
         raise data_error(path, "missing", "/entry/data")
     arrays = []
     for name in sorted(group):
         link = group.get(name, getlink=True)
+        if isinstance(link, h5py.HardLink) and FRAME_ARRAY_NAME.fullmatch(name) \
+                and isinstance(group[name], h5py.Dataset):
+            arrays.append((path, f"/entry/data/{name}"))
+            continue
         if not isinstance(link, h5py.ExternalLink):
             continue
         target = Path(link.filename)

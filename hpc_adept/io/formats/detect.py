@@ -251,10 +251,11 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
     if fmt == "lamni-eiger":
         if positions_path is None or options.get("roi_px") is None:
             raise data_error(path, "a raw Eiger scan needs data.positions_path (the "
-                                   "Orchestra .dat file) and data.roi_px (the square crop)")
+                                   "Orchestra .dat or spec file) and data.roi_px (the square crop)")
         return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
                                      beam_center_rc=options.get("beam_center_rc"),
-                                     angle_table_path=options.get("angle_table_path"), **kw)
+                                     angle_table_path=options.get("angle_table_path"),
+                                     spec_motors=options["spec_motors"], **kw)
     if fmt == "velociprobe":
         if positions_path is None or options.get("roi_px") is None:
             raise data_error(path, "a Velociprobe scan needs data.positions_path (the position "
@@ -291,6 +292,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                load_counts: bool = True, angle_convention: str | None = None,
                foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
                cxi_translation: str = "auto",
+               spec_motors: tuple[str, str] = ("px", "py"),
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
@@ -319,6 +321,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
     cxi_translation : {'auto', 'probe', 'sample'}
         What a foreign CXI file's ``translation`` holds (``data.cxi_translation``).
+    spec_motors : (str, str)
+        ``lamni-eiger`` with a spec data file of positions: its x and y columns.
     roi_px, beam_center_rc, angle_table_path : optional
         Raw Eiger (``lamni-eiger``, ``lamni-tomo``): the square crop (pixels), the beam
         centre (row, col) when the file has none, and LamNI's
@@ -358,7 +362,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         raise data_error(p, f"no {fmt} files found")
     pos = Path(positions_path) if positions_path is not None else None
     options = {"foldslice_orientation": foldslice_orientation,
-               "cxi_translation": cxi_translation, "roi_px": roi_px,
+               "cxi_translation": cxi_translation, "spec_motors": tuple(spec_motors),
+               "roi_px": roi_px,
                "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
     indexes = range(len(files)) if member is None else [_member_index(files, member, p)]
     scans = [_read_one(fmt, files[i], pos, _per_scan(s, rotation_angles_deg, i, len(files), p),

@@ -100,6 +100,7 @@ from hpc_adept.io.formats.dectris import (
     is_master,
     read_master,
 )
+from hpc_adept.io.formats.spec_positions import DEFAULT_MOTORS, is_spec_file, read_spec_positions
 
 __all__ = ["EIGER_DATA", "ScanRecord", "crop_window", "cropped_frames", "read_angle_table",
            "read_eiger_scan", "read_lamni_positions"]
@@ -315,8 +316,11 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
 
 
 def _scan_number(path: Path) -> int | None:
+    """The scan number in a file name: the first run of five digits (cSAXS ``S%05d``,
+    ``run_%05d_%012d``, ``scan_%05d``), else the last run of 3+ digits."""
     runs = re.findall(r"\d{3,}", path.stem)
-    return int(runs[-1]) if runs else None
+    five = [r for r in runs if len(r) == 5]
+    return int(five[0]) if five else (int(runs[-1]) if runs else None)
 
 
 def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
@@ -338,21 +342,36 @@ def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: in
         return head, frames, mask, ds.shape[0]
 
 
+def _positions(p: Path, positions_path: Path, number: int | None,
+               spec_motors: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indexes and positions (m) of scan ``number`` from an Orchestra or spec file."""
+    if not is_spec_file(positions_path):
+        return read_lamni_positions(positions_path)
+    if number is None:
+        raise data_error(p, f"no scan number in the file name to find its scan in the spec "
+                            f"file {positions_path.name}")
+    return read_spec_positions(positions_path, number, spec_motors)
+
+
 def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
                     beam_center_rc: tuple[float, float] | None = None,
                     angle_table_path: PathLike | None = None, scan_number: int | None = None,
                     supplied: Supplied | None = None, load_counts: bool = True,
-                    angle_convention: str = "ptychoshelves") -> Scan:
+                    angle_convention: str = "ptychoshelves",
+                    spec_motors: tuple[str, str] = DEFAULT_MOTORS) -> Scan:
     """One raw cSAXS / LamNI Eiger scan, cropped to ``roi_px`` around the beam centre: a
     file holding its frames, or a DECTRIS master file linking data files beside it
     (:mod:`.dectris`).
 
-    The rotation angle comes from the supplied value or the angle table (the row of
-    ``scan_number``, default: the last run of 3+ digits in the file name).
+    Positions: an Orchestra ``.dat`` file (:func:`read_lamni_positions`) or the beamline's
+    spec data file (:mod:`.spec_positions`: the ``spec_motors`` columns of scan
+    ``scan_number``). The rotation angle comes from the supplied value or the angle table
+    (the row of ``scan_number``, default: the last run of 3+ digits in the file name).
     """
     p = Path(path)
     s = supplied or Supplied()
-    indexes, positions = read_lamni_positions(positions_path)
+    number = scan_number if scan_number is not None else _scan_number(p)
+    indexes, positions = _positions(p, Path(positions_path), number, spec_motors)
     with open_h5(p) as f:
         master = is_master(f)
     read = read_master if master else _file_frames
@@ -371,7 +390,6 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
                           DETECTOR_PIXEL_M_RANGE, "m")  # master files record both
     angle = s.rotation_angle_deg
     if angle is None and angle_table_path is not None:
-        number = scan_number if scan_number is not None else _scan_number(p)
         record = read_angle_table(angle_table_path).get(number)  # type: ignore[arg-type]
         if record is None:
             raise data_error(angle_table_path, f"no row for scan {number}")

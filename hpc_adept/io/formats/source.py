@@ -71,6 +71,7 @@ def reader_options(data: DataConfig) -> dict[str, Any]:
         "angle_convention": data.angle_convention,
         "foldslice_orientation": tuple(data.foldslice_orientation),
         "cxi_translation": data.cxi_translation,
+        "spec_motors": tuple(data.spec_motors),
         "roi_px": data.roi_px,
         "beam_center_rc": data.beam_center_rc,
         "angle_table_path": data.angle_table_path,
