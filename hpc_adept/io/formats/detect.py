@@ -291,8 +291,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                rotation_angles_deg: Sequence[float] | None = None,
                load_counts: bool = True, angle_convention: str | None = None,
                foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
-               cxi_translation: str = "auto",
-               spec_motors: tuple[str, str] = ("px", "py"),
+               cxi_translation: str = "auto", spec_motors: tuple[str, str] = ("px", "py"),
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
@@ -321,12 +320,10 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
     cxi_translation : {'auto', 'probe', 'sample'}
         What a foreign CXI file's ``translation`` holds (``data.cxi_translation``).
-    spec_motors : (str, str)
-        ``lamni-eiger`` with a spec data file of positions: its x and y columns.
-    roi_px, beam_center_rc, angle_table_path : optional
+    roi_px, beam_center_rc, angle_table_path, spec_motors : optional
         Raw Eiger (``lamni-eiger``, ``lamni-tomo``): the square crop (pixels), the beam
-        centre (row, col) when the file has none, and LamNI's
-        ``tomography_scannumbers.txt``.
+        centre (row, col) when the file has none, LamNI's ``tomography_scannumbers.txt``,
+        and the x and y columns of a spec data file of positions (``lamni-eiger``).
     scan_range, scan_step : optional
         ``lamni-tomo``: first and last scan number (inclusive) and every k-th scan.
     member : path, optional
@@ -361,9 +358,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if not files:
         raise data_error(p, f"no {fmt} files found")
     pos = Path(positions_path) if positions_path is not None else None
-    options = {"foldslice_orientation": foldslice_orientation,
+    options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
                "cxi_translation": cxi_translation, "spec_motors": tuple(spec_motors),
-               "roi_px": roi_px,
                "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
     indexes = range(len(files)) if member is None else [_member_index(files, member, p)]
     scans = [_read_one(fmt, files[i], pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
