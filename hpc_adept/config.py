@@ -138,6 +138,9 @@ class DataConfig:
         ``lamni-tomo``: read only the scans numbered first..last (inclusive); None = all.
     scan_step : int
         ``lamni-tomo``: read every ``scan_step``-th scan of the selection (1 = all).
+    burst_frames : int
+        ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: exposures per scan point
+        (consecutive frames, summed into one; fold_slice's ``p.detector.burst_frames``).
     pixel_size_m : float or None, m
         Projection pixel of a ``tiff-stack`` (required there; other formats record it).
     phase_sign : float
@@ -162,6 +165,7 @@ class DataConfig:
     angle_table_path: str | None = None
     scan_range: tuple[int, int] | None = None
     scan_step: int = 1
+    burst_frames: int = 1
     pixel_size_m: float | None = None
     phase_sign: float = 1.0
 
@@ -181,8 +185,8 @@ class DataConfig:
             if len(self.rotation_angles_deg) > MAX_ANGLES:
                 raise ConfigError(f"data.rotation_angles_deg holds more than {MAX_ANGLES} "
                                   f"angles")
-        _positive("data", self, "scan_step")
-        _at_most("data", self, MAX_COUNT, "scan_step", "scan_range")
+        _positive("data", self, "scan_step", "burst_frames")
+        _at_most("data", self, MAX_COUNT, "scan_step", "scan_range", "burst_frames")
         if self.scan_range is not None and self.scan_range[0] > self.scan_range[1]:
             raise ConfigError(f"data.scan_range: first {self.scan_range[0]} is after last "
                               f"{self.scan_range[1]}")

@@ -775,6 +775,39 @@ def test_lamni_eiger_with_positions_from_the_spec_file(tmp_path):
     assert "continuous line scan" in _one_line(exc)
 
 
+def test_burst_frames_are_summed_per_scan_point(tmp_path):
+    """Two exposures per scan point (fold_slice's ``p.detector.burst_frames = 2``:
+    consecutive frames of one point): ``data.burst_frames: 2`` sums them into the point's
+    frame; read as one frame per point they would pair frames with the wrong points, so the
+    whole multiple is one error line naming the setting."""
+    scan = _scan(-35.0)
+    eiger = tmp_path / "lynx_00042.h5"
+    write_eiger(eiger, scan)
+    with h5py.File(eiger, "a") as f:  # each frame split into two exposures, gaps in both
+        attrs = dict(f["/entry/data/eiger_4"].attrs)
+        frames = f["/entry/data/eiger_4"][()]
+        first = np.where(frames == np.iinfo(np.uint32).max, frames, frames // 2)
+        second = np.where(frames == np.iinfo(np.uint32).max, frames, frames - first)
+        del f["/entry/data/eiger_4"]
+        f["/entry/data/eiger_4"] = np.stack([first, second], 1).reshape(-1, *frames.shape[1:])
+        f["/entry/data/eiger_4"].attrs.update(attrs)
+    counts = np.rint(scan.counts)
+    orchestra = tmp_path / "scan_00042.dat"
+    write_positions(orchestra, scan, 42, 0.0)
+    common = {"positions_path": orchestra, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": -35.0 - 90.0}
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, **common)
+    assert "set data.burst_frames: 2" in _one_line(exc)
+    read = read_scans(eiger, burst_frames=2, **common)[0]
+    order = np.argsort(read.positions_m[:, 0] + 1e-3 * read.positions_m[:, 1])
+    want = np.argsort(scan.positions_m[:, 0] + 1e-3 * scan.positions_m[:, 1])
+    np.testing.assert_array_equal(read.counts[order], counts[want])
+    with pytest.raises(DataError) as exc:
+        read_scans(eiger, burst_frames=3, **common)
+    assert "not a whole number of bursts of 3" in _one_line(exc)
+
+
 # --------------------------------------------------------------------------- Velociprobe
 
 

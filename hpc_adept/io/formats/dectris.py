@@ -51,7 +51,8 @@ from hpc_adept.io.formats._read import (
 )
 
 __all__ = ["DETECTOR", "FIRST_LINK", "available_bytes", "beam_centre", "crop_window",
-           "cropped_frames", "is_master", "master_frames", "master_header", "read_master"]
+           "cropped_frames", "is_master", "master_frames", "master_header", "read_master",
+           "sum_bursts"]
 
 FIRST_LINK = "/entry/data/data_000001"
 DETECTOR = "/entry/instrument/detector"
@@ -239,6 +240,32 @@ def _flagged_pixels(path: Path, frame_shape: tuple[int, int], rows: slice, cols:
         flags = read_array(f, PIXEL_MASK, path, ndim=2, dtype=np.bool_, kind="integer",
                            expected=tuple(frame_shape))
     return flags[rows, cols]
+
+
+def sum_bursts(path: Path, frames: np.ndarray | None, n_frames: int, burst: int,
+               indexes: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """Frames of ``burst`` exposures per scan point summed into one (fold_slice's
+    ``p.detector.burst_frames``: consecutive frames of one point), and their count.
+
+    DataError when the count is not a multiple of ``burst``, and when ``burst`` is 1 but
+    the positions' frame ``indexes`` are ``0..n-1`` in a file of a whole multiple >= 2 of
+    ``n`` frames (burst data read as one frame per point would pair frames with the wrong
+    points).
+    """
+    n = len(indexes)
+    if burst == 1:
+        if n and n_frames > n and n_frames % n == 0 \
+                and np.array_equal(np.sort(indexes), np.arange(n)):
+            raise data_error(path, f"{n_frames} frames for {n} positions: {n_frames // n} "
+                                   f"frames per point? set data.burst_frames: {n_frames // n}")
+        return frames, n_frames
+    if n_frames % burst:
+        raise data_error(path, f"{n_frames} frames are not a whole number of bursts of "
+                               f"{burst} (data.burst_frames)")
+    if frames is None:
+        return None, n_frames // burst
+    return frames.reshape(n_frames // burst, burst, *frames.shape[1:]).sum(axis=1), \
+        n_frames // burst
 
 
 def beam_centre(path: Path, head: dict, beam_center_rc: tuple[float, float] | None,

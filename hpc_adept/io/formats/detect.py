@@ -255,14 +255,16 @@ def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
         return lamni.read_eiger_scan(path, positions_path, roi_px=options["roi_px"],
                                      beam_center_rc=options.get("beam_center_rc"),
                                      angle_table_path=options.get("angle_table_path"),
-                                     spec_motors=options["spec_motors"], **kw)
+                                     spec_motors=options["spec_motors"],
+                                     burst_frames=options["burst_frames"], **kw)
     if fmt == "velociprobe":
         if positions_path is None or options.get("roi_px") is None:
             raise data_error(path, "a Velociprobe scan needs data.positions_path (the position "
                                    "CSV) and data.roi_px (the square crop)")
         return velociprobe.read_velociprobe_scan(
             path, positions_path, roi_px=options["roi_px"],
-            beam_center_rc=options.get("beam_center_rc"), **kw)
+            beam_center_rc=options.get("beam_center_rc"),
+            burst_frames=options["burst_frames"], **kw)
     if fmt == "ptychoshelves-prepared":
         return ptychoshelves_prepared.read_prepared_scan(
             path, angle_table_path=options.get("angle_table_path"), **kw)
@@ -286,6 +288,10 @@ def _read_own(p: Path, load_counts: bool) -> list[Scan]:
     return [read_cxi(p, load_counts=load_counts)]
 
 
+#: The reader options a lamni-tomo folder takes.
+_TOMO_OPTIONS = ("roi_px", "beam_center_rc", "angle_table_path", "burst_frames")
+
+
 def read_scans(path: PathLike, fmt: str | None = None, *,
                positions_path: PathLike | None = None,
                rotation_angles_deg: Sequence[float] | None = None,
@@ -296,7 +302,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
                scan_range: tuple[int, int] | None = None, scan_step: int = 1,
-               member: PathLike | None = None,
+               burst_frames: int = 1, member: PathLike | None = None,
                **supplied: float | None) -> list[Scan]:
     """Diffraction scans of ``path`` in any supported layout, ordered by rotation angle.
 
@@ -316,14 +322,14 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     angle_convention : str, optional
         Convention of the files' and supplied angles; default per format.
     foldslice_orientation : (int, int, int)
-        fold_slice's ``det.orientation`` (transpose, fliplr, flipud) for its prepared data;
-        ``(1, 0, 0)`` for Eiger detectors, ``(0, 0, 0)`` for EMPAD.
+        fold_slice's ``det.orientation`` (transpose, fliplr, flipud): ``(1, 0, 0)`` Eiger.
     cxi_translation : {'auto', 'probe', 'sample'}
         What a foreign CXI file's ``translation`` holds (``data.cxi_translation``).
-    roi_px, beam_center_rc, angle_table_path, spec_motors : optional
-        Raw Eiger (``lamni-eiger``, ``lamni-tomo``): the square crop (pixels), the beam
-        centre (row, col) when the file has none, LamNI's ``tomography_scannumbers.txt``,
-        and the x and y columns of a spec data file of positions (``lamni-eiger``).
+    roi_px, beam_center_rc, angle_table_path, spec_motors, burst_frames : optional
+        Raw Eiger (``lamni-eiger``, ``lamni-tomo``, ``velociprobe``): the square crop
+        (pixels), the beam centre (row, col) when the file has none, LamNI's
+        ``tomography_scannumbers.txt``, the x and y columns of a spec data file of
+        positions (``lamni-eiger``) and the frames per scan point (summed into one).
     scan_range, scan_step : optional
         ``lamni-tomo``: first and last scan number (inclusive) and every k-th scan.
     member : path, optional
@@ -341,6 +347,10 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if fmt not in SCAN_FORMATS:
         raise data_error(p, f"format {fmt} holds no diffraction data; known: "
                             f"{', '.join(SCAN_FORMATS)}")
+    options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
+               "cxi_translation": cxi_translation, "spec_motors": tuple(spec_motors),
+               "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path,
+               "burst_frames": burst_frames}
     if fmt == "lamni-tomo":
         if rotation_angles_deg is not None or positions_path is not None:
             raise data_error(p, "a lamni-tomo folder's angle table and position files give the "
@@ -348,9 +358,8 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                                 "data.angles_path / data.positions_path")
         kw = {} if angle_convention is None else {"angle_convention": angle_convention}
         return _sorted(lamni_tomo.read_tomo_scans(
-            p, roi_px=roi_px, beam_center_rc=beam_center_rc, angle_table_path=angle_table_path,
-            scan_range=scan_range, scan_step=scan_step, supplied=s, load_counts=load_counts,
-            member=member, **kw), p)
+            p, scan_range=scan_range, scan_step=scan_step, supplied=s, load_counts=load_counts,
+            member=member, **{k: options[k] for k in _TOMO_OPTIONS}, **kw), p)
     if scan_range is not None or scan_step != 1:
         raise data_error(p, f"data.scan_range and data.scan_step select scans of a "
                             f"lamni-tomo folder, not of {fmt}")
@@ -358,9 +367,6 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
     if not files:
         raise data_error(p, f"no {fmt} files found")
     pos = Path(positions_path) if positions_path is not None else None
-    options = {"foldslice_orientation": foldslice_orientation, "roi_px": roi_px,
-               "cxi_translation": cxi_translation, "spec_motors": tuple(spec_motors),
-               "beam_center_rc": beam_center_rc, "angle_table_path": angle_table_path}
     indexes = range(len(files)) if member is None else [_member_index(files, member, p)]
     scans = [_read_one(fmt, files[i], pos, _per_scan(s, rotation_angles_deg, i, len(files), p),
                        load_counts, angle_convention, options)

@@ -99,6 +99,7 @@ from hpc_adept.io.formats.dectris import (
     cropped_frames,
     is_master,
     read_master,
+    sum_bursts,
 )
 from hpc_adept.io.formats.spec_positions import DEFAULT_MOTORS, is_spec_file, read_spec_positions
 
@@ -358,7 +359,8 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
                     angle_table_path: PathLike | None = None, scan_number: int | None = None,
                     supplied: Supplied | None = None, load_counts: bool = True,
                     angle_convention: str = "ptychoshelves",
-                    spec_motors: tuple[str, str] = DEFAULT_MOTORS) -> Scan:
+                    spec_motors: tuple[str, str] = DEFAULT_MOTORS,
+                    burst_frames: int = 1) -> Scan:
     """One raw cSAXS / LamNI Eiger scan, cropped to ``roi_px`` around the beam centre: a
     file holding its frames, or a DECTRIS master file linking data files beside it
     (:mod:`.dectris`).
@@ -367,6 +369,7 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
     spec data file (:mod:`.spec_positions`: the ``spec_motors`` columns of scan
     ``scan_number``). The rotation angle comes from the supplied value or the angle table
     (the row of ``scan_number``, default: the last run of 3+ digits in the file name).
+    ``burst_frames`` consecutive frames per point are summed (:func:`.dectris.sum_bursts`).
     """
     p = Path(path)
     s = supplied or Supplied()
@@ -376,6 +379,7 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
         master = is_master(f)
     read = read_master if master else _file_frames
     head, frames, mask, n_frames = read(p, beam_center_rc, roi_px, load_counts)
+    frames, n_frames = sum_bursts(p, frames, n_frames, burst_frames, indexes)
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"position indexes outside the {n_frames} frames")
     energy_j = energy_j_from_ev(p, "energy", resolve(p, "energy", "energy_ev",

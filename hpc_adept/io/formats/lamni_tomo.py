@@ -144,7 +144,7 @@ def read_tomo_scans(path: PathLike, *, roi_px: int | None,
                     scan_range: tuple[int, int] | None = None, scan_step: int = 1,
                     supplied: Supplied | None = None, load_counts: bool = True,
                     angle_convention: str = "ptychoshelves",
-                    member: PathLike | None = None) -> list[Scan]:
+                    member: PathLike | None = None, burst_frames: int = 1) -> list[Scan]:
     """Every selected scan of the tomography folder ``path``, in scan-number order.
 
     Parameters
@@ -166,6 +166,8 @@ def read_tomo_scans(path: PathLike, *, roi_px: int | None,
         refused: the table gives them.
     member : path, optional
         Read only the scan whose Eiger file this is.
+    burst_frames : int
+        Frames per scan point, summed into one.
     """
     layout = find_layout(path, angle_table_path)
     s = supplied or Supplied()
@@ -189,7 +191,8 @@ def read_tomo_scans(path: PathLike, *, roi_px: int | None,
         scans.append(read_eiger_scan(frames, layout.positions(record.scan_no), roi_px=roi_px,
                                      beam_center_rc=beam_center_rc,
                                      supplied=Supplied(**values), load_counts=load_counts,
-                                     angle_convention=angle_convention))
+                                     angle_convention=angle_convention,
+                                     burst_frames=burst_frames))
     return scans
 
 

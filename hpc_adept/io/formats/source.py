@@ -77,6 +77,7 @@ def reader_options(data: DataConfig) -> dict[str, Any]:
         "angle_table_path": data.angle_table_path,
         "scan_range": data.scan_range,
         "scan_step": data.scan_step,
+        "burst_frames": data.burst_frames,
     }
     options.update({k: getattr(data, k) for k in SUPPLIED_KEYS})
     return options

@@ -61,6 +61,7 @@ from hpc_adept.io.formats.dectris import (
     FIRST_LINK,
     is_master,
     read_master,
+    sum_bursts,
 )
 
 __all__ = ["DETECTOR", "FIRST_LINK", "is_master", "read_velociprobe_positions",
@@ -107,12 +108,14 @@ def read_velociprobe_positions(path: PathLike, chi_deg: float = 0.0
 def read_velociprobe_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
                           beam_center_rc: tuple[float, float] | None = None,
                           supplied: Supplied | None = None, load_counts: bool = True,
-                          angle_convention: str = "adept") -> Scan:
-    """One Velociprobe scan (master file + position CSV), cropped to ``roi_px``."""
+                          angle_convention: str = "adept", burst_frames: int = 1) -> Scan:
+    """One Velociprobe scan (master file + position CSV), cropped to ``roi_px``;
+    ``burst_frames`` consecutive frames per trigger summed (:func:`.dectris.sum_bursts`)."""
     p = Path(path)
     s = supplied or Supplied()
     head, frames, mask, n_frames = read_master(p, beam_center_rc, roi_px, load_counts)
     indexes, positions = read_velociprobe_positions(positions_path, head["chi_deg"] or 0.0)
+    frames, n_frames = sum_bursts(p, frames, n_frames, burst_frames, indexes)
     if indexes.min() < 0 or indexes.max() >= n_frames:
         raise data_error(positions_path, f"triggers {indexes.min()}..{indexes.max()} outside "
                                          f"the {n_frames} frames")
