@@ -815,6 +815,19 @@ def test_lamni_eiger_round_trip(tmp_path, layout):
     assert "leaves the 40 x 50 frame" in _one_line(exc)
 
 
+def test_lamni_area_detector_y_pixel_size_is_read(tmp_path):
+    """``/entry/instrument/detector/y_pixel_size`` (in ``PixelSize_EGU``, default um) is the
+    rows' pixel where the file records it (was taken equal to x_pixel_size)."""
+    scan = _scan(70.0)
+    eiger, positions, table = write_lamni(tmp_path, scan, "area-detector")
+    with h5py.File(eiger, "a") as f:
+        f["/entry/instrument/detector/y_pixel_size"] = [1.5 * PIXEL_M * 1e6]
+    read = read_scans(eiger, positions_path=positions, roi_px=FRAME, angle_table_path=table,
+                      laminography_angle_deg=LAMINO, load_counts=False)[0]
+    assert read.x_pixel_size_m == pytest.approx(PIXEL_M)
+    assert read.y_pixel_size_m == pytest.approx(1.5 * PIXEL_M)
+
+
 def test_converted_dataset_reads_back_as_ours(tmp_path):
     from hpc_adept.io.cxi import list_dataset, read_cxi
     from hpc_adept.io.formats import write_cxi_dataset

@@ -918,6 +918,52 @@ def test_master_with_its_frame_arrays_copied_in(tmp_path):
     np.testing.assert_array_equal(read_scans(flat, **common)[0].counts, scan.counts)
 
 
+def test_master_linking_data_files_in_a_subfolder(tmp_path):
+    """A master whose links name data files in a folder below it (``data/...``) reads them;
+    a symbolic link out of the master's folder is refused."""
+    scan = _scan(15.0)
+    master, positions = write_velociprobe(tmp_path, scan)
+    (tmp_path / "data").mkdir()
+    with h5py.File(master, "a") as f:
+        for k in (1, 2):
+            name = f"fly042_data_{k:06d}.h5"
+            (tmp_path / name).rename(tmp_path / "data" / name)
+            del f[f"/entry/data/data_{k:06d}"]
+            f[f"/entry/data/data_{k:06d}"] = h5py.ExternalLink(f"data/{name}",
+                                                               "/entry/data/data")
+    common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
+              "rotation_angle_deg": 15.0}
+    np.testing.assert_array_equal(read_scans(master, **common)[0].counts, scan.counts)
+    outside = tmp_path.parent / f"{tmp_path.name}_outside"
+    (tmp_path / "data").rename(outside)
+    (tmp_path / "data").symlink_to(outside)
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "resolves outside the master's folder" in _one_line(exc)
+
+
+def test_negative_pixels_of_signed_frames_are_masked(tmp_path):
+    """Signed frames with PILATUS-style flags (-1 gap, -2 bad pixel) inside the crop: those
+    pixels are masked in every frame, the others read unchanged."""
+    scan = _scan(15.0)
+    master, positions = write_velociprobe(tmp_path, scan)
+    for k in (1, 2):
+        with h5py.File(tmp_path / f"fly042_data_{k:06d}.h5", "a") as g:
+            stored = g["/entry/data/data"][()]
+            frames = np.where(stored == np.iinfo(np.uint32).max, -1, stored).astype(np.int32)
+            if k == 1:
+                frames[0, CENTRE_RC[0] - 3, CENTRE_RC[1] + 2] = -2
+            del g["/entry/data/data"]
+            g["/entry/data/data"] = frames
+    read = read_scans(master, positions_path=positions, roi_px=FRAME,
+                      laminography_angle_deg=LAMINO, rotation_angle_deg=15.0)[0]
+    bad = (FRAME // 2 - 3, FRAME // 2 + 2)
+    assert read.mask is not None and read.mask[bad] and read.mask.sum() == 1
+    keep = ~read.mask
+    np.testing.assert_array_equal(read.counts[:, keep], scan.counts[:, keep])
+    assert (read.counts[:, bad[0], bad[1]] == 0).all()
+
+
 def test_velociprobe_chi_written_once_per_image(tmp_path):
     """The Eiger writes ``/entry/sample/goniometer/chi`` as one value per image (with
     ``chi_start``, ``chi_increment``): ptychodus ``aps33id_velociprobe_diffraction_file.py``
@@ -999,7 +1045,13 @@ def test_bad_velociprobe_files(tmp_path):
         f["/entry/data/data_000001"] = h5py.ExternalLink("/etc/passwd.h5", "/x")
     with pytest.raises(DataError) as exc:
         read_scans(master, **common)
-    assert "not a file beside the master" in _one_line(exc)
+    assert "not a file in the master's folder" in _one_line(exc)
+    with h5py.File(master, "a") as f:
+        del f["/entry/data/data_000001"]
+        f["/entry/data/data_000001"] = h5py.ExternalLink("../b/fly042_data_000001.h5", "/x")
+    with pytest.raises(DataError) as exc:
+        read_scans(master, **common)
+    assert "not a file in the master's folder" in _one_line(exc)
     master, positions = write_velociprobe(tmp_path / "b", scan)
     positions.write_text("0,1,2,3\n")
     with pytest.raises(DataError) as exc:

@@ -22,13 +22,15 @@ image (``GoniometerGroup.read``: ``float(chi_item[0])`` of a 1-D
 dataset; here the values must also agree).
 
 Our HDF5 reading refuses external links (a link could pull any local file in); here each
-link is resolved explicitly instead: its target must be a plain file name (no folder
-part) in the master's folder, opened and checked like any file. Frames are cropped to
-``roi_px`` around the beam centre; pixels at the dtype's maximum (gaps, dead pixels) are
-masked, and so are the pixels the master's ``detectorSpecific/pixel_mask`` flags (nonzero:
-gap, dead, under- or over-responding, noisy; DECTRIS writes it with every master file, and
-converters that fill the module gaps with 0, such as PSI's ``hdf5maker``, mark the gaps
-there only; readers of Eiger masters, e.g. the XPCS and ptychography loaders found with
+link is resolved explicitly instead: its target must be a relative path inside the
+master's folder (a file beside it, or in a folder below it as PSI's ``hdf5maker`` may
+write them), opened and checked like any file; absolute paths and ``..`` are refused.
+Frames are cropped to ``roi_px`` around the beam centre; pixels at the dtype's maximum
+(gaps, dead pixels) are masked (and, in signed frames, negative ones: -1 gap, -2 bad), and
+so are the pixels the master's ``detectorSpecific/pixel_mask`` flags (nonzero: gap, dead,
+under- or over-responding, noisy; DECTRIS writes it with every master file, and converters
+that fill the module gaps with 0, such as PSI's ``hdf5maker``, mark the gaps there only;
+readers of Eiger masters, e.g. the XPCS and ptychography loaders found with
 ``pixel_mask``, take nonzero as bad).
 """
 
@@ -76,7 +78,9 @@ def crop_window(path: Path, key: str, shape: tuple[int, ...], centre: tuple[floa
 
 def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
                    load: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Cropped float32 frames and the mask of saturated / gap pixels (dtype maximum)."""
+    """Cropped float32 frames and the mask of flagged pixels: the dtype's maximum (Eiger
+    gaps, dead pixels) and, in signed frames, negative values (DECTRIS's PILATUS convention,
+    kept by converters that write signed frames: -1 gap, -2 bad pixel)."""
     if not load:
         return None, None
     ds = require_dataset(f, key, path)
@@ -89,7 +93,10 @@ def cropped_frames(f: h5py.File, path: Path, key: str, rows: slice, cols: slice,
     raw = np.asarray(ds[:, rows, cols])
     mask = None
     if raw.dtype.kind in "iu":
-        mask = (raw == np.iinfo(raw.dtype).max).any(axis=0)
+        flagged = raw == np.iinfo(raw.dtype).max
+        if raw.dtype.kind == "i":
+            flagged |= raw < 0
+        mask = flagged.any(axis=0)
         raw = np.where(mask[None], 0, raw)
     frames = raw.astype(np.float32)
     if not np.isfinite(frames).all() or (frames < 0).any():
@@ -169,10 +176,10 @@ def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
         if not isinstance(link, h5py.ExternalLink):
             continue
         target = Path(link.filename)
-        if target.name != link.filename or target.name in ("", ".", ".."):
-            raise data_error(path, f"links to {link.filename!r}, not a file beside the "
-                                   f"master (refused)", f"/entry/data/{name}")
-        if (path.parent / target).resolve().parent != path.resolve().parent:
+        if target.is_absolute() or ".." in target.parts or target.name in ("", "."):
+            raise data_error(path, f"links to {link.filename!r}, not a file in the master's "
+                                   f"folder (refused)", f"/entry/data/{name}")
+        if not (path.parent / target).resolve().is_relative_to(path.parent.resolve()):
             raise data_error(path, f"{link.filename!r} resolves outside the master's folder "
                                    f"(refused)", f"/entry/data/{name}")
         if not (path.parent / target).is_file():

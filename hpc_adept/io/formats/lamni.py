@@ -288,9 +288,11 @@ def _unit(f: h5py.File, path: Path, key: str, default: str, table: dict[str, flo
 
 
 def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
-    """Energy (eV), distance (m), pixel (m), beam centre (row, col) from any Eiger layout."""
+    """Energy (eV), distance (m), pixel (m; ``y_pixel_m`` where the file records the rows'
+    apart), beam centre (row, col) from any Eiger layout."""
     ds = f[key]
-    head = {"energy_ev": None, "distance_m": None, "pixel_m": None, "row": None, "col": None}
+    head = {"energy_ev": None, "distance_m": None, "pixel_m": None, "y_pixel_m": None,
+            "row": None, "col": None}
     kev = optional_number_attr(ds, "Photon_energy_kev", path, positive=True)
     head["energy_ev"] = None if kev is None else kev * 1e3
     head["distance_m"] = optional_number_attr(ds, "Detector_distance_m", path, positive=True)
@@ -300,6 +302,7 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
     det, mono = "/entry/instrument/detector", "/entry/instrument/monochromator"
     lengths = {f"{det}/detector_distance": ("distance_m", "Distance_EGU", "mm"),
                f"{det}/x_pixel_size": ("pixel_m", "PixelSize_EGU", "um"),
+               f"{det}/y_pixel_size": ("y_pixel_m", "PixelSize_EGU", "um"),
                f"{mono}/energy": ("energy_ev", "MonoEnergy_EGU", "kev"),
                f"{mono}/distance": ("distance_m", None, "mm"),
                "/entry/instrument/eiger_4/x_pixel_size": ("pixel_m", None, "um")}
