@@ -217,9 +217,11 @@ def cuda_sync_sites(function: Callable[[], object]) -> list[str]:
 
     package = str(Path(__file__).resolve().parent)
     sites: list[str] = []
+    forward = warnings.showwarning
 
     def record(message, category, filename, lineno, file=None, line=None) -> None:
         if "synchroniz" not in str(message).lower():
+            forward(message, category, filename, lineno, file, line)  # not ours to keep
             return
         ours = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(package)]
         origin = f" <- {ours[-1].filename}:{ours[-1].lineno}" if ours and not str(
@@ -228,6 +230,7 @@ def cuda_sync_sites(function: Callable[[], object]) -> list[str]:
 
     # switched on outside the recording: torch warns once per process on switching it on
     # (that warning mentions synchronising operations too; seen with torch 2.11 on an H200)
+    before = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings():
@@ -235,7 +238,7 @@ def cuda_sync_sites(function: Callable[[], object]) -> list[str]:
             warnings.showwarning = record
             function()
     finally:
-        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.set_sync_debug_mode(before)
     return sites
 
 

@@ -109,7 +109,9 @@ class DataConfig:
         beamline's spec data file (``lamni-eiger``), the Velociprobe position CSV.
     spec_motors : (str, str)
         ``lamni-eiger`` with a spec data file as ``positions_path``: the columns holding x
-        and y (micrometres; fold_slice's ``p.spec.motor.fine_motors``, default px, py).
+        then y, in micrometres (fold_slice's ``p.spec.motor.fine_motors`` in reverse: it
+        lists y first, ``{'py', 'px'}``; its ``fine_motors_scale`` other than 1e-6 is not
+        supported).
     angle_convention : str or None
         Convention of the files' and the supplied angles (``adept``, ``ptychoshelves`` =
         fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own.
@@ -140,7 +142,8 @@ class DataConfig:
         ``lamni-tomo``: read every ``scan_step``-th scan of the selection (1 = all).
     burst_frames : int
         ``lamni-eiger``, ``lamni-tomo``, ``velociprobe``: exposures per scan point
-        (consecutive frames, summed into one; fold_slice's ``p.detector.burst_frames``).
+        (consecutive frames, summed into one; fold_slice's ``p.detector.burst_frames``,
+        where each exposure keeps its own pattern at a repeated position instead).
     pixel_size_m : float or None, m
         Projection pixel of a ``tiff-stack`` (required there; other formats record it).
     phase_sign : float
@@ -190,10 +193,10 @@ class DataConfig:
         if self.scan_range is not None and self.scan_range[0] > self.scan_range[1]:
             raise ConfigError(f"data.scan_range: first {self.scan_range[0]} is after last "
                               f"{self.scan_range[1]}")
-        if len(self.spec_motors) != 2 or not all(
+        if len(self.spec_motors) != 2 or len(set(self.spec_motors)) != 2 or not all(
                 isinstance(m, str) and m.strip() for m in self.spec_motors):
-            raise ConfigError(f"data.spec_motors must be two column names (x, y), got "
-                              f"{list(self.spec_motors)}")
+            raise ConfigError(f"data.spec_motors must be two different column names (x, y), "
+                              f"got {list(self.spec_motors)}")
         if any(v not in (0, 1) for v in self.foldslice_orientation):
             raise ConfigError(f"data.foldslice_orientation must hold 0 or 1, got "
                               f"{list(self.foldslice_orientation)}")

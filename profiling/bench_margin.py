@@ -5,7 +5,8 @@ Each case runs in its own process (clean peak memory) with the same network, ang
 detector window; the widened cases add the data term's ray mask and its plane fit:
 
     python profiling/bench_margin.py --region 40 56 56 --angles 32 --steps 6
-    python profiling/bench_margin.py --device cuda --region 144 160 160 --angles 125
+    python profiling/bench_margin.py --device cuda --region 48 64 64 --angles 48 --steps 3 \
+        --channels 32 64 96 96 96 --in-channels 48     # the paper's network on a GPU
 
 On a GPU the memory is the peak of torch's allocator (``max_memory_allocated``), on the CPU
 the process's peak RSS.
@@ -110,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     memory = "peak alloc MiB" if a.device != "cpu" else "  peak RSS MiB"
     print(f"region {a.region}, {a.angles} angles, network {a.in_channels}/{a.channels}, "
           f"device {a.device}")
-    print(f"margin  widened volume     s/step  x region {memory}  x region")
+    print(f"margin  widened volume    ms/step  x region {memory}  x region")
     for r in rows:
-        print(f"{r['margin']:>6}  {str(r['shape']):<16} {r['s_per_step']:>8.2f}  "
+        print(f"{r['margin']:>6}  {str(r['shape']):<16} {r['s_per_step'] * 1e3:>8.1f}  "
               f"{r['s_per_step'] / base['s_per_step']:>8.2f}  {r['peak_mib']:>14.0f}  "
               f"{r['peak_mib'] / base['peak_mib']:>8.2f}")
 

@@ -62,8 +62,8 @@ case "$step" in
         run "$PYTHON" profiling/bench_dip.py gpu ;;
     margin)  # the small network as on the CPU (RESULTS), then the paper's network
         run "$PYTHON" profiling/bench_margin.py --device cuda --region 40 56 56 --angles 32
-        run "$PYTHON" profiling/bench_margin.py --device cuda --region 64 96 96 --angles 64 \
-            --channels 32 64 96 96 96 --in-channels 48 ;;
+        run "$PYTHON" profiling/bench_margin.py --device cuda --region 48 64 64 --angles 48 \
+            --steps 3 --channels 32 64 96 96 96 --in-channels 48 ;;
     paper-data)  # simulation is not part of Table 1; done apart, reused by `paper`
         run "$PYTHON" profiling/paper_scale.py --workdir runs/paper_scale --simulate-only ;;
     paper)

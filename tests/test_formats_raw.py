@@ -7,6 +7,7 @@ ptychodus 1.7.0 (AdvancedPhotonSource/ptychodus) and ptypy (ptycho/ptypy).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -775,6 +776,79 @@ def test_lamni_eiger_with_positions_from_the_spec_file(tmp_path):
     assert "continuous line scan" in _one_line(exc)
 
 
+def test_spec_file_edge_cases(tmp_path, caplog):
+    """A repeated scan number (the last block, with a warning), ``@A`` MCA lines and their
+    continuations skipped, a tab-separated ``#L``; and each bad block one error line."""
+    from hpc_adept.io.formats.spec_positions import read_spec_positions
+
+    scan, other = _scan(-35.0), _scan(10.0, seed=3)
+    spec = tmp_path / "spec.dat"
+    write_spec_file(spec, {42: other})
+    write_spec_file(tmp_path / "second.dat", {42: scan})
+    second = (tmp_path / "second.dat").read_text().split("\n", 4)[4]  # no file header
+    lines = second.splitlines()
+    lines.insert(6, "@A 1 2 3 \\")
+    lines.insert(7, " 4 5 6")
+    lines[4] = lines[4].replace("  ", "\t")
+    spec.write_text(spec.read_text() + "\n" + "\n".join(lines) + "\n")
+    _, positions = read_spec_positions(spec, 42)
+    np.testing.assert_allclose(positions, scan.positions_m, atol=1e-14)
+    assert "appears 2 times" in caplog.text
+    bad = {"no #L line": lambda t: t.replace("#L ", "#C "),
+           "a row of 5 values": lambda t: t.replace(" 512 7\n", " 512\n", 1),
+           "not a number": lambda t: re.sub(r"\n1 1001 \S+", "\n1 1001 x", t),
+           "no data rows": lambda t: "\n".join(ln for ln in t.splitlines()
+                                                if ln.startswith(("#", "@")) or not ln)}
+    for message, change in bad.items():
+        write_spec_file(spec, {42: scan})
+        spec.write_text(change(spec.read_text()))
+        with pytest.raises(DataError) as exc:
+            read_spec_positions(spec, 42)
+        assert message in _one_line(exc), message
+
+
+@pytest.mark.parametrize("name, number", [
+    ("S00999_master.h5", 999), ("lynx_00042.h5", 42), ("run_00123_master.h5", 123),
+    ("run_00042_000000000000.h5", 42), ("e20631_S00042_master.h5", 42),
+    ("sample12345_00042.h5", 42), ("scan_00007.h5", 7), ("ptycho_123.h5", 123)])
+def test_scan_number_from_the_file_name(name, number):
+    from hpc_adept.io.formats.lamni import _scan_number
+
+    assert _scan_number(Path(name)) == number
+
+
+def test_burst_frames_reach_every_raw_reader_and_only_those(tmp_path):
+    """``data.burst_frames`` through the config's reader options to the lamni-tomo folder
+    and Velociprobe readers (7 frames are no whole number of bursts of 2); other formats
+    refuse it; a LamNI position file given to a master detected as Velociprobe names the
+    format to set."""
+    from hpc_adept.config import DataConfig
+    from hpc_adept.io.formats.source import reader_options
+
+    options = reader_options(DataConfig(burst_frames=2, spec_motors=("samx", "samy")))
+    assert options["burst_frames"] == 2 and options["spec_motors"] == ("samx", "samy")
+    write_tomo_folder(tmp_path / "tomo", _tomo_scans())
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path / "tomo", roi_px=FRAME, laminography_angle_deg=LAMINO,
+                   burst_frames=2)
+    assert "bursts of 2" in _one_line(exc)
+    scan = _scan(15.0)
+    master, positions = write_velociprobe(tmp_path / "v", scan)
+    common = {"roi_px": FRAME, "laminography_angle_deg": LAMINO, "rotation_angle_deg": 15.0}
+    with pytest.raises(DataError) as exc:
+        read_scans(master, positions_path=positions, burst_frames=2, **common)
+    assert "bursts of 2" in _one_line(exc)
+    orchestra = tmp_path / "scan_00042.dat"
+    write_positions(orchestra, scan, 42, 0.0)
+    with pytest.raises(DataError) as exc:
+        read_scans(master, positions_path=orchestra, **common)
+    assert "data.format: lamni-eiger" in _one_line(exc)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path / "tomo" / "specES1" / "dat-files" / "tomography_scannumbers.txt",
+                   "tiff-stack", burst_frames=2)
+    assert "burst_frames" in _one_line(exc)
+
+
 def test_burst_frames_are_summed_per_scan_point(tmp_path):
     """Two exposures per scan point (fold_slice's ``p.detector.burst_frames = 2``:
     consecutive frames of one point): ``data.burst_frames: 2`` sums them into the point's
@@ -899,9 +973,9 @@ def test_master_with_its_frame_arrays_copied_in(tmp_path):
     master, positions = write_velociprobe(tmp_path / "linked", scan)
     flat = tmp_path / "flat_master.h5"
     with h5py.File(master, "r") as src, h5py.File(flat, "w") as dst:
-        for name in ("data_000001", "data_000002"):
-            src.copy(f"/entry/data/{name}", dst.require_group("/entry/data"), name=name,
-                     expand_external=True)
+        group = dst.create_group("/entry/data", track_order=True)  # lists in creation order
+        for name in ("data_000002", "data_000001"):  # the second array first on disk
+            src.copy(f"/entry/data/{name}", group, name=name, expand_external=True)
         for key in ("/entry/instrument", "/entry/sample"):
             src.copy(key, dst.require_group("/entry"))
         dst["/entry/data/comment"] = "not frames: no data_%06d name"
@@ -910,11 +984,8 @@ def test_master_with_its_frame_arrays_copied_in(tmp_path):
     assert detect_format(flat) == "velociprobe"
     common = {"positions_path": positions, "roi_px": FRAME, "laminography_angle_deg": LAMINO,
               "rotation_angle_deg": 15.0}
-    np.testing.assert_array_equal(read_scans(flat, **common)[0].counts, scan.counts)
-    with h5py.File(flat, "a") as f:  # the arrays out of name order on disk: name order wins
-        second = f["/entry/data/data_000002"][()]
-        del f["/entry/data/data_000002"]
-        f["/entry/data/data_000002"] = second
+    with h5py.File(flat, "r") as f:
+        assert list(f["/entry/data"])[:2] == ["data_000002", "data_000001"]
     np.testing.assert_array_equal(read_scans(flat, **common)[0].counts, scan.counts)
 
 

@@ -520,7 +520,9 @@ def release_cupy_pool() -> None:
     cupy = sys.modules.get("cupy")
     if cupy is None:
         return
-    cupy.fft.config.get_plan_cache().clear()  # cached cuFFT plans hold work areas in the pool
+    # cached cuFFT plans hold work areas in the pool (the cache of this thread and device:
+    # the stage's FFTs ran there)
+    cupy.fft.config.get_plan_cache().clear()
     cupy.get_default_memory_pool().free_all_blocks()
     cupy.get_default_pinned_memory_pool().free_all_blocks()
 

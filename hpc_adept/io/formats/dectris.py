@@ -175,20 +175,33 @@ def _links(f: h5py.File, path: Path) -> list[tuple[Path, str]]:
             continue
         if not isinstance(link, h5py.ExternalLink):
             continue
-        target = Path(link.filename)
-        if target.is_absolute() or ".." in target.parts or target.name in ("", "."):
-            raise data_error(path, f"links to {link.filename!r}, not a file in the master's "
-                                   f"folder (refused)", f"/entry/data/{name}")
-        if not (path.parent / target).resolve().is_relative_to(path.parent.resolve()):
-            raise data_error(path, f"{link.filename!r} resolves outside the master's folder "
-                                   f"(refused)", f"/entry/data/{name}")
-        if not (path.parent / target).is_file():
+        target = _link_target(path, link, f"/entry/data/{name}")
+        if target is None:
             break  # written before its file, as tike notes
-        arrays.append((path.parent / target, link.path))
+        arrays.append((target, link.path))
     if not arrays:
-        raise data_error(path, "no frame file of its external links exists beside it",
-                         "/entry/data")
+        raise data_error(path, "no frame array: neither its own data_%06d datasets nor a "
+                               "file its external links name", "/entry/data")
     return arrays
+
+
+def _link_target(path: Path, link: h5py.ExternalLink, key: str) -> Path | None:
+    """The file an external link of the master ``path`` names, inside the master's folder
+    (DataError otherwise), or None when it does not exist (yet)."""
+    target = Path(link.filename)
+    if target.is_absolute() or ".." in target.parts or target.name in ("", "."):
+        raise data_error(path, f"links to {link.filename!r}, not a file in the master's "
+                               f"folder (refused)", key)
+    try:
+        inside = (path.parent / target).resolve().is_relative_to(path.parent.resolve())
+        exists = (path.parent / target).is_file()
+    except (RuntimeError, OSError) as exc:  # a symbolic-link loop, no permission
+        raise data_error(path, f"link {link.filename!r} cannot be resolved "
+                               f"({type(exc).__name__})", key) from None
+    if not inside:
+        raise data_error(path, f"{link.filename!r} resolves outside the master's folder "
+                               f"(refused)", key)
+    return path.parent / target if exists else None
 
 
 def master_header(path: Path) -> dict[str, float | None]:
@@ -260,6 +273,8 @@ def sum_bursts(path: Path, frames: np.ndarray | None, n_frames: int, burst: int,
     points).
     """
     n = len(indexes)
+    if burst < 1:
+        raise data_error(path, f"data.burst_frames must be >= 1, got {burst}")
     if burst == 1:
         if n and n_frames > n and n_frames % n == 0 \
                 and np.array_equal(np.sort(indexes), np.arange(n)):

@@ -36,6 +36,7 @@ from hpc_adept.io.formats.projections import (
     read_object_projections,
     read_tiff_stack,
 )
+from hpc_adept.io.formats.spec_positions import DEFAULT_MOTORS
 from hpc_adept.io.runfiles import ProjectionSet
 
 __all__ = ["FORMATS", "detect_format", "inspect", "read_projection_set", "read_scans"]
@@ -297,7 +298,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                rotation_angles_deg: Sequence[float] | None = None,
                load_counts: bool = True, angle_convention: str | None = None,
                foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
-               cxi_translation: str = "auto", spec_motors: tuple[str, str] = ("px", "py"),
+               cxi_translation: str = "auto", spec_motors: tuple[str, str] = DEFAULT_MOTORS,
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
                angle_table_path: PathLike | None = None,
@@ -360,9 +361,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         return _sorted(lamni_tomo.read_tomo_scans(
             p, scan_range=scan_range, scan_step=scan_step, supplied=s, load_counts=load_counts,
             member=member, **{k: options[k] for k in _TOMO_OPTIONS}, **kw), p)
-    if scan_range is not None or scan_step != 1:
-        raise data_error(p, f"data.scan_range and data.scan_step select scans of a "
-                            f"lamni-tomo folder, not of {fmt}")
+    _check_selection(p, fmt, scan_range, scan_step, burst_frames)
     files = _scan_files(p, fmt)
     if not files:
         raise data_error(p, f"no {fmt} files found")
@@ -372,6 +371,16 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                        load_counts, angle_convention, options)
              for i in indexes]
     return _sorted(scans, p)
+
+
+def _check_selection(p: Path, fmt: str, scan_range: tuple[int, int] | None, scan_step: int,
+                     burst_frames: int) -> None:
+    """DataError for a selection setting that ``fmt`` (not a lamni-tomo folder) ignores."""
+    if scan_range is not None or scan_step != 1:
+        raise data_error(p, f"data.scan_range and data.scan_step select scans of a "
+                            f"lamni-tomo folder, not of {fmt}")
+    if burst_frames != 1 and fmt not in ("lamni-eiger", "velociprobe"):
+        raise data_error(p, f"data.burst_frames applies to raw Eiger frames, not to {fmt}")
 
 
 def _member_index(files: list[Path], member: PathLike, where: Path) -> int:

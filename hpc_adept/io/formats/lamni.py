@@ -320,11 +320,15 @@ def _header(f: h5py.File, path: Path, key: str) -> dict[str, float | None]:
 
 
 def _scan_number(path: Path) -> int | None:
-    """The scan number in a file name: the first run of five digits (cSAXS ``S%05d``,
-    ``run_%05d_%012d``, ``scan_%05d``), else the last run of 3+ digits."""
+    """The scan number in a file name: five digits after ``S``, ``run_`` or ``scan_``
+    (cSAXS ``S%05d``, ``run_%05d_%012d``, ``scan_%05d``), else the last run of five
+    digits, else the last run of 3+ digits."""
+    tagged = re.search(r"(?:^|_)(?:S|run_|scan_)(\d{5})(?=_|$)", path.stem)
+    if tagged:
+        return int(tagged.group(1))
     runs = re.findall(r"\d{3,}", path.stem)
     five = [r for r in runs if len(r) == 5]
-    return int(five[0]) if five else (int(runs[-1]) if runs else None)
+    return int(five[-1]) if five else (int(runs[-1]) if runs else None)
 
 
 def _file_frames(p: Path, beam_center_rc: tuple[float, float] | None, roi_px: int,
@@ -353,7 +357,7 @@ def _positions(p: Path, positions_path: Path, number: int | None,
         return read_lamni_positions(positions_path)
     if number is None:
         raise data_error(p, f"no scan number in the file name to find its scan in the spec "
-                            f"file {positions_path.name}")
+                            f"file {positions_path.name} (name it S%05d or run_%05d_...)")
     return read_spec_positions(positions_path, number, spec_motors)
 
 
@@ -371,7 +375,8 @@ def read_eiger_scan(path: PathLike, positions_path: PathLike, *, roi_px: int,
     Positions: an Orchestra ``.dat`` file (:func:`read_lamni_positions`) or the beamline's
     spec data file (:mod:`.spec_positions`: the ``spec_motors`` columns of scan
     ``scan_number``). The rotation angle comes from the supplied value or the angle table
-    (the row of ``scan_number``, default: the last run of 3+ digits in the file name).
+    (the row of ``scan_number``, default: the number in the file name, see
+    :func:`_scan_number`).
     ``burst_frames`` consecutive frames per point are summed (:func:`.dectris.sum_bursts`).
     """
     p = Path(path)

@@ -13,8 +13,9 @@ from the command) and are refused.
 The spec file format (certif.com's spec manual, "Standard Data File Format"): ``#S n
 command`` opens scan ``n``; ``#L`` names its columns, separated by two spaces (a name may
 hold one space); data lines follow, numbers separated by spaces; other ``#`` lines
-(``#C`` comments, ``#P`` motor positions) may appear anywhere. A scan number repeated in the
-file (spec restarted its numbering): the last block, with a warning.
+(``#C`` comments, ``#P`` motor positions) may appear anywhere, and so may ``@A`` MCA
+spectra (continued over lines ending in a backslash), skipped. A scan number repeated in
+the file (spec restarted its numbering): the last block, with a warning.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpc_adept.config import DataConfig
 from hpc_adept.io.formats._read import data_error
 from hpc_adept.io.formats._values import check_positions_m
 
@@ -32,8 +34,9 @@ __all__ = ["DEFAULT_MOTORS", "is_spec_file", "read_spec_positions"]
 
 log = logging.getLogger(__name__)
 
-#: fold_slice's default fine motors, x then y (``spec.m`` lists them y first).
-DEFAULT_MOTORS = ("px", "py")
+#: fold_slice's default fine motors, x then y (``spec.m`` lists them y first); the home of
+#: the default is ``data.spec_motors``.
+DEFAULT_MOTORS: tuple[str, str] = DataConfig.spec_motors
 #: micrometres to metres (``fine_motors_scale``).
 MOTOR_SCALE_M = 1e-6
 
@@ -80,12 +83,26 @@ def _motor_columns(p: Path, block: list[str], motors: tuple[str, str],
     label_line = next((ln for ln in block if ln.startswith("#L ")), None)
     if label_line is None:
         raise data_error(p, f"scan {scan_number} has no #L line (column names)")
-    labels = re.split(r"\s{2,}", label_line[3:].strip())
+    labels = re.split(r"\s{2,}|\t", label_line[3:].strip())
     missing = [m for m in motors if m not in labels]
     if missing:
         raise data_error(p, f"scan {scan_number} has no column {', '.join(missing)} (columns: "
                             f"{', '.join(labels)[:200]}); set data.spec_motors")
     return labels, (labels.index(motors[0]), labels.index(motors[1]))
+
+
+def _data_lines(block: list[str]) -> list[str]:
+    """The data lines of a scan block: no blank, ``#`` or ``@`` (MCA) line, nor the
+    continuation lines of an ``@`` line (after a trailing backslash)."""
+    lines, continued = [], False
+    for line in block:
+        text = line.rstrip()
+        if continued or text.startswith("@"):
+            continued = text.endswith("\\")
+            continue
+        if text and not text.startswith("#"):
+            lines.append(text)
+    return lines
 
 
 def read_spec_positions(path: Path, scan_number: int,
@@ -105,9 +122,7 @@ def read_spec_positions(path: Path, scan_number: int,
                             f"its positions are not in the file")
     labels, (x_col, y_col) = _motor_columns(p, block, motors, scan_number)
     rows = []
-    for line in block:
-        if not line.strip() or line.startswith("#"):
-            continue
+    for line in _data_lines(block):
         fields = line.split()
         if len(fields) != len(labels):
             raise data_error(p, f"scan {scan_number}: a row of {len(fields)} values under "

@@ -63,6 +63,7 @@ from hpc_adept.io.formats.dectris import (
     read_master,
     sum_bursts,
 )
+from hpc_adept.io.formats.spec_positions import is_spec_file
 
 __all__ = ["DETECTOR", "FIRST_LINK", "is_master", "read_velociprobe_positions",
            "read_velociprobe_scan"]
@@ -79,8 +80,13 @@ def read_velociprobe_positions(path: PathLike, chi_deg: float = 0.0
     p = Path(path)
     if not p.is_file():
         raise data_error(p, "position file not found")
+    text = p.read_text(errors="replace")
+    if is_spec_file(p) or text.lstrip().startswith("Scan "):
+        # a cSAXS / LamNI master file is detected as a Velociprobe one; its positions are not
+        raise data_error(p, "a spec or Orchestra position file, not a Velociprobe CSV: set "
+                            "data.format: lamni-eiger")
     rows = []
-    for number, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = [x.strip() for x in line.split(",")]
         if not line.strip() or fields[0].startswith("#"):
             continue
