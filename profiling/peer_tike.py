@@ -134,6 +134,8 @@ def main() -> None:
                         help="factor on tike's projections (arbitrary units -> radians)")
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="settings passed to adept run (e.g. dip.tv_weights=[0,0])")
     args = parser.parse_args()
     if not (args.tike_data / "lamino_setup.pickle.lzma").is_file():
         parser.error(f"{args.tike_data}: no lamino_setup.pickle.lzma")
@@ -149,7 +151,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         write_inputs(work, s, args.scale, args.iterations, args.threads)
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "hpc_adept", "run", "-c", "c.yaml"],
+        r = subprocess.run([sys.executable, "-m", "hpc_adept", "run", "-c", "c.yaml",
+                            *(["--set", *args.set] if args.set else [])],
                            cwd=work, capture_output=True, text=True,
                            env=dict(os.environ, PYTHONPATH=str(REPO)))
         if r.returncode:
@@ -158,7 +161,8 @@ def main() -> None:
         volumes = {f"adept {m}": read_volume(work / "run" / f"volume_{m}.h5")[0]
                    for m in ("fbp", "dip")}
     volumes.update(s["recons"])
-    print(json.dumps({"adept_run_wall_s": round(wall, 1), "iterations": args.iterations}))
+    print(json.dumps({"adept_run_wall_s": round(wall, 1), "iterations": args.iterations,
+                      "set": args.set}))
     for name, volume in volumes.items():
         print(json.dumps({"method": name, **scores(truth, np.asarray(volume, np.float64),
                                                     box)}))

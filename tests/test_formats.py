@@ -1062,6 +1062,36 @@ def test_matlab_empty_angle_and_deep_result_folders(tmp_path):
     assert "/p/angle" in _one_line(exc)
 
 
+def test_angle_files_and_tiff_folders_as_common_tools_write_them(tmp_path):
+    """A UTF-8 byte-order mark (Excel "CSV UTF-8", Notepad), a MATLAB row vector
+    (``writematrix(theta)``: all angles on one line, as many as the projections), a header
+    line without ``#`` (one clear line); a folder of ``.TIF`` files each written as
+    ``tifffile.imwrite(name, stack[k:k + 1])`` (shape [1, nv, nu] recorded)."""
+    import tifffile
+
+    from hpc_adept.io.formats.projections import read_tiff_stack
+
+    (tmp_path / "bom.txt").write_bytes("\ufeff0\n60\n120\n".encode("utf-8"))
+    assert read_angle_file(tmp_path / "bom.txt").tolist() == [0.0, 60.0, 120.0]
+    (tmp_path / "row.csv").write_text("0,60,120\n")
+    assert read_angle_file(tmp_path / "row.csv", expected=3).tolist() == [0.0, 60.0, 120.0]
+    with pytest.raises(DataError) as exc:  # one row of another count: a table, refused
+        read_angle_file(tmp_path / "row.csv", expected=2)
+    assert "line 1: 3 columns" in _one_line(exc)
+    (tmp_path / "header.csv").write_text("theta\n0\n60\n120\n")
+    with pytest.raises(DataError) as exc:
+        read_angle_file(tmp_path / "header.csv")
+    assert "'theta' is not a number (a header line must start with #)" in _one_line(exc)
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    stack = np.arange(3 * 6 * 7, dtype=np.float32).reshape(3, 6, 7)
+    for k in range(3):
+        tifffile.imwrite(folder / f"PROJ_{k:04d}.TIF", stack[k:k + 1])
+    ps = read_tiff_stack(folder, tmp_path / "bom.txt", laminography_angle_deg=LAMINO,
+                         pixel_size_m=1e-8)
+    np.testing.assert_array_equal(ps.projections, stack)
+
+
 def test_tiff_pages_appended_one_at_a_time_and_unpadded_names(tmp_path):
     """``tifffile.imwrite(path, page, append=True)`` per angle makes one series per page;
     a folder ``proj_0.tif`` .. ``proj_10.tif`` is in page order by number, not by name."""

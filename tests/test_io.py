@@ -682,9 +682,10 @@ def test_datasets_that_read_other_files_are_refused(tmp_path):
         layout = h5py.VirtualLayout(shape=(2, 2, 2), dtype=np.float32)
         layout[:] = h5py.VirtualSource(str(other), "volume", shape=(2, 2, 2))
         f.create_virtual_dataset("virtual", layout)
+        f["soft"] = h5py.SoftLink("/group/volume")  # a soft link through the external one
     for key, needle in (("raw", "external files"), ("linked", "external link"),
                         ("group/volume", "external link"), ("/group/volume", "external link"),
-                        ("virtual", "virtual dataset")):
+                        ("virtual", "virtual dataset"), ("soft", "link to another file")):
         with open_h5(crafted) as f, pytest.raises(DataError, match=needle):
             read_array(f, key, crafted, ndim=3, dtype=np.float32)
 

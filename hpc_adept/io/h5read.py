@@ -94,6 +94,9 @@ def _outside_reference(f: h5py.Group, key: str, ds: h5py.Dataset) -> str | None:
             if isinstance(f.get(prefix + "/".join(parts[:n]), getlink=True), h5py.ExternalLink):
                 return "is or lies under an external link to another file (refused: read " \
                        "the file itself)"
+        # a soft link elsewhere in the file may itself lead through an external link
+        if ds.file.filename != f.file.filename:
+            return "is reached through a link to another file (refused: read the file itself)"
     except (OSError, RuntimeError, KeyError, ValueError):
         return "has an unreadable link"
     if ds.external:

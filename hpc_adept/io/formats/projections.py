@@ -48,8 +48,9 @@ OBJECT_READERS: dict[str, tuple[Callable[[PathLike], dict], str]] = {
 
 
 def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
-    """Angles from a text file: one number per line (a trailing comma allowed); blank lines
-    and ``#`` comments skipped.
+    """Angles from a text file: one number per line (a trailing comma allowed), or all of
+    them on one line (a MATLAB row vector written by ``writematrix``); blank lines and
+    ``#`` comments skipped; a UTF-8 byte-order mark (Excel, Notepad) ignored.
 
     Returns
     -------
@@ -64,13 +65,14 @@ def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise data_error(p, "angle file not found")
+    rows = [(number, [f for f in re.split(r"[\s,;]+", text) if f])
+            for number, line in enumerate(
+                p.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1)
+            if (text := line.split("#", 1)[0].strip())]
+    if len(rows) == 1 and len(rows[0][1]) > 1 and expected in (None, len(rows[0][1])):
+        rows = [(rows[0][0], [field]) for field in rows[0][1]]  # one row of all the angles
     angles = []
-    for number, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(),
-                                  start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        fields = [f for f in re.split(r"[\s,;]+", text) if f]
+    for number, fields in rows:
         if len(fields) != 1:
             # e.g. "index angle" tables: taking a column silently could pair the wrong one
             raise data_error(p, f"line {number}: {len(fields)} columns, expected one angle "
@@ -78,7 +80,8 @@ def read_angle_file(path: PathLike, expected: int | None = None) -> np.ndarray:
         try:
             value = float(fields[0])
         except ValueError:
-            raise data_error(p, f"line {number}: {text[:40]!r} is not a number") from None
+            raise data_error(p, f"line {number}: {fields[0][:40]!r} is not a number (a "
+                                f"header line must start with #)") from None
         if not math.isfinite(value):
             raise data_error(p, f"line {number}: angle is not finite")
         angles.append(value)
@@ -118,8 +121,9 @@ def _angles(records: list[dict], paths: list[Path], angles_deg, convention: str)
     else:
         missing = [p for r, p in zip(records, paths, strict=True) if r["angle_deg"] is None]
         if missing:
-            raise data_error(missing[0], "no rotation angle in the file; supply angles_deg "
-                                         "(one per file) or an angle file")
+            raise data_error(missing[0], "no rotation angle in the file; supply "
+                                         "data.rotation_angles_deg (one per file) or "
+                                         "data.angles_path")
         values = np.array([r["angle_deg"] for r in records], dtype=np.float64)
     return to_adept_angles(values, convention)
 
@@ -233,8 +237,8 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
     import tifffile
 
     p = Path(path)
-    files = (sorted([*p.glob("*.tif"), *p.glob("*.tiff")], key=_natural_key) if p.is_dir()
-             else [p])
+    files = (sorted([f for f in p.iterdir() if f.suffix.lower() in (".tif", ".tiff")],
+                    key=_natural_key) if p.is_dir() else [p])
     if not files or not files[0].is_file():
         raise data_error(p, "no TIFF file found")
     pages = []
@@ -243,6 +247,9 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
             pages.append(_tiff_images(f))
         except (OSError, ValueError, tifffile.TiffFileError) as exc:
             raise data_error(f, f"not a readable TIFF: {exc}") from None
+    if p.is_dir():  # one image a file, written as [1, nv, nu] (tifffile records that shape)
+        pages = [page.reshape(page.shape[-2:]) if page.ndim > 2
+                 and all(n == 1 for n in page.shape[:-2]) else page for page in pages]
     for f, page in zip(files, pages, strict=True):
         if page.shape != pages[0].shape:
             raise data_error(f, f"page shape {page.shape} differs from {files[0].name}'s "
