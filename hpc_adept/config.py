@@ -118,6 +118,10 @@ class DataConfig:
     foldslice_orientation : (int, int, int)
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) of its prepared data:
         ``[1, 0, 0]`` for Eiger detectors, ``[0, 0, 0]`` for EMPAD.
+    roi_label : str or None
+        ``foldslice-prepared``: the ``<label>`` of the ``data_roi<label>_dp.hdf5`` files to
+        read (fold_slice's ``roi_label``, e.g. ``0_Ndp128``) where a scan folder holds
+        several preparations; None: one per folder.
     cxi_translation : {'auto', 'probe', 'sample'}
         ``cxi`` (other programs' CXI files): what ``translation`` holds. ``sample``: the
         sample's translation, as the CXI spec defines it (the probe position on the sample
@@ -161,6 +165,7 @@ class DataConfig:
     positions_path: str | None = None
     angle_convention: AngleConvention | None = None
     foldslice_orientation: tuple[int, int, int] = (1, 0, 0)
+    roi_label: str | None = None
     cxi_translation: CxiTranslation = "auto"
     spec_motors: tuple[str, str] = ("px", "py")
     roi_px: int | None = None

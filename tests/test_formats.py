@@ -828,6 +828,34 @@ def test_lamni_area_detector_y_pixel_size_is_read(tmp_path):
     assert read.y_pixel_size_m == pytest.approx(1.5 * PIXEL_M)
 
 
+def test_foldslice_scan_folders_with_two_preparations(tmp_path):
+    """fold_slice prepares one ``data_roi<roi_label>_dp.hdf5`` per label, and users keep
+    several side by side (``0_Ndp64``, ``0_Ndp128``): without ``data.roi_label`` one error
+    line lists them; with it, that preparation of every scan is read."""
+    from .conftest import adept
+
+    scans = [_scan(a, seed=i) for i, a in enumerate((30.0, -5.0))]
+    for i, scan in enumerate(scans):
+        write_foldslice(tmp_path / f"S{i:05d}", scan)
+        write_foldslice(tmp_path / f"S{i:05d}", _scan(scan.rotation_angle_deg, seed=9),
+                        label="0_Ndp32")
+    common = {"laminography_angle_deg": LAMINO, "detector_pixel_m": PIXEL_M}
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, **common)
+    assert "labels 0_Ndp16, 0_Ndp32): set data.roi_label" in _one_line(exc)
+    read = read_scans(tmp_path, roi_label="0_Ndp16", **common)
+    assert [r.rotation_angle_deg for r in read] == pytest.approx([-5.0, 30.0])
+    np.testing.assert_array_equal(read[1].counts, scans[0].counts)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path, roi_label="1_Ndp16", **common)
+    assert "no data_roi1_Ndp16_dp.hdf5" in _one_line(exc)
+    (tmp_path / "c.yaml").write_text("data: {roi_label: 0_Ndp16, laminography_angle_deg: "
+                                     f"{LAMINO}, detector_pixel_m: {PIXEL_M}}}\n")
+    result = adept("inspect", str(tmp_path), "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "foldslice-prepared" in result.stdout
+
+
 def test_converted_dataset_reads_back_as_ours(tmp_path):
     from hpc_adept.io.cxi import list_dataset, read_cxi
     from hpc_adept.io.formats import write_cxi_dataset

@@ -217,9 +217,17 @@ def _companion(diffraction: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
-def _scan_files(p: Path, fmt: str) -> list[Path]:
+def _scan_files(p: Path, fmt: str, roi_label: str | None = None) -> list[Path]:
+    """The frame files of a ``fmt`` data set (DataError when there is none)."""
+    files = _candidate_files(p, fmt, roi_label)
+    if not files:
+        raise data_error(p, f"no {fmt} files found")
+    return files
+
+
+def _candidate_files(p: Path, fmt: str, roi_label: str | None) -> list[Path]:
     if fmt == "foldslice-prepared":
-        return [dp for dp, _ in foldslice_prepared.find_pairs(p)]
+        return [dp for dp, _ in foldslice_prepared.find_pairs(p, roi_label)]
     if fmt == "ptychoshelves-prepared":
         return ptychoshelves_prepared.find_files(p)
     if p.is_file():
@@ -298,6 +306,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
                rotation_angles_deg: Sequence[float] | None = None,
                load_counts: bool = True, angle_convention: str | None = None,
                foldslice_orientation: tuple[int, int, int] = (1, 0, 0),
+               roi_label: str | None = None,
                cxi_translation: str = "auto", spec_motors: tuple[str, str] = DEFAULT_MOTORS,
                roi_px: int | None = None,
                beam_center_rc: tuple[float, float] | None = None,
@@ -322,8 +331,9 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
         False reads headers only (``Scan.counts`` is None).
     angle_convention : str, optional
         Convention of the files' and supplied angles; default per format.
-    foldslice_orientation : (int, int, int)
-        fold_slice's ``det.orientation`` (transpose, fliplr, flipud): ``(1, 0, 0)`` Eiger.
+    foldslice_orientation, roi_label : (int, int, int), str or None
+        fold_slice's ``det.orientation`` (transpose, fliplr, flipud): ``(1, 0, 0)`` Eiger;
+        the ``<label>`` of ``data_roi<label>_dp.hdf5`` where a folder holds several.
     cxi_translation : {'auto', 'probe', 'sample'}
         What a foreign CXI file's ``translation`` holds (``data.cxi_translation``).
     roi_px, beam_center_rc, angle_table_path, spec_motors, burst_frames : optional
@@ -362,9 +372,7 @@ def read_scans(path: PathLike, fmt: str | None = None, *,
             p, scan_range=scan_range, scan_step=scan_step, supplied=s, load_counts=load_counts,
             member=member, **{k: options[k] for k in _TOMO_OPTIONS}, **kw), p)
     _check_selection(p, fmt, scan_range, scan_step, burst_frames)
-    files = _scan_files(p, fmt)
-    if not files:
-        raise data_error(p, f"no {fmt} files found")
+    files = _scan_files(p, fmt, roi_label)
     pos = Path(positions_path) if positions_path is not None else None
     indexes = range(len(files)) if member is None else [_member_index(files, member, p)]
     scans = [_read_one(fmt, files[i], pos, _per_scan(s, rotation_angles_deg, i, len(files), p),

@@ -103,12 +103,14 @@ def para_path_for(dp_path: PathLike) -> Path:
     return p.with_name(f"data_roi{match['label']}_para.hdf5")
 
 
-def find_pairs(path: PathLike) -> list[tuple[Path, Path]]:
+def find_pairs(path: PathLike, label: str | None = None) -> list[tuple[Path, Path]]:
     """(dp, para) file pairs under ``path``: a dp file, a scan folder or a base folder.
 
     A base folder holds one sub-folder per scan (``sprintf(p.scan.format, S)``); the pairs
-    come sorted by folder name, then label. Raises DataError when none is found or a dp
-    file lacks its parameter file.
+    come sorted by folder name. ``label``: only ``data_roi<label>_dp.hdf5`` (fold_slice's
+    ``roi_label``, e.g. ``0_Ndp128``); None: a folder must hold one preparation. Raises
+    DataError when none is found, a folder holds several labels and none is chosen, or a
+    dp file lacks its parameter file.
     """
     p = Path(path)
     if p.is_file():
@@ -117,6 +119,7 @@ def find_pairs(path: PathLike) -> list[tuple[Path, Path]]:
         candidates = sorted(c for c in p.glob("data_roi*_dp.hdf5"))
         if not candidates:
             candidates = sorted(p.glob("*/data_roi*_dp.hdf5"))
+        candidates = _one_label(p, candidates, label)
     pairs = []
     for dp in candidates:
         para = para_path_for(dp)
@@ -127,6 +130,27 @@ def find_pairs(path: PathLike) -> list[tuple[Path, Path]]:
     if not pairs:
         raise data_error(p, "no fold_slice data_roi<label>_dp.hdf5 file found")
     return pairs
+
+
+def _one_label(where: Path, candidates: list[Path], label: str | None) -> list[Path]:
+    """The dp files of ``label``, or DataError when a folder holds several labels and
+    ``label`` is None (fold_slice prepares one per ``roi_label``: 0_Ndp64, 0_Ndp128...)."""
+    labels = {c: DP_PATTERN.match(c.name)["label"] for c in candidates}
+    if label is not None:
+        chosen = [c for c in candidates if labels[c] == label]
+        if not chosen:
+            raise data_error(where, f"no data_roi{label}_dp.hdf5 (data.roi_label); labels "
+                                    f"found: {', '.join(sorted(set(labels.values())))}")
+        return chosen
+    per_folder: dict[Path, set[str]] = {}
+    for c in candidates:
+        per_folder.setdefault(c.parent, set()).add(labels[c])
+    several = next((f for f, names in per_folder.items() if len(names) > 1), None)
+    if several is not None:
+        raise data_error(several, f"holds several preparations (labels "
+                                  f"{', '.join(sorted(per_folder[several]))}): set "
+                                  f"data.roi_label")
+    return candidates
 
 
 def _read_para(para: Path, n_frames: int) -> tuple[np.ndarray, dict[str, float | None]]:

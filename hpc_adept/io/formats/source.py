@@ -70,6 +70,7 @@ def reader_options(data: DataConfig) -> dict[str, Any]:
         "rotation_angles_deg": _angles(data),
         "angle_convention": data.angle_convention,
         "foldslice_orientation": tuple(data.foldslice_orientation),
+        "roi_label": data.roi_label,
         "cxi_translation": data.cxi_translation,
         "spec_motors": tuple(data.spec_motors),
         "roi_px": data.roi_px,
