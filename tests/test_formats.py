@@ -538,6 +538,47 @@ def test_ptychoshelves_recons_to_projections(tmp_path):
     assert ps.probes is not None and ps.probes.shape == (3, asize, asize)
 
 
+def test_ptychoshelves_joint_reconstruction_of_two_scans(tmp_path):
+    """``p.share_object = 0`` over two scans: ``+core/+save/reconstructions_as_h5.m`` writes
+    the first scan's file whole and, for the second, copies ``/reconstruction/p`` with
+    ``utils/hdf5_cp_file.m`` (shallow: ``['ext:' orig_filename ':' group]``, an external
+    link relative to the file) and soft-links ``/reconstruction/object`` to
+    ``/reconstruction/p/objects/object_1``: the second projection is that object. Any
+    other external target stays refused."""
+    asize, full = 8, 40
+    positions = np.array([[2.0, 3.0], [20.0, 3.0], [2.0, 25.0], [22.0, 27.0]])
+    phases = [_phase_image(full, full), _phase_image(full, full)[:, ::-1] * 1.5]
+    first = tmp_path / "S00001" / "S00001_recons.h5"
+    first.parent.mkdir()
+    write_recons_h5(first, _ramped(phases[0]), positions, asize)
+    with h5py.File(first, "a") as f:
+        f["/reconstruction/p/objects/object_1"] = _complex_compound(_ramped(phases[1]),
+                                                                    ("r", "i"))
+    second = tmp_path / "S00002" / "S00002_recons.h5"
+    second.parent.mkdir()
+    with h5py.File(second, "w") as f:
+        f["/reconstruction/p"] = h5py.ExternalLink("../S00001/S00001_recons.h5",
+                                                   "/reconstruction/p")
+        f["/reconstruction/object"] = h5py.SoftLink("/reconstruction/p/objects/object_1")
+        f["/reconstruction/probes"] = h5py.SoftLink("/reconstruction/p/probes/probe_0")
+    ps = read_projection_set(tmp_path, laminography_angle_deg=LAMINO, angles_deg=[0.0, 30.0])
+    assert ps.angles_deg.tolist() == [90.0, 120.0]
+    for k, phase in enumerate(phases):
+        np.testing.assert_allclose(ps.projections[k], remove_plane(phase[6:27, 7:32]),
+                                   atol=2e-4)
+    outside = tmp_path.parent / f"{tmp_path.name}_x"
+    outside.mkdir()
+    write_recons_h5(outside / "other_recons.h5", _ramped(phases[0]), positions, asize)
+    with h5py.File(second, "a") as f:
+        del f["/reconstruction/p"]
+        f["/reconstruction/p"] = h5py.ExternalLink(f"../../{outside.name}/other_recons.h5",
+                                                   "/reconstruction/p")
+    with pytest.raises(DataError) as exc:
+        read_projection_set(second, "ptychoshelves-recons", laminography_angle_deg=LAMINO,
+                            angles_deg=[30.0])
+    assert "not another *_recons.h5 of this data set" in _one_line(exc)
+
+
 def write_niter_mat(path: Path, obj: np.ndarray, roi: tuple[range, range],
                     angle: float | None) -> None:
     """fold_slice ``ptycho/+engines/+GPU/ptycho_solver.m``: ``save(...'Niter<N>.mat',

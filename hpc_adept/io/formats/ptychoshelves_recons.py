@@ -17,6 +17,16 @@ Written by PtychoShelves ``+core/+save/reconstructions_as_h5.m`` through
 
 The tomography angle is not in the file: the caller supplies it (PtychoShelves convention).
 The object's mode 0 is used; several layers (multislice) multiply.
+
+A joint reconstruction of several scans (``p.share_object = 0``) writes one file per scan;
+from the second on, ``reconstructions_as_h5.m`` copies ``/reconstruction/p`` from the first
+file with ``utils/hdf5_cp_file.m`` ("shallow": ``'ext:' orig_filename ':' group``, an HDF5
+external link, the path relative to the file) and soft-links ``/reconstruction/object`` to
+``/reconstruction/p/objects/object_<scan - 1>``. That one link is followed, explicitly
+(general external links stay refused): its target must be another ``*_recons.h5`` of the
+same data set (at most two folders up: ``<base>/S%05d/S%05d_recons.h5``), and the object,
+probe, pixel and positions are read there (the positions then cover every scan: the crop
+is their union).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from hpc_adept.io.formats._read import data_error, open_h5, read_complex, require_dataset
@@ -81,15 +92,45 @@ def _roi(f, path: Path, shape: tuple[int, int]) -> tuple[slice, slice] | None:
     return slice(low[0], high[0]), slice(low[1], high[1])
 
 
+def _shared_parameters(f: h5py.File, path: Path) -> tuple[Path, dict[str, str]] | None:
+    """Where a joint reconstruction's later scan keeps its ``/reconstruction/p`` (the first
+    scan's file) and the paths there of its object and probe; None for a file of its own."""
+    try:
+        link = f.get("/reconstruction/p", getlink=True)
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return None
+    if not isinstance(link, h5py.ExternalLink):
+        return None
+    base = path.resolve().parent.parent
+    target = (path.parent / link.filename).resolve()
+    if not (target.name.endswith("_recons.h5") and target.is_relative_to(base)
+            and link.path == "/reconstruction/p" and target.is_file()):
+        raise data_error(path, f"/reconstruction/p links to {link.filename!r}: not another "
+                               f"*_recons.h5 of this data set (refused)", "/reconstruction/p")
+    keys = {}
+    for key in (OBJECT, PROBES):
+        soft = f.get(key, getlink=True)
+        if isinstance(soft, h5py.SoftLink) and soft.path.startswith("/reconstruction/p/"):
+            keys[key] = soft.path
+    if OBJECT not in keys:
+        raise data_error(path, "the object of a scan sharing /reconstruction/p must link "
+                               "into it", OBJECT)
+    return target, keys
+
+
 def read_recons_object(path: PathLike) -> ObjectRecord:
     """The object (mode 0, layers multiplied), pixel size and probe of a ``*_recons.h5``."""
     p = Path(path)
     with open_h5(p) as f:
-        obj = _single_object(read_complex(f, OBJECT, p, (2, 3, 4)))
-        pixel = read_pixel(f, p, DX_SPEC)
+        shared = _shared_parameters(f, p)
+    source, keys = shared if shared is not None else (p, {})
+    with open_h5(source) as f:
+        obj = _single_object(read_complex(f, keys.get(OBJECT, OBJECT), source, (2, 3, 4)))
+        pixel = read_pixel(f, source, DX_SPEC)
         probe = None
-        if f.get(PROBES) is not None:
-            raw = read_complex(f, PROBES, p, (2, 3))
+        probes = keys.get(PROBES, PROBES)
+        if f.get(probes) is not None:
+            raw = read_complex(f, probes, source, (2, 3))
             probe = raw if raw.ndim == 2 else raw[0]
-        roi = _roi(f, p, obj.shape)
+        roi = _roi(f, source, obj.shape)
     return ObjectRecord(object=obj, pixel_m=pixel, angle_deg=None, probe=probe, roi=roi)
