@@ -101,10 +101,14 @@ def _shared_parameters(f: h5py.File, path: Path) -> tuple[Path, dict[str, str]] 
         return None
     if not isinstance(link, h5py.ExternalLink):
         return None
-    base = path.resolve().parent.parent
-    target = (path.parent / link.filename).resolve()
-    if not (target.name.endswith("_recons.h5") and target.is_relative_to(base)
-            and link.path == "/reconstruction/p" and target.is_file()):
+    try:
+        base = path.resolve().parent.parent
+        target = (path.parent / link.filename).resolve()
+        usable = (target.name.endswith("_recons.h5") and target.is_relative_to(base)
+                  and link.path == "/reconstruction/p" and target.is_file())
+    except (RuntimeError, OSError):  # a symbolic-link loop, no permission
+        usable = False
+    if not usable:
         raise data_error(path, f"/reconstruction/p links to {link.filename!r}: not another "
                                f"*_recons.h5 of this data set (refused)", "/reconstruction/p")
     keys = {}
