@@ -219,6 +219,30 @@ def write_ptychodus(folder: Path, scan: Scan, assembled: bool = False) -> tuple[
     return diffraction, product
 
 
+def test_ptychi_test_data_folders(tmp_path):
+    """pty-chi's tests (``tests/test_utils.py``) read ``<name>/ptychodus_dp.hdf5`` with its
+    ``ptychodus_para.hdf5`` (a ptychodus product) and ``2d_ptycho/dp_250.hdf5`` with
+    ``metadata_250_truePos.hdf5`` and ``metadata_250_nominalPos.hdf5``: the first pair is
+    found as such; of two products beside one file neither is guessed."""
+    scan = _scan(40.0)
+    order = np.arange(scan.n_positions)[::-1]  # write_ptychodus lists them so
+    kw = {"laminography_angle_deg": LAMINO, "detector_pixel_m": PIXEL_M}
+    for folder, dp, para in (("2d_lsqml", "ptychodus_dp", "ptychodus_para"),
+                             ("2d_ptycho", "dp_250", "metadata_250_truePos")):
+        diffraction, product = write_ptychodus(tmp_path / folder, scan)
+        diffraction.rename(tmp_path / folder / f"{dp}.hdf5")
+        product.rename(tmp_path / folder / f"{para}.hdf5")
+        read = read_scans(tmp_path / folder, **kw)[0]
+        np.testing.assert_array_equal(read.counts, scan.counts[order])
+        np.testing.assert_allclose(read.positions_m, scan.positions_m[order], atol=1e-15)
+    write_ptychodus_product(tmp_path / "2d_ptycho" / "metadata_250_nominalPos.hdf5", scan,
+                            "nominal", order, 0)
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path / "2d_ptycho", **kw)
+    assert ("candidates: metadata_250_nominalPos.hdf5, metadata_250_truePos.hdf5"
+            in _one_line(exc))
+
+
 def write_ptychodus_product(path: Path, scan: Scan, name: str, order: np.ndarray,
                             index_offset: int = 0) -> None:
     """A ptychodus 1.7.0 product file of ``scan`` (``api/io.py`` ``save_product``
@@ -360,7 +384,10 @@ def write_cdtools_cxi(path: Path, scan: Scan) -> None:
     ``data_1/data``), ``add_ptycho_translations``: the translations negated "to conform to
     the standard in cxi files that the translations refer to the object's translation",
     stored at ``sample_1/geometry_1/translation`` with soft links in ``data_1`` and
-    ``detector_1``)."""
+    ``detector_1``). CDTools's probe translation ``p`` is in the lab frame of its default
+    basis ``[[0, -p, 0], [-p, 0, 0]]`` (both axes against the frame's; ``tools/
+    interactions`` ``translations_to_pixel`` puts the probe at ``(-p_y, -p_x) / pixel``),
+    so the stored ``T = -p`` is our probe position: ``T = scan.positions_m``."""
     with h5py.File(path, "w") as f:
         f.create_dataset("cxi_version", data=160)
         f.create_dataset("number_of_entries", data=1)
@@ -380,7 +407,7 @@ def write_cdtools_cxi(path: Path, scan: Scan) -> None:
         f.create_group("/entry_1/data_1")["data"] = h5py.SoftLink(
             "/entry_1/instrument_1/detector_1/data")
         geometry = f.create_group("/entry_1/sample_1/geometry_1")
-        geometry.create_dataset("translation", data=-scan.positions_m)
+        geometry.create_dataset("translation", data=scan.positions_m)  # -p, p = -positions
         f["/entry_1/data_1/translation"] = h5py.SoftLink(
             "/entry_1/sample_1/geometry_1/translation")
         det["translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
@@ -433,9 +460,11 @@ def test_foreign_cxi_mask_flags_and_per_frame_masks(tmp_path):
 
 
 def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
-    """The CXI spec's translation is the sample's (CDTools writes the negated probe
-    positions); ptychodus writes the probe positions: ``auto`` tells them apart, and
-    ``data.cxi_translation`` overrides it."""
+    """The CXI spec's translation is the sample's in the lab frame of the detector's basis
+    (CDTools: negated probe translations along a basis of negative axes, so the stored value
+    is our probe position); ptychodus writes the probe positions: ``auto`` tells them
+    apart, and ``data.cxi_translation`` overrides it. Without a basis the probe is at minus
+    the translation."""
     scan = _scan(-20.0)
     write_cdtools_cxi(tmp_path / "cdtools.cxi", scan)
     assert detect_format(tmp_path / "cdtools.cxi") == "cxi"
@@ -443,8 +472,16 @@ def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
     read = read_scans(tmp_path / "cdtools.cxi", **kw)[0]
     np.testing.assert_allclose(read.positions_m, scan.positions_m, atol=1e-15)
     np.testing.assert_allclose(read.counts, scan.counts, rtol=1e-6)
-    mirrored = read_scans(tmp_path / "cdtools.cxi", cxi_translation="probe", **kw)[0]
+    assert "probe position = +x +y of the translation" in inspect(tmp_path / "cdtools.cxi",
+                                                                  **kw)
+    with h5py.File(tmp_path / "cdtools.cxi", "r+") as f:  # a basis along +x, +y
+        f["/entry_1/instrument_1/detector_1/basis_vectors"][...] *= -1
+    mirrored = read_scans(tmp_path / "cdtools.cxi", **kw)[0]
     np.testing.assert_allclose(mirrored.positions_m, -scan.positions_m, atol=1e-15)
+    as_stored = read_scans(tmp_path / "cdtools.cxi", cxi_translation="probe", **kw)[0]
+    np.testing.assert_allclose(as_stored.positions_m, scan.positions_m, atol=1e-15)
+    with h5py.File(tmp_path / "cdtools.cxi", "r+") as f:  # no basis: the spec's default
+        del f["/entry_1/instrument_1/detector_1/basis_vectors"]
     diffraction, _ = write_ptychodus_cxi(tmp_path / "pty", scan)
     as_sample = read_scans(diffraction, laminography_angle_deg=LAMINO,
                            cxi_translation="sample")[0]
@@ -469,8 +506,42 @@ def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
         f["/entry_1/ptychodus/probe_position_indexes"][0] = order[0]
     # inspect says which reading it took
     assert "probe position = -translation" in inspect(tmp_path / "cdtools.cxi", **kw)
+    np.testing.assert_allclose(read_scans(tmp_path / "cdtools.cxi", **kw)[0].positions_m,
+                               -scan.positions_m, atol=1e-15)
     text = inspect(diffraction, laminography_angle_deg=LAMINO)
     assert "CXI translation (product.cxi): probe positions as stored" in text
+
+
+@pytest.mark.parametrize("frames", [7, 3])
+def test_pynx_cxi_translation_is_three_rows(tmp_path, frames):
+    """PyNX ``pynx/ptycho/ptycho.py`` ``save_ptycho_data_cxi``: ``xyz = np.zeros((3,
+    x.size)); xyz[0] = x; xyz[1] = y`` stored as the translation (``[3, n]``), the probe
+    positions (its ``runner/cxi.py``: ``x, y = translation[0:2]``) with a detector basis of
+    negative axes (``basis_vectors[0, 1] = basis_vectors[1, 0] = -pixel_size``), root
+    attribute ``creator = 'PyNX'``; three frames make a ``[3, 3]`` table, read as PyNX's."""
+    scan = _scan(10.0)
+    scan = Scan(**{**scan.__dict__, "counts": scan.counts[:frames],
+                   "positions_m": scan.positions_m[:frames], "counts_shape": None})
+    path = tmp_path / "pynx.cxi"
+    with h5py.File(path, "w") as f:
+        f.attrs["creator"] = "PyNX"
+        f.create_dataset("cxi_version", data=140)
+        f["/entry_1/instrument_1/source_1/energy"] = scan.energy_ev * 1.60218e-19
+        det = f.create_group("/entry_1/instrument_1/detector_1")
+        det["distance"], det["x_pixel_size"] = scan.distance_m, PIXEL_M
+        det["y_pixel_size"] = PIXEL_M
+        basis = np.zeros((2, 3))
+        basis[0, 1] = basis[1, 0] = -PIXEL_M
+        det["basis_vectors"] = basis
+        det["data"] = scan.counts.astype(np.float32)
+        f["/entry_1/data_1/data"] = h5py.SoftLink("/entry_1/instrument_1/detector_1/data")
+        f["/entry_1/data_1/process_1/program"] = "PyNX"
+        xyz = np.zeros((3, frames))
+        xyz[0], xyz[1] = scan.positions_m[:, 0], scan.positions_m[:, 1]
+        f["/entry_1/sample_1/geometry_1/translation"] = xyz
+    read = read_scans(path, laminography_angle_deg=LAMINO, rotation_angle_deg=10.0)[0]
+    np.testing.assert_allclose(read.positions_m[:, :2], scan.positions_m[:, :2], atol=1e-15)
+    np.testing.assert_array_equal(read.counts, scan.counts.astype(np.float32))
 
 
 def test_our_own_cxi_is_detected(tmp_path):

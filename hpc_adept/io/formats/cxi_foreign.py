@@ -13,17 +13,25 @@ class ``_P`` and ``CXIDiffractionFileWriter.write``):
   corrected, peak for a hit finder: :data:`MASK_INFO_BITS`), so a writer's own nonzero
   "bad" value stays bad; 2-D ``[ny, nx]``, or 3-D ``[n, ny, nx]`` per frame, then a pixel
   flagged in any frame is left out of all (LSQ-ML takes one detector mask);
-- positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]``; legacy
-  ``/entry_1/data_1/translation``. The CXI spec defines it as the sample's translation, so
-  the probe position on the sample is its negative (CDTools ``tools/data``
-  ``add_ptycho_translations`` writes ``-probe positions`` there and its reader negates them
-  back); ptychodus (``plugins/cxi_file.py`` ``CXIProductFileIO.write``) writes the probe
-  position (x_m, y_m, 0) as it is, in its product CXI file (its diffraction CXI file has
-  none, so the positions come from a second file). ``translation`` (``data.cxi_translation``)
-  says which: ``auto`` takes the probe position from a file ptychodus wrote (its
-  ``/entry_1/ptychodus`` group or ``/entry_1/process_1/program``) or one laid out as our
-  own (our geometry keys), else the sample's translation (with a warning); ptychodus's
-  ``probe_position_indexes`` put the rows in frame order;
+- positions ``/entry_1/sample_1/geometry_1/translation`` ``[n, 3]`` (PyNX's
+  ``save_ptycho_data_cxi`` writes ``[3, n]``, which its ``runner/cxi.py`` reads as
+  ``x, y = translation[0:2]``); legacy ``/entry_1/data_1/translation``. The CXI spec
+  defines it as the sample's translation in the lab frame of the detector's
+  ``basis_vectors``, so the probe position on the sample is its negative along each axis
+  that runs like the frame's, and itself along an axis that runs against it: CDTools
+  (``tools/data`` ``add_ptycho_translations`` stores its probe translations negated, with
+  the default basis ``[[0, -p, 0], [-p, 0, 0]]``, so its ``translations_to_pixel`` puts
+  the probe at ``(T_y, T_x) / pixel``) and PyNX (the same negative basis, probe
+  positions stored as they are) both end with the stored value being the probe position
+  in the frame's axes; without a basis, +x and +y are taken (the probe at minus the
+  translation). ptychodus (``plugins/cxi_file.py`` ``CXIProductFileIO.write``) writes the
+  probe position (x_m, y_m, 0) as it is, in its product CXI file (its diffraction CXI file
+  has none, so the positions come from a second file). ``translation``
+  (``data.cxi_translation``) says which: ``auto`` takes the probe position from a file
+  ptychodus wrote (its ``/entry_1/ptychodus`` group or ``/entry_1/process_1/program``) or
+  one laid out as our own (our geometry keys), else the sample's translation (with a
+  warning when there is no basis); ptychodus's ``probe_position_indexes`` put the rows in
+  frame order;
 - rotation angle ``/entry_1/ptychodus/tomography_angle_deg`` (non-standard), read in the
   PtychoShelves convention (ptychodus hands it to pyxalign); our own
   ``/entry_1/sample_1/geometry_1/rotation_angle_deg`` and ``laminography_angle_deg`` when
@@ -65,7 +73,7 @@ from hpc_adept.io.formats._values import (
     rotation_deg,
 )
 
-__all__ = ["read_foreign_cxi", "translation_meaning"]
+__all__ = ["describe_translation", "read_foreign_cxi", "translation_meaning"]
 
 PathLike = str | os.PathLike
 log = logging.getLogger(__name__)
@@ -78,6 +86,7 @@ DISTANCE = "/entry_1/instrument_1/detector_1/distance"
 X_PIXEL = "/entry_1/instrument_1/detector_1/x_pixel_size"
 Y_PIXEL = "/entry_1/instrument_1/detector_1/y_pixel_size"
 MASK = "/entry_1/instrument_1/detector_1/mask"
+BASIS = "/entry_1/instrument_1/detector_1/basis_vectors"
 # CXI pixel-mask flags that say something about a usable pixel: in a peak mask 0x20, out of
 # resolution limits 0x100, artifact corrected 0x800, peak for a hit finder 0x2000, photon
 # background corrected 0x4000; any other set bit (invalid 0x1, saturated 0x2, hot, dead,
@@ -126,6 +135,21 @@ def translation_meaning(path: PathLike, translation: str = "auto") -> str:
         return _meaning(f, translation)
 
 
+def describe_translation(path: PathLike, translation: str = "auto") -> str:
+    """How the positions of ``path`` are read under ``translation``, in words (for
+    ``adept inspect``: the sign is a convention)."""
+    if translation_meaning(path, translation) == "probe":
+        return "probe positions as stored"
+    with open_h5(Path(path)) as f:
+        signs = _lab_axis_signs(f, Path(path))
+    if signs is None:
+        return "the sample's translation: probe position = -translation"
+    axes = "".join(f" {'-' if sign > 0 else '+'}{name}" for sign, name in
+                   zip(signs[:2], ("x", "y"), strict=True))
+    return f"the sample's translation through the detector basis: probe position =" \
+           f"{axes} of the translation"
+
+
 def _meaning(f: h5py.File, translation: str) -> str:
     """``probe`` or ``sample`` for the CXI file ``f`` under the setting ``translation``."""
     if translation not in TRANSLATION_MEANINGS:
@@ -136,6 +160,50 @@ def _meaning(f: h5py.File, translation: str) -> str:
     return "probe" if _holds_probe_positions(f) else "sample"
 
 
+def _written_by_pynx(f: h5py.File) -> bool:
+    """PyNX's ``save_ptycho_data_cxi`` (root attribute ``creator``, or
+    ``/entry_1/data_1/process_1/program``): its translation table is ``[3, n]``."""
+    names = [f.attrs.get("creator")]
+    program = f.get("/entry_1/data_1/process_1/program")
+    if isinstance(program, h5py.Dataset) and program.shape in ((), (1,)):
+        names.append(np.asarray(program[()]).reshape(-1)[0])
+    return any((v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+               .strip().lower().startswith("pynx") for v in names if v is not None)
+
+
+def _translation_table(f: h5py.File, path: Path, key: str, n: int) -> np.ndarray:
+    """The ``[n, 3]`` table at ``key``: rows per frame (the CXI spec), or PyNX's ``[3, n]``
+    (``xyz = np.zeros((3, x.size))``; its reader takes ``translation[0:2]`` as x, y)."""
+    shape = require_dataset(f, key, path).shape
+    transposed = (len(shape) == 2 and shape[0] == 3 and shape[1] == n
+                  and (n != 3 or _written_by_pynx(f)))
+    if not transposed and (len(shape) != 2 or shape[1] not in (2, 3) or shape[0] != n):
+        raise data_error(path, f"expected shape ({n}, 3) (one row per frame), got {shape}",
+                         key)
+    table = read_array(f, key, path, ndim=2, dtype=np.float64)
+    table = table.T if transposed else table
+    if table.shape[1] == 2:
+        table = np.concatenate([table, np.zeros((n, 1))], axis=1)
+    return table
+
+
+def _lab_axis_signs(f: h5py.File, path: Path) -> np.ndarray | None:
+    """Signs ``[x, y, z]`` that take the lab frame of ``basis_vectors`` to the frame's
+    columns and rows (CDTools and PyNX write both axes negative: ``[[0, -p, 0], [-p, 0,
+    0]]``), or None when the file has no basis (then taken as +x, +y)."""
+    if f.get(BASIS) is None:
+        return None
+    basis = read_array(f, BASIS, path, ndim=2, dtype=np.float64)
+    basis = basis.T if basis.shape == (2, 3) else basis  # PyNX [2, 3]; CDTools [3, 2]
+    if basis.shape != (3, 2):
+        raise data_error(path, f"expected [3, 2] or [2, 3], got {basis.shape}", BASIS)
+    row_axis, col_axis = basis[:, 0], basis[:, 1]
+    if not (abs(col_axis[0]) > abs(col_axis[1]) and abs(row_axis[1]) > abs(row_axis[0])):
+        raise data_error(path, "the detector's columns and rows do not run along the lab's x "
+                               "and y: set data.cxi_translation: probe or sample", BASIS)
+    return np.array([np.sign(col_axis[0]), np.sign(row_axis[1]), 1.0])
+
+
 def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
                  ) -> np.ndarray | None:
     """``[n, 3]`` probe positions (a 2-column table gets z = 0), or None when absent;
@@ -143,20 +211,17 @@ def _translation(f: h5py.File, path: Path, n: int, translation: str = "auto"
     key = _first(f, TRANSLATION)
     if key is None:
         return None
-    ds = require_dataset(f, key, path)
-    if len(ds.shape) != 2 or ds.shape[1] not in (2, 3) or ds.shape[0] != n:
-        raise data_error(path, f"expected shape ({n}, 3) (one row per frame), got {ds.shape}",
-                         key)
-    table = read_array(f, key, path, ndim=2, dtype=np.float64)
-    if table.shape[1] == 2:
-        table = np.concatenate([table, np.zeros((n, 1))], axis=1)
+    table = _translation_table(f, path, key, n)
     check_positions_m(path, key, table)
     table = _in_frame_order(f, path, table)
     if _meaning(f, translation) == "probe":
         return table
-    if translation == "auto":
+    signs = _lab_axis_signs(f, path)
+    if signs is None and translation == "auto":
         _say_sample(path)
-    return -table  # the sample moves by t: the probe sits at -t on the sample
+    # the sample moves by t in the lab: the probe sits at -t on the sample, in the frame's
+    # axes through the detector basis
+    return -table * (signs if signs is not None else 1.0)
 
 
 def _in_frame_order(f: h5py.File, path: Path, table: np.ndarray) -> np.ndarray:

@@ -199,19 +199,28 @@ def _product_for(diffraction: Path) -> Path:
     ``*product*``, or ptychodus's standard batch layout (``api/io.py``
     ``StandardFileLayout``: ``diffraction.h5`` with ``product-in.h5``, the positions the
     reconstruction started from, then ``product-out.h5``)."""
-    found = _companion(diffraction, ("product", "product-in", "product-out"))
-    if found is None:
-        raise data_error(diffraction, "no positions: set data.positions_path (the "
-                                      "ptychodus product file); none named like *product* "
-                                      "beside it")
-    return found
+    found = (_companion(diffraction, ("product", "product-in", "product-out"))
+             or _companion(diffraction, ("para",), token="dp"))  # pty-chi's test data
+    if found is not None:
+        return found
+    products = sorted(c for c in diffraction.parent.iterdir()
+                      if c.suffix in (".h5", ".hdf5") and _file_kind(c) == "ptychodus-product")
+    others = [c for c in diffraction.parent.iterdir() if c != diffraction and c.suffix in
+              (".h5", ".hdf5") and _file_kind(c) == "ptychodus-diffraction"]
+    if len(products) == 1 and not others:  # one scan and one product beside each other
+        return products[0]
+    names = ", ".join(c.name for c in products[:4])
+    raise data_error(diffraction, "no positions: set data.positions_path (the ptychodus "
+                                  "product file)" + (f"; candidates: {names}" if names else
+                                                     "; none named like *product* beside it"))
 
 
-def _companion(diffraction: Path, names: Sequence[str]) -> Path | None:
-    """The first existing file beside ``diffraction`` named with ``diffraction`` replaced
-    by one of ``names``, or None."""
+def _companion(diffraction: Path, names: Sequence[str], token: str = "diffraction"
+               ) -> Path | None:
+    """The first existing file beside ``diffraction`` named with ``token`` replaced by one
+    of ``names``, or None."""
     for name in names:
-        guess = diffraction.with_name(diffraction.name.replace("diffraction", name))
+        guess = diffraction.with_name(diffraction.name.replace(token, name))
         if guess != diffraction and guess.is_file():
             return guess
     return None
@@ -244,9 +253,14 @@ def _candidate_files(p: Path, fmt: str, roi_label: str | None) -> list[Path]:
                             "the experiment folder as data.format lamni-tomo")
     if fmt == "velociprobe":
         raise data_error(p, "give one Velociprobe master file (with its positions_path)")
-    files = sorted(c for c in p.glob("*.h5") if "product" not in c.name)
-    # ptychodus's batch layout: one folder per scan, each with its diffraction.h5
-    return files or sorted(c for c in p.glob("*/*.h5") if "product" not in c.name)
+    # ptychodus's batch layout: one folder per scan, each with its diffraction.h5; pty-chi's
+    # test data: ptychodus_dp.hdf5 + ptychodus_para.hdf5
+    for pattern in ("*", "*/*"):
+        files = sorted(c for c in [*p.glob(f"{pattern}.h5"), *p.glob(f"{pattern}.hdf5")]
+                       if _file_kind(c) == "ptychodus-diffraction")
+        if files:
+            return files
+    return []
 
 
 def _read_one(fmt: str, path: Path, positions_path: Path | None, s: Supplied,
@@ -537,9 +551,7 @@ def _cxi_translation_line(first: Path, supplied: dict) -> str:
         own = cxi_foreign.has_translation(f)
     holder = first if own else (supplied.get("positions_path") or _cxi_product_for(first))
     setting = str(supplied.get("cxi_translation") or "auto")
-    meaning = cxi_foreign.translation_meaning(holder, setting) if holder else setting
-    how = ("probe positions as stored" if meaning == "probe"
-           else "the sample's translation: probe position = -translation")
+    how = cxi_foreign.describe_translation(holder, setting) if holder else setting
     return f"CXI translation ({Path(holder).name if holder else 'none'}): {how} " \
            f"(data.cxi_translation: {setting})"
 
