@@ -512,6 +512,22 @@ def test_cxi_translation_is_the_samples_unless_ptychodus_wrote_it(tmp_path):
     assert "CXI translation (product.cxi): probe positions as stored" in text
 
 
+def test_cxi_detector_basis_across_the_lab_axes_is_one_error(tmp_path):
+    """A basis whose columns run along the lab's y (a detector turned by 90 deg) cannot be
+    read as the spec's sample translation along the frame: one line naming the way out."""
+    scan = _scan(-20.0)
+    write_cdtools_cxi(tmp_path / "turned.cxi", scan)
+    with h5py.File(tmp_path / "turned.cxi", "r+") as f:
+        f["/entry_1/instrument_1/detector_1/basis_vectors"][...] = np.array(
+            [[-PIXEL_M, 0.0], [0.0, -PIXEL_M], [0.0, 0.0]])
+    kw = {"laminography_angle_deg": LAMINO, "rotation_angle_deg": -20.0}
+    with pytest.raises(DataError) as exc:
+        read_scans(tmp_path / "turned.cxi", **kw)
+    assert "set data.cxi_translation: probe" in _one_line(exc)
+    read = read_scans(tmp_path / "turned.cxi", cxi_translation="probe", **kw)[0]
+    np.testing.assert_allclose(read.positions_m, scan.positions_m, atol=1e-15)
+
+
 @pytest.mark.parametrize("frames", [7, 3])
 def test_pynx_cxi_translation_is_three_rows(tmp_path, frames):
     """PyNX ``pynx/ptycho/ptycho.py`` ``save_ptycho_data_cxi``: ``xyz = np.zeros((3,

@@ -200,7 +200,8 @@ def _lab_axis_signs(f: h5py.File, path: Path) -> np.ndarray | None:
     row_axis, col_axis = basis[:, 0], basis[:, 1]
     if not (abs(col_axis[0]) > abs(col_axis[1]) and abs(row_axis[1]) > abs(row_axis[0])):
         raise data_error(path, "the detector's columns and rows do not run along the lab's x "
-                               "and y: set data.cxi_translation: probe or sample", BASIS)
+                               "and y (not supported): set data.cxi_translation: probe if the "
+                               "translations are probe positions along the frame", BASIS)
     return np.array([np.sign(col_axis[0]), np.sign(row_axis[1]), 1.0])
 
 
