@@ -81,6 +81,8 @@ def test_every_integer_key_has_an_upper_bound(key, value):
         (["recon.volume_shape=[16384,16384,16384]"], "has more than 17179869184"),
         (["evaluate.max_shift_voxels=100000"], "evaluate.max_shift_voxels must be in [0, 16384]"),
         (["evaluate.gmm_samples=1"], "evaluate.gmm_samples must be in [2, 10000000]"),
+        (["data.burst_frames=0"], "data.burst_frames must be > 0, got 0"),
+        (["data.spec_motors=[px, px]"], "data.spec_motors must be two different column names"),
         (["recon.methods=[fbp,dip]", "recon.volume_shape=[12,24,24]", "dip.channels=[4,8]",
           "dip.strides=[64,1]"], "dip.strides [64, 1]: their product 64 shrinks"),
     ],
