@@ -85,18 +85,24 @@ def read_tike_set(folder: Path) -> dict:
                 tilt=float(tilt), recons=recons)
 
 
-def geometry_check(s: dict) -> float:
-    """PCC of our projector (tike's angles mapped onto ours) with tike's own projections."""
+def geometry_check(s: dict) -> tuple[float, float]:
+    """PCC of our projector (tike's angles mapped onto ours) with tike's own projections,
+    as tike centres them and moved onto our centres (what the TIFF reader does)."""
     import torch
 
+    from hpc_adept.align import shift_images
+    from hpc_adept.io.formats import centre_shifts
     from hpc_adept.lamino import Geometry, LaminoOperator
 
-    op = LaminoOperator(Geometry(to_adept_angles(s["theta"], "tike"),
-                                 to_adept_laminography(s["tilt"], "tike"),
-                                 s["original"].shape, s["data"].shape[1:]))
+    angles = to_adept_angles(s["theta"], "tike")
+    tilt = to_adept_laminography(s["tilt"], "tike")
+    op = LaminoOperator(Geometry(angles, tilt, s["original"].shape, s["data"].shape[1:]))
+    shifts = centre_shifts(angles, tilt, s["data"].shape[1:], "tike")
     with torch.no_grad():
         ours = op.forward(torch.from_numpy(s["original"].real.astype(np.float64))).numpy()
-    return pcc(s["data"].real, ours)
+        moved = shift_images(torch.from_numpy(s["data"].real.astype(np.float64)),
+                             torch.from_numpy(shifts), pad=2).numpy()
+    return pcc(s["data"].real, ours), pcc(moved, ours)
 
 
 def write_inputs(work: Path, s: dict, scale: float, iterations: int, threads: int) -> None:
@@ -140,9 +146,11 @@ def main() -> None:
     if not (args.tike_data / "lamino_setup.pickle.lzma").is_file():
         parser.error(f"{args.tike_data}: no lamino_setup.pickle.lzma")
     s = read_tike_set(args.tike_data)
+    as_tike_centres, on_ours = geometry_check(s)
     print(json.dumps({"data": list(s["data"].shape), "volume": list(s["original"].shape),
                       "angles": len(s["theta"]), "tilt_rad": s["tilt"],
-                      "geometry_pcc_our_projector_vs_tike": round(geometry_check(s), 4)}))
+                      "geometry_pcc_our_projector_vs_tike": round(as_tike_centres, 4),
+                      "geometry_pcc_on_our_centres": round(on_ours, 5)}))
     truth = s["original"].real.astype(np.float64)
     nz = np.nonzero(truth)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)

@@ -50,6 +50,7 @@ from hpc_adept.io.formats.detect import (
     read_scans,
 )
 from hpc_adept.io.formats.geometry import (
+    centre_shifts,
     ptychoshelves_vectors,
     tike_vectors,
     to_adept_angles,
@@ -63,6 +64,7 @@ __all__ = [
     "PROJECTION_FORMATS",
     "SCAN_FORMATS",
     "Supplied",
+    "centre_shifts",
     "detect_format",
     "inspect",
     "ptychoshelves_vectors",

@@ -8,7 +8,8 @@ cropped to the region the probe centres swept where the file says where that is,
 centre-cropped to the smallest common shape. Pixel sizes must agree between files (1e-3)
 and be square; rotation angles come from the files or from the caller (``angles_deg``, in
 the reader's convention: PtychoShelves for the PtychoShelves family and ptychodus, ours
-for TIFF) and are converted to ours (:mod:`hpc_adept.io.formats.geometry`).
+for TIFF) and are converted to ours (:mod:`hpc_adept.io.formats.geometry`), and so are the
+projections' centres where the convention centres them elsewhere (tike).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from hpc_adept.io.formats._read import data_error
 from hpc_adept.io.formats._values import laminography_deg
 from hpc_adept.io.formats.foldslice_niter import read_niter_object
-from hpc_adept.io.formats.geometry import to_adept_angles
+from hpc_adept.io.formats.geometry import centre_shifts, to_adept_angles
 from hpc_adept.io.formats.phase import object_phase
 from hpc_adept.io.formats.ptychodus import read_product_object
 from hpc_adept.io.formats.ptychoshelves_recons import read_recons_object
@@ -146,6 +147,27 @@ def _probes(records: list[dict]) -> np.ndarray | None:
     return np.stack(probes)
 
 
+def _recentred(phases: list[np.ndarray], angles: np.ndarray, tilt: float, convention: str
+               ) -> list[np.ndarray]:
+    """Each projection moved from the convention's centres onto ours
+    (:func:`~hpc_adept.io.formats.geometry.centre_shifts`; unchanged where they agree)."""
+    import torch
+
+    from hpc_adept.align import shift_images
+
+    out = []
+    for k, phase in enumerate(phases):
+        shift = centre_shifts(angles[k:k + 1], tilt, phase.shape, convention)
+        if not shift.any():
+            out.append(phase)
+            continue
+        with torch.no_grad():
+            moved = shift_images(torch.from_numpy(phase.astype(np.float64))[None],
+                                 torch.from_numpy(shift), pad=2)
+        out.append(moved[0].numpy().astype(phase.dtype))
+    return out
+
+
 def _assemble(phases: list[np.ndarray], angles: np.ndarray, tilt: float, pixel: float,
               probes: np.ndarray | None, where: Path) -> ProjectionSet:
     """Crop to the common shape, sort by angle, check distinct angles."""
@@ -191,8 +213,8 @@ def read_object_projections(paths: Sequence[PathLike], fmt: str, *,
     pixel = _common_pixel(records, files)
     angles = _angles(records, files, angles_deg, convention)
     tilt = laminography_deg(files[0], laminography_angle_deg, convention)
-    return _assemble(_phases(records, phase_sign), angles, tilt, pixel, _probes(records),
-                     files[0].parent)
+    phases = _recentred(_phases(records, phase_sign), angles, tilt, convention)
+    return _assemble(phases, angles, tilt, pixel, _probes(records), files[0].parent)
 
 
 def _natural_key(path: Path) -> list:
@@ -266,4 +288,5 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
     angles = to_adept_angles(read_angle_file(angles_path, expected=stack.shape[0]),
                              angle_convention)
     tilt = laminography_deg(p, laminography_angle_deg, angle_convention)
-    return _assemble(list(stack), angles, tilt, float(pixel_size_m), None, p)
+    phases = _recentred(list(stack), angles, tilt, angle_convention)
+    return _assemble(phases, angles, tilt, float(pixel_size_m), None, p)
