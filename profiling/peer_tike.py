@@ -21,8 +21,9 @@ run`` with ``data.format: tiff-stack``, ``data.angle_convention: tike``,
 alignment (the data are aligned), FBP and the DIP (the demo's network) on the whole 64^3
 box. The TIFF reader moves tike's projections from tike's centres (``n / 2``) onto ours
 (``(n - 1) / 2``), so that our voxels are tike's; the first line printed gives the match of
-our projector with tike's projections before and after that move. Scores, every method on the same voxels against ``original.real``: PCC over the box
-and over the chip's bounding box. No BER: tike's chip is not two-class (vacuum, a matrix
+our projector with tike's projections before and after that move. Scores, every method on
+the same voxels against ``original.real``: PCC over the box and over the chip's bounding
+box. No BER: tike's chip is not two-class (vacuum, a matrix
 near 0.6e-5 and metal near 2e-5 of delta), so a two-class binarisation scores whichever
 split the mixture picks (measured: 0.03 or 0.17 for one volume, tied or full covariance).
 

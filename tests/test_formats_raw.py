@@ -667,8 +667,10 @@ def test_centre_shifts_only_where_the_centres_differ():
     from hpc_adept.io.formats import centre_shifts
 
     angles = [0.0, 90.0, 200.0]
-    for convention in ("adept", "ptychoshelves", "tomocupy"):
+    for convention in ("adept", "ptychoshelves"):
         assert not centre_shifts(angles, 61.0, (24, 24), convention).any()
+    for shape in ((24, 24), (25, 25)):  # tomocupy: its axis W / 2, whatever the parity
+        assert centre_shifts(angles, 61.0, shape, "tomocupy").tolist() == [[0.0, -0.5]] * 3
     even = centre_shifts(angles, 90.0, (24, 24), "tike")  # tomography: rows see z only
     np.testing.assert_allclose(even[:, 0], 0.0, atol=1e-12)
     np.testing.assert_allclose(even[0], [0.0, 0.0], atol=1e-12)  # (0.5, .) lands at 0.5
@@ -734,6 +736,45 @@ def test_tomocupy_geometry_pinned_by_a_point_phantom():
     recon = _tomocupy_backprojection(project(volume, wrong).numpy().transpose(1, 0, 2),
                                      theta, lamino, n, nz)
     assert np.unravel_index(np.argmax(recon), recon.shape) != peak
+
+
+def test_tomocupy_default_axis_is_half_a_pixel_right_of_ours(tmp_path):
+    """tomocupy's default rotation axis is column ``W / 2`` (even sizes, as tomocupy
+    trims them): our projections of a point at our centre, moved half a pixel right,
+    backproject by its kernel to a sharper point than ours as they are; read back in its
+    convention, the moved stack is ours again."""
+    import tifffile
+    import torch
+
+    from hpc_adept.align import shift_images
+    from hpc_adept.io.formats import to_adept_angles, to_adept_laminography
+    from hpc_adept.io.formats.projections import read_tiff_stack
+    from hpc_adept.lamino import Geometry, project
+
+    n = nz = 20
+    theta = np.arange(0.0, 360.0, 7.5)
+    lamino = 25.0
+    volume = torch.zeros((nz, n, n), dtype=torch.float64)
+    volume[nz // 2 - 1:nz // 2 + 1, n // 2 - 1:n // 2 + 1, n // 2 - 1:n // 2 + 1] = 1.0
+    geometry = Geometry(to_adept_angles(theta, "tomocupy"),
+                        to_adept_laminography(lamino, "tomocupy"), (nz, n, n), (nz, n))
+    ours = project(volume, geometry).numpy()  # [angle, row, col], axis at (n - 1) / 2
+    half_right = torch.tensor([[0.0, 0.5]]).expand(len(theta), 2)
+    for_tomocupy = shift_images(torch.from_numpy(ours), half_right, pad=2).numpy()
+
+    def sharpness(images: np.ndarray) -> float:
+        recon = _tomocupy_backprojection(images.transpose(1, 0, 2), theta, lamino, n, nz)
+        return float(np.sort(recon.ravel())[-8:].sum() / np.abs(recon).sum())
+
+    assert sharpness(for_tomocupy) > 1.02 * sharpness(ours)
+    tifffile.imwrite(tmp_path / "stack.tif", for_tomocupy.astype(np.float32))
+    (tmp_path / "angles.txt").write_text("".join(f"{t!r}\n" for t in theta.tolist()))
+    ps = read_tiff_stack(tmp_path / "stack.tif", tmp_path / "angles.txt",
+                         laminography_angle_deg=lamino, pixel_size_m=1e-8,
+                         angle_convention="tomocupy")
+    order = np.argsort(to_adept_angles(theta, "tomocupy"), kind="stable")
+    assert np.abs(ps.projections - ours[order]).max() < 0.03 * ours.max()
+    assert np.abs(for_tomocupy - ours).max() > 0.2 * ours.max()  # as it was handed in
 
 
 # --------------------------------------------------------------------------- LYNX

@@ -72,13 +72,19 @@ two from 0.988 to 0.9993). :func:`centre_shifts` gives the shift that moves a pr
 of another code onto our centres, so that our voxels are the other code's voxels; the
 projection readers apply it (pinned by tests/test_formats_raw.py with tike's forward
 model). ASTRA (PtychoShelves, pyxalign) centres volume and detector at their geometric
-centres, as we do.
+centres, as we do: PtychoShelves' default ``rotation_center = size_projection / 2``
+(``ASTRA_initialize.m``) is in corner-based pixel coordinates, i.e. exactly our ``(m - 1)
+/ 2``, and so is pyxalign's default ``center_of_rotation`` (``data.shape[1:] / 2``).
+tomocupy's default rotation axis (``--rotation-axis -1``: ``ni / 2``, ``dataio/reader.py``)
+is the pixel-centre column ``W / 2`` (``fbp_filter_center`` moves column ``center`` to the
+kernel's ``n / 2``), half a pixel right of ours: projections in its convention are moved
+by ``-0.5`` column (the axis; its row centre ``nz / 2`` differs from ours only by a
+translation of the volume along z). A run with another ``--rotation-axis c`` has its axis
+at ``c``: shift by ``(W - 1) / 2 - c`` columns before reading, or leave it to the
+alignment (a constant column shift is what it estimates first).
 
-Not pinned: PtychoShelves' ``rotation_center`` (default ``size_projection / 2`` in its
-corner-based pixel coordinates, i.e. our ``(m - 1) / 2`` up to half a pixel), its
-``tilt_angle`` / ``skewness_angle`` / ``pixel_scale`` (we accept only 0, 0, 1);
-tomocupy's rotation axis, a parameter of each run (``--rotation-axis``), not a convention:
-projections in its angle convention are taken as centred as ours.
+Not pinned: PtychoShelves' non-default ``rotation_center``, its ``tilt_angle`` /
+``skewness_angle`` / ``pixel_scale`` (we accept only 0, 0, 1).
 """
 
 from __future__ import annotations
@@ -226,10 +232,14 @@ def centre_shifts(angles_deg: Sequence[float], tilt_deg: float, detector_shape: 
         turns the code's projection of a volume into ours of the same voxel array. Zero
         for codes centred as we are; for tike ``P p - d`` with ``p = (0.5, 0.5, 0.5)``
         voxels (its volume centre ``n / 2``, even sizes) and ``d`` its detector centre
-        ``m // 2`` less ours ``(m - 1) / 2`` per axis.
+        ``m // 2`` less ours ``(m - 1) / 2`` per axis; for tomocupy ``(0, -0.5)``, its
+        default rotation axis ``W / 2`` onto ours.
     """
     angles = np.asarray(angles_deg, dtype=np.float64)
-    if _check(convention) != "tike":
+    name = _check(convention)
+    if name == "tomocupy":
+        return np.tile([0.0, -0.5], (angles.size, 1))
+    if name != "tike":
         return np.zeros((angles.size, 2))
     from hpc_adept.lamino.geometry import Geometry
 
