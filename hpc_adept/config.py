@@ -114,7 +114,9 @@ class DataConfig:
         supported).
     angle_convention : str or None
         Convention of the files' and the supplied angles (``adept``, ``ptychoshelves`` =
-        fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own.
+        fold_slice / pyxalign, ``tike``, ``tomocupy``); None = the format's own. A TIFF
+        stack in tike's or tomocupy's convention is also moved from their centres onto
+        ours (docs/formats.md, "Centres").
     foldslice_orientation : (int, int, int)
         fold_slice's ``det.orientation`` (transpose, fliplr, flipud) of its prepared data:
         ``[1, 0, 0]`` for Eiger detectors, ``[0, 0, 0]`` for EMPAD.

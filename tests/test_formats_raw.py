@@ -663,6 +663,20 @@ def test_tike_projections_are_moved_onto_our_centres(tmp_path):
     assert pcc(as_read, ours) < 0.97
 
 
+def test_odd_tiff_stack_in_tikes_convention_is_one_error(tmp_path):
+    import tifffile
+
+    from hpc_adept.io.formats.projections import read_tiff_stack
+
+    tifffile.imwrite(tmp_path / "stack.tif", np.ones((3, 24, 25), np.float32),
+                     photometric="minisblack")
+    (tmp_path / "angles.txt").write_text("0.0\n1.0\n2.0\n")
+    with pytest.raises(DataError, match="stack.tif: .*even sizes only"):
+        read_tiff_stack(tmp_path / "stack.tif", tmp_path / "angles.txt",
+                        laminography_angle_deg=1.0, pixel_size_m=1e-8,
+                        angle_convention="tike")
+
+
 def test_centre_shifts_only_where_the_centres_differ():
     from hpc_adept.io.formats import centre_shifts
 
@@ -674,8 +688,8 @@ def test_centre_shifts_only_where_the_centres_differ():
     even = centre_shifts(angles, 90.0, (24, 24), "tike")  # tomography: rows see z only
     np.testing.assert_allclose(even[:, 0], 0.0, atol=1e-12)
     np.testing.assert_allclose(even[0], [0.0, 0.0], atol=1e-12)  # (0.5, .) lands at 0.5
-    odd = centre_shifts(angles, 90.0, (25, 25), "tike")  # odd detector: centres agree
-    np.testing.assert_allclose(odd - even, 0.5, atol=1e-12)
+    with pytest.raises(ValueError, match="even sizes"):
+        centre_shifts(angles, 90.0, (24, 25), "tike")  # tike's FFT centring takes no odd
 
 
 def _tomocupy_backprojection(data: np.ndarray, theta_deg: np.ndarray, lamino_deg: float,
@@ -759,14 +773,18 @@ def test_tomocupy_default_axis_is_half_a_pixel_right_of_ours(tmp_path):
     geometry = Geometry(to_adept_angles(theta, "tomocupy"),
                         to_adept_laminography(lamino, "tomocupy"), (nz, n, n), (nz, n))
     ours = project(volume, geometry).numpy()  # [angle, row, col], axis at (n - 1) / 2
-    half_right = torch.tensor([[0.0, 0.5]]).expand(len(theta), 2)
-    for_tomocupy = shift_images(torch.from_numpy(ours), half_right, pad=2).numpy()
+    def moved_right(col_px: float) -> np.ndarray:
+        shifts = torch.tensor([[0.0, col_px]], dtype=torch.float64).expand(len(theta), 2)
+        return shift_images(torch.from_numpy(ours), shifts, pad=2).numpy()
 
     def sharpness(images: np.ndarray) -> float:
         recon = _tomocupy_backprojection(images.transpose(1, 0, 2), theta, lamino, n, nz)
         return float(np.sort(recon.ravel())[-8:].sum() / np.abs(recon).sum())
 
-    assert sharpness(for_tomocupy) > 1.02 * sharpness(ours)
+    for_tomocupy = moved_right(0.5)
+    sharpest = sharpness(for_tomocupy)  # its kernel's axis: half a pixel right of ours
+    assert sharpest > 1.05 * sharpness(ours)
+    assert sharpest > max(sharpness(moved_right(0.25)), sharpness(moved_right(0.75)))
     tifffile.imwrite(tmp_path / "stack.tif", for_tomocupy.astype(np.float32))
     (tmp_path / "angles.txt").write_text("".join(f"{t!r}\n" for t in theta.tolist()))
     ps = read_tiff_stack(tmp_path / "stack.tif", tmp_path / "angles.txt",

@@ -69,8 +69,8 @@ pixels, ``d = (0.5, 0.5)`` (rows, columns) and ``P p`` the detector position of 
 0.5, 0.5)`` (measured on tike's own laminography set: the per-angle shifts that best match
 our projection to tike's follow this to 0.01 px, and taking them out raises the PCC of the
 two from 0.988 to 0.9993). :func:`centre_shifts` gives the shift that moves a projection
-of another code onto our centres, so that our voxels are the other code's voxels; the
-projection readers apply it (pinned by tests/test_formats_raw.py with tike's forward
+of another code onto our centres (for tike, so that our voxels are its voxels); the TIFF
+reader applies it (pinned by tests/test_formats_raw.py with tike's forward
 model). ASTRA (PtychoShelves, pyxalign) centres volume and detector at their geometric
 centres, as we do: PtychoShelves' default ``rotation_center = size_projection / 2``
 (``ASTRA_initialize.m``) is in corner-based pixel coordinates, i.e. exactly our ``(m - 1)
@@ -80,8 +80,8 @@ is the pixel-centre column ``W / 2`` (``fbp_filter_center`` moves column ``cente
 kernel's ``n / 2``), half a pixel right of ours: projections in its convention are moved
 by ``-0.5`` column (the axis; its row centre ``nz / 2`` differs from ours only by a
 translation of the volume along z). A run with another ``--rotation-axis c`` has its axis
-at ``c``: shift by ``(W - 1) / 2 - c`` columns before reading, or leave it to the
-alignment (a constant column shift is what it estimates first).
+at ``c``: shift it by ``W / 2 - c`` columns before reading it in tomocupy's convention,
+or leave it to the alignment (a constant column shift is observable and estimated).
 
 Not pinned: PtychoShelves' non-default ``rotation_center``, its ``tilt_angle`` /
 ``skewness_angle`` / ``pixel_scale`` (we accept only 0, 0, 1).
@@ -229,21 +229,29 @@ def centre_shifts(angles_deg: Sequence[float], tilt_deg: float, detector_shape: 
     -------
     numpy.ndarray, float64, [n, 2]
         ``(row, col)`` shift in pixels (content moves by ``+s``, DESIGN section 4) that
-        turns the code's projection of a volume into ours of the same voxel array. Zero
-        for codes centred as we are; for tike ``P p - d`` with ``p = (0.5, 0.5, 0.5)``
-        voxels (its volume centre ``n / 2``, even sizes) and ``d`` its detector centre
-        ``m // 2`` less ours ``(m - 1) / 2`` per axis; for tomocupy ``(0, -0.5)``, its
-        default rotation axis ``W / 2`` onto ours.
+        moves the code's projections onto ours. Zero for codes centred as we are; for
+        tike ``P p - d`` with ``p = (0.5, 0.5, 0.5)`` voxels (its volume centre ``n / 2``)
+        and ``d = (0.5, 0.5)`` (its detector centre ``m / 2``): our projections of the same
+        voxel array; for tomocupy ``(0, -0.5)``: its default rotation axis ``W / 2`` onto
+        ours (the axes agree; its voxel grid stays half a voxel from ours in x and y).
+
+    Raises
+    ------
+    ValueError
+        tike's convention with an odd projection size (tike takes even sizes only).
     """
-    angles = np.asarray(angles_deg, dtype=np.float64)
+    angles = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
     name = _check(convention)
     if name == "tomocupy":
         return np.tile([0.0, -0.5], (angles.size, 1))
-    if name != "tike":
+    if name != "tike" or angles.size == 0:
         return np.zeros((angles.size, 2))
+    # imported here: hpc_adept.lamino's package imports torch, not needed for the others
     from hpc_adept.lamino.geometry import Geometry
 
     nv, nu = (int(m) for m in detector_shape)
-    detector = np.array([nv // 2 - (nv - 1) / 2, nu // 2 - (nu - 1) / 2])
+    if nv % 2 or nu % 2:
+        raise ValueError(f"{nv} x {nu} projections: tike's centring (its checkerboard "
+                         "FFT) takes even sizes only")
     geometry = Geometry(angles, tilt_deg, (1, 1, 1), (nv, nu))
-    return geometry.detector_position((0.5, 0.5, 0.5)) - detector
+    return geometry.detector_position((0.5, 0.5, 0.5)) - 0.5

@@ -8,8 +8,10 @@ cropped to the region the probe centres swept where the file says where that is,
 centre-cropped to the smallest common shape. Pixel sizes must agree between files (1e-3)
 and be square; rotation angles come from the files or from the caller (``angles_deg``, in
 the reader's convention: PtychoShelves for the PtychoShelves family and ptychodus, ours
-for TIFF) and are converted to ours (:mod:`hpc_adept.io.formats.geometry`), and so are the
-projections' centres where the convention centres them elsewhere (tike).
+for TIFF) and are converted to ours (:mod:`hpc_adept.io.formats.geometry`). A TIFF stack's
+centres are moved onto ours where its convention centres them elsewhere (tike, tomocupy:
+the stack is what their laminography codes take); per-angle ptychographic objects have no
+such centre and are not moved.
 """
 
 from __future__ import annotations
@@ -147,25 +149,37 @@ def _probes(records: list[dict]) -> np.ndarray | None:
     return np.stack(probes)
 
 
-def _recentred(phases: list[np.ndarray], angles: np.ndarray, tilt: float, convention: str
-               ) -> list[np.ndarray]:
-    """Each projection moved from the convention's centres onto ours
-    (:func:`~hpc_adept.io.formats.geometry.centre_shifts`; unchanged where they agree)."""
+def _recentred(stack: np.ndarray, angles: np.ndarray, tilt: float, convention: str
+               ) -> np.ndarray:
+    """A projection stack moved from the convention's centres onto ours.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray, float32, [n, nv, nu]
+        Projections in file order (radians).
+    angles : numpy.ndarray, float64, [n]
+        Our rotation angles (degrees), in the same order.
+    tilt : float
+        Our laminography angle L (degrees).
+    convention : str
+        The stack's convention (:func:`~hpc_adept.io.formats.geometry.centre_shifts`).
+
+    Returns
+    -------
+    numpy.ndarray, float32, [n, nv, nu]
+        Fourier-shifted (edges replicated); ``stack`` itself where the centres agree.
+    """
     import torch
 
     from hpc_adept.align import shift_images
 
-    out = []
-    for k, phase in enumerate(phases):
-        shift = centre_shifts(angles[k:k + 1], tilt, phase.shape, convention)
-        if not shift.any():
-            out.append(phase)
-            continue
-        with torch.no_grad():
-            moved = shift_images(torch.from_numpy(phase.astype(np.float64))[None],
-                                 torch.from_numpy(shift), pad=2)
-        out.append(moved[0].numpy().astype(phase.dtype))
-    return out
+    shifts = centre_shifts(angles, tilt, stack.shape[1:], convention)
+    if not shifts.any():
+        return stack
+    with torch.no_grad():
+        moved = shift_images(torch.from_numpy(stack.astype(np.float64)),
+                             torch.from_numpy(shifts), pad=2)
+    return moved.numpy().astype(np.float32)
 
 
 def _assemble(phases: list[np.ndarray], angles: np.ndarray, tilt: float, pixel: float,
@@ -213,8 +227,8 @@ def read_object_projections(paths: Sequence[PathLike], fmt: str, *,
     pixel = _common_pixel(records, files)
     angles = _angles(records, files, angles_deg, convention)
     tilt = laminography_deg(files[0], laminography_angle_deg, convention)
-    phases = _recentred(_phases(records, phase_sign), angles, tilt, convention)
-    return _assemble(phases, angles, tilt, pixel, _probes(records), files[0].parent)
+    return _assemble(_phases(records, phase_sign), angles, tilt, pixel, _probes(records),
+                     files[0].parent)
 
 
 def _natural_key(path: Path) -> list:
@@ -255,6 +269,10 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
         One rotation angle per line, in ``angle_convention`` (default ours).
     laminography_angle_deg, pixel_size_m : float
         L and the projection pixel size (metres), supplied.
+    angle_convention : str
+        The code the stack was made for: its angles and, for tike and tomocupy, its
+        centres (:func:`~hpc_adept.io.formats.geometry.centre_shifts`: the stack is moved
+        onto ours; tike's sizes must be even).
     """
     import tifffile
 
@@ -288,5 +306,8 @@ def read_tiff_stack(path: PathLike, angles_path: PathLike, *, laminography_angle
     angles = to_adept_angles(read_angle_file(angles_path, expected=stack.shape[0]),
                              angle_convention)
     tilt = laminography_deg(p, laminography_angle_deg, angle_convention)
-    phases = _recentred(list(stack), angles, tilt, angle_convention)
-    return _assemble(phases, angles, tilt, float(pixel_size_m), None, p)
+    try:
+        stack = _recentred(stack, angles, tilt, angle_convention)
+    except ValueError as exc:
+        raise data_error(p, str(exc)) from None
+    return _assemble(list(stack), angles, tilt, float(pixel_size_m), None, p)
