@@ -29,6 +29,10 @@ split the mixture picks (measured: 0.03 or 0.17 for one volume, tied or full cov
 
     OMP_NUM_THREADS=2 .venv/bin/python profiling/peer_tike.py /path/to/tike/tests/data \\
         --iterations 300
+
+``--alignment-check`` instead runs the alignment (FBP only) on tike's data on our centres
+and on tike's own, and prints what it finds against the reader's move
+(:func:`alignment_check`).
 """
 
 from __future__ import annotations
@@ -108,11 +112,22 @@ def geometry_check(s: dict) -> tuple[float, float]:
     return pcc(s["data"].real, ours), pcc(moved, ours)
 
 
-def write_inputs(work: Path, s: dict, scale: float, iterations: int, threads: int) -> None:
+def write_inputs(work: Path, s: dict, scale: float, iterations: int, threads: int,
+                 align: bool = False, stack_shifts: np.ndarray | None = None) -> None:
+    """The TIFF stack, the angle file and the config of ``adept run``: no alignment, FBP and
+    the DIP; or (``align``) the alignment at binning 2 and 1 and FBP only.
+    ``stack_shifts`` [n, 2] (pixels, tike's angle order) moves the projections first."""
     import tifffile
 
-    tifffile.imwrite(work / "stack.tif", (s["data"].real * scale).astype(np.float32),
-                     photometric="minisblack")
+    stack = s["data"].real.astype(np.float64) * scale
+    if stack_shifts is not None:
+        import torch
+
+        from hpc_adept.align import shift_images
+
+        stack = shift_images(torch.from_numpy(stack), torch.from_numpy(stack_shifts),
+                             pad=2).numpy()
+    tifffile.imwrite(work / "stack.tif", stack.astype(np.float32), photometric="minisblack")
     (work / "angles.txt").write_text("# tike theta, radians\n" + "".join(
         f"{float(t)!r}\n" for t in s["theta"]))
     config = {
@@ -120,8 +135,9 @@ def write_inputs(work: Path, s: dict, scale: float, iterations: int, threads: in
                  "angle_convention": "tike", "laminography_angle_deg": s["tilt"],
                  "pixel_size_m": 2.72e-8},
         "output": {"dir": "run"},
-        "align": {"enabled": False},
-        "recon": {"methods": ["fbp", "dip"], "volume_shape": list(s["original"].shape)},
+        "align": {"enabled": True, "binning": [2, 1]} if align else {"enabled": False},
+        "recon": {"methods": ["fbp"] if align else ["fbp", "dip"],
+                  "volume_shape": list(s["original"].shape)},
         "dip": {"iterations": iterations, "checkpoint_every": 0, "in_channels": 16,
                 "channels": [16, 32, 48, 48, 48], "output_range": [-0.06, 0.06]},
         "runtime": {"device": "cpu", "torch_threads": threads},
@@ -135,6 +151,48 @@ def scores(truth: np.ndarray, volume: np.ndarray, box: tuple[slice, ...]) -> dic
             "pcc_chip": round(pcc(truth[box], volume[box]), 4)}
 
 
+def run_adept(work: Path, settings: list[str]) -> float:
+    """``adept run -c c.yaml`` in ``work``; its wall time, seconds."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "hpc_adept", "run", "-c", "c.yaml",
+                        *(["--set", *settings] if settings else [])],
+                       cwd=work, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if r.returncode:
+        raise SystemExit(f"adept run failed:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def alignment_check(s: dict, scale: float, threads: int, work: Path) -> None:
+    """Projection matching (alignment on, as a user would leave it) on tike's data as the
+    reader hands them (on our centres: the shifts it finds should be ~0) and as tike
+    centres them (the reader's move undone first: it should find that move itself, up to
+    the rigid translation of the object that no alignment can see)."""
+    import h5py
+
+    from hpc_adept.align import remove_rigid_drift
+    from hpc_adept.io.formats import centre_shifts
+
+    angles = to_adept_angles(s["theta"], "tike")
+    tilt = to_adept_laminography(s["tilt"], "tike")
+    move = centre_shifts(angles, tilt, s["data"].shape[1:], "tike")
+    for name, undo in (("on our centres", None), ("on tike's centres", -move)):
+        folder = work / name.replace(" ", "_").replace("'", "")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_inputs(folder, s, scale, 1, threads, align=True, stack_shifts=undo)
+        run_adept(folder, [])
+        with h5py.File(folder / "run" / "aligned.h5", "r") as f:
+            found = f["shifts_px"][()]
+        expected = np.zeros_like(found) if undo is None else undo[np.argsort(angles,
+                                                                             kind="stable")]
+        left, translation = remove_rigid_drift(found - expected, np.sort(angles), tilt)
+        print(json.dumps({"alignment": name, "largest_shift_px": round(float(
+            np.abs(found).max()), 4), "mean_shift_px": np.round(found.mean(0), 4).tolist(),
+            "expected_mean_px": np.round(expected.mean(0), 4).tolist(),
+            "rms_px_from_expected_after_rigid": round(float(np.sqrt(np.mean(left ** 2))), 4),
+            "rigid_translation_voxels": np.round(translation, 3).tolist()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tike_data", type=Path, help="tike's tests/data folder")
@@ -145,6 +203,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="settings passed to adept run (e.g. dip.tv_weights=[0,0])")
+    parser.add_argument("--alignment-check", action="store_true",
+                        help="instead of the reconstructions: what the alignment finds on "
+                             "our centres and on tike's (see alignment_check)")
     args = parser.parse_args()
     if not (args.tike_data / "lamino_setup.pickle.lzma").is_file():
         parser.error(f"{args.tike_data}: no lamino_setup.pickle.lzma")
@@ -160,15 +221,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="peer_tike_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        if args.alignment_check:
+            alignment_check(s, args.scale, args.threads, work)
+            return
         write_inputs(work, s, args.scale, args.iterations, args.threads)
-        t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "hpc_adept", "run", "-c", "c.yaml",
-                            *(["--set", *args.set] if args.set else [])],
-                           cwd=work, capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)))
-        if r.returncode:
-            raise SystemExit(f"adept run failed:\n{r.stderr[-3000:]}")
-        wall = time.perf_counter() - t0
+        wall = run_adept(work, args.set)
         volumes = {f"adept {m}": read_volume(work / "run" / f"volume_{m}.h5")[0]
                    for m in ("fbp", "dip")}
     volumes.update(s["recons"])
