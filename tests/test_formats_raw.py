@@ -661,6 +661,13 @@ def test_tike_projections_are_moved_onto_our_centres(tmp_path):
     as_read = tike_images[np.argsort(-theta, kind="stable")]  # the reader sorts ours
     assert pcc(ps.projections, ours) > 0.998
     assert pcc(as_read, ours) < 0.97
+    said = inspect(tmp_path / "stack.tif", "tiff-stack", laminography_angle_deg=tilt,
+                   pixel_size_m=1e-8, angles_path=tmp_path / "angles.txt",
+                   angle_convention="tike")
+    assert "centres: moved from tike's onto ours" in said
+    assert "centres" not in inspect(tmp_path / "stack.tif", "tiff-stack",
+                                    laminography_angle_deg=61.0, pixel_size_m=1e-8,
+                                    angles_path=tmp_path / "angles.txt")
 
 
 def test_odd_tiff_stack_in_tikes_convention_is_one_error(tmp_path):

@@ -31,6 +31,7 @@ from hpc_adept.io.formats import (
 )
 from hpc_adept.io.formats._read import data_error, mat_v73_problem, open_h5
 from hpc_adept.io.formats._values import Supplied, supplied_from
+from hpc_adept.io.formats.geometry import centre_shifts
 from hpc_adept.io.formats.projections import (
     read_angle_file,
     read_object_projections,
@@ -591,4 +592,17 @@ def inspect(path: PathLike, fmt: str | None = None, **supplied: object) -> str:
         f"laminography angle: {ps.tilt_deg:.6g} deg"
         + (" (not in the files: supply it)" if lam is None else ""),
     ]
+    if fmt == "tiff-stack":
+        lines += _centre_lines(ps, supplied.get("angle_convention"))
     return "\n".join(lines) + "\n"
+
+
+def _centre_lines(ps: ProjectionSet, convention: str | None) -> list[str]:
+    """What the TIFF reader did to the stack's centres (``geometry.centre_shifts``)."""
+    if convention is None:
+        return []
+    shifts = centre_shifts(ps.angles_deg, ps.tilt_deg, ps.projections.shape[1:], convention)
+    if not shifts.any():
+        return []
+    return [f"centres: moved from {convention}'s onto ours, "
+            f"{np.abs(shifts).max():.3g} px at most (docs/formats.md, Centres)"]
