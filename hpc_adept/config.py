@@ -532,7 +532,8 @@ class AlignConfig:
     coarse_lowpass_px : float, pixels
         Low-pass sigma of that estimate (about the period of the IC patterns or more).
     coarse_search_px : float, pixels
-        Largest shift per axis that estimate looks for.
+        Largest shift per axis that estimate looks for; no estimate moves further than
+        this from its start (one that would has run away: a warning names it).
     lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
         Widen the reconstruction beyond ``volume_shape`` so that the material around the
         region, which every projection of an extended sample (a chip) also holds, is
@@ -541,9 +542,9 @@ class AlignConfig:
         (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
         (cheaper) margin: pixels whose rays leave the widened volume are then left out of
         the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
-        method; ``auto`` costs about 2-16 times its time and reaches 0.12-0.24 px on six of ten
-        small extended-sample crops, not yet 0.15 px, and fails on three: issue 18,
-        docs/extended_samples.md).
+        method; ``auto`` costs about 2-16 times its time and reaches 0.05-0.13 px on seven
+        of 14 small extended-sample crops, but ends 0.7-2.3 px off on the other seven, where
+        its coarse level fails: issue 18, docs/extended_samples.md).
     fit_phase_plane : bool
         Fit a constant and a linear ramp per projection against the reprojection of the
         current volume and remove them before the reconstruction and the shift update
@@ -566,15 +567,24 @@ class AlignConfig:
         the smaller eigenvalue of its 2 x 2 normal matrix is raised to this fraction of the
         larger (0: off, the default). Projections of wires running mostly one way fix the
         shift across them only (the aperture problem); on a small window of an extended
-        chip the undamped steps along the wires drift (docs/extended_samples.md: 0.3 turns
-        3.71 / 2.18 px into 1.31 / 1.46 px on the two such crops of ten, within 0.1 px on
-        the others).
+        chip the undamped steps along the wires drift (docs/extended_samples.md: with
+        ``lateral_margin: auto``, 0.3 keeps all 14 crops measured better than before the
+        alignment and the seven good ones at 0.04-0.14 px).
     joint_last_level : bool
         With a widened volume and more than one binning level: the last level fits one
-        volume to all angles (no held-out folds, no momentum). A held-out prediction of the
-        outside material is biased (started at the true shifts it drifts off by ~0.4 px);
-        one volume of all angles stays at them and pulls an estimate that the coarser
-        levels brought near them further in (docs/extended_samples.md).
+        volume to all angles (no held-out folds). A held-out prediction of the outside
+        material is biased (started at the true shifts it drifts off by ~0.4 px); one
+        volume of all angles stays at them and pulls an estimate that the coarser levels
+        brought near them further in (docs/extended_samples.md).
+    coverage_power : float, >= 0
+        On that joint last level: the optical-flow weights are multiplied by each pixel's
+        angular coverage (the mean, along its ray, of the fraction of angles that see each
+        voxel) to this power, the steps get ``momentum``, and the level runs all
+        ``max_iterations`` (no tolerance stop). What is left after the folds is a smooth
+        pattern over the angles that the outside material (seen by neighbouring angles
+        only) follows; only the region every angle sees pulls it back, and slowly
+        (docs/extended_samples.md: 0.12-0.24 px -> 0.05-0.13 px on six crops of ten).
+        0: plain weights, no momentum, the tolerance stop.
     """
 
     enabled: bool = True
@@ -596,6 +606,7 @@ class AlignConfig:
     momentum: float = 0.7
     flow_eigen_floor: float = 0.0
     joint_last_level: bool = True
+    coverage_power: float = 4.0
 
     def check(self) -> None:
         _shape("align.crop_shape", self.crop_shape)
@@ -616,7 +627,8 @@ class AlignConfig:
         _at_most("align", self, MAX_SIDE, "binning")
         _at_most("align", self, MAX_COUNT, "max_iterations", "reconstruct_iterations",
                  "coarse_rounds", "cross_folds")
-        for name in ("highpass_sigma_px", "reconstruct_iterations", "coarse_rounds"):
+        for name in ("highpass_sigma_px", "reconstruct_iterations", "coarse_rounds",
+                     "coverage_power"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name} must be >= 0, got {getattr(self, name)}")
 

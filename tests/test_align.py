@@ -146,6 +146,20 @@ def test_optical_flow_recovers_a_subpixel_shift():
     assert float(zero.abs().max()) < 1e-9 and float(residual0.max()) < 1e-9
 
 
+def test_optical_flow_without_weight_gives_no_update():
+    """A projection whose pixels all have weight 0 (its shift brought in only padding) gets
+    a zero update, not the NaN of 0 / 0, and the others are unaffected."""
+    model = torch.stack([_smooth_image(32, 3), _smooth_image(32, 4)])
+    truth = torch.tensor([[0.2, -0.3], [0.4, 0.1]], dtype=torch.float64)
+    data = fourier_shift(model, truth)
+    weights = border_taper((32, 32), 4, model).expand(2, 32, 32).clone()
+    weights[1] = 0.0
+    update, residual = optical_flow_update(data, model, weights, 4.0, 2.0)
+    assert bool(torch.isfinite(update).all()) and bool(torch.isfinite(residual).all())
+    assert float(update[1].abs().max()) == 0.0
+    torch.testing.assert_close(update[0], truth[0], atol=0.05, rtol=0)
+
+
 def test_raise_small_eigenvalue_keeps_the_eigenvectors():
     from hpc_adept.align.estimate import raise_small_eigenvalue
 
@@ -340,6 +354,25 @@ def test_projection_matching_recovers_random_shifts():
     assert result.history[0]["step"] == "xcorr" and result.history[-1]["level"] == 1
     flow = [h for h in result.history if h["level"] == 1]
     assert flow[-1]["residual_rms"] < result.history[0]["residual_rms"]
+
+
+def test_no_shift_leaves_the_searched_range(caplog):
+    """Shifts of up to ~4.5 px searched within 1 px: every estimate stays within 1 px of its
+    start (the edge padding is sized for that), the history names the projections held
+    there and one warning line per level says so."""
+    shape = (16, 24, 24)
+    _, angles, _, truth, measured = _misaligned(shape, 16, 1.5, seed=3)
+    start = remove_rigid_drift(np.zeros_like(truth), angles, TILT)[0]
+    options = AlignConfig(binning=(2, 1), max_iterations=8, volume_shape=shape,
+                          coarse_search_px=1.0)
+    with caplog.at_level("WARNING", logger="hpc_adept.align.matching"):
+        result = projection_matching(measured, angles, TILT, options)
+    assert np.abs(truth).max() > 3.0
+    assert np.abs(result.shifts_px - start).max() <= 1.0 + 1e-12
+    assert np.isfinite(result.shifts_px).all()
+    held = result.history[-1]["at_bound"]
+    assert held and all(0 <= i < len(angles) for i in held)
+    assert any("held at align.coarse_search_px" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- the stage

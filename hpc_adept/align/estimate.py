@@ -63,8 +63,11 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
     if eigen_floor > 0:
         a_rr, a_rc, a_cc = raise_small_eigenvalue(a_rr, a_rc, a_cc, eigen_floor)
     det = a_rr * a_cc - a_rc * a_rc
-    e_r = -(a_cc * b_r - a_rc * b_c) / det
-    e_c = -(a_rr * b_c - a_rc * b_r) / det
+    # a projection without weight (or gradient) has det 0 after underflow: no update
+    solvable = det > 0
+    det = torch.where(solvable, det, torch.ones_like(det))
+    e_r = torch.where(solvable, -(a_cc * b_r - a_rc * b_c) / det, torch.zeros_like(det))
+    e_c = torch.where(solvable, -(a_rr * b_c - a_rc * b_r) / det, torch.zeros_like(det))
     update = torch.stack([e_r, e_c], dim=-1).clamp(-max_update_px, max_update_px)
     residual_rms = torch.sqrt((w * residual ** 2).sum(dim=(-2, -1))
                               / w.sum(dim=(-2, -1)).clamp_min(1e-30))

@@ -21,9 +21,14 @@ alignment"). Pixels that a shift fills with edge padding get weight 0 too: a win
 out of a chip is followed by chip, not by the vacuum the padding stands for. A widened
 volume explains misaligned data nearly as well as aligned ones (it has far more unknowns
 than the projections have pixels), so the coarse levels compare each angle with a volume
-fitted to the others (``align.cross_folds``); that prediction is biased by a few tenths of
+fitted to the others (``align.cross_folds``), and a fold level ends at the shifts of its
+lowest held-out residual (a validation error). That prediction is biased by a few tenths of
 a pixel, so the last level fits one volume to all angles (``align.joint_last_level``),
-which stays at the true shifts (docs/extended_samples.md, "Alignment").
+which stays at the true shifts. What the folds leave is smooth over the angles (the
+outside material, seen by neighbouring angles only, follows such a pattern); only the
+region that every angle sees pulls it back, and slowly: that level weights the shift update
+by each pixel's angular coverage (``align.coverage_power``), accelerates its steps and runs
+all its iterations (docs/extended_samples.md, "Alignment").
 ``align.lateral_margin: 0`` is the isolated-region method: the region only,
 with a loose support mask (voxels that leave the window at some angle are zero) and
 weights on the region's shadow.
@@ -67,7 +72,12 @@ from hpc_adept.align.plane import (
     plane_images,
     remove_planes,
 )
-from hpc_adept.align.support import level_margin_px, ray_trust, visible_support
+from hpc_adept.align.support import (
+    angular_coverage,
+    level_margin_px,
+    ray_trust,
+    visible_support,
+)
 from hpc_adept.config import AlignConfig
 from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import extended_shape
@@ -180,13 +190,16 @@ class AlignResult:
     ----------
     shifts_px : ndarray, float64, [n_angles, 2]
         ``(row, col)`` displacement found in each measured projection, full-resolution
-        pixels: ``measured[r, c] = ideal[r - s_r, c - s_c]``; rigid-drift free.
+        pixels: ``measured[r, c] = ideal[r - s_r, c - s_c]``; rigid-drift free. A level
+        with held-out folds ends at its shifts of lowest held-out residual (not always the
+        last of ``shifts_per_iteration``).
     history : list of dict
         One entry per iteration: ``level`` (binning), ``iteration`` (within the level),
         ``step`` (``xcorr`` or ``flow``), ``residual_rms`` (weighted RMS of the high-pass
         filtered residual data - reprojection over all projections, data units),
         ``max_update_px``, ``rms_update_px`` (change of the estimates after drift removal,
-        full-resolution pixels), ``seconds``.
+        full-resolution pixels), ``at_bound`` (the projections whose shift was held at
+        ``align.coarse_search_px`` from its start: a runaway), ``seconds``.
     residual_per_angle : ndarray, float64, [n_angles, n_iterations]
         Weighted RMS of each projection's filtered residual at each iteration.
     shifts_per_iteration : ndarray, float64, [n_iterations, n_angles, 2]
@@ -268,10 +281,12 @@ def projection_matching(
     angles = np.asarray(angles_deg, dtype=np.float64)
     shifts = np.zeros((n, 2)) if initial_shifts_px is None else \
         np.asarray(initial_shifts_px, np.float64).copy()
-    frame = _Frame.of(projections, options)
+    frame = _Frame.of(projections, options, float(np.abs(shifts).max(initial=0.0)))
     track = _Track(shifts, angles, tilt_deg,
                    torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
-                   np.zeros((n, 2)))
+                   np.zeros((n, 2)),
+                   start=remove_rigid_drift(shifts, angles, tilt_deg)[0],
+                   reach_px=options.coarse_search_px)
     for level_index, factor in enumerate(options.binning):
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
         _run_level(options, level, frame, track, callback)
@@ -292,7 +307,7 @@ class _Frame:
 
     ``start``, ``size``: the largest centred crop divisible by the first binning factor;
     ``centre_offset``: its half-pixel centre offset per axis; ``pad``: the shifts' edge
-    padding, pixels (room for the largest coarse shift).
+    padding, pixels (room for the largest shift the search may reach).
     """
 
     projections: torch.Tensor
@@ -302,11 +317,13 @@ class _Frame:
     pad: int
 
     @classmethod
-    def of(cls, projections: torch.Tensor, options: AlignConfig) -> _Frame:
+    def of(cls, projections: torch.Tensor, options: AlignConfig,
+           initial_px: float = 0.0) -> _Frame:
+        """The frame of ``projections``; ``initial_px``: the largest starting shift."""
         start, centre_offset, size = working_frame(tuple(projections.shape[1:]),
                                                    options.binning[0])
         return cls(projections, start, centre_offset, size,
-                   int(math.ceil(options.coarse_search_px + 2)))
+                   int(math.ceil(initial_px + options.coarse_search_px + 2)))
 
     def aligned(self, shifts: np.ndarray, factor: int) -> torch.Tensor:
         """The projections shifted by ``-shifts``, cropped and binned by ``factor``."""
@@ -369,6 +386,8 @@ class _Level:
     tolerance: float          # stop when the largest update is below, full-resolution px
     momentum: float           # of the optical-flow steps (0 for the region alone)
     taper_px: int = 0         # > 0: weight out pixels with no measured data (widened volume)
+    flow_gain: torch.Tensor | None = None  # [n, nv, nu]: optical-flow weights only; with
+    # it the level runs all its iterations (its steps along smooth patterns stay small)
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -412,6 +431,11 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
         support, weights, trust = _widened_masks(path, vol, tilt_deg)
     taper_px = max(2, int(math.ceil(options.highpass_sigma_px)))
     weights = weights * border_taper(det, taper_px, like)
+    # one volume of a widened slab, near the solution: smooth shift patterns over the
+    # angles move slowly (the outside material follows them); weight the region that
+    # every angle sees and accelerate (docs/extended_samples.md, "Alignment")
+    refine = joint and margin > 0 and options.coverage_power > 0
+    gain = angular_coverage(folds[0].op, path, options.coverage_power) if refine else None
     basis = plane_basis(det, factor, like) if options.fit_phase_plane else None
     rounds = options.coarse_rounds if level_index == 0 else 0
     # coarse levels only prepare the next one: a looser stop saves iterations there
@@ -422,8 +446,8 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
                  factor, list(vol), margin)
     orthonormal = None if basis is None else orthonormal_planes(basis)
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
-                  tolerance, options.momentum if split > 1 else 0.0,
-                  taper_px if margin > 0 else 0)
+                  tolerance, options.momentum if split > 1 or refine else 0.0,
+                  taper_px if margin > 0 else 0, gain)
 
 
 def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
@@ -470,11 +494,14 @@ def _reconstruct(level: _Level, data: torch.Tensor, volumes: list[torch.Tensor |
 
 def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                track: _Track, callback: Callable[[dict], None] | None) -> None:
-    """Alignment iterations of one level until its tolerance or ``max_iterations``."""
+    """Alignment iterations of one level until its tolerance or ``max_iterations`` (all of
+    them on a level with ``flow_gain``)."""
     factor = level.factor
     volumes: list[torch.Tensor | None] = [None] * len(level.folds)
+    best = (math.inf, track.shifts)
     for iteration in range(level.rounds + options.max_iterations):
         t0 = time.perf_counter()
+        before = track.shifts
         data = frame.aligned(track.shifts, factor)
         now = _with_measured(level, frame, track.shifts)
         model = _reconstruct(now, data, volumes, options.reconstruct_iterations)
@@ -482,16 +509,46 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
         coarse = iteration < level.rounds
         update, residual = _shift_update(data, model, now, options, coarse)
         entry = track.step(update, residual, factor, iteration, coarse, t0, level.momentum)
+        if not coarse and entry["residual_rms"] < best[0]:
+            best = (entry["residual_rms"], before)
         if callback is not None:
             callback(entry)
-        if not coarse and entry["max_update_px"] < level.tolerance:
+        if not coarse and level.flow_gain is None and entry["max_update_px"] < level.tolerance:
             log.info("projection matching: binning %d converged after %d iterations",
                      factor, iteration + 1)
+            _end_level(level, track, best, entry, options)
             return
-    log.warning("projection matching: binning %d stopped at %d iterations, largest "
-                "update %.4f px (tolerance %.4f px)", factor,
-                level.rounds + options.max_iterations, track.history[-1]["max_update_px"],
-                level.tolerance)
+    if level.flow_gain is not None:
+        log.info("projection matching: binning %d ran its %d iterations (one widened volume "
+                 "of all angles: no tolerance stop), last update %.4f px", factor,
+                 options.max_iterations, track.history[-1]["max_update_px"])
+    else:
+        log.warning("projection matching: binning %d stopped at %d iterations, largest "
+                    "update %.4f px (tolerance %.4f px)", factor,
+                    level.rounds + options.max_iterations,
+                    track.history[-1]["max_update_px"], level.tolerance)
+    _end_level(level, track, best, track.history[-1], options)
+
+
+def _end_level(level: _Level, track: _Track, best: tuple[float, np.ndarray], entry: dict,
+               options: AlignConfig) -> None:
+    """Close a level: with held-out folds, go back to the shifts whose held-out residual
+    was lowest (a validation error: later steps that raise it follow what the fold
+    volumes absorbed, not the data); warn about projections held at the search range."""
+    if len(level.folds) > 1 and best[0] < entry["residual_rms"]:
+        track.shifts = best[1]
+        log.info("projection matching: binning %d keeps the shifts of its lowest held-out "
+                 "residual (%.4g; last %.4g)", level.factor, best[0], entry["residual_rms"])
+    _warn_at_bound(level.factor, entry, options)
+
+
+def _warn_at_bound(factor: int, entry: dict, options: AlignConfig) -> None:
+    """One warning line when a level ends with projections held at the search range."""
+    if entry["at_bound"]:
+        log.warning("projection matching: binning %d ends with %d projection(s) held at "
+                    "align.coarse_search_px = %g px from the start (indices %s): their "
+                    "shifts ran away and are not determined", factor, len(entry["at_bound"]),
+                    options.coarse_search_px, entry["at_bound"][:10])
 
 
 def _with_measured(level: _Level, frame: _Frame, shifts: np.ndarray) -> _Level:
@@ -519,7 +576,8 @@ def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
                   options: AlignConfig, coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift update ``[n, 2]`` (pixels of the level) and weighted residual RMS ``[n]``."""
     if not coarse:
-        return optical_flow_update(data, model, level.weights, options.highpass_sigma_px,
+        weights = level.weights if level.flow_gain is None else level.weights * level.flow_gain
+        return optical_flow_update(data, model, weights, options.highpass_sigma_px,
                                    options.max_update_px, options.flow_eigen_floor)
     factor = level.factor
     update = xcorr_shift(data, model, level.weights.mean(dim=0),
@@ -556,14 +614,16 @@ class _Track:
     tilt_deg: float
     planes: torch.Tensor      # float64 [n, 3] on the device: offset rad, slopes rad/px
     velocity: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # last step
+    start: np.ndarray | None = None  # [n, 2] the starting estimate (None: zeros)
+    reach_px: float = math.inf       # how far from ``start`` a shift may go, per axis
     history: list[dict] = field(default_factory=list)
     residuals: list[np.ndarray] = field(default_factory=list)
     snapshots: list[np.ndarray] = field(default_factory=list)
 
     def step(self, update: torch.Tensor, residual: torch.Tensor, factor: int, iteration: int,
              coarse: bool, t0: float, momentum: float = 0.0) -> dict:
-        """Apply ``update`` (pixels of the level) with ``momentum``, remove the drift,
-        record the entry."""
+        """Apply ``update`` (pixels of the level) with ``momentum``, remove the drift, keep
+        every shift within ``reach_px`` of its start, record the entry."""
         previous = self.shifts
         host_update, res = _to_host(update, residual)
         move = host_update * factor
@@ -572,7 +632,8 @@ class _Track:
         if momentum > 0 and not coarse and iteration > 0 and \
                 float((move * self.velocity).sum()) > 0:
             move = move + momentum * self.velocity
-        self.shifts, _ = remove_rigid_drift(self.shifts + move, self.angles, self.tilt_deg)
+        shifts, _ = remove_rigid_drift(self.shifts + move, self.angles, self.tilt_deg)
+        self.shifts, at_bound = self._bounded(shifts)
         self.velocity = self.shifts - previous
         step = self.shifts - previous  # the drift part of an update changes nothing
         entry = {
@@ -581,9 +642,23 @@ class _Track:
             "residual_rms": float(np.sqrt(np.mean(res ** 2))),
             "max_update_px": float(np.abs(step).max()),
             "rms_update_px": float(np.sqrt(np.mean(step ** 2))),
+            "at_bound": at_bound,
             "seconds": time.perf_counter() - t0,
         }
         self.history.append(entry)
         self.residuals.append(res)
         self.snapshots.append(self.shifts.copy())
         return entry
+
+    def _bounded(self, shifts: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """``shifts`` clipped to ``start +- reach_px`` and the projections that were.
+
+        A shift that runs beyond the searched range is a runaway (the data do not hold it
+        there: a projection whose structure fixes one direction only, or a held-out
+        prediction it cannot match); past the edge padding its whole window would be
+        weighted out and the steps would stop meaning anything.
+        """
+        start = np.zeros_like(shifts) if self.start is None else self.start
+        clipped = np.clip(shifts, start - self.reach_px, start + self.reach_px)
+        at_bound = np.nonzero((clipped != shifts).any(axis=1))[0]
+        return clipped, [int(i) for i in at_bound]

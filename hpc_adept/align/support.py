@@ -85,3 +85,26 @@ def ray_trust(path: torch.Tensor, thickness_px: int, tilt_deg: float,
     full = thickness_px / abs(math.sin(math.radians(90.0 - tilt_deg)))
     # 2 % below the full length still counts as full (projector interpolation)
     return ((path / full - (1.0 - band)) / (band - 0.02)).clamp(0.0, 1.0)
+
+
+def angular_coverage(op, path: torch.Tensor, power: float) -> torch.Tensor:
+    """Weight in [0, 1] of each pixel from how many angles see the voxels along its ray.
+
+    A voxel's coverage is the fraction of the angles whose window sees it (the adjoint
+    of a stack of ones, over its largest value); a pixel gets the mean coverage along its
+    ray, raised to ``power``. Material that few angles see can follow a smooth pattern
+    of shifts over the angles (it is displaced with them); the region that every angle
+    sees cannot.
+
+    Parameters
+    ----------
+    op : LaminoOperator
+        The level's projector of all angles.
+    path : torch.Tensor, float, [n, nv, nu]
+        ``op.forward`` of a volume of ones (ray lengths, voxels).
+    power : float
+    """
+    seen = op.adjoint(torch.ones_like(path))
+    coverage = seen / seen.amax().clamp_min(1e-30)
+    mean = op.forward(coverage) / path.clamp_min(1e-12)
+    return mean.clamp(0.0, 1.0) ** power
