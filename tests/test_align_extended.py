@@ -47,6 +47,7 @@ from hpc_adept.errors import ConfigError
 from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import lateral_margin_px
 
+from .conftest import IC_DEF, IC_LEF
 from .extended_sample import TILT, extended_sample, shift_error_px
 
 REGION = (24, 32, 32)
@@ -188,9 +189,11 @@ def test_lateral_margin_config():
 @pytest.mark.parametrize("seed, corner_um", [
     (2, (30.0, 20.0)),
     (11, (42.0, 48.0)),
+    # on the procedural fallback (no layout) this seed passes
     pytest.param(13, (62.0, 44.0), marks=pytest.mark.xfail(
-        reason="issue 18: on half the crops the coarse level leaves 1.2-1.5 px that the "
-               "last level cannot pull in (here 1.6 px)", strict=True)),
+        IC_DEF.is_file() and IC_LEF.is_file(),
+        reason="issue 18: on half the crops of the layout the coarse level leaves 1.2-1.5 px "
+               "that the last level cannot pull in (here 1.6 px)", strict=True)),
 ])
 def test_extended_sample_alignment_recovers_known_shifts(seed, corner_um):
     """The must-show of issue 18: 2 px RMS shifts of a region inside a chip, 2 % noise,
