@@ -358,21 +358,29 @@ def test_projection_matching_recovers_random_shifts():
 
 def test_no_shift_leaves_the_searched_range(caplog):
     """Shifts of up to ~4.5 px searched within 1 px: every estimate stays within 1 px of its
-    start (the edge padding is sized for that), the history names the projections held
-    there and one warning line per level says so."""
+    (drift-free) start, also from a non-zero start, stays nearly drift free, the history
+    names the projections held there and a warning line says so."""
     shape = (16, 24, 24)
     _, angles, _, truth, measured = _misaligned(shape, 16, 1.5, seed=3)
-    start = remove_rigid_drift(np.zeros_like(truth), angles, TILT)[0]
     options = AlignConfig(binning=(2, 1), max_iterations=8, volume_shape=shape,
                           coarse_search_px=1.0)
-    with caplog.at_level("WARNING", logger="hpc_adept.align.matching"):
-        result = projection_matching(measured, angles, TILT, options)
-    assert np.abs(truth).max() > 3.0
-    assert np.abs(result.shifts_px - start).max() <= 1.0 + 1e-12
-    assert np.isfinite(result.shifts_px).all()
-    held = result.history[-1]["at_bound"]
-    assert held and all(0 <= i < len(angles) for i in held)
-    assert any("held at align.coarse_search_px" in r.getMessage() for r in caplog.records)
+    initial = np.random.default_rng(4).uniform(-3.0, 3.0, truth.shape)
+    for first in (None, initial):
+        start = remove_rigid_drift(np.zeros_like(truth) if first is None else first,
+                                   angles, TILT)[0]
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hpc_adept.align.matching"):
+            result = projection_matching(measured, angles, TILT, options,
+                                         initial_shifts_px=first)
+        assert np.abs(truth).max() > 3.0
+        assert np.isfinite(result.shifts_px).all()
+        assert np.abs(result.shifts_px - start).max() <= 1.0 + 1e-9
+        assert np.abs(remove_rigid_drift(result.shifts_px, angles, TILT)[1]).max() < 0.02
+        held = result.history[-1]["at_bound"]
+        assert held and all(0 <= i < len(angles) for i in held)
+        at = np.abs(result.shifts_px - start).max(axis=1) >= 1.0 - 1e-9
+        assert sorted(np.nonzero(at)[0].tolist()) == sorted(held)
+        assert any("held at align.coarse_search_px" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- the stage

@@ -190,13 +190,15 @@ class AlignResult:
     ----------
     shifts_px : ndarray, float64, [n_angles, 2]
         ``(row, col)`` displacement found in each measured projection, full-resolution
-        pixels: ``measured[r, c] = ideal[r - s_r, c - s_c]``; rigid-drift free. A level
-        with held-out folds ends at its shifts of lowest held-out residual (not always the
-        last of ``shifts_per_iteration``).
+        pixels: ``measured[r, c] = ideal[r - s_r, c - s_c]``; rigid-drift free (nearly,
+        where a projection is held at ``align.coarse_search_px``). A level with held-out
+        folds ends at its shifts of lowest held-out residual (its last entry of
+        ``shifts_per_iteration`` holds them).
     history : list of dict
         One entry per iteration: ``level`` (binning), ``iteration`` (within the level),
         ``step`` (``xcorr`` or ``flow``), ``residual_rms`` (weighted RMS of the high-pass
-        filtered residual data - reprojection over all projections, data units),
+        filtered residual data - reprojection over all projections, data units; on a
+        level with ``align.coverage_power`` weighted by the coverage too),
         ``max_update_px``, ``rms_update_px`` (change of the estimates after drift removal,
         full-resolution pixels), ``at_bound`` (the projections whose shift was held at
         ``align.coarse_search_px`` from its start: a runaway), ``seconds``.
@@ -281,12 +283,12 @@ def projection_matching(
     angles = np.asarray(angles_deg, dtype=np.float64)
     shifts = np.zeros((n, 2)) if initial_shifts_px is None else \
         np.asarray(initial_shifts_px, np.float64).copy()
-    frame = _Frame.of(projections, options, float(np.abs(shifts).max(initial=0.0)))
+    start = remove_rigid_drift(shifts, angles, tilt_deg)[0]
+    largest = max(float(np.abs(shifts).max(initial=0.0)), float(np.abs(start).max(initial=0.0)))
+    frame = _Frame.of(projections, options, largest)
     track = _Track(shifts, angles, tilt_deg,
                    torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
-                   np.zeros((n, 2)),
-                   start=remove_rigid_drift(shifts, angles, tilt_deg)[0],
-                   reach_px=options.coarse_search_px)
+                   np.zeros((n, 2)), start=start, reach_px=options.coarse_search_px)
     for level_index, factor in enumerate(options.binning):
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
         _run_level(options, level, frame, track, callback)
@@ -386,8 +388,8 @@ class _Level:
     tolerance: float          # stop when the largest update is below, full-resolution px
     momentum: float           # of the optical-flow steps (0 for the region alone)
     taper_px: int = 0         # > 0: weight out pixels with no measured data (widened volume)
-    flow_gain: torch.Tensor | None = None  # [n, nv, nu]: optical-flow weights only; with
-    # it the level runs all its iterations (its steps along smooth patterns stay small)
+    flow_gain: torch.Tensor | None = None  # [n, nv, nu]: optical-flow weights only
+    full_run: bool = False    # run all iterations: steps along smooth patterns stay small
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -447,7 +449,7 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     orthonormal = None if basis is None else orthonormal_planes(basis)
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
                   tolerance, options.momentum if split > 1 or refine else 0.0,
-                  taper_px if margin > 0 else 0, gain)
+                  taper_px if margin > 0 else 0, gain, full_run=refine)
 
 
 def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
@@ -495,7 +497,7 @@ def _reconstruct(level: _Level, data: torch.Tensor, volumes: list[torch.Tensor |
 def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                track: _Track, callback: Callable[[dict], None] | None) -> None:
     """Alignment iterations of one level until its tolerance or ``max_iterations`` (all of
-    them on a level with ``flow_gain``)."""
+    them on a ``full_run`` level)."""
     factor = level.factor
     volumes: list[torch.Tensor | None] = [None] * len(level.folds)
     best = (math.inf, track.shifts)
@@ -513,12 +515,12 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
             best = (entry["residual_rms"], before)
         if callback is not None:
             callback(entry)
-        if not coarse and level.flow_gain is None and entry["max_update_px"] < level.tolerance:
+        if not coarse and not level.full_run and entry["max_update_px"] < level.tolerance:
             log.info("projection matching: binning %d converged after %d iterations",
                      factor, iteration + 1)
             _end_level(level, track, best, entry, options)
             return
-    if level.flow_gain is not None:
+    if level.full_run:
         log.info("projection matching: binning %d ran its %d iterations (one widened volume "
                  "of all angles: no tolerance stop), last update %.4f px", factor,
                  options.max_iterations, track.history[-1]["max_update_px"])
@@ -534,9 +536,14 @@ def _end_level(level: _Level, track: _Track, best: tuple[float, np.ndarray], ent
                options: AlignConfig) -> None:
     """Close a level: with held-out folds, go back to the shifts whose held-out residual
     was lowest (a validation error: later steps that raise it follow what the fold
-    volumes absorbed, not the data); warn about projections held at the search range."""
+    volumes absorbed, not the data) unless the last measured one was the lowest (then the
+    last step is kept, as in any level); warn about projections held at the search range.
+    The phase planes stay those of the last iteration (the next level fits its own)."""
     if len(level.folds) > 1 and best[0] < entry["residual_rms"]:
         track.shifts = best[1]
+        # the level's last snapshot is what it hands on (the stage plots it)
+        track.snapshots[-1] = track.shifts.copy()
+        entry["at_bound"] = track.held(track.shifts)
         log.info("projection matching: binning %d keeps the shifts of its lowest held-out "
                  "residual (%.4g; last %.4g)", level.factor, best[0], entry["residual_rms"])
     _warn_at_bound(level.factor, entry, options)
@@ -632,8 +639,8 @@ class _Track:
         if momentum > 0 and not coarse and iteration > 0 and \
                 float((move * self.velocity).sum()) > 0:
             move = move + momentum * self.velocity
-        shifts, _ = remove_rigid_drift(self.shifts + move, self.angles, self.tilt_deg)
-        self.shifts, at_bound = self._bounded(shifts)
+        self.shifts = self._bounded(self.shifts + move)
+        at_bound = self.held(self.shifts)
         self.velocity = self.shifts - previous
         step = self.shifts - previous  # the drift part of an update changes nothing
         entry = {
@@ -650,15 +657,23 @@ class _Track:
         self.snapshots.append(self.shifts.copy())
         return entry
 
-    def _bounded(self, shifts: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """``shifts`` clipped to ``start +- reach_px`` and the projections that were.
+    def _bounded(self, shifts: np.ndarray) -> np.ndarray:
+        """``shifts`` without the rigid drift and within ``start +- reach_px``.
 
         A shift that runs beyond the searched range is a runaway (the data do not hold it
         there: a projection whose structure fixes one direction only, or a held-out
         prediction it cannot match); past the edge padding its whole window would be
-        weighted out and the steps would stop meaning anything.
+        weighted out and the steps would stop meaning anything. Clipping adds a little
+        drift back, so drift removal and clipping alternate (the bound wins).
         """
         start = np.zeros_like(shifts) if self.start is None else self.start
-        clipped = np.clip(shifts, start - self.reach_px, start + self.reach_px)
-        at_bound = np.nonzero((clipped != shifts).any(axis=1))[0]
-        return clipped, [int(i) for i in at_bound]
+        for _ in range(4):
+            shifts, _ = remove_rigid_drift(shifts, self.angles, self.tilt_deg)
+            shifts = np.clip(shifts, start - self.reach_px, start + self.reach_px)
+        return shifts
+
+    def held(self, shifts: np.ndarray) -> list[int]:
+        """The projections whose shift is at ``start +- reach_px``."""
+        start = np.zeros_like(shifts) if self.start is None else self.start
+        at = np.abs(shifts - start) >= self.reach_px * (1.0 - 1e-12)
+        return [int(i) for i in np.nonzero(at.any(axis=1))[0]]

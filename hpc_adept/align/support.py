@@ -1,6 +1,6 @@
 """Where the projection-matching reconstruction and its reprojections can be trusted: the
-loose support of an isolated region, the lateral margin of a widened volume and the weight
-of a pixel whose ray leaves that volume."""
+loose support of an isolated region, the lateral margin of a widened volume, the weight
+of a pixel whose ray leaves that volume and how many angles see what a ray crosses."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hpc_adept.lamino.region import lateral_margin_px
+from hpc_adept.linop import LinearOperator
 
 
 def visible_support(volume_shape: tuple[int, int, int], detector_shape: tuple[int, int],
@@ -87,22 +88,28 @@ def ray_trust(path: torch.Tensor, thickness_px: int, tilt_deg: float,
     return ((path / full - (1.0 - band)) / (band - 0.02)).clamp(0.0, 1.0)
 
 
-def angular_coverage(op, path: torch.Tensor, power: float) -> torch.Tensor:
+def angular_coverage(op: LinearOperator, path: torch.Tensor, power: float) -> torch.Tensor:
     """Weight in [0, 1] of each pixel from how many angles see the voxels along its ray.
 
-    A voxel's coverage is the fraction of the angles whose window sees it (the adjoint
-    of a stack of ones, over its largest value); a pixel gets the mean coverage along its
-    ray, raised to ``power``. Material that few angles see can follow a smooth pattern
-    of shifts over the angles (it is displaced with them); the region that every angle
-    sees cannot.
+    A voxel's coverage is the adjoint of a stack of ones over its largest value: the sum,
+    over the angles whose window sees it, of its footprint (about the same for every angle
+    at a fixed tilt), so nearly the fraction of the angles that see it. A pixel gets the
+    mean coverage along its ray, raised to ``power``. Material that few angles see can
+    follow a smooth pattern of shifts over the angles (it is displaced with them); the
+    region that every angle sees cannot.
 
     Parameters
     ----------
-    op : LaminoOperator
-        The level's projector of all angles.
+    op : LinearOperator
+        The level's projector of all angles, [nz, ny, nx] -> [n, nv, nu].
     path : torch.Tensor, float, [n, nv, nu]
         ``op.forward`` of a volume of ones (ray lengths, voxels).
-    power : float
+    power : float, >= 0
+        Exponent: larger values listen more to the region every angle sees.
+
+    Returns
+    -------
+    torch.Tensor, [n, nv, nu], dtype of ``path``, values in [0, 1]
     """
     seen = op.adjoint(torch.ones_like(path))
     coverage = seen / seen.amax().clamp_min(1e-30)
