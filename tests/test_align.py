@@ -496,6 +496,22 @@ def test_two_ranks_give_the_same_shifts(stage_input, serial_stage, tmp_path):
     assert history["n_ranks"] == 2
 
 
+@pytest.mark.mpi
+def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp_path):
+    """The extended-sample method (held-out folds that keep their best shifts, the joint
+    last level's coverage weights and momentum, the plane fit) on 1 and 2 ranks."""
+    extended = dict(lateral_margin="auto", fit_phase_plane=True, cross_folds=4,
+                    max_iterations=4, highpass_sigma_px=3.0, coarse_lowpass_px=4.0)
+    runs = [_run_stage(stage_input, tmp_path / f"ranks{n}", n_ranks=n, **extended)
+            for n in (1, 2)]
+    one, two = (read_projections(run / "aligned.h5") for run in runs)
+    assert np.abs(one.shifts_px).max() > 0.5  # it moved
+    np.testing.assert_allclose(two.shifts_px, one.shifts_px, rtol=0, atol=1e-4)
+    histories = [json.loads((run / "align_history.json").read_text()) for run in runs]
+    assert [h["n_ranks"] for h in histories] == [1, 2]
+    assert sum(h["level"] == 1 for h in histories[1]["iterations"]) == 4  # all iterations
+
+
 @pytest.mark.gpu
 def test_cuda_alignment_matches_cpu():
     if not torch.cuda.is_available():
