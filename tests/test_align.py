@@ -160,6 +160,47 @@ def test_optical_flow_without_weight_gives_no_update():
     torch.testing.assert_close(update[0], truth[0], atol=0.05, rtol=0)
 
 
+def test_masked_highpass_listens_to_the_mask_only():
+    """Pixels outside the mask do not change the filtered values inside it, and a constant
+    is removed exactly (no wrap-around, no zero padding pulled in)."""
+    from hpc_adept.align.imaging import masked_highpass
+
+    x = _rand(2, 30, 28, seed=11)
+    mask = torch.from_numpy((np.random.default_rng(12).random((30, 28)) > 0.3).astype(float))
+    changed = x + (1.0 - mask) * 50.0
+    inside = mask.bool().expand_as(x)
+    diff = masked_highpass(x, mask, 3.0) - masked_highpass(changed, mask, 3.0)
+    assert float(diff[inside].abs().max()) < 1e-12
+    constant = torch.full((1, 30, 28), 2.5, dtype=torch.float64)
+    assert float(masked_highpass(constant, mask, 3.0).abs().max()) < 1e-12
+    assert float((masked_highpass(x, mask, 3.0) - x).abs().max()) > 0.1  # it filters
+
+
+def test_optical_flow_on_a_window_of_a_wide_sample_keeps_to_the_fitted_pixels():
+    """A window cut out of a wider image (different content at opposite edges) whose model
+    is wrong on its unfitted border: with ``fitted`` the update at the true alignment is
+    zero, and a small shift is found closer than with periodic filters (which carry the
+    border's residual and the wrap-around into the interior)."""
+    wide = lowpass(_rand(2, 96, 96, seed=3), 2.0) * 10
+    cut = (slice(None), slice(24, 72), slice(24, 72))
+    fitted = torch.zeros(48, 48, dtype=torch.float64)
+    fitted[4:-4, 4:-4] = 1.0
+    weights = fitted * border_taper((48, 48), 6, fitted)
+    data = wide[cut]
+    model = data + (1.0 - fitted) * _rand(2, 48, 48, seed=4)
+    periodic, _ = optical_flow_update(data, model, weights, 4.0, 2.0)
+    kept, _ = optical_flow_update(data, model, weights, 4.0, 2.0, fitted=fitted)
+    assert float(periodic.abs().max()) > 1e-3
+    assert float(kept.abs().max()) < 1e-12
+    truth = torch.tensor([[0.06, -0.04], [-0.05, 0.03]], dtype=torch.float64)
+    data, model = fourier_shift(wide, truth)[cut], wide[cut]
+    ones = torch.ones(48, 48, dtype=torch.float64)
+    weights = border_taper((48, 48), 4, ones)
+    periodic, _ = optical_flow_update(data, model, weights, 4.0, 2.0)
+    kept, _ = optical_flow_update(data, model, weights, 4.0, 2.0, fitted=ones)
+    assert float((kept - truth).abs().max()) < 0.5 * float((periodic - truth).abs().max())
+
+
 def test_raise_small_eigenvalue_keeps_the_eigenvectors():
     from hpc_adept.align.estimate import raise_small_eigenvalue
 

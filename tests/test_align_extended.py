@@ -17,13 +17,14 @@ The coarse settings (``coarse_lowpass_px`` 4, ``cross_folds`` 8) came from seed 
 
 Why the coarse level stops short (measured, ``profiling/align_extended.py --diagnose``;
 docs/extended_samples.md, "Alignment"): the widened volume has far more unknowns than the
-32 projections have pixels, so one volume fitted to all angles also explains misaligned
-data (:func:`test_joint_fit_cannot_tell_the_shifts`); held-out folds make the shifts
-identifiable, but a volume fitted to the other angles predicts a held-out projection only
-to ~17 % of its high-passed signal (the outside material is seen by few angles), and what
-they leave is a smooth pattern over the angles that the outside material follows. The last
-level (one volume, coverage-weighted shift updates, momentum) pulls such a pattern in when it
-is a few tenths of a pixel, not when it is more than a pixel.
+32 projections have pixels, so one volume fitted to all angles, started at zero, stops
+1 px from the shifts its residual prefers
+(:func:`test_joint_fit_from_zero_stops_short_of_the_shifts_it_prefers`); held-out folds
+make the shifts identifiable, but a volume fitted to the other angles predicts a held-out
+projection only to ~17 % of its high-passed signal (the outside material is seen by few
+angles), and what they leave is a smooth pattern over the angles that the outside material
+follows. The last level (one volume, coverage-weighted shift updates, momentum) pulls such
+a pattern in when it is a few tenths of a pixel, not when it is more than a pixel.
 """
 
 from __future__ import annotations
@@ -213,12 +214,13 @@ def test_extended_sample_alignment_recovers_known_shifts(seed, corner_um):
 
 
 @pytest.mark.slow
-def test_joint_fit_cannot_tell_the_shifts(ic_files):
-    """The cause of the floor: one widened volume fitted to all angles (no held-out folds,
-    the coarse estimate's former low-pass of 8 px), without noise or planes, stays at the
-    true shifts when started there (0.11 px), but started at zero it ends 1.0 px away (two
-    angles 5 px off) at a residual only 1.24 times the truth's: once the volume holds the
-    outside material, it explains misaligned data nearly as well as aligned ones. A finding
+def test_joint_fit_from_zero_stops_short_of_the_shifts_it_prefers(ic_files):
+    """What the joint fit alone does: one widened volume fitted to all angles (no held-out
+    folds, the coarse estimate's former low-pass of 8 px), without noise or planes, stays
+    at the true shifts when started there (0.09 px), but started at zero it ends 1.0 px
+    away. With filters that keep to the fitted pixels (``masked_highpass``) its residual
+    there is 1.76 times the truth's (1.24 before them, when the edges' residual leaked
+    in): the objective prefers the truth, the steps from zero do not reach it. A finding
     about this crop of the real layout (the procedural fallback, denser in every layer,
     ends at 0.2 px from zero), so it skips without the layout."""
     sample = extended_sample(REGION, 32, 2, corner_um=(30.0, 20.0), noise=0.0)
@@ -232,7 +234,7 @@ def test_joint_fit_cannot_tell_the_shifts(ic_files):
                        result.history[-1]["residual_rms"])
     assert runs["truth"][0] < 0.2, runs
     assert runs["zero"][0] > 0.5, runs
-    assert runs["zero"][1] < 1.5 * runs["truth"][1], runs
+    assert runs["zero"][1] > 1.4 * runs["truth"][1], runs
 
 
 @pytest.mark.slow

@@ -11,12 +11,18 @@ import math
 
 import torch
 
-from hpc_adept.align.imaging import highpass_with_gradient, lowpass
+from hpc_adept.align.imaging import (
+    highpass_with_gradient,
+    lowpass,
+    masked_highpass,
+    reflected_highpass_with_gradient,
+)
 
 
 def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.Tensor,
                         highpass_sigma_px: float, max_update_px: float,
-                        eigen_floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                        eigen_floor: float = 0.0, fitted: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift update by linearised optical flow on high-pass filtered images.
 
     With ``r = HP(data) - HP(model)`` and ``g = grad HP(model)``, ``data = model(x - e)``
@@ -41,15 +47,28 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
         Clamp of each update component, pixels.
     eigen_floor : float, in [0, 1)
         Smallest ratio of the normal matrix's eigenvalues (0: the plain solve).
+    fitted : torch.Tensor, float in [0, 1], [h, w] or [n, h, w], optional
+        The pixels the model was fitted to (a window cut out of a wide sample). Given, the
+        residual is high-passed by :func:`~hpc_adept.align.imaging.masked_highpass` over
+        them and the model's gradient is taken on mirrored edges: the unfitted pixels'
+        residual and the periodic filter's wrap-around across the window's edges would
+        otherwise enter the filtered residual near the edges and bias every step
+        (docs/extended_samples.md, "Alignment"). None: periodic filters (an isolated
+        sample in vacuum).
 
     Returns
     -------
     (update, residual_rms) : torch.Tensor [n, 2] float64, torch.Tensor [n] float64
         The update ``e`` (row, col) in pixels and the weighted RMS of ``r`` per projection.
     """
-    model_hp, d_row, d_col = highpass_with_gradient(model, highpass_sigma_px)
-    data_hp, _, _ = highpass_with_gradient(data, highpass_sigma_px)
-    residual = (data_hp - model_hp).double()
+    if fitted is None:
+        model_hp, d_row, d_col = highpass_with_gradient(model, highpass_sigma_px)
+        data_hp, _, _ = highpass_with_gradient(data, highpass_sigma_px)
+        residual = (data_hp - model_hp).double()
+    else:
+        _, d_row, d_col = reflected_highpass_with_gradient(model, highpass_sigma_px)
+        residual = masked_highpass((data - model).double(), fitted.double(),
+                                   highpass_sigma_px)
     w = weights.double().expand_as(residual)
     g_r, g_c = d_row.double(), d_col.double()
     a_rr = (w * g_r * g_r).sum(dim=(-2, -1))

@@ -167,6 +167,58 @@ def highpass_with_gradient(images: torch.Tensor, sigma_px: float
     return filtered.contiguous(), d_row.contiguous(), d_col.contiguous()
 
 
+def masked_highpass(images: torch.Tensor, mask: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """High-pass of ``images`` that only listens to the pixels of ``mask``.
+
+    ``x - G(m x) / G(m)`` (normalised convolution) with a Gaussian ``G`` of ``sigma_px``,
+    on images padded with zeros by ``3 sigma``, so that neither pixels outside ``mask`` (a
+    residual the reconstruction was not fitted to) nor the opposite edge (a periodic
+    filter's wrap-around) leak into the local mean. With ``mask`` all ones away from the
+    edges it equals :func:`highpass`.
+
+    Parameters
+    ----------
+    images : torch.Tensor, float, [..., h, w]
+    mask : torch.Tensor, float in [0, 1], broadcastable to ``images``
+    sigma_px : float, pixels (0: identity)
+
+    Returns
+    -------
+    torch.Tensor like ``images``; where ``G(m)`` is below 1e-3 of its peak the local mean
+    is taken as 0 (no fitted pixel near).
+    """
+    if sigma_px <= 0:
+        return images
+    pad = int(math.ceil(3.0 * sigma_px))
+    weight = mask.to(images.dtype).expand_as(images)
+    padded = _zero_pad(images * weight, pad)
+    support = lowpass(_zero_pad(weight, pad), sigma_px)
+    local = lowpass(padded, sigma_px) / support.clamp_min(1e-3 * float(support.amax()))
+    h, w = images.shape[-2:]
+    return images - local[..., pad:pad + h, pad:pad + w]
+
+
+def reflected_highpass_with_gradient(images: torch.Tensor, sigma_px: float
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`highpass_with_gradient` of ``images`` extended by mirror images of their
+    edges (``3 sigma`` pixels, at least 2), cropped back: a window cut out of a wide sample
+    has different content at opposite edges, and the periodic filter and derivative would
+    ring at that jump."""
+    pad = max(2, int(math.ceil(3.0 * sigma_px)))
+    h, w = images.shape[-2:]
+    pad_r, pad_c = min(pad, h - 1), min(pad, w - 1)
+    lead = images.shape[:-2]
+    flat = images.reshape(-1, 1, h, w)
+    mirrored = torch.nn.functional.pad(flat, (pad_c, pad_c, pad_r, pad_r), mode="reflect")
+    parts = highpass_with_gradient(mirrored[:, 0], sigma_px)
+    return tuple(part[:, pad_r:pad_r + h, pad_c:pad_c + w].reshape(*lead, h, w).contiguous()
+                 for part in parts)
+
+
+def _zero_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
+    return torch.nn.functional.pad(images, (pad, pad, pad, pad))
+
+
 def crop_window(size: int, out: int) -> tuple[int, float]:
     """Start index and centre offset of a centred crop of ``out`` from ``size`` pixels.
 

@@ -28,7 +28,10 @@ which stays at the true shifts. What the folds leave is smooth over the angles (
 outside material, seen by neighbouring angles only, follows such a pattern); only the
 region that every angle sees pulls it back, and slowly: that level weights the shift update
 by each pixel's angular coverage (``align.coverage_power``), accelerates its steps and runs
-all its iterations (docs/extended_samples.md, "Alignment").
+all its iterations (docs/extended_samples.md, "Alignment"). On a widened volume the optical
+flow's filters keep to the fitted pixels of the window: periodic ones would carry the
+wrap-around across a chip's window edges, and the residual of the unfitted edge pixels,
+into every step.
 ``align.lateral_margin: 0`` is the isolated-region method: the region only,
 with a loose support mask (voxels that leave the window at some angle are zero) and
 weights on the region's shadow.
@@ -584,8 +587,11 @@ def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
     """Shift update ``[n, 2]`` (pixels of the level) and weighted residual RMS ``[n]``."""
     if not coarse:
         weights = level.weights if level.flow_gain is None else level.weights * level.flow_gain
+        # a window cut out of a wide sample: filters that keep to the fitted pixels
+        fitted = None if level.taper_px <= 0 else \
+            (level.trust if level.trust is not None else level.weights)
         return optical_flow_update(data, model, weights, options.highpass_sigma_px,
-                                   options.max_update_px, options.flow_eigen_floor)
+                                   options.max_update_px, options.flow_eigen_floor, fitted)
     factor = level.factor
     update = xcorr_shift(data, model, level.weights.mean(dim=0),
                          options.coarse_lowpass_px / factor, options.coarse_search_px / factor)
