@@ -568,8 +568,9 @@ class AlignConfig:
         larger (0: off, the default). Projections of wires running mostly one way fix the
         shift across them only (the aperture problem); on a small window of an extended
         chip the undamped steps along the wires drift (docs/extended_samples.md: with
-        ``lateral_margin: auto``, 0.3 keeps all 14 crops measured better than before the
-        alignment and the seven good ones at 0.04-0.14 px).
+        ``lateral_margin: auto``, 0.3 keeps 13 of the 14 crops measured better than before
+        the alignment and the seven good ones at 0.02-0.12 px). A warning says when the
+        projections' structure runs mostly one way.
     joint_last_level : bool
         With a widened volume and more than one binning level: the last level fits one
         volume to all angles (no held-out folds). A held-out prediction of the outside

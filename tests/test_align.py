@@ -201,6 +201,32 @@ def test_optical_flow_on_a_window_of_a_wide_sample_keeps_to_the_fitted_pixels():
     assert float((kept - truth).abs().max()) < 0.5 * float((periodic - truth).abs().max())
 
 
+def test_structure_ratio_and_the_one_way_warning(caplog):
+    """Stripes fix one direction only (ratio ~0), a random texture both (ratio well above
+    the warning's threshold), a blank image neither (0, no NaN); projection matching warns
+    once about one-way data and not about textured data."""
+    import logging
+
+    from hpc_adept.align.estimate import structure_ratio
+    from hpc_adept.align.matching import ONE_WAY_RATIO, _warn_one_way
+
+    n = 40
+    r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    stripes = torch.from_numpy(np.cos(2 * np.pi * c / 7.0))[None].expand(4, n, n)
+    texture = lowpass(_rand(4, n, n, seed=21), 1.5)
+    blank = torch.zeros(1, n, n, dtype=torch.float64)
+    assert float(structure_ratio(stripes, 3.0).max()) < 1e-6
+    assert float(structure_ratio(texture, 3.0).min()) > 2 * ONE_WAY_RATIO
+    assert float(structure_ratio(blank, 3.0)[0]) == 0.0
+    options = AlignConfig(volume_shape=(8, n, n), highpass_sigma_px=3.0)
+    with caplog.at_level(logging.WARNING, logger="hpc_adept.align.matching"):
+        _warn_one_way(texture, options)
+        assert not caplog.records
+        _warn_one_way(stripes, options)
+    assert len(caplog.records) == 1 and "one way" in caplog.records[0].getMessage()
+    assert "flow_eigen_floor: 0.3" in caplog.records[0].getMessage()
+
+
 def test_raise_small_eigenvalue_keeps_the_eigenvectors():
     from hpc_adept.align.estimate import raise_small_eigenvalue
 

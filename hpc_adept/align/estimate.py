@@ -93,6 +93,34 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
     return update, residual_rms
 
 
+def structure_ratio(images: torch.Tensor, highpass_sigma_px: float) -> torch.Tensor:
+    """How much each image fixes its shift in every direction: the smaller over the larger
+    eigenvalue of its structure tensor ``sum g g^T`` (``g`` the gradient of the high-passed
+    image, on mirrored edges), the normal matrix of :func:`optical_flow_update`.
+
+    Near 0 for wires running one way (the shift along them is not determined: the aperture
+    problem), near 1 for structure in every direction; 0 for an image without structure.
+
+    Parameters
+    ----------
+    images : torch.Tensor, float, [n, h, w]
+    highpass_sigma_px : float, pixels
+
+    Returns
+    -------
+    torch.Tensor, float64, [n], values in [0, 1]
+    """
+    _, d_row, d_col = reflected_highpass_with_gradient(images.double(), highpass_sigma_px)
+    a_rr = (d_row * d_row).sum(dim=(-2, -1))
+    a_rc = (d_row * d_col).sum(dim=(-2, -1))
+    a_cc = (d_col * d_col).sum(dim=(-2, -1))
+    half_trace = 0.5 * (a_rr + a_cc)
+    spread = torch.sqrt((0.5 * (a_rr - a_cc)) ** 2 + a_rc ** 2)
+    large, small = half_trace + spread, (half_trace - spread).clamp_min(0.0)
+    return torch.where(large > 0, small / large.clamp_min(torch.finfo(large.dtype).tiny),
+                       torch.zeros_like(large))
+
+
 def raise_small_eigenvalue(a_rr: torch.Tensor, a_rc: torch.Tensor, a_cc: torch.Tensor,
                            floor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric 2 x 2 matrices ``[[a_rr, a_rc], [a_rc, a_cc]]`` (batched, [n]) with their

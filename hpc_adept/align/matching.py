@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from hpc_adept.align.drift import remove_rigid_drift
-from hpc_adept.align.estimate import optical_flow_update, xcorr_shift
+from hpc_adept.align.estimate import optical_flow_update, structure_ratio, xcorr_shift
 from hpc_adept.align.imaging import (
     bin_images,
     border_taper,
@@ -90,6 +90,10 @@ log = logging.getLogger(__name__)
 
 # Stop of the levels before the last, in pixels of the level.
 COARSE_TOLERANCE = 0.05
+# Median structure ratio below which the projections fix their shifts across the wires
+# only (docs/extended_samples.md, 14 crops of the layout with 2 % noise: the one-way crops
+# where the alignment fails 0.08-0.19, the crops where it works 0.30-0.48).
+ONE_WAY_RATIO = 0.2
 
 
 class LaminoOps(Protocol):
@@ -289,6 +293,7 @@ def projection_matching(
     start = remove_rigid_drift(shifts, angles, tilt_deg)[0]
     largest = max(float(np.abs(shifts).max(initial=0.0)), float(np.abs(start).max(initial=0.0)))
     frame = _Frame.of(projections, options, largest)
+    _warn_one_way(projections, options)
     track = _Track(shifts, angles, tilt_deg,
                    torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
                    np.zeros((n, 2)), start=start, reach_px=options.coarse_search_px)
@@ -304,6 +309,22 @@ def projection_matching(
                               else np.zeros((0, n, 2))),
         phase_planes=track.planes.cpu().numpy(),
     )
+
+
+def _warn_one_way(projections: torch.Tensor, options: AlignConfig) -> float:
+    """One warning line when most projections' structure runs one way (the median
+    :func:`~hpc_adept.align.estimate.structure_ratio` below :data:`ONE_WAY_RATIO`): their
+    shifts along the wires are barely in the data. Returns that median."""
+    ratio = float(structure_ratio(projections, options.highpass_sigma_px).median())
+    if ratio < ONE_WAY_RATIO:
+        advice = ("align.flow_eigen_floor damps the steps along them" if
+                  options.flow_eigen_floor > 0 else
+                  "consider align.flow_eigen_floor: 0.3, which damps the steps along them")
+        log.warning("projection matching: the projections' structure runs mostly one way "
+                    "(median eigenvalue ratio %.2f < %.2f): the shifts along the wires are "
+                    "poorly determined by these data; %s, or choose a region with structure "
+                    "in both directions", ratio, ONE_WAY_RATIO, advice)
+    return ratio
 
 
 @dataclass(frozen=True)
