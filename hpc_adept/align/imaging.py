@@ -184,8 +184,8 @@ def masked_highpass(images: torch.Tensor, mask: torch.Tensor, sigma_px: float) -
 
     Returns
     -------
-    torch.Tensor like ``images``; where ``G(m)`` is below 1e-3 of its peak the local mean
-    is taken as 0 (no fitted pixel near).
+    torch.Tensor like ``images``; where ``G(m)`` is below 1e-3 of its peak (no fitted pixel
+    near) it is divided by that floor instead, so the local mean stays near 0.
     """
     if sigma_px <= 0:
         return images
@@ -193,7 +193,8 @@ def masked_highpass(images: torch.Tensor, mask: torch.Tensor, sigma_px: float) -
     weight = mask.to(images.dtype).expand_as(images)
     padded = _zero_pad(images * weight, pad)
     support = lowpass(_zero_pad(weight, pad), sigma_px)
-    local = lowpass(padded, sigma_px) / support.clamp_min(1e-3 * float(support.amax()))
+    # no host sync: the floor stays a tensor on the images' device
+    local = lowpass(padded, sigma_px) / torch.maximum(support, 1e-3 * support.amax())
     h, w = images.shape[-2:]
     return images - local[..., pad:pad + h, pad:pad + w]
 
