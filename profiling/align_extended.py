@@ -65,6 +65,7 @@ def structure(region: tuple[int, int, int], n_angles: int, seed: int,
     high-passed signal, and the fraction of the region's voxels that hold metal."""
     import torch
 
+    from hpc_adept.align.estimate import structure_ratio
     from hpc_adept.align.imaging import reflected_highpass_with_gradient
     from hpc_adept.lamino import Geometry, LaminoOperator
     from hpc_adept.lamino.region import extended_shape, lateral_margin_px
@@ -84,10 +85,10 @@ def structure(region: tuple[int, int, int], n_angles: int, seed: int,
     with torch.no_grad():
         energy, ratio = {}, {}
         for name, volume in (("chip", chip), ("region", alone)):
-            filtered, d_row, d_col = reflected_highpass_with_gradient(op.forward(volume),
-                                                                      highpass_px)
+            projections = op.forward(volume)
+            filtered, _, _ = reflected_highpass_with_gradient(projections, highpass_px)
             energy[name] = float((filtered ** 2).sum())
-            ratio[name] = np.median(_eigen_ratio(d_row, d_col))
+            ratio[name] = float(structure_ratio(projections, highpass_px).median())
     if energy["chip"] <= 0.0:
         print(f"seed {seed} corner {list(corner_um)}: the window holds no structure", flush=True)
         return
@@ -95,18 +96,6 @@ def structure(region: tuple[int, int, int], n_angles: int, seed: int,
           f"{ratio['chip']:.2f}, region alone {ratio['region']:.2f}; the region holds "
           f"{energy['region'] / energy['chip']:.2f} of the high-passed signal; metal in "
           f"{float((chip[inside] > 0).double().mean()):.3f} of its voxels", flush=True)
-
-
-def _eigen_ratio(d_row, d_col) -> np.ndarray:
-    """Small over large eigenvalue of each image's structure tensor ``sum g g^T`` [n]."""
-    import torch
-
-    a_rr, a_rc, a_cc = ((u * v).sum(dim=(-2, -1)) for u, v in
-                        ((d_row, d_row), (d_row, d_col), (d_col, d_col)))
-    tensors = torch.stack([torch.stack([a_rr, a_rc], -1), torch.stack([a_rc, a_cc], -1)], -2)
-    eigen = torch.linalg.eigvalsh(tensors.double()).numpy()
-    # a projection without structure fixes no direction: ratio 0
-    return np.divide(eigen[:, 0], eigen[:, 1], out=np.zeros(len(eigen)), where=eigen[:, 1] > 0)
 
 
 def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, seed: int,

@@ -266,22 +266,21 @@ def test_stage_plans_the_widened_volume():
     assert widened_volume(auto, REGION, (46, 48), None) == REGION  # the reader refuses it
 
 
+@pytest.mark.slow
 def test_structure_report_says_what_the_region_holds():
-    """``profiling/align_extended.py --structure``: the region's share of the window's
-    high-passed signal lies in (0, 1), and the one-way ratios in [0, 1]."""
+    """``profiling/align_extended.py --structure`` prints its line: one-way ratios in
+    [0, 1], a positive share of the signal and a metal fraction in [0, 1]."""
     import re
-    import subprocess
-    import sys
 
-    from .conftest import REPO
+    from .conftest import REPO, run_cmd
 
-    done = subprocess.run(
-        [sys.executable, str(REPO / "profiling" / "align_extended.py"), "--region", "24", "32",
-         "32", "--angles", "8", "--seeds", "3", "--corner", "50", "40", "--highpass", "2",
-         "--structure"], capture_output=True, text=True, timeout=300, check=True)
+    done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--region", "24", "32",
+                    "32", "--angles", "8", "--seeds", "3", "--corner", "50", "40",
+                    "--highpass", "2", "--structure"], timeout=300)
+    assert done.returncode == 0, done.stderr
     found = re.search(r"chip ([\d.]+), region alone ([\d.]+); the region holds ([\d.]+) of "
                       r"the high-passed signal; metal in ([\d.]+)", done.stdout)
     assert found, done.stdout
     chip, alone, share, metal = (float(v) for v in found.groups())
     assert 0.0 <= chip <= 1.0 and 0.0 <= alone <= 1.0
-    assert 0.0 < share < 1.0 and 0.0 < metal < 1.0
+    assert share > 0.0 and 0.0 < metal <= 1.0

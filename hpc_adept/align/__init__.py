@@ -5,7 +5,7 @@ holds ``measured[r, c] = ideal[r - s_r, c - s_c]``; shifting it by ``-s`` aligns
 """
 
 from hpc_adept.align.drift import fit_rigid_drift, remove_rigid_drift, rigid_drift_basis
-from hpc_adept.align.estimate import optical_flow_update, xcorr_shift
+from hpc_adept.align.estimate import optical_flow_update, structure_ratio, xcorr_shift
 from hpc_adept.align.imaging import (
     bin_images,
     border_taper,
@@ -14,6 +14,8 @@ from hpc_adept.align.imaging import (
     highpass,
     highpass_with_gradient,
     lowpass,
+    masked_highpass,
+    reflected_highpass_with_gradient,
     shift_images,
     unbin_images,
 )
@@ -38,11 +40,14 @@ __all__ = [
     "highpass",
     "highpass_with_gradient",
     "lowpass",
+    "masked_highpass",
     "optical_flow_update",
     "projection_matching",
+    "reflected_highpass_with_gradient",
     "remove_rigid_drift",
     "rigid_drift_basis",
     "shift_images",
+    "structure_ratio",
     "unbin_images",
     "visible_support",
     "working_frame",

@@ -93,7 +93,8 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
     return update, residual_rms
 
 
-def structure_ratio(images: torch.Tensor, highpass_sigma_px: float) -> torch.Tensor:
+def structure_ratio(images: torch.Tensor, highpass_sigma_px: float, chunk: int = 16
+                    ) -> torch.Tensor:
     """How much each image fixes its shift in every direction: the smaller over the larger
     eigenvalue of its structure tensor ``sum g g^T`` (``g`` the gradient of the high-passed
     image, on mirrored edges), the normal matrix of :func:`optical_flow_update`.
@@ -105,15 +106,22 @@ def structure_ratio(images: torch.Tensor, highpass_sigma_px: float) -> torch.Ten
     ----------
     images : torch.Tensor, float, [n, h, w]
     highpass_sigma_px : float, pixels
+    chunk : int
+        Images filtered at a time (the padded float64 spectra of a whole stack would set
+        the memory peak of an alignment).
 
     Returns
     -------
     torch.Tensor, float64, [n], values in [0, 1]
     """
-    _, d_row, d_col = reflected_highpass_with_gradient(images.double(), highpass_sigma_px)
-    a_rr = (d_row * d_row).sum(dim=(-2, -1))
-    a_rc = (d_row * d_col).sum(dim=(-2, -1))
-    a_cc = (d_col * d_col).sum(dim=(-2, -1))
+    sums = []
+    for start in range(0, images.shape[0], max(1, chunk)):
+        part = images[start:start + max(1, chunk)].double()
+        _, d_row, d_col = reflected_highpass_with_gradient(part, highpass_sigma_px)
+        sums.append(torch.stack([(d_row * d_row).sum(dim=(-2, -1)),
+                                 (d_row * d_col).sum(dim=(-2, -1)),
+                                 (d_col * d_col).sum(dim=(-2, -1))]))
+    a_rr, a_rc, a_cc = torch.cat(sums, dim=1)
     half_trace = 0.5 * (a_rr + a_cc)
     spread = torch.sqrt((0.5 * (a_rr - a_cc)) ** 2 + a_rc ** 2)
     large, small = half_trace + spread, (half_trace - spread).clamp_min(0.0)

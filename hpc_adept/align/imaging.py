@@ -190,11 +190,12 @@ def masked_highpass(images: torch.Tensor, mask: torch.Tensor, sigma_px: float) -
     if sigma_px <= 0:
         return images
     pad = int(math.ceil(3.0 * sigma_px))
-    weight = mask.to(images.dtype).expand_as(images)
+    weight = mask.to(images.dtype)
     padded = _zero_pad(images * weight, pad)
-    support = lowpass(_zero_pad(weight, pad), sigma_px)
-    # no host sync: the floor stays a tensor on the images' device
-    local = lowpass(padded, sigma_px) / torch.maximum(support, 1e-3 * support.amax())
+    support = lowpass(_zero_pad(weight, pad), sigma_px)  # at the mask's own shape
+    # no host sync: the floor stays a tensor on the images' device (and > 0 for a zero mask)
+    floor = (1e-3 * support.amax()).clamp_min(torch.finfo(support.dtype).tiny)
+    local = lowpass(padded, sigma_px) / torch.maximum(support, floor)
     h, w = images.shape[-2:]
     return images - local[..., pad:pad + h, pad:pad + w]
 
@@ -202,9 +203,10 @@ def masked_highpass(images: torch.Tensor, mask: torch.Tensor, sigma_px: float) -
 def reflected_highpass_with_gradient(images: torch.Tensor, sigma_px: float
                                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`highpass_with_gradient` of ``images`` extended by mirror images of their
-    edges (``3 sigma`` pixels, at least 2), cropped back: a window cut out of a wide sample
-    has different content at opposite edges, and the periodic filter and derivative would
-    ring at that jump."""
+    edges (``3 sigma`` pixels, at least 2, at most the image size less one), cropped back:
+    a window cut out of a wide sample has different content at opposite edges, and the
+    periodic filter and derivative would ring at that jump. The derivative across an edge
+    is zero at its outermost pixel (the mirror); weights taper the edges out anyway."""
     pad = max(2, int(math.ceil(3.0 * sigma_px)))
     h, w = images.shape[-2:]
     pad_r, pad_c = min(pad, h - 1), min(pad, w - 1)

@@ -91,8 +91,10 @@ log = logging.getLogger(__name__)
 # Stop of the levels before the last, in pixels of the level.
 COARSE_TOLERANCE = 0.05
 # Median structure ratio below which the projections fix their shifts across the wires
-# only (docs/extended_samples.md, 14 crops of the layout with 2 % noise: the one-way crops
-# where the alignment fails 0.08-0.19, the crops where it works 0.30-0.48).
+# only. A hint, not a verdict (docs/extended_samples.md, 14 crops of the layout, 2 % noise):
+# 24 x 32 x 32 regions, high-pass 3 px: the five one-way crops 0.08-0.19 (all fail), the
+# others 0.27-0.48 (two of them fail too); 40 x 56 x 56, 8 px: failures 0.035 / 0.047 / 0.161
+# / 0.201, an aligned crop at 0.158, others 0.25-0.31.
 ONE_WAY_RATIO = 0.2
 
 
@@ -316,7 +318,11 @@ def _warn_one_way(projections: torch.Tensor, options: AlignConfig) -> float:
     :func:`~hpc_adept.align.estimate.structure_ratio` below :data:`ONE_WAY_RATIO`): their
     shifts along the wires are barely in the data. Returns that median."""
     ratio = float(structure_ratio(projections, options.highpass_sigma_px).median())
-    if ratio < ONE_WAY_RATIO:
+    if ratio <= 0.0:
+        log.warning("projection matching: most projections hold no structure after the "
+                    "high-pass of %g px: their shifts are not in the data",
+                    options.highpass_sigma_px)
+    elif ratio < ONE_WAY_RATIO:
         advice = ("align.flow_eigen_floor damps the steps along them" if
                   options.flow_eigen_floor > 0 else
                   "consider align.flow_eigen_floor: 0.3, which damps the steps along them")
@@ -608,9 +614,9 @@ def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
     """Shift update ``[n, 2]`` (pixels of the level) and weighted residual RMS ``[n]``."""
     if not coarse:
         weights = level.weights if level.flow_gain is None else level.weights * level.flow_gain
-        # a window cut out of a wide sample: filters that keep to the fitted pixels
-        fitted = None if level.taper_px <= 0 else \
-            (level.trust if level.trust is not None else level.weights)
+        # a window cut out of a wide sample: filters that keep to the fitted pixels (with
+        # taper_px > 0 the level's trust holds the measured pixels' weights, never None)
+        fitted = level.trust if level.taper_px > 0 else None
         return optical_flow_update(data, model, weights, options.highpass_sigma_px,
                                    options.max_update_px, options.flow_eigen_floor, fitted)
     factor = level.factor
