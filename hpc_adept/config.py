@@ -542,9 +542,10 @@ class AlignConfig:
         (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
         (cheaper) margin: pixels whose rays leave the widened volume are then left out of
         the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
-        method; ``auto`` costs about 2-16 times its time and reaches 0.05-0.13 px on seven
-        of 14 small extended-sample crops, but ends 0.7-2.3 px off on the other seven, where
-        its coarse level fails: issue 18, docs/extended_samples.md).
+        method; ``auto`` costs about 2-16 times its time and reaches 0.04-0.13 px on nine of
+        14 extended-sample crops at 40 x 56 x 56 (0.02-0.10 px on seven of them at 24 x 32 x
+        32), but ends 0.19-7.9 px off on the others, mostly crops of one-way wiring: issue
+        18, docs/extended_samples.md).
     fit_phase_plane : bool
         Fit a constant and a linear ramp per projection against the reprojection of the
         current volume and remove them before the reconstruction and the shift update
