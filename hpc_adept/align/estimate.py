@@ -71,9 +71,7 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
                                    highpass_sigma_px)
     w = weights.double().expand_as(residual)
     g_r, g_c = d_row.double(), d_col.double()
-    a_rr = (w * g_r * g_r).sum(dim=(-2, -1))
-    a_rc = (w * g_r * g_c).sum(dim=(-2, -1))
-    a_cc = (w * g_c * g_c).sum(dim=(-2, -1))
+    a_rr, a_rc, a_cc = structure_tensor(g_r, g_c, w)
     b_r = (w * g_r * residual).sum(dim=(-2, -1))
     b_c = (w * g_c * residual).sum(dim=(-2, -1))
     # a tiny ridge keeps featureless projections (all gradients ~0) at a zero update
@@ -91,6 +89,28 @@ def optical_flow_update(data: torch.Tensor, model: torch.Tensor, weights: torch.
     residual_rms = torch.sqrt((w * residual ** 2).sum(dim=(-2, -1))
                               / w.sum(dim=(-2, -1)).clamp_min(1e-30))
     return update, residual_rms
+
+
+def structure_tensor(d_row: torch.Tensor, d_col: torch.Tensor,
+                     weights: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a_rr, a_rc, a_cc)``, each [n]: the sums over each image of ``w g g^T`` with
+    ``g = (d_row, d_col)`` [n, h, w] (``w`` [n, h, w] or none: 1), the normal matrix of the
+    optical-flow solve."""
+    def total(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        product = u * v if weights is None else weights * u * v
+        return product.sum(dim=(-2, -1))
+
+    return total(d_row, d_row), total(d_row, d_col), total(d_col, d_col)
+
+
+def _eigenvalues(a_rr: torch.Tensor, a_rc: torch.Tensor, a_cc: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Larger and smaller eigenvalue of the symmetric 2 x 2 matrices
+    ``[[a_rr, a_rc], [a_rc, a_cc]]`` (batched)."""
+    half_trace = 0.5 * (a_rr + a_cc)
+    spread = torch.sqrt((0.5 * (a_rr - a_cc)) ** 2 + a_rc ** 2)
+    return half_trace + spread, half_trace - spread
 
 
 def structure_ratio(images: torch.Tensor, highpass_sigma_px: float, chunk: int = 16
@@ -118,13 +138,9 @@ def structure_ratio(images: torch.Tensor, highpass_sigma_px: float, chunk: int =
     for start in range(0, images.shape[0], max(1, chunk)):
         part = images[start:start + max(1, chunk)].double()
         _, d_row, d_col = reflected_highpass_with_gradient(part, highpass_sigma_px)
-        sums.append(torch.stack([(d_row * d_row).sum(dim=(-2, -1)),
-                                 (d_row * d_col).sum(dim=(-2, -1)),
-                                 (d_col * d_col).sum(dim=(-2, -1))]))
-    a_rr, a_rc, a_cc = torch.cat(sums, dim=1)
-    half_trace = 0.5 * (a_rr + a_cc)
-    spread = torch.sqrt((0.5 * (a_rr - a_cc)) ** 2 + a_rc ** 2)
-    large, small = half_trace + spread, (half_trace - spread).clamp_min(0.0)
+        sums.append(torch.stack(structure_tensor(d_row, d_col)))
+    large, small = _eigenvalues(*torch.cat(sums, dim=1))
+    small = small.clamp_min(0.0)
     return torch.where(large > 0, small / large.clamp_min(torch.finfo(large.dtype).tiny),
                        torch.zeros_like(large))
 
@@ -134,9 +150,7 @@ def raise_small_eigenvalue(a_rr: torch.Tensor, a_rc: torch.Tensor, a_cc: torch.T
     """Symmetric 2 x 2 matrices ``[[a_rr, a_rc], [a_rc, a_cc]]`` (batched, [n]) with their
     smaller eigenvalue raised to at least ``floor`` times the larger; the larger eigenvalue
     and both eigenvectors are kept."""
-    half_trace = 0.5 * (a_rr + a_cc)
-    spread = torch.sqrt((0.5 * (a_rr - a_cc)) ** 2 + a_rc ** 2)
-    large, small = half_trace + spread, half_trace - spread
+    large, small = _eigenvalues(a_rr, a_rc, a_cc)
     added = (floor * large - small).clamp_min(0.0)
     # the small eigenvalue's eigenvector: of the two null vectors of A - small I, the longer
     # (one of them vanishes for a diagonal A)
