@@ -274,13 +274,16 @@ class SimulateConfig:
         Store the probe in every CXI file as the initial probe, as a beamline does with the
         illumination reconstructed from a reference scan (LSQ-ML still refines it).
     write_projections : bool
-        Also write the true projections as ``output.dir/projections.h5`` so the
-        reconstruction stages can run before the ptychography stage.
+        Also write the projections as ``output.dir/projections.h5`` (with the drift, the
+        phase offsets and ramps and ``projection_noise``, as the ptychography stage would
+        give them) so the alignment and reconstruction stages can run before the
+        ptychography stage.
     drift_px : float, px
         Standard deviation of a random rigid shift of each angle's projection (row and
-        column, clipped at 3 sigma) before the scan is simulated: the sample drift that the
-        alignment stage removes (0 = none). ``true_projections.h5`` keeps the unshifted
-        projections and the shifts in ``/drift_px`` (row, col; DESIGN's sign).
+        column, clipped at 3 sigma) before the scan is simulated (and in that
+        ``projections.h5``): the sample drift that the alignment stage removes (0 = none).
+        ``true_projections.h5`` keeps the unshifted projections and the shifts in
+        ``/drift_px`` (row, col; DESIGN's sign).
     projection_noise : float
         Gaussian noise added to that ``projections.h5``, standard deviation as a fraction of
         the projections' RMS (0 = exact); for studies of the reconstruction stages alone.
@@ -534,23 +537,32 @@ class AlignConfig:
     coarse_search_px : float, pixels
         Largest shift per axis that estimate looks for; no estimate moves further than
         this from its start (one that would has run away: a warning names it).
+    sample : {'auto', 'extended', 'isolated'}
+        Which method (:mod:`hpc_adept.align.sample`). ``extended``: the region lies inside
+        a wider slab (a chip) whose material outside ``volume_shape`` every projection also
+        holds: the region is widened by ``lateral_margin`` and the fit is blind to each
+        projection's phase offset and ramp (``fit_phase_plane``). ``isolated``: the sample
+        lies inside the field in vacuum: the region only, with ``support``
+        (``lateral_margin`` is not used). ``auto`` (default): ``isolated`` when the outer
+        border of eight evenly spaced projections is empty, as ``recon.sample: auto``
+        decides, else ``extended``. On extended samples the region-only method runs off
+        (9-14 px RMS); the extended one costs about 2-16 times its time and recovers 2 px
+        RMS shifts to 0.04-0.13 px on nine of 14 crops of the layout at 40 x 56 x 56 and
+        ends 0.19-7.9 px off on the others, mostly crops of one-way wiring (issue 18,
+        docs/extended_samples.md).
     lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
-        Widen the reconstruction beyond ``volume_shape`` so that the material around the
-        region, which every projection of an extended sample (a chip) also holds, is
-        modelled instead of biasing the shifts. ``auto``: at each level, the margin that
+        For an extended sample: widen the reconstruction beyond ``volume_shape`` so that
+        the material around the region, which every projection also holds, is modelled
+        instead of biasing the shifts. ``auto`` (default): at each level, the margin that
         holds every point the level's detector window sees
         (:func:`hpc_adept.lamino.region.lateral_margin_px`). An integer sets a smaller
         (cheaper) margin: pixels whose rays leave the widened volume are then left out of
-        the fit. ``0`` (default): the region only, with ``support`` (the isolated-sample
-        method; ``auto`` costs about 2-16 times its time and reaches 0.04-0.13 px on nine of
-        14 extended-sample crops at 40 x 56 x 56 (0.02-0.10 px on seven of them at 24 x 32 x
-        32), but ends 0.19-7.9 px off on the others, mostly crops of one-way wiring: issue
-        18, docs/extended_samples.md).
-    fit_phase_plane : bool
+        the fit; ``0``: the region only, with ``support``.
+    fit_phase_plane : bool or 'auto'
         Fit a constant and a linear ramp per projection against the reprojection of the
         current volume and remove them before the reconstruction and the shift update
         (ptychographic phase has no vacuum reference); the least-squares fit is made blind
-        to them.
+        to them. ``auto`` (default): for an extended sample only.
     cross_folds : int
         With a widened volume (``lateral_margin`` not 0): the angles are dealt into this
         many interleaved groups, and each group is compared with the reprojection of a
@@ -567,10 +579,10 @@ class AlignConfig:
         Damps the optical-flow step along the direction a projection barely determines:
         the smaller eigenvalue of its 2 x 2 normal matrix is raised to this fraction of the
         larger (0: off, the default). Projections of wires running mostly one way fix the
-        shift across them only (the aperture problem); on a small window of an extended
-        chip the undamped steps along the wires drift (docs/extended_samples.md: with
-        ``lateral_margin: auto``, 0.3 keeps 13 of the 14 crops measured better than before
-        the alignment and the seven good ones at 0.02-0.12 px). A warning says when the
+        shift across them only (the aperture problem); on a window of an extended chip the
+        undamped steps along the wires can run off (docs/extended_samples.md: at 40 x 56 x
+        56, 0.3 holds the worst crop at 2.0 px instead of 7.9, but costs five of the nine
+        crops that align 0.01-0.06 px, three of them past 0.15). A warning says when the
         projections' structure runs mostly one way.
     joint_last_level : bool
         With a widened volume and more than one binning level: the last level fits one
@@ -602,8 +614,9 @@ class AlignConfig:
     coarse_rounds: int = 3
     coarse_lowpass_px: float = 8.0
     coarse_search_px: float = 16.0
-    lateral_margin: Literal["auto"] | int = 0
-    fit_phase_plane: bool = False
+    sample: Literal["auto", "extended", "isolated"] = "auto"
+    lateral_margin: Literal["auto"] | int = "auto"
+    fit_phase_plane: bool | Literal["auto"] = "auto"
     cross_folds: int = 8
     momentum: float = 0.7
     flow_eigen_floor: float = 0.0
@@ -611,7 +624,11 @@ class AlignConfig:
     coverage_power: float = 4.0
 
     def check(self) -> None:
+        _choices("align", self)
         _shape("align.crop_shape", self.crop_shape)
+        if self.fit_phase_plane != "auto" and not isinstance(self.fit_phase_plane, bool):
+            raise ConfigError(f"align.fit_phase_plane must be true, false or auto, got "
+                              f"{self.fit_phase_plane!r}")
         if self.lateral_margin != "auto" and (
                 isinstance(self.lateral_margin, bool) or not isinstance(self.lateral_margin, int)
                 or not 0 <= self.lateral_margin <= MAX_SIDE):

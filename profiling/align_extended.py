@@ -1,7 +1,7 @@
 """Projection matching on a region inside an extended chip (issue 18): accuracy and time of
-the region-only method (``align.lateral_margin: 0``, no plane fit, no momentum) against
-the extended-sample method (``lateral_margin: auto``, ``fit_phase_plane: true``, held-out
-folds, momentum and the joint last level at their defaults), on isolated and extended
+the region-only method (``align.sample: isolated``, no momentum) against the extended-sample
+method (``align.sample: extended``: the widened volume, plane fit, held-out folds, momentum
+and the joint last level at their defaults), on isolated and extended
 samples, with and without per-projection phase offsets and ramps.
 
 Data: ``tests/extended_sample.py`` (the real layout, procedural without it): the region
@@ -41,18 +41,44 @@ sys.path.insert(0, str(REPO))
 
 from hpc_adept.align import projection_matching  # noqa: E402
 from hpc_adept.config import AlignConfig  # noqa: E402
-from tests.extended_sample import TILT, extended_sample, shift_error_px  # noqa: E402
+from tests.extended_sample import (  # noqa: E402
+    TILT,
+    extended_sample,
+    shift_error,
+    shift_error_px,
+)
 
 METHODS = {
-    "region-only": dict(lateral_margin=0, fit_phase_plane=False, momentum=0.0),
-    "extended": dict(lateral_margin="auto", fit_phase_plane=True),
+    "region-only": dict(sample="isolated", momentum=0.0),
+    "extended": dict(sample="extended"),
 }
 CASES = (("isolated", False, 0.0), ("extended", True, 0.0), ("extended+planes", True, 0.5))
 DIAGNOSE = {
-    "extended": dict(lateral_margin="auto", fit_phase_plane=True),
-    "folds": dict(lateral_margin="auto", fit_phase_plane=True, joint_last_level=False),
-    "joint": dict(lateral_margin="auto", fit_phase_plane=True, cross_folds=1, momentum=0.0),
+    "extended": dict(sample="extended"),
+    "folds": dict(sample="extended", joint_last_level=False),
+    "joint": dict(sample="extended", cross_folds=1, momentum=0.0),
 }
+
+
+def across_and_along(error: np.ndarray, clean: np.ndarray, highpass_px: float
+                     ) -> tuple[float, float]:
+    """RMS (px) of the shift ``error`` [n, 2] across and along each projection's dominant
+    structure (the large and small eigenvector of the structure tensor of the noise-free
+    projections ``clean`` [n, nv, nu]): for wires running one way, across and along the
+    wires. Each is an RMS over the angles of one component (the two squared sum to twice
+    the squared error that the table reports)."""
+    import torch
+
+    from hpc_adept.align.estimate import structure_tensor
+    from hpc_adept.align.imaging import reflected_highpass_with_gradient
+
+    _, d_row, d_col = reflected_highpass_with_gradient(torch.as_tensor(clean).double(),
+                                                       highpass_px)
+    a_rr, a_rc, a_cc = (t.numpy() for t in structure_tensor(d_row, d_col))
+    angle = 0.5 * np.arctan2(2.0 * a_rc, a_rr - a_cc)  # of the large eigenvector
+    across = error[:, 0] * np.cos(angle) + error[:, 1] * np.sin(angle)
+    along = -error[:, 0] * np.sin(angle) + error[:, 1] * np.cos(angle)
+    return float(np.sqrt(np.mean(across ** 2))), float(np.sqrt(np.mean(along ** 2)))
 
 
 def structure(region: tuple[int, int, int], n_angles: int, seed: int,
@@ -133,12 +159,15 @@ def main() -> None:
     parser.add_argument("--corner", type=float, nargs=2, default=[40.0, 28.0],
                         help="layout coordinates (um) of the region's corner")
     parser.add_argument("--flow-eigen-floor", type=float, default=0.0,
-                        help="align.flow_eigen_floor (0.3 on extended samples)")
+                        help="align.flow_eigen_floor")
     parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
                         default=[c[0] for c in CASES], help="which cases to run")
     parser.add_argument("--structure", action="store_true",
                         help="print what the region holds to fix the shifts (how one-way, "
                              "its share of the signal, metal), no alignment")
+    parser.add_argument("--split", action="store_true",
+                        help="also split each error across / along each projection's "
+                             "dominant structure (the wires)")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
@@ -174,6 +203,14 @@ def main() -> None:
                 print(f"seed {seed} {case:16s} {method:12s} shift error {error:7.3f} px RMS "
                       f"(before {before:.3f}), {len(result.history)} iterations, "
                       f"{seconds:7.1f} s", flush=True)
+                if args.split:
+                    clean = extended_sample(region, args.angles, seed, extended=extended,
+                                            noise=0.0, corner_um=tuple(args.corner))
+                    across, along = across_and_along(
+                        shift_error(result.shifts_px, sample.shifts, sample.angles),
+                        np.asarray(clean.measured), base.highpass_sigma_px)
+                    print(f"seed {seed} {case:16s} {method:12s} across the structure "
+                          f"{across:.3f} px RMS, along it {along:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -136,11 +136,16 @@ def extended_sample(region: tuple[int, int, int], n_angles: int, seed: int, *,
                   planes)
 
 
-def shift_error_px(estimate: np.ndarray, truth: np.ndarray, angles: np.ndarray) -> float:
-    """RMS (px) of the shift error after removing the global offset and the rigid drift
-    (the translations of the object that no alignment can observe)."""
+def shift_error(estimate: np.ndarray, truth: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """The shift error [n, 2] px with the global offset and the rigid drift removed (the
+    translations of the object that no alignment can observe)."""
     err = estimate - truth
     for _ in range(3):  # alternate: the drift basis holds a row offset, the mean a column one
         err = err - err.mean(axis=0)
         err, _ = remove_rigid_drift(err, angles, TILT)
-    return float(np.sqrt(np.mean(err ** 2)))
+    return err
+
+
+def shift_error_px(estimate: np.ndarray, truth: np.ndarray, angles: np.ndarray) -> float:
+    """RMS (px) of :func:`shift_error`."""
+    return float(np.sqrt(np.mean(shift_error(estimate, truth, angles) ** 2)))

@@ -573,7 +573,7 @@ def test_two_ranks_give_the_same_shifts(stage_input, serial_stage, tmp_path):
 def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp_path):
     """The extended-sample method (held-out folds that keep their best shifts, the joint
     last level's coverage weights and momentum, the plane fit) on 1 and 2 ranks."""
-    extended = dict(lateral_margin="auto", fit_phase_plane=True, cross_folds=4,
+    extended = dict(sample="extended", cross_folds=4,
                     max_iterations=4, highpass_sigma_px=3.0, coarse_lowpass_px=4.0)
     runs = [_run_stage(stage_input, tmp_path / f"ranks{n}", n_ranks=n, **extended)
             for n in (1, 2)]
@@ -633,6 +633,7 @@ def test_align_options_resolve_the_volume_shape():
     plan = AlignPlan(Path("p.h5"), Path("a.h5"), Path("h.json"), Path("."), (4, 32, 32),
                      (32, 32), (8, 16, 16))
     options = align_options(cfg, plan)
-    assert options == AlignConfig(volume_shape=(8, 16, 16))
+    assert options == AlignConfig(volume_shape=(8, 16, 16), sample="isolated",
+                                  lateral_margin=0, fit_phase_plane=False)
     with pytest.raises(ValueError, match="volume_shape"):
         projection_matching(torch.zeros(4, 32, 32), np.zeros(4), TILT, AlignConfig())

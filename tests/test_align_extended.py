@@ -58,8 +58,7 @@ REGION = (24, 32, 32)
 # the coarse estimate's low-pass of 4 px (2 px at binning 2) its coarse structure (the default
 # 8 px blurs a 23 x 24 px level into a few blobs: two angles were caught 5 px off)
 OPTIONS = AlignConfig(binning=(2, 1), max_iterations=50, highpass_sigma_px=3.0,
-                      coarse_lowpass_px=4.0, volume_shape=REGION, lateral_margin="auto",
-                      fit_phase_plane=True)
+                      coarse_lowpass_px=4.0, volume_shape=REGION, sample="extended")
 # the region-only method with the settings it had
 OLD = dict(lateral_margin=0, fit_phase_plane=False, momentum=0.0, coarse_lowpass_px=8.0)
 
@@ -169,7 +168,7 @@ def test_joint_last_level_with_coverage_runs_all_its_iterations():
     sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
     base = AlignConfig(binning=(2, 1), max_iterations=4, highpass_sigma_px=2.0,
                        coarse_lowpass_px=4.0, volume_shape=(12, 16, 16),
-                       lateral_margin="auto", fit_phase_plane=True, tolerance_px=100.0)
+                       sample="extended", tolerance_px=100.0)
     for power, expected in ((4.0, 4), (0.0, 1)):
         options = dataclasses.replace(base, coverage_power=power)
         result = projection_matching(sample.measured, sample.angles, TILT, options)
@@ -179,7 +178,7 @@ def test_joint_last_level_with_coverage_runs_all_its_iterations():
 
 
 def test_lateral_margin_config():
-    assert AlignConfig().lateral_margin == 0  # the region-only method stays the default
+    assert AlignConfig().lateral_margin == "auto"  # used for extended samples only
     cfg = load_config(None, ["align.lateral_margin=12"])
     assert cfg.align.lateral_margin == 12
     with pytest.raises(ConfigError, match="align.lateral_margin"):
@@ -262,7 +261,7 @@ def test_stage_plans_the_widened_volume():
     assert widened_volume(auto, REGION, (46, 48), TILT) == \
         (REGION[0], REGION[1] + 2 * margin, REGION[2] + 2 * margin)
     assert widened_volume(AlignConfig(lateral_margin=5), REGION, (46, 48), TILT) == (24, 42, 42)
-    assert widened_volume(AlignConfig(), REGION, (46, 48), TILT) == REGION
+    assert widened_volume(AlignConfig(lateral_margin=0), REGION, (46, 48), TILT) == REGION
     assert widened_volume(auto, REGION, (46, 48), None) == REGION  # the reader refuses it
 
 

@@ -178,6 +178,31 @@ def test_extended_scans_see_the_drift_and_the_pad(tmp_path):
     assert read_cxi(ds / "scan_0001.cxi").counts.shape[1:] == (FRAME, FRAME)
 
 
+def test_projections_file_holds_the_drift_without_scans(tmp_path):
+    """``scans: false`` with ``write_projections``: ``projections.h5`` is what the
+    ptychography of the drifted scans would give, the chip moved in from beyond the window
+    (a window padded by 3 sigma of the drift, shifted, cut), so ``adept align`` can be
+    studied without ptychography; ``true_projections.h5`` stays unshifted."""
+    sigma = 1.5
+    ds = simulate_in(tmp_path, drift_px=sigma, scans=False, write_projections=True)
+    truth = read_projections(ds / "true_projections.h5")
+    measured = read_projections(tmp_path / "run" / "projections.h5").projections
+    drift = truth.extra["drift_px"]
+    window = simulate.auto_projection_shape(REGION, 61.0)
+    pad = int(np.ceil(3 * sigma))
+    padded = (window[0] + 2 * pad, window[1] + 2 * pad)
+    wide = project(wide_volume(lateral_margin_px(REGION, padded, 61.0)), 3, padded)
+    expected = np.stack([np.real(sim.shift_image(p, tuple(d)))
+                         for p, d in zip(wide, drift, strict=True)])
+    expected = expected[:, pad:pad + window[0], pad:pad + window[1]]
+    assert np.abs(drift).max() > 0.5
+    np.testing.assert_allclose(measured, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    unshifted = wide[:, pad:pad + window[0], pad:pad + window[1]]
+    np.testing.assert_allclose(truth.projections, unshifted, rtol=0,
+                               atol=1e-5 * np.abs(unshifted).max())
+    assert np.abs(measured - truth.projections).max() > 0.1 * np.abs(unshifted).max()
+
+
 def test_isolated_is_the_region_alone(tmp_path):
     """The explicit old path: the region's own phantom, projected onto its window."""
     ds = simulate_in(tmp_path, sample="isolated", phase_offset_rad=0.0)
@@ -210,26 +235,31 @@ def _parent_tree(tmp_path: Path) -> Path | None:
 
 
 def test_isolated_files_are_todays_bit_for_bit(tmp_path):
-    """``sample: isolated`` writes the files the parent commit wrote without the key."""
+    """``sample: isolated`` writes the files the parent commit wrote without the key; the
+    run directory's ``projections.h5`` too where there is no drift (with drift it now
+    holds it: test_projections_file_holds_the_drift_without_scans)."""
     tree = _parent_tree(tmp_path)
     if tree is None:
         pytest.skip(f"commit {PARENT} not available")
-    keys = {"drift_px": 1.0, "projection_noise": 0.02, "poisson_noise": True}
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "c.yaml").write_text(yaml.safe_dump(config(old, **keys)))
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "hpc_adept", "simulate", "-c", "c.yaml"],
-                            cwd=old, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    new = simulate_in(tmp_path / "new", sample="isolated", **keys)
-    names = sorted(p.name for p in (old / "ds").iterdir())
-    assert names == sorted(p.name for p in new.iterdir())
-    for name in names:
-        assert (new / name).read_bytes() == (old / "ds" / name).read_bytes(), name
-    projections = "run/projections.h5"
-    assert ((tmp_path / "new" / projections).read_bytes()
-            == (old / projections).read_bytes())
+    for drift in (1.0, 0.0):
+        keys = {"drift_px": drift, "projection_noise": 0.02, "poisson_noise": True}
+        old = tmp_path / f"old{drift}"
+        old.mkdir()
+        (old / "c.yaml").write_text(yaml.safe_dump(config(old, **keys)))
+        env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-m", "hpc_adept", "simulate", "-c",
+                                 "c.yaml"], cwd=old, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        new = simulate_in(tmp_path / f"new{drift}", sample="isolated", **keys)
+        names = sorted(p.name for p in (old / "ds").iterdir())
+        assert names == sorted(p.name for p in new.iterdir())
+        for name in names:
+            assert (new / name).read_bytes() == (old / "ds" / name).read_bytes(), name
+        projections = "run/projections.h5"
+        same = ((tmp_path / f"new{drift}" / projections).read_bytes()
+                == (old / projections).read_bytes())
+        assert same == (drift == 0.0), drift
 
 
 TINY_LEF = """VERSION 5.8 ;

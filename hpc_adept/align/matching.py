@@ -32,9 +32,10 @@ all its iterations (docs/extended_samples.md, "Alignment"). On a widened volume 
 flow's filters keep to the fitted pixels of the window: periodic ones would carry the
 wrap-around across a chip's window edges, and the residual of the unfitted edge pixels,
 into every step.
-``align.lateral_margin: 0`` is the isolated-region method: the region only,
-with a loose support mask (voxels that leave the window at some angle are zero) and
-weights on the region's shadow.
+Which of the two methods runs is ``align.sample`` (:mod:`hpc_adept.align.sample`; ``auto``
+decides from the projections' border). The isolated-region method (``isolated``, or
+``lateral_margin: 0``): the region only, with a loose support mask (voxels that leave the
+window at some angle are zero) and weights on the region's shadow.
 A level ends when the largest update falls below the tolerance. Before the first optical
 flow step, a few rounds of low-pass, window-bounded cross-correlation against the
 reprojections give a coarse estimate that periodic IC patterns cannot pull onto the wrong
@@ -75,6 +76,7 @@ from hpc_adept.align.plane import (
     plane_images,
     remove_planes,
 )
+from hpc_adept.align.sample import resolve_sample
 from hpc_adept.align.support import (
     angular_coverage,
     level_margin_px,
@@ -83,7 +85,7 @@ from hpc_adept.align.support import (
 )
 from hpc_adept.config import AlignConfig
 from hpc_adept.lamino import Geometry, LaminoOperator
-from hpc_adept.lamino.region import extended_shape
+from hpc_adept.lamino.region import extended_shape, sample_indices
 from hpc_adept.linop import LinearOperator
 
 log = logging.getLogger(__name__)
@@ -272,8 +274,10 @@ def projection_matching(
     options : AlignConfig
         The ``align`` config section; its ``volume_shape`` (the reconstruction volume at
         full resolution, voxel = pixel, binned with the projections at coarse levels) must
-        be set: the stage fills in ``recon.volume_shape``. ``enabled`` and ``crop_shape``
-        are the stage's business.
+        be set: the stage fills in ``recon.volume_shape``. ``sample: auto`` is decided from
+        ``projections`` (:func:`~hpc_adept.align.sample.resolve_sample`); the stage
+        decides it before and passes the kind. ``enabled`` and ``crop_shape`` are the
+        stage's business.
     ops : LaminoOps, optional
         Builds each level's operator (default :class:`LocalLamino`: serial, ``torch``).
     initial_shifts_px : ndarray [n_angles, 2], optional
@@ -288,6 +292,7 @@ def projection_matching(
     ops = ops or LocalLamino()
     if options.volume_shape is None:
         raise ValueError("projection_matching: options.volume_shape is not set")
+    options = _resolved(options, projections)
     n = projections.shape[0]
     angles = np.asarray(angles_deg, dtype=np.float64)
     shifts = np.zeros((n, 2)) if initial_shifts_px is None else \
@@ -311,6 +316,21 @@ def projection_matching(
                               else np.zeros((0, n, 2))),
         phase_planes=track.planes.cpu().numpy(),
     )
+
+
+def _resolved(options: AlignConfig, projections: torch.Tensor) -> AlignConfig:
+    """``options`` with ``align.sample`` and the settings it governs resolved, and one line
+    that says which method runs."""
+    picks = sample_indices(projections.shape[0])
+    chosen = resolve_sample(options, projections[picks].detach().cpu().numpy())
+    how = " (the projections' border holds material)" if options.sample == "auto" else ""
+    if chosen.sample == "extended":
+        log.info("projection matching: extended sample%s: the region widened by "
+                 "align.lateral_margin %s, phase planes %s", how, chosen.lateral_margin,
+                 "fitted" if chosen.fit_phase_plane else "not fitted")
+    else:
+        log.info("projection matching: isolated sample: the region only")
+    return chosen
 
 
 def _warn_one_way(projections: torch.Tensor, options: AlignConfig) -> float:

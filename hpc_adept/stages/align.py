@@ -55,6 +55,9 @@ class AlignPlan:
         volume reconstructed); equal to ``volume_shape`` for a margin of 0.
     volumes : int
         Widened volumes kept between iterations (``align.cross_folds`` with a margin).
+    extended : bool
+        ``align.sample`` resolved (``auto``: from the border of eight projections, as
+        ``recon.sample: auto``): a region of an extended sample.
     """
 
     input_path: Path
@@ -66,6 +69,7 @@ class AlignPlan:
     volume_shape: tuple[int, int, int]
     widened_shape: tuple[int, int, int] | None = None
     volumes: int = 1
+    extended: bool = False
     device_choice: str = "auto"
     enabled: bool = True
     keep_host_memory: bool = True
@@ -163,18 +167,36 @@ def plan_align(cfg: Config) -> AlignPlan:
             f"align.binning: the coarsest level ({a.binning[0]}) leaves fewer than "
             f"{MIN_BINNED_PX} pixels of the {list(shape[1:])} projections in {source}"
         )
-    widened = widened_volume(a, volume_shape, shape[1:], tilt)  # type: ignore[arg-type]
+    from hpc_adept.align.sample import method_for
+
+    extended = a.enabled and _looks_extended(a, source)
+    method = method_for(a, extended)
+    widened = widened_volume(method, volume_shape, shape[1:], tilt)  # type: ignore[arg-type]
     return AlignPlan(source, run_dir / "aligned.h5", run_dir / HISTORY_NAME, run_dir,
                      shape, crop, volume_shape,  # type: ignore[arg-type]
-                     widened, a.cross_folds if widened != volume_shape else 1,
+                     widened, a.cross_folds if widened != volume_shape else 1, extended,
                      cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory,
                      cfg.runtime.memory_guard)
 
 
+def _looks_extended(options: AlignConfig, source: Path) -> bool:
+    """``align.sample`` as set, or under ``auto`` from eight of the stored projections."""
+    if options.sample != "auto":
+        return options.sample == "extended"
+    from hpc_adept.align.sample import resolve_sample
+    from hpc_adept.io.runfiles import read_projection_sample
+
+    looked_at, _ = read_projection_sample(source)
+    return resolve_sample(options, looked_at).sample == "extended"
+
+
 def align_options(cfg: Config, plan: AlignPlan) -> AlignConfig:
-    """The ``align`` section with its ``volume_shape`` resolved (default
-    ``recon.volume_shape``, as in ``plan``): what :func:`projection_matching` takes."""
-    return dataclasses.replace(cfg.align, volume_shape=plan.volume_shape)
+    """The ``align`` section with its ``volume_shape`` (default ``recon.volume_shape``)
+    and ``sample`` resolved as in ``plan``: what :func:`projection_matching` takes."""
+    from hpc_adept.align.sample import method_for
+
+    return method_for(dataclasses.replace(cfg.align, volume_shape=plan.volume_shape),
+                      plan.extended)
 
 
 def shift_and_crop(projections: np.ndarray, shifts_px: np.ndarray, crop_shape: tuple[int, int],

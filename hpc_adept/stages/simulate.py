@@ -172,8 +172,10 @@ def simulation_memory_parts(cfg: Config, plan: SimulationPlan, n_ranks: int
         slab = max(layer, min(nz * layer, 32 * 2**20))
         phantom += 2 * slab
     fv, fu = plan.projection_shape
+    # rank 0: gathered, stacked, noisy (and the drifted copy for projections.h5)
+    drifted = s.write_projections and s.drift_px > 0
     projections = (8 * n_local * nv * nu  # this rank's float64 projections
-                   + (8 + 4 + 12) * s.n_angles * fv * fu  # rank 0: gathered, stacked, noisy
+                   + (24 + (12 if drifted else 0)) * s.n_angles * fv * fu
                    + 8 * s.n_angles * n_frame**2 + PROJECTOR_CHUNK_BYTES)
     n_positions = _positions_per_scan(plan, s.overlap) if s.scans else 0
     # counts: float64 intensities, int64 Poisson draws, float32 counts; positions
@@ -267,13 +269,15 @@ def _extension(cfg: Config, field_shape: tuple[int, int]) -> tuple[int, int]:
     """(lateral margin, window padding) px of the sample: (0, 0) for an isolated one.
 
     The window padding (the scans' reach beyond the field, plus the largest drift so that
-    the drift's circular shift wraps nothing into it) enlarges the projected window; the
-    margin is sized for that enlarged window.
+    the drift's circular shift wraps nothing into the scans or ``projections.h5``) enlarges
+    the projected window; the margin is sized for that enlarged window.
     """
     s = cfg.simulate
     if s.sample == "isolated":
         return 0, 0
-    pad = scan_pad_px(cfg) + int(math.ceil(3.0 * s.drift_px)) if s.scans else 0
+    drifted = s.scans or s.write_projections
+    pad = ((scan_pad_px(cfg) if s.scans else 0)
+           + (int(math.ceil(3.0 * s.drift_px)) if drifted else 0))
     window = (field_shape[0] + 2 * pad, field_shape[1] + 2 * pad)
     return lateral_margin_px(tuple(s.volume_shape), window, s.tilt_deg), pad
 
@@ -465,12 +469,31 @@ def run_simulate(cfg: Config, ctx: ParallelContext, plan: SimulationPlan,
 
     fields = plan.field(projections)
     gathered = gather_dict(ctx, {i: fields[k] for k, i in enumerate(mine)})
+    moved = _drifted_fields(projections, drift[mine.start:mine.stop], cfg, plan)
+    moved = gather_dict(ctx, {i: moved[k] for k, i in enumerate(mine)} if moved is not None
+                        else {})
     barrier(ctx)  # every scan is on disk before the dataset is declared complete
     if ctx.is_root:
-        all_proj = np.stack([gathered[i] for i in range(s.n_angles)]).astype(np.float32)
-        _finish_dataset(cfg, plan, all_proj, volume, occupancy, probe, drift, errors)
+        all_proj, drifted = (
+            np.stack([found[i] for i in range(s.n_angles)]).astype(np.float32)
+            if found else None for found in (gathered, moved))
+        _finish_dataset(cfg, plan, all_proj, volume, occupancy, probe, drift, errors,
+                        drifted)
         log.info("simulate: wrote %d scans and ground_truth.h5 to %s in %.1f s",
                  s.n_angles if s.scans else 0, plan.dataset_dir, time.perf_counter() - t0)
+
+
+def _drifted_fields(projections: np.ndarray, drift: np.ndarray, cfg: Config,
+                    plan: SimulationPlan) -> np.ndarray | None:
+    """This rank's window-shaped ``projections`` [k, wv, wu] float64 shifted by their
+    ``drift`` [k, 2] (row, col) px and cut to the field, for ``projections.h5``: what the
+    ptychography of the drifted scans would give. None without drift or that file."""
+    s = cfg.simulate
+    if not (s.write_projections and s.drift_px > 0):
+        return None
+    # measured[r, c] = ideal[r - s_r, c - s_c]; the window's padding takes the wrap-around
+    return plan.field(np.stack([np.real(sim.shift_image(p, tuple(d)))
+                                for p, d in zip(projections, drift, strict=True)]))
 
 
 def _measured(projection: np.ndarray, drift: np.ndarray,
@@ -535,13 +558,15 @@ def _scan(counts: np.ndarray, positions_px: np.ndarray, index: int, cfg: Config,
 
 def _finish_dataset(cfg: Config, plan: SimulationPlan, all_proj: np.ndarray,
                     volume: np.ndarray, occupancy: np.ndarray, probe: np.ndarray,
-                    drift: np.ndarray, errors: tuple[np.ndarray, np.ndarray]) -> None:
+                    drift: np.ndarray, errors: tuple[np.ndarray, np.ndarray],
+                    drifted: np.ndarray | None = None) -> None:
     """Rank 0, after every scan is on disk: the dataset's other files, then the marker's
     removal (the dataset is complete), then the run directory's projections if asked.
 
     ``all_proj`` float32 [n_angles, nv, nu], ``volume`` and ``occupancy``
     :attr:`SimulationPlan.phantom_shape`, ``probe`` complex [N, N] (unit photons),
-    ``drift`` [n_angles, 2] px, ``errors`` (offsets [n_angles], ramps [n_angles, 2]) rad.
+    ``drift`` [n_angles, 2] px, ``errors`` (offsets [n_angles], ramps [n_angles, 2]) rad,
+    ``drifted`` the projections moved by the drift (as ``all_proj``; None: no drift).
     """
     s = cfg.simulate
     _remove_stale_scans(plan.dataset_dir, s.n_angles if s.scans else 0)
@@ -558,7 +583,8 @@ def _finish_dataset(cfg: Config, plan: SimulationPlan, all_proj: np.ndarray,
     _write_ground_truth(cfg, plan, volume, occupancy)
     (plan.dataset_dir / INCOMPLETE_MARKER).unlink()  # every file of the dataset is there
     if s.write_projections:
-        measured = _noisy(all_proj, s.projection_noise, s.seed)
+        measured = _noisy(all_proj if drifted is None else drifted, s.projection_noise,
+                          s.seed)
         if with_errors:
             measured = np.stack([p + sim.linear_phase(plan.projection_shape, off, ramp)
                                  for p, off, ramp in zip(measured, *errors, strict=True)]

@@ -1,0 +1,43 @@
+"""Which projection-matching method the data need: ``align.sample`` resolved.
+
+An isolated sample (a crop in vacuum) is aligned with the region-only method; a region of
+an extended sample (a chip far wider than the region) with the widened-volume method, blind
+to each projection's phase offset and ramp (docs/extended_samples.md, "Alignment"). ``auto``
+decides as ``recon.sample: auto`` does, from the border of eight evenly spaced projections
+(:func:`hpc_adept.lamino.region.looks_isolated`), so the two stages agree on the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hpc_adept.config import AlignConfig
+from hpc_adept.lamino.region import looks_isolated
+
+
+def method_for(options: AlignConfig, extended: bool) -> AlignConfig:
+    """``options`` with ``sample`` fixed to the kind given and the settings it governs
+    resolved: for an isolated sample the region only (``lateral_margin`` 0), for an
+    extended one ``lateral_margin`` as set; ``fit_phase_plane: auto`` becomes on for an
+    extended sample and off for an isolated one (kept where set)."""
+    plane = options.fit_phase_plane
+    return dataclasses.replace(
+        options,
+        sample="extended" if extended else "isolated",
+        lateral_margin=options.lateral_margin if extended else 0,
+        fit_phase_plane=extended if plane == "auto" else plane)
+
+
+def resolve_sample(options: AlignConfig, looked_at: np.ndarray | None = None
+                   ) -> AlignConfig:
+    """:func:`method_for` the kind ``options.sample`` names or, under ``auto``, the kind
+    that ``looked_at`` shows: the projections that ``recon.sample: auto`` reads
+    (:func:`~hpc_adept.lamino.region.sample_indices`), ``[k, nv, nu]`` float; extended
+    unless their border is empty (:func:`~hpc_adept.lamino.region.looks_isolated`)."""
+    if options.sample != "auto":
+        return method_for(options, options.sample == "extended")
+    if looked_at is None:
+        raise ValueError("resolve_sample: align.sample is auto and no projections given")
+    return method_for(options, not looks_isolated(np.asarray(looked_at, dtype=np.float64)))

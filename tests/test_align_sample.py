@@ -1,0 +1,93 @@
+"""``align.sample``: which projection-matching method the data get (issue 18).
+
+An extended sample (a region of a chip) gets the widened volume, the plane fit and the
+eigenvalue floor; an isolated one the region only. ``auto`` decides from the border of the
+eight projections ``recon.sample: auto`` reads, in the library and in the stage alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from hpc_adept.align.sample import method_for, resolve_sample
+from hpc_adept.config import AlignConfig, ConfigError, load_config
+from hpc_adept.io import ProjectionSet, write_projections
+from hpc_adept.lamino.region import sample_indices
+
+from .extended_sample import TILT, extended_sample
+
+REGION = (12, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return {kind: extended_sample(REGION, 16, 3, extended=kind == "extended", noise=0.02,
+                                  plane_rad=0.5 if kind == "extended" else 0.0)
+            for kind in ("extended", "isolated")}
+
+
+def _looked_at(sample) -> np.ndarray:
+    projections = np.asarray(sample.measured)
+    return projections[sample_indices(len(projections))]
+
+
+def test_auto_tells_a_chip_from_a_crop_in_vacuum(samples):
+    for kind, sample in samples.items():
+        assert resolve_sample(AlignConfig(), _looked_at(sample)).sample == kind
+
+
+def test_each_kind_resolves_the_settings_it_governs():
+    extended = method_for(AlignConfig(), True)
+    assert (extended.sample, extended.lateral_margin, extended.fit_phase_plane) == \
+        ("extended", "auto", True)
+    isolated = method_for(AlignConfig(lateral_margin=12), False)
+    assert (isolated.sample, isolated.lateral_margin, isolated.fit_phase_plane) == \
+        ("isolated", 0, False)
+    # settings given are kept
+    own = method_for(AlignConfig(lateral_margin=6, fit_phase_plane=False), True)
+    assert (own.lateral_margin, own.fit_phase_plane) == (6, False)
+    assert method_for(AlignConfig(fit_phase_plane=True), False).fit_phase_plane is True
+    # a kind that is set wins over what the data look like; auto needs the data
+    assert resolve_sample(AlignConfig(sample="isolated")).sample == "isolated"
+    with pytest.raises(ValueError, match="no projections"):
+        resolve_sample(AlignConfig())
+
+
+def test_config_checks_the_new_keys():
+    cfg = load_config(None, ["align.sample=extended", "align.fit_phase_plane=auto",
+                             "align.flow_eigen_floor=0.2"])
+    assert (cfg.align.sample, cfg.align.fit_phase_plane, cfg.align.flow_eigen_floor) == \
+        ("extended", "auto", 0.2)
+    for bad, key in (("align.sample=chip", "align.sample"),
+                     ("align.fit_phase_plane=maybe", "align.fit_phase_plane"),
+                     ("align.flow_eigen_floor=1.5", "align.flow_eigen_floor"),
+                     ("align.lateral_margin=-2", "align.lateral_margin")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])
+    with pytest.raises(ConfigError, match="align.fit_phase_plane"):
+        AlignConfig(fit_phase_plane="yes").check()
+
+
+@pytest.mark.parametrize("kind", ["extended", "isolated"])
+def test_the_stage_plans_the_method_the_data_need(samples, kind, tmp_path):
+    """The plan (and so the memory guard) widens the volume for a chip only, and the
+    options passed to projection matching carry the kind the plan found."""
+    from hpc_adept.stages.align import align_options, plan_align
+
+    sample = samples[kind]
+    run = tmp_path / "run"
+    write_projections(run / "projections.h5", ProjectionSet(
+        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "output": {"dir": str(run)}, "recon": {"volume_shape": list(REGION)},
+        "align": {"binning": [2, 1]}}))
+    cfg = load_config(tmp_path / "c.yaml")
+    plan = plan_align(cfg)
+    assert plan.extended == (kind == "extended")
+    assert (plan.widened_shape != REGION) == (kind == "extended")
+    assert plan.volumes == (cfg.align.cross_folds if kind == "extended" else 1)
+    assert align_options(cfg, plan).sample == kind
+    off = plan_align(load_config(tmp_path / "c.yaml", ["align.enabled=false"]))
+    assert not off.extended
