@@ -1,7 +1,7 @@
 """``align.sample``: which projection-matching method the data get (issue 18).
 
-An extended sample (a region of a chip) gets the widened volume, the plane fit and the
-eigenvalue floor; an isolated one the region only. ``auto`` decides from the border of the
+An extended sample (a region of a chip) gets the widened volume and the plane fit; an
+isolated one the region only. ``auto`` decides from the border of the
 eight projections ``recon.sample: auto`` reads, in the library and in the stage alike.
 """
 

@@ -178,20 +178,27 @@ def test_extended_scans_see_the_drift_and_the_pad(tmp_path):
     assert read_cxi(ds / "scan_0001.cxi").counts.shape[1:] == (FRAME, FRAME)
 
 
-def test_projections_file_holds_the_drift_without_scans(tmp_path):
+@pytest.mark.parametrize("sample", ["extended", "isolated"])
+def test_projections_file_holds_the_drift_without_scans(tmp_path, sample):
     """``scans: false`` with ``write_projections``: ``projections.h5`` is what the
-    ptychography of the drifted scans would give, the chip moved in from beyond the window
-    (a window padded by 3 sigma of the drift, shifted, cut), so ``adept align`` can be
-    studied without ptychography; ``true_projections.h5`` stays unshifted."""
+    ptychography of the drifted scans would give, so ``adept align`` can be studied without
+    ptychography: for a chip its material moved in from beyond the window (a window padded
+    by 3 sigma of the drift, shifted, cut), for an isolated sample vacuum (zeros) moved in,
+    not the window's far edge; ``true_projections.h5`` stays unshifted."""
     sigma = 1.5
-    ds = simulate_in(tmp_path, drift_px=sigma, scans=False, write_projections=True)
+    ds = simulate_in(tmp_path, drift_px=sigma, scans=False, write_projections=True,
+                     sample=sample)
     truth = read_projections(ds / "true_projections.h5")
     measured = read_projections(tmp_path / "run" / "projections.h5").projections
     drift = truth.extra["drift_px"]
     window = simulate.auto_projection_shape(REGION, 61.0)
     pad = int(np.ceil(3 * sigma))
     padded = (window[0] + 2 * pad, window[1] + 2 * pad)
-    wide = project(wide_volume(lateral_margin_px(REGION, padded, 61.0)), 3, padded)
+    if sample == "extended":
+        wide = project(wide_volume(lateral_margin_px(REGION, padded, 61.0)), 3, padded)
+    else:
+        gt = read_ground_truth(ds / "ground_truth.h5")
+        wide = np.pad(project(gt.volume, 3, window), ((0, 0), (pad, pad), (pad, pad)))
     expected = np.stack([np.real(sim.shift_image(p, tuple(d)))
                          for p, d in zip(wide, drift, strict=True)])
     expected = expected[:, pad:pad + window[0], pad:pad + window[1]]

@@ -321,8 +321,11 @@ def projection_matching(
 def _resolved(options: AlignConfig, projections: torch.Tensor) -> AlignConfig:
     """``options`` with ``align.sample`` and the settings it governs resolved, and one line
     that says which method runs."""
-    picks = sample_indices(projections.shape[0])
-    chosen = resolve_sample(options, projections[picks].detach().cpu().numpy())
+    looked_at = None
+    if options.sample == "auto":
+        picks = sample_indices(projections.shape[0])
+        looked_at = projections[picks].detach().cpu().numpy()
+    chosen = resolve_sample(options, looked_at)
     how = " (the projections' border holds material)" if options.sample == "auto" else ""
     if chosen.sample == "extended":
         log.info("projection matching: extended sample%s: the region widened by "

@@ -3,8 +3,11 @@
 An isolated sample (a crop in vacuum) is aligned with the region-only method; a region of
 an extended sample (a chip far wider than the region) with the widened-volume method, blind
 to each projection's phase offset and ramp (docs/extended_samples.md, "Alignment"). ``auto``
-decides as ``recon.sample: auto`` does, from the border of eight evenly spaced projections
-(:func:`hpc_adept.lamino.region.looks_isolated`), so the two stages agree on the same data.
+applies the test of ``recon.sample: auto`` to the border of eight evenly spaced projections
+(:func:`hpc_adept.lamino.region.looks_isolated`). The two stages look at different files
+(``projections.h5`` here, the cropped ``aligned.h5`` there), so on a sample whose border
+is empty in the whole window but not in the crop they can decide differently; set both
+explicitly when it matters.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ class AlignPlan:
         shortfall = memory_shortfall("align", need, device, ctx.local_size)
         if shortfall:
             raise DataError(
-                f"{shortfall}; set a smaller align.volume_shape or align.lateral_margin, "
+                f"{shortfall}; set a smaller align.volume_shape or align.lateral_margin "
+                f"(or align.sample: isolated, the region only), "
                 f"align.enabled: false (crop only), "
                 + ("runtime.keep_host_memory: false, " if need > estimate else "")
                 + f"or use larger nodes{MEMORY_GUARD_HINT}")
@@ -126,8 +127,9 @@ def widened_volume(options: AlignConfig, volume_shape: tuple[int, int, int],
                    ) -> tuple[int, int, int]:
     """The full-resolution volume projection matching reconstructs: ``volume_shape`` with
     ``align.lateral_margin`` (``auto``: :func:`~hpc_adept.lamino.region.lateral_margin_px`
-    of the detector window). A missing or invalid tilt (the reader refuses it later)
-    leaves the region as it is."""
+    of the detector window). ``options`` with ``sample`` resolved
+    (:func:`hpc_adept.align.sample.method_for`: an isolated sample's margin is 0). A
+    missing or invalid tilt (the reader refuses it later) leaves the region as it is."""
     from hpc_adept.align.support import level_margin_px
     from hpc_adept.lamino.region import extended_shape
 
@@ -254,6 +256,8 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
     ps, projections, angles, tilt = _shared_input(ctx, plan)
     n = len(angles)
     if cfg.align.enabled:
+        # rank 0's look at the border decides for all: ranks must run one method
+        plan = dataclasses.replace(plan, extended=bool(bcast(ctx, plan.extended)))
         options = align_options(cfg, plan)
         log.info("align: %d projections %s, tilt %.2f deg, volume %s (widened to %s), "
                  "binning %s, %d rank(s)", n, list(projections.shape[1:]), tilt,

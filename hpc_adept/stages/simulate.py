@@ -172,9 +172,10 @@ def simulation_memory_parts(cfg: Config, plan: SimulationPlan, n_ranks: int
         slab = max(layer, min(nz * layer, 32 * 2**20))
         phantom += 2 * slab
     fv, fu = plan.projection_shape
-    # rank 0: gathered, stacked, noisy (and the drifted copy for projections.h5)
+    # rank 0: gathered, stacked, noisy; with drift in projections.h5 every rank's moved
+    # float64 copy and rank 0's gathered and stacked fields of it
     drifted = s.write_projections and s.drift_px > 0
-    projections = (8 * n_local * nv * nu  # this rank's float64 projections
+    projections = ((8 + (8 if drifted else 0)) * n_local * nv * nu
                    + (24 + (12 if drifted else 0)) * s.n_angles * fv * fu
                    + 8 * s.n_angles * n_frame**2 + PROJECTOR_CHUNK_BYTES)
     n_positions = _positions_per_scan(plan, s.overlap) if s.scans else 0
@@ -268,16 +269,16 @@ def plan_simulate(cfg: Config) -> SimulationPlan:
 def _extension(cfg: Config, field_shape: tuple[int, int]) -> tuple[int, int]:
     """(lateral margin, window padding) px of the sample: (0, 0) for an isolated one.
 
-    The window padding (the scans' reach beyond the field, plus the largest drift so that
-    the drift's circular shift wraps nothing into the scans or ``projections.h5``) enlarges
-    the projected window; the margin is sized for that enlarged window.
+    The window padding of an extended sample (the scans' reach beyond the field, plus the
+    largest drift so that the drift's circular shift wraps nothing into the scans or
+    ``projections.h5``) enlarges the projected window; the margin is sized for that
+    enlarged window.
     """
     s = cfg.simulate
     if s.sample == "isolated":
         return 0, 0
-    drifted = s.scans or s.write_projections
-    pad = ((scan_pad_px(cfg) if s.scans else 0)
-           + (int(math.ceil(3.0 * s.drift_px)) if drifted else 0))
+    # the drift reaches the scans or projections.h5 (the config refuses both off)
+    pad = (scan_pad_px(cfg) if s.scans else 0) + int(math.ceil(3.0 * s.drift_px))
     window = (field_shape[0] + 2 * pad, field_shape[1] + 2 * pad)
     return lateral_margin_px(tuple(s.volume_shape), window, s.tilt_deg), pad
 
@@ -491,9 +492,16 @@ def _drifted_fields(projections: np.ndarray, drift: np.ndarray, cfg: Config,
     s = cfg.simulate
     if not (s.write_projections and s.drift_px > 0):
         return None
-    # measured[r, c] = ideal[r - s_r, c - s_c]; the window's padding takes the wrap-around
-    return plan.field(np.stack([np.real(sim.shift_image(p, tuple(d)))
-                                for p, d in zip(projections, drift, strict=True)]))
+    # An extended sample's window is padded with chip for the wrap-around; an isolated
+    # one's ends in vacuum: zeros move in, not the window's far edge.
+    vacuum = 0 if plan.window_pad_px else int(math.ceil(3.0 * s.drift_px))
+    fields = []
+    for projection, shift in zip(projections, drift, strict=True):
+        # measured[r, c] = ideal[r - s_r, c - s_c]
+        moved = np.real(sim.shift_image(np.pad(projection, vacuum), tuple(shift)))
+        fields.append(plan.field(moved[vacuum:moved.shape[0] - vacuum,
+                                       vacuum:moved.shape[1] - vacuum]))
+    return np.stack(fields)
 
 
 def _measured(projection: np.ndarray, drift: np.ndarray,
