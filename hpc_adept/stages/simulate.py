@@ -492,16 +492,19 @@ def _drifted_fields(projections: np.ndarray, drift: np.ndarray, cfg: Config,
     s = cfg.simulate
     if not (s.write_projections and s.drift_px > 0):
         return None
-    # An extended sample's window is padded with chip for the wrap-around; an isolated
-    # one's ends in vacuum: zeros move in, not the window's far edge.
-    vacuum = 0 if plan.window_pad_px else int(math.ceil(3.0 * s.drift_px))
-    fields = []
-    for projection, shift in zip(projections, drift, strict=True):
-        # measured[r, c] = ideal[r - s_r, c - s_c]
-        moved = np.real(sim.shift_image(np.pad(projection, vacuum), tuple(shift)))
-        fields.append(plan.field(moved[vacuum:moved.shape[0] - vacuum,
-                                       vacuum:moved.shape[1] - vacuum]))
-    return np.stack(fields)
+    return np.stack([plan.field(_drifted(p, d, cfg, plan))
+                     for p, d in zip(projections, drift, strict=True)])
+
+
+def _drifted(projection: np.ndarray, shift: np.ndarray, cfg: Config, plan: SimulationPlan
+             ) -> np.ndarray:
+    """``projection`` [window] float64 moved by ``shift`` (row, col) px,
+    ``moved[r, c] = projection[r - s_r, c - s_c]``, window-shaped. An extended sample's
+    window is padded with chip for the wrap-around of the Fourier shift; an isolated one's
+    ends in vacuum: it is padded with zeros first, so vacuum moves in, not the far edge."""
+    vacuum = 0 if plan.window_pad_px else int(math.ceil(3.0 * cfg.simulate.drift_px))
+    moved = np.real(sim.shift_image(np.pad(projection, vacuum), tuple(shift)))
+    return moved[vacuum:moved.shape[0] - vacuum, vacuum:moved.shape[1] - vacuum]
 
 
 def _measured(projection: np.ndarray, drift: np.ndarray,
@@ -511,9 +514,7 @@ def _measured(projection: np.ndarray, drift: np.ndarray,
     (row, col) px, cut to the field plus the scans' padding, plus the phase ``error``
     (offset rad, ramp [2] rad) of this angle."""
     s = cfg.simulate
-    measured = projection
-    if s.drift_px > 0:  # measured[r, c] = ideal[r - s_r, c - s_c]
-        measured = np.real(sim.shift_image(measured, tuple(drift)))
+    measured = _drifted(projection, drift, cfg, plan) if s.drift_px > 0 else projection
     pad = scan_pad_px(cfg) if plan.window_pad_px else 0
     guard = plan.window_pad_px - pad  # the drift's wrap-around, cut off
     if guard:
