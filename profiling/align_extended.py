@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--highpass", type=float, default=8.0,
                         help="align.highpass_sigma_px")
     parser.add_argument("--coarse-rounds", type=int, default=3, help="align.coarse_rounds")
+    parser.add_argument("--max-iterations", type=positive_int, default=50,
+                        help="align.max_iterations (per level)")
     parser.add_argument("--coarse-lowpass", type=float, default=8.0,
                         help="align.coarse_lowpass_px (4 for windows under ~64 px)")
     parser.add_argument("--corner", type=float, nargs=2, default=[40.0, 28.0],
@@ -175,6 +177,7 @@ def main() -> None:
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
                        highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,
                        coarse_lowpass_px=args.coarse_lowpass,
+                       max_iterations=args.max_iterations,
                        flow_eigen_floor=args.flow_eigen_floor)
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
           f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "

@@ -91,3 +91,36 @@ def test_the_stage_plans_the_method_the_data_need(samples, kind, tmp_path):
     assert align_options(cfg, plan).sample == kind
     off = plan_align(load_config(tmp_path / "c.yaml", ["align.enabled=false"]))
     assert not off.extended
+
+
+@pytest.mark.slow
+def test_adept_align_on_a_chip_runs_the_extended_method(tmp_path):
+    """As a user runs it: ``adept align`` with ``align.sample`` left at ``auto`` on a
+    region of a chip (the test crop of tests/test_align_extended.py: 24 x 32 x 32, 32
+    angles, 2 px RMS shifts, 2 % noise, +-0.5 rad offsets and ramps) finds the chip, widens
+    the volume, fits the planes and recovers the shifts to < 0.15 px RMS."""
+    import json
+
+    from .conftest import adept
+    from .extended_sample import shift_error_px
+
+    region = (24, 32, 32)
+    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
+    run = tmp_path / "run"
+    write_projections(run / "projections.h5", ProjectionSet(
+        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
+        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0},
+        "runtime": {"device": "cpu"}}))
+    result = adept("align", "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "extended sample (align.sample: auto)" in result.stderr
+    history = json.loads((run / "align_history.json").read_text())
+    assert history["options"]["sample"] == "extended"
+    assert history["options"]["fit_phase_plane"] is True
+    assert history["widened_shape"][1] > region[1]
+    found = np.asarray(history["shifts_px"])
+    before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts, sample.angles)
+    assert before > 1.5
+    assert shift_error_px(found, sample.shifts, sample.angles) < 0.15

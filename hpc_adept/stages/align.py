@@ -259,8 +259,9 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         # rank 0's look at the border decides for all: ranks must run one method
         plan = dataclasses.replace(plan, extended=bool(bcast(ctx, plan.extended)))
         options = align_options(cfg, plan)
-        log.info("align: %d projections %s, tilt %.2f deg, volume %s (widened to %s), "
-                 "binning %s, %d rank(s)", n, list(projections.shape[1:]), tilt,
+        log.info("align: %d projections %s, tilt %.2f deg, %s sample (align.sample: %s), "
+                 "volume %s (widened to %s), binning %s, %d rank(s)", n,
+                 list(projections.shape[1:]), tilt, options.sample, cfg.align.sample,
                  list(plan.volume_shape), list(plan.widened_shape or plan.volume_shape),
                  list(options.binning), ctx.size)
 
