@@ -547,8 +547,8 @@ class AlignConfig:
         border of eight evenly spaced projections is empty (the test of ``recon.sample:
         auto``, there on the cropped ``aligned.h5``), else ``extended``. On extended
         samples the region-only method runs off (9-14 px RMS); the extended one costs
-        about 2-16 times its time and recovers 2 px RMS shifts to 0.04-0.13 px on nine of
-        14 crops of the layout at 40 x 56 x 56 and ends 0.19-7.9 px off on the others,
+        about 2-16 times its time and recovers 2 px RMS shifts to 0.017-0.136 px on 11 of
+        16 crops of the layout at 40 x 56 x 56 and ends 0.19-4.2 px off on the others,
         mostly crops of one-way wiring (issue 18, docs/extended_samples.md).
     lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
         For an extended sample: widen the reconstruction beyond ``volume_shape`` so that
@@ -575,15 +575,16 @@ class AlignConfig:
         Heavy-ball momentum of the optical-flow steps with held-out folds (the last step
         times this is added while the steps keep their direction; 0: none). Material that
         few angles see ties each shift to its neighbours' and slows plain steps.
-    flow_eigen_floor : float, in [0, 1)
+    flow_eigen_floor : float in [0, 1), or 'auto'
         Damps the optical-flow step along the direction a projection barely determines:
         the smaller eigenvalue of its 2 x 2 normal matrix is raised to this fraction of the
-        larger (0: off, the default). Projections of wires running mostly one way fix the
-        shift across them only (the aperture problem); on a window of an extended chip the
-        undamped steps along the wires can run off (docs/extended_samples.md: at 40 x 56 x
-        56, 0.3 holds the worst crop at 2.0 px instead of 7.9, but costs five of the nine
-        crops that align 0.01-0.06 px, three of them past 0.15). A warning says when the
-        projections' structure runs mostly one way.
+        larger (0: off). Projections of wires running mostly one way fix the shift across
+        them only (the aperture problem); on a window of an extended chip the undamped
+        steps along the wires can run off. ``auto`` (default): 0.1 for an extended sample,
+        0 for an isolated one (docs/extended_samples.md: at 40 x 56 x 56, 0.1 holds the
+        worst crop at 2.7 px instead of 7.9 and leaves the crops that align within
+        0.02 px; 0.3 holds the worst two better but costs five of them 0.01-0.06 px). A
+        warning says when the projections' structure runs mostly one way.
     joint_last_level : bool
         With a widened volume and more than one binning level: the last level fits one
         volume to all angles (no held-out folds). A held-out prediction of the outside
@@ -619,7 +620,7 @@ class AlignConfig:
     fit_phase_plane: bool | Literal["auto"] = "auto"
     cross_folds: int = 8
     momentum: float = 0.7
-    flow_eigen_floor: float = 0.0
+    flow_eigen_floor: float | Literal["auto"] = "auto"
     joint_last_level: bool = True
     coverage_power: float = 4.0
 
@@ -639,7 +640,8 @@ class AlignConfig:
         _positive("align", self, "max_iterations", "tolerance_px", "max_update_px",
                   "coarse_lowpass_px", "coarse_search_px", "cross_folds")
         _in_range("align.momentum", self.momentum, 1.0)
-        _in_range("align.flow_eigen_floor", self.flow_eigen_floor, 1.0)
+        if self.flow_eigen_floor != "auto":
+            _in_range("align.flow_eigen_floor", self.flow_eigen_floor, 1.0)
         if not self.binning or any(b < 1 or self.binning[0] % b for b in self.binning):
             raise ConfigError(f"align.binning must be positive factors that divide the "
                               f"first, got {list(self.binning)}")

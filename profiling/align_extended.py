@@ -1,7 +1,7 @@
 """Projection matching on a region inside an extended chip (issue 18): accuracy and time of
 the region-only method (``align.sample: isolated``, no momentum) against the extended-sample
-method (``align.sample: extended``: the widened volume, plane fit, held-out folds, momentum
-and the joint last level at their defaults), on isolated and extended
+method (``align.sample: extended``: the widened volume, plane fit, held-out folds, momentum,
+the joint last level and the eigenvalue floor at their defaults), on isolated and extended
 samples, with and without per-projection phase offsets and ramps.
 
 Data: ``tests/extended_sample.py`` (the real layout, procedural without it): the region
@@ -58,6 +58,11 @@ DIAGNOSE = {
     "folds": dict(sample="extended", joint_last_level=False),
     "joint": dict(sample="extended", cross_folds=1, momentum=0.0),
 }
+
+
+def eigen_floor(text: str) -> float | str:
+    """``auto`` or a number (``align.flow_eigen_floor``)."""
+    return text if text == "auto" else float(text)
 
 
 def across_and_along(error: np.ndarray, clean: np.ndarray, highpass_px: float
@@ -160,8 +165,9 @@ def main() -> None:
                         help="align.coarse_lowpass_px (4 for windows under ~64 px)")
     parser.add_argument("--corner", type=float, nargs=2, default=[40.0, 28.0],
                         help="layout coordinates (um) of the region's corner")
-    parser.add_argument("--flow-eigen-floor", type=float, default=0.0,
-                        help="align.flow_eigen_floor")
+    parser.add_argument("--flow-eigen-floor", type=eigen_floor, default="auto",
+                        help="align.flow_eigen_floor (auto: 0.1 for the extended method, 0 "
+                             "for the region-only one)")
     parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
                         default=[c[0] for c in CASES], help="which cases to run")
     parser.add_argument("--structure", action="store_true",

@@ -3,6 +3,7 @@ estimate), the matching loop on a real-layout phantom, and ``adept align`` end t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -221,16 +222,19 @@ def test_structure_ratio_and_the_one_way_warning(caplog):
     assert 0.0 < float(structure_ratio(wires, 3.0).max()) < 0.5 * ONE_WAY_RATIO
     assert float(structure_ratio(texture, 3.0, chunk=3).min()) > 2 * ONE_WAY_RATIO
     assert float(structure_ratio(blank, 3.0).abs().max()) == 0.0
-    options = AlignConfig(volume_shape=(8, n, n), highpass_sigma_px=3.0)
+    options = AlignConfig(volume_shape=(8, n, n), highpass_sigma_px=3.0,
+                          flow_eigen_floor=0.0)
     with caplog.at_level(logging.WARNING, logger="hpc_adept.align.matching"):
         _warn_one_way(texture, options)
         assert not caplog.records
         _warn_one_way(wires, options)
         _warn_one_way(blank, options)
+        _warn_one_way(wires, dataclasses.replace(options, flow_eigen_floor=0.1))
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2 and "one way" in messages[0], messages
-    assert "flow_eigen_floor: 0.3" in messages[0]
+    assert len(messages) == 3 and "one way" in messages[0], messages
+    assert "consider align.flow_eigen_floor: 0.1" in messages[0]
     assert "no structure" in messages[1]
+    assert "align.flow_eigen_floor (0.1) damps" in messages[2]
 
 
 def test_raise_small_eigenvalue_keeps_the_eigenvectors():
@@ -634,6 +638,7 @@ def test_align_options_resolve_the_volume_shape():
                      (32, 32), (8, 16, 16))
     options = align_options(cfg, plan)
     assert options == AlignConfig(volume_shape=(8, 16, 16), sample="isolated",
-                                  lateral_margin=0, fit_phase_plane=False)
+                                  lateral_margin=0, fit_phase_plane=False,
+                                  flow_eigen_floor=0.0)
     with pytest.raises(ValueError, match="volume_shape"):
         projection_matching(torch.zeros(4, 32, 32), np.zeros(4), TILT, AlignConfig())

@@ -1,7 +1,7 @@
 """``align.sample``: which projection-matching method the data get (issue 18).
 
-An extended sample (a region of a chip) gets the widened volume and the plane fit; an
-isolated one the region only. ``auto`` decides from the border of the
+An extended sample (a region of a chip) gets the widened volume, the plane fit and the
+eigenvalue floor; an isolated one the region only. ``auto`` decides from the border of the
 eight projections ``recon.sample: auto`` reads, in the library and in the stage alike.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hpc_adept.align.sample import method_for, resolve_sample
+from hpc_adept.align.sample import EXTENDED_EIGEN_FLOOR, method_for, resolve_sample
 from hpc_adept.config import AlignConfig, ConfigError, load_config
 from hpc_adept.io import ProjectionSet, write_projections
 from hpc_adept.lamino.region import sample_indices
@@ -40,14 +40,15 @@ def test_auto_tells_a_chip_from_a_crop_in_vacuum(samples):
 
 def test_each_kind_resolves_the_settings_it_governs():
     extended = method_for(AlignConfig(), True)
-    assert (extended.sample, extended.lateral_margin, extended.fit_phase_plane) == \
-        ("extended", "auto", True)
+    assert (extended.sample, extended.lateral_margin, extended.fit_phase_plane,
+            extended.flow_eigen_floor) == ("extended", "auto", True, EXTENDED_EIGEN_FLOOR)
     isolated = method_for(AlignConfig(lateral_margin=12), False)
-    assert (isolated.sample, isolated.lateral_margin, isolated.fit_phase_plane) == \
-        ("isolated", 0, False)
+    assert (isolated.sample, isolated.lateral_margin, isolated.fit_phase_plane,
+            isolated.flow_eigen_floor) == ("isolated", 0, False, 0.0)
     # settings given are kept
-    own = method_for(AlignConfig(lateral_margin=6, fit_phase_plane=False), True)
-    assert (own.lateral_margin, own.fit_phase_plane) == (6, False)
+    own = method_for(AlignConfig(lateral_margin=6, fit_phase_plane=False,
+                                 flow_eigen_floor=0.3), True)
+    assert (own.lateral_margin, own.fit_phase_plane, own.flow_eigen_floor) == (6, False, 0.3)
     assert method_for(AlignConfig(fit_phase_plane=True), False).fit_phase_plane is True
     # a kind that is set wins over what the data look like; auto needs the data
     assert resolve_sample(AlignConfig(sample="isolated")).sample == "isolated"

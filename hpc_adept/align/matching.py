@@ -329,8 +329,9 @@ def _resolved(options: AlignConfig, projections: torch.Tensor) -> AlignConfig:
     how = " (the projections' border holds material)" if options.sample == "auto" else ""
     if chosen.sample == "extended":
         log.info("projection matching: extended sample%s: the region widened by "
-                 "align.lateral_margin %s, phase planes %s", how, chosen.lateral_margin,
-                 "fitted" if chosen.fit_phase_plane else "not fitted")
+                 "align.lateral_margin %s, phase planes %s, flow eigen floor %g", how,
+                 chosen.lateral_margin, "fitted" if chosen.fit_phase_plane else "not fitted",
+                 chosen.flow_eigen_floor)
     else:
         log.info("projection matching: isolated sample: the region only")
     return chosen
@@ -346,9 +347,10 @@ def _warn_one_way(projections: torch.Tensor, options: AlignConfig) -> float:
                     "high-pass of %g px: their shifts are not in the data",
                     options.highpass_sigma_px)
     elif ratio < ONE_WAY_RATIO:
-        advice = ("align.flow_eigen_floor damps the steps along them" if
-                  options.flow_eigen_floor > 0 else
-                  "consider align.flow_eigen_floor: 0.3, which damps the steps along them")
+        advice = (f"align.flow_eigen_floor ({options.flow_eigen_floor:g}) damps the steps "
+                  f"along them (0.3 more: it holds runaways better, costs good data more)"
+                  if options.flow_eigen_floor > 0 else
+                  "consider align.flow_eigen_floor: 0.1, which damps the steps along them")
         log.warning("projection matching: the projections' structure runs mostly one way "
                     "(median eigenvalue ratio %.2f < %.2f): the shifts along the wires are "
                     "poorly determined by these data; %s, or choose a region with structure "
