@@ -565,10 +565,10 @@ class AlignConfig:
         to them. ``auto`` (default): for an extended sample only.
     cross_folds : int
         With a widened volume (``lateral_margin`` not 0): the angles are dealt into this
-        many interleaved groups, and each group is compared with the reprojection of a
-        volume fitted to the other groups. Material that only a few angles see is fitted
-        to their own misaligned data and hides their shifts; a held-out prediction does
-        not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
+        many interleaved groups (at most one per angle), and each group is compared with
+        the reprojection of a volume fitted to the other groups. Material that only a few
+        angles see is fitted to their own misaligned data and hides their shifts; a
+        held-out prediction does not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
         reconstruction of one volume per iteration (on the levels that use them: see
         ``joint_last_level``).
     momentum : float, in [0, 1)

@@ -449,9 +449,10 @@ class _Level:
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
            det: tuple[int, int], split: int, device: torch.device) -> tuple[_Fold, ...]:
-    """``split`` interleaved groups of angles, each predicted from the others (1: one
-    reconstruction of all angles that predicts itself)."""
+    """``split`` interleaved groups of angles (at most one group per angle), each predicted
+    from the others (1: one reconstruction of all angles that predicts itself)."""
     n = len(angles)
+    split = min(split, n)
     if split <= 1:
         return (_Fold(torch.arange(n, device=device), ops(Geometry(angles, tilt_deg, vol, det))),)
     folds = []
