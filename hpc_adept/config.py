@@ -568,9 +568,9 @@ class AlignConfig:
         many interleaved groups (at most one per angle), and each group is compared with
         the reprojection of a volume fitted to the other groups. Material that only a few
         angles see is fitted to their own misaligned data and hides their shifts; a
-        held-out prediction does not (1: one volume of all angles). Costs about ``cross_folds - 1`` times the
-        reconstruction of one volume per iteration (on the levels that use them: see
-        ``joint_last_level``).
+        held-out prediction does not (1: one volume of all angles). Costs about
+        ``cross_folds - 1`` times the reconstruction of one volume per iteration (on the
+        levels that use them: see ``joint_last_level``).
     momentum : float, in [0, 1)
         Heavy-ball momentum of the optical-flow steps with held-out folds (the last step
         times this is added while the steps keep their direction; 0: none). Material that
