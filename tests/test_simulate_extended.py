@@ -144,6 +144,19 @@ def test_two_ranks_write_the_same_extended_dataset(extended, tmp_path):
         assert (tmp_path / "ds" / name).read_bytes() == one, name
 
 
+@pytest.mark.mpi
+def test_two_ranks_write_the_same_drifted_projections(tmp_path):
+    """``projections.h5`` with the drift (``scans: false``): each rank moves its own angles,
+    rank 0 gathers them; the values match one rank's."""
+    keys = dict(drift_px=1.5, scans=False, write_projections=True, projection_noise=0.02)
+    one = simulate_in(tmp_path / "one", **keys).parent / "run" / "projections.h5"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(tmp_path, **keys)))
+    result = adept("simulate", "-c", "c.yaml", cwd=tmp_path, n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(read_projections(tmp_path / "run" / "projections.h5")
+                                  .projections, read_projections(one).projections)
+
+
 def test_scan_object_beyond_the_field_is_chip(tmp_path, monkeypatch, capsys):
     """The object a scan sees around the scanned field: chip (extended), vacuum
     (isolated); the ramp continues into it."""
