@@ -673,8 +673,10 @@ class ReconConfig:
         FBP and the DIP reconstruct the region widened by ``lateral_margin``, ignore each
         projection's constant and linear phase ramp, and write the region.
         ``isolated``: the sample lies inside the field in vacuum (no margin, no plane
-        fit). ``auto``: ``isolated`` when the outer border of eight evenly spaced
-        projections is empty (its RMS under 10 % of the whole window's;
+        fit). ``auto``: the kind ``adept align`` decided and stored in ``aligned.h5``
+        (its root attribute ``sample``; it looked at the uncropped window); without one,
+        ``isolated`` when the outer border of eight evenly spaced projections is empty
+        (its RMS under 10 % of the whole window's;
         :func:`hpc_adept.lamino.region.looks_isolated`), else ``extended``; an isolated
         sample whose offsets are marked arbitrary (``/phase_offset_arbitrary``) then has
         each projection referenced to its empty border, the vacuum

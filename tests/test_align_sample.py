@@ -13,7 +13,7 @@ import yaml
 
 from hpc_adept.align.sample import EXTENDED_EIGEN_FLOOR, method_for, resolve_sample
 from hpc_adept.config import AlignConfig, ConfigError, load_config
-from hpc_adept.io import ProjectionSet, write_projections
+from hpc_adept.io import ProjectionSet, read_projections, write_projections
 from hpc_adept.lamino.region import sample_indices
 
 from .extended_sample import TILT, extended_sample
@@ -140,7 +140,58 @@ def test_adept_align_on_a_chip_runs_the_extended_method(tmp_path):
     assert history["options"]["sample"] == "extended"
     assert history["options"]["fit_phase_plane"] is True
     assert history["widened_shape"][1] > region[1]
+    assert read_projections(run / "aligned.h5").sample == "extended"
     found = np.asarray(history["shifts_px"])
     before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts, sample.angles)
     assert before > 1.5
     assert shift_error_px(found, sample.shifts, sample.angles) < 0.15
+
+
+def _stored(tmp_path, sample, decided: str | None):
+    path = tmp_path / "aligned.h5"
+    write_projections(path, ProjectionSet(np.asarray(sample.measured, np.float32),
+                                          sample.angles, TILT, 2.72e-8, sample=decided))
+    return path
+
+
+@pytest.mark.parametrize("decided", ["extended", "isolated"])
+def test_recon_auto_follows_the_kind_align_stored(samples, decided, tmp_path):
+    """``adept align`` looked at the whole window and stores its decision in
+    ``aligned.h5``; ``recon.sample: auto`` follows it (in the plan and in the run) even
+    where the border of these projections says otherwise, an explicit setting wins, and
+    without a stored decision the border decides."""
+    from hpc_adept.io.runfiles import read_sample_kind
+    from hpc_adept.stages.recon import planned_region, recon_region
+
+    other = "isolated" if decided == "extended" else "extended"
+    path = _stored(tmp_path, samples[other], decided)  # data that look like the other kind
+    assert read_sample_kind(path) == decided
+    ps = read_projections(path)
+    assert ps.sample == decided
+
+    def config(sample: str):
+        return load_config(None, [f"recon.volume_shape={list(REGION)}",
+                                  f"recon.sample={sample}"])
+
+    for plan in (planned_region(config("auto"), path), recon_region(config("auto"), ps)):
+        assert plan.extended == (decided == "extended")
+    assert recon_region(config(other), ps).extended == (other == "extended")
+    undecided = read_projections(_stored(tmp_path, samples[other], None))
+    assert undecided.sample is None
+    assert recon_region(config("auto"), undecided).extended == (other == "extended")
+
+
+def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
+    import h5py
+
+    from hpc_adept.errors import DataError
+    from hpc_adept.io.runfiles import read_sample_kind
+
+    path = _stored(tmp_path, samples["extended"], "extended")
+    with h5py.File(path, "r+") as f:
+        f.attrs["sample"] = "wide"
+    for read in (read_projections, read_sample_kind):
+        with pytest.raises(DataError, match="sample.*expected one of"):
+            read(path)
+    with pytest.raises(ValueError, match="sample must be one of"):
+        ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample="wide")

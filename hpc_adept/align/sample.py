@@ -4,10 +4,10 @@ An isolated sample (a crop in vacuum) is aligned with the region-only method; a 
 an extended sample (a chip far wider than the region) with the widened-volume method, blind
 to each projection's phase offset and ramp (docs/extended_samples.md, "Alignment"). ``auto``
 applies the test of ``recon.sample: auto`` to the border of eight evenly spaced projections
-(:func:`hpc_adept.lamino.region.looks_isolated`). The two stages look at different files
-(``projections.h5`` here, the cropped ``aligned.h5`` there), so on a sample whose border
-is empty in the whole window but not in the crop they can decide differently; set both
-explicitly when it matters.
+(:func:`hpc_adept.lamino.region.looks_isolated`) of ``projections.h5``; the stage stores
+the kind it decided in ``aligned.h5`` (root attribute ``sample``), and ``recon.sample:
+auto`` follows it there: the centre crop can cut away the empty border that made a sample
+look isolated, so the two stages would otherwise decide from different windows.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ __all__ = [
     "ProjectionSet",
     "read_ground_truth",
     "read_projections",
+    "read_sample_kind",
     "read_volume",
     "stored_projection_shape",
     "write_ground_truth",
@@ -73,6 +74,8 @@ CIRCUIT = "circuit"
 TILT_ATTR = "tilt_deg"
 PIXEL_ATTR = "pixel_size_m"
 VOXEL_ATTR = "voxel_size_m"
+SAMPLE_ATTR = "sample"
+SAMPLE_KINDS = ("extended", "isolated")
 
 
 _RESERVED = frozenset({PROJECTIONS, ANGLES, PROBES})
@@ -113,6 +116,11 @@ class ProjectionSet:
         Per-angle arrays stored beside (first axis ``n_angles``, 1-D or 2-D, real, finite),
         e.g. ``"shifts_px"`` ``[n_angles, 2]`` (row, col) pixels or ``"fourier_error"``.
         Names are identifiers other than ``projections``, ``angles_deg``, ``probes``.
+    sample : {'extended', 'isolated'} or None
+        The kind of sample ``adept align`` decided these projections show (root attribute
+        ``sample`` of ``aligned.h5``; ``recon.sample: auto`` follows it, since align looked
+        at the whole measured window and the crop may have cut its border); None where
+        nothing decided it.
 
     Notes
     -----
@@ -126,6 +134,7 @@ class ProjectionSet:
     pixel_size_m: float
     probes: np.ndarray | None = None
     extra: Mapping[str, np.ndarray] = field(default_factory=dict)
+    sample: str | None = None
 
     def __post_init__(self) -> None:
         coerce: dict[str, Any] = {
@@ -177,6 +186,8 @@ def _projection_set_problem(ps: ProjectionSet) -> str | None:
         return f"angles_deg shape {ps.angles_deg.shape} != ({n},)"
     if ps.probes is not None and (ps.probes.ndim != 3 or ps.probes.shape[0] != n):
         return f"probes must be [{n}, N, N], got shape {ps.probes.shape}"
+    if ps.sample is not None and ps.sample not in SAMPLE_KINDS:
+        return f"sample must be one of {SAMPLE_KINDS} or None, got {ps.sample!r}"
     for name, array in ps.extra.items():
         problem = _extra_problem(name, array, n)
         if problem:
@@ -215,7 +226,9 @@ def write_projections(path: PathLike, ps: ProjectionSet) -> None:
     datasets = {PROJECTIONS: ps.projections, ANGLES: ps.angles_deg, **ps.extra}
     if ps.probes is not None:
         datasets[PROBES] = ps.probes
-    attrs = {TILT_ATTR: ps.tilt_deg, PIXEL_ATTR: ps.pixel_size_m}
+    attrs: dict[str, Any] = {TILT_ATTR: ps.tilt_deg, PIXEL_ATTR: ps.pixel_size_m}
+    if ps.sample is not None:
+        attrs[SAMPLE_ATTR] = ps.sample
     write_h5_atomic(path, datasets, attrs=attrs)
 
 
@@ -276,10 +289,37 @@ def read_projections(path: PathLike) -> ProjectionSet:
         extras = _read_extras(f, p, n)
         tilt = read_scalar_attr(f, TILT_ATTR, p)
         pixel = read_scalar_attr(f, PIXEL_ATTR, p, positive=True)
+        sample = _read_sample_kind(f, p)
     problem = tilt_problem(tilt)
     if problem:
         raise data_error(p, problem, f"@{TILT_ATTR}")
-    return ProjectionSet(projections, angles, tilt, pixel, probes=probes, extra=extras)
+    return ProjectionSet(projections, angles, tilt, pixel, probes=probes, extra=extras,
+                         sample=sample)
+
+
+def _read_sample_kind(f: h5py.File, path: Path) -> str | None:
+    """The root attribute ``sample`` (``extended`` / ``isolated``), or None without one."""
+    if SAMPLE_ATTR not in f.attrs:
+        return None
+    value = read_attrs(f, path)[SAMPLE_ATTR]
+    if not isinstance(value, str) or value not in SAMPLE_KINDS:
+        raise data_error(path, f"expected one of {SAMPLE_KINDS}, got {str(value)[:40]!r}",
+                         f"@{SAMPLE_ATTR}")
+    return value
+
+
+def read_sample_kind(path: PathLike) -> str | None:
+    """The kind of sample ``adept align`` stored in ``path`` (``aligned.h5``'s root
+    attribute ``sample``: ``extended`` / ``isolated``), None when the file has none.
+
+    Raises
+    ------
+    DataError
+        Missing/corrupt file or an attribute of another value.
+    """
+    p = Path(path)
+    with open_h5(p) as f:
+        return _read_sample_kind(f, p)
 
 
 def stored_projection_shape(path: PathLike) -> tuple[int, int, int]:

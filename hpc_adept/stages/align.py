@@ -6,7 +6,8 @@ reproject steps shared out by angle (:class:`hpc_adept.parallel.DistributedLamin
 kernel ``runtime.projector``), so the heavy work per iteration divides by the number of
 ranks while the cheap per-projection shift updates are computed identically everywhere.
 Rank 0 writes ``aligned.h5`` (shifted, centre-cropped projections, ``/shifts_px``,
-``/align_residual``), ``align_history.json`` and the figures ``figures/align_shifts.png``
+``/align_residual``, the root attribute ``sample``: the kind of sample it decided),
+``align_history.json`` and the figures ``figures/align_shifts.png``
 and ``figures/align_convergence.png``.
 """
 
@@ -289,7 +290,9 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
     if result.residual_per_angle.size:
         extra["align_residual"] = result.residual_per_angle.astype(np.float64)
     write_projections(plan.output_path, ProjectionSet(
-        aligned, ps.angles_deg, ps.tilt_deg, ps.pixel_size_m, probes=ps.probes, extra=extra))
+        aligned, ps.angles_deg, ps.tilt_deg, ps.pixel_size_m, probes=ps.probes, extra=extra,
+        # the decision for recon.sample: auto (the crop may cut the border it came from)
+        sample=options.sample if options is not None else ps.sample))
     write_json_atomic(plan.history_path, {
         "enabled": cfg.align.enabled,
         "options": dataclasses.asdict(options) if options is not None else None,

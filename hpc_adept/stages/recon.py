@@ -261,16 +261,21 @@ def fbp_distributed(ps: ProjectionSet, volume_shape: tuple[int, int, int],
 
 def planned_region(cfg: Config, input_path: Path) -> RegionPlan:
     """:func:`recon_region` before the work, from a few of the stored projections."""
-    from hpc_adept.io.runfiles import read_projection_sample
+    from hpc_adept.io.runfiles import read_projection_sample, read_sample_kind
 
     sample, tilt = read_projection_sample(input_path)
-    return _region(cfg, tilt, lambda: looks_isolated(sample))
+    return _region(cfg, tilt, lambda: looks_isolated(sample), read_sample_kind(input_path))
 
 
 def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool],
-            offsets_arbitrary: bool = False) -> RegionPlan:
+            decided: str | None, offsets_arbitrary: bool = False) -> RegionPlan:
+    """``decided``: the kind ``adept align`` stored (it saw the uncropped window), which
+    ``auto`` follows; without one ``auto`` looks at the border."""
     r = cfg.recon
-    extended = r.sample == "extended" or (r.sample == "auto" and not isolated())
+    if r.sample == "auto" and decided is not None:
+        extended = decided == "extended"
+    else:
+        extended = r.sample == "extended" or (r.sample == "auto" and not isolated())
     multiple = math.prod(cfg.dip.strides) if "dip" in r.methods else 1
     plan = plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple)
     # found isolated by its empty border: that border is vacuum, the phase's reference
@@ -281,11 +286,12 @@ def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool],
 
 def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
     """The region plan of ``recon.sample`` and ``recon.lateral_margin`` for these data
-    (``auto``: extended unless the projections' border is empty)."""
+    (``auto``: the kind ``adept align`` stored in ``aligned.h5``, else extended unless the
+    projections' border is empty)."""
     picks = sample_indices(len(ps.projections))  # as planned_region reads them
     arbitrary = ps.extra.get("phase_offset_arbitrary")  # written by adept ptycho
     return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]),
-                   arbitrary is not None and bool(np.any(arbitrary)))
+                   ps.sample, arbitrary is not None and bool(np.any(arbitrary)))
 
 
 def recon_inputs(cfg: Config, ps: ProjectionSet) -> tuple[ProjectionSet, RegionPlan]:
@@ -379,10 +385,12 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         log.warning("recon: %d ranks for %d angles: some ranks only run the network",
                     ctx.size, len(ps.angles_deg))
     ps, region = recon_inputs(cfg, ps)
-    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s%s",
+    how = ("" if cfg.recon.sample != "auto" else " (as adept align decided)"
+           if ps.sample is not None else " (from the projections' border)")
+    log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s%s%s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
              ps.tilt_deg, list(cfg.recon.volume_shape),
-             "extended" if region.extended else "isolated",
+             "extended" if region.extended else "isolated", how,
              f", reconstructed {list(region.shape)} (lateral margin {region.margin_px})"
              if region.margin_px else "",
              ", each projection's offset and ramp ignored" if region.plane_free else "",
