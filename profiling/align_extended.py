@@ -129,6 +129,50 @@ def structure(region: tuple[int, int, int], n_angles: int, seed: int,
           f"{float((chip[inside] > 0).double().mean()):.3f} of its voxels", flush=True)
 
 
+def shift_bound(clean: np.ndarray, angles: np.ndarray, noise: float, shift_sigma_px: float,
+                planes: bool) -> tuple[float, np.ndarray]:
+    """A lower bound on the shift error any method can reach on these data, as the
+    benchmark scores it (px RMS, global offset and rigid drift removed): the Bayesian
+    (Van Trees) Cramer-Rao bound of each projection's shift with the projection of the
+    volume known exactly (:mod:`hpc_adept.align.precision`; a method must also estimate
+    the volume, so it does worse).
+
+    ``clean`` [n, nv, nu]: the noise-free, unshifted window; white Gaussian noise of
+    ``noise`` times its RMS; each shift a priori Gaussian of ``shift_sigma_px`` per
+    component; with ``planes`` each projection's offset and ramp are unknown too.
+    Returns the bound and each projection's bound along its worst direction [n] (px)."""
+    import torch
+
+    from hpc_adept.align.drift import rigid_drift_basis
+    from hpc_adept.align.precision import direction_bounds_px, shift_information
+
+    n = clean.shape[0]
+    sigma = noise * float(np.sqrt(np.mean(clean ** 2)))
+    information = shift_information(torch.from_numpy(clean), sigma, planes=planes,
+                                    prior_px=shift_sigma_px)
+    covariance = np.zeros((2 * n, 2 * n))
+    for k, block in enumerate(torch.linalg.inv(information).numpy()):
+        covariance[2 * k:2 * k + 2, 2 * k:2 * k + 2] = block
+    gauge = np.concatenate([np.tile(np.eye(2), (n, 1)),
+                            rigid_drift_basis(angles, TILT).reshape(2 * n, 3)], axis=1)
+    q, _ = np.linalg.qr(gauge)
+    keep = np.eye(2 * n) - q @ q.T  # the error the score keeps
+    worst = direction_bounds_px(information)[:, 1].numpy()
+    return float(np.sqrt(np.trace(keep @ covariance @ keep) / (2 * n))), worst
+
+
+def bound(region: tuple[int, int, int], n_angles: int, seed: int,
+          corner_um: tuple[float, float], planes: bool) -> None:
+    """Print :func:`shift_bound` for the benchmark's crop."""
+    clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0)
+    value, worst = shift_bound(np.asarray(clean.measured, np.float64), clean.angles, 0.02,
+                               2.0, planes)
+    print(f"seed {seed} corner {list(corner_um)}: no method does better than {value:.4f} px "
+          f"RMS (volume known; 2 % noise{', offsets and ramps unknown' if planes else ''}); "
+          f"projections whose shift is bounded above 0.15 px along some direction: "
+          f"{int((worst > 0.15).sum())} of {n_angles} (worst {worst.max():.2f} px)", flush=True)
+
+
 def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, seed: int,
              corner_um: tuple[float, float]) -> None:
     """Each method from zero and from the true shifts, without and with noise and planes."""
@@ -176,6 +220,9 @@ def main() -> None:
     parser.add_argument("--split", action="store_true",
                         help="also split each error across / along each projection's "
                              "dominant structure (the wires)")
+    parser.add_argument("--bound", action="store_true",
+                        help="print a lower bound on the error any method can reach on each "
+                             "crop (the volume known exactly), no alignment")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
@@ -192,6 +239,9 @@ def main() -> None:
     for seed in args.seeds:
         if args.structure:
             structure(region, args.angles, seed, tuple(args.corner), args.highpass)
+            continue
+        if args.bound:
+            bound(region, args.angles, seed, tuple(args.corner), "extended+planes" in args.cases)
             continue
         if args.diagnose:
             diagnose(base, region, args.angles, seed, tuple(args.corner))

@@ -1,0 +1,110 @@
+"""How precisely the data can fix each projection's shift: a Cramer-Rao bound.
+
+With white Gaussian noise of standard deviation ``sigma`` on a projection ``p`` and the
+projection of the volume known exactly, the Fisher information of its shift ``s`` is
+``F = sum_pixels w g g^T / sigma^2`` (``g`` the gradient of ``p``); unknown nuisance
+parameters (the per-projection phase offset and ramp) enter as further columns of the
+Jacobian and are profiled out. ``inv(F)`` bounds the covariance of any unbiased estimate;
+with a Gaussian prior of ``prior_px`` per component added (the Bayesian, Van Trees form)
+it bounds every estimate's mean squared error. A method that must also estimate the
+volume does worse; a projection whose structure runs one way (wires that cross its whole
+window) has no information along the wires: its bound there is the prior, or infinite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def stencil_gradient(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) derivative of ``images`` [..., h, w] by the five-point stencil
+    ``(-f[i+2] + 8 f[i+1] - 8 f[i-1] + f[i-2]) / 12`` (exact for cubics), the images
+    continued past each edge by their point reflection about the edge value
+    (``f[-k] = 2 f[0] - f[k]``: a ramp stays a ramp, so no edge effect fakes information
+    that a phase ramp or the window's edge does not hold)."""
+    def along_last(x: torch.Tensor) -> torch.Tensor:
+        first, last = x[..., :1], x[..., -1:]
+        head = 2 * first - x[..., 1:3].flip(-1)
+        tail = 2 * last - x[..., -3:-1].flip(-1)
+        wide = torch.cat([head, x, tail], dim=-1)
+        return (-wide[..., 4:] + 8 * wide[..., 3:-1] - 8 * wide[..., 1:-3]
+                + wide[..., :-4]) / 12.0
+
+    return along_last(images.transpose(-1, -2)).transpose(-1, -2), along_last(images)
+
+
+def shift_information(projections: torch.Tensor, noise_sd: torch.Tensor | float,
+                      weights: torch.Tensor | None = None, planes: bool = False,
+                      prior_px: float | None = None, chunk: int = 16) -> torch.Tensor:
+    """Fisher information of each projection's (row, col) shift, nuisance profiled out:
+    its inverse is the Cramer-Rao bound on the shift's covariance.
+
+    Parameters
+    ----------
+    projections : torch.Tensor, float, [n, h, w]
+        The noise-free projections (or the best stand-in: the reprojection of a fitted
+        volume), aligned.
+    noise_sd : float or torch.Tensor [n]
+        Standard deviation of the white noise on each pixel (units of ``projections``).
+    weights : torch.Tensor, float in [0, 1], [h, w] or [n, h, w], optional
+        Which pixels are measured (0: none; default all).
+    planes : bool
+        Each projection's offset and row / column ramp are unknown too (profiled out).
+    prior_px : float, optional
+        Standard deviation of the shifts a priori, pixels (the Bayesian bound; default
+        none: a direction without information keeps information 0).
+    chunk : int
+        Projections differentiated at a time (memory).
+
+    Returns
+    -------
+    torch.Tensor, float64, [n, 2, 2]
+        Information, per pixel squared.
+    """
+    n, h, w = projections.shape
+    device = projections.device
+    sd = torch.as_tensor(noise_sd, dtype=torch.float64, device=device).expand(n)
+    rows = torch.arange(h, dtype=torch.float64, device=device)[:, None] - (h - 1) / 2
+    cols = torch.arange(w, dtype=torch.float64, device=device)[None, :] - (w - 1) / 2
+    plane_columns = [torch.ones(h, w, dtype=torch.float64, device=device),
+                     rows.expand(h, w), cols.expand(h, w)] if planes else []
+    size = 2 + len(plane_columns)
+    fisher = torch.empty(n, size, size, dtype=torch.float64, device=device)
+    for first in range(0, n, chunk):  # chunks: the float64 gradients of a whole stack
+        part = slice(first, min(first + chunk, n))
+        d_row, d_col = stencil_gradient(projections[part].double())
+        weight = torch.ones_like(d_row) if weights is None else \
+            weights.double().expand(n, h, w)[part]
+        columns = [d_row, d_col] + plane_columns
+        for i in range(size):
+            for j in range(i, size):
+                value = (weight * columns[i] * columns[j]).sum(dim=(-2, -1))
+                fisher[part, i, j] = fisher[part, j, i] = value / sd[part] ** 2
+    shift_block = fisher[:, :2, :2]
+    if planes:  # the Schur complement: the information left once offset and ramps are fitted
+        cross = fisher[:, :2, 2:]
+        profiled = shift_block - cross @ torch.linalg.pinv(
+            fisher[:, 2:, 2:], hermitian=True) @ cross.transpose(1, 2)
+        # what the subtraction leaves of a direction the nuisance explains is rounding
+        values, vectors = torch.linalg.eigh(0.5 * (profiled + profiled.transpose(1, 2)))
+        floor = 1e-10 * shift_block.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+        values = torch.where(values > floor, values, torch.zeros_like(values))
+        shift_block = vectors @ torch.diag_embed(values) @ vectors.transpose(1, 2)
+    if prior_px is not None:
+        shift_block = shift_block + torch.eye(2, dtype=torch.float64,
+                                              device=device) / prior_px ** 2
+    return 0.5 * (shift_block + shift_block.transpose(1, 2))
+
+
+def direction_bounds_px(information: torch.Tensor) -> torch.Tensor:
+    """Bounds [n, 2] on the standard deviation (px) of each shift along its best- and
+    worst-determined direction, from its :func:`shift_information` [n, 2, 2]: ``inf``
+    where a direction holds (numerically) no information."""
+    values = torch.linalg.eigvalsh(information)  # ascending: worst direction first
+    scale = values[:, 1:].abs().clamp_min(torch.finfo(torch.float64).tiny)
+    informative = values > 1e-12 * scale
+    sd = torch.where(informative, values.clamp_min(1e-300).rsqrt(),
+                     torch.full_like(values, math.inf))
+    return sd.flip(-1)
