@@ -212,6 +212,11 @@ def main() -> None:
     parser.add_argument("--flow-eigen-floor", type=eigen_floor, default="auto",
                         help="align.flow_eigen_floor (auto: 0.1 for the extended method, 0 "
                              "for the region-only one)")
+    parser.add_argument("--coarse-flow-eigen-floor", type=eigen_floor, default="auto",
+                        help="align.coarse_flow_eigen_floor (auto: 0.3 for the extended "
+                             "method, at least --flow-eigen-floor; the tables before "
+                             "2026-12-05's fourth session used --flow-eigen-floor on every "
+                             "level: pass the same value here to repeat them)")
     parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
                         default=[c[0] for c in CASES], help="which cases to run")
     parser.add_argument("--structure", action="store_true",
@@ -231,11 +236,13 @@ def main() -> None:
                        highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,
                        coarse_lowpass_px=args.coarse_lowpass,
                        max_iterations=args.max_iterations,
-                       flow_eigen_floor=args.flow_eigen_floor)
+                       flow_eigen_floor=args.flow_eigen_floor,
+                       coarse_flow_eigen_floor=args.coarse_flow_eigen_floor)
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
           f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "
           f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "
-          f"{args.flow_eigen_floor}, corner {args.corner} um")
+          f"{args.flow_eigen_floor} ({args.coarse_flow_eigen_floor} on the coarser levels), "
+          f"corner {args.corner} um")
     for seed in args.seeds:
         if args.structure:
             structure(region, args.angles, seed, tuple(args.corner), args.highpass)

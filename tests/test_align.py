@@ -234,7 +234,7 @@ def test_structure_ratio_and_the_one_way_warning(caplog):
     assert len(messages) == 3 and "one way" in messages[0], messages
     assert "consider align.flow_eigen_floor: 0.1" in messages[0]
     assert "no structure" in messages[1]
-    assert "align.flow_eigen_floor (0.1) damps" in messages[2]
+    assert "align.flow_eigen_floor (0.1; auto on the coarser levels) damps" in messages[2]
 
 
 def test_raise_small_eigenvalue_keeps_the_eigenvectors():
@@ -641,6 +641,6 @@ def test_align_options_resolve_the_volume_shape():
     options = align_options(cfg, plan)
     assert options == AlignConfig(volume_shape=(8, 16, 16), sample="isolated",
                                   lateral_margin=0, fit_phase_plane=False,
-                                  flow_eigen_floor=0.0)
+                                  flow_eigen_floor=0.0, coarse_flow_eigen_floor=0.0)
     with pytest.raises(ValueError, match="volume_shape"):
         projection_matching(torch.zeros(4, 32, 32), np.zeros(4), TILT, AlignConfig())

@@ -225,7 +225,8 @@ def test_joint_fit_from_zero_stops_short_of_the_shifts_it_prefers(ic_files):
     ends at 0.2 px from zero), so it skips without the layout."""
     sample = extended_sample(REGION, 32, 2, corner_um=(30.0, 20.0), noise=0.0)
     joint = dataclasses.replace(OPTIONS, cross_folds=1, momentum=0.0, coarse_lowpass_px=8.0,
-                                coverage_power=0.0, flow_eigen_floor=0.0)
+                                coverage_power=0.0, flow_eigen_floor=0.0,
+                                coarse_flow_eigen_floor=0.0)
     runs = {}
     for start, initial in (("zero", None), ("truth", sample.shifts)):
         result = projection_matching(sample.measured, sample.angles, TILT, joint,

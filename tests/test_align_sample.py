@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from hpc_adept.align.sample import EXTENDED_EIGEN_FLOOR, method_for, resolve_sample
+from hpc_adept.align.sample import (
+    EXTENDED_COARSE_EIGEN_FLOOR,
+    EXTENDED_EIGEN_FLOOR,
+    method_for,
+    resolve_sample,
+)
 from hpc_adept.config import AlignConfig, ConfigError, load_config
 from hpc_adept.io import ProjectionSet, read_projections, write_projections
 from hpc_adept.lamino.region import sample_indices
@@ -49,10 +54,17 @@ def test_each_kind_resolves_the_settings_it_governs():
     isolated = method_for(AlignConfig(lateral_margin=12), False)
     assert (isolated.sample, isolated.lateral_margin, isolated.fit_phase_plane,
             isolated.flow_eigen_floor) == ("isolated", 0, False, 0.0)
+    # the coarser levels' floor: higher for a chip, at least the last level's
+    assert (extended.coarse_flow_eigen_floor, isolated.coarse_flow_eigen_floor) == (
+        EXTENDED_COARSE_EIGEN_FLOOR, 0.0)
+    assert EXTENDED_COARSE_EIGEN_FLOOR > EXTENDED_EIGEN_FLOOR
+    assert method_for(AlignConfig(flow_eigen_floor=0.5), True).coarse_flow_eigen_floor == 0.5
+    assert method_for(AlignConfig(flow_eigen_floor=0.2), False).coarse_flow_eigen_floor == 0.2
     # settings given are kept
     own = method_for(AlignConfig(lateral_margin=6, fit_phase_plane=False,
-                                 flow_eigen_floor=0.3), True)
-    assert (own.lateral_margin, own.fit_phase_plane, own.flow_eigen_floor) == (6, False, 0.3)
+                                 flow_eigen_floor=0.3, coarse_flow_eigen_floor=0.05), True)
+    assert (own.lateral_margin, own.fit_phase_plane, own.flow_eigen_floor,
+            own.coarse_flow_eigen_floor) == (6, False, 0.3, 0.05)
     assert method_for(AlignConfig(fit_phase_plane=True), False).fit_phase_plane is True
     # a kind that is set wins over what the data look like; auto needs the data
     assert resolve_sample(AlignConfig(sample="isolated")).sample == "isolated"
@@ -80,9 +92,13 @@ def test_config_checks_the_new_keys():
                              "align.flow_eigen_floor=0.2"])
     assert (cfg.align.sample, cfg.align.fit_phase_plane, cfg.align.flow_eigen_floor) == \
         ("extended", "auto", 0.2)
+    assert load_config(None, ["align.coarse_flow_eigen_floor=0.25"]).align \
+        .coarse_flow_eigen_floor == 0.25
     for bad, key in (("align.sample=chip", "align.sample"),
                      ("align.fit_phase_plane=maybe", "align.fit_phase_plane"),
                      ("align.flow_eigen_floor=1.5", "align.flow_eigen_floor"),
+                     ("align.coarse_flow_eigen_floor=-0.1", "align.coarse_flow_eigen_floor"),
+                     ("align.coarse_flow_eigen_floor=high", "align.coarse_flow_eigen_floor"),
                      ("align.lateral_margin=-2", "align.lateral_margin")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])

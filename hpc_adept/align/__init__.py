@@ -26,6 +26,7 @@ from hpc_adept.align.matching import (
     projection_matching,
     working_frame,
 )
+from hpc_adept.align.precision import direction_bounds_px, shift_information
 from hpc_adept.align.support import visible_support
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "bin_images",
     "border_taper",
     "crop_window",
+    "direction_bounds_px",
     "fit_rigid_drift",
     "fourier_shift",
     "highpass",
@@ -47,6 +49,7 @@ __all__ = [
     "remove_rigid_drift",
     "rigid_drift_basis",
     "shift_images",
+    "shift_information",
     "structure_ratio",
     "unbin_images",
     "visible_support",

@@ -329,9 +329,10 @@ def _resolved(options: AlignConfig, projections: torch.Tensor) -> AlignConfig:
     how = " (the projections' border holds material)" if options.sample == "auto" else ""
     if chosen.sample == "extended":
         log.info("projection matching: extended sample%s: the region widened by "
-                 "align.lateral_margin %s, phase planes %s, flow eigen floor %g", how,
-                 chosen.lateral_margin, "fitted" if chosen.fit_phase_plane else "not fitted",
-                 chosen.flow_eigen_floor)
+                 "align.lateral_margin %s, phase planes %s, flow eigen floor %g (%g on the "
+                 "coarser levels)", how, chosen.lateral_margin,
+                 "fitted" if chosen.fit_phase_plane else "not fitted",
+                 chosen.flow_eigen_floor, chosen.coarse_flow_eigen_floor)
     else:
         log.info("projection matching: isolated sample: the region only")
     return chosen
@@ -347,8 +348,12 @@ def _warn_one_way(projections: torch.Tensor, options: AlignConfig) -> float:
                     "high-pass of %g px: their shifts are not in the data",
                     options.highpass_sigma_px)
     elif ratio < ONE_WAY_RATIO:
-        advice = (f"align.flow_eigen_floor ({options.flow_eigen_floor:g}) damps the steps "
-                  f"along them (0.3 more: it holds runaways better, costs good data more)"
+        coarse = options.coarse_flow_eigen_floor  # 'auto' where not resolved
+        coarse = coarse if isinstance(coarse, str) else f"{coarse:g}"
+        advice = (f"align.flow_eigen_floor ({options.flow_eigen_floor:g}; "
+                  f"{coarse} on the coarser levels) damps the steps "
+                  f"along them (0.3 on the last level too holds runaways better, costs good "
+                  f"data more)"
                   if options.flow_eigen_floor > 0 else
                   "consider align.flow_eigen_floor: 0.1, which damps the steps along them")
         log.warning("projection matching: the projections' structure runs mostly one way "
@@ -445,6 +450,7 @@ class _Level:
     taper_px: int = 0         # > 0: weight out pixels with no measured data (widened volume)
     flow_gain: torch.Tensor | None = None  # [n, nv, nu]: optical-flow weights only
     full_run: bool = False    # run all iterations: steps along smooth patterns stay small
+    eigen_floor: float = 0.0  # of the optical-flow normal matrices (the aperture problem)
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -505,7 +511,9 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     orthonormal = None if basis is None else orthonormal_planes(basis)
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
                   tolerance, options.momentum if split > 1 or refine else 0.0,
-                  taper_px if margin > 0 else 0, gain, full_run=refine)
+                  taper_px if margin > 0 else 0, gain, full_run=refine,
+                  eigen_floor=options.flow_eigen_floor if last_level
+                  else options.coarse_flow_eigen_floor)
 
 
 def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
@@ -644,7 +652,7 @@ def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
         # taper_px > 0 the level's trust holds the measured pixels' weights, never None)
         fitted = level.trust if level.taper_px > 0 else None
         return optical_flow_update(data, model, weights, options.highpass_sigma_px,
-                                   options.max_update_px, options.flow_eigen_floor, fitted)
+                                   options.max_update_px, level.eigen_floor, fitted)
     factor = level.factor
     update = xcorr_shift(data, model, level.weights.mean(dim=0),
                          options.coarse_lowpass_px / factor, options.coarse_search_px / factor)

@@ -22,6 +22,9 @@ from hpc_adept.lamino.region import looks_isolated
 # The extended method's optical-flow eigenvalue floor under ``flow_eigen_floor: auto``
 # (measured on 14 crops at 40 x 56 x 56 and two more: docs/extended_samples.md).
 EXTENDED_EIGEN_FLOOR = 0.1
+# ... and on the levels before the last under ``coarse_flow_eigen_floor: auto`` (the same
+# crops: it holds the runaways of one-way wiring where they start).
+EXTENDED_COARSE_EIGEN_FLOOR = 0.3
 
 
 def method_for(options: AlignConfig, extended: bool) -> AlignConfig:
@@ -29,15 +32,21 @@ def method_for(options: AlignConfig, extended: bool) -> AlignConfig:
     resolved: for an isolated sample the region only (``lateral_margin`` 0), for an
     extended one ``lateral_margin`` as set; ``fit_phase_plane: auto`` becomes on for an
     extended sample and off for an isolated one, ``flow_eigen_floor: auto``
-    :data:`EXTENDED_EIGEN_FLOOR` and 0 (both kept where set)."""
+    :data:`EXTENDED_EIGEN_FLOOR` and 0, ``coarse_flow_eigen_floor: auto``
+    :data:`EXTENDED_COARSE_EIGEN_FLOOR` (at least the last level's) and the last level's
+    (all kept where set)."""
     plane, floor = options.fit_phase_plane, options.flow_eigen_floor
+    if floor == "auto":
+        floor = EXTENDED_EIGEN_FLOOR if extended else 0.0
+    coarse = options.coarse_flow_eigen_floor
+    if coarse == "auto":
+        coarse = max(EXTENDED_COARSE_EIGEN_FLOOR, floor) if extended else floor
     return dataclasses.replace(
         options,
         sample="extended" if extended else "isolated",
         lateral_margin=options.lateral_margin if extended else 0,
         fit_phase_plane=extended if plane == "auto" else plane,
-        flow_eigen_floor=(EXTENDED_EIGEN_FLOOR if extended else 0.0) if floor == "auto"
-        else floor)
+        flow_eigen_floor=floor, coarse_flow_eigen_floor=coarse)
 
 
 def resolve_sample(options: AlignConfig, looked_at: np.ndarray | None = None
