@@ -545,11 +545,12 @@ class AlignConfig:
         lies inside the field in vacuum: the region only, with ``support``
         (``lateral_margin`` is not used). ``auto`` (default): ``isolated`` when the outer
         border of eight evenly spaced projections is empty (the test of ``recon.sample:
-        auto``, there on the cropped ``aligned.h5``), else ``extended``. On extended
-        samples the region-only method runs off (9-14 px RMS); the extended one costs
-        about 2-16 times its time and recovers 2 px RMS shifts to 0.017-0.136 px on 11 of
-        16 crops of the layout at 40 x 56 x 56 and ends 0.19-4.2 px off on the others,
-        mostly crops of one-way wiring (issue 18, docs/extended_samples.md).
+        auto``), else ``extended``; the kind decided is stored in ``aligned.h5`` and
+        ``recon.sample: auto`` follows it. On extended samples the region-only method runs
+        off (9-14 px RMS); the extended one costs about 2-16 times its time and recovers
+        2 px RMS shifts to 0.016-0.136 px on 11 of 16 crops of the layout at 40 x 56 x 56
+        and ends 0.19-2.0 px off on the others, mostly crops of one-way wiring (on one, a
+        lower bound says no method can reach 0.15 px; issue 18, docs/extended_samples.md).
     lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
         For an extended sample: widen the reconstruction beyond ``volume_shape`` so that
         the material around the region, which every projection also holds, is modelled

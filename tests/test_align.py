@@ -229,12 +229,13 @@ def test_structure_ratio_and_the_one_way_warning(caplog):
         assert not caplog.records
         _warn_one_way(wires, options)
         _warn_one_way(blank, options)
-        _warn_one_way(wires, dataclasses.replace(options, flow_eigen_floor=0.1))
+        _warn_one_way(wires, dataclasses.replace(options, flow_eigen_floor=0.1,
+                                                 coarse_flow_eigen_floor=0.3))
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 3 and "one way" in messages[0], messages
     assert "consider align.flow_eigen_floor: 0.1" in messages[0]
     assert "no structure" in messages[1]
-    assert "align.flow_eigen_floor (0.1; auto on the coarser levels) damps" in messages[2]
+    assert "align.flow_eigen_floor (0.1; 0.3 on the coarser levels) damps" in messages[2]
 
 
 def test_raise_small_eigenvalue_keeps_the_eigenvectors():

@@ -82,3 +82,7 @@ def test_weights_and_noise_scale_the_information():
     np.testing.assert_allclose(info[1], info[0] / 4, rtol=1e-12)
     assert torch.all(torch.isinf(direction_bounds_px(info)[2]))
 
+
+def test_small_images_are_refused():
+    with pytest.raises(ValueError, match="3 x 3"):
+        stencil_gradient(torch.zeros(1, 2, 8))

@@ -7,6 +7,8 @@ eight projections ``recon.sample: auto`` reads, in the library and in the stage 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import yaml
@@ -171,7 +173,7 @@ def _stored(tmp_path, sample, decided: str | None):
 
 
 @pytest.mark.parametrize("decided", ["extended", "isolated"])
-def test_recon_auto_follows_the_kind_align_stored(samples, decided, tmp_path):
+def test_recon_auto_follows_the_kind_align_stored(samples, decided, tmp_path, caplog):
     """``adept align`` looked at the whole window and stores its decision in
     ``aligned.h5``; ``recon.sample: auto`` follows it (in the plan and in the run) even
     where the border of these projections says otherwise, an explicit setting wins, and
@@ -189,8 +191,11 @@ def test_recon_auto_follows_the_kind_align_stored(samples, decided, tmp_path):
         return load_config(None, [f"recon.volume_shape={list(REGION)}",
                                   f"recon.sample={sample}"])
 
-    for plan in (planned_region(config("auto"), path), recon_region(config("auto"), ps)):
-        assert plan.extended == (decided == "extended")
+    with caplog.at_level(logging.INFO, logger="hpc_adept.stages.recon"):
+        for plan in (planned_region(config("auto"), path), recon_region(config("auto"), ps)):
+            assert plan.extended == (decided == "extended")
+    assert any(f"looks {other}, adept align decided {decided}" in r.getMessage()
+               for r in caplog.records)
     assert recon_region(config(other), ps).extended == (other == "extended")
     undecided = read_projections(_stored(tmp_path, samples[other], None))
     assert undecided.sample is None
@@ -204,10 +209,16 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
     from hpc_adept.io.runfiles import read_sample_kind
 
     path = _stored(tmp_path, samples["extended"], "extended")
-    with h5py.File(path, "r+") as f:
-        f.attrs["sample"] = "wide"
-    for read in (read_projections, read_sample_kind):
-        with pytest.raises(DataError, match="sample.*expected one of"):
-            read(path)
+    for stored, read_back in ((np.bytes_(b"isolated"), "isolated"),
+                              (np.bytes_(b"extended   "), "extended")):  # space-padded
+        with h5py.File(path, "r+") as f:
+            f.attrs["sample"] = stored
+        assert read_sample_kind(path) == read_projections(path).sample == read_back
+    for bad in ("wide", np.array([b"extended", b"isolated"]), 3.0):
+        with h5py.File(path, "r+") as f:
+            f.attrs["sample"] = bad
+        for read in (read_projections, read_sample_kind):
+            with pytest.raises(DataError, match="sample.*expected one of"):
+                read(path)
     with pytest.raises(ValueError, match="sample must be one of"):
         ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample="wide")

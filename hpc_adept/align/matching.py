@@ -328,11 +328,12 @@ def _resolved(options: AlignConfig, projections: torch.Tensor) -> AlignConfig:
     chosen = resolve_sample(options, looked_at)
     how = " (the projections' border holds material)" if options.sample == "auto" else ""
     if chosen.sample == "extended":
+        coarser = (f" ({chosen.coarse_flow_eigen_floor:g} on the coarser levels)"
+                   if len(chosen.binning) > 1 else "")
         log.info("projection matching: extended sample%s: the region widened by "
-                 "align.lateral_margin %s, phase planes %s, flow eigen floor %g (%g on the "
-                 "coarser levels)", how, chosen.lateral_margin,
-                 "fitted" if chosen.fit_phase_plane else "not fitted",
-                 chosen.flow_eigen_floor, chosen.coarse_flow_eigen_floor)
+                 "align.lateral_margin %s, phase planes %s, flow eigen floor %g%s", how,
+                 chosen.lateral_margin, "fitted" if chosen.fit_phase_plane else "not fitted",
+                 chosen.flow_eigen_floor, coarser)
     else:
         log.info("projection matching: isolated sample: the region only")
     return chosen
@@ -348,13 +349,13 @@ def _warn_one_way(projections: torch.Tensor, options: AlignConfig) -> float:
                     "high-pass of %g px: their shifts are not in the data",
                     options.highpass_sigma_px)
     elif ratio < ONE_WAY_RATIO:
-        coarse = options.coarse_flow_eigen_floor  # 'auto' where not resolved
-        coarse = coarse if isinstance(coarse, str) else f"{coarse:g}"
-        advice = (f"align.flow_eigen_floor ({options.flow_eigen_floor:g}; "
-                  f"{coarse} on the coarser levels) damps the steps "
-                  f"along them (0.3 on the last level too holds runaways better, costs good "
-                  f"data more)"
-                  if options.flow_eigen_floor > 0 else
+        floor, coarse = options.flow_eigen_floor, options.coarse_flow_eigen_floor
+        coarse = coarse if isinstance(coarse, str) else f"{coarse:g}"  # 'auto' unresolved
+        advice = (f"align.flow_eigen_floor ({floor:g}; {coarse} on the coarser levels) "
+                  f"damps the steps along them"
+                  + (" (0.3 on the last level too holds runaways better, costs good data "
+                     "more)" if floor < 0.3 else "")
+                  if floor > 0 else
                   "consider align.flow_eigen_floor: 0.1, which damps the steps along them")
         log.warning("projection matching: the projections' structure runs mostly one way "
                     "(median eigenvalue ratio %.2f < %.2f): the shifts along the wires are "

@@ -19,11 +19,26 @@ import torch
 
 
 def stencil_gradient(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, col) derivative of ``images`` [..., h, w] by the five-point stencil
+    """(row, col) derivative by the five-point stencil.
+
     ``(-f[i+2] + 8 f[i+1] - 8 f[i-1] + f[i-2]) / 12`` (exact for cubics), the images
     continued past each edge by their point reflection about the edge value
     (``f[-k] = 2 f[0] - f[k]``: a ramp stays a ramp, so no edge effect fakes information
-    that a phase ramp or the window's edge does not hold)."""
+    that a phase ramp or the window's edge does not hold).
+
+    Parameters
+    ----------
+    images : torch.Tensor, float, [..., h, w], h and w at least 3
+
+    Returns
+    -------
+    (d_row, d_col) : torch.Tensor, [..., h, w]
+        Per pixel.
+    """
+    if min(images.shape[-2:]) < 3:
+        raise ValueError(f"stencil_gradient: images of at least 3 x 3 pixels, got "
+                         f"{list(images.shape[-2:])}")
+
     def along_last(x: torch.Tensor) -> torch.Tensor:
         first, last = x[..., :1], x[..., -1:]
         head = 2 * first - x[..., 1:3].flip(-1)
@@ -61,7 +76,9 @@ def shift_information(projections: torch.Tensor, noise_sd: torch.Tensor | float,
     Returns
     -------
     torch.Tensor, float64, [n, 2, 2]
-        Information, per pixel squared.
+        Information, 1 / px^2; a direction whose information is below 1e-10 of the
+        trace before the nuisance was profiled out (rounding) holds exactly 0 before the
+        prior is added.
     """
     n, h, w = projections.shape
     device = projections.device
@@ -76,22 +93,24 @@ def shift_information(projections: torch.Tensor, noise_sd: torch.Tensor | float,
         part = slice(first, min(first + chunk, n))
         d_row, d_col = stencil_gradient(projections[part].double())
         weight = torch.ones_like(d_row) if weights is None else \
-            weights.double().expand(n, h, w)[part]
+            weights.to(device=device, dtype=torch.float64).expand(n, h, w)[part]
         columns = [d_row, d_col] + plane_columns
         for i in range(size):
             for j in range(i, size):
                 value = (weight * columns[i] * columns[j]).sum(dim=(-2, -1))
                 fisher[part, i, j] = fisher[part, j, i] = value / sd[part] ** 2
     shift_block = fisher[:, :2, :2]
+    profiled = shift_block
     if planes:  # the Schur complement: the information left once offset and ramps are fitted
         cross = fisher[:, :2, 2:]
         profiled = shift_block - cross @ torch.linalg.pinv(
             fisher[:, 2:, 2:], hermitian=True) @ cross.transpose(1, 2)
-        # what the subtraction leaves of a direction the nuisance explains is rounding
-        values, vectors = torch.linalg.eigh(0.5 * (profiled + profiled.transpose(1, 2)))
-        floor = 1e-10 * shift_block.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
-        values = torch.where(values > floor, values, torch.zeros_like(values))
-        shift_block = vectors @ torch.diag_embed(values) @ vectors.transpose(1, 2)
+    # what is left of a direction without information (or one the nuisance explains) is
+    # rounding: exactly 0, so that only the prior can make it finite
+    values, vectors = torch.linalg.eigh(0.5 * (profiled + profiled.transpose(1, 2)))
+    floor = 1e-10 * shift_block.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    values = torch.where(values > floor, values, torch.zeros_like(values))
+    shift_block = vectors @ torch.diag_embed(values) @ vectors.transpose(1, 2)
     if prior_px is not None:
         shift_block = shift_block + torch.eye(2, dtype=torch.float64,
                                               device=device) / prior_px ** 2
@@ -99,12 +118,22 @@ def shift_information(projections: torch.Tensor, noise_sd: torch.Tensor | float,
 
 
 def direction_bounds_px(information: torch.Tensor) -> torch.Tensor:
-    """Bounds [n, 2] on the standard deviation (px) of each shift along its best- and
-    worst-determined direction, from its :func:`shift_information` [n, 2, 2]: ``inf``
-    where a direction holds (numerically) no information."""
+    """Bounds on the standard deviation of each shift along its best- and worst-determined
+    direction.
+
+    Parameters
+    ----------
+    information : torch.Tensor, float64, [n, 2, 2], 1 / px^2
+        From :func:`shift_information`.
+
+    Returns
+    -------
+    torch.Tensor, float64, [n, 2], px
+        ``[:, 0]`` the best-determined direction, ``[:, 1]`` the worst: one over the
+        square root of the larger and the smaller eigenvalue; ``inf`` where a direction
+        holds no information (never with a prior).
+    """
     values = torch.linalg.eigvalsh(information)  # ascending: worst direction first
-    scale = values[:, 1:].abs().clamp_min(torch.finfo(torch.float64).tiny)
-    informative = values > 1e-12 * scale
-    sd = torch.where(informative, values.clamp_min(1e-300).rsqrt(),
+    sd = torch.where(values > 0, values.clamp_min(1e-300).rsqrt(),
                      torch.full_like(values, math.inf))
     return sd.flip(-1)

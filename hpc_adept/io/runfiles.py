@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -134,7 +134,7 @@ class ProjectionSet:
     pixel_size_m: float
     probes: np.ndarray | None = None
     extra: Mapping[str, np.ndarray] = field(default_factory=dict)
-    sample: str | None = None
+    sample: Literal["extended", "isolated"] | None = None
 
     def __post_init__(self) -> None:
         coerce: dict[str, Any] = {
@@ -301,7 +301,16 @@ def _read_sample_kind(f: h5py.File, path: Path) -> str | None:
     """The root attribute ``sample`` (``extended`` / ``isolated``), or None without one."""
     if SAMPLE_ATTR not in f.attrs:
         return None
-    value = read_attrs(f, path)[SAMPLE_ATTR]
+    try:
+        value = f.attrs[SAMPLE_ATTR]
+    except (OSError, TypeError, ValueError) as exc:
+        raise data_error(path, f"unreadable attribute: {exc}", f"@{SAMPLE_ATTR}") from None
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes | np.bytes_):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        value = value.strip()  # fixed-length strings of other writers are space-padded
     if not isinstance(value, str) or value not in SAMPLE_KINDS:
         raise data_error(path, f"expected one of {SAMPLE_KINDS}, got {str(value)[:40]!r}",
                          f"@{SAMPLE_ATTR}")

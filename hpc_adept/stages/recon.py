@@ -278,7 +278,8 @@ def _region(cfg: Config, tilt_deg: float, isolated: Callable[[], bool],
         extended = r.sample == "extended" or (r.sample == "auto" and not isolated())
     multiple = math.prod(cfg.dip.strides) if "dip" in r.methods else 1
     plan = plan_region(tuple(r.volume_shape), tilt_deg, extended, r.lateral_margin, multiple)
-    # found isolated by its empty border: that border is vacuum, the phase's reference
+    # isolated (by its empty border, or as align decided from the whole window): a border
+    # of vacuum is the phase's reference (recon_inputs checks every projection's first)
     if not extended and r.sample == "auto" and offsets_arbitrary:
         plan = dataclasses.replace(plan, border_referenced=True)
     return plan
@@ -290,6 +291,12 @@ def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
     projections' border is empty)."""
     picks = sample_indices(len(ps.projections))  # as planned_region reads them
     arbitrary = ps.extra.get("phase_offset_arbitrary")  # written by adept ptycho
+    if cfg.recon.sample == "auto" and ps.sample is not None:
+        border = "isolated" if looks_isolated(ps.projections[picks]) else "extended"
+        if border != ps.sample:
+            log.info("recon: the border of these projections looks %s, adept align decided "
+                     "%s from the uncropped window: %s it is (set recon.sample to choose)",
+                     border, ps.sample, ps.sample)
     return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]),
                    ps.sample, arbitrary is not None and bool(np.any(arbitrary)))
 
@@ -385,8 +392,9 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
         log.warning("recon: %d ranks for %d angles: some ranks only run the network",
                     ctx.size, len(ps.angles_deg))
     ps, region = recon_inputs(cfg, ps)
-    how = ("" if cfg.recon.sample != "auto" else " (as adept align decided)"
-           if ps.sample is not None else " (from the projections' border)")
+    how = ""
+    if cfg.recon.sample == "auto":
+        how = " (as adept align decided)" if ps.sample else " (from the projections' border)"
     log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s%s%s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
              ps.tilt_deg, list(cfg.recon.volume_shape),
