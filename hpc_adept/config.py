@@ -548,8 +548,8 @@ class AlignConfig:
         auto``), else ``extended``; the kind decided is stored in ``aligned.h5`` and
         ``recon.sample: auto`` follows it. On extended samples the region-only method runs
         off (9-14 px RMS); the extended one costs about 2-16 times its time and recovers
-        2 px RMS shifts to 0.016-0.136 px on 11 of 16 crops of the layout at 40 x 56 x 56
-        and ends 0.19-2.0 px off on the others, mostly crops of one-way wiring (on one, a
+        2 px RMS shifts to 0.017-0.145 px on 12 of 16 crops of the layout at 40 x 56 x 56
+        and ends 0.22-2.0 px off on the others, mostly crops of one-way wiring (on one, a
         lower bound says no method can reach 0.15 px; issue 18, docs/extended_samples.md).
     lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
         For an extended sample: widen the reconstruction beyond ``volume_shape`` so that
@@ -610,6 +610,15 @@ class AlignConfig:
         only) follows; only the region every angle sees pulls it back, and slowly
         (docs/extended_samples.md: 0.12-0.24 px -> 0.05-0.13 px on six crops of ten).
         0: plain weights, no momentum, the tolerance stop.
+    smooth_gain : float, >= 0
+        On that joint last level (``coverage_power`` > 0): each optical-flow update is
+        added ``smooth_gain`` times its least-squares fit by the harmonics of the rotation
+        angle up to ``smooth_harmonics`` (with more than twice as many angles as harmonic
+        terms). The widened volume absorbs most of a shift pattern smooth over the angles,
+        so the measured update holds only part of it (docs/extended_samples.md: at
+        40 x 56 x 56 the near misses 0.190 -> 0.145 px and 0.298 -> 0.218 px). 0: off.
+    smooth_harmonics : int, >= 1
+        The highest harmonic of ``smooth_gain``'s fit.
     """
 
     enabled: bool = True
@@ -634,6 +643,8 @@ class AlignConfig:
     coarse_flow_eigen_floor: float | Literal["auto"] = "auto"
     joint_last_level: bool = True
     coverage_power: float = 4.0
+    smooth_gain: float = 1.0
+    smooth_harmonics: int = 4
 
     def check(self) -> None:
         _choices("align", self)
@@ -649,7 +660,7 @@ class AlignConfig:
         if self.volume_shape is not None:
             _shape("align.volume_shape", self.volume_shape)
         _positive("align", self, "max_iterations", "tolerance_px", "max_update_px",
-                  "coarse_lowpass_px", "coarse_search_px", "cross_folds")
+                  "coarse_lowpass_px", "coarse_search_px", "cross_folds", "smooth_harmonics")
         _in_range("align.momentum", self.momentum, 1.0)
         for key in ("flow_eigen_floor", "coarse_flow_eigen_floor"):
             if getattr(self, key) != "auto":
@@ -659,9 +670,9 @@ class AlignConfig:
                               f"first, got {list(self.binning)}")
         _at_most("align", self, MAX_SIDE, "binning")
         _at_most("align", self, MAX_COUNT, "max_iterations", "reconstruct_iterations",
-                 "coarse_rounds", "cross_folds")
+                 "coarse_rounds", "cross_folds", "smooth_harmonics")
         for name in ("highpass_sigma_px", "reconstruct_iterations", "coarse_rounds",
-                     "coverage_power"):
+                     "coverage_power", "smooth_gain"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name} must be >= 0, got {getattr(self, name)}")
 

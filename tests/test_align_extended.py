@@ -178,6 +178,37 @@ def test_joint_last_level_with_coverage_runs_all_its_iterations():
         AlignConfig(coverage_power=-1.0).check()
 
 
+def test_smooth_patterns_are_over_relaxed_on_the_joint_level():
+    """The joint last level adds ``smooth_gain`` times the part of each update that the
+    angular harmonics up to ``smooth_harmonics`` fit: a pattern of those harmonics is
+    kept whole by the fit, one of a higher harmonic is not touched; too few angles, or a
+    gain of 0, leave the steps as they are."""
+    from hpc_adept.align.matching import _harmonic_projector
+
+    angles = np.arange(32) * 360.0 / 32
+    like = torch.zeros(1, dtype=torch.float64)
+    fit = _harmonic_projector(angles, AlignConfig(smooth_harmonics=4), like)
+    theta = np.deg2rad(angles)
+    smooth = np.stack([np.cos(3 * theta) + 0.5, np.sin(2 * theta)], axis=1)
+    rough = np.stack([np.cos(9 * theta), np.sin(11 * theta)], axis=1)
+    np.testing.assert_allclose(fit.numpy() @ smooth, smooth, atol=1e-12)
+    np.testing.assert_allclose(fit.numpy() @ rough, 0.0, atol=1e-12)
+    np.testing.assert_allclose(fit @ fit, fit, atol=1e-12)
+    assert _harmonic_projector(angles[:17], AlignConfig(smooth_harmonics=4), like) is None
+    assert _harmonic_projector(angles[:24], AlignConfig(smooth_harmonics=4), like) is not None
+    assert _harmonic_projector(angles, AlignConfig(smooth_gain=0.0), like) is None
+    for bad in (["align.smooth_gain=-1"], ["align.smooth_harmonics=0"]):
+        with pytest.raises(ConfigError, match=bad[0].split("=")[0]):
+            load_config(None, bad)
+    # on a small chip the joint level runs with it and without it, to different shifts
+    sample = extended_sample(REGION, 24, 2, corner_um=(30.0, 20.0))
+    base = dataclasses.replace(OPTIONS, max_iterations=2)
+    shifts = [projection_matching(sample.measured, sample.angles, TILT,
+                                  dataclasses.replace(base, smooth_gain=gain)).shifts_px
+              for gain in (0.0, 1.0)]
+    assert np.abs(shifts[0] - shifts[1]).max() > 1e-3
+
+
 def test_lateral_margin_config():
     assert AlignConfig().lateral_margin == "auto"  # used for extended samples only
     cfg = load_config(None, ["align.lateral_margin=12"])
