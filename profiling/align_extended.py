@@ -219,6 +219,10 @@ def main() -> None:
                              "method, at least --flow-eigen-floor; the tables before "
                              "2026-12-05's fourth session used --flow-eigen-floor on every "
                              "level: pass the same value here to repeat them)")
+    parser.add_argument("--smooth-gain", type=float, default=1.0,
+                        help="align.smooth_gain (0 repeats the tables before it)")
+    parser.add_argument("--smooth-harmonics", type=positive_int, default=4,
+                        help="align.smooth_harmonics")
     parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
                         default=[c[0] for c in CASES], help="which cases to run")
     parser.add_argument("--structure", action="store_true",
@@ -239,7 +243,8 @@ def main() -> None:
                        coarse_lowpass_px=args.coarse_lowpass,
                        max_iterations=args.max_iterations,
                        flow_eigen_floor=args.flow_eigen_floor,
-                       coarse_flow_eigen_floor=args.coarse_flow_eigen_floor)
+                       coarse_flow_eigen_floor=args.coarse_flow_eigen_floor,
+                       smooth_gain=args.smooth_gain, smooth_harmonics=args.smooth_harmonics)
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
           f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "
           f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "

@@ -183,21 +183,28 @@ def test_smooth_patterns_are_over_relaxed_on_the_joint_level():
     angular harmonics up to ``smooth_harmonics`` fit: a pattern of those harmonics is
     kept whole by the fit, one of a higher harmonic is not touched; too few angles, or a
     gain of 0, leave the steps as they are."""
-    from hpc_adept.align.matching import _harmonic_projector
+    from hpc_adept.align.matching import _harmonic_basis
 
     angles = np.arange(32) * 360.0 / 32
     like = torch.zeros(1, dtype=torch.float64)
-    fit = _harmonic_projector(angles, AlignConfig(smooth_harmonics=4), like)
+    q = _harmonic_basis(angles, AlignConfig(smooth_harmonics=4), like).numpy()
+    fit = q @ q.T
     theta = np.deg2rad(angles)
     smooth = np.stack([np.cos(3 * theta) + 0.5, np.sin(2 * theta)], axis=1)
     rough = np.stack([np.cos(9 * theta), np.sin(11 * theta)], axis=1)
-    np.testing.assert_allclose(fit.numpy() @ smooth, smooth, atol=1e-12)
-    np.testing.assert_allclose(fit.numpy() @ rough, 0.0, atol=1e-12)
-    np.testing.assert_allclose(fit @ fit, fit, atol=1e-12)
-    assert _harmonic_projector(angles[:17], AlignConfig(smooth_harmonics=4), like) is None
-    assert _harmonic_projector(angles[:24], AlignConfig(smooth_harmonics=4), like) is not None
-    assert _harmonic_projector(angles, AlignConfig(smooth_gain=0.0), like) is None
-    for bad in (["align.smooth_gain=-1"], ["align.smooth_harmonics=0"]):
+    np.testing.assert_allclose(fit @ smooth, smooth, atol=1e-12)
+    np.testing.assert_allclose(fit @ rough, 0.0, atol=1e-12)
+    np.testing.assert_allclose(q.T @ q, np.eye(9), atol=1e-12)
+    # a single angle would weigh more than half in the fit: off
+    assert _harmonic_basis(np.arange(17) * 360.0 / 17, AlignConfig(smooth_harmonics=4),
+                           like) is None
+    assert _harmonic_basis(np.arange(24) * 15.0, AlignConfig(smooth_harmonics=4), like) \
+        is not None
+    arc = np.linspace(0.0, 180.0, 32)  # a half turn: the fit follows the arc's ends
+    assert _harmonic_basis(arc, AlignConfig(smooth_harmonics=4), like) is None
+    assert _harmonic_basis(angles, AlignConfig(smooth_gain=0.0), like) is None
+    for bad in (["align.smooth_gain=-1"], ["align.smooth_gain=1.5"],
+                ["align.smooth_harmonics=0"]):
         with pytest.raises(ConfigError, match=bad[0].split("=")[0]):
             load_config(None, bad)
     # on a small chip the joint level runs with it and without it, to different shifts

@@ -452,7 +452,7 @@ class _Level:
     flow_gain: torch.Tensor | None = None  # [n, nv, nu]: optical-flow weights only
     full_run: bool = False    # run all iterations: steps along smooth patterns stay small
     eigen_floor: float = 0.0  # of the optical-flow normal matrices (the aperture problem)
-    smooth: torch.Tensor | None = None  # [n, n] onto angular harmonics: steps over-relaxed
+    smooth: torch.Tensor | None = None  # [n, 2K+1] orthonormal angular harmonics
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -514,25 +514,36 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
                   tolerance, options.momentum if split > 1 or refine else 0.0,
                   taper_px if margin > 0 else 0, gain, full_run=refine,
-                  smooth=_harmonic_projector(angles, options, like) if refine else None,
+                  smooth=_harmonic_basis(angles, options, like) if refine else None,
                   eigen_floor=options.flow_eigen_floor if last_level
                   else options.coarse_flow_eigen_floor)
 
 
-def _harmonic_projector(angles: np.ndarray, options: AlignConfig, like: torch.Tensor
-                        ) -> torch.Tensor | None:
-    """``[n, n]`` float64: the least-squares fit of a per-angle quantity by the harmonics
-    of the rotation angle up to ``options.smooth_harmonics``; None when
-    ``options.smooth_gain`` is 0 or the angles are too few to tell a smooth pattern from
-    any pattern (fewer than twice the harmonic terms)."""
-    terms = 2 * options.smooth_harmonics + 1
-    if options.smooth_gain <= 0 or len(angles) < 2 * terms:
+def _harmonic_basis(angles: np.ndarray, options: AlignConfig, like: torch.Tensor
+                    ) -> torch.Tensor | None:
+    """``[n, 2K + 1]`` float64 orthonormal columns spanning the harmonics of the rotation
+    angle up to ``K = options.smooth_harmonics`` (their least-squares fit of a per-angle
+    quantity ``u`` is ``Q (Q^T u)``); None when ``options.smooth_gain`` is 0 or when the
+    fit would follow single angles (a leverage above 1/2: fewer than twice as many evenly
+    spaced angles as terms, a partial arc, repeated angles), with a log line either way."""
+    if options.smooth_gain <= 0:
         return None
     theta = np.deg2rad(np.asarray(angles, np.float64))
     k = np.arange(1, options.smooth_harmonics + 1)
     basis = np.concatenate([np.ones((len(theta), 1)), np.cos(np.outer(theta, k)),
                             np.sin(np.outer(theta, k))], axis=1)
-    return torch.as_tensor(basis @ np.linalg.pinv(basis), device=like.device)
+    u, singular, _ = np.linalg.svd(basis, full_matrices=False)
+    q = u[:, singular > 1e-10 * singular[0]]
+    leverage = float((q ** 2).sum(axis=1).max())
+    if leverage > 0.5:
+        log.info("projection matching: align.smooth_gain off: %d angles do not tell a "
+                 "pattern of %d angular harmonics from one of single angles (leverage %.2f)",
+                 len(theta), options.smooth_harmonics, leverage)
+        return None
+    log.info("projection matching: the last level's steps over-relaxed by %g along the "
+             "angular harmonics up to %d (align.smooth_gain)", options.smooth_gain,
+             options.smooth_harmonics)
+    return torch.as_tensor(q, device=like.device)
 
 
 def _isolated_masks(options: AlignConfig, path: torch.Tensor, vol: tuple[int, int, int],
@@ -675,8 +686,8 @@ def _shift_update(data: torch.Tensor, model: torch.Tensor, level: _Level,
                                                options.max_update_px, level.eigen_floor,
                                                fitted)
         if level.smooth is not None:  # the part the widened volume absorbs: over-relaxed
-            update = update + options.smooth_gain * (level.smooth @ update.double()
-                                                     ).to(update.dtype)
+            fit = level.smooth @ (level.smooth.T @ update.double())
+            update = update + options.smooth_gain * fit.to(update.dtype)
         return update, residual
     factor = level.factor
     update = xcorr_shift(data, model, level.weights.mean(dim=0),
