@@ -511,7 +511,7 @@ def test_adept_align_writes_aligned_projections(stage_input, serial_stage):
     assert out.shifts_px.shape == (30, 2)
     assert residual_error_px(out.shifts_px, truth, angles) < 0.15
     np.testing.assert_array_equal(out.extra["fourier_error"], np.arange(30))
-    assert out.sample == "isolated"  # the decision recon.sample: auto follows
+    assert out.sample_kind == "isolated"  # the decision recon.sample: auto follows
     history = json.loads((serial_stage / "align_history.json").read_text())
     assert out.extra["align_residual"].shape == (30, len(history["iterations"]))
     assert history["iterations"][-1]["max_update_px"] < 0.01 or \
@@ -543,7 +543,7 @@ def test_align_disabled_only_crops(stage_input, tmp_path):
     raw = read_projections(run / "projections.h5").projections
     assert out.projections.shape == (30, 40, raw.shape[2])  # 500 > width: kept whole
     assert not out.shifts_px.any()
-    assert out.sample is None  # nothing decided the kind of sample
+    assert out.sample_kind is None  # nothing decided the kind of sample
     start = (raw.shape[1] - 40) // 2
     np.testing.assert_allclose(out.projections, raw[:, start:start + 40], atol=1e-5)
     assert not (run / "figures" / "align_convergence.png").exists()

@@ -158,7 +158,7 @@ def test_adept_align_on_a_chip_runs_the_extended_method(tmp_path):
     assert history["options"]["sample"] == "extended"
     assert history["options"]["fit_phase_plane"] is True
     assert history["widened_shape"][1] > region[1]
-    assert read_projections(run / "aligned.h5").sample == "extended"
+    assert read_projections(run / "aligned.h5").sample_kind == "extended"
     found = np.asarray(history["shifts_px"])
     before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts, sample.angles)
     assert before > 1.5
@@ -168,7 +168,7 @@ def test_adept_align_on_a_chip_runs_the_extended_method(tmp_path):
 def _stored(tmp_path, sample, decided: str | None):
     path = tmp_path / "aligned.h5"
     write_projections(path, ProjectionSet(np.asarray(sample.measured, np.float32),
-                                          sample.angles, TILT, 2.72e-8, sample=decided))
+                                          sample.angles, TILT, 2.72e-8, sample_kind=decided))
     return path
 
 
@@ -185,7 +185,7 @@ def test_recon_auto_follows_the_kind_align_stored(samples, decided, tmp_path, ca
     path = _stored(tmp_path, samples[other], decided)  # data that look like the other kind
     assert read_sample_kind(path) == decided
     ps = read_projections(path)
-    assert ps.sample == decided
+    assert ps.sample_kind == decided
 
     def config(sample: str):
         return load_config(None, [f"recon.volume_shape={list(REGION)}",
@@ -198,7 +198,7 @@ def test_recon_auto_follows_the_kind_align_stored(samples, decided, tmp_path, ca
                for r in caplog.records)
     assert recon_region(config(other), ps).extended == (other == "extended")
     undecided = read_projections(_stored(tmp_path, samples[other], None))
-    assert undecided.sample is None
+    assert undecided.sample_kind is None
     assert recon_region(config("auto"), undecided).extended == (other == "extended")
 
 
@@ -213,12 +213,12 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
                               (np.bytes_(b"extended   "), "extended")):  # space-padded
         with h5py.File(path, "r+") as f:
             f.attrs["sample"] = stored
-        assert read_sample_kind(path) == read_projections(path).sample == read_back
+        assert read_sample_kind(path) == read_projections(path).sample_kind == read_back
     for bad in ("wide", np.array([b"extended", b"isolated"]), 3.0):
         with h5py.File(path, "r+") as f:
             f.attrs["sample"] = bad
         for read in (read_projections, read_sample_kind):
             with pytest.raises(DataError, match="sample.*expected one of"):
                 read(path)
-    with pytest.raises(ValueError, match="sample must be one of"):
-        ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample="wide")
+    with pytest.raises(ValueError, match="sample_kind must be one of"):
+        ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample_kind="wide")

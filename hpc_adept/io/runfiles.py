@@ -116,7 +116,7 @@ class ProjectionSet:
         Per-angle arrays stored beside (first axis ``n_angles``, 1-D or 2-D, real, finite),
         e.g. ``"shifts_px"`` ``[n_angles, 2]`` (row, col) pixels or ``"fourier_error"``.
         Names are identifiers other than ``projections``, ``angles_deg``, ``probes``.
-    sample : {'extended', 'isolated'} or None
+    sample_kind : {'extended', 'isolated'} or None
         The kind of sample ``adept align`` decided these projections show (root attribute
         ``sample`` of ``aligned.h5``; ``recon.sample: auto`` follows it, since align looked
         at the whole measured window and the crop may have cut its border); None where
@@ -134,7 +134,7 @@ class ProjectionSet:
     pixel_size_m: float
     probes: np.ndarray | None = None
     extra: Mapping[str, np.ndarray] = field(default_factory=dict)
-    sample: Literal["extended", "isolated"] | None = None
+    sample_kind: Literal["extended", "isolated"] | None = None
 
     def __post_init__(self) -> None:
         coerce: dict[str, Any] = {
@@ -186,8 +186,9 @@ def _projection_set_problem(ps: ProjectionSet) -> str | None:
         return f"angles_deg shape {ps.angles_deg.shape} != ({n},)"
     if ps.probes is not None and (ps.probes.ndim != 3 or ps.probes.shape[0] != n):
         return f"probes must be [{n}, N, N], got shape {ps.probes.shape}"
-    if ps.sample is not None and ps.sample not in SAMPLE_KINDS:
-        return f"sample must be one of {SAMPLE_KINDS} or None, got {ps.sample!r}"
+    if ps.sample_kind is not None and ps.sample_kind not in SAMPLE_KINDS:
+        return (f"sample_kind must be one of {SAMPLE_KINDS} or None, got "
+                f"{ps.sample_kind!r}")
     for name, array in ps.extra.items():
         problem = _extra_problem(name, array, n)
         if problem:
@@ -227,8 +228,8 @@ def write_projections(path: PathLike, ps: ProjectionSet) -> None:
     if ps.probes is not None:
         datasets[PROBES] = ps.probes
     attrs: dict[str, Any] = {TILT_ATTR: ps.tilt_deg, PIXEL_ATTR: ps.pixel_size_m}
-    if ps.sample is not None:
-        attrs[SAMPLE_ATTR] = ps.sample
+    if ps.sample_kind is not None:
+        attrs[SAMPLE_ATTR] = ps.sample_kind
     write_h5_atomic(path, datasets, attrs=attrs)
 
 
@@ -294,7 +295,7 @@ def read_projections(path: PathLike) -> ProjectionSet:
     if problem:
         raise data_error(p, problem, f"@{TILT_ATTR}")
     return ProjectionSet(projections, angles, tilt, pixel, probes=probes, extra=extras,
-                         sample=sample)
+                         sample_kind=sample)
 
 
 def _read_sample_kind(f: h5py.File, path: Path) -> str | None:

@@ -292,7 +292,7 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
     write_projections(plan.output_path, ProjectionSet(
         aligned, ps.angles_deg, ps.tilt_deg, ps.pixel_size_m, probes=ps.probes, extra=extra,
         # the decision for recon.sample: auto (the crop may cut the border it came from)
-        sample=options.sample if options is not None else ps.sample))
+        sample_kind=options.sample if options is not None else ps.sample_kind))
     write_json_atomic(plan.history_path, {
         "enabled": cfg.align.enabled,
         "options": dataclasses.asdict(options) if options is not None else None,

@@ -291,14 +291,14 @@ def recon_region(cfg: Config, ps: ProjectionSet) -> RegionPlan:
     projections' border is empty)."""
     picks = sample_indices(len(ps.projections))  # as planned_region reads them
     arbitrary = ps.extra.get("phase_offset_arbitrary")  # written by adept ptycho
-    if cfg.recon.sample == "auto" and ps.sample is not None:
+    if cfg.recon.sample == "auto" and ps.sample_kind is not None:
         border = "isolated" if looks_isolated(ps.projections[picks]) else "extended"
-        if border != ps.sample:
+        if border != ps.sample_kind:
             log.info("recon: the border of these projections looks %s, adept align decided "
                      "%s from the uncropped window: %s it is (set recon.sample to choose)",
-                     border, ps.sample, ps.sample)
+                     border, ps.sample_kind, ps.sample_kind)
     return _region(cfg, ps.tilt_deg, lambda: looks_isolated(ps.projections[picks]),
-                   ps.sample, arbitrary is not None and bool(np.any(arbitrary)))
+                   ps.sample_kind, arbitrary is not None and bool(np.any(arbitrary)))
 
 
 def recon_inputs(cfg: Config, ps: ProjectionSet) -> tuple[ProjectionSet, RegionPlan]:
@@ -394,7 +394,7 @@ def run_recon(cfg: Config, ctx: ParallelContext, plan: ReconPlan, device: object
     ps, region = recon_inputs(cfg, ps)
     how = ""
     if cfg.recon.sample == "auto":
-        how = " (as adept align decided)" if ps.sample else " (from the projections' border)"
+        how = " (as adept align decided)" if ps.sample_kind else " (from the projections' border)"
     log.info("recon: %d projections %s from %s, tilt %.2f deg, volume %s, %s sample%s%s%s%s",
              len(ps.angles_deg), list(ps.projections.shape[1:]), plan.input_path.name,
              ps.tilt_deg, list(cfg.recon.volume_shape),
