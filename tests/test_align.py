@@ -590,6 +590,10 @@ def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp
     histories = [json.loads((run / "align_history.json").read_text()) for run in runs]
     assert [h["n_ranks"] for h in histories] == [1, 2]
     assert sum(h["level"] == 1 for h in histories[1]["iterations"]) == 4  # all iterations
+    # with the defaults of the extended method: the coarser levels' floor and the smooth
+    # over-relaxation of the last level (30 angles: on) take part in the comparison
+    options = histories[1]["options"]
+    assert (options["coarse_flow_eigen_floor"], options["smooth_gain"]) == (0.3, 1.0)
 
 
 @pytest.mark.gpu
