@@ -23,6 +23,11 @@ and prints
 the error and the last weighted residual of each run. A method whose estimate leaves the
 true shifts is biased there; one that ends far from them at a residual no larger than at
 the truth cannot tell them apart (the data leave the shifts undetermined).
+
+``--bound-smooth K`` bounds the error of the shift patterns smooth over the angles
+(harmonics 2 to K) with the widened volume unknown, against the same with it known
+(docs/extended_samples.md, "The volume unknown"); ``--bound`` the error of every shift with
+the volume known.
 """
 
 from __future__ import annotations
@@ -175,6 +180,54 @@ def bound(region: tuple[int, int, int], n_angles: int, seed: int,
           f"{int((worst > 0.15).sum())} of {n_angles} (worst {worst.max():.2f} px)", flush=True)
 
 
+def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
+                 corner_um: tuple[float, float], highest: int, iterations: int) -> None:
+    """A lower bound on the error of the shift patterns smooth over the angles (harmonics
+    2 to ``highest``, row and column) when the widened volume is unknown, against the same
+    bound with the volume known (:func:`hpc_adept.align.precision.pattern_information`):
+    the volume that holds every point the window sees, offsets and ramps unknown, 2 %
+    noise, a prior of 2 px per pattern, the other shifts known. Each printed value is an
+    RMS over all ``2 n`` shift components, as the benchmark scores (the patterns' share of
+    it)."""
+    import torch
+
+    from hpc_adept.align.plane import orthonormal_planes, plane_basis, remove_planes
+    from hpc_adept.align.precision import (
+        harmonic_patterns,
+        pattern_information,
+        shift_information,
+        stencil_gradient,
+    )
+    from hpc_adept.lamino import Geometry, LaminoOperator
+    from hpc_adept.lamino.region import extended_shape, lateral_margin_px
+
+    clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0)
+    projections = torch.as_tensor(np.asarray(clean.measured, np.float64))
+    sigma = 0.02 * float(projections.pow(2).mean().sqrt())
+    wide = extended_shape(region, lateral_margin_px(region, clean.window, TILT))
+    op = LaminoOperator(Geometry(clean.angles, TILT, wide, clean.window), kernel="torch")
+    planes = orthonormal_planes(plane_basis(clean.window, 1, projections))
+    patterns = harmonic_patterns(clean.angles, 2, highest)
+    d_row, d_col = stencil_gradient(projections)
+    t0 = time.perf_counter()
+    unknown = pattern_information(op, d_row, d_col, patterns, sigma, iterations,
+                                  blind=lambda images: remove_planes(images, planes))
+    seconds = time.perf_counter() - t0
+    per_angle = shift_information(projections, sigma, planes=True)  # [n, 2, 2]
+    known = torch.einsum("pna,nab,qnb->pq", patterns, per_angle, patterns)
+    prior = torch.eye(len(patterns), dtype=torch.float64) / 2.0 ** 2
+
+    def rms(information: torch.Tensor) -> float:
+        covariance = torch.linalg.inv(information + prior)
+        return float(torch.sqrt(torch.trace(covariance) / (2 * n_angles)))
+
+    print(f"seed {seed} corner {list(corner_um)}: the {len(patterns)} patterns of harmonics "
+          f"2-{highest}: no method does better than {rms(unknown):.4f} px RMS with the "
+          f"widened volume {list(wide)} unknown ({iterations} CGLS iterations, "
+          f"{seconds:.0f} s), {rms(known):.4f} px with it known; the prior alone "
+          f"{rms(torch.zeros_like(prior)):.4f}", flush=True)
+
+
 def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, seed: int,
              corner_um: tuple[float, float]) -> None:
     """Each method from zero and from the true shifts, without and with noise and planes."""
@@ -234,6 +287,11 @@ def main() -> None:
     parser.add_argument("--bound", action="store_true",
                         help="print a lower bound on the error any method can reach on each "
                              "crop (the volume known exactly), no alignment")
+    parser.add_argument("--bound-smooth", type=positive_int, default=0, metavar="K",
+                        help="the bound on the patterns of harmonics 2 to K with the widened "
+                             "volume unknown (smooth_bound) instead of the alignment")
+    parser.add_argument("--bound-iterations", type=positive_int, default=150,
+                        help="CGLS iterations of that bound's volume fits")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
@@ -253,6 +311,10 @@ def main() -> None:
     for seed in args.seeds:
         if args.structure:
             structure(region, args.angles, seed, tuple(args.corner), args.highpass)
+            continue
+        if args.bound_smooth:
+            smooth_bound(region, args.angles, seed, tuple(args.corner), args.bound_smooth,
+                         args.bound_iterations)
             continue
         if args.bound:
             bound(region, args.angles, seed, tuple(args.corner), "extended+planes" in args.cases)

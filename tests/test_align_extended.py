@@ -323,3 +323,21 @@ def test_structure_report_says_what_the_region_holds():
     chip, alone, share, metal = (float(v) for v in found.groups())
     assert 0.0 <= chip <= 1.0 and 0.0 <= alone <= 1.0
     assert share > 0.0 and 0.0 < metal <= 1.0
+
+
+def test_smooth_bound_report_is_no_lower_with_the_volume_unknown():
+    """``profiling/align_extended.py --bound-smooth`` prints its line: the bound with the
+    widened volume unknown at least the one with it known, both below the prior's."""
+    import re
+
+    from .conftest import REPO, run_cmd
+
+    done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--region", "16", "24",
+                    "24", "--angles", "16", "--seeds", "14", "--corner", "50", "25",
+                    "--bound-smooth", "3", "--bound-iterations", "30"], timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"better than ([\d.]+) px RMS with the widened volume .* unknown .*, "
+                      r"([\d.]+) px with it known; the prior alone ([\d.]+)", done.stdout)
+    assert found, done.stdout
+    unknown, known, prior = (float(v) for v in found.groups())
+    assert 0.0 < known <= unknown < prior

@@ -90,6 +90,9 @@ from hpc_adept.linop import LinearOperator
 
 log = logging.getLogger(__name__)
 
+# CGLS stops where the normal-equation residual has fallen by this factor (float64 only
+# gets there: float32 rounding stays far above it).
+CGLS_RELATIVE_TOLERANCE = 1e-12
 # Stop of the levels before the last, in pixels of the level.
 COARSE_TOLERANCE = 0.05
 # Median structure ratio below which the projections fix their shifts across the wires
@@ -176,8 +179,10 @@ def least_squares(op: LinearOperator, data: torch.Tensor, volume: torch.Tensor,
     s = op.adjoint(normal(r)) * mask
     p = s.clone()
     gamma = float((s.double() ** 2).sum())
+    # converged to rounding: more steps divide rounding by rounding and blow up
+    converged = gamma * CGLS_RELATIVE_TOLERANCE ** 2
     for _ in range(iterations):
-        if gamma <= 0.0:
+        if gamma <= converged or gamma <= 0.0:
             break
         q = op.forward(p)
         qq = float((normal(q).double() * q.double()).sum())

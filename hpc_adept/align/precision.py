@@ -14,8 +14,12 @@ window) has no information along the wires: its bound there is the prior, or inf
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
+
+from hpc_adept.linop import LinearOperator
 
 
 def stencil_gradient(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,3 +141,76 @@ def direction_bounds_px(information: torch.Tensor) -> torch.Tensor:
     sd = torch.where(values > 0, values.clamp_min(1e-300).rsqrt(),
                      torch.full_like(values, math.inf))
     return sd.flip(-1)
+
+
+def pattern_information(op: LinearOperator, d_row: torch.Tensor, d_col: torch.Tensor,
+                        patterns: torch.Tensor, noise_sd: float, iterations: int,
+                        blind: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> torch.Tensor:
+    """Fisher information of the amplitudes of shift ``patterns`` when the volume is
+    unknown too (profiled out), with the other shifts known.
+
+    A pattern moves every projection at once (e.g. a smooth function of the angle); its
+    data-space derivative ``g`` is each projection's gradient along its part of the
+    pattern. A volume that reproduces ``g`` hides the pattern, so only the part of ``g``
+    outside the range of ``op`` (and of ``blind``'s complement) informs:
+    ``F_ij = <e_i, e_j> / sigma^2`` with ``e = P (g - A x)`` and ``x`` the least-squares
+    (CGLS) fit of ``P A x`` to ``P g``. A wide volume seen by few angles reproduces
+    nearly any smooth pattern: its information can be orders of magnitude below that of
+    the same pattern with the volume known (:func:`shift_information`). With the other
+    shifts known the bound is optimistic; with the CGLS stopped early ``x`` explains less
+    than it could, so ``F`` is too large and the bound too low (it rises to the true one
+    with ``iterations``): either way a lower bound on any method's error.
+
+    Parameters
+    ----------
+    op : LinearOperator
+        The projector of the nuisance volume: ``forward`` [nz, ny, nx] -> [n, h, w].
+    d_row, d_col : torch.Tensor, float, [n, h, w]
+        Gradients of the noise-free projections (e.g. :func:`stencil_gradient`), per pixel.
+    patterns : torch.Tensor, float64, [m, n, 2]
+        Shift patterns, pixels (row, col) per projection.
+    noise_sd : float
+        Standard deviation of the white noise per pixel (units of the projections).
+    iterations : int
+        CGLS iterations of each volume fit.
+    blind : callable, optional
+        An orthogonal projector on projection stacks (e.g. the removal of each
+        projection's offset and ramp: those are unknown too).
+
+    Returns
+    -------
+    torch.Tensor, float64, [m, m], 1 / px^2
+    """
+    from hpc_adept.align.matching import least_squares  # a CGLS: no import cycle here
+
+    project = (lambda images: images) if blind is None else blind
+    volume = torch.zeros(op.domain_shape, dtype=d_row.dtype, device=d_row.device)
+    support = torch.ones(op.domain_shape, dtype=torch.bool, device=d_row.device)
+    unexplained = []
+    for pattern in patterns.to(device=d_row.device, dtype=d_row.dtype):
+        g = pattern[:, 0, None, None] * d_row + pattern[:, 1, None, None] * d_col
+        target = project(g)
+        _, fitted = least_squares(op, target, volume, support, iterations, blind=blind)
+        unexplained.append(project(target - fitted).double().reshape(-1))
+    stack = torch.stack(unexplained)
+    information = stack @ stack.T / noise_sd ** 2
+    return 0.5 * (information + information.T)
+
+
+def harmonic_patterns(angles_deg: np.ndarray, lowest: int, highest: int) -> torch.Tensor:
+    """Orthonormal shift patterns ``[m, n, 2]`` (float64): the harmonics ``lowest`` to
+    ``highest`` of the rotation angle, cosine and sine, in the row and in the column
+    (``m = 4 (highest - lowest + 1)``). From harmonic 2 on they hold none of the
+    translations that no alignment observes (the rigid drift is harmonics 0 and 1)."""
+    theta = np.deg2rad(np.asarray(angles_deg, np.float64))
+    n = len(theta)
+    patterns = []
+    for component in (0, 1):
+        for k in range(lowest, highest + 1):
+            for wave in (np.cos(k * theta), np.sin(k * theta)):
+                pattern = np.zeros((n, 2))
+                pattern[:, component] = wave
+                patterns.append(pattern.reshape(-1))
+    q, _ = np.linalg.qr(np.stack(patterns, axis=1))
+    return torch.as_tensor(q.T.reshape(-1, n, 2))
