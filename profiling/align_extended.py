@@ -295,6 +295,8 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
+    if args.bound_smooth == 1:
+        parser.error("--bound-smooth: K >= 2 (harmonics 2 to K)")
     region = tuple(args.region)
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
                        highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,

@@ -140,8 +140,8 @@ def test_what_the_volume_explains_informs_nothing(planes):
     other pixels alone (with the offsets and ramps fitted to them); on every pixel, none.
     CGLS solves these in a few steps; the 300 asked for check that it stops there (further
     steps divided rounding by rounding: 1e155 before the relative stop)."""
-    images = _blobs(4)
-    patterns = harmonic_patterns(np.arange(4) * 90.0, 2, 2)[:3]
+    images = _blobs(5)
+    patterns = harmonic_patterns(np.arange(5) * 72.0, 2, 2)[:3]
     d_row, d_col = stencil_gradient(images)
     blind = None
     if planes:
@@ -149,7 +149,7 @@ def test_what_the_volume_explains_informs_nothing(planes):
         blind = lambda stack: remove_planes(stack, basis)  # noqa: E731
     rows, cols = _grid()
     free = (rows.abs() < 10) & (cols > -5)
-    free = free.expand(4, SIZE, SIZE)
+    free = free.expand(5, SIZE, SIZE)
     partial = pattern_information(_pixel_values(images, free), d_row, d_col, patterns, 0.05,
                                   iterations=300, blind=blind)
     expected = _known(images, patterns, 0.05, weights=(~free).double(), planes=planes)
@@ -166,3 +166,10 @@ def test_harmonic_patterns_are_orthonormal_and_free_of_the_rigid_drift():
     unobservable = np.concatenate([np.tile(np.eye(2), (32, 1)),
                                    rigid_drift_basis(angles, 61.0).reshape(64, 3)], axis=1)
     assert np.abs(patterns @ unobservable).max() < 1e-12
+
+
+def test_harmonic_patterns_refuse_aliased_harmonics():
+    with pytest.raises(ValueError, match="do not tell"):
+        harmonic_patterns(np.arange(4) * 90.0, 2, 2)  # sin 2 theta is 0 at every angle
+    with pytest.raises(ValueError, match="lowest <= highest"):
+        harmonic_patterns(np.arange(32) * 11.25, 2, 1)

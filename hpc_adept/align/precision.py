@@ -199,10 +199,30 @@ def pattern_information(op: LinearOperator, d_row: torch.Tensor, d_col: torch.Te
 
 
 def harmonic_patterns(angles_deg: np.ndarray, lowest: int, highest: int) -> torch.Tensor:
-    """Orthonormal shift patterns ``[m, n, 2]`` (float64): the harmonics ``lowest`` to
-    ``highest`` of the rotation angle, cosine and sine, in the row and in the column
-    (``m = 4 (highest - lowest + 1)``). From harmonic 2 on they hold none of the
-    translations that no alignment observes (the rigid drift is harmonics 0 and 1)."""
+    """Orthonormal shift patterns: the harmonics ``lowest`` to ``highest`` of the rotation
+    angle, cosine and sine, in the row and in the column. From harmonic 2 on they hold
+    none of the translations that no alignment observes (those lie in harmonics 0 and 1,
+    which also hold two observable patterns that this leaves out).
+
+    Parameters
+    ----------
+    angles_deg : ndarray, [n], degrees
+    lowest, highest : int
+        The harmonics, ``1 <= lowest <= highest``.
+
+    Returns
+    -------
+    torch.Tensor, float64, [m, n, 2], ``m = 4 (highest - lowest + 1)``
+
+    Raises
+    ------
+    ValueError
+        When the angles cannot tell the harmonics apart (e.g. ``n <= 2 highest`` evenly
+        spaced angles, where the highest alias), or the range is empty.
+    """
+    if not 1 <= lowest <= highest:
+        raise ValueError(f"harmonic_patterns: harmonics {lowest} to {highest}: need "
+                         f"1 <= lowest <= highest")
     theta = np.deg2rad(np.asarray(angles_deg, np.float64))
     n = len(theta)
     patterns = []
@@ -212,5 +232,10 @@ def harmonic_patterns(angles_deg: np.ndarray, lowest: int, highest: int) -> torc
                 pattern = np.zeros((n, 2))
                 pattern[:, component] = wave
                 patterns.append(pattern.reshape(-1))
-    q, _ = np.linalg.qr(np.stack(patterns, axis=1))
+    columns = np.stack(patterns, axis=1)
+    singular = np.linalg.svd(columns, compute_uv=False)
+    if singular[-1] <= 1e-8 * singular[0]:
+        raise ValueError(f"harmonic_patterns: {n} angles do not tell the harmonics "
+                         f"{lowest} to {highest} apart")
+    q, _ = np.linalg.qr(columns)
     return torch.as_tensor(q.T.reshape(-1, n, 2))
