@@ -25,9 +25,9 @@ true shifts is biased there; one that ends far from them at a residual no larger
 the truth cannot tell them apart (the data leave the shifts undetermined).
 
 ``--bound-smooth K`` bounds the error of the shift patterns smooth over the angles
-(harmonics 2 to K) with the widened volume unknown, against the same with it known
-(docs/extended_samples.md, "The volume unknown"); ``--bound`` the error of every shift with
-the volume known.
+(harmonics 0 to K less the unobservable translations) with the widened volume unknown,
+against the same with it known (docs/extended_samples.md, "The volume unknown");
+``--bound`` the error of every shift with the volume known.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpc_adept.align import projection_matching  # noqa: E402
-from hpc_adept.config import AlignConfig  # noqa: E402
+from hpc_adept.config import AlignConfig, ConfigError  # noqa: E402
 from tests.extended_sample import (  # noqa: E402
     TILT,
     extended_sample,
@@ -53,6 +53,8 @@ from tests.extended_sample import (  # noqa: E402
     shift_error_px,
 )
 
+NOISE = 0.02     # the samples' noise, relative to the projections' RMS (the bounds')
+PRIOR_PX = 2.0   # the bounds' prior: the samples' shift_sigma_px
 METHODS = {
     "region-only": dict(sample="isolated", momentum=0.0),
     "extended": dict(sample="extended"),
@@ -68,6 +70,19 @@ DIAGNOSE = {
 def eigen_floor(text: str) -> float | str:
     """``auto`` or a number (``align.flow_eigen_floor``)."""
     return text if text == "auto" else float(text)
+
+
+def align_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value): one ``align`` setting, its value read as YAML (a list
+    becomes a tuple, as the config holds it)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or key not in {f.name for f in dataclasses.fields(AlignConfig)}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY an align "
+                                         "setting")
+    parsed = yaml.safe_load(value)
+    return key, tuple(parsed) if isinstance(parsed, list) else parsed
 
 
 def across_and_along(error: np.ndarray, clean: np.ndarray, highpass_px: float
@@ -172,8 +187,8 @@ def bound(region: tuple[int, int, int], n_angles: int, seed: int,
     """Print :func:`shift_bound` for the benchmark's crop."""
     # the noise-free data as measured: the bound is the information at the true shifts
     clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0)
-    value, worst = shift_bound(np.asarray(clean.measured, np.float64), clean.angles, 0.02,
-                               2.0, planes)
+    value, worst = shift_bound(np.asarray(clean.measured, np.float64), clean.angles, NOISE,
+                               PRIOR_PX, planes)
     print(f"seed {seed} corner {list(corner_um)}: no method does better than {value:.4f} px "
           f"RMS (volume known; 2 % noise{', offsets and ramps unknown' if planes else ''}); "
           f"projections whose shift is bounded above 0.15 px along some direction: "
@@ -183,14 +198,18 @@ def bound(region: tuple[int, int, int], n_angles: int, seed: int,
 def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
                  corner_um: tuple[float, float], highest: int, iterations: int) -> None:
     """A lower bound on the error of the shift patterns smooth over the angles (harmonics
-    2 to ``highest``, row and column) when the widened volume is unknown, against the same
-    bound with the volume known (:func:`hpc_adept.align.precision.pattern_information`):
-    the volume that holds every point the window sees, offsets and ramps unknown, 2 %
-    noise, a prior of 2 px per pattern, the other shifts known. Each printed value is an
-    RMS over all ``2 n`` shift components, as the benchmark scores (the patterns' share of
-    it)."""
+    0 to ``highest``, row and column, less the translations that no alignment observes)
+    when the widened volume is unknown, against the same bound with the volume known
+    (:func:`hpc_adept.align.precision.pattern_information`): the volume that holds every
+    point the window sees, offsets and ramps unknown, 2 % noise, a prior of 2 px per
+    pattern, the other shifts known. The volume fits run ``iterations`` CGLS steps: the
+    bound rises with them (a fit that explains more leaves less information), so it is a
+    lower bound at any count, and says only what the early stop's implicit prior allows.
+    Each printed value is an RMS over all ``2 n`` shift components, as the benchmark
+    scores (the patterns' share of it)."""
     import torch
 
+    from hpc_adept.align.drift import rigid_drift_basis
     from hpc_adept.align.plane import orthonormal_planes, plane_basis, remove_planes
     from hpc_adept.align.precision import (
         harmonic_patterns,
@@ -201,13 +220,17 @@ def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
     from hpc_adept.lamino import Geometry, LaminoOperator
     from hpc_adept.lamino.region import extended_shape, lateral_margin_px
 
-    clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0)
+    # aligned: the operator below projects without shifts (the derivatives are those at
+    # the true shifts of the volume's own projections)
+    clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0,
+                            shift_sigma_px=0.0)
     projections = torch.as_tensor(np.asarray(clean.measured, np.float64))
-    sigma = 0.02 * float(projections.pow(2).mean().sqrt())
+    sigma = NOISE * float(projections.pow(2).mean().sqrt())
     wide = extended_shape(region, lateral_margin_px(region, clean.window, TILT))
     op = LaminoOperator(Geometry(clean.angles, TILT, wide, clean.window), kernel="torch")
     planes = orthonormal_planes(plane_basis(clean.window, 1, projections))
-    patterns = harmonic_patterns(clean.angles, 2, highest)
+    patterns = harmonic_patterns(clean.angles, 0, highest,
+                                 gauge=rigid_drift_basis(clean.angles, TILT))
     d_row, d_col = stencil_gradient(projections)
     t0 = time.perf_counter()
     unknown = pattern_information(op, d_row, d_col, patterns, sigma, iterations,
@@ -215,15 +238,15 @@ def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
     seconds = time.perf_counter() - t0
     per_angle = shift_information(projections, sigma, planes=True)  # [n, 2, 2]
     known = torch.einsum("pna,nab,qnb->pq", patterns, per_angle, patterns)
-    prior = torch.eye(len(patterns), dtype=torch.float64) / 2.0 ** 2
+    prior = torch.eye(len(patterns), dtype=torch.float64) / PRIOR_PX ** 2
 
     def rms(information: torch.Tensor) -> float:
         covariance = torch.linalg.inv(information + prior)
         return float(torch.sqrt(torch.trace(covariance) / (2 * n_angles)))
 
-    print(f"seed {seed} corner {list(corner_um)}: the {len(patterns)} patterns of harmonics "
-          f"2-{highest}: no method does better than {rms(unknown):.4f} px RMS with the "
-          f"widened volume {list(wide)} unknown ({iterations} CGLS iterations, "
+    print(f"seed {seed} corner {list(corner_um)}: the {len(patterns)} observable patterns "
+          f"of harmonics 0-{highest}: no method does better than {rms(unknown):.4f} px RMS "
+          f"with the widened volume {list(wide)} unknown ({iterations} CGLS iterations, "
           f"{seconds:.0f} s), {rms(known):.4f} px with it known; the prior alone "
           f"{rms(torch.zeros_like(prior)):.4f}", flush=True)
 
@@ -231,7 +254,7 @@ def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
 def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, seed: int,
              corner_um: tuple[float, float]) -> None:
     """Each method from zero and from the true shifts, without and with noise and planes."""
-    for noise, plane in ((0.0, 0.0), (0.02, 0.5)):
+    for noise, plane in ((0.0, 0.0), (NOISE, 0.5)):
         sample = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=noise,
                                  plane_rad=plane)
         for method, changes in DIAGNOSE.items():
@@ -288,15 +311,18 @@ def main() -> None:
                         help="print a lower bound on the error any method can reach on each "
                              "crop (the volume known exactly), no alignment")
     parser.add_argument("--bound-smooth", type=positive_int, default=0, metavar="K",
-                        help="the bound on the patterns of harmonics 2 to K with the widened "
+                        help="the bound on the patterns of harmonics 0 to K with the widened "
                              "volume unknown (smooth_bound) instead of the alignment")
     parser.add_argument("--bound-iterations", type=positive_int, default=150,
                         help="CGLS iterations of that bound's volume fits")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        type=align_setting, help="any other align.KEY (a YAML value; "
+                        "repeatable), e.g. --set momentum=0")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="which methods to run")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
-    if args.bound_smooth == 1:
-        parser.error("--bound-smooth: K >= 2 (harmonics 2 to K)")
     region = tuple(args.region)
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
                        highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,
@@ -305,11 +331,16 @@ def main() -> None:
                        flow_eigen_floor=args.flow_eigen_floor,
                        coarse_flow_eigen_floor=args.coarse_flow_eigen_floor,
                        smooth_gain=args.smooth_gain, smooth_harmonics=args.smooth_harmonics)
+    try:
+        base = dataclasses.replace(base, **dict(args.set))
+        base.check()
+    except (TypeError, ConfigError) as error:
+        parser.error(f"--set: {error}")
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
           f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "
           f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "
           f"{args.flow_eigen_floor} ({args.coarse_flow_eigen_floor} on the coarser levels), "
-          f"corner {args.corner} um")
+          f"corner {args.corner} um" + "".join(f", {k} {v}" for k, v in args.set))
     for seed in args.seeds:
         if args.structure:
             structure(region, args.angles, seed, tuple(args.corner), args.highpass)
@@ -328,10 +359,12 @@ def main() -> None:
             if case not in args.cases:
                 continue
             sample = extended_sample(region, args.angles, seed, extended=extended,
-                                     plane_rad=plane, corner_um=tuple(args.corner))
+                                     plane_rad=plane, corner_um=tuple(args.corner),
+                                     noise=NOISE, shift_sigma_px=PRIOR_PX)
             before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts,
                                     sample.angles)
-            for method, changes in METHODS.items():
+            for method in args.methods:
+                changes = METHODS[method]
                 options = dataclasses.replace(base, **changes)
                 t0 = time.perf_counter()
                 result = projection_matching(sample.measured, sample.angles, TILT, options)

@@ -341,3 +341,16 @@ def test_smooth_bound_report_is_no_lower_with_the_volume_unknown():
     assert found, done.stdout
     unknown, known, prior = (float(v) for v in found.groups())
     assert 0.0 < known <= unknown < prior
+
+
+@pytest.mark.parametrize("setting, message", [("foo=1", "not KEY=VALUE"),
+                                              ("momentum", "not KEY=VALUE"),
+                                              ("momentum=2", "align.momentum must be")])
+def test_benchmark_refuses_a_bad_align_setting(setting, message):
+    """``--set KEY=VALUE`` takes align settings only, checked as a config file's."""
+    from .conftest import REPO, run_cmd
+
+    done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--set", setting],
+                   timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

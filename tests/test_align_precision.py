@@ -168,8 +168,49 @@ def test_harmonic_patterns_are_orthonormal_and_free_of_the_rigid_drift():
     assert np.abs(patterns @ unobservable).max() < 1e-12
 
 
+def test_harmonic_patterns_keep_the_two_observable_patterns_of_harmonics_0_and_1():
+    """Harmonics 0 and 1 hold six patterns; the global offset and the lateral rigid drift
+    take four of them (p_z moves every row alike: the offset's)."""
+    angles = np.arange(32) * 360.0 / 32
+    gauge = rigid_drift_basis(angles, 61.0)
+    observable = harmonic_patterns(angles, 0, 1, gauge=gauge).reshape(-1, 64).numpy()
+    assert observable.shape == (2, 64)
+    np.testing.assert_allclose(observable @ observable.T, np.eye(2), atol=1e-12)
+    unobservable = np.concatenate([np.tile(np.eye(2), (32, 1)), gauge.reshape(64, 3)], axis=1)
+    assert np.abs(observable @ unobservable).max() < 1e-12
+    # with the gauge, harmonics 0 to 3 span harmonics 2 and 3 and those two patterns
+    smooth = harmonic_patterns(angles, 0, 3, gauge=gauge).reshape(-1, 64).numpy()
+    assert smooth.shape == (10, 64)
+    inside = np.concatenate([observable, harmonic_patterns(angles, 2, 3).reshape(8, 64)])
+    np.testing.assert_allclose(np.linalg.svd(smooth @ inside.T, compute_uv=False),
+                               np.ones(10), atol=1e-12)
+
+
+def test_the_volume_unknown_bound_rises_with_the_fit_iterations():
+    """CGLS lowers its residual at every step: each pattern's unexplained part, hence its
+    information, can only shrink as the volume fit runs longer, and the bound rises."""
+    images = _blobs(6)
+    patterns = harmonic_patterns(np.arange(6) * 60.0, 2, 2)[:1]
+    d_row, d_col = stencil_gradient(images)
+    # a volume that explains the smooth part of each image only (a Gaussian blur of its
+    # values): CGLS needs many steps for it, and gets more of the derivative with each
+    freq = torch.fft.fftfreq(SIZE, dtype=torch.float64)
+    gain = torch.exp(-2 * (math.pi * 3.0) ** 2 * (freq[:, None] ** 2 + freq[None, :] ** 2))
+
+    def gaussian(x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.ifft2(torch.fft.fft2(x) * gain).real.to(x.dtype)
+
+    blur = FunctionOperator(gaussian, gaussian, images.shape, images.shape)
+    info = [float(pattern_information(blur, d_row, d_col, patterns, 0.05, iterations=k))
+            for k in (0, 1, 2, 4, 8, 16, 32)]
+    assert all(info[k + 1] <= info[k] * (1 + 1e-12) for k in range(len(info) - 1))
+    assert info[-1] < 0.5 * info[0]
+
+
 def test_harmonic_patterns_refuse_aliased_harmonics():
     with pytest.raises(ValueError, match="do not tell"):
         harmonic_patterns(np.arange(4) * 90.0, 2, 2)  # sin 2 theta is 0 at every angle
     with pytest.raises(ValueError, match="lowest <= highest"):
         harmonic_patterns(np.arange(32) * 11.25, 2, 1)
+    with pytest.raises(ValueError, match="takes every pattern"):
+        harmonic_patterns(np.arange(32) * 11.25, 0, 0, gauge=np.zeros((32, 2, 0)))

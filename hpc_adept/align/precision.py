@@ -198,44 +198,75 @@ def pattern_information(op: LinearOperator, d_row: torch.Tensor, d_col: torch.Te
     return 0.5 * (information + information.T)
 
 
-def harmonic_patterns(angles_deg: np.ndarray, lowest: int, highest: int) -> torch.Tensor:
+def harmonic_patterns(angles_deg: np.ndarray, lowest: int, highest: int,
+                      gauge: np.ndarray | None = None) -> torch.Tensor:
     """Orthonormal shift patterns: the harmonics ``lowest`` to ``highest`` of the rotation
-    angle, cosine and sine, in the row and in the column. From harmonic 2 on they hold
-    none of the translations that no alignment observes (those lie in harmonics 0 and 1,
-    which also hold two observable patterns that this leaves out).
+    angle (cosine and sine; harmonic 0 the constant), in the row and in the column, less
+    the ``gauge`` patterns that no alignment observes. From harmonic 2 on they hold none
+    of those translations; harmonics 0 and 1 hold them (six patterns, of which the global
+    offset and the lateral rigid drift take four: pass
+    :func:`hpc_adept.align.drift.rigid_drift_basis` as ``gauge`` to keep the other two).
 
     Parameters
     ----------
     angles_deg : ndarray, [n], degrees
     lowest, highest : int
-        The harmonics, ``1 <= lowest <= highest``.
+        The harmonics, ``0 <= lowest <= highest``.
+    gauge : ndarray, float, [n, 2, g], optional
+        Shift patterns (pixels) to remove; the constant row and column shifts (the global
+        offset) are removed with them.
 
     Returns
     -------
-    torch.Tensor, float64, [m, n, 2], ``m = 4 (highest - lowest + 1)``
+    torch.Tensor, float64, [m, n, 2]
+        ``m = 4 (highest - lowest + 1)`` (two fewer for harmonic 0) less the dimension of
+        the gauge patterns' span inside the harmonics'.
 
     Raises
     ------
     ValueError
         When the angles cannot tell the harmonics apart (e.g. ``n <= 2 highest`` evenly
-        spaced angles, where the highest alias), or the range is empty.
+        spaced angles, where the highest alias), the range is empty, or the gauge takes
+        every pattern.
     """
-    if not 1 <= lowest <= highest:
+    if not 0 <= lowest <= highest:
         raise ValueError(f"harmonic_patterns: harmonics {lowest} to {highest}: need "
-                         f"1 <= lowest <= highest")
+                         f"0 <= lowest <= highest")
     theta = np.deg2rad(np.asarray(angles_deg, np.float64))
     n = len(theta)
-    patterns = []
-    for component in (0, 1):
-        for k in range(lowest, highest + 1):
-            for wave in (np.cos(k * theta), np.sin(k * theta)):
-                pattern = np.zeros((n, 2))
-                pattern[:, component] = wave
-                patterns.append(pattern.reshape(-1))
-    columns = np.stack(patterns, axis=1)
+    columns = np.stack([_pattern(wave, component, n) for component in (0, 1)
+                        for k in range(lowest, highest + 1)
+                        for wave in ((np.ones(n),) if k == 0
+                                     else (np.cos(k * theta), np.sin(k * theta)))], axis=1)
     singular = np.linalg.svd(columns, compute_uv=False)
     if singular[-1] <= 1e-8 * singular[0]:
         raise ValueError(f"harmonic_patterns: {n} angles do not tell the harmonics "
                          f"{lowest} to {highest} apart")
     q, _ = np.linalg.qr(columns)
-    return torch.as_tensor(q.T.reshape(-1, n, 2))
+    if gauge is not None:
+        q = _without(q, np.concatenate([np.asarray(gauge, np.float64).reshape(2 * n, -1),
+                                        _pattern(np.ones(n), 0, n)[:, None],
+                                        _pattern(np.ones(n), 1, n)[:, None]], axis=1))
+    return torch.as_tensor(np.ascontiguousarray(q.T).reshape(-1, n, 2))
+
+
+def _pattern(wave: np.ndarray, component: int, n: int) -> np.ndarray:
+    """``wave`` [n] in the row (0) or column (1) shifts: a flat [2 n] pattern."""
+    pattern = np.zeros((n, 2))
+    pattern[:, component] = wave
+    return pattern.reshape(-1)
+
+
+def _without(q: np.ndarray, gauge: np.ndarray) -> np.ndarray:
+    """Orthonormal basis [N, m'] of span(``q``) (orthonormal [N, m]) less the span of
+    ``gauge`` [N, g]: the directions of ``q`` orthogonal to every gauge pattern."""
+    left, strength, _ = np.linalg.svd(gauge, full_matrices=False)
+    g = left[:, strength > 1e-8 * strength.max()]  # its span (p_z and the offset coincide)
+    # directions of span(q) whose component in span(gauge) is nil: the null space of
+    # g^T q (the right singular vectors of its zero singular values)
+    _, singular, vt = np.linalg.svd(g.T @ q)
+    rank = int((singular > 1e-8).sum())
+    keep = q @ vt[rank:].T
+    if keep.shape[1] == 0:
+        raise ValueError("harmonic_patterns: the gauge takes every pattern")
+    return keep
