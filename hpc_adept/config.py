@@ -624,6 +624,16 @@ class AlignConfig:
         ``max_update_px`` by that fit. 0: off.
     smooth_harmonics : int, >= 1
         The highest harmonic of ``smooth_gain``'s fit.
+    smooth_check_px : float, pixels, in [0, coarse_search_px / 4]
+        After a joint last level of a widened volume: run that level once more from the
+        estimate plus a shift pattern of this RMS smooth over the angles (harmonics 2 and
+        3, row and column) and measure how far from the estimate it ends in such
+        patterns. Where that is more than half the pattern, this method does not take such
+        patterns back near its estimate,
+        and the estimate may itself be off by one of up to pixels with no other sign
+        (regions of one-way wiring): a warning says so. The shifts returned are those
+        before the check; it is in ``align_history.json`` (``smooth_check``). Costs one
+        more last level (docs/extended_samples.md, "A check"). 0: off.
     """
 
     enabled: bool = True
@@ -650,6 +660,7 @@ class AlignConfig:
     coverage_power: float = 4.0
     smooth_gain: float = 1.0
     smooth_harmonics: int = 4
+    smooth_check_px: float = 0.5
 
     def check(self) -> None:
         _choices("align", self)
@@ -669,6 +680,10 @@ class AlignConfig:
         _in_range("align.momentum", self.momentum, 1.0)
         if not 0.0 <= self.smooth_gain <= 1.0:
             raise ConfigError(f"align.smooth_gain must be in [0, 1], got {self.smooth_gain}")
+        if not 0.0 <= self.smooth_check_px <= self.coarse_search_px / 4:
+            raise ConfigError(f"align.smooth_check_px must be in [0, align.coarse_search_px "
+                              f"/ 4 = {self.coarse_search_px / 4:g}] (its peaks reach about "
+                              f"twice the RMS), got {self.smooth_check_px}")
         for key in ("flow_eigen_floor", "coarse_flow_eigen_floor"):
             if getattr(self, key) != "auto":
                 _in_range(f"align.{key}", getattr(self, key), 1.0)

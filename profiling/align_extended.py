@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpc_adept.align import projection_matching  # noqa: E402
-from hpc_adept.config import AlignConfig, ConfigError  # noqa: E402
+from hpc_adept.config import AlignConfig, ConfigError, load_config  # noqa: E402
 from tests.extended_sample import (  # noqa: E402
     TILT,
     extended_sample,
@@ -72,17 +72,27 @@ def eigen_floor(text: str) -> float | str:
     return text if text == "auto" else float(text)
 
 
-def align_setting(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` -> (key, value): one ``align`` setting, its value read as YAML (a list
-    becomes a tuple, as the config holds it)."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or key not in {f.name for f in dataclasses.fields(AlignConfig)}:
+def align_setting(text: str) -> str:
+    """``KEY=VALUE``: one ``align`` setting other than ``sample`` (which ``--methods``
+    chooses); its value is read and checked as a config override's."""
+    key, sep, _ = text.partition("=")
+    names = {f.name for f in dataclasses.fields(AlignConfig)} - {"sample"}
+    if not sep or key not in names:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY an align "
-                                         "setting")
-    parsed = yaml.safe_load(value)
-    return key, tuple(parsed) if isinstance(parsed, list) else parsed
+                                         "setting other than sample")
+    return text
+
+
+def with_settings(base: AlignConfig, settings: list[str]) -> AlignConfig:
+    """``base`` with the ``--set`` settings, each read, typed and checked as
+    ``adept --set align.KEY=VALUE`` would (ConfigError on a bad one)."""
+    if not settings:
+        return base
+    given = load_config(None, [f"align.{text}" for text in settings]).align
+    keys = {text.partition("=")[0] for text in settings}
+    options = dataclasses.replace(base, **{key: getattr(given, key) for key in keys})
+    options.check()
+    return options
 
 
 def across_and_along(error: np.ndarray, clean: np.ndarray, highpass_px: float
@@ -332,15 +342,16 @@ def main() -> None:
                        coarse_flow_eigen_floor=args.coarse_flow_eigen_floor,
                        smooth_gain=args.smooth_gain, smooth_harmonics=args.smooth_harmonics)
     try:
-        base = dataclasses.replace(base, **dict(args.set))
-        base.check()
-    except (TypeError, ConfigError) as error:
+        base = with_settings(base, args.set)
+    except ConfigError as error:
         parser.error(f"--set: {error}")
+    settings = {text.partition("=")[0]: getattr(base, text.partition("=")[0])
+                for text in args.set}
     print(f"region {list(region)}, {args.angles} angles, tilt {TILT} deg, binning "
           f"{args.binning}, highpass {args.highpass} px, coarse rounds {args.coarse_rounds}, "
           f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "
           f"{args.flow_eigen_floor} ({args.coarse_flow_eigen_floor} on the coarser levels), "
-          f"corner {args.corner} um" + "".join(f", {k} {v}" for k, v in args.set))
+          f"corner {args.corner} um" + "".join(f", {k} {v}" for k, v in settings.items()))
     for seed in args.seeds:
         if args.structure:
             structure(region, args.angles, seed, tuple(args.corner), args.highpass)
@@ -364,15 +375,21 @@ def main() -> None:
             before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts,
                                     sample.angles)
             for method in args.methods:
-                changes = METHODS[method]
-                options = dataclasses.replace(base, **changes)
+                # --set wins over a method's own settings (e.g. the region-only momentum)
+                options = dataclasses.replace(base, **{**METHODS[method], **settings})
                 t0 = time.perf_counter()
                 result = projection_matching(sample.measured, sample.angles, TILT, options)
                 seconds = time.perf_counter() - t0
                 error = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
+                check = result.smooth_check
+                told = "" if check is None else \
+                    (f", smooth check: ended {check.smooth_distance:.0%} of "
+                     f"{check.pattern_px:.2f} px away ({check.along_pattern:.0%} along it; "
+                     f"{'taken back' if check.determined else 'NOT TAKEN BACK'}, "
+                     f"{check.seconds:.0f} s of the time)")
                 print(f"seed {seed} {case:16s} {method:12s} shift error {error:7.3f} px RMS "
                       f"(before {before:.3f}), {len(result.history)} iterations, "
-                      f"{seconds:7.1f} s", flush=True)
+                      f"{seconds:7.1f} s{told}", flush=True)
                 if args.split:
                     clean = extended_sample(region, args.angles, seed, extended=extended,
                                             noise=0.0, corner_um=tuple(args.corner))

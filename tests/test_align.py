@@ -594,6 +594,11 @@ def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp
     # over-relaxation of the last level (30 angles: on) take part in the comparison
     options = histories[1]["options"]
     assert (options["coarse_flow_eigen_floor"], options["smooth_gain"]) == (0.3, 1.0)
+    # the smooth-pattern check (on by default) reruns the last level alike on both
+    checks = [h["smooth_check"] for h in histories]
+    assert checks[0]["iterations"] == 4 and checks[0]["harmonics"] == [2, 3]
+    np.testing.assert_allclose(checks[1]["smooth_distance"], checks[0]["smooth_distance"],
+                               rtol=0, atol=1e-3)
 
 
 @pytest.mark.gpu

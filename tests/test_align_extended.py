@@ -59,7 +59,8 @@ REGION = (24, 32, 32)
 # the coarse estimate's low-pass of 4 px (2 px at binning 2) its coarse structure (the default
 # 8 px blurs a 23 x 24 px level into a few blobs: two angles were caught 5 px off)
 OPTIONS = AlignConfig(binning=(2, 1), max_iterations=50, highpass_sigma_px=3.0,
-                      coarse_lowpass_px=4.0, volume_shape=REGION, sample="extended")
+                      coarse_lowpass_px=4.0, volume_shape=REGION, sample="extended",
+                      smooth_check_px=0.0)  # tested on its own below
 # the region-only method with the settings it had
 OLD = dict(lateral_margin=0, fit_phase_plane=False, momentum=0.0, coarse_lowpass_px=8.0)
 
@@ -176,6 +177,66 @@ def test_joint_last_level_with_coverage_runs_all_its_iterations():
         assert sum(h["level"] == 1 for h in result.history) == expected, power
     with pytest.raises(ConfigError, match="align.coverage_power"):
         AlignConfig(coverage_power=-1.0).check()
+
+
+def test_smooth_check_runs_after_the_joint_level_and_leaves_the_estimate():
+    """``align.smooth_check_px`` reruns the joint last level of a widened volume once more
+    (its record in the result) and returns the estimate from before it; 0 turns it off,
+    and an isolated sample's method (no widened volume) has none."""
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    base = AlignConfig(binning=(2, 1), max_iterations=3, highpass_sigma_px=2.0,
+                       coarse_lowpass_px=4.0, volume_shape=(12, 16, 16), sample="extended")
+    checked = projection_matching(sample.measured, sample.angles, TILT, base)
+    plain = projection_matching(sample.measured, sample.angles, TILT,
+                                dataclasses.replace(base, smooth_check_px=0.0))
+    np.testing.assert_array_equal(checked.shifts_px, plain.shifts_px)
+    assert len(checked.history) == len(plain.history)
+    assert plain.smooth_check is None
+    check = checked.smooth_check
+    assert check.pattern_px == pytest.approx(0.5) and check.iterations == 3
+    assert check.harmonics == (2, 3)
+    assert check.smooth_distance >= 0.0
+    assert np.isfinite(check.along_pattern) and np.isfinite(check.other_px)
+    assert check.determined == (check.smooth_distance <= 0.5)
+    isolated = projection_matching(sample.measured, sample.angles, TILT,
+                                   dataclasses.replace(base, sample="isolated"))
+    assert isolated.smooth_check is None
+    for bad in ("-0.1", "4.5", ".nan"):
+        with pytest.raises(ConfigError, match="align.smooth_check_px"):
+            load_config(None, [f"align.smooth_check_px={bad}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed, corner_um, fixed", [(2, (30.0, 20.0), True),
+                                                    (14, (50.0, 25.0), False)])
+def test_smooth_check_tells_a_crop_that_fixes_smooth_patterns(ic_files, seed, corner_um,
+                                                              fixed):
+    """Started at the true shifts, the joint last level takes a 0.5 px pattern of harmonics
+    2 and 3 back on a crop with structure both ways (this one aligns to < 0.15 px); on a
+    crop of one-way wiring (whose alignment ends 2.6 px off at this size) most of the
+    pattern stays (0.06 and 0.83 of it when written)."""
+    from hpc_adept.align.drift import remove_rigid_drift
+    from hpc_adept.align.matching import (
+        LocalLamino,
+        _Frame,
+        _make_level,
+        _resolved,
+        _smooth_check,
+        _Track,
+    )
+
+    sample = extended_sample(REGION, 32, seed, corner_um=corner_um, plane_rad=0.5)
+    options = _resolved(dataclasses.replace(OPTIONS, max_iterations=20, smooth_check_px=0.5),
+                        sample.measured)
+    truth = remove_rigid_drift(sample.shifts, sample.angles, TILT)[0]
+    frame = _Frame.of(sample.measured, options, float(np.abs(sample.shifts).max()))
+    track = _Track(truth.copy(), sample.angles, TILT, torch.zeros(32, 3, dtype=torch.float64),
+                   np.zeros((32, 2)), start=truth, reach_px=options.coarse_search_px)
+    level = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles)
+    check = _smooth_check(options, level, frame, track)
+    np.testing.assert_array_equal(track.shifts, truth)
+    assert check.determined is fixed
+    assert (check.smooth_distance < 0.3) if fixed else (check.smooth_distance > 0.65), check
 
 
 def test_smooth_patterns_are_over_relaxed_on_the_joint_level():
@@ -345,9 +406,12 @@ def test_smooth_bound_report_is_no_lower_with_the_volume_unknown():
 
 @pytest.mark.parametrize("setting, message", [("foo=1", "not KEY=VALUE"),
                                               ("momentum", "not KEY=VALUE"),
-                                              ("momentum=2", "align.momentum must be")])
+                                              ("sample=isolated", "other than sample"),
+                                              ("momentum=2", "align.momentum must be"),
+                                              ("max_iterations=2.5", "must be an integer")])
 def test_benchmark_refuses_a_bad_align_setting(setting, message):
-    """``--set KEY=VALUE`` takes align settings only, checked as a config file's."""
+    """``--set KEY=VALUE`` takes align settings only (not the methods' ``sample``), typed
+    and checked as a config override's."""
     from .conftest import REPO, run_cmd
 
     done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--set", setting],

@@ -184,6 +184,16 @@ def test_harmonic_patterns_keep_the_two_observable_patterns_of_harmonics_0_and_1
     inside = np.concatenate([observable, harmonic_patterns(angles, 2, 3).reshape(8, 64)])
     np.testing.assert_allclose(np.linalg.svd(smooth @ inside.T, compute_uv=False),
                                np.ones(10), atol=1e-12)
+    # on a half turn the harmonics and the translations overlap in part: what is left is
+    # the harmonics' span projected off the translations, one pattern per dimension
+    arc = np.linspace(0.0, 180.0, 32)
+    gauge = rigid_drift_basis(arc, 61.0)
+    unobservable = np.concatenate([np.tile(np.eye(2), (32, 1)), gauge.reshape(64, 3)], axis=1)
+    for lowest, highest, count in ((1, 1, 2), (2, 3, 8), (1, 3, 10), (0, 3, 10)):
+        kept = harmonic_patterns(arc, lowest, highest, gauge=gauge).reshape(-1, 64).numpy()
+        assert kept.shape[0] == count, (lowest, highest)
+        np.testing.assert_allclose(kept @ kept.T, np.eye(count), atol=1e-12)
+        assert np.abs(kept @ unobservable).max() < 1e-10
 
 
 def test_the_volume_unknown_bound_rises_with_the_fit_iterations():

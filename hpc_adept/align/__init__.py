@@ -23,6 +23,7 @@ from hpc_adept.align.matching import (
     AlignResult,
     LaminoOps,
     LocalLamino,
+    SmoothCheck,
     projection_matching,
     working_frame,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "AlignResult",
     "LaminoOps",
     "LocalLamino",
+    "SmoothCheck",
     "bin_images",
     "border_taper",
     "crop_window",

@@ -60,7 +60,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from hpc_adept.align.drift import remove_rigid_drift
+from hpc_adept.align.drift import remove_rigid_drift, rigid_drift_basis
 from hpc_adept.align.estimate import optical_flow_update, structure_ratio, xcorr_shift
 from hpc_adept.align.imaging import (
     bin_images,
@@ -226,6 +226,9 @@ class AlignResult:
         The offset (rad) and row / column slopes (rad per pixel, about the centre of the
         aligned projection) removed from each projection (zeros without
         ``fit_phase_plane``).
+    smooth_check : SmoothCheck or None
+        What ``align.smooth_check_px`` measured: whether this method takes back a shift
+        pattern smooth over the angles near its estimate; None when it did not run.
     """
 
     shifts_px: np.ndarray
@@ -233,6 +236,7 @@ class AlignResult:
     residual_per_angle: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     shifts_per_iteration: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     phase_planes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    smooth_check: SmoothCheck | None = None
 
 
 def working_frame(shape: tuple[int, int], factor: int) -> tuple[tuple[int, int], np.ndarray,
@@ -309,9 +313,13 @@ def projection_matching(
     track = _Track(shifts, angles, tilt_deg,
                    torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
                    np.zeros((n, 2)), start=start, reach_px=options.coarse_search_px)
+    level = None
     for level_index, factor in enumerate(options.binning):
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
         _run_level(options, level, frame, track, callback)
+    # a joint last level of a widened volume: the method that can leave a smooth pattern
+    check = _smooth_check(options, level, frame, track) \
+        if level is not None and level.joint and options.smooth_check_px > 0 else None
     return AlignResult(
         shifts_px=track.shifts,
         history=track.history,
@@ -320,6 +328,7 @@ def projection_matching(
         shifts_per_iteration=(np.stack(track.snapshots) if track.snapshots
                               else np.zeros((0, n, 2))),
         phase_planes=track.planes.cpu().numpy(),
+        smooth_check=check,
     )
 
 
@@ -456,6 +465,7 @@ class _Level:
     taper_px: int = 0         # > 0: weight out pixels with no measured data (widened volume)
     flow_gain: torch.Tensor | None = None  # [n, nv, nu]: optical-flow weights only
     full_run: bool = False    # run all iterations: steps along smooth patterns stay small
+    joint: bool = False       # a joint last level of a widened volume (after fold levels)
     eigen_floor: float = 0.0  # of the optical-flow normal matrices (the aperture problem)
     smooth: torch.Tensor | None = None  # [n, 2K+1] orthonormal angular harmonics
 
@@ -519,6 +529,7 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
                   tolerance, options.momentum if split > 1 or refine else 0.0,
                   taper_px if margin > 0 else 0, gain, full_run=refine,
+                  joint=joint and margin > 0,
                   smooth=_harmonic_basis(angles, options, like) if refine else None,
                   eigen_floor=options.flow_eigen_floor if last_level
                   else options.coarse_flow_eigen_floor)
@@ -594,9 +605,10 @@ def _reconstruct(level: _Level, data: torch.Tensor, volumes: list[torch.Tensor |
 
 
 def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
-               track: _Track, callback: Callable[[dict], None] | None) -> None:
+               track: _Track, callback: Callable[[dict], None] | None,
+               quiet: bool = False) -> None:
     """Alignment iterations of one level until its tolerance or ``max_iterations`` (all of
-    them on a ``full_run`` level)."""
+    them on a ``full_run`` level); ``quiet``: no log lines (a probe run, not the estimate)."""
     factor = level.factor
     volumes: list[torch.Tensor | None] = [None] * len(level.folds)
     best = (math.inf, track.shifts)
@@ -615,24 +627,128 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
         if callback is not None:
             callback(entry)
         if not coarse and not level.full_run and entry["max_update_px"] < level.tolerance:
-            log.info("projection matching: binning %d converged after %d iterations",
-                     factor, iteration + 1)
-            _end_level(level, track, best, entry, options)
+            log.log(logging.DEBUG if quiet else logging.INFO,
+                    "projection matching: binning %d converged after %d iterations",
+                    factor, iteration + 1)
+            _end_level(level, track, best, entry, options, quiet)
             return
-    if level.full_run:
+    if level.full_run and not quiet:
         log.info("projection matching: binning %d ran its %d iterations (one widened volume "
                  "of all angles: no tolerance stop), last update %.4f px", factor,
                  options.max_iterations, track.history[-1]["max_update_px"])
-    else:
+    elif not quiet:
         log.warning("projection matching: binning %d stopped at %d iterations, largest "
                     "update %.4f px (tolerance %.4f px)", factor,
                     level.rounds + options.max_iterations,
                     track.history[-1]["max_update_px"], level.tolerance)
-    _end_level(level, track, best, track.history[-1], options)
+    _end_level(level, track, best, track.history[-1], options, quiet)
+
+
+@dataclass(frozen=True)
+class SmoothCheck:
+    """What ``align.smooth_check_px`` measured (:func:`_smooth_check`).
+
+    Attributes
+    ----------
+    pattern_px : float, pixels
+        RMS of the shift pattern added (after the clip to the search range).
+    harmonics : tuple of int
+        Its harmonics of the rotation angle (row and column, the translations that no
+        alignment observes removed).
+    smooth_distance : float
+        How far from the estimate the rerun ended, in those harmonics: the RMS of the
+        smooth part of its end less the estimate, over ``pattern_px`` (0: back at the
+        estimate; 1: as far as the pattern put it, whether it stayed or moved on along
+        another smooth pattern).
+    along_pattern : float
+        That difference projected on the pattern added, over the pattern (1: it stayed,
+        0: taken back or moved off it, < 0: overshot).
+    other_px : float, pixels
+        RMS of the rest of that difference (not smooth over the angles).
+    determined : bool
+        ``smooth_distance <= 0.5``: the method takes such patterns back.
+    iterations : int
+        Of the rerun.
+    seconds : float
+        Its wall time, s.
+    """
+
+    pattern_px: float
+    harmonics: tuple[int, ...]
+    smooth_distance: float
+    along_pattern: float
+    other_px: float
+    determined: bool
+    iterations: int
+    seconds: float
+
+
+def _smooth_check(options: AlignConfig, level: _Level, frame: _Frame, track: _Track
+                  ) -> SmoothCheck | None:
+    """Run the joint last ``level`` again, quietly, from the estimate in ``track`` plus a
+    shift pattern smooth over the angles (``options.smooth_check_px`` RMS, harmonics 2 and
+    3 in the row and the column) and measure how far from the estimate, in such patterns,
+    the rerun ends. A method that fixes them takes the pattern back; where the widened
+    volume follows it (one-way wiring) it stays or wanders on, and the estimate itself may
+    be off by such a pattern. ``track`` is
+    left as it is; None (logged) where the angles cannot tell those harmonics apart.
+    """
+    from hpc_adept.align.precision import harmonic_patterns
+
+    t0 = time.perf_counter()
+    try:
+        patterns = harmonic_patterns(track.angles, 2, 3, gauge=rigid_drift_basis(
+            track.angles, track.tilt_deg)).numpy().reshape(-1, 2 * len(track.angles))
+    except ValueError:
+        log.info("projection matching: %d angles do not tell harmonics 2 and 3 apart: no "
+                 "smooth-pattern check (align.smooth_check_px)", len(track.angles))
+        return None
+    theta = np.deg2rad(track.angles)
+    # one fixed pattern with both harmonics in both components (whatever the basis)
+    wave = np.stack([np.cos(2 * theta) + np.sin(3 * theta),
+                     np.sin(2 * theta) - np.cos(3 * theta)], axis=1).reshape(-1)
+    pattern = patterns.T @ (patterns @ wave)  # less the translations (uneven angles)
+    pattern = pattern * options.smooth_check_px / np.sqrt(np.mean(pattern ** 2))
+    start = np.zeros_like(track.shifts) if track.start is None else track.start
+    probed = np.clip(track.shifts + pattern.reshape(-1, 2), start - track.reach_px,
+                     start + track.reach_px)
+    added = (probed - track.shifts).reshape(-1)  # what the clip left of the pattern
+    probe = _Track(probed, track.angles, track.tilt_deg, track.planes.clone(),
+                   np.zeros_like(track.shifts), start=track.start, reach_px=track.reach_px)
+    _run_level(options, level, frame, probe, None, quiet=True)
+    change = (probe.shifts - track.shifts).reshape(-1)
+    smooth = patterns.T @ (patterns @ change)
+
+    def rms(values: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(values ** 2)))
+
+    distance = rms(smooth) / rms(added)
+    check = SmoothCheck(rms(added), (2, 3), distance, float(change @ added / (added @ added)),
+                        rms(change - smooth), distance <= 0.5, len(probe.history),
+                        time.perf_counter() - t0)
+    _log_smooth_check(check, level.factor)
+    return check
+
+
+def _log_smooth_check(check: SmoothCheck, factor: int) -> None:
+    """One line: info where the pattern came back, a warning where it stayed."""
+    what = (f"projection matching: smooth-pattern check: binning {factor} rerun from the "
+            f"estimate plus a {check.pattern_px:.2f} px shift pattern smooth over the angles "
+            f"ended {check.smooth_distance:.2f} times the pattern from the estimate in such "
+            f"patterns ({check.iterations} iterations, {check.seconds:.0f} s; the shifts "
+            f"returned are those before the check)")
+    if check.determined:
+        log.info("%s: this method takes such patterns back near its estimate", what)
+    else:
+        log.warning("%s: these data do not hold such patterns for this method, and the "
+                    "shifts returned may be off by a pattern smooth over the angles of up to "
+                    "pixels (seen on regions of one-way wiring); a region with structure in "
+                    "both directions, or a wider one, aligns better (docs/extended_samples.md)",
+                    what)
 
 
 def _end_level(level: _Level, track: _Track, best: tuple[float, np.ndarray], entry: dict,
-               options: AlignConfig) -> None:
+               options: AlignConfig, quiet: bool = False) -> None:
     """Close a level: with held-out folds, go back to the shifts whose held-out residual
     was lowest (a validation error: later steps that raise it follow what the fold
     volumes absorbed, not the data) unless the last measured one was the lowest (then the
@@ -643,9 +759,11 @@ def _end_level(level: _Level, track: _Track, best: tuple[float, np.ndarray], ent
         # the level's last snapshot is what it hands on (the stage plots it)
         track.snapshots[-1] = track.shifts.copy()
         entry["at_bound"] = track.held(track.shifts)
-        log.info("projection matching: binning %d keeps the shifts of its lowest held-out "
-                 "residual (%.4g; last %.4g)", level.factor, best[0], entry["residual_rms"])
-    _warn_at_bound(level.factor, entry, options)
+        log.log(logging.DEBUG if quiet else logging.INFO,
+                "projection matching: binning %d keeps the shifts of its lowest held-out "
+                "residual (%.4g; last %.4g)", level.factor, best[0], entry["residual_rms"])
+    if not quiet:
+        _warn_at_bound(level.factor, entry, options)
 
 
 def _warn_at_bound(factor: int, entry: dict, options: AlignConfig) -> None:

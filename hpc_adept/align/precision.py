@@ -258,15 +258,14 @@ def _pattern(wave: np.ndarray, component: int, n: int) -> np.ndarray:
 
 
 def _without(q: np.ndarray, gauge: np.ndarray) -> np.ndarray:
-    """Orthonormal basis [N, m'] of span(``q``) (orthonormal [N, m]) less the span of
-    ``gauge`` [N, g]: the directions of ``q`` orthogonal to every gauge pattern."""
+    """Orthonormal basis [N, m'] of span(``q``) (orthonormal [N, m]) projected onto the
+    orthogonal complement of span(``gauge``) [N, g]: what of the patterns the gauge
+    cannot mimic (on uneven angles the harmonics and the gauge overlap only in part)."""
     left, strength, _ = np.linalg.svd(gauge, full_matrices=False)
     g = left[:, strength > 1e-8 * strength.max()]  # its span (p_z and the offset coincide)
-    # directions of span(q) whose component in span(gauge) is nil: the null space of
-    # g^T q (the right singular vectors of its zero singular values)
-    _, singular, vt = np.linalg.svd(g.T @ q)
-    rank = int((singular > 1e-8).sum())
-    keep = q @ vt[rank:].T
+    rest = q - g @ (g.T @ q)
+    basis, singular, _ = np.linalg.svd(rest, full_matrices=False)
+    keep = basis[:, singular > 1e-8]
     if keep.shape[1] == 0:
         raise ValueError("harmonic_patterns: the gauge takes every pattern")
     return keep

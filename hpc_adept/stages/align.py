@@ -303,6 +303,8 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         "n_ranks": ctx.size,
         "iterations": result.history,
         "shifts_px": result.shifts_px.tolist(),
+        "smooth_check": (dataclasses.asdict(result.smooth_check)
+                         if result.smooth_check is not None else None),
     })
     if result.history:
         from hpc_adept.report.align_plots import plot_convergence, plot_shifts
