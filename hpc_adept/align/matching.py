@@ -742,8 +742,8 @@ def _log_smooth_check(check: SmoothCheck, factor: int) -> None:
     else:
         log.warning("%s: these data do not hold such patterns for this method, and the "
                     "shifts returned may be off by a pattern smooth over the angles of up to "
-                    "pixels (seen on regions of one-way wiring); a region with structure in "
-                    "both directions, or a wider one, aligns better (docs/extended_samples.md)",
+                    "pixels (seen on regions of one-way wiring; regions with structure in both "
+                    "directions align better: docs/extended_samples.md)",
                     what)
 
 
