@@ -630,8 +630,8 @@ class AlignConfig:
         3, row and column) and measure how far from the estimate it ends in such
         patterns. Where that is more than half the pattern, this method does not take such
         patterns back near its estimate,
-        and the estimate may itself be off by one of up to pixels with no other sign
-        (regions of one-way wiring): a warning says so. The shifts returned are those
+        and the estimate may itself be off by one of up to a few pixels (regions of
+        one-way wiring): a warning says so. The shifts returned are those
         before the check; it is in ``align_history.json`` (``smooth_check``). Costs one
         more last level (docs/extended_samples.md, "A check"). 0: off.
     """

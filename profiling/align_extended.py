@@ -268,7 +268,8 @@ def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, see
         sample = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=noise,
                                  plane_rad=plane)
         for method, changes in DIAGNOSE.items():
-            options = dataclasses.replace(base, **changes)
+            # no smooth-pattern check: these runs print errors and residuals only
+            options = dataclasses.replace(base, smooth_check_px=0.0, **changes)
             for start in ("zero", "truth"):
                 initial = sample.shifts if start == "truth" else None
                 t0 = time.perf_counter()
@@ -321,7 +322,8 @@ def main() -> None:
                         help="print a lower bound on the error any method can reach on each "
                              "crop (the volume known exactly), no alignment")
     parser.add_argument("--bound-smooth", type=positive_int, default=0, metavar="K",
-                        help="the bound on the patterns of harmonics 0 to K with the widened "
+                        help="the bound on the patterns of harmonics 0 to K (less the four "
+                             "unobservable translations) with the widened "
                              "volume unknown (smooth_bound) instead of the alignment")
     parser.add_argument("--bound-iterations", type=positive_int, default=150,
                         help="CGLS iterations of that bound's volume fits")

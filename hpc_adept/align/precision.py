@@ -265,7 +265,9 @@ def _without(q: np.ndarray, gauge: np.ndarray) -> np.ndarray:
     g = left[:, strength > 1e-8 * strength.max()]  # its span (p_z and the offset coincide)
     rest = q - g @ (g.T @ q)
     basis, singular, _ = np.linalg.svd(rest, full_matrices=False)
-    keep = basis[:, singular > 1e-8]
+    # q is orthonormal: a direction whose part off the gauge is below 1e-6 of it is the
+    # gauge's (rounding, once normalised, would be all that is left of it)
+    keep = basis[:, singular > 1e-6]
     if keep.shape[1] == 0:
         raise ValueError("harmonic_patterns: the gauge takes every pattern")
     return keep
