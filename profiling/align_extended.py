@@ -220,9 +220,9 @@ def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
     import torch
 
     from hpc_adept.align.drift import rigid_drift_basis
+    from hpc_adept.align.patterns import harmonic_patterns
     from hpc_adept.align.plane import orthonormal_planes, plane_basis, remove_planes
     from hpc_adept.align.precision import (
-        harmonic_patterns,
         pattern_information,
         shift_information,
         stencil_gradient,

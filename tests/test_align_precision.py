@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hpc_adept.align.drift import rigid_drift_basis
+from hpc_adept.align.patterns import harmonic_patterns
 from hpc_adept.align.plane import orthonormal_planes, plane_basis, remove_planes
 from hpc_adept.align.precision import (
     direction_bounds_px,
-    harmonic_patterns,
     pattern_information,
     shift_information,
     stencil_gradient,

@@ -69,6 +69,7 @@ from hpc_adept.align.imaging import (
     highpass,
     shift_images,
 )
+from hpc_adept.align.patterns import harmonic_patterns
 from hpc_adept.align.plane import (
     fit_planes,
     orthonormal_planes,
@@ -700,8 +701,6 @@ def _smooth_check(options: AlignConfig, level: _Level, frame: _Frame, track: _Tr
     be off by such a pattern. ``track`` is
     left as it is; None (logged) where the angles cannot tell those harmonics apart.
     """
-    from hpc_adept.align.precision import harmonic_patterns
-
     t0 = time.perf_counter()
     try:
         patterns = harmonic_patterns(track.angles, 2, 3, gauge=rigid_drift_basis(
