@@ -28,7 +28,9 @@ which stays at the true shifts. What the folds leave is smooth over the angles (
 outside material, seen by neighbouring angles only, follows such a pattern); only the
 region that every angle sees pulls it back, and slowly: that level weights the shift update
 by each pixel's angular coverage (``align.coverage_power``), accelerates its steps and runs
-all its iterations (docs/extended_samples.md, "Alignment"). On a widened volume the optical
+all its iterations (docs/extended_samples.md, "Alignment"); then ``align.smooth_check_px``
+reruns it from the estimate plus a smooth pattern and warns where the pattern is not taken
+back (the estimate may be off by such a pattern). On a widened volume the optical
 flow's filters keep to the fitted pixels of the window: periodic ones would carry the
 wrap-around across a chip's window edges, and the residual of the unfitted edge pixels,
 into every step.
@@ -698,8 +700,8 @@ def _smooth_check(options: AlignConfig, level: _Level, frame: _Frame, track: _Tr
     3 in the row and the column) and measure how far from the estimate, in such patterns,
     the rerun ends. A method that fixes them takes the pattern back; where the widened
     volume follows it (one-way wiring) it stays or wanders on, and the estimate itself may
-    be off by such a pattern. ``track`` is
-    left as it is; None (logged) where the angles cannot tell those harmonics apart.
+    be off by such a pattern. ``track`` is left as it is; None (logged) where the angles
+    cannot tell those harmonics apart or leave no pattern to add.
     """
     t0 = time.perf_counter()
     try:
