@@ -600,6 +600,10 @@ def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp
     for key in ("smooth_distance", "along_pattern"):
         np.testing.assert_allclose(checks[1][key], checks[0][key], rtol=0, atol=1e-3)
     assert checks[1]["determined"] == checks[0]["determined"]
+    # what the report reads of the structure is the same measure on any number of ranks
+    ratios = [h["structure_ratio"] for h in histories]
+    assert 0.0 < ratios[0] <= 1.0
+    np.testing.assert_allclose(ratios[1], ratios[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.gpu

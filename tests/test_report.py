@@ -312,3 +312,69 @@ def test_only_real_png_files_are_embedded(tmp_path):
     assert "linked.png" not in page and "text.png" not in page
     assert base64.b64encode(secret.read_bytes()).decode()[:16] not in page
     assert f"{IMG}.png" in html.unescape(page)  # a regular PNG file is shown
+
+
+def _aligned_run(run: Path, history: dict | None) -> Path:
+    """A run directory with ``aligned.h5`` (an extended sample's) and ``history`` as its
+    ``align_history.json``."""
+    from hpc_adept.io import ProjectionSet, write_projections
+
+    run.mkdir(parents=True)
+    n = 8
+    shifts = np.random.default_rng(4).normal(0.0, 1.0, (n, 2))
+    write_projections(run / "aligned.h5", ProjectionSet(
+        np.zeros((n, 6, 6), np.float32), np.linspace(0.0, 315.0, n), 61.0, 1e-8,
+        extra={"shifts_px": shifts}, sample_kind="extended"))
+    if history is not None:
+        (run / "align_history.json").write_text(json.dumps(history))
+    return run
+
+
+def _alignment_text(run: Path) -> str:
+    from hpc_adept.report.document import section_alignment
+
+    section = section_alignment(run, {})
+    return " ".join(template.format(*values) for kind, (template, values) in section.blocks
+                    if kind == "text")
+
+
+CHECK = {"pattern_px": 0.5, "harmonics": [2, 3], "smooth_distance": 0.82,
+         "along_pattern": 0.78, "other_px": 0.1, "determined": False, "iterations": 50,
+         "seconds": 110.0}
+
+
+def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
+    """The report tells a user what ``adept align`` found about its own shifts: the kind of
+    sample, how one-way the structure is, and the smooth-pattern check's verdict."""
+    failed = _alignment_text(_aligned_run(tmp_path / "failed",
+                                          {"structure_ratio": 0.08, "smooth_check": CHECK}))
+    assert "Sample: extended" in failed
+    assert "ratio 0.08 (mostly one way" in failed
+    assert "ended 0.82 times the pattern" in failed and "NOT taken back" in failed
+    held = _alignment_text(_aligned_run(tmp_path / "held", {
+        "structure_ratio": 0.41,
+        "smooth_check": {**CHECK, "smooth_distance": 0.09, "determined": True}}))
+    assert "structure in both directions" in held and "ended 0.09 times" in held
+    assert "NOT taken back" not in held and "taken back: the method holds" in held
+    unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None}))
+    assert "No smooth-pattern check" in unchecked and "eigenvalue" not in unchecked
+    assert "No `align_history.json`" in _alignment_text(_aligned_run(tmp_path / "none", None))
+
+
+@pytest.mark.parametrize("history, reason", [
+    ({"structure_ratio": "0.1"}, "structure_ratio is not a finite number"),
+    ({"smooth_check": [1, 2]}, "smooth_check is a list"),
+    ({"smooth_check": {**CHECK, "smooth_distance": "<b>1</b>"}},
+     "smooth_check.smooth_distance is not a finite number"),
+    ({"smooth_check": {**CHECK, "pattern_px": True}}, "smooth_check.pattern_px"),
+    ({"smooth_check": {**CHECK, "determined": "no"}}, "determined is not true or false"),
+])
+def test_alignment_section_refuses_a_corrupt_history(tmp_path, history, reason):
+    """A history file whose values make no sense is one note in the report, not a verdict."""
+    from hpc_adept.report.document import write_report
+
+    run = _aligned_run(tmp_path / "run", history)
+    _, md_path = write_report(run)
+    markdown = md_path.read_text()
+    assert "Unreadable align_history.json: " in markdown and reason in markdown
+    assert "taken back" not in markdown

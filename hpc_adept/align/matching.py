@@ -232,6 +232,11 @@ class AlignResult:
     smooth_check : SmoothCheck or None
         What ``align.smooth_check_px`` measured: whether this method takes back a shift
         pattern smooth over the angles near its estimate; None when it did not run.
+    structure_ratio : float or None
+        The measured projections' median ratio of the small to the large eigenvalue of
+        their high-passed structure tensors (0: every projection's structure runs one
+        way, its shift along it not in the data; below :data:`ONE_WAY_RATIO` a warning);
+        None for a result not made by :func:`projection_matching`.
     """
 
     shifts_px: np.ndarray
@@ -240,6 +245,7 @@ class AlignResult:
     shifts_per_iteration: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     phase_planes: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     smooth_check: SmoothCheck | None = None
+    structure_ratio: float | None = None
 
 
 def working_frame(shape: tuple[int, int], factor: int) -> tuple[tuple[int, int], np.ndarray,
@@ -312,7 +318,7 @@ def projection_matching(
     start = remove_rigid_drift(shifts, angles, tilt_deg)[0]
     largest = max(float(np.abs(shifts).max(initial=0.0)), float(np.abs(start).max(initial=0.0)))
     frame = _Frame.of(projections, options, largest)
-    _warn_one_way(projections, options)
+    ratio = _warn_one_way(projections, options)
     track = _Track(shifts, angles, tilt_deg,
                    torch.zeros(n, 3, dtype=torch.float64, device=projections.device),
                    np.zeros((n, 2)), start=start, reach_px=options.coarse_search_px)
@@ -332,6 +338,7 @@ def projection_matching(
                               else np.zeros((0, n, 2))),
         phase_planes=track.planes.cpu().numpy(),
         smooth_check=check,
+        structure_ratio=ratio,
     )
 
 

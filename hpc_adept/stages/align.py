@@ -305,6 +305,7 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         "shifts_px": result.shifts_px.tolist(),
         "smooth_check": (dataclasses.asdict(result.smooth_check)
                          if result.smooth_check is not None else None),
+        "structure_ratio": result.structure_ratio,
     })
     if result.history:
         from hpc_adept.report.align_plots import plot_convergence, plot_shifts
