@@ -627,13 +627,14 @@ class AlignConfig:
     smooth_check_px : float, pixels, in [0, coarse_search_px / 4]
         After a joint last level of a widened volume: run that level once more from the
         estimate plus a shift pattern of this RMS smooth over the angles (harmonics 2 and
-        3, row and column) and measure how far from the estimate it ends in such
-        patterns. Where that is more than half the pattern, this method does not take such
-        patterns back near its estimate,
-        and the estimate may itself be off by one of up to a few pixels (regions of
-        one-way wiring): a warning says so. The shifts returned are those
-        before the check; it is in ``align_history.json`` (``smooth_check``). Costs one
-        more last level (docs/extended_samples.md, "A check"). 0: off.
+        3, row and column) until it is back within half the pattern from the estimate in
+        such patterns. Where it does not get there in the level's iterations, this method
+        does not take such patterns back near its estimate, and the estimate may itself
+        be off by one of up to a few pixels (regions of one-way wiring): a warning says
+        so. The shifts returned are those before the check; it is in
+        ``align_history.json`` (``smooth_check``) and the report. Costs a few iterations
+        of the last level where the pattern comes back, all of them where it does not
+        (docs/extended_samples.md, "A check"). 0: off.
     """
 
     enabled: bool = True

@@ -385,7 +385,7 @@ def main() -> None:
                 error = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
                 check = result.smooth_check
                 told = "" if check is None else \
-                    (f", smooth check: ended {check.smooth_distance:.0%} of "
+                    (f", smooth check: stopped {check.smooth_distance:.0%} of "
                      f"{check.pattern_px:.2f} px away ({check.along_pattern:.0%} along it; "
                      f"{'taken back' if check.determined else 'NOT TAKEN BACK'}, "
                      f"{check.seconds:.0f} s of the time)")

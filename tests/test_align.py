@@ -596,7 +596,9 @@ def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp
     assert (options["coarse_flow_eigen_floor"], options["smooth_gain"]) == (0.3, 1.0)
     # the smooth-pattern check (on by default) reruns the last level alike on both
     checks = [h["smooth_check"] for h in histories]
-    assert checks[0]["iterations"] == 4 and checks[0]["harmonics"] == [2, 3]
+    assert checks[0]["harmonics"] == [2, 3]
+    assert checks[1]["iterations"] == checks[0]["iterations"] <= 4  # early only when held
+    assert checks[0]["iterations"] == 4 or checks[0]["determined"]
     for key in ("smooth_distance", "along_pattern"):
         np.testing.assert_allclose(checks[1][key], checks[0][key], rtol=0, atol=1e-3)
     assert checks[1]["determined"] == checks[0]["determined"]

@@ -203,7 +203,9 @@ def test_smooth_check_runs_after_the_joint_level_and_leaves_the_estimate(caplog)
     assert len(checked.history) == len(plain.history)
     assert plain.smooth_check is None
     check = checked.smooth_check
-    assert check.pattern_px == pytest.approx(0.5) and check.iterations == 3
+    assert check.pattern_px == pytest.approx(0.5)
+    # the rerun stops early only where it took the pattern back
+    assert check.iterations == 3 or (check.determined and 1 <= check.iterations < 3)
     assert check.harmonics == (2, 3)
     assert np.isfinite(check.along_pattern) and np.isfinite(check.other_px)
     isolated = projection_matching(sample.measured, sample.angles, TILT,
@@ -222,7 +224,8 @@ def test_smooth_check_tells_a_crop_that_fixes_smooth_patterns(ic_files, seed, co
     """Started at the true shifts, the joint last level takes a 0.5 px pattern of harmonics
     2 and 3 back on a crop with structure both ways (this one aligns to < 0.15 px); on a
     crop of one-way wiring (whose alignment ends 1.9 px off at this size) most of the
-    pattern stays (0.06 and 0.83 of it when written)."""
+    pattern stays (0.06 and 0.83 of it after 20 iterations when written; the rerun now stops
+    once within half of it)."""
     from hpc_adept.align.drift import remove_rigid_drift
     from hpc_adept.align.matching import (
         LocalLamino,
@@ -244,7 +247,10 @@ def test_smooth_check_tells_a_crop_that_fixes_smooth_patterns(ic_files, seed, co
     check = _smooth_check(options, level, frame, track)
     np.testing.assert_array_equal(track.shifts, truth)
     assert check.determined is fixed
-    assert (check.smooth_distance < 0.3) if fixed else (check.smooth_distance > 0.65), check
+    # taken back within half the pattern, the rerun stops there; not taken back, it runs
+    # all the level's iterations and ends most of the pattern away
+    assert (check.smooth_distance <= 0.5 and check.iterations < 20) if fixed else \
+        (check.smooth_distance > 0.65 and check.iterations == 20), check
 
 
 def test_smooth_patterns_are_over_relaxed_on_the_joint_level():
