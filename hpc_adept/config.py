@@ -500,6 +500,21 @@ class PtychoConfig:
         _in_range("ptycho.trim_fraction", self.trim_fraction, 0.5)
 
 
+# Thresholds of the alignment's own verdicts (fixed, not settings; here so that the report
+# reads them without loading the alignment).
+# Median structure ratio below which the projections fix their shifts across the wires
+# only. A hint, not a verdict (docs/extended_samples.md, 14 crops of the layout, 2 % noise):
+# 24 x 32 x 32 regions, high-pass 3 px: the five one-way crops 0.08-0.19 (all fail), the
+# others 0.27-0.48 (two of them fail too); 40 x 56 x 56, 8 px: failures 0.035 / 0.047 / 0.161
+# / 0.201, an aligned crop at 0.158, others 0.25-0.31.
+ONE_WAY_RATIO = 0.2
+# The smooth-pattern check's rerun stops, the pattern taken back, once within this (in units
+# of the pattern) of the estimate, and warns when it never gets there: on 13 crops that
+# align it gets there in 2-10 iterations and stays, on three that do not it stays at
+# 0.73-0.89 (docs/extended_samples.md, "A check", "The check stops").
+SMOOTH_CHECK_LIMIT = 0.5
+
+
 @dataclass(frozen=True)
 class AlignConfig:
     """Projection alignment and center crop.

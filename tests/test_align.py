@@ -209,7 +209,8 @@ def test_structure_ratio_and_the_one_way_warning(caplog):
     import logging
 
     from hpc_adept.align.estimate import structure_ratio
-    from hpc_adept.align.matching import ONE_WAY_RATIO, _warn_one_way
+    from hpc_adept.align.matching import _warn_one_way
+    from hpc_adept.config import ONE_WAY_RATIO
 
     n = 40
     r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")

@@ -216,6 +216,45 @@ def test_smooth_check_runs_after_the_joint_level_and_leaves_the_estimate(caplog)
             load_config(None, [f"align.smooth_check_px={bad}"])
 
 
+def test_a_probe_level_stops_when_its_own_test_says_so():
+    """``_run_level(until=...)`` (the smooth-pattern check's early stop) asks after each
+    optical-flow step only, never after a cross-correlation round, and ends the level at the
+    first yes with the shifts it was asked about."""
+    from hpc_adept.align.matching import (
+        LocalLamino,
+        _Frame,
+        _make_level,
+        _resolved,
+        _run_level,
+        _Track,
+    )
+
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    options = _resolved(AlignConfig(binning=(2, 1), max_iterations=6, coarse_rounds=2,
+                                    highpass_sigma_px=2.0, coarse_lowpass_px=4.0,
+                                    volume_shape=(12, 16, 16), sample="extended"),
+                        sample.measured)
+    frame = _Frame.of(sample.measured, options, 0.0)
+    n = len(sample.angles)
+    track = _Track(np.zeros((n, 2)), sample.angles, TILT,
+                   torch.zeros(n, 3, dtype=torch.float64), np.zeros((n, 2)),
+                   start=np.zeros((n, 2)), reach_px=options.coarse_search_px)
+    coarse = _make_level(LocalLamino(), options, 0, 2, frame, TILT, sample.angles)
+    assert coarse.rounds == 2
+    asked = []
+    _run_level(options, coarse, frame, track, None, quiet=True,
+               until=lambda shifts: asked.append(shifts.copy()) is not None)  # never yes
+    steps = [h["step"] for h in track.history]
+    assert steps[:2] == ["xcorr", "xcorr"] and len(asked) == steps.count("flow") >= 1
+    joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles)
+    assert joint.full_run  # without the test it would run all 6 iterations
+    before, asked = len(track.history), []
+    _run_level(options, joint, frame, track, None, quiet=True,
+               until=lambda shifts: asked.append(shifts.copy()) or len(asked) == 2)
+    assert len(track.history) - before == 2
+    np.testing.assert_array_equal(asked[-1], track.shifts)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed, corner_um, fixed", [(2, (30.0, 20.0), True),
                                                     (14, (50.0, 25.0), False)])

@@ -137,12 +137,13 @@ def test_functions_are_short():
 
 
 def test_config_and_readers_do_not_load_torch():
-    """The config, the file readers and the geometry rules stay light: `adept report` and a
-    config error do not wait for torch."""
+    """The config, the file readers, the geometry rules and the report stay light: `adept
+    report` and a config error do not wait for torch."""
     import subprocess
     import sys
 
-    code = ("import sys, hpc_adept.config, hpc_adept.io, hpc_adept.lamino.geometry; "
+    code = ("import sys, hpc_adept.config, hpc_adept.io, hpc_adept.lamino.geometry, "
+            "hpc_adept.report.document; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)

@@ -350,31 +350,46 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
                                           {"structure_ratio": 0.08, "smooth_check": CHECK}))
     assert "Sample: extended" in failed
     assert "ratio 0.08 (mostly one way" in failed
-    assert "ended 0.82 times the pattern" in failed and "NOT taken back" in failed
+    assert "stopped 0.82 times the pattern" in failed and "NOT taken back" in failed
     held = _alignment_text(_aligned_run(tmp_path / "held", {
         "structure_ratio": 0.41,
         "smooth_check": {**CHECK, "smooth_distance": 0.09, "determined": True}}))
-    assert "structure in both directions" in held and "ended 0.09 times" in held
+    assert "structure in both directions" in held and "stopped 0.09 times" in held
     assert "NOT taken back" not in held and "taken back: the method holds" in held
-    unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None}))
+    unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None,
+                                                               "structure_ratio": None}))
     assert "No smooth-pattern check" in unchecked and "eigenvalue" not in unchecked
     assert "No `align_history.json`" in _alignment_text(_aligned_run(tmp_path / "none", None))
 
 
 @pytest.mark.parametrize("history, reason", [
-    ({"structure_ratio": "0.1"}, "structure_ratio is not a finite number"),
+    ({"structure_ratio": "0.1"}, "structure_ratio is not a number in [0, 1]"),
+    ({"structure_ratio": 1.5}, "structure_ratio is not a number in [0, 1]"),
+    ({"structure_ratio": float("nan")}, "structure_ratio is not a number"),
     ({"smooth_check": [1, 2]}, "smooth_check is a list"),
     ({"smooth_check": {**CHECK, "smooth_distance": "<b>1</b>"}},
-     "smooth_check.smooth_distance is not a finite number"),
+     "smooth_check.smooth_distance is not a number"),
+    ({"smooth_check": {**CHECK, "smooth_distance": 2 ** 1100}},
+     "smooth_check.smooth_distance is not a number"),
+    ({"smooth_check": {**CHECK, "smooth_distance": float("inf")}},
+     "smooth_check.smooth_distance is not a number"),
     ({"smooth_check": {**CHECK, "pattern_px": True}}, "smooth_check.pattern_px"),
+    ({"smooth_check": {**CHECK, "pattern_px": -0.5}}, "smooth_check.pattern_px"),
     ({"smooth_check": {**CHECK, "determined": "no"}}, "determined is not true or false"),
+    ({"smooth_check": {k: v for k, v in CHECK.items() if k != "determined"}},
+     "determined is not true or false"),
+    ({"smooth_check": {**CHECK, "determined": True}}, "determined contradicts its distance"),
 ])
 def test_alignment_section_refuses_a_corrupt_history(tmp_path, history, reason):
-    """A history file whose values make no sense is one note in the report, not a verdict."""
+    """A history file whose values make no sense is one note in the report, not a verdict;
+    the shifts from ``aligned.h5`` are still shown."""
     from hpc_adept.report.document import write_report
 
     run = _aligned_run(tmp_path / "run", history)
-    _, md_path = write_report(run)
+    html_path, md_path = write_report(run)
     markdown = md_path.read_text()
-    assert "Unreadable align_history.json: " in markdown and reason in markdown
-    assert "taken back" not in markdown
+    text = _alignment_text(run)
+    assert "Unreadable align_history.json: " in text and reason in text
+    assert "taken back" not in markdown and "median eigenvalue ratio" not in markdown
+    assert "8 projections; RMS shift" in markdown and "Sample: extended" in markdown
+    assert "<b>" not in html_path.read_text()

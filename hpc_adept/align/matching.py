@@ -86,7 +86,7 @@ from hpc_adept.align.support import (
     ray_trust,
     visible_support,
 )
-from hpc_adept.config import AlignConfig
+from hpc_adept.config import ONE_WAY_RATIO, SMOOTH_CHECK_LIMIT, AlignConfig
 from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import extended_shape, sample_indices
 from hpc_adept.linop import LinearOperator
@@ -98,12 +98,6 @@ log = logging.getLogger(__name__)
 CGLS_RELATIVE_TOLERANCE = 1e-12
 # Stop of the levels before the last, in pixels of the level.
 COARSE_TOLERANCE = 0.05
-# Median structure ratio below which the projections fix their shifts across the wires
-# only. A hint, not a verdict (docs/extended_samples.md, 14 crops of the layout, 2 % noise):
-# 24 x 32 x 32 regions, high-pass 3 px: the five one-way crops 0.08-0.19 (all fail), the
-# others 0.27-0.48 (two of them fail too); 40 x 56 x 56, 8 px: failures 0.035 / 0.047 / 0.161
-# / 0.201, an aligned crop at 0.158, others 0.25-0.31.
-ONE_WAY_RATIO = 0.2
 
 
 class LaminoOps(Protocol):
@@ -620,7 +614,9 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
                ) -> None:
     """Alignment iterations of one level until its tolerance or ``max_iterations`` (all of
     them on a ``full_run`` level); ``quiet``: no log lines (a probe run, not the estimate);
-    ``until``: a probe's own stop, asked with the shifts after each optical-flow step."""
+    ``until``: a probe's own stop, asked with the shifts after each optical-flow step (never
+    after a cross-correlation round); where it says stop the level ends there as it is,
+    without :func:`_end_level` (no return to the best held-out shifts, no warning)."""
     factor = level.factor
     volumes: list[torch.Tensor | None] = [None] * len(level.folds)
     best = (math.inf, track.shifts)
@@ -658,10 +654,6 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
     _end_level(level, track, best, track.history[-1], options, quiet)
 
 
-# the smooth-pattern check warns when the rerun ends further than this (in units of the
-# pattern) from the estimate: 0.04-0.22 on 13 crops that align, 0.77-0.83 on three that do
-# not (docs/extended_samples.md, "A check")
-SMOOTH_CHECK_LIMIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -683,9 +675,10 @@ class SmoothCheck:
         :data:`SMOOTH_CHECK_LIMIT`, else after the level's iterations.
     along_pattern : float
         That difference projected on the pattern added, over the pattern (1: it stayed,
-        0: taken back or moved off it, < 0: overshot).
+        0: taken back or moved off it, < 0: overshot); like the distance, where the rerun
+        stopped (0.4-0.5 where it stopped early, not where it would have converged).
     other_px : float, pixels
-        RMS of the rest of that difference (not smooth over the angles).
+        RMS of the rest of that difference (not smooth over the angles), where it stopped.
     determined : bool
         ``smooth_distance <= SMOOTH_CHECK_LIMIT`` (half the pattern): the method takes
         such patterns back.
@@ -753,8 +746,8 @@ def _smooth_check(options: AlignConfig, level: _Level, frame: _Frame, track: _Tr
         change = (shifts - track.shifts).reshape(-1)
         return rms(patterns.T @ (patterns @ change)) / rms(added)
 
-    # once within the limit the pattern is taken back: on the crops measured the rerun
-    # never left it again, and it gets there in 4-10 of the level's 50 iterations
+    # once within the limit the pattern is taken back: on the 16 crops measured the rerun
+    # never left it again, and it got there in 2-10 of the level's 50 iterations
     _run_level(options, level, frame, probe, None, quiet=True,
                until=lambda shifts: smooth_distance(shifts) <= SMOOTH_CHECK_LIMIT)
     change = (probe.shifts - track.shifts).reshape(-1)

@@ -72,6 +72,9 @@ VOLUME = "volume"
 OCCUPANCY = "occupancy"
 CIRCUIT = "circuit"
 TILT_ATTR = "tilt_deg"
+# the alignment stage's record of its run (JSON; hpc_adept.stages.align writes it, the
+# report reads it)
+HISTORY_NAME = "align_history.json"
 PIXEL_ATTR = "pixel_size_m"
 VOXEL_ATTR = "voxel_size_m"
 SAMPLE_ATTR = "sample"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hpc_adept.align.matching import ONE_WAY_RATIO, SMOOTH_CHECK_LIMIT
+from hpc_adept.config import ONE_WAY_RATIO, SMOOTH_CHECK_LIMIT
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_projections, read_volume, write_text_atomic
 from hpc_adept.io.h5read import open_h5
+from hpc_adept.io.runfiles import HISTORY_NAME
 from hpc_adept.report.figures import pyplot, save_figure
 from hpc_adept.report.render import Section, render_html, render_markdown
-from hpc_adept.stages.align import HISTORY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,13 @@ def section_circuit(run_dir: Path, config: dict[str, Any]) -> Section:
     return sec
 
 
+# how adept align treats each kind of sample (aligned.h5's root attribute sample)
+SAMPLE_METHODS = {
+    "extended": "a chip around the region: widened volume, blind to phase offsets and ramps",
+    "isolated": "a sample in vacuum: the region alone",
+}
+
+
 def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     sec = Section("Alignment")
     path = run_dir / "aligned.h5"
@@ -342,32 +350,38 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
              len(shifts), f"{rms[0]:.2f}", f"{rms[1]:.2f}", f"{np.abs(shifts).max():.2f}")
     if ps.sample_kind is not None:
         sec.text("Sample: {} ({}).", ps.sample_kind, SAMPLE_METHODS.get(ps.sample_kind, "?"))
-    return _alignment_trust(sec, _read_json(run_dir / HISTORY_NAME))
+    try:  # a bad history costs its own paragraphs, not the shifts above
+        paragraphs = _alignment_trust(_read_json(run_dir / HISTORY_NAME))
+    except Unreadable as exc:
+        log.warning("report: Alignment section: unreadable %s (%s)", run_dir / exc.name,
+                    exc.reason)
+        return sec.text("Unreadable {}: {}", exc.name, exc.reason)
+    for template, values in paragraphs:
+        sec.text(template, *values)
+    return sec
 
 
-SAMPLE_METHODS = {
-    "extended": "a chip around the region: widened volume, blind to phase offsets and ramps",
-    "isolated": "a sample in vacuum: the region alone",
-}
-
-
-def _alignment_trust(sec: Section, history: dict[str, Any] | None) -> Section:
-    """What ``align_history.json`` says about how far the shifts can be trusted: how one-way
-    the projections' structure is and the smooth-pattern check (``align.smooth_check_px``)."""
+def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[Any, ...]]]:
+    """The paragraphs (template, values) of what ``align_history.json`` says about how far
+    the shifts can be trusted: how one-way the projections' structure is and the
+    smooth-pattern check (``align.smooth_check_px``); :class:`Unreadable` when a value is
+    missing, out of range or contradicts another (no verdict from a broken record)."""
     if history is None:
-        return sec.text("No `{}`: nothing on how far the shifts hold.", HISTORY_NAME)
+        return [("No `{}`: nothing on how far the shifts hold.", (HISTORY_NAME,))]
+    paragraphs = []
     ratio = history.get("structure_ratio")
     if ratio is not None:
-        ratio = _finite(ratio, "structure_ratio")
+        ratio = _finite(ratio, "structure_ratio", high=1.0)
         verdict = ("mostly one way: the shifts along the wires are poorly determined"
                    if ratio < ONE_WAY_RATIO else "structure in both directions")
-        sec.text("Structure of the projections: median eigenvalue ratio {} ({}; below {} "
-                 "counts as one way).", f"{ratio:.2f}", verdict, f"{ONE_WAY_RATIO:g}")
+        paragraphs.append(("Structure of the projections: median eigenvalue ratio {} ({}; "
+                           "below {} counts as one way).",
+                           (f"{ratio:.2f}", verdict, f"{ONE_WAY_RATIO:g}")))
     check = history.get("smooth_check")
     if check is None:
-        return sec.text("No smooth-pattern check (it runs after the joint last level of an "
-                        "extended sample's alignment; `align.smooth_check_px: 0` turns it "
-                        "off).")
+        return paragraphs + [("No smooth-pattern check (it runs after the joint last level of "
+                              "an extended sample's alignment; `align.smooth_check_px: 0` "
+                              "turns it off).", ())]
     if not isinstance(check, dict):
         raise Unreadable(HISTORY_NAME, f"smooth_check is a {type(check).__name__}")
     pattern = _finite(check.get("pattern_px"), "smooth_check.pattern_px")
@@ -375,21 +389,31 @@ def _alignment_trust(sec: Section, history: dict[str, Any] | None) -> Section:
     held = check.get("determined")
     if not isinstance(held, bool):
         raise Unreadable(HISTORY_NAME, "smooth_check.determined is not true or false")
+    if held != (distance <= SMOOTH_CHECK_LIMIT):
+        raise Unreadable(HISTORY_NAME, "smooth_check.determined contradicts its distance")
     verdict = ("taken back: the method holds such patterns near its estimate" if held else
                "NOT taken back: the shifts may be off by a pattern smooth over the angles of "
                "up to a few pixels; prefer a region with structure in both directions")
-    return sec.text("Smooth-pattern check: the last level, rerun from the estimate plus a {} "
-                    "px shift pattern smooth over the angles, ended {} times the pattern from "
-                    "the estimate (limit {}): {}.", f"{pattern:.2f}", f"{distance:.2f}",
-                    f"{SMOOTH_CHECK_LIMIT:g}", verdict)
+    return paragraphs + [("Smooth-pattern check: the last level, rerun from the estimate plus "
+                          "a {} px shift pattern smooth over the angles, stopped {} times the "
+                          "pattern from the estimate (limit {}): {}.",
+                          (f"{pattern:.2f}", f"{distance:.2f}", f"{SMOOTH_CHECK_LIMIT:g}",
+                           verdict))]
 
 
-def _finite(value: Any, name: str) -> float:
-    """``value`` as a finite float; :class:`Unreadable` (align_history.json) otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not np.isfinite(value):
-        raise Unreadable(HISTORY_NAME, f"{name} is not a finite number: {value!r}")
-    return float(value)
+def _finite(value: Any, name: str, high: float = math.inf) -> float:
+    """``value`` as a number in [0, ``high``]; :class:`Unreadable` (align_history.json)
+    otherwise (also for a bool, a string, NaN, infinity or an int too large for a float)."""
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            pass
+    if not (math.isfinite(number) and 0.0 <= number <= high):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise Unreadable(HISTORY_NAME, f"{name} is not a number in [0, {high:g}]: {shown}")
+    return number
 
 
 def section_ptycho(run_dir: Path, config: dict[str, Any]) -> Section:

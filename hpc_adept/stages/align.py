@@ -26,12 +26,11 @@ from hpc_adept.config import AlignConfig, Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, write_projections
 from hpc_adept.io.h5read import open_h5, require_dataset
-from hpc_adept.io.runfiles import TILT_ATTR
+from hpc_adept.io.runfiles import HISTORY_NAME, TILT_ATTR
 from hpc_adept.parallel import ParallelContext, bcast, bcast_array
 
 log = logging.getLogger(__name__)
 
-HISTORY_NAME = "align_history.json"
 # Smallest projection side at the coarsest binning level that still carries structure.
 MIN_BINNED_PX = 8
 
