@@ -360,6 +360,9 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
                                                                "structure_ratio": None}))
     assert "No smooth-pattern check" in unchecked and "eigenvalue" not in unchecked
     assert "No `align_history.json`" in _alignment_text(_aligned_run(tmp_path / "none", None))
+    off = _alignment_text(_aligned_run(tmp_path / "disabled", {"enabled": False,
+                                                                "smooth_check": None}))
+    assert "alignment was off" in off and "smooth-pattern" not in off
 
 
 @pytest.mark.parametrize("history, reason", [

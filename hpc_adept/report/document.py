@@ -368,6 +368,9 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
     missing, out of range or contradicts another (no verdict from a broken record)."""
     if history is None:
         return [("No `{}`: nothing on how far the shifts hold.", (HISTORY_NAME,))]
+    if history.get("enabled") is False:
+        return [("The alignment was off (`align.enabled: false`): the projections were "
+                 "cropped, no shifts estimated.", ())]
     paragraphs = []
     ratio = history.get("structure_ratio")
     if ratio is not None:
