@@ -752,7 +752,7 @@ def _smooth_check(options: AlignConfig, level: _Level, frame: _Frame, track: _Tr
                until=lambda shifts: smooth_distance(shifts) <= SMOOTH_CHECK_LIMIT)
     change = (probe.shifts - track.shifts).reshape(-1)
     smooth = patterns.T @ (patterns @ change)
-    distance = smooth_distance(probe.shifts)
+    distance = rms(smooth) / rms(added)  # smooth_distance(probe.shifts), its parts reused
     check = SmoothCheck(rms(added), (2, 3), distance, float(change @ added / (added @ added)),
                         rms(change - smooth), distance <= SMOOTH_CHECK_LIMIT,
                         len(probe.history), time.perf_counter() - t0)

@@ -374,7 +374,7 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
     paragraphs = []
     ratio = history.get("structure_ratio")
     if ratio is not None:
-        ratio = _finite(ratio, "structure_ratio", high=1.0)
+        ratio = _in_range(ratio, "structure_ratio", high=1.0)
         verdict = ("mostly one way: the shifts along the wires are poorly determined"
                    if ratio < ONE_WAY_RATIO else "structure in both directions")
         paragraphs.append(("Structure of the projections: median eigenvalue ratio {} ({}; "
@@ -387,8 +387,8 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
                               "turns it off).", ())]
     if not isinstance(check, dict):
         raise Unreadable(HISTORY_NAME, f"smooth_check is a {type(check).__name__}")
-    pattern = _finite(check.get("pattern_px"), "smooth_check.pattern_px")
-    distance = _finite(check.get("smooth_distance"), "smooth_check.smooth_distance")
+    pattern = _in_range(check.get("pattern_px"), "smooth_check.pattern_px")
+    distance = _in_range(check.get("smooth_distance"), "smooth_check.smooth_distance")
     held = check.get("determined")
     if not isinstance(held, bool):
         raise Unreadable(HISTORY_NAME, "smooth_check.determined is not true or false")
@@ -404,7 +404,7 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
                            verdict))]
 
 
-def _finite(value: Any, name: str, high: float = math.inf) -> float:
+def _in_range(value: Any, name: str, high: float = math.inf) -> float:
     """``value`` as a number in [0, ``high``]; :class:`Unreadable` (align_history.json)
     otherwise (also for a bool, a string, NaN, infinity or an int too large for a float)."""
     number = math.nan
