@@ -650,6 +650,25 @@ class AlignConfig:
         ``align_history.json`` (``smooth_check``) and the report. Costs a few iterations
         of the last level where the pattern comes back, all of them where it does not
         (docs/extended_samples.md, "A check"). 0: off.
+    layer_lef : str
+        The chip's layer stack as the prior of the joint last level's volume (a widened
+        volume; the coarser levels keep voxels): a LEF technology file whose routing
+        layers' ``HEIGHT`` and ``THICKNESS`` (and the cut layers between them) give the
+        heights at which the material changes; the volume is then one lateral map per layer,
+        constant in height between two interfaces. It has some ``nz / layers`` times fewer
+        unknowns and no longer follows a shift pattern smooth over the angles
+        (docs/extended_samples.md, "A layered volume": it takes back the smooth pattern
+        of one crop of one-way wiring and costs another; opt-in). ``none`` (default): off;
+        ``auto``: the ``simulate.layout_lef`` of a layout the simulate stage rasterised
+        (the dataset's ``ground_truth.h5`` says so and the file exists), else none;
+        otherwise the path. Overridden by ``layer_interfaces_um``.
+    layer_interfaces_um : list of float, um
+        The interface heights themselves (strictly increasing), measured along the
+        volume's z axis from the bottom face of its first slice; empty (default): from
+        ``layer_lef``.
+    layer_base_um : float, um
+        Height above the substrate of the volume's bottom face (the LEF's heights are
+        above the substrate); the simulator's regions start there (0).
     """
 
     enabled: bool = True
@@ -677,9 +696,13 @@ class AlignConfig:
     smooth_gain: float = 1.0
     smooth_harmonics: int = 4
     smooth_check_px: float = 0.5
+    layer_lef: str = "none"
+    layer_interfaces_um: tuple[float, ...] = ()
+    layer_base_um: float = 0.0
 
     def check(self) -> None:
         _choices("align", self)
+        self._check_layers()
         _shape("align.crop_shape", self.crop_shape)
         if self.fit_phase_plane != "auto" and not isinstance(self.fit_phase_plane, bool):
             raise ConfigError(f"align.fit_phase_plane must be true, false or auto, got "
@@ -713,6 +736,17 @@ class AlignConfig:
                      "coverage_power", "smooth_gain"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"align.{name} must be >= 0, got {getattr(self, name)}")
+
+    def _check_layers(self) -> None:
+        edges = self.layer_interfaces_um
+        if any(not math.isfinite(e) for e in edges) or any(
+                b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ConfigError(f"align.layer_interfaces_um must be finite and strictly "
+                              f"increasing, got {list(edges)}")
+        if not math.isfinite(self.layer_base_um):
+            raise ConfigError(f"align.layer_base_um must be finite, got {self.layer_base_um}")
+        if not self.layer_lef.strip():
+            raise ConfigError("align.layer_lef must be auto, none or a path, got ''")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ the error and the last weighted residual of each run. A method whose estimate le
 true shifts is biased there; one that ends far from them at a residual no larger than at
 the truth cannot tell them apart (the data leave the shifts undetermined).
 
+``--layers`` gives the extended method the layout's layer stack (the LEF's interfaces,
+``align.layer_lef``): its joint last level fits a stack of layers instead of voxels
+(docs/extended_samples.md, "A layered volume"); it needs the layout files.
+
 ``--bound-smooth K`` bounds the error of the shift patterns smooth over the angles
 (harmonics 0 to K less the unobservable translations) with the widened volume unknown,
 against the same with it known (docs/extended_samples.md, "The volume unknown");
@@ -47,7 +51,9 @@ sys.path.insert(0, str(REPO))
 from hpc_adept.align import projection_matching  # noqa: E402
 from hpc_adept.config import AlignConfig, ConfigError, load_config  # noqa: E402
 from tests.extended_sample import (  # noqa: E402
+    IC_LEF,
     TILT,
+    VOXEL_M,
     extended_sample,
     shift_error,
     shift_error_px,
@@ -283,6 +289,17 @@ def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, see
                       f"iterations, {seconds:6.1f} s", flush=True)
 
 
+def layout_layer_edges() -> tuple[float, ...]:
+    """The layout LEF's layer interfaces in voxels (the samples' regions start at the
+    substrate); exits with one line without the layout."""
+    from hpc_adept.align.layers import lef_interfaces_um
+
+    if not IC_LEF.is_file():
+        sys.exit(f"--layers needs the layout's LEF ({IC_LEF}); the procedural fallback has "
+                 f"another stack")
+    return tuple(h * 1e-6 / VOXEL_M for h in lef_interfaces_um(IC_LEF))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--region", type=positive_int, nargs=3, default=[40, 56, 56])
@@ -332,6 +349,8 @@ def main() -> None:
                         "repeatable), e.g. --set momentum=0")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help="which methods to run")
+    parser.add_argument("--layers", action="store_true",
+                        help="the layout's layer stack as the last level's volume prior")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
@@ -354,6 +373,7 @@ def main() -> None:
           f"coarse low-pass {args.coarse_lowpass} px, flow eigen floor "
           f"{args.flow_eigen_floor} ({args.coarse_flow_eigen_floor} on the coarser levels), "
           f"corner {args.corner} um" + "".join(f", {k} {v}" for k, v in settings.items()))
+    edges = layout_layer_edges() if args.layers else None
     for seed in args.seeds:
         if args.structure:
             structure(region, args.angles, seed, tuple(args.corner), args.highpass)
@@ -380,7 +400,8 @@ def main() -> None:
                 # --set wins over a method's own settings (e.g. the region-only momentum)
                 options = dataclasses.replace(base, **{**METHODS[method], **settings})
                 t0 = time.perf_counter()
-                result = projection_matching(sample.measured, sample.angles, TILT, options)
+                result = projection_matching(sample.measured, sample.angles, TILT, options,
+                                             layer_edges_px=edges)
                 seconds = time.perf_counter() - t0
                 error = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
                 check = result.smooth_check

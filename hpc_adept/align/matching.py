@@ -55,7 +55,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -71,6 +71,7 @@ from hpc_adept.align.imaging import (
     highpass,
     shift_images,
 )
+from hpc_adept.align.layers import LayeredOperator, layer_profiles
 from hpc_adept.align.patterns import harmonic_patterns
 from hpc_adept.align.plane import (
     fit_planes,
@@ -274,6 +275,7 @@ def projection_matching(
     ops: LaminoOps | None = None,
     initial_shifts_px: np.ndarray | None = None,
     callback: Callable[[dict], None] | None = None,
+    layer_edges_px: Sequence[float] | None = None,
 ) -> AlignResult:
     """Estimate per-projection shifts by projection matching.
 
@@ -296,6 +298,11 @@ def projection_matching(
         Starting estimate (default zeros).
     callback : callable, optional
         Called with each history entry (e.g. for progress logging).
+    layer_edges_px : sequence of float, voxels, optional
+        Interface heights of the chip's layer stack along the volume's z axis from the
+        bottom face of its first slice (``align.layer_lef``, the stage converts): the
+        joint last level's volume is then a stack of layers
+        (:class:`~hpc_adept.align.layers.LayeredOperator`). None or empty: voxels.
 
     Returns
     -------
@@ -318,7 +325,8 @@ def projection_matching(
                    np.zeros((n, 2)), start=start, reach_px=options.coarse_search_px)
     level = None
     for level_index, factor in enumerate(options.binning):
-        level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles)
+        level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles,
+                            layer_edges_px)
         _run_level(options, level, frame, track, callback)
     # a joint last level of a widened volume: the method that can leave a smooth pattern
     check = _smooth_check(options, level, frame, track) \
@@ -472,6 +480,7 @@ class _Level:
     joint: bool = False       # a joint last level of a widened volume (after fold levels)
     eigen_floor: float = 0.0  # of the optical-flow normal matrices (the aperture problem)
     smooth: torch.Tensor | None = None  # [n, 2K+1] orthonormal angular harmonics
+    layers: torch.Tensor | None = None  # [K, nz] layer profiles (None: a volume of voxels)
 
 
 def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, int, int],
@@ -494,7 +503,8 @@ def _folds(ops: LaminoOps, angles: np.ndarray, tilt_deg: float, vol: tuple[int, 
 
 
 def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: int,
-                frame: _Frame, tilt_deg: float, angles: np.ndarray) -> _Level:
+                frame: _Frame, tilt_deg: float, angles: np.ndarray,
+                layer_edges_px: Sequence[float] | None = None) -> _Level:
     like = frame.projections
     det = (frame.size[0] // factor, frame.size[1] // factor)
     region = _binned(options.volume_shape, factor)
@@ -536,7 +546,22 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
                   joint=joint and margin > 0,
                   smooth=_harmonic_basis(angles, options, like) if refine else None,
                   eigen_floor=options.flow_eigen_floor if last_level
-                  else options.coarse_flow_eigen_floor)
+                  else options.coarse_flow_eigen_floor,
+                  layers=_layer_profiles(layer_edges_px, options, factor, like)
+                  if joint and margin > 0 else None)
+
+
+def _layer_profiles(edges_px: Sequence[float] | None, options: AlignConfig, factor: int,
+                    like: torch.Tensor) -> torch.Tensor | None:
+    """The joint last level's layer profiles ``[K, nz]`` (None: no stack given). Only
+    there: on the fold levels the layers moved estimates off on two crops of seven
+    (docs/extended_samples.md, "A layered volume")."""
+    if not edges_px:
+        return None
+    profiles = layer_profiles(edges_px, options.volume_shape[0], factor)
+    log.info("projection matching: binning %d fits a stack of %d layers (%s voxels thick)",
+             factor, len(profiles), ", ".join(f"{t:.1f}" for t in profiles.sum(axis=1)))
+    return torch.as_tensor(profiles, dtype=like.dtype, device=like.device)
 
 
 def _harmonic_basis(angles: np.ndarray, options: AlignConfig, like: torch.Tensor
@@ -599,13 +624,28 @@ def _reconstruct(level: _Level, data: torch.Tensor, volumes: list[torch.Tensor |
         if volumes[k] is None:
             volumes[k] = fold.op.fbp(part if blind is None else blind(part)) * level.support
         trust = None if level.trust is None else level.trust[fold.fit]
-        volumes[k], reprojection = least_squares(fold.op, part, volumes[k], level.support,
-                                                 iterations, trust, blind)
+        volumes[k], reprojection = _fit(level, fold.op, part, volumes[k], iterations, trust,
+                                        blind)
         if fold.predict is None:
             model[fold.fit] = reprojection
         else:
             model[fold.predict] = fold.op_predict.forward(volumes[k])
     return model
+
+
+def _fit(level: _Level, op: LaminoOperator, data: torch.Tensor, volume: torch.Tensor,
+         iterations: int, trust: torch.Tensor | None,
+         blind: Callable[[torch.Tensor], torch.Tensor] | None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`least_squares` of the level's volume: of voxels, or of its layer maps (the
+    volume they make is returned; a warm start of voxels is first made a stack)."""
+    if level.layers is None:
+        return least_squares(op, data, volume, level.support, iterations, trust, blind)
+    layered = LayeredOperator(op, level.layers.to(volume.dtype),
+                              level.support.to(volume.dtype))
+    maps, reprojection = least_squares(layered, data, layered.layers_of(volume),
+                                       layered.layer_support(), iterations, trust, blind)
+    return layered.volume(maps), reprojection
 
 
 def _run_level(options: AlignConfig, level: _Level, frame: _Frame,

@@ -74,6 +74,7 @@ class AlignPlan:
     enabled: bool = True
     keep_host_memory: bool = True
     memory_guard: bool = True
+    layer_interfaces_um: tuple[float, ...] = ()
 
     def validate(self, ctx: ParallelContext, device: object) -> None:
         """Stop before any work when projection matching will not fit in memory.
@@ -178,7 +179,49 @@ def plan_align(cfg: Config) -> AlignPlan:
                      shape, crop, volume_shape,  # type: ignore[arg-type]
                      widened, a.cross_folds if widened != volume_shape else 1, extended,
                      cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory,
-                     cfg.runtime.memory_guard)
+                     cfg.runtime.memory_guard,
+                     layer_interfaces(cfg) if a.enabled and extended else ())
+
+
+def layer_interfaces(cfg: Config) -> tuple[float, ...]:
+    """The chip's layer interfaces (um above the volume's bottom face) that
+    ``align.layer_interfaces_um`` or ``align.layer_lef`` give; empty: none.
+
+    ``layer_lef: auto`` takes ``simulate.layout_lef`` when the dataset (``data.path``)
+    holds a ``ground_truth.h5`` that ``adept simulate`` wrote from a layout (its root
+    attribute ``phantom``; only that attribute is read): the stack of the chip simulated.
+    """
+    a = cfg.align
+    if a.layer_interfaces_um:
+        return tuple(float(h) for h in a.layer_interfaces_um)
+    if a.layer_lef == "none":
+        return ()
+    lef = a.layer_lef
+    if lef == "auto":
+        if not _simulated_from_layout(cfg):
+            return ()
+        lef = cfg.simulate.layout_lef
+    from hpc_adept.align.layers import lef_interfaces_um
+
+    return lef_interfaces_um(lef, a.layer_base_um)
+
+
+def _simulated_from_layout(cfg: Config) -> bool:
+    """Whether ``data.path`` holds a ground truth that ``adept simulate`` made of a layout
+    whose LEF is still there."""
+    if not cfg.data.path or not Path(cfg.simulate.layout_lef).is_file():
+        return False
+    truth = Path(cfg.data.path) / "ground_truth.h5"
+    if not truth.is_file():
+        return False
+    try:
+        with open_h5(truth) as f:
+            phantom = f.attrs.get("phantom")
+    except DataError:
+        return False
+    if isinstance(phantom, bytes):
+        phantom = phantom.decode("utf-8", "replace")
+    return phantom == "layout"
 
 
 def _looks_extended(options: AlignConfig, source: Path) -> bool:
@@ -243,6 +286,19 @@ def _shared_input(ctx: ParallelContext, plan: AlignPlan) -> tuple[ProjectionSet 
     return ps, projections, angles, tilt
 
 
+def _layer_edges_px(plan: AlignPlan, ctx: ParallelContext, ps: ProjectionSet | None
+                    ) -> tuple[float, ...]:
+    """The plan's layer interfaces in voxels (one voxel = one projection pixel of
+    rank 0's file)."""
+    pixel_m = float(bcast(ctx, ps.pixel_size_m if ps is not None else None))
+    if not plan.layer_interfaces_um:
+        return ()
+    edges = tuple(h * 1e-6 / pixel_m for h in plan.layer_interfaces_um)
+    log.info("align: the chip's layer stack is the last level's volume prior: interfaces "
+             "at %s voxels", ", ".join(f"{e:.2f}" for e in edges))
+    return edges
+
+
 def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object) -> None:
     """Run the stage on all ranks."""
     import functools
@@ -273,7 +329,8 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         result = projection_matching(
             torch.from_numpy(projections).to(device), angles, tilt, options, callback=report,
             ops=functools.partial(DistributedLaminoOperator, kernel=cfg.runtime.projector,
-                                  ctx=ctx))
+                                  ctx=ctx),
+            layer_edges_px=_layer_edges_px(plan, ctx, ps))
     else:
         options = None
         result = AlignResult(shifts_px=np.zeros((n, 2)))
@@ -305,6 +362,7 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         "smooth_check": (dataclasses.asdict(result.smooth_check)
                          if result.smooth_check is not None else None),
         "structure_ratio": result.structure_ratio,
+        "layer_interfaces_um": list(plan.layer_interfaces_um),
     })
     if result.history:
         from hpc_adept.report.align_plots import plot_convergence, plot_shifts

@@ -1,0 +1,190 @@
+"""The chip's layer stack as the alignment's volume prior (hpc_adept.align.layers)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_adept.align.layers import LayeredOperator, layer_profiles, lef_interfaces_um
+from hpc_adept.config import AlignConfig, Config
+from hpc_adept.errors import ConfigError, DataError
+from hpc_adept.lamino import Geometry, LaminoOperator
+from hpc_adept.linop import dottest
+
+TWO_METALS_LEF = """\
+VERSION 5.6 ;
+UNITS
+  DATABASE MICRONS 1000 ;
+END UNITS
+LAYER m1
+  TYPE ROUTING ;
+  DIRECTION HORIZONTAL ;
+  WIDTH 0.1 ;
+  THICKNESS 0.1 ;
+  HEIGHT 0.2 ;
+END m1
+LAYER v1
+  TYPE CUT ;
+  WIDTH 0.1 ;
+END v1
+LAYER m2
+  TYPE ROUTING ;
+  DIRECTION VERTICAL ;
+  WIDTH 0.2 ;
+  THICKNESS 0.2 ;
+  HEIGHT 0.5 ;
+END m2
+END LIBRARY
+"""
+
+
+def test_profiles_hold_each_slice_in_its_layers():
+    """Interfaces at 2.5 and 6 voxels of 8 slices: three layers; a slice cut by an
+    interface is shared by the two layers in proportion; binned by 2 the same heights."""
+    full = layer_profiles([-1.0, 2.5, 6.0, 9.0], 8)
+    np.testing.assert_allclose(full, [[1, 1, 0.5, 0, 0, 0, 0, 0],
+                                      [0, 0, 0.5, 1, 1, 1, 0, 0],
+                                      [0, 0, 0, 0, 0, 0, 1, 1]])
+    binned = layer_profiles([2.5, 6.0], 8, factor=2)
+    np.testing.assert_allclose(binned, [[1, 0.25, 0, 0], [0, 0.75, 1, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(binned.sum(axis=0), 1.0)
+    for bad in ([3.0, 3.0], [4.0, 2.0], [np.nan]):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            layer_profiles(bad, 8)
+    with pytest.raises(ValueError, match="do not bin"):
+        layer_profiles([2.5], 9, factor=2)
+
+
+def _layered(shape=(8, 12, 14)):
+    geometry = Geometry(np.linspace(0.0, 330.0, 12), 61.0, shape, (14, 16))
+    op = LaminoOperator(geometry, kernel="torch")
+    profiles = torch.from_numpy(layer_profiles([2.5, 6.0], shape[0]))
+    support = torch.ones(shape, dtype=torch.float64)
+    support[:, :, 0] = 0.0  # a column outside the support
+    return LayeredOperator(op, profiles, support), op
+
+
+def test_layered_operator_adjoint_and_round_trip():
+    """The dot-product test in float64; a stack's volume gives back its layer maps; a
+    volume of voxels is replaced by its nearest stack (a fixed point after one pass)."""
+    layered, _ = _layered()
+    layered.domain_shape = (3, 12, 14)
+    layered.range_shape = (12, 14, 16)
+    dottest(layered, rtol=1e-10)
+    gen = torch.Generator().manual_seed(1)
+    maps = torch.randn(3, 12, 14, generator=gen, dtype=torch.float64)
+    maps[:, :, 0] = 0.0
+    np.testing.assert_allclose(layered.layers_of(layered.volume(maps)), maps, atol=1e-12)
+    voxels = torch.randn(8, 12, 14, generator=gen, dtype=torch.float64)
+    once = layered.volume(layered.layers_of(voxels))
+    np.testing.assert_allclose(layered.volume(layered.layers_of(once)), once, atol=1e-12)
+    assert not layered.layer_support()[:, :, 0].any() and layered.layer_support()[:, :, 1:].all()
+
+
+def test_layer_fit_explains_data_of_a_stack():
+    """CGLS on the layer maps fits projections of a stacked volume (the matching's own
+    least squares, through the layered operator)."""
+    from hpc_adept.align.matching import least_squares
+
+    layered, op = _layered()
+    gen = torch.Generator().manual_seed(2)
+    maps = torch.randn(3, 12, 14, generator=gen, dtype=torch.float64) * layered.layer_support()
+    data = layered.forward(maps)
+    start = torch.zeros_like(maps)
+    fitted, reprojection = least_squares(layered, data, start, layered.layer_support(), 400)
+    assert float((reprojection - data).norm() / data.norm()) < 1e-4
+    np.testing.assert_allclose(layered.volume(fitted).shape, (8, 12, 14))
+    assert op.forward(layered.volume(fitted)).shape == data.shape
+
+
+def test_lef_interfaces(tmp_path):
+    """A LEF's routing layers give their bottoms and tops (the cut layers fill the gaps),
+    measured from the volume's bottom face; a missing or broken file is a DataError."""
+    lef = tmp_path / "two.lef"
+    lef.write_text(TWO_METALS_LEF)
+    assert lef_interfaces_um(lef) == pytest.approx((0.2, 0.3, 0.5, 0.7))
+    assert lef_interfaces_um(lef, base_um=0.1) == pytest.approx((0.1, 0.2, 0.4, 0.6))
+    with pytest.raises(DataError, match="not a file"):
+        lef_interfaces_um(tmp_path / "missing.lef")
+    broken = tmp_path / "broken.lef"
+    broken.write_text("LAYER m1\n  TYPE ROUTING ;\n")
+    with pytest.raises(DataError):
+        lef_interfaces_um(broken)
+
+
+def test_layer_config_and_stage_resolution(tmp_path):
+    """Interfaces given win; ``none`` (the default) is off; ``auto`` takes the simulate
+    section's LEF only for a dataset that ``adept simulate`` made of a layout; bad values
+    are config errors."""
+    import h5py
+
+    from hpc_adept.stages.align import layer_interfaces
+
+    lef = tmp_path / "two.lef"
+    lef.write_text(TWO_METALS_LEF)
+    data = tmp_path / "data"
+    data.mkdir()
+    base = Config()
+    cfg = dataclasses.replace(
+        base, data=dataclasses.replace(base.data, path=str(data)),
+        simulate=dataclasses.replace(base.simulate, layout_lef=str(lef)))
+
+    def with_align(**kw):
+        return dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, **kw))
+
+    assert layer_interfaces(with_align(layer_interfaces_um=(0.1, 0.4))) == (0.1, 0.4)
+    assert layer_interfaces(with_align(layer_lef="none")) == ()
+    assert layer_interfaces(with_align(layer_lef=str(lef))) == pytest.approx((0.2, 0.3, 0.5, 0.7))
+    assert layer_interfaces(cfg) == ()  # the default: none
+    auto = with_align(layer_lef="auto")
+    assert layer_interfaces(auto) == ()  # no simulated ground truth there
+    with h5py.File(data / "ground_truth.h5", "w") as f:
+        f.attrs["phantom"] = "procedural"
+    assert layer_interfaces(auto) == ()
+    with h5py.File(data / "ground_truth.h5", "w") as f:
+        f.attrs["phantom"] = "layout"
+    assert layer_interfaces(auto) == pytest.approx((0.2, 0.3, 0.5, 0.7))
+    assert layer_interfaces(cfg) == ()
+    for bad, key in (({"layer_interfaces_um": (0.3, 0.2)}, "layer_interfaces_um"),
+                     ({"layer_interfaces_um": (0.1, float("inf"))}, "layer_interfaces_um"),
+                     ({"layer_base_um": float("nan")}, "layer_base_um"),
+                     ({"layer_lef": " "}, "layer_lef")):
+        with pytest.raises(ConfigError, match=key):
+            AlignConfig(**bad).check()
+
+
+def test_only_the_joint_last_level_fits_a_stack(caplog):
+    """Given a stack, the joint last level of a widened volume fits layer maps (its volume
+    is a stack after every fit); the fold level before it keeps voxels."""
+    import logging
+
+    from hpc_adept.align import projection_matching
+    from hpc_adept.align.matching import LocalLamino, _fit, _Frame, _make_level, _resolved
+    from tests.extended_sample import TILT, extended_sample
+
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    options = _resolved(AlignConfig(binning=(2, 1), max_iterations=3, highpass_sigma_px=2.0,
+                                    coarse_lowpass_px=4.0, volume_shape=(12, 16, 16),
+                                    sample="extended"), sample.measured)
+    frame = _Frame.of(sample.measured, options, float(np.abs(sample.shifts).max()))
+    edges = (3.5, 6.0, 9.25)
+    coarse = _make_level(LocalLamino(), options, 0, 2, frame, TILT, sample.angles, edges)
+    joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles, edges)
+    assert coarse.layers is None and joint.layers.shape == (4, 12)
+    data = frame.aligned(np.zeros((16, 2)), 1)
+    fold = joint.folds[0]
+    volume = fold.op.fbp(data) * joint.support
+    fitted, reprojection = _fit(joint, fold.op, data, volume, 3, joint.trust, None)
+    layered = LayeredOperator(fold.op, joint.layers.to(fitted.dtype),
+                              joint.support.to(fitted.dtype))
+    torch.testing.assert_close(layered.volume(layered.layers_of(fitted)), fitted)
+    torch.testing.assert_close(reprojection, fold.op.forward(fitted), rtol=1e-4, atol=1e-5)
+    with caplog.at_level(logging.INFO, logger="hpc_adept"):
+        result = projection_matching(sample.measured, sample.angles, TILT, options,
+                                     layer_edges_px=edges)
+    assert np.all(np.isfinite(result.shifts_px))
+    stacks = [r.getMessage() for r in caplog.records if "stack of" in r.getMessage()]
+    assert len(stacks) == 1 and "binning 1 fits a stack of 4 layers" in stacks[0], stacks
