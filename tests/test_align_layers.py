@@ -188,3 +188,36 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
     assert np.all(np.isfinite(result.shifts_px))
     stacks = [r.getMessage() for r in caplog.records if "stack of" in r.getMessage()]
     assert len(stacks) == 1 and "binning 1 fits a stack of 4 layers" in stacks[0], stacks
+
+
+@pytest.mark.slow
+def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
+    """The crop of one-way wiring where the voxel volume keeps a 0.5 px smooth pattern
+    (tests/test_align_extended.py, the smooth check's test: most of it stays after 20
+    iterations): with the layout's stack the joint last level takes it back."""
+    from hpc_adept.align.drift import remove_rigid_drift
+    from hpc_adept.align.matching import (
+        LocalLamino,
+        _Frame,
+        _make_level,
+        _resolved,
+        _smooth_check,
+        _Track,
+    )
+    from tests.extended_sample import TILT, VOXEL_M, extended_sample
+    from tests.test_align_extended import OPTIONS, REGION
+
+    sample = extended_sample(REGION, 32, 14, corner_um=(50.0, 25.0), plane_rad=0.5)
+    options = _resolved(dataclasses.replace(OPTIONS, max_iterations=20, smooth_check_px=0.5),
+                        sample.measured)
+    truth = remove_rigid_drift(sample.shifts, sample.angles, TILT)[0]
+    frame = _Frame.of(sample.measured, options, float(np.abs(sample.shifts).max()))
+    track = _Track(truth.copy(), sample.angles, TILT, torch.zeros(32, 3, dtype=torch.float64),
+                   np.zeros((32, 2)), start=truth, reach_px=options.coarse_search_px)
+    edges = tuple(h * 1e-6 / VOXEL_M for h in lef_interfaces_um(ic_files[1]))
+    checks = [_smooth_check(options, _make_level(LocalLamino(), options, 1, 1, frame, TILT,
+                                                 sample.angles, stack), frame, track)
+              for stack in (None, edges)]
+    voxels, layers = checks
+    assert not voxels.determined and voxels.smooth_distance > 0.65, voxels
+    assert layers.determined and layers.iterations < voxels.iterations, layers
