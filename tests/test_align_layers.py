@@ -13,32 +13,7 @@ from hpc_adept.config import AlignConfig, Config
 from hpc_adept.errors import ConfigError, DataError
 from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.linop import dottest
-
-TWO_METALS_LEF = """\
-VERSION 5.6 ;
-UNITS
-  DATABASE MICRONS 1000 ;
-END UNITS
-LAYER m1
-  TYPE ROUTING ;
-  DIRECTION HORIZONTAL ;
-  WIDTH 0.1 ;
-  THICKNESS 0.1 ;
-  HEIGHT 0.2 ;
-END m1
-LAYER v1
-  TYPE CUT ;
-  WIDTH 0.1 ;
-END v1
-LAYER m2
-  TYPE ROUTING ;
-  DIRECTION VERTICAL ;
-  WIDTH 0.2 ;
-  THICKNESS 0.2 ;
-  HEIGHT 0.5 ;
-END m2
-END LIBRARY
-"""
+from tests.test_phantom import SMALL_LEF as TWO_METALS_LEF  # m1 0.2-0.3 um, m2 0.5-0.7
 
 
 def test_profiles_hold_each_slice_in_its_layers():
@@ -195,29 +170,23 @@ def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
     """The crop of one-way wiring where the voxel volume keeps a 0.5 px smooth pattern
     (tests/test_align_extended.py, the smooth check's test: most of it stays after 20
     iterations): with the layout's stack the joint last level takes it back."""
+    from hpc_adept.align import matching
     from hpc_adept.align.drift import remove_rigid_drift
-    from hpc_adept.align.matching import (
-        LocalLamino,
-        _Frame,
-        _make_level,
-        _resolved,
-        _smooth_check,
-        _Track,
-    )
     from tests.extended_sample import TILT, VOXEL_M, extended_sample
     from tests.test_align_extended import OPTIONS, REGION
 
     sample = extended_sample(REGION, 32, 14, corner_um=(50.0, 25.0), plane_rad=0.5)
-    options = _resolved(dataclasses.replace(OPTIONS, max_iterations=20, smooth_check_px=0.5),
-                        sample.measured)
+    options = matching._resolved(
+        dataclasses.replace(OPTIONS, max_iterations=20, smooth_check_px=0.5), sample.measured)
     truth = remove_rigid_drift(sample.shifts, sample.angles, TILT)[0]
-    frame = _Frame.of(sample.measured, options, float(np.abs(sample.shifts).max()))
-    track = _Track(truth.copy(), sample.angles, TILT, torch.zeros(32, 3, dtype=torch.float64),
-                   np.zeros((32, 2)), start=truth, reach_px=options.coarse_search_px)
+    frame = matching._Frame.of(sample.measured, options, float(np.abs(sample.shifts).max()))
+    track = matching._Track(truth.copy(), sample.angles, TILT,
+                            torch.zeros(32, 3, dtype=torch.float64), np.zeros((32, 2)),
+                            start=truth, reach_px=options.coarse_search_px)
     edges = tuple(h * 1e-6 / VOXEL_M for h in lef_interfaces_um(ic_files[1]))
-    checks = [_smooth_check(options, _make_level(LocalLamino(), options, 1, 1, frame, TILT,
-                                                 sample.angles, stack), frame, track)
-              for stack in (None, edges)]
+    levels = [matching._make_level(matching.LocalLamino(), options, 1, 1, frame, TILT,
+                                   sample.angles, stack) for stack in (None, edges)]
+    checks = [matching._smooth_check(options, level, frame, track) for level in levels]
     voxels, layers = checks
     assert not voxels.determined and voxels.smooth_distance > 0.65, voxels
     assert layers.determined and layers.iterations < voxels.iterations, layers
