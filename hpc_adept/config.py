@@ -658,8 +658,9 @@ class AlignConfig:
         constant in height between two interfaces. It has some ``nz / layers`` times fewer
         unknowns and no longer follows a shift pattern smooth over the angles
         (docs/extended_samples.md, "A layered volume": at 40 x 56 x 56 it brings one crop
-        of one-way wiring from 1.69 to 0.15 px RMS and costs eight others up to 0.36 px, as
-        its fit is ill-conditioned; opt-in, for crops where ``smooth_check_px`` warns).
+        of one-way wiring from 1.69 to 0.148 px RMS, but its fit is ill-conditioned: eight
+        crops that aligned lose 0.03-0.36 px, another goes 0.22 -> 0.52 px, nine of 16 end
+        below 0.15 px instead of twelve; opt-in, to try where ``smooth_check_px`` warns).
         ``none`` (default): off; ``auto``: the ``simulate.layout_lef`` of a layout the
         simulate stage rasterised
         (the dataset's ``ground_truth.h5`` says so and the file exists), else none;

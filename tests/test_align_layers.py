@@ -23,14 +23,15 @@ def test_profiles_hold_each_slice_in_its_layers():
     np.testing.assert_allclose(full, [[1, 1, 0.5, 0, 0, 0, 0, 0],
                                       [0, 0, 0.5, 1, 1, 1, 0, 0],
                                       [0, 0, 0, 0, 0, 0, 1, 1]])
-    binned = layer_profiles([2.5, 6.0], 8, factor=2)
+    binned = layer_profiles([2.5, 6.0], 8, 4)
     np.testing.assert_allclose(binned, [[1, 0.25, 0, 0], [0, 0.75, 1, 0], [0, 0, 0, 1]])
     np.testing.assert_allclose(binned.sum(axis=0), 1.0)
+    odd = layer_profiles([4.5], 9, 5)  # 9 slices binned by 2, rounded up: heights scaled
+    np.testing.assert_allclose(odd, [[1, 1, 0.5, 0, 0], [0, 0, 0.5, 1, 1]])
+    assert layer_profiles([-2.0, 12.0], 8).shape == (1, 8)  # none inside: one layer
     for bad in ([3.0, 3.0], [4.0, 2.0], [np.nan]):
         with pytest.raises(ValueError, match="strictly increasing"):
             layer_profiles(bad, 8)
-    with pytest.raises(ValueError, match="do not bin"):
-        layer_profiles([2.5], 9, factor=2)
 
 
 def _layered(shape=(8, 12, 14)):
@@ -57,6 +58,11 @@ def test_layered_operator_adjoint_and_round_trip():
     once = layered.volume(layered.layers_of(voxels))
     np.testing.assert_allclose(layered.volume(layered.layers_of(once)), once, atol=1e-12)
     assert not layered.layer_support()[:, :, 0].any() and layered.layer_support()[:, :, 1:].all()
+    # two layers inside one slice have proportional profiles: still a least-squares split
+    thin = LayeredOperator(layered.op, torch.from_numpy(layer_profiles([2.2, 2.6, 6.0], 8)),
+                           layered.mask)
+    once = thin.volume(thin.layers_of(voxels))
+    np.testing.assert_allclose(thin.volume(thin.layers_of(once)), once, atol=1e-10)
 
 
 def test_layer_fit_explains_data_of_a_stack():
@@ -120,7 +126,10 @@ def test_layer_config_and_stage_resolution(tmp_path):
         f.attrs["phantom"] = "procedural"
     assert layer_interfaces(auto) == ()
     with h5py.File(data / "ground_truth.h5", "w") as f:
-        f.attrs["phantom"] = "layout"
+        f.attrs["phantom"] = np.array(["layout", "layout"], dtype=object)
+    assert layer_interfaces(auto) == ()  # not one name
+    with h5py.File(data / "ground_truth.h5", "w") as f:
+        f.attrs["phantom"] = np.bytes_(b"layout")
     assert layer_interfaces(auto) == pytest.approx((0.2, 0.3, 0.5, 0.7))
     assert layer_interfaces(cfg) == ()
     for bad, key in (({"layer_interfaces_um": (0.3, 0.2)}, "layer_interfaces_um"),
@@ -190,3 +199,28 @@ def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
     voxels, layers = checks
     assert not voxels.determined and voxels.smooth_distance > 0.65, voxels
     assert layers.determined and layers.iterations < voxels.iterations, layers
+
+
+def test_a_stack_needs_a_joint_widened_level(caplog):
+    """The plan keeps the stack only where a joint last level of a widened volume will fit
+    it, and warns where one was set for nothing; a stack with no interface inside the
+    volume warns too."""
+    import logging
+
+    from hpc_adept.align.matching import _layer_profiles
+    from hpc_adept.stages.align import _joint_level
+
+    stack = AlignConfig(layer_interfaces_um=(0.4, 0.5))
+    wide, region = (24, 80, 80), (24, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="hpc_adept"):
+        assert _joint_level(stack, wide, region)
+        assert not caplog.records
+        assert not _joint_level(dataclasses.replace(stack, joint_last_level=False), wide,
+                                region)
+        assert not _joint_level(dataclasses.replace(stack, binning=(1,)), wide, region)
+        assert not _joint_level(stack, region, region)
+        assert len([r for r in caplog.records if "not used" in r.getMessage()]) == 3
+        caplog.clear()
+        one = _layer_profiles((50.0,), AlignConfig(volume_shape=region), 1, 24,
+                              torch.zeros(1))
+        assert one.shape == (1, 24) and "no layer interface" in caplog.text

@@ -25,8 +25,9 @@ import torch
 from hpc_adept.errors import DataError
 
 
-def layer_profiles(edges_px: Sequence[float], nz: int, factor: int = 1) -> np.ndarray:
-    """Profiles ``B [K, nz / factor]`` of the layers between consecutive interfaces.
+def layer_profiles(edges_px: Sequence[float], nz: int, level_nz: int | None = None
+                   ) -> np.ndarray:
+    """Profiles ``B [K, level_nz]`` of the layers between consecutive interfaces.
 
     Parameters
     ----------
@@ -35,30 +36,31 @@ def layer_profiles(edges_px: Sequence[float], nz: int, factor: int = 1) -> np.nd
         are interfaces too; heights outside ``(0, nz)`` are dropped.
     nz : int
         Slices of the volume at full resolution.
-    factor : int
-        Binning of the level (its slices ``factor`` voxels thick; ``nz`` divisible).
+    level_nz : int, optional
+        Slices of the level's volume (binned: ``nz`` over the binning, rounded); the
+        heights are scaled by ``level_nz / nz``. Default ``nz``.
 
     Returns
     -------
-    ndarray, float64, [K, nz // factor]
-        ``B[k, z]``: the fraction of binned slice ``z`` inside layer ``k`` (each column
-        sums to 1). Layers thinner than no slice are dropped.
+    ndarray, float64, [K, level_nz]
+        ``B[k, z]``: the fraction of slice ``z`` inside layer ``k`` (each column sums to
+        1). ``K`` is one more than the interfaces inside the volume.
     """
     edges = np.asarray(edges_px, np.float64)
     if edges.ndim != 1 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
         raise ValueError("layer interfaces must be finite and strictly increasing")
-    if nz % factor:
-        raise ValueError(f"{nz} slices do not bin by {factor}")
-    inner = edges[(edges > 0) & (edges < nz)] / factor
-    bounds = np.concatenate([[0.0], inner, [nz / factor]])
-    bottom = np.arange(nz // factor, dtype=np.float64)
+    level_nz = nz if level_nz is None else level_nz
+    scale = level_nz / nz
+    inner = edges[(edges > 0) & (edges < nz)] * scale
+    bounds = np.concatenate([[0.0], inner, [float(level_nz)]])
+    bottom = np.arange(level_nz, dtype=np.float64)
     low = np.maximum(bottom[None, :], bounds[:-1, None])
     high = np.minimum(bottom[None, :] + 1.0, bounds[1:, None])
     return np.clip(high - low, 0.0, None)
 
 
 class LayeredOperator:
-    """``A (m B L)``: layer maps ``[K, ny, nx]`` -> projections through a volume operator.
+    """``A (m B^T L)``: layer maps ``[K, ny, nx]`` -> projections through a volume operator.
 
     Parameters
     ----------
@@ -74,15 +76,18 @@ class LayeredOperator:
         self.op = op
         self.profiles = profiles
         self.mask = support
-        # least squares of a volume by layers: (B B^T)^-1 B, K x K
-        self._pinv = torch.linalg.solve(profiles @ profiles.T, profiles)
+        # least squares of a column by layers; a pseudo-inverse, as two layers inside one
+        # slice have proportional profiles
+        self._pinv = torch.linalg.pinv(profiles.T)
 
     def volume(self, layers: torch.Tensor) -> torch.Tensor:
-        """``m B L`` [nz, ny, nx]."""
+        """``m B^T L`` [nz, ny, nx]."""
         return torch.einsum("kz,kyx->zyx", self.profiles, layers) * self.mask
 
     def layers_of(self, volume: torch.Tensor) -> torch.Tensor:
-        """The layer maps ``[K, ny, nx]`` nearest to ``volume`` (least squares per column)."""
+        """The layer maps ``[K, ny, nx]`` nearest to ``volume`` (least squares per column;
+        of the masked column, which is the masked least squares where a column's support
+        is whole or empty, as on a widened level)."""
         return torch.einsum("kz,zyx->kyx", self._pinv, volume * self.mask)
 
     def layer_support(self) -> torch.Tensor:
@@ -90,9 +95,11 @@ class LayeredOperator:
         return torch.einsum("kz,zyx->kyx", self.profiles, self.mask.to(self.profiles.dtype)) > 0
 
     def forward(self, layers: torch.Tensor) -> torch.Tensor:
+        """Layer maps ``[K, ny, nx]`` -> projections."""
         return self.op.forward(self.volume(layers))
 
     def adjoint(self, projections: torch.Tensor) -> torch.Tensor:
+        """Projections -> layer maps ``[K, ny, nx]`` (the exact adjoint of ``forward``)."""
         back = self.op.adjoint(projections) * self.mask
         return torch.einsum("kz,zyx->kyx", self.profiles, back)
 
@@ -107,6 +114,11 @@ def lef_interfaces_um(lef_path: str | Path, base_um: float = 0.0) -> tuple[float
         gaps between them, :func:`hpc_adept.phantom.layout.layer_z_ranges`).
     base_um : float, um
         Height above the substrate of the volume's bottom face.
+
+    Returns
+    -------
+    tuple of float, um
+        The routing layers' bottoms and tops, increasing, less ``base_um``.
 
     Raises
     ------

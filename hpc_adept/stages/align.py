@@ -180,7 +180,22 @@ def plan_align(cfg: Config) -> AlignPlan:
                      widened, a.cross_folds if widened != volume_shape else 1, extended,
                      cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory,
                      cfg.runtime.memory_guard,
-                     layer_interfaces(cfg) if a.enabled and extended else ())
+                     layer_interfaces(cfg) if _joint_level(method, widened, volume_shape)
+                     else ())
+
+
+def _joint_level(options: AlignConfig, widened: tuple[int, ...], volume_shape: tuple[int, ...]
+                 ) -> bool:
+    """Whether the alignment ends in a joint last level of a widened volume, the one level
+    a layer stack is used on (a stack set without one gets a warning)."""
+    joint = (options.enabled and options.joint_last_level and len(options.binning) > 1
+             and tuple(widened) != tuple(volume_shape))
+    stack_set = options.layer_interfaces_um or options.layer_lef not in ("none", "auto")
+    if stack_set and not joint:
+        log.warning("align: the layer stack is not used: only a joint last level of a "
+                    "widened volume fits one (an extended sample, align.joint_last_level, "
+                    "more than one binning level)")
+    return joint
 
 
 def layer_interfaces(cfg: Config) -> tuple[float, ...]:
@@ -217,11 +232,12 @@ def _simulated_from_layout(cfg: Config) -> bool:
     try:
         with open_h5(truth) as f:
             phantom = f.attrs.get("phantom")
-    except DataError:
+    except (DataError, OSError, TypeError, ValueError):
+        log.info("align.layer_lef: auto: %s is unreadable: no layer stack", truth)
         return False
     if isinstance(phantom, bytes):
         phantom = phantom.decode("utf-8", "replace")
-    return phantom == "layout"
+    return isinstance(phantom, str) and phantom == "layout"
 
 
 def _looks_extended(options: AlignConfig, source: Path) -> bool:
