@@ -663,8 +663,9 @@ class AlignConfig:
         below 0.15 px instead of twelve; opt-in, to try where ``smooth_check_px`` warns).
         ``none`` (default): off; ``auto``: the ``simulate.layout_lef`` of a layout the
         simulate stage rasterised
-        (the dataset's ``ground_truth.h5`` says so and the file exists), else none;
-        otherwise the path. Overridden by ``layer_interfaces_um``.
+        (the dataset's ``ground_truth.h5`` says so and the file exists; a volume of fewer
+        slices than the simulated slab shares its centre, which places its bottom face),
+        else none; otherwise the path. Overridden by ``layer_interfaces_um``.
     layer_interfaces_um : list of float, um
         The interface heights themselves (strictly increasing), measured along the
         volume's z axis from the bottom face of its first slice; empty (default): from

@@ -104,6 +104,9 @@ def test_layer_config_and_stage_resolution(tmp_path):
 
     from hpc_adept.stages.align import layer_interfaces
 
+    def layer_interfaces_of(config):
+        return layer_interfaces(config, config.simulate.volume_shape[0])
+
     lef = tmp_path / "two.lef"
     lef.write_text(TWO_METALS_LEF)
     data = tmp_path / "data"
@@ -116,22 +119,27 @@ def test_layer_config_and_stage_resolution(tmp_path):
     def with_align(**kw):
         return dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, **kw))
 
-    assert layer_interfaces(with_align(layer_interfaces_um=(0.1, 0.4))) == (0.1, 0.4)
-    assert layer_interfaces(with_align(layer_lef="none")) == ()
-    assert layer_interfaces(with_align(layer_lef=str(lef))) == pytest.approx((0.2, 0.3, 0.5, 0.7))
-    assert layer_interfaces(cfg) == ()  # the default: none
+    assert layer_interfaces_of(with_align(layer_interfaces_um=(0.1, 0.4))) == (0.1, 0.4)
+    assert layer_interfaces_of(with_align(layer_lef="none")) == ()
+    assert layer_interfaces_of(with_align(layer_lef=str(lef))) == \
+        pytest.approx((0.2, 0.3, 0.5, 0.7))
+    assert layer_interfaces_of(cfg) == ()  # the default: none
     auto = with_align(layer_lef="auto")
-    assert layer_interfaces(auto) == ()  # no simulated ground truth there
+    assert layer_interfaces_of(auto) == ()  # no simulated ground truth there
     with h5py.File(data / "ground_truth.h5", "w") as f:
         f.attrs["phantom"] = "procedural"
-    assert layer_interfaces(auto) == ()
+    assert layer_interfaces_of(auto) == ()
     with h5py.File(data / "ground_truth.h5", "w") as f:
         f.attrs["phantom"] = np.array(["layout", "layout"], dtype=object)
-    assert layer_interfaces(auto) == ()  # not one name
+    assert layer_interfaces_of(auto) == ()  # not one name
     with h5py.File(data / "ground_truth.h5", "w") as f:
         f.attrs["phantom"] = np.bytes_(b"layout")
-    assert layer_interfaces(auto) == pytest.approx((0.2, 0.3, 0.5, 0.7))
-    assert layer_interfaces(cfg) == ()
+    assert layer_interfaces_of(auto) == pytest.approx((0.2, 0.3, 0.5, 0.7))
+    assert layer_interfaces_of(cfg) == ()
+    # a volume 10 slices lower than the simulated slab: its bottom face 5 voxels up
+    lower = layer_interfaces(auto, cfg.simulate.volume_shape[0] - 10)
+    step_um = 5 * cfg.simulate.voxel_size_m * 1e6
+    assert lower == pytest.approx(tuple(h - step_um for h in (0.2, 0.3, 0.5, 0.7)))
     for bad, key in (({"layer_interfaces_um": (0.3, 0.2)}, "layer_interfaces_um"),
                      ({"layer_interfaces_um": (0.1, float("inf"))}, "layer_interfaces_um"),
                      ({"layer_base_um": float("nan")}, "layer_base_um"),

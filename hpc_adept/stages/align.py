@@ -180,8 +180,8 @@ def plan_align(cfg: Config) -> AlignPlan:
                      widened, a.cross_folds if widened != volume_shape else 1, extended,
                      cfg.runtime.device, a.enabled, cfg.runtime.keep_host_memory,
                      cfg.runtime.memory_guard,
-                     layer_interfaces(cfg) if _joint_level(method, widened, volume_shape)
-                     else ())
+                     layer_interfaces(cfg, volume_shape[0])
+                     if _joint_level(method, widened, volume_shape) else ())
 
 
 def _joint_level(options: AlignConfig, widened: tuple[int, ...], volume_shape: tuple[int, ...]
@@ -198,27 +198,32 @@ def _joint_level(options: AlignConfig, widened: tuple[int, ...], volume_shape: t
     return joint
 
 
-def layer_interfaces(cfg: Config) -> tuple[float, ...]:
-    """The chip's layer interfaces (um above the volume's bottom face) that
-    ``align.layer_interfaces_um`` or ``align.layer_lef`` give; empty: none.
+def layer_interfaces(cfg: Config, volume_nz: int) -> tuple[float, ...]:
+    """The chip's layer interfaces (um above the bottom face of the aligned volume of
+    ``volume_nz`` slices) that ``align.layer_interfaces_um`` or ``align.layer_lef`` give;
+    empty: none.
 
     ``layer_lef: auto`` takes ``simulate.layout_lef`` when the dataset (``data.path``)
     holds a ``ground_truth.h5`` that ``adept simulate`` wrote from a layout (its root
-    attribute ``phantom``; only that attribute is read): the stack of the chip simulated.
+    attribute ``phantom``; only that attribute is read): the stack of the chip simulated,
+    whose slab starts at the substrate; a volume of fewer slices shares its centre, so
+    its bottom face lies half the difference higher (``layer_base_um`` is added).
     """
     a = cfg.align
     if a.layer_interfaces_um:
         return tuple(float(h) for h in a.layer_interfaces_um)
     if a.layer_lef == "none":
         return ()
-    lef = a.layer_lef
+    lef, base_um = a.layer_lef, a.layer_base_um
     if lef == "auto":
         if not _simulated_from_layout(cfg):
             return ()
         lef = cfg.simulate.layout_lef
+        s = cfg.simulate
+        base_um += 0.5 * (s.volume_shape[0] - volume_nz) * s.voxel_size_m * 1e6
     from hpc_adept.align.layers import lef_interfaces_um
 
-    return lef_interfaces_um(lef, a.layer_base_um)
+    return lef_interfaces_um(lef, base_um)
 
 
 def _simulated_from_layout(cfg: Config) -> bool:
