@@ -232,3 +232,34 @@ def test_a_stack_needs_a_joint_widened_level(caplog):
         one = _layer_profiles((50.0,), AlignConfig(volume_shape=region), 1, 24,
                               torch.zeros(1))
         assert one.shape == (1, 24) and "no layer interface" in caplog.text
+
+
+def test_the_stage_plans_the_stack_and_converts_it_to_voxels(tmp_path, caplog):
+    """``adept align``'s plan keeps the interfaces given for an extended sample (a widened
+    joint last level) and drops them, with a warning, where no such level runs; the run
+    hands them to projection matching in voxels of the projections' pixel."""
+    import logging
+
+    import yaml
+
+    from hpc_adept.config import load_config
+    from hpc_adept.io import ProjectionSet, write_projections
+    from hpc_adept.parallel.context import SERIAL
+    from hpc_adept.stages.align import _layer_edges_px, plan_align
+    from tests.extended_sample import TILT, extended_sample
+
+    region = (12, 16, 16)
+    sample = extended_sample(region, 16, 3, noise=0.02, shift_sigma_px=1.0, plane_rad=0.5)
+    run = tmp_path / "run"
+    ps = ProjectionSet(np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8)
+    write_projections(run / "projections.h5", ps)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "output": {"dir": str(run)}, "recon": {"volume_shape": list(region)},
+        "align": {"binning": [2, 1], "sample": "extended",
+                  "layer_interfaces_um": [0.1088, 0.2176]}}))
+    plan = plan_align(load_config(tmp_path / "c.yaml"))
+    assert plan.layer_interfaces_um == pytest.approx((0.1088, 0.2176))
+    np.testing.assert_allclose(_layer_edges_px(plan, SERIAL, ps), (4.0, 8.0))
+    with caplog.at_level(logging.WARNING, logger="hpc_adept"):
+        alone = plan_align(load_config(tmp_path / "c.yaml", ["align.binning=[1]"]))
+    assert alone.layer_interfaces_um == () and "not used" in caplog.text
