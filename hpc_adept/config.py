@@ -655,24 +655,27 @@ class AlignConfig:
         volume; the coarser levels keep voxels): a LEF technology file whose routing
         layers' ``HEIGHT`` and ``THICKNESS`` (and the cut layers between them) give the
         heights at which the material changes; the volume is then one lateral map per layer,
-        constant in height between two interfaces. It has some ``nz / layers`` times fewer
-        unknowns and no longer follows a shift pattern smooth over the angles
-        (docs/extended_samples.md, "A layered volume": at 40 x 56 x 56 it brings one crop
-        of one-way wiring from 1.69 to 0.148 px RMS, but its fit is ill-conditioned: eight
-        crops that aligned lose 0.03-0.36 px, another goes 0.22 -> 0.52 px, nine of 16 end
-        below 0.15 px instead of twelve; opt-in, to try where ``smooth_check_px`` warns).
-        ``none`` (default): off; ``auto``: the ``simulate.layout_lef`` of a layout the
-        simulate stage rasterised
-        (the dataset's ``ground_truth.h5`` says so and the file exists; a volume of fewer
-        slices than the simulated slab shares its centre, which places its bottom face),
-        else none; otherwise the path. Overridden by ``layer_interfaces_um``.
+        constant in height between two interfaces, and the level also measures how high the
+        data's layers sit against the stack (the z translation, ``stack_offset_um`` in
+        ``align_history.json``). It has some ``nz / layers`` times fewer unknowns and no
+        longer follows most shift patterns smooth over the angles (docs/extended_samples.md,
+        "The stack observes the height"; at 40 x 56 x 56 on 16 crops: 13 below 0.15 px
+        RMS, 0.013-0.059 px, instead of 12 with voxels, 0.017-0.145 px). ``auto`` (default): the
+        ``simulate.layout_lef`` of a layout the simulate stage rasterised (the dataset's
+        ``ground_truth.h5`` says so and the file exists; a volume of fewer slices than the
+        simulated slab shares its centre, which places its bottom face), else none (voxels:
+        real data need the chip's LEF given here); ``none``: off; otherwise the path.
+        Overridden by ``layer_interfaces_um``.
     layer_interfaces_um : list of float, um
         The interface heights themselves (strictly increasing), measured along the
         volume's z axis from the bottom face of its first slice; empty (default): from
         ``layer_lef``.
     layer_base_um : float, um
         Height above the substrate of the volume's bottom face (the LEF's heights are
-        above the substrate); the simulator's regions start there (0).
+        above the substrate); the simulator's regions start there (0). The alignment
+        measures the rest (``stack_offset_um`` in ``align_history.json``: lower this by
+        that much to put the stack onto the data's layers), within a row shift of
+        ``coarse_search_px``.
     """
 
     enabled: bool = True
@@ -700,7 +703,7 @@ class AlignConfig:
     smooth_gain: float = 1.0
     smooth_harmonics: int = 4
     smooth_check_px: float = 0.5
-    layer_lef: str = "none"
+    layer_lef: str = "auto"
     layer_interfaces_um: tuple[float, ...] = ()
     layer_base_um: float = 0.0
 

@@ -344,6 +344,10 @@ def test_remove_rigid_drift_is_a_projection():
     assert np.abs(coef2).max() < 1e-12
     np.testing.assert_allclose(np.einsum("nij,ni->j", basis, cleaned), 0.0, atol=1e-10)
     np.testing.assert_allclose(remove_rigid_drift(pattern, angles, TILT)[0], 0.0, atol=1e-12)
+    # the lateral translations only (a layer stack observes z): the z pattern stays
+    lateral, coef_xy = remove_rigid_drift(pattern, angles, TILT, axes=(0, 1))
+    np.testing.assert_allclose(coef_xy, [0.4, -1.2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(lateral, basis @ np.array([0.0, 0.0, 0.8]), atol=1e-12)
 
 
 def test_visible_support():

@@ -97,7 +97,7 @@ def test_lef_interfaces(tmp_path):
 
 
 def test_layer_config_and_stage_resolution(tmp_path):
-    """Interfaces given win; ``none`` (the default) is off; ``auto`` takes the simulate
+    """Interfaces given win; ``none`` is off; ``auto`` (the default) takes the simulate
     section's LEF only for a dataset that ``adept simulate`` made of a layout; bad values
     are config errors."""
     import h5py
@@ -123,8 +123,8 @@ def test_layer_config_and_stage_resolution(tmp_path):
     assert layer_interfaces_of(with_align(layer_lef="none")) == ()
     assert layer_interfaces_of(with_align(layer_lef=str(lef))) == \
         pytest.approx((0.2, 0.3, 0.5, 0.7))
-    assert layer_interfaces_of(cfg) == ()  # the default: none
-    auto = with_align(layer_lef="auto")
+    assert cfg.align.layer_lef == "auto"
+    auto = cfg
     assert layer_interfaces_of(auto) == ()  # no simulated ground truth there
     with h5py.File(data / "ground_truth.h5", "w") as f:
         f.attrs["phantom"] = "procedural"
@@ -135,7 +135,7 @@ def test_layer_config_and_stage_resolution(tmp_path):
     with h5py.File(data / "ground_truth.h5", "w") as f:
         f.attrs["phantom"] = np.bytes_(b"layout")
     assert layer_interfaces_of(auto) == pytest.approx((0.2, 0.3, 0.5, 0.7))
-    assert layer_interfaces_of(cfg) == ()
+    assert layer_interfaces_of(with_align(layer_lef="none")) == ()
     # a volume 10 slices lower than the simulated slab: its bottom face 5 voxels up
     lower = layer_interfaces(auto, cfg.simulate.volume_shape[0] - 10)
     step_um = 5 * cfg.simulate.voxel_size_m * 1e6
@@ -153,7 +153,7 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
     is a stack after every fit); the fold level before it keeps voxels."""
     import logging
 
-    from hpc_adept.align import projection_matching
+    from hpc_adept.align import fit_rigid_drift, projection_matching
     from hpc_adept.align.matching import LocalLamino, _fit, _Frame, _make_level, _resolved
     from tests.extended_sample import TILT, extended_sample
 
@@ -178,6 +178,8 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
         result = projection_matching(sample.measured, sample.angles, TILT, options,
                                      layer_edges_px=edges)
     assert np.all(np.isfinite(result.shifts_px))
+    assert result.stack_offset_px is not None  # the stack's level measured the height
+    assert abs(fit_rigid_drift(result.shifts_px, sample.angles, TILT)[2]) < 1e-6
     stacks = [r.getMessage() for r in caplog.records if "stack of" in r.getMessage()]
     assert len(stacks) == 1 and "binning 1 fits a stack of 4 layers" in stacks[0], stacks
 
@@ -186,7 +188,8 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
 def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
     """The crop of one-way wiring where the voxel volume keeps a 0.5 px smooth pattern
     (tests/test_align_extended.py, the smooth check's test: most of it stays after 20
-    iterations): with the layout's stack the joint last level takes it back."""
+    iterations): with the layout's stack the joint last level takes it back (the check
+    holds the stack's height where the estimate has it)."""
     from hpc_adept.align import matching
     from hpc_adept.align.drift import remove_rigid_drift
     from tests.extended_sample import TILT, VOXEL_M, extended_sample
@@ -197,9 +200,11 @@ def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
         dataclasses.replace(OPTIONS, max_iterations=20, smooth_check_px=0.5), sample.measured)
     truth = remove_rigid_drift(sample.shifts, sample.angles, TILT)[0]
     frame = matching._Frame.of(sample.measured, options, float(np.abs(sample.shifts).max()))
+    # as a stack's level leaves it: the height fitted (here the truth's, drift free)
     track = matching._Track(truth.copy(), sample.angles, TILT,
                             torch.zeros(32, 3, dtype=torch.float64), np.zeros((32, 2)),
-                            start=truth, reach_px=options.coarse_search_px)
+                            start=truth, reach_px=options.coarse_search_px,
+                            drift_axes=(0, 1))
     edges = tuple(h * 1e-6 / VOXEL_M for h in lef_interfaces_um(ic_files[1]))
     levels = [matching._make_level(matching.LocalLamino(), options, 1, 1, frame, TILT,
                                    sample.angles, stack) for stack in (None, edges)]
@@ -263,3 +268,54 @@ def test_the_stage_plans_the_stack_and_converts_it_to_voxels(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="hpc_adept"):
         alone = plan_align(load_config(tmp_path / "c.yaml", ["align.binning=[1]"]))
     assert alone.layer_interfaces_um == () and "not used" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_stack_measures_where_the_data_layers_sit(ic_files):
+    """The stack is fixed in height, so the layered level observes the z translation that
+    voxels cannot: the data's height against the stack comes back (the shifts' own z
+    translation, up on one crop and down on another), and the returned shifts are drift
+    free and aligned."""
+    from hpc_adept.align import projection_matching
+    from hpc_adept.align.drift import fit_rigid_drift
+    from tests.extended_sample import TILT, VOXEL_M, extended_sample, shift_error_px
+    from tests.test_align_extended import OPTIONS, REGION
+
+    edges = tuple(h * 1e-6 / VOXEL_M for h in lef_interfaces_um(ic_files[1]))
+    for seed, corner in ((2, (30.0, 20.0)), (8, (55.0, 55.0))):
+        sample = extended_sample(REGION, 32, seed, corner_um=corner, plane_rad=0.5)
+        height = fit_rigid_drift(sample.shifts, sample.angles, TILT)[2]  # 0.38, -0.64
+        result = projection_matching(sample.measured, sample.angles, TILT, OPTIONS,
+                                     layer_edges_px=edges)
+        assert abs(result.stack_offset_px - height) < 0.1, (seed, result.stack_offset_px,
+                                                            height)
+        assert np.abs(fit_rigid_drift(result.shifts_px, sample.angles, TILT)).max() < 1e-9
+        assert shift_error_px(result.shifts_px, sample.shifts, sample.angles) < 0.15
+
+
+def test_the_height_a_stack_kept_leaves_the_result(caplog):
+    """The z translation a stack's level kept is returned as the stack's offset and removed
+    from the shifts, which stay within the searched range of their start (the bound wins);
+    an offset of more than half that range warns that the stack's height is off."""
+    import logging
+
+    from hpc_adept.align import fit_rigid_drift, rigid_drift_basis
+    from hpc_adept.align.matching import _Track
+
+    angles = np.arange(16) * 22.5
+    basis = rigid_drift_basis(angles, 61.0)
+    rng = np.random.default_rng(2)
+    for height, reach, warned in ((0.4, 3.0, False), (1.5, 1.0, True)):
+        lateral = rng.uniform(-0.5, 0.5, (16, 2))
+        track = _Track(lateral + basis @ np.array([0.0, 0.0, height]), angles, 61.0,
+                       torch.zeros(16, 3), np.zeros((16, 2)), reach_px=reach,
+                       drift_axes=(0, 1))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hpc_adept"):
+            offset = track.end_drift_free()
+        assert offset == pytest.approx(height + fit_rigid_drift(lateral, angles, 61.0)[2])
+        assert track.drift_axes == (0, 1, 2) and track.end_drift_free() is None
+        assert np.abs(track.shifts).max() <= reach + 1e-12
+        assert ("likely off" in caplog.text) == warned, caplog.text
+        if not warned:  # nothing clipped: drift free
+            assert np.abs(fit_rigid_drift(track.shifts, angles, 61.0)).max() < 1e-9

@@ -42,19 +42,21 @@ def rigid_drift_basis(angles_deg: np.ndarray, tilt_deg: float) -> np.ndarray:
     return basis
 
 
-def fit_rigid_drift(shifts_px: np.ndarray, angles_deg: np.ndarray, tilt_deg: float
-                    ) -> np.ndarray:
+def fit_rigid_drift(shifts_px: np.ndarray, angles_deg: np.ndarray, tilt_deg: float,
+                    axes: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
     """Least-squares translation ``p`` [3] (voxels, (x, y, z)) whose shift pattern is
-    closest to ``shifts_px`` [n_angles, 2] (row, col). Directions the angles leave
-    undetermined (e.g. p_y for a single angle) get the minimum-norm value."""
+    closest to ``shifts_px`` [n_angles, 2] (row, col), along ``axes`` only (the others 0).
+    Directions the angles leave undetermined (e.g. p_y for a single angle) get the
+    minimum-norm value."""
     basis = rigid_drift_basis(angles_deg, tilt_deg).reshape(-1, 3)
-    coef, *_ = np.linalg.lstsq(basis, np.asarray(shifts_px, np.float64).reshape(-1),
-                               rcond=1e-10)
+    coef = np.zeros(3)
+    coef[list(axes)], *_ = np.linalg.lstsq(
+        basis[:, list(axes)], np.asarray(shifts_px, np.float64).reshape(-1), rcond=1e-10)
     return coef
 
 
-def remove_rigid_drift(shifts_px: np.ndarray, angles_deg: np.ndarray, tilt_deg: float
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def remove_rigid_drift(shifts_px: np.ndarray, angles_deg: np.ndarray, tilt_deg: float,
+                       axes: tuple[int, ...] = (0, 1, 2)) -> tuple[np.ndarray, np.ndarray]:
     """Project the rigid-translation pattern out of per-projection shifts.
 
     Parameters
@@ -62,14 +64,17 @@ def remove_rigid_drift(shifts_px: np.ndarray, angles_deg: np.ndarray, tilt_deg: 
     shifts_px : ndarray, [n_angles, 2], pixels (row, col)
     angles_deg : ndarray, [n_angles], degrees
     tilt_deg : float, degrees
+    axes : tuple of int
+        The translations removed (0, 1, 2: x, y, z; default all). A volume prior fixed in
+        height (a layer stack) observes the z translation: it is then kept (``(0, 1)``).
 
     Returns
     -------
     (cleaned, translation) : ndarray float64 [n_angles, 2], ndarray float64 [3]
-        ``cleaned`` is orthogonal (summed over angles and both axes) to every rigid
-        translation pattern; ``translation`` is the removed ``p`` in voxels.
+        ``cleaned`` is orthogonal (summed over angles and both axes) to the removed
+        translations' patterns; ``translation`` is the removed ``p`` in voxels.
     """
     shifts = np.asarray(shifts_px, dtype=np.float64)
-    coef = fit_rigid_drift(shifts, angles_deg, tilt_deg)
+    coef = fit_rigid_drift(shifts, angles_deg, tilt_deg, axes)
     pattern = rigid_drift_basis(angles_deg, tilt_deg) @ coef
     return shifts - pattern, coef

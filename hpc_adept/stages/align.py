@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from hpc_adept.io import ProjectionSet, read_projections, write_json_atomic, wri
 from hpc_adept.io.h5read import open_h5, require_dataset
 from hpc_adept.io.runfiles import HISTORY_NAME, TILT_ATTR
 from hpc_adept.parallel import ParallelContext, bcast, bcast_array
+
+if TYPE_CHECKING:  # torch only where the stage runs
+    from hpc_adept.align import AlignResult
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +324,29 @@ def _layer_edges_px(plan: AlignPlan, ctx: ParallelContext, ps: ProjectionSet | N
     return edges
 
 
+def _history(cfg: Config, options: AlignConfig | None, plan: AlignPlan, n_ranks: int,
+             result: AlignResult, pixel_m: float) -> dict:
+    """The content of ``align_history.json`` (docs/formats.md)."""
+    return {
+        "enabled": cfg.align.enabled,
+        "options": dataclasses.asdict(options) if options is not None else None,
+        "volume_shape": list(plan.volume_shape),
+        "widened_shape": list(plan.widened_shape or plan.volume_shape),
+        "phase_planes": result.phase_planes.tolist(),
+        "crop_shape": list(plan.crop_shape),
+        "n_ranks": n_ranks,
+        "iterations": result.history,
+        "shifts_px": result.shifts_px.tolist(),
+        "smooth_check": (dataclasses.asdict(result.smooth_check)
+                         if result.smooth_check is not None else None),
+        "structure_ratio": result.structure_ratio,
+        "layer_interfaces_um": list(plan.layer_interfaces_um),
+        # where the data's layers sit against that stack, along z (None: no stack fitted)
+        "stack_offset_um": (None if result.stack_offset_px is None
+                            else result.stack_offset_px * pixel_m * 1e6),
+    }
+
+
 def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object) -> None:
     """Run the stage on all ranks."""
     import functools
@@ -370,21 +397,8 @@ def run_align(cfg: Config, ctx: ParallelContext, plan: AlignPlan, device: object
         aligned, ps.angles_deg, ps.tilt_deg, ps.pixel_size_m, probes=ps.probes, extra=extra,
         # the decision for recon.sample: auto (the crop may cut the border it came from)
         sample_kind=options.sample if options is not None else ps.sample_kind))
-    write_json_atomic(plan.history_path, {
-        "enabled": cfg.align.enabled,
-        "options": dataclasses.asdict(options) if options is not None else None,
-        "volume_shape": list(plan.volume_shape),
-        "widened_shape": list(plan.widened_shape or plan.volume_shape),
-        "phase_planes": result.phase_planes.tolist(),
-        "crop_shape": list(plan.crop_shape),
-        "n_ranks": ctx.size,
-        "iterations": result.history,
-        "shifts_px": result.shifts_px.tolist(),
-        "smooth_check": (dataclasses.asdict(result.smooth_check)
-                         if result.smooth_check is not None else None),
-        "structure_ratio": result.structure_ratio,
-        "layer_interfaces_um": list(plan.layer_interfaces_um),
-    })
+    write_json_atomic(plan.history_path, _history(cfg, options, plan, ctx.size, result,
+                                                  ps.pixel_size_m))
     if result.history:
         from hpc_adept.report.align_plots import plot_convergence, plot_shifts
 
