@@ -222,3 +222,34 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
                 read(path)
     with pytest.raises(ValueError, match="sample_kind must be one of"):
         ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample_kind="wide")
+
+
+@pytest.mark.slow
+def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_files):
+    """``adept align`` given the chip's LEF (``align.layer_lef``) fits the stack on its last
+    level, aligns the crop and writes ``stack_offset_um``: the shifts' own z translation
+    (0.38 voxels of 27.2 nm here) within 0.1 voxel."""
+    import json
+
+    from hpc_adept.align import fit_rigid_drift
+
+    from .conftest import adept
+    from .extended_sample import shift_error_px
+
+    region = (24, 32, 32)
+    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
+    run = tmp_path / "run"
+    write_projections(run / "projections.h5", ProjectionSet(
+        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
+        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
+        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0,
+                  "layer_lef": str(ic_files[1])},
+        "runtime": {"device": "cpu"}}))
+    result = adept("align", "-c", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((run / "align_history.json").read_text())
+    height_um = fit_rigid_drift(sample.shifts, sample.angles, TILT)[2] * 2.72e-2
+    assert abs(history["stack_offset_um"] - height_um) < 0.1 * 2.72e-2, history["stack_offset_um"]
+    assert len(history["layer_interfaces_um"]) > 0
+    assert shift_error_px(np.asarray(history["shifts_px"]), sample.shifts, sample.angles) < 0.15
