@@ -224,32 +224,57 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
         ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample_kind="wide")
 
 
+def _align_with_the_chip_lef(directory, lef, n_ranks: int = 1, **align):
+    """``adept align`` on a 24 x 32 x 32 crop of the simulated chip at (30, 20) um with
+    the chip's LEF as ``align.layer_lef``; returns the sample and ``align_history.json``."""
+    import json
+
+    from .conftest import adept
+
+    region = (24, 32, 32)
+    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
+    run = directory / "run"
+    write_projections(run / "projections.h5", ProjectionSet(
+        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
+    (directory / "c.yaml").write_text(yaml.safe_dump({
+        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
+        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0,
+                  "layer_lef": str(lef), **align},
+        "runtime": {"device": "cpu"}}))
+    result = adept("align", "-c", "c.yaml", cwd=directory, n_ranks=n_ranks)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sample, json.loads((run / "align_history.json").read_text())
+
+
 @pytest.mark.slow
 def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_files):
     """``adept align`` given the chip's LEF (``align.layer_lef``) fits the stack on its last
     level, aligns the crop and writes ``stack_offset_um``: the shifts' own z translation
     (0.38 voxels of 27.2 nm here) within 0.1 voxel."""
-    import json
-
     from hpc_adept.align import fit_rigid_drift
 
-    from .conftest import adept
     from .extended_sample import shift_error_px
 
-    region = (24, 32, 32)
-    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
-    run = tmp_path / "run"
-    write_projections(run / "projections.h5", ProjectionSet(
-        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
-        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
-        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0,
-                  "layer_lef": str(ic_files[1])},
-        "runtime": {"device": "cpu"}}))
-    result = adept("align", "-c", "c.yaml", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    history = json.loads((run / "align_history.json").read_text())
+    sample, history = _align_with_the_chip_lef(tmp_path, ic_files[1])
     height_um = fit_rigid_drift(sample.shifts, sample.angles, TILT)[2] * 2.72e-2
     assert abs(history["stack_offset_um"] - height_um) < 0.1 * 2.72e-2, history["stack_offset_um"]
     assert len(history["layer_interfaces_um"]) > 0
     assert shift_error_px(np.asarray(history["shifts_px"]), sample.shifts, sample.angles) < 0.15
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_the_stack_level_gives_the_same_shifts_on_three_ranks(tmp_path, ic_files):
+    """The layered last level (its least-squares fit of the layers through the distributed
+    operator, the drift kept in z, the height at its end) on 1 and 3 ranks, 32 angles
+    shared 11 / 11 / 10."""
+    short = dict(max_iterations=6, smooth_check_px=0.0)
+    one, three = (_align_with_the_chip_lef(tmp_path / f"ranks{n}", ic_files[1], n, **short)[1]
+                  for n in (1, 3))
+    assert [one["n_ranks"], three["n_ranks"]] == [1, 3]
+    shifts = np.asarray(one["shifts_px"])
+    assert np.abs(shifts).max() > 0.5 and abs(one["stack_offset_um"]) > 0.0  # it moved
+    # runtime.deterministic (the default) adds the partial volumes exactly: the same bits
+    np.testing.assert_array_equal(three["shifts_px"], shifts)
+    assert three["stack_offset_um"] == one["stack_offset_um"]
+    assert three["layer_interfaces_um"] == one["layer_interfaces_um"]
