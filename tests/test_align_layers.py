@@ -154,7 +154,14 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
     import logging
 
     from hpc_adept.align import fit_rigid_drift, projection_matching
-    from hpc_adept.align.matching import LocalLamino, _fit, _Frame, _make_level, _resolved
+    from hpc_adept.align.matching import (
+        LocalLamino,
+        _fit,
+        _Frame,
+        _make_level,
+        _resolved,
+        _with_voxels,
+    )
     from tests.extended_sample import TILT, extended_sample
 
     sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
@@ -166,6 +173,10 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
     coarse = _make_level(LocalLamino(), options, 0, 2, frame, TILT, sample.angles, edges)
     joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles, edges)
     assert coarse.layers is None and joint.layers.shape == (4, 12)
+    # the stack's fit has its own momentum; the smooth check's voxels get the folds' again
+    assert coarse.momentum == options.momentum != joint.momentum == options.layer_momentum
+    assert _with_voxels(joint, options).momentum == options.momentum
+    assert _with_voxels(joint, options).layers is None
     data = frame.aligned(np.zeros((16, 2)), 1)
     fold = joint.folds[0]
     volume = fold.op.fbp(data) * joint.support

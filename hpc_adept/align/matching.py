@@ -338,7 +338,7 @@ def projection_matching(
     # with voxels also after a stack's level: the stack took the pattern back on every crop
     # measured, also on those 1.4-2 px off, where voxels do not (the data alone do not hold
     # such patterns there: docs/extended_samples.md, "The stack observes the height")
-    check = _smooth_check(options, dataclasses.replace(level, layers=None), frame, track) \
+    check = _smooth_check(options, _with_voxels(level, options), frame, track) \
         if level is not None and level.joint and options.smooth_check_px > 0 else None
     stack_offset = track.end_drift_free()
     return AlignResult(
@@ -353,6 +353,13 @@ def projection_matching(
         smooth_check=check,
         structure_ratio=ratio,
     )
+
+
+def _with_voxels(level: _Level, options: AlignConfig) -> _Level:
+    """``level`` with a volume of voxels instead of a layer stack (and their momentum)."""
+    if level.layers is None:
+        return level
+    return dataclasses.replace(level, layers=None, momentum=options.momentum)
 
 
 def _resolved(options: AlignConfig, projections: torch.Tensor) -> AlignConfig:
@@ -551,15 +558,16 @@ def _make_level(ops: LaminoOps, options: AlignConfig, level_index: int, factor: 
         log.info("projection matching: binning %d reconstructs %s (margin %d voxels)",
                  factor, list(vol), margin)
     orthonormal = None if basis is None else orthonormal_planes(basis)
+    layers = _layer_profiles(layer_edges_px, options, factor, vol[0], like) \
+        if joint and margin > 0 else None
+    momentum = options.layer_momentum if refine and layers is not None else \
+        options.momentum if split > 1 or refine else 0.0
     return _Level(factor, folds, support, weights, trust, basis, orthonormal, rounds,
-                  tolerance, options.momentum if split > 1 or refine else 0.0,
-                  taper_px if margin > 0 else 0, gain, full_run=refine,
+                  tolerance, momentum, taper_px if margin > 0 else 0, gain, full_run=refine,
                   joint=joint and margin > 0,
                   smooth=_harmonic_basis(angles, options, like) if refine else None,
                   eigen_floor=options.flow_eigen_floor if last_level
-                  else options.coarse_flow_eigen_floor,
-                  layers=_layer_profiles(layer_edges_px, options, factor, vol[0], like)
-                  if joint and margin > 0 else None)
+                  else options.coarse_flow_eigen_floor, layers=layers)
 
 
 def _layer_profiles(edges_px: Sequence[float] | None, options: AlignConfig, factor: int,
