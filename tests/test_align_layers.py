@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -143,7 +144,8 @@ def test_layer_config_and_stage_resolution(tmp_path):
     for bad, key in (({"layer_interfaces_um": (0.3, 0.2)}, "layer_interfaces_um"),
                      ({"layer_interfaces_um": (0.1, float("inf"))}, "layer_interfaces_um"),
                      ({"layer_base_um": float("nan")}, "layer_base_um"),
-                     ({"layer_lef": " "}, "layer_lef")):
+                     ({"layer_lef": " "}, "layer_lef"),
+                     ({"layer_momentum": 1.0}, "layer_momentum")):
         with pytest.raises(ConfigError, match=key):
             AlignConfig(**bad).check()
 
@@ -151,8 +153,6 @@ def test_layer_config_and_stage_resolution(tmp_path):
 def test_only_the_joint_last_level_fits_a_stack(caplog):
     """Given a stack, the joint last level of a widened volume fits layer maps (its volume
     is a stack after every fit); the fold level before it keeps voxels."""
-    import logging
-
     from hpc_adept.align import fit_rigid_drift, projection_matching
     from hpc_adept.align.matching import (
         LocalLamino,
@@ -174,9 +174,15 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
     joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles, edges)
     assert coarse.layers is None and joint.layers.shape == (4, 12)
     # the stack's fit has its own momentum; the smooth check's voxels get the folds' again
-    assert coarse.momentum == options.momentum != joint.momentum == options.layer_momentum
+    assert options.layer_momentum != options.momentum
+    assert coarse.momentum == options.momentum and joint.momentum == options.layer_momentum
     assert _with_voxels(joint, options).momentum == options.momentum
     assert _with_voxels(joint, options).layers is None
+    # without the coverage weights the joint level takes plain steps, stack or voxels
+    plain = dataclasses.replace(options, coverage_power=0.0)
+    joint = _make_level(LocalLamino(), plain, 1, 1, frame, TILT, sample.angles, edges)
+    assert joint.layers is not None and joint.momentum == 0.0
+    assert _with_voxels(joint, plain).momentum == 0.0
     data = frame.aligned(np.zeros((16, 2)), 1)
     fold = joint.folds[0]
     volume = fold.op.fbp(data) * joint.support
@@ -196,7 +202,7 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
 
 
 @pytest.mark.slow
-def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
+def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files, caplog):
     """The crop of one-way wiring where the voxel volume keeps a 0.5 px smooth pattern
     (tests/test_align_extended.py, the smooth check's test: most of it stays after 20
     iterations): with the layout's stack the joint last level takes it back (the check
@@ -219,18 +225,20 @@ def test_a_stack_takes_back_the_smooth_pattern_that_voxels_keep(ic_files):
     edges = tuple(h * 1e-6 / VOXEL_M for h in lef_interfaces_um(ic_files[1]))
     levels = [matching._make_level(matching.LocalLamino(), options, 1, 1, frame, TILT,
                                    sample.angles, stack) for stack in (None, edges)]
-    checks = [matching._smooth_check(options, level, frame, track) for level in levels]
+    with caplog.at_level(logging.WARNING, logger="hpc_adept"):
+        checks = [matching._smooth_check(options, level, frame, track) for level in levels]
     voxels, layers = checks
     assert not voxels.determined and voxels.smooth_distance > 0.65, voxels
     assert layers.determined and layers.iterations < voxels.iterations, layers
+    # the estimate had the stack's height: the warning says that voxels were rerun
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "with a volume of voxels" in warned[0], warned
 
 
 def test_a_stack_needs_a_joint_widened_level(caplog):
     """The plan keeps the stack only where a joint last level of a widened volume will fit
     it, and warns where one was set for nothing; a stack with no interface inside the
     volume warns too."""
-    import logging
-
     from hpc_adept.align.matching import _layer_profiles
     from hpc_adept.stages.align import _joint_level
 
@@ -254,8 +262,6 @@ def test_the_stage_plans_the_stack_and_converts_it_to_voxels(tmp_path, caplog):
     """``adept align``'s plan keeps the interfaces given for an extended sample (a widened
     joint last level) and drops them, with a warning, where no such level runs; the run
     hands them to projection matching in voxels of the projections' pixel."""
-    import logging
-
     import yaml
 
     from hpc_adept.config import load_config
@@ -308,8 +314,6 @@ def test_the_height_a_stack_kept_leaves_the_result(caplog):
     """The z translation a stack's level kept is returned as the stack's offset and removed
     from the shifts, which stay within the searched range of their start (the bound wins);
     an offset of more than half that range warns that the stack's height is off."""
-    import logging
-
     from hpc_adept.align import fit_rigid_drift, rigid_drift_basis
     from hpc_adept.align.matching import _Track
 

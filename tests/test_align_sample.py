@@ -8,6 +8,7 @@ eight projections ``recon.sample: auto`` reads, in the library and in the stage 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from hpc_adept.config import AlignConfig, ConfigError, load_config
 from hpc_adept.io import ProjectionSet, read_projections, write_projections
 from hpc_adept.lamino.region import sample_indices
 
-from .extended_sample import TILT, extended_sample
+from .extended_sample import TILT, Sample, extended_sample
 
 REGION = (12, 16, 16)
 
@@ -224,7 +225,8 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
         ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample_kind="wide")
 
 
-def _align_with_the_chip_lef(directory, lef, n_ranks: int = 1, **align):
+def _align_with_the_chip_lef(directory: Path, lef: Path, n_ranks: int = 1, **align
+                             ) -> tuple[Sample, dict]:
     """``adept align`` on a 24 x 32 x 32 crop of the simulated chip at (30, 20) um with
     the chip's LEF as ``align.layer_lef``; returns the sample and ``align_history.json``."""
     import json
@@ -273,8 +275,8 @@ def test_the_stack_level_gives_the_same_shifts_on_three_ranks(tmp_path, ic_files
                   for n in (1, 3))
     assert [one["n_ranks"], three["n_ranks"]] == [1, 3]
     shifts = np.asarray(one["shifts_px"])
+    assert one["stack_offset_um"] is not None, "the stack's level did not run"
     assert np.abs(shifts).max() > 0.5 and abs(one["stack_offset_um"]) > 0.0  # it moved
-    # runtime.deterministic (the default) adds the partial volumes exactly: the same bits
+    # the alignment's operator adds the per-angle volumes exactly: the same bits
     np.testing.assert_array_equal(three["shifts_px"], shifts)
     assert three["stack_offset_um"] == one["stack_offset_um"]
-    assert three["layer_interfaces_um"] == one["layer_interfaces_um"]
