@@ -132,34 +132,45 @@ def test_the_stage_plans_the_method_the_data_need(samples, kind, tmp_path):
     assert not off.extended
 
 
+def _align_the_chip_crop(directory: Path, n_ranks: int = 1, **align
+                         ) -> tuple[Sample, dict, str]:
+    """``adept align`` on a 24 x 32 x 32 crop of the simulated chip at (30, 20) um (32
+    angles, 2 px RMS shifts, 2 % noise, +-0.5 rad offsets and ramps), the small window's
+    filters and ``align`` besides; returns the sample, ``align_history.json`` and stderr."""
+    import json
+
+    from .conftest import adept
+
+    region = (24, 32, 32)
+    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
+    run = directory / "run"
+    write_projections(run / "projections.h5", ProjectionSet(
+        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
+    (directory / "c.yaml").write_text(yaml.safe_dump({
+        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
+        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0,
+                  **align},
+        "runtime": {"device": "cpu"}}))
+    result = adept("align", "-c", "c.yaml", cwd=directory, n_ranks=n_ranks)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((run / "align_history.json").read_text())
+    return sample, history, result.stderr
+
+
 @pytest.mark.slow
 def test_adept_align_on_a_chip_runs_the_extended_method(tmp_path):
     """As a user runs it: ``adept align`` with ``align.sample`` left at ``auto`` on a
     region of a chip (the test crop of tests/test_align_extended.py: 24 x 32 x 32, 32
     angles, 2 px RMS shifts, 2 % noise, +-0.5 rad offsets and ramps) finds the chip, widens
     the volume, fits the planes and recovers the shifts to < 0.15 px RMS."""
-    import json
-
-    from .conftest import adept
     from .extended_sample import shift_error_px
 
-    region = (24, 32, 32)
-    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
-    run = tmp_path / "run"
-    write_projections(run / "projections.h5", ProjectionSet(
-        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({
-        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
-        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0},
-        "runtime": {"device": "cpu"}}))
-    result = adept("align", "-c", "c.yaml", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "extended sample (align.sample: auto)" in result.stderr
-    history = json.loads((run / "align_history.json").read_text())
+    sample, history, stderr = _align_the_chip_crop(tmp_path)
+    assert "extended sample (align.sample: auto)" in stderr
     assert history["options"]["sample"] == "extended"
     assert history["options"]["fit_phase_plane"] is True
-    assert history["widened_shape"][1] > region[1]
-    assert read_projections(run / "aligned.h5").sample_kind == "extended"
+    assert history["widened_shape"][1] > 32  # the region's width
+    assert read_projections(tmp_path / "run" / "aligned.h5").sample_kind == "extended"
     found = np.asarray(history["shifts_px"])
     before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts, sample.angles)
     assert before > 1.5
@@ -225,29 +236,6 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
         ProjectionSet(np.zeros((2, 4, 4), np.float32), np.zeros(2), TILT, 1e-8, sample_kind="wide")
 
 
-def _align_with_the_chip_lef(directory: Path, lef: Path, n_ranks: int = 1, **align
-                             ) -> tuple[Sample, dict]:
-    """``adept align`` on a 24 x 32 x 32 crop of the simulated chip at (30, 20) um with
-    the chip's LEF as ``align.layer_lef``; returns the sample and ``align_history.json``."""
-    import json
-
-    from .conftest import adept
-
-    region = (24, 32, 32)
-    sample = extended_sample(region, 32, 2, corner_um=(30.0, 20.0), plane_rad=0.5)
-    run = directory / "run"
-    write_projections(run / "projections.h5", ProjectionSet(
-        np.asarray(sample.measured, np.float32), sample.angles, TILT, 2.72e-8))
-    (directory / "c.yaml").write_text(yaml.safe_dump({
-        "output": {"dir": "run"}, "recon": {"volume_shape": list(region)},
-        "align": {"binning": [2, 1], "highpass_sigma_px": 3.0, "coarse_lowpass_px": 4.0,
-                  "layer_lef": str(lef), **align},
-        "runtime": {"device": "cpu"}}))
-    result = adept("align", "-c", "c.yaml", cwd=directory, n_ranks=n_ranks)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sample, json.loads((run / "align_history.json").read_text())
-
-
 @pytest.mark.slow
 def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_files):
     """``adept align`` given the chip's LEF (``align.layer_lef``) fits the stack on its last
@@ -257,7 +245,7 @@ def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_
 
     from .extended_sample import shift_error_px
 
-    sample, history = _align_with_the_chip_lef(tmp_path, ic_files[1])
+    sample, history, _ = _align_the_chip_crop(tmp_path, layer_lef=str(ic_files[1]))
     height_um = fit_rigid_drift(sample.shifts, sample.angles, TILT)[2] * 2.72e-2
     assert abs(history["stack_offset_um"] - height_um) < 0.1 * 2.72e-2, history["stack_offset_um"]
     assert len(history["layer_interfaces_um"]) > 0
@@ -271,8 +259,8 @@ def test_the_stack_level_gives_the_same_shifts_on_three_ranks(tmp_path, ic_files
     operator, the drift kept in z, the height at its end) on 1 and 3 ranks, 32 angles
     shared 11 / 11 / 10."""
     short = dict(max_iterations=6, smooth_check_px=0.0)
-    one, three = (_align_with_the_chip_lef(tmp_path / f"ranks{n}", ic_files[1], n, **short)[1]
-                  for n in (1, 3))
+    one, three = (_align_the_chip_crop(tmp_path / f"ranks{n}", n, layer_lef=str(ic_files[1]),
+                                       **short)[1] for n in (1, 3))
     assert [one["n_ranks"], three["n_ranks"]] == [1, 3]
     shifts = np.asarray(one["shifts_px"])
     assert one["stack_offset_um"] is not None, "the stack's level did not run"
