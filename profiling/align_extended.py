@@ -24,6 +24,10 @@ the error and the last weighted residual of each run. A method whose estimate le
 true shifts is biased there; one that ends far from them at a residual no larger than at
 the truth cannot tell them apart (the data leave the shifts undetermined).
 
+``--from-truth`` starts every run at the true shifts (a method whose end point is not the
+truth then is biased there, whatever its reach); ``--levels`` also prints the error at the
+end of each binning level, split across / along the wires.
+
 ``--layers`` gives the extended method the layout's layer stack (the LEF's interfaces,
 ``align.layer_lef``): its joint last level fits a stack of layers instead of voxels
 (docs/extended_samples.md, "A layered volume"); it needs the layout files.
@@ -48,12 +52,13 @@ from _args import positive_int
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpc_adept.align import projection_matching  # noqa: E402
+from hpc_adept.align import AlignResult, projection_matching  # noqa: E402
 from hpc_adept.config import AlignConfig, ConfigError, load_config  # noqa: E402
 from tests.extended_sample import (  # noqa: E402
     IC_LEF,
     TILT,
     VOXEL_M,
+    Sample,
     extended_sample,
     shift_error,
     shift_error_px,
@@ -267,9 +272,29 @@ def smooth_bound(region: tuple[int, int, int], n_angles: int, seed: int,
           f"{rms(torch.zeros_like(prior)):.4f}", flush=True)
 
 
+def level_ends(result: AlignResult, sample: Sample, clean: np.ndarray, highpass_px: float
+               ) -> list[str]:
+    """``binning L: E px (across A, along B)``: the error (px RMS as scored) of the shifts
+    each binning level of ``result`` (an alignment of ``sample``) handed on, in the order
+    the levels ran; ``clean`` [n, nv, nu]: the noise-free projections
+    (:func:`across_and_along`)."""
+    history = result.history
+    lines = []
+    for k, entry in enumerate(history):
+        level = entry["level"]
+        if k + 1 < len(history) and history[k + 1]["iteration"] > 0:
+            continue  # not a level's last iteration (each level counts from 0)
+        error = shift_error(result.shifts_per_iteration[k], sample.shifts, sample.angles)
+        across, along = across_and_along(error, clean, highpass_px)
+        lines.append(f"binning {level}: {float(np.sqrt(np.mean(error ** 2))):.4f} px "
+                     f"(across {across:.4f}, along {along:.4f})")
+    return lines
+
+
 def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, seed: int,
-             corner_um: tuple[float, float]) -> None:
-    """Each method from zero and from the true shifts, without and with noise and planes."""
+             corner_um: tuple[float, float], edges: tuple[float, ...] | None = None) -> None:
+    """Each method from zero and from the true shifts, without and with noise and planes
+    (``edges``: the layer stack's interfaces, voxels, for the joint last level)."""
     for noise, plane in ((0.0, 0.0), (NOISE, 0.5)):
         sample = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=noise,
                                  plane_rad=plane)
@@ -280,7 +305,7 @@ def diagnose(base: AlignConfig, region: tuple[int, int, int], n_angles: int, see
                 initial = sample.shifts if start == "truth" else None
                 t0 = time.perf_counter()
                 result = projection_matching(sample.measured, sample.angles, TILT, options,
-                                             initial_shifts_px=initial)
+                                             initial_shifts_px=initial, layer_edges_px=edges)
                 seconds = time.perf_counter() - t0
                 error = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
                 print(f"seed {seed} noise {noise:.2f} planes {plane:.1f} {method:9s} from "
@@ -351,6 +376,12 @@ def main() -> None:
                         help="which methods to run")
     parser.add_argument("--layers", action="store_true",
                         help="the layout's layer stack as the last level's volume prior")
+    parser.add_argument("--from-truth", action="store_true",
+                        help="start every alignment run at the true shifts (is the "
+                             "method's end point the truth?)")
+    parser.add_argument("--levels", action="store_true",
+                        help="also print the error at the end of each binning level of "
+                             "every alignment run, across / along the wires")
     parser.add_argument("--diagnose", action="store_true",
                         help="from zero and from the true shifts (see the module's docstring)")
     args = parser.parse_args()
@@ -386,41 +417,55 @@ def main() -> None:
             bound(region, args.angles, seed, tuple(args.corner), "extended+planes" in args.cases)
             continue
         if args.diagnose:
-            diagnose(base, region, args.angles, seed, tuple(args.corner))
+            diagnose(base, region, args.angles, seed, tuple(args.corner), edges)
             continue
         for case, extended, plane in CASES:
-            if case not in args.cases:
-                continue
-            sample = extended_sample(region, args.angles, seed, extended=extended,
-                                     plane_rad=plane, corner_um=tuple(args.corner),
-                                     noise=NOISE, shift_sigma_px=PRIOR_PX)
-            before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts,
-                                    sample.angles)
-            for method in args.methods:
-                # --set wins over a method's own settings (e.g. the region-only momentum)
-                options = dataclasses.replace(base, **{**METHODS[method], **settings})
-                t0 = time.perf_counter()
-                result = projection_matching(sample.measured, sample.angles, TILT, options,
-                                             layer_edges_px=edges)
-                seconds = time.perf_counter() - t0
-                error = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
-                check = result.smooth_check
-                told = "" if check is None else \
-                    (f", smooth check: stopped {check.smooth_distance:.0%} of "
-                     f"{check.pattern_px:.2f} px away ({check.along_pattern:.0%} along it; "
-                     f"{'taken back' if check.determined else 'NOT TAKEN BACK'}, "
-                     f"{check.seconds:.0f} s of the time)")
-                print(f"seed {seed} {case:16s} {method:12s} shift error {error:7.3f} px RMS "
-                      f"(before {before:.3f}), {len(result.history)} iterations, "
-                      f"{seconds:7.1f} s{told}", flush=True)
-                if args.split:
-                    clean = extended_sample(region, args.angles, seed, extended=extended,
-                                            noise=0.0, corner_um=tuple(args.corner))
-                    across, along = across_and_along(
-                        shift_error(result.shifts_px, sample.shifts, sample.angles),
-                        np.asarray(clean.measured), base.highpass_sigma_px)
-                    print(f"seed {seed} {case:16s} {method:12s} across the structure "
-                          f"{across:.3f} px RMS, along it {along:.3f}", flush=True)
+            if case in args.cases:
+                align_case(args, base, settings, edges, seed, (case, extended, plane))
+
+
+def align_case(args: argparse.Namespace, base: AlignConfig, settings: dict,
+               edges: tuple[float, ...] | None, seed: int,
+               case: tuple[str, bool, float]) -> None:
+    """Every ``--methods`` on one crop and one of :data:`CASES`, one line each (and the
+    ``--levels`` and ``--split`` lines)."""
+    name_of_case, extended, plane = case
+    region = tuple(args.region)
+    clean = np.asarray(extended_sample(region, args.angles, seed, extended=extended,
+                                       noise=0.0, corner_um=tuple(args.corner)).measured) \
+        if args.split or args.levels else None
+    sample = extended_sample(region, args.angles, seed, extended=extended, plane_rad=plane,
+                             corner_um=tuple(args.corner), noise=NOISE,
+                             shift_sigma_px=PRIOR_PX)
+    before = shift_error_px(np.zeros_like(sample.shifts), sample.shifts, sample.angles)
+    for method in args.methods:
+        # --set wins over a method's own settings (e.g. the region-only momentum)
+        options = dataclasses.replace(base, **{**METHODS[method], **settings})
+        t0 = time.perf_counter()
+        result = projection_matching(
+            sample.measured, sample.angles, TILT, options, layer_edges_px=edges,
+            initial_shifts_px=sample.shifts if args.from_truth else None)
+        seconds = time.perf_counter() - t0
+        error = shift_error_px(result.shifts_px, sample.shifts, sample.angles)
+        check = result.smooth_check
+        told = "" if check is None else \
+            (f", smooth check: stopped {check.smooth_distance:.0%} of "
+             f"{check.pattern_px:.2f} px away ({check.along_pattern:.0%} along it; "
+             f"{'taken back' if check.determined else 'NOT TAKEN BACK'}, "
+             f"{check.seconds:.0f} s of the time)")
+        name = f"seed {seed} {name_of_case:16s} {method:12s}"
+        start = ", started at the truth" if args.from_truth else ""
+        print(f"{name} shift error {error:7.3f} px RMS (before {before:.3f}{start}), "
+              f"{len(result.history)} iterations, {seconds:7.1f} s{told}", flush=True)
+        lines = level_ends(result, sample, clean, base.highpass_sigma_px) \
+            if args.levels else []
+        if args.split:
+            across, along = across_and_along(
+                shift_error(result.shifts_px, sample.shifts, sample.angles), clean,
+                base.highpass_sigma_px)
+            lines.append(f"across the structure {across:.3f} px RMS, along it {along:.3f}")
+        for line in lines:
+            print(f"{name} {line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -457,6 +457,33 @@ def test_smooth_bound_report_is_no_lower_with_the_volume_unknown():
     assert 0.0 < known <= unknown < prior
 
 
+def test_benchmark_from_truth_prints_each_level_end():
+    """``profiling/align_extended.py --from-truth --levels``: one line per binning level in
+    the order they ran, each error split across / along the wires consistently (the two
+    squared sum to twice its square) and the last level's the headline error."""
+    import re
+
+    from .conftest import REPO, run_cmd
+
+    done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--region", "16", "24",
+                    "24", "--angles", "16", "--seeds", "1", "--corner", "40", "28",
+                    "--binning", "2", "1", "--highpass", "2", "--coarse-lowpass", "4",
+                    "--max-iterations", "4", "--cases", "extended", "--methods",
+                    "extended", "--set", "smooth_check_px=0", "--from-truth", "--levels"],
+                   timeout=300)
+    assert done.returncode == 0, done.stderr
+    headline = re.search(r"shift error +([\d.]+) px RMS \(before [\d.]+, started at the "
+                         r"truth\)", done.stdout)
+    levels = re.findall(r"binning (\d): ([\d.]+) px \(across ([\d.]+), along ([\d.]+)\)",
+                        done.stdout)
+    assert headline and [level for level, *_ in levels] == ["2", "1"], done.stdout
+    for _, error, across, along in levels:
+        error, across, along = float(error), float(across), float(along)
+        rounding = 1.1e-4 * (across + along + 2 * error)  # each printed to 4 decimals
+        assert across ** 2 + along ** 2 == pytest.approx(2 * error ** 2, abs=rounding)
+    assert float(levels[-1][1]) == pytest.approx(float(headline.group(1)), abs=1.5e-3)
+
+
 @pytest.mark.parametrize("setting, message", [("foo=1", "not KEY=VALUE"),
                                               ("momentum", "not KEY=VALUE"),
                                               ("sample=isolated", "other than sample"),
