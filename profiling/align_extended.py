@@ -178,8 +178,8 @@ def shift_bound(clean: np.ndarray, angles: np.ndarray, noise: float, shift_sigma
     volume known exactly (:mod:`hpc_adept.align.precision`; a method must also estimate
     the volume, so it does worse).
 
-    ``clean`` [n, nv, nu]: the noise-free window as measured (at the true shifts: the
-    information is evaluated there); white Gaussian noise of
+    ``clean`` [n, nv, nu]: the noise-free window, aligned (the information is evaluated
+    at the truth); white Gaussian noise of
     ``noise`` times its RMS; each shift a priori Gaussian of ``shift_sigma_px`` per
     component; with ``planes`` each projection's offset and ramp are unknown too.
     Returns the bound and each projection's bound along its worst direction [n] (px)."""
@@ -206,8 +206,12 @@ def shift_bound(clean: np.ndarray, angles: np.ndarray, noise: float, shift_sigma
 def bound(region: tuple[int, int, int], n_angles: int, seed: int,
           corner_um: tuple[float, float], planes: bool) -> None:
     """Print :func:`shift_bound` for the benchmark's crop."""
-    # the noise-free data as measured: the bound is the information at the true shifts
-    clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0)
+    # the noise-free window unshifted: a shift moves the information with the structure,
+    # but the sample's Fourier shift of its grown window rings into the window's edge
+    # (its periodic wrap), which the bound would take for information (seed 12: 0.013 px
+    # shifted, 0.221 unshifted; docs/extended_samples.md, thirteenth session)
+    clean = extended_sample(region, n_angles, seed, corner_um=corner_um, noise=0.0,
+                            shift_sigma_px=0.0)
     value, worst = shift_bound(np.asarray(clean.measured, np.float64), clean.angles, NOISE,
                                PRIOR_PX, planes)
     print(f"seed {seed} corner {list(corner_um)}: no method does better than {value:.4f} px "

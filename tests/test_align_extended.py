@@ -484,6 +484,25 @@ def test_benchmark_from_truth_prints_each_level_end():
     assert float(levels[-1][1]) == pytest.approx(float(headline.group(1)), abs=1.5e-3)
 
 
+@pytest.mark.skipif(not (IC_DEF.is_file() and IC_LEF.is_file()),
+                    reason="needs the layout (../shared/data/ic)")
+def test_benchmark_bound_is_the_datas_not_the_shifts_ringing():
+    """``profiling/align_extended.py --bound`` on seed 12 of the issue's size: the window's
+    information taken unshifted (the samples' Fourier shift rings at the window's edge,
+    which the bound took for information along the straps: 0.013 px on the shifted window)
+    bounds that crop above the must-show's 0.15 px."""
+    import re
+
+    from .conftest import REPO, run_cmd
+
+    done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--seeds", "12",
+                    "--corner", "28", "58", "--bound"], timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"no method does better than ([\d.]+) px RMS", done.stdout)
+    assert found, done.stdout
+    assert 0.15 < float(found.group(1)) < 0.4
+
+
 @pytest.mark.parametrize("setting, message", [("foo=1", "not KEY=VALUE"),
                                               ("momentum", "not KEY=VALUE"),
                                               ("sample=isolated", "other than sample"),
