@@ -71,6 +71,20 @@ METHODS = {
     "extended": dict(sample="extended"),
 }
 CASES = (("isolated", False, 0.0), ("extended", True, 0.0), ("extended+planes", True, 0.5))
+SWITCHES = {  # the benchmark's on/off flags and their help
+    "--structure": "print what the region holds to fix the shifts (how one-way, its share of "
+                   "the signal, metal), no alignment",
+    "--bound": "print a lower bound on the error any method can reach on each crop (the "
+               "volume known exactly), no alignment",
+    "--diagnose": "from zero and from the true shifts (see the module's docstring)",
+    "--layers": "the layout's layer stack as the last level's volume prior",
+    "--from-truth": "start every alignment run at the true shifts (is the method's end point "
+                    "the truth?)",
+    "--levels": "also print the error at the end of each binning level of every alignment "
+                "run, across / along the wires",
+    "--split": "also split each error across / along each projection's dominant structure "
+               "(the wires)",
+}
 DIAGNOSE = {
     "extended": dict(sample="extended"),
     "folds": dict(sample="extended", joint_last_level=False),
@@ -358,15 +372,6 @@ def main() -> None:
                         help="align.smooth_harmonics")
     parser.add_argument("--cases", nargs="+", choices=[c[0] for c in CASES],
                         default=[c[0] for c in CASES], help="which cases to run")
-    parser.add_argument("--structure", action="store_true",
-                        help="print what the region holds to fix the shifts (how one-way, "
-                             "its share of the signal, metal), no alignment")
-    parser.add_argument("--split", action="store_true",
-                        help="also split each error across / along each projection's "
-                             "dominant structure (the wires)")
-    parser.add_argument("--bound", action="store_true",
-                        help="print a lower bound on the error any method can reach on each "
-                             "crop (the volume known exactly), no alignment")
     parser.add_argument("--bound-smooth", type=positive_int, default=0, metavar="K",
                         help="the bound on the patterns of harmonics 0 to K (less the four "
                              "unobservable translations) with the widened "
@@ -378,16 +383,8 @@ def main() -> None:
                         "repeatable), e.g. --set momentum=0")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help="which methods to run")
-    parser.add_argument("--layers", action="store_true",
-                        help="the layout's layer stack as the last level's volume prior")
-    parser.add_argument("--from-truth", action="store_true",
-                        help="start every alignment run at the true shifts (is the "
-                             "method's end point the truth?)")
-    parser.add_argument("--levels", action="store_true",
-                        help="also print the error at the end of each binning level of "
-                             "every alignment run, across / along the wires")
-    parser.add_argument("--diagnose", action="store_true",
-                        help="from zero and from the true shifts (see the module's docstring)")
+    for flag, text in SWITCHES.items():
+        parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args()
     region = tuple(args.region)
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
