@@ -75,7 +75,7 @@ SWITCHES = {  # the benchmark's on/off flags and their help
     "--structure": "print what the region holds to fix the shifts (how one-way, its share of "
                    "the signal, metal), no alignment",
     "--bound": "print a lower bound on the error any method can reach on each crop (the "
-               "volume known exactly), no alignment",
+               "volume known exactly; on the unshifted window), no alignment",
     "--diagnose": "from zero and from the true shifts (see the module's docstring)",
     "--layers": "the layout's layer stack as the last level's volume prior",
     "--from-truth": "start every alignment run at the true shifts (is the method's end point "
@@ -192,8 +192,9 @@ def shift_bound(clean: np.ndarray, angles: np.ndarray, noise: float, shift_sigma
     volume known exactly (:mod:`hpc_adept.align.precision`; a method must also estimate
     the volume, so it does worse).
 
-    ``clean`` [n, nv, nu]: the noise-free window, aligned (the information is evaluated
-    at the truth); white Gaussian noise of
+    ``clean`` [n, nv, nu]: the noise-free window unshifted (a physical shift moves the
+    information with the structure; :func:`bound` says why not the samples' shifted one);
+    white Gaussian noise of
     ``noise`` times its RMS; each shift a priori Gaussian of ``shift_sigma_px`` per
     component; with ``planes`` each projection's offset and ramp are unknown too.
     Returns the bound and each projection's bound along its worst direction [n] (px)."""
