@@ -387,6 +387,12 @@ def main() -> None:
     for flag, text in SWITCHES.items():
         parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args()
+    no_alignment = [flag for flag in ("--structure", "--bound", "--diagnose")
+                    if getattr(args, flag[2:])] + (["--bound-smooth"] if args.bound_smooth
+                                                   else [])
+    if (args.from_truth or args.levels) and no_alignment:
+        parser.error(f"--from-truth and --levels apply to the alignment runs, which "
+                     f"{no_alignment[0]} replaces")
     region = tuple(args.region)
     base = AlignConfig(volume_shape=region, binning=tuple(args.binning),
                        highpass_sigma_px=args.highpass, coarse_rounds=args.coarse_rounds,

@@ -484,6 +484,18 @@ def test_benchmark_from_truth_prints_each_level_end():
     assert float(levels[-1][1]) == pytest.approx(float(headline.group(1)), abs=1.5e-3)
 
 
+@pytest.mark.parametrize("mode", [["--bound"], ["--structure"], ["--bound-smooth", "2"]])
+def test_benchmark_refuses_start_flags_where_nothing_is_aligned(mode):
+    """``--from-truth`` / ``--levels`` with a mode that runs no alignment: one clear line,
+    exit 2, not flags silently ignored."""
+    from .conftest import REPO, run_cmd
+
+    done = run_cmd([str(REPO / "profiling" / "align_extended.py"), "--from-truth", *mode],
+                   timeout=120)
+    assert done.returncode == 2
+    assert "apply to the alignment runs" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.skipif(not (IC_DEF.is_file() and IC_LEF.is_file()),
                     reason="needs the layout (../shared/data/ic)")
 def test_benchmark_bound_is_the_datas_not_the_shifts_ringing():

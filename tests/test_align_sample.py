@@ -268,3 +268,4 @@ def test_the_stack_level_gives_the_same_shifts_on_three_ranks(tmp_path, ic_files
     # the alignment's operator adds the per-angle volumes exactly: the same bits
     np.testing.assert_array_equal(three["shifts_px"], shifts)
     assert three["stack_offset_um"] == one["stack_offset_um"]
+    assert three["layer_interfaces_um"] == one["layer_interfaces_um"]
