@@ -546,8 +546,11 @@ class AlignConfig:
     support : bool
         Zero the volume where some projection does not see it (loose support).
     coarse_rounds : int
-        Rounds of the low-pass, window-bounded cross-correlation estimate before the
-        optical-flow iterations (0 = none).
+        At most this many rounds of the low-pass, window-bounded cross-correlation
+        estimate before the first level's optical-flow iterations (0 = none). Where that
+        level has held-out folds (an extended sample) the rounds stop at the first whose
+        held-out residual is no lower than the lowest so far and go back to the shifts of
+        the lowest.
     coarse_lowpass_px : float, pixels
         Low-pass sigma of that estimate (about the period of the IC patterns or more).
     coarse_search_px : float, pixels

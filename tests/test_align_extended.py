@@ -245,7 +245,9 @@ def test_a_probe_level_stops_when_its_own_test_says_so():
     _run_level(options, coarse, frame, track, None, quiet=True,
                until=lambda shifts: asked.append(shifts.copy()) is not None)  # never yes
     steps = [h["step"] for h in track.history]
-    assert steps[:2] == ["xcorr", "xcorr"] and len(asked) == steps.count("flow") >= 1
+    rounds = steps.count("xcorr")  # the second stops where the residual rose
+    assert 1 <= rounds <= 2 and steps[:rounds] == ["xcorr"] * rounds
+    assert len(asked) == steps.count("flow") >= 1
     joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles)
     assert joint.full_run  # without the test it would run all 6 iterations
     before, asked = len(track.history), []
@@ -253,6 +255,47 @@ def test_a_probe_level_stops_when_its_own_test_says_so():
                until=lambda shifts: asked.append(shifts.copy()) or len(asked) == 2)
     assert len(track.history) - before == 2
     np.testing.assert_array_equal(asked[-1], track.shifts)
+
+
+def test_coarse_rounds_stop_where_the_residual_rises(monkeypatch):
+    """With held-out folds the cross-correlation rounds stop at the first whose residual
+    (of the shifts the previous round left) is no lower than the lowest so far and go back
+    to that one's shifts; rounds whose residual keeps falling all run, and so do all rounds
+    without folds (a fitted residual, no validation). The count returned is of the rounds
+    recorded in the history (the optical flow's iterations number on from it)."""
+    from hpc_adept.align import matching
+
+    n = 8
+    sample = extended_sample((12, 16, 16), n, 4, corner_um=(40.0, 28.0))
+    options = matching._resolved(AlignConfig(binning=(2,), max_iterations=1,
+                                             coarse_rounds=6, volume_shape=(12, 16, 16),
+                                             sample="extended"), sample.measured)
+    frame = matching._Frame.of(sample.measured, options, 0.0)
+    folds = matching._make_level(matching.LocalLamino(), options, 0, 2, frame, TILT,
+                                 sample.angles)
+    joint = dataclasses.replace(folds, folds=folds.folds[:1])
+    assert len(folds.folds) > 1
+    # level pixels, not a rigid drift (which the track removes)
+    step = torch.as_tensor(np.random.default_rng(0).normal(0.0, 0.5, (n, 2)))
+    for level, residuals, recorded, kept in (
+            (folds, [5.0, 4.0, 3.0, 3.5, 1.0, 1.0], 3, 1),
+            (folds, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 6, 5),
+            (joint, [5.0, 4.0, 3.0, 3.5, 4.0, 6.0], 6, 5)):
+        monkeypatch.setattr(matching, "_level_model",
+                            lambda *_, level=level: (None, None, level))
+        measured = iter(residuals)
+        monkeypatch.setattr(matching, "_shift_update", lambda *_, values=measured: (
+            step, torch.full((n,), next(values), dtype=torch.float64)))
+        track = matching._Track(np.zeros((n, 2)), sample.angles, TILT,
+                                torch.zeros(n, 3, dtype=torch.float64), np.zeros((n, 2)))
+        count = matching._coarse_rounds(options, level, frame, track, [None], None, True)
+        assert count == recorded == len(track.history)
+        assert [h["residual_rms"] for h in track.history] == residuals[:recorded]
+        assert all(h["step"] == "xcorr" for h in track.history)
+        np.testing.assert_array_equal(track.shifts, track.snapshots[kept])
+        assert np.abs(track.snapshots[kept] - track.snapshots[kept - 1]).max() > 0.1
+        if kept < recorded - 1:  # the last round's move was taken back
+            assert np.abs(track.snapshots[-1] - track.shifts).max() > 0.1
 
 
 @pytest.mark.slow

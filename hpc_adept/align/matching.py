@@ -698,24 +698,21 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
     stack = level.layers is not None and len(level.layers) > 1
     track.drift_axes = (0, 1) if stack and track.held_height is None else (0, 1, 2)
     volumes: list[torch.Tensor | None] = [None] * len(level.folds)
+    rounds = _coarse_rounds(options, level, frame, track, volumes, callback, quiet)
     best = (math.inf, track.shifts)
-    for iteration in range(level.rounds + options.max_iterations):
+    for iteration in range(rounds, rounds + options.max_iterations):
         t0 = time.perf_counter()
         before = track.shifts
-        data = frame.aligned(track.shifts, factor)
-        now = _with_measured(level, frame, track.shifts)
-        model = _reconstruct(now, data, volumes, options.reconstruct_iterations)
-        data = _remove_planes(data, model, now, track)
-        coarse = iteration < level.rounds
-        update, residual = _shift_update(data, model, now, options, coarse)
-        entry = track.step(update, residual, factor, iteration, coarse, t0, level.momentum)
-        if not coarse and entry["residual_rms"] < best[0]:
+        data, model, now = _level_model(options, level, frame, track, volumes)
+        update, residual = _shift_update(data, model, now, options, False)
+        entry = track.step(update, residual, factor, iteration, False, t0, level.momentum)
+        if entry["residual_rms"] < best[0]:
             best = (entry["residual_rms"], before)
         if callback is not None:
             callback(entry)
-        if not coarse and until is not None and until(track.shifts):
+        if until is not None and until(track.shifts):
             return
-        if not coarse and not level.full_run and entry["max_update_px"] < level.tolerance:
+        if not level.full_run and entry["max_update_px"] < level.tolerance:
             log.log(logging.DEBUG if quiet else logging.INFO,
                     "projection matching: binning %d converged after %d iterations",
                     factor, iteration + 1)
@@ -728,11 +725,54 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
     elif not quiet:
         log.warning("projection matching: binning %d stopped at %d iterations, largest "
                     "update %.4f px (tolerance %.4f px)", factor,
-                    level.rounds + options.max_iterations,
+                    rounds + options.max_iterations,
                     track.history[-1]["max_update_px"], level.tolerance)
     _end_level(level, track, best, track.history[-1], options, quiet)
 
 
+def _level_model(options: AlignConfig, level: _Level, frame: _Frame, track: _Track,
+                 volumes: list[torch.Tensor | None]
+                 ) -> tuple[torch.Tensor, torch.Tensor, _Level]:
+    """The level's data at ``track.shifts`` (less their phase planes), its model (each
+    angle's prediction, the ``volumes`` updated) and the level with the measured pixels'
+    weights."""
+    data = frame.aligned(track.shifts, level.factor)
+    now = _with_measured(level, frame, track.shifts)
+    model = _reconstruct(now, data, volumes, options.reconstruct_iterations)
+    return _remove_planes(data, model, now, track), model, now
+
+
+def _coarse_rounds(options: AlignConfig, level: _Level, frame: _Frame, track: _Track,
+                   volumes: list[torch.Tensor | None],
+                   callback: Callable[[dict], None] | None, quiet: bool) -> int:
+    """Up to ``level.rounds`` cross-correlation rounds; return how many moved the shifts
+    (each recorded in ``track``).
+
+    With held-out folds each round measures the held-out residual of the shifts the
+    previous one left, and the rounds stop at the first that is no lower than the lowest
+    so far and go back to that one's shifts: against one-way or periodic wiring further
+    rounds can lock onto a wrong match across the wires, which the held-out residual shows
+    by rising (docs/extended_samples.md, "Coarse rounds that stop"). Without folds the
+    residual is that of a volume fitted to the shifts, no validation: all rounds run."""
+    lowest = (math.inf, track.shifts)
+    held_out = len(level.folds) > 1
+    for iteration in range(level.rounds):
+        t0 = time.perf_counter()
+        data, model, now = _level_model(options, level, frame, track, volumes)
+        update, residual = _shift_update(data, model, now, options, True)
+        rms = float(torch.sqrt(torch.mean(residual.double() ** 2))) if held_out else 0.0
+        if held_out and rms >= lowest[0]:
+            track.shifts, track.velocity = lowest[1], np.zeros_like(lowest[1])
+            log.log(logging.DEBUG if quiet else logging.INFO,
+                    "projection matching: binning %d stops its cross-correlation rounds "
+                    "after %d (the residual rose: %.4g, lowest %.4g) and keeps the shifts "
+                    "of the lowest", level.factor, iteration, rms, lowest[0])
+            return iteration
+        lowest = (rms, track.shifts)
+        entry = track.step(update, residual, level.factor, iteration, True, t0)
+        if callback is not None:
+            callback(entry)
+    return level.rounds
 
 
 @dataclass(frozen=True)
