@@ -567,7 +567,7 @@ class AlignConfig:
         auto``), else ``extended``; the kind decided is stored in ``aligned.h5`` and
         ``recon.sample: auto`` follows it. On extended samples the region-only method runs
         off (9-14 px RMS); the extended one costs about 2-16 times its time and recovers
-        2 px RMS shifts to 0.017-0.145 px on 12 of 16 crops of the layout at 40 x 56 x 56
+        2 px RMS shifts to 0.017-0.139 px on 12 of 16 crops of the layout at 40 x 56 x 56
         and ends 0.22-2.0 px off on the others, mostly crops of one-way wiring (on one, a
         lower bound says no method can reach 0.15 px; issue 18, docs/extended_samples.md).
     lateral_margin : 'auto' or int, voxels (full resolution, each lateral side)
@@ -667,7 +667,7 @@ class AlignConfig:
         longer follows most shift patterns smooth over the angles (docs/extended_samples.md,
         "The stack observes the height"; at 40 x 56 x 56 on 16 crops: 14 below 0.15 px
         RMS, 0.013-0.062 px, with ``layer_momentum``, instead of 12 with voxels,
-        0.017-0.145 px). ``auto`` (default): the
+        0.017-0.139 px). ``auto`` (default): the
         ``simulate.layout_lef`` of a layout the simulate stage rasterised (the dataset's
         ``ground_truth.h5`` says so and the file exists; a volume of fewer slices than the
         simulated slab shares its centre, which places its bottom face), else none (voxels:
