@@ -548,9 +548,9 @@ class AlignConfig:
     coarse_rounds : int
         At most this many rounds of the low-pass, window-bounded cross-correlation
         estimate before the first level's optical-flow iterations (0 = none). Where that
-        level has held-out folds (an extended sample) the rounds stop at the first whose
-        held-out residual is no lower than the lowest so far and go back to the shifts of
-        the lowest.
+        level has held-out folds (an extended sample, ``cross_folds`` > 1) the rounds stop at
+        the first whose held-out residual is no lower than the lowest so far and go back
+        to the shifts of the lowest.
     coarse_lowpass_px : float, pixels
         Low-pass sigma of that estimate (about the period of the IC patterns or more).
     coarse_search_px : float, pixels

@@ -245,7 +245,7 @@ def test_a_probe_level_stops_when_its_own_test_says_so():
     _run_level(options, coarse, frame, track, None, quiet=True,
                until=lambda shifts: asked.append(shifts.copy()) is not None)  # never yes
     steps = [h["step"] for h in track.history]
-    rounds = steps.count("xcorr")  # the second stops where the residual rose
+    rounds = steps.count("xcorr")  # the second may stop where the held-out residual rose
     assert 1 <= rounds <= 2 and steps[:rounds] == ["xcorr"] * rounds
     assert len(asked) == steps.count("flow") >= 1
     joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles)
@@ -273,14 +273,15 @@ def test_coarse_rounds_stop_where_the_residual_rises(monkeypatch):
     frame = matching._Frame.of(sample.measured, options, 0.0)
     folds = matching._make_level(matching.LocalLamino(), options, 0, 2, frame, TILT,
                                  sample.angles)
-    joint = dataclasses.replace(folds, folds=folds.folds[:1])
+    one_fold = dataclasses.replace(folds, folds=folds.folds[:1])
     assert len(folds.folds) > 1
     # level pixels, not a rigid drift (which the track removes)
     step = torch.as_tensor(np.random.default_rng(0).normal(0.0, 0.5, (n, 2)))
     for level, residuals, recorded, kept in (
             (folds, [5.0, 4.0, 3.0, 3.5, 1.0, 1.0], 3, 1),
+            (folds, [5.0, 4.0, 4.0, 1.0, 1.0, 1.0], 2, 0),  # no lower is a stop too
             (folds, [5.0, 4.0, 3.0, 2.0, 1.0, 0.5], 6, 5),
-            (joint, [5.0, 4.0, 3.0, 3.5, 4.0, 6.0], 6, 5)):
+            (one_fold, [5.0, 4.0, 3.0, 3.5, 4.0, 6.0], 6, 5)):
         monkeypatch.setattr(matching, "_level_model",
                             lambda *_, level=level: (None, None, level))
         measured = iter(residuals)
@@ -292,10 +293,13 @@ def test_coarse_rounds_stop_where_the_residual_rises(monkeypatch):
         assert count == recorded == len(track.history)
         assert [h["residual_rms"] for h in track.history] == residuals[:recorded]
         assert all(h["step"] == "xcorr" for h in track.history)
+        assert [h["iteration"] for h in track.history] == list(range(recorded))
         np.testing.assert_array_equal(track.shifts, track.snapshots[kept])
-        assert np.abs(track.snapshots[kept] - track.snapshots[kept - 1]).max() > 0.1
-        if kept < recorded - 1:  # the last round's move was taken back
+        before = track.snapshots[kept - 1] if kept else np.zeros((n, 2))  # kept: it moved
+        assert np.abs(track.snapshots[kept] - before).max() > 0.1
+        if kept < recorded - 1:  # the last round's move was taken back, with its momentum
             assert np.abs(track.snapshots[-1] - track.shifts).max() > 0.1
+            assert not track.velocity.any()
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ window at some angle are zero) and weights on the region's shadow.
 A level ends when the largest update falls below the tolerance. Before the first optical
 flow step, a few rounds of low-pass, window-bounded cross-correlation against the
 reprojections give a coarse estimate that periodic IC patterns cannot pull onto the wrong
-period.
+period (with held-out folds they stop where the held-out residual rises).
 
 The reconstruct and reproject steps come from the laminography operator of each level,
 built by a factory (:class:`LaminoOps`), so a stage can pass a distributed one; this module
@@ -219,7 +219,9 @@ class AlignResult:
     residual_per_angle : ndarray, float64, [n_angles, n_iterations]
         Weighted RMS of each projection's filtered residual at each iteration.
     shifts_per_iteration : ndarray, float64, [n_iterations, n_angles, 2]
-        Shift estimates after each iteration (for plots).
+        Shift estimates after each iteration (for plots; where the cross-correlation rounds
+        stopped, the last round's entry holds the shifts it moved to, which were taken back
+        before the next iteration).
     phase_planes : ndarray, float64, [n_angles, 3]
         The offset (rad) and row / column slopes (rad per pixel, about the centre of the
         aligned projection) removed from each projection (zeros without
@@ -501,7 +503,7 @@ class _Level:
     trust: torch.Tensor | None  # float, [n, nv, nu]: least-squares weights (None: all 1)
     basis: torch.Tensor | None  # [3, nv, nu] plane images (None: no plane fit)
     orthonormal: torch.Tensor | None  # [3, nv, nu] the same, orthonormalised
-    rounds: int               # cross-correlation rounds before the optical flow
+    rounds: int               # at most this many cross-correlation rounds before the flow
     tolerance: float          # stop when the largest update is below, full-resolution px
     momentum: float           # of the optical-flow steps (0 for the region alone)
     taper_px: int = 0         # > 0: weight out pixels with no measured data (widened volume)
@@ -745,8 +747,8 @@ def _level_model(options: AlignConfig, level: _Level, frame: _Frame, track: _Tra
 def _coarse_rounds(options: AlignConfig, level: _Level, frame: _Frame, track: _Track,
                    volumes: list[torch.Tensor | None],
                    callback: Callable[[dict], None] | None, quiet: bool) -> int:
-    """Up to ``level.rounds`` cross-correlation rounds; return how many moved the shifts
-    (each recorded in ``track``).
+    """Up to ``level.rounds`` cross-correlation rounds; return the number recorded in
+    ``track.history`` (after a stop, the last of them had its move taken back).
 
     With held-out folds each round measures the held-out residual of the shifts the
     previous one left, and the rounds stop at the first that is no lower than the lowest
@@ -762,6 +764,7 @@ def _coarse_rounds(options: AlignConfig, level: _Level, frame: _Frame, track: _T
         update, residual = _shift_update(data, model, now, options, True)
         rms = float(torch.sqrt(torch.mean(residual.double() ** 2))) if held_out else 0.0
         if held_out and rms >= lowest[0]:
+            # the taken-back move is no direction for the first flow step's momentum
             track.shifts, track.velocity = lowest[1], np.zeros_like(lowest[1])
             log.log(logging.DEBUG if quiet else logging.INFO,
                     "projection matching: binning %d stops its cross-correlation rounds "
