@@ -611,6 +611,7 @@ def test_two_ranks_give_the_same_shifts_with_the_widened_volume(stage_input, tmp
     ratios = [h["structure_ratio"] for h in histories]
     assert 0.0 < ratios[0] <= 1.0
     np.testing.assert_allclose(ratios[1], ratios[0], rtol=0, atol=1e-6)
+    assert histories[0]["outlier_angles"] == histories[1]["outlier_angles"] == []
 
 
 @pytest.mark.gpu

@@ -302,6 +302,33 @@ def test_coarse_rounds_stop_where_the_residual_rises(monkeypatch):
             assert not track.velocity.any()
 
 
+def test_outlier_angles_are_named(caplog):
+    """A projection whose last residual is at least OUTLIER_RESIDUAL_RATIO times the median
+    is named once in a warning (as at the demo's size, one angle on a wrong match ended at
+    7.97 times); residuals of an aligned set (within 1.11 times there) name none; no
+    iterations, or a zero median, name none."""
+    import logging
+
+    from hpc_adept.align.matching import _warn_outlier_angles
+    from hpc_adept.config import OUTLIER_RESIDUAL_RATIO
+
+    rng = np.random.default_rng(5)
+    aligned = 0.006 * (1.0 + 0.05 * rng.standard_normal(40))
+    wrong = aligned.copy()
+    wrong[13] = 7.97 * np.median(aligned)
+    wrong[20] = 0.95 * OUTLIER_RESIDUAL_RATIO * np.median(aligned)  # below the ratio
+    with caplog.at_level(logging.WARNING, logger="hpc_adept.align.matching"):
+        assert _warn_outlier_angles([wrong, aligned]) == []  # the last iteration counts
+        assert not caplog.records
+        assert _warn_outlier_angles([aligned, wrong]) == [13]
+        assert _warn_outlier_angles([]) == []
+        assert _warn_outlier_angles([np.zeros(40)]) == []
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "[13]" in messages[0] and "wrong match" in messages[0]
+    ratio = float(messages[0].split(" end with ")[1].split(" times")[0])
+    assert 7.5 < ratio < 8.5, messages[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed, corner_um, fixed", [(2, (30.0, 20.0), True),
                                                     (14, (50.0, 25.0), False)])
@@ -410,6 +437,7 @@ def test_extended_sample_alignment_recovers_known_shifts(seed, corner_um):
     assert before > 1.5
     assert after < 0.15, after
     assert result.phase_planes.shape == (32, 3)
+    assert result.outlier_angles == []  # no projection named as on a wrong match
 
 
 @pytest.mark.slow

@@ -87,7 +87,12 @@ from hpc_adept.align.support import (
     ray_trust,
     visible_support,
 )
-from hpc_adept.config import ONE_WAY_RATIO, SMOOTH_CHECK_LIMIT, AlignConfig
+from hpc_adept.config import (
+    ONE_WAY_RATIO,
+    OUTLIER_RESIDUAL_RATIO,
+    SMOOTH_CHECK_LIMIT,
+    AlignConfig,
+)
 from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import extended_shape, sample_indices
 from hpc_adept.linop import LinearOperator
@@ -114,6 +119,29 @@ class LaminoOps(Protocol):
     def __call__(self, geometry: Geometry) -> LaminoOperator:
         """The operator of ``geometry``."""
         ...
+
+
+def _warn_outlier_angles(residuals: Sequence[np.ndarray]) -> list[int]:
+    """One warning line naming the projections whose residual at the last iteration
+    (``residuals[-1]`` [n_angles], data units) is at least :data:`OUTLIER_RESIDUAL_RATIO`
+    times the median: each most likely registered onto a wrong match (a pattern that
+    repeats along one-way wiring), which the levels' local steps cannot leave. Returns
+    their indices (empty without iterations)."""
+    if not residuals:
+        return []
+    last = np.asarray(residuals[-1], dtype=np.float64)
+    median = float(np.median(last))
+    if not median > 0:
+        return []
+    ratios = last / median
+    outliers = [int(i) for i in np.flatnonzero(ratios >= OUTLIER_RESIDUAL_RATIO)]
+    if outliers:
+        log.warning("projection matching: projection(s) %s end with %s times the median "
+                    "residual (>= %g): probably registered onto a wrong match, e.g. a "
+                    "pattern repeating along the wires; their shifts are not to be trusted",
+                    outliers[:10], ", ".join(f"{ratios[i]:.1f}" for i in outliers[:10]),
+                    OUTLIER_RESIDUAL_RATIO)
+    return outliers
 
 
 @dataclass(frozen=True)
@@ -239,6 +267,11 @@ class AlignResult:
         their high-passed structure tensors (0: every projection's structure runs one
         way, its shift along it not in the data; below :data:`ONE_WAY_RATIO` a warning);
         None for a result not made by :func:`projection_matching`.
+    outlier_angles : list of int
+        The projections whose residual at the last iteration is at least
+        :data:`~hpc_adept.config.OUTLIER_RESIDUAL_RATIO` times the median (a warning names
+        them): most likely registered onto a wrong match; their shifts are not to be
+        trusted.
     """
 
     shifts_px: np.ndarray
@@ -249,6 +282,7 @@ class AlignResult:
     smooth_check: SmoothCheck | None = None
     structure_ratio: float | None = None
     stack_offset_px: float | None = None
+    outlier_angles: list[int] = field(default_factory=list)
 
 
 def working_frame(shape: tuple[int, int], factor: int) -> tuple[tuple[int, int], np.ndarray,
@@ -336,6 +370,7 @@ def projection_matching(
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles,
                             layer_edges_px)
         _run_level(options, level, frame, track, callback)
+    outliers = _warn_outlier_angles(track.residuals)
     # a joint last level of a widened volume: the method that can leave a smooth pattern
     # with voxels also after a stack's level: the stack took the pattern back on every crop
     # measured, also on those 1.4-2 px off, where voxels do not (the data alone do not hold
@@ -354,6 +389,7 @@ def projection_matching(
         phase_planes=track.planes.cpu().numpy(),
         smooth_check=check,
         structure_ratio=ratio,
+        outlier_angles=outliers,
     )
 
 
