@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from hpc_adept.config import ONE_WAY_RATIO, SMOOTH_CHECK_LIMIT
+from hpc_adept.config import ONE_WAY_RATIO, OUTLIER_RESIDUAL_RATIO, SMOOTH_CHECK_LIMIT
 from hpc_adept.errors import DataError
 from hpc_adept.io import read_projections, read_volume, write_text_atomic
 from hpc_adept.io.h5read import open_h5
@@ -380,6 +380,13 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
         paragraphs.append(("Structure of the projections: median eigenvalue ratio {} ({}; "
                            "below {} counts as one way).",
                            (f"{ratio:.2f}", verdict, f"{ONE_WAY_RATIO:g}")))
+    outliers = _angle_indices(history.get("outlier_angles"), "outlier_angles")
+    if outliers:
+        shown = ", ".join(str(i) for i in outliers[:10]) + (" ..." if len(outliers) > 10
+                                                             else "")
+        paragraphs.append(("Projections probably on a wrong match: {} ({} of them) end with "
+                           "at least {} times the median residual; their shifts are not to "
+                           "be trusted.", (shown, len(outliers), f"{OUTLIER_RESIDUAL_RATIO:g}")))
     check = history.get("smooth_check")
     if check is None:
         return paragraphs + [("No smooth-pattern check (it runs after the joint last level of "
@@ -402,6 +409,18 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
                           "pattern from the estimate (limit {}): {}.",
                           (f"{pattern:.2f}", f"{distance:.2f}", f"{SMOOTH_CHECK_LIMIT:g}",
                            verdict))]
+
+
+def _angle_indices(value: Any, name: str) -> list[int]:
+    """``value`` as a list of projection indices (non-negative ints; None: an older
+    history without it, empty); :class:`Unreadable` (align_history.json) otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**31 for i in value):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise Unreadable(HISTORY_NAME, f"{name} is not a list of projection indices: {shown}")
+    return value
 
 
 def _in_range(value: Any, name: str, high: float = math.inf) -> float:
