@@ -371,10 +371,9 @@ def projection_matching(
                             layer_edges_px)
         _run_level(options, level, frame, track, callback)
     outliers = _warn_outlier_angles(track.residuals)
-    # a joint last level of a widened volume: the method that can leave a smooth pattern
-    # with voxels also after a stack's level: the stack took the pattern back on every crop
-    # measured, also on those 1.4-2 px off, where voxels do not (the data alone do not hold
-    # such patterns there: docs/extended_samples.md, "The stack observes the height")
+    # after a joint last level (it can leave smooth patterns), with voxels also after a
+    # stack's, which took them back where voxels do not (docs/extended_samples.md, "The
+    # stack observes the height": the data alone do not hold such patterns there)
     check = _smooth_check(options, _with_voxels(level, options), frame, track) \
         if level is not None and level.joint and options.smooth_check_px > 0 else None
     stack_offset = track.end_drift_free()
