@@ -370,7 +370,6 @@ def projection_matching(
         level = _make_level(ops, options, level_index, factor, frame, tilt_deg, angles,
                             layer_edges_px)
         _run_level(options, level, frame, track, callback)
-    outliers = _warn_outlier_angles(track.residuals)
     # after a joint last level (it can leave smooth patterns), with voxels also after a
     # stack's, which took them back where voxels do not (docs/extended_samples.md, "The
     # stack observes the height": the data alone do not hold such patterns there)
@@ -388,7 +387,7 @@ def projection_matching(
         phase_planes=track.planes.cpu().numpy(),
         smooth_check=check,
         structure_ratio=ratio,
-        outlier_angles=outliers,
+        outlier_angles=_warn_outlier_angles(track.residuals),  # the check leaves track
     )
 
 
