@@ -437,6 +437,26 @@ def test_projection_matching_recovers_random_shifts():
     assert result.history[0]["step"] == "xcorr" and result.history[-1]["level"] == 1
     flow = [h for h in result.history if h["level"] == 1]
     assert flow[-1]["residual_rms"] < result.history[0]["residual_rms"]
+    assert result.outlier_angles == []  # none named on a sample that aligned
+
+
+def test_a_projection_left_on_a_wrong_match_is_named(caplog):
+    """A projection started 6 px off its true shift, where three local steps capped at
+    0.5 px cannot bring it back (as a wrong cross-correlation match that later levels
+    cannot leave), is the one named in the result and in a warning."""
+    import logging
+
+    shape = (16, 24, 24)
+    _, angles, _, truth, measured = _misaligned(shape, 16, 1.5, seed=3)
+    start = truth.copy()
+    start[5] += (0.0, 6.0)
+    options = AlignConfig(binning=(1,), max_iterations=3, coarse_rounds=0,
+                          volume_shape=shape)
+    with caplog.at_level(logging.WARNING, logger="hpc_adept.align.matching"):
+        result = projection_matching(measured, angles, TILT, options,
+                                     initial_shifts_px=start)
+    assert result.outlier_angles == [5]
+    assert any("(indices [5])" in r.getMessage() for r in caplog.records)
 
 
 def test_no_shift_leaves_the_searched_range(caplog):

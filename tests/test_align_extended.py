@@ -31,6 +31,7 @@ a pattern in when it is a few tenths of a pixel, not when it is more than a pixe
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -323,9 +324,13 @@ def test_outlier_angles_are_named(caplog):
         assert _warn_outlier_angles([aligned, wrong]) == [13]
         assert _warn_outlier_angles([]) == []
         assert _warn_outlier_angles([np.zeros(40)]) == []
+        broken = aligned.copy()
+        broken[[3, 7]] = (np.nan, np.inf)  # not finite: named, the median of the others
+        assert _warn_outlier_angles([broken]) == [3, 7]
     messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 1 and "[13]" in messages[0] and "wrong match" in messages[0]
-    ratio = float(messages[0].split(" end with ")[1].split(" times")[0])
+    assert len(messages) == 2 and "(indices [13])" in messages[0], messages
+    assert "wrong match" in messages[0] and "2 projection(s) (indices [3, 7])" in messages[1]
+    ratio = float(re.search(r"end with ([0-9.]+) times", messages[0]).group(1))
     assert 7.5 < ratio < 8.5, messages[0]
 
 

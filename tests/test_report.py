@@ -358,8 +358,9 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     assert "NOT taken back" not in held and "taken back: the method holds" in held
     assert "wrong match" not in held
     outlier = _alignment_text(_aligned_run(tmp_path / "outlier", {
-        "structure_ratio": 0.19, "outlier_angles": [13], "smooth_check": CHECK}))
-    assert "wrong match: 13 (1 of them)" in outlier and "at least 3 times" in outlier
+        "structure_ratio": 0.19, "outlier_angles": [6], "smooth_check": CHECK}))
+    assert "1 of 8 projections (indices 6) ended the last iteration at 3 times" in outlier
+    assert "wrong match" in outlier
     unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None,
                                                                "structure_ratio": None}))
     assert "No smooth-pattern check" in unchecked and "eigenvalue" not in unchecked
@@ -378,6 +379,7 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     ({"outlier_angles": [True]}, "outlier_angles is not a list of projection indices"),
     ({"outlier_angles": [-1, 2.5]}, "outlier_angles is not a list of projection indices"),
     ({"outlier_angles": ["<b>1</b>"]}, "outlier_angles is not a list"),
+    ({"outlier_angles": [8]}, "outlier_angles is not a list of projection indices"),
     ({"smooth_check": {**CHECK, "smooth_distance": "<b>1</b>"}},
      "smooth_check.smooth_distance is not a number"),
     ({"smooth_check": {**CHECK, "smooth_distance": 2 ** 1100}},

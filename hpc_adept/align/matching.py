@@ -123,23 +123,29 @@ class LaminoOps(Protocol):
 
 def _warn_outlier_angles(residuals: Sequence[np.ndarray]) -> list[int]:
     """One warning line naming the projections whose residual at the last iteration
-    (``residuals[-1]`` [n_angles], data units) is at least :data:`OUTLIER_RESIDUAL_RATIO`
-    times the median: each most likely registered onto a wrong match (a pattern that
-    repeats along one-way wiring), which the levels' local steps cannot leave. Returns
-    their indices (empty without iterations)."""
+    (``residuals[-1]`` [n_angles], data units: the last column of
+    ``AlignResult.residual_per_angle``) is at least :data:`OUTLIER_RESIDUAL_RATIO` times
+    the median of the finite ones, or not finite: each most likely registered onto a wrong
+    match (a pattern that repeats along one-way wiring), which the levels' local steps
+    cannot leave. The ratio was measured on extended samples (the joint last level). It
+    cannot name anything with fewer than three angles, nor when half of them or more are
+    off. Returns their indices (empty without iterations or a positive median)."""
     if not residuals:
         return []
     last = np.asarray(residuals[-1], dtype=np.float64)
-    median = float(np.median(last))
+    finite = np.isfinite(last)
+    median = float(np.median(last[finite])) if finite.any() else math.nan
     if not median > 0:
+        log.debug("projection matching: no outlier test (median residual %g)", median)
         return []
-    ratios = last / median
+    ratios = np.where(finite, last / median, math.inf)
     outliers = [int(i) for i in np.flatnonzero(ratios >= OUTLIER_RESIDUAL_RATIO)]
     if outliers:
-        log.warning("projection matching: projection(s) %s end with %s times the median "
-                    "residual (>= %g): probably registered onto a wrong match, e.g. a "
+        log.warning("projection matching: %d projection(s) (indices %s) end with %s times the "
+                    "median residual (>= %g): probably registered onto a wrong match, e.g. a "
                     "pattern repeating along the wires; their shifts are not to be trusted",
-                    outliers[:10], ", ".join(f"{ratios[i]:.1f}" for i in outliers[:10]),
+                    len(outliers), outliers[:10],
+                    ", ".join(f"{ratios[i]:.1f}" for i in outliers[:10]),
                     OUTLIER_RESIDUAL_RATIO)
     return outliers
 
@@ -245,7 +251,9 @@ class AlignResult:
         full-resolution pixels), ``at_bound`` (the projections whose shift was held at
         ``align.coarse_search_px`` from its start: a runaway), ``seconds``.
     residual_per_angle : ndarray, float64, [n_angles, n_iterations]
-        Weighted RMS of each projection's filtered residual at each iteration.
+        Weighted RMS of each projection's filtered residual at each iteration (at the
+        shifts the iteration started from; a level that goes back to the shifts of its
+        lowest held-out residual puts their residual in its last column).
     shifts_per_iteration : ndarray, float64, [n_iterations, n_angles, 2]
         Shift estimates after each iteration (for plots; where the cross-correlation rounds
         stopped, the last round's entry holds the shifts it moved to, which were taken back
@@ -387,7 +395,7 @@ def projection_matching(
         phase_planes=track.planes.cpu().numpy(),
         smooth_check=check,
         structure_ratio=ratio,
-        outlier_angles=_warn_outlier_angles(track.residuals),  # the check leaves track
+        outlier_angles=_warn_outlier_angles(track.residuals),  # the check has its own track
     )
 
 
@@ -735,7 +743,7 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
     track.drift_axes = (0, 1) if stack and track.held_height is None else (0, 1, 2)
     volumes: list[torch.Tensor | None] = [None] * len(level.folds)
     rounds = _coarse_rounds(options, level, frame, track, volumes, callback, quiet)
-    best = (math.inf, track.shifts)
+    best = (math.inf, track.shifts, np.zeros(0))
     for iteration in range(rounds, rounds + options.max_iterations):
         t0 = time.perf_counter()
         before = track.shifts
@@ -743,7 +751,7 @@ def _run_level(options: AlignConfig, level: _Level, frame: _Frame,
         update, residual = _shift_update(data, model, now, options, False)
         entry = track.step(update, residual, factor, iteration, False, t0, level.momentum)
         if entry["residual_rms"] < best[0]:
-            best = (entry["residual_rms"], before)
+            best = (entry["residual_rms"], before, track.residuals[-1])
         if callback is not None:
             callback(entry)
         if until is not None and until(track.shifts):
@@ -945,17 +953,19 @@ def _log_smooth_check(check: SmoothCheck, factor: int, after_stack: bool = False
                     "in both directions align better: docs/extended_samples.md)", what)
 
 
-def _end_level(level: _Level, track: _Track, best: tuple[float, np.ndarray], entry: dict,
-               options: AlignConfig, quiet: bool = False) -> None:
+def _end_level(level: _Level, track: _Track, best: tuple[float, np.ndarray, np.ndarray],
+               entry: dict, options: AlignConfig, quiet: bool = False) -> None:
     """Close a level: with held-out folds, go back to the shifts whose held-out residual
     was lowest (a validation error: later steps that raise it follow what the fold
     volumes absorbed, not the data) unless the last measured one was the lowest (then the
     last step is kept, as in any level); warn about projections held at the search range.
-    The phase planes stay those of the last iteration (the next level fits its own)."""
+    ``best``: (held-out residual RMS, shifts, their per-angle residual [n]). The phase
+    planes stay those of the last iteration (the next level fits its own)."""
     if len(level.folds) > 1 and best[0] < entry["residual_rms"]:
         track.shifts = best[1]
         # the level's last snapshot is what it hands on (the stage plots it)
         track.snapshots[-1] = track.shifts.copy()
+        track.residuals[-1] = best[2]  # and the per-angle residual of those shifts
         entry["at_bound"] = track.held(track.shifts)
         log.log(logging.DEBUG if quiet else logging.INFO,
                 "projection matching: binning %d keeps the shifts of its lowest held-out "

@@ -351,7 +351,7 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     if ps.sample_kind is not None:
         sec.text("Sample: {} ({}).", ps.sample_kind, SAMPLE_METHODS.get(ps.sample_kind, "?"))
     try:  # a bad history costs its own paragraphs, not the shifts above
-        paragraphs = _alignment_trust(_read_json(run_dir / HISTORY_NAME))
+        paragraphs = _alignment_trust(_read_json(run_dir / HISTORY_NAME), len(shifts))
     except Unreadable as exc:
         log.warning("report: Alignment section: unreadable %s (%s)", run_dir / exc.name,
                     exc.reason)
@@ -361,11 +361,13 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
     return sec
 
 
-def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[Any, ...]]]:
+def _alignment_trust(history: dict[str, Any] | None, n_angles: int
+                     ) -> list[tuple[str, tuple[Any, ...]]]:
     """The paragraphs (template, values) of what ``align_history.json`` says about how far
-    the shifts can be trusted: how one-way the projections' structure is and the
-    smooth-pattern check (``align.smooth_check_px``); :class:`Unreadable` when a value is
-    missing, out of range or contradicts another (no verdict from a broken record)."""
+    the ``n_angles`` shifts can be trusted: how one-way the projections' structure is, the
+    projections on a wrong match and the smooth-pattern check (``align.smooth_check_px``);
+    :class:`Unreadable` when a value is missing, out of range or contradicts another (no
+    verdict from a broken record)."""
     if history is None:
         return [("No `{}`: nothing on how far the shifts hold.", (HISTORY_NAME,))]
     if history.get("enabled") is False:
@@ -380,13 +382,14 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
         paragraphs.append(("Structure of the projections: median eigenvalue ratio {} ({}; "
                            "below {} counts as one way).",
                            (f"{ratio:.2f}", verdict, f"{ONE_WAY_RATIO:g}")))
-    outliers = _angle_indices(history.get("outlier_angles"), "outlier_angles")
+    outliers = _angle_indices(history.get("outlier_angles"), "outlier_angles", n_angles)
     if outliers:
         shown = ", ".join(str(i) for i in outliers[:10]) + (" ..." if len(outliers) > 10
                                                              else "")
-        paragraphs.append(("Projections probably on a wrong match: {} ({} of them) end with "
-                           "at least {} times the median residual; their shifts are not to "
-                           "be trusted.", (shown, len(outliers), f"{OUTLIER_RESIDUAL_RATIO:g}")))
+        paragraphs.append(("{} of {} projections (indices {}) ended the last iteration at "
+                           "{} times the median residual or more: probably registered onto "
+                           "a wrong match; their shifts are not to be trusted.",
+                           (len(outliers), n_angles, shown, f"{OUTLIER_RESIDUAL_RATIO:g}")))
     check = history.get("smooth_check")
     if check is None:
         return paragraphs + [("No smooth-pattern check (it runs after the joint last level of "
@@ -411,13 +414,15 @@ def _alignment_trust(history: dict[str, Any] | None) -> list[tuple[str, tuple[An
                            verdict))]
 
 
-def _angle_indices(value: Any, name: str) -> list[int]:
-    """``value`` as a list of projection indices (non-negative ints; None: an older
-    history without it, empty); :class:`Unreadable` (align_history.json) otherwise."""
+def _angle_indices(value: Any, name: str, n_angles: int) -> list[int]:
+    """``value`` as a list of indices of the ``n_angles`` projections (ints in
+    [0, n_angles); None: an older history without it, empty); :class:`Unreadable`
+    (align_history.json) otherwise."""
     if value is None:
         return []
     if not isinstance(value, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**31 for i in value):
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_angles
+            for i in value):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise Unreadable(HISTORY_NAME, f"{name} is not a list of projection indices: {shown}")
     return value
