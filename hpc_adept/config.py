@@ -516,7 +516,7 @@ SMOOTH_CHECK_LIMIT = 0.5
 # A projection whose residual at the last iteration is at least this many times the median
 # of all is named in a warning: registered onto a wrong match, which local steps cannot
 # leave. At the demo's size (28 x 48 x 48, 54.4 nm) one angle of seed 2 sat 19 px off at
-# 7.97 times the median; on the crops that align the largest is 1.04-1.11 times
+# 7.97 times the median; on the crops that align the largest is 1.03-1.11 times
 # (docs/extended_samples.md, "One angle on a wrong match").
 OUTLIER_RESIDUAL_RATIO = 3.0
 
