@@ -414,6 +414,12 @@ def _alignment_trust(history: dict[str, Any] | None, n_angles: int
                            verdict))]
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to 40 characters, for a refusal's message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _angle_indices(value: Any, name: str, n_angles: int) -> list[int]:
     """``value`` as a list of indices of the ``n_angles`` projections (ints in
     [0, n_angles); None: an older history without it, empty); :class:`Unreadable`
@@ -423,8 +429,8 @@ def _angle_indices(value: Any, name: str, n_angles: int) -> list[int]:
     if not isinstance(value, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_angles
             for i in value):
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise Unreadable(HISTORY_NAME, f"{name} is not a list of projection indices: {shown}")
+        raise Unreadable(HISTORY_NAME, f"{name} is not a list of projection indices: "
+                         f"{_shown(value)}")
     return value
 
 
@@ -438,8 +444,8 @@ def _in_range(value: Any, name: str, high: float = math.inf) -> float:
         except OverflowError:
             pass
     if not (math.isfinite(number) and 0.0 <= number <= high):
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise Unreadable(HISTORY_NAME, f"{name} is not a number in [0, {high:g}]: {shown}")
+        raise Unreadable(HISTORY_NAME, f"{name} is not a number in [0, {high:g}]: "
+                         f"{_shown(value)}")
     return number
 
 
