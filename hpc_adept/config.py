@@ -662,6 +662,18 @@ class AlignConfig:
         ``align_history.json`` (``smooth_check``) and the report. Costs a few iterations
         of the last level where the pattern comes back, all of them where it does not
         (docs/extended_samples.md, "A check"). 0: off.
+    reregister_outliers : bool
+        After the last level: search each projection whose residual ends at
+        :data:`OUTLIER_RESIDUAL_RATIO` times the median or more, or is not finite (probably
+        on a wrong match, e.g. a pattern repeating along the wires) again, by
+        cross-correlation with its prediction by a volume fitted to the other projections,
+        over ``coarse_search_px`` from its start; move it to that match where its residual
+        there is lower and the match at least a pixel away, and then run the last level
+        once more, its volume from the FBP, without cross-correlation rounds (up to
+        ``max_iterations`` more; nothing runs where nothing moves).
+        ``AlignResult.reregistered_angles`` and ``align_history.json`` say which moved;
+        those still named after it are warned about (docs/extended_samples.md, "Searching
+        a named projection again").
     layer_lef : str
         The chip's layer stack as the prior of the joint last level's volume (a widened
         volume; the coarser levels keep voxels): a LEF technology file whose routing
@@ -725,6 +737,7 @@ class AlignConfig:
     smooth_gain: float = 1.0
     smooth_harmonics: int = 4
     smooth_check_px: float = 0.5
+    reregister_outliers: bool = True
     layer_lef: str = "auto"
     layer_interfaces_um: tuple[float, ...] = ()
     layer_base_um: float = 0.0

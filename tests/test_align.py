@@ -443,7 +443,8 @@ def test_projection_matching_recovers_random_shifts():
 def test_a_projection_left_on_a_wrong_match_is_named(caplog):
     """A projection started 6 px off its true shift, where three local steps capped at
     0.5 px cannot bring it back (as a wrong cross-correlation match that later levels
-    cannot leave), is the one named in the result and in a warning."""
+    cannot leave), is the one named in the result and in a warning (not searched again:
+    ``reregister_outliers`` off)."""
     import logging
 
     shape = (16, 24, 24)
@@ -451,12 +452,44 @@ def test_a_projection_left_on_a_wrong_match_is_named(caplog):
     start = truth.copy()
     start[5] += (0.0, 6.0)
     options = AlignConfig(binning=(1,), max_iterations=3, coarse_rounds=0,
-                          volume_shape=shape)
+                          volume_shape=shape, reregister_outliers=False)
     with caplog.at_level(logging.WARNING, logger="hpc_adept.align.matching"):
         result = projection_matching(measured, angles, TILT, options,
                                      initial_shifts_px=start)
-    assert result.outlier_angles == [5]
+    assert result.outlier_angles == [5] and result.reregistered_angles == []
     assert any("(indices [5])" in r.getMessage() for r in caplog.records)
+    assert len(result.history) == 3
+
+
+def test_a_projection_on_a_wrong_match_is_searched_again(caplog):
+    """The same projection 6 px off, with steps of 0.1 px that cannot bring it back in 20
+    iterations: left alone it ends ~6 px off (and drags the others up to ~0.9 px); searched
+    again against a volume of the other projections it is moved near its truth, the level
+    runs once more (its iterations numbered on) and every projection ends within 0.1 px,
+    none named."""
+    import logging
+
+    shape = (16, 24, 24)
+    _, angles, _, truth, measured = _misaligned(shape, 16, 1.5, seed=3)
+    start = truth.copy()
+    start[5] += (0.0, 6.0)
+    errors, results = [], []
+    for again in (False, True):
+        options = AlignConfig(binning=(1,), max_iterations=20, max_update_px=0.1,
+                              coarse_rounds=0, volume_shape=shape, reregister_outliers=again)
+        with caplog.at_level(logging.INFO, logger="hpc_adept.align.matching"):
+            results.append(projection_matching(measured, angles, TILT, options,
+                                               initial_shifts_px=start))
+        error = remove_rigid_drift(results[-1].shifts_px - truth, angles, TILT)[0]
+        errors.append(np.abs(error).max(axis=1))
+    assert errors[0][5] > 5.0 and results[0].outlier_angles == [5]
+    assert results[1].reregistered_angles == [5] and results[1].outlier_angles == []
+    assert errors[1].max() < 0.1, errors[1]
+    iterations = [entry["iteration"] for entry in results[1].history]
+    assert iterations == list(range(len(iterations))) and len(iterations) > 20
+    assert results[1].residual_per_angle.shape == (len(angles), len(iterations))
+    assert any("searched again over align.coarse_search_px: 1 moved; 5:" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_no_shift_leaves_the_searched_range(caplog):

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpc_adept.align import projection_matching
+from hpc_adept.align import projection_matching, remove_rigid_drift
 from hpc_adept.align.matching import least_squares
 from hpc_adept.align.plane import (
     fit_planes,
@@ -53,7 +53,7 @@ from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import lateral_margin_px
 
 from .conftest import IC_DEF, IC_LEF
-from .extended_sample import TILT, extended_sample, shift_error_px
+from .extended_sample import TILT, extended_sample, shift_error, shift_error_px
 
 REGION = (24, 32, 32)
 # small windows (46 x 48 px): a high-pass and taper of 3 px leave them their structure, and
@@ -332,6 +332,49 @@ def test_outlier_angles_are_named(caplog):
     assert "wrong match" in messages[0] and "2 projection(s) (indices [3, 7])" in messages[1]
     ratio = float(re.search(r"end with ([0-9.]+) times", messages[0]).group(1))
     assert 7.5 < ratio < 8.5, messages[0]
+
+
+def test_a_named_projection_of_an_extended_sample_is_searched_again():
+    """On a joint last level of a widened volume (plane fit, measured-pixel weights, one
+    volume of all angles): a projection 6 px off its truth that the last iteration's
+    residuals name is predicted by a volume of the others, moved back within a pixel of
+    its truth, and the level runs again numbered on from the last entry, drift free."""
+    from hpc_adept.align.matching import (
+        LocalLamino,
+        _Frame,
+        _make_level,
+        _reregister_outliers,
+        _resolved,
+        _Track,
+    )
+
+    # the procedural phantom: the layout's lowest 12 slices hold no metal
+    sample = extended_sample((12, 24, 24), 32, 4, kind="procedural")
+    options = _resolved(AlignConfig(binning=(2, 1), max_iterations=3, highpass_sigma_px=2.0,
+                                    coarse_lowpass_px=4.0, volume_shape=(12, 24, 24),
+                                    sample="extended"), sample.measured)
+    frame = _Frame.of(sample.measured, options, 0.0)
+    n = len(sample.angles)
+    start = remove_rigid_drift(sample.shifts, sample.angles, TILT)[0]
+    start[5] += (0.0, 6.0)
+    track = _Track(start.copy(), sample.angles, TILT, torch.zeros(n, 3, dtype=torch.float64),
+                   np.zeros((n, 2)), start=start, reach_px=options.coarse_search_px)
+    joint = _make_level(LocalLamino(), options, 1, 1, frame, TILT, sample.angles)
+    assert joint.joint and joint.basis is not None and joint.taper_px > 0
+    track.history.append({"level": 1, "iteration": 7})
+    track.residuals.append(np.where(np.arange(n) == 5, 10.0, 1.0))  # 5 named
+    assert _reregister_outliers(options, joint, frame, track, None) == [5]
+    error = np.abs(shift_error(track.shifts, sample.shifts, sample.angles)).max(axis=1)
+    assert error[5] < 1.0, error
+    assert [h["iteration"] for h in track.history[1:]] == [8, 9, 10]
+    assert np.abs(remove_rigid_drift(track.shifts, sample.angles, TILT)[1]).max() < 1e-9
+    assert torch.isfinite(track.planes).all()
+    # named for a residual that is no outlier of the data: nothing moves, nothing runs
+    track.residuals.append(np.where(np.arange(n) == 9, 10.0, 1.0))
+    shifts, entries = track.shifts.copy(), len(track.history)
+    assert _reregister_outliers(options, joint, frame, track, None) == []
+    np.testing.assert_array_equal(track.shifts, shifts)
+    assert len(track.history) == entries
 
 
 @pytest.mark.slow

@@ -104,3 +104,11 @@ def test_ranks_agree_on_the_backend_and_exchange_large_halo_planes():
     result = run_cmd([str(REPO / "tests" / "mpi" / "check_backend_and_halo.py")], n_ranks=2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backend agreement and halo exchange ok" in result.stdout
+
+
+@pytest.mark.mpi
+def test_reregistration_two_ranks():
+    """A projection on a wrong match is searched again and moved alike on 2 ranks."""
+    result = run_cmd([str(REPO / "tests" / "mpi" / "check_reregistration.py")], n_ranks=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "re-registration ok on 2 ranks" in result.stdout

@@ -360,7 +360,11 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     outlier = _alignment_text(_aligned_run(tmp_path / "outlier", {
         "structure_ratio": 0.19, "outlier_angles": [6], "smooth_check": CHECK}))
     assert "1 of 8 projections (indices 6) ended the last iteration at 3 times" in outlier
-    assert "wrong match" in outlier
+    assert "wrong match" in outlier and "searched again" not in outlier
+    moved = _alignment_text(_aligned_run(tmp_path / "moved", {
+        "reregistered_angles": [2, 5], "outlier_angles": [], "smooth_check": CHECK}))
+    assert "2 of 8 projections (indices 2, 5) ended the last level at 3 times" in moved
+    assert "searched again and moved" in moved and "not to be trusted" not in moved
     unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None,
                                                                "structure_ratio": None}))
     assert "No smooth-pattern check" in unchecked and "eigenvalue" not in unchecked
@@ -380,6 +384,8 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     ({"outlier_angles": [-1, 2.5]}, "outlier_angles is not a list of projection indices"),
     ({"outlier_angles": ["<b>1</b>"]}, "outlier_angles is not a list"),
     ({"outlier_angles": [8]}, "outlier_angles is not a list of projection indices"),
+    ({"reregistered_angles": [0, 8]}, "reregistered_angles is not a list of projection"),
+    ({"reregistered_angles": {"13": 1}}, "reregistered_angles is not a list"),
     ({"smooth_check": {**CHECK, "smooth_distance": "<b>1</b>"}},
      "smooth_check.smooth_distance is not a number"),
     ({"smooth_check": {**CHECK, "smooth_distance": 2 ** 1100}},

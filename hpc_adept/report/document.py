@@ -382,14 +382,22 @@ def _alignment_trust(history: dict[str, Any] | None, n_angles: int
         paragraphs.append(("Structure of the projections: median eigenvalue ratio {} ({}; "
                            "below {} counts as one way).",
                            (f"{ratio:.2f}", verdict, f"{ONE_WAY_RATIO:g}")))
+    moved = _angle_indices(history.get("reregistered_angles"), "reregistered_angles",
+                           n_angles)
+    if moved:
+        paragraphs.append(("{} of {} projections (indices {}) ended the last level at {} "
+                           "times the median residual or more and were searched again and "
+                           "moved to a better match (`align.reregister_outliers`); the last "
+                           "level then ran once more.",
+                           (len(moved), n_angles, _listed(moved),
+                            f"{OUTLIER_RESIDUAL_RATIO:g}")))
     outliers = _angle_indices(history.get("outlier_angles"), "outlier_angles", n_angles)
     if outliers:
-        shown = ", ".join(str(i) for i in outliers[:10]) + (" ..." if len(outliers) > 10
-                                                             else "")
         paragraphs.append(("{} of {} projections (indices {}) ended the last iteration at "
                            "{} times the median residual or more: probably registered onto "
                            "a wrong match; their shifts are not to be trusted.",
-                           (len(outliers), n_angles, shown, f"{OUTLIER_RESIDUAL_RATIO:g}")))
+                           (len(outliers), n_angles, _listed(outliers),
+                            f"{OUTLIER_RESIDUAL_RATIO:g}")))
     check = history.get("smooth_check")
     if check is None:
         return paragraphs + [("No smooth-pattern check (it runs after the joint last level of "
@@ -412,6 +420,11 @@ def _alignment_trust(history: dict[str, Any] | None, n_angles: int
                           "pattern from the estimate (limit {}): {}.",
                           (f"{pattern:.2f}", f"{distance:.2f}", f"{SMOOTH_CHECK_LIMIT:g}",
                            verdict))]
+
+
+def _listed(indices: list[int]) -> str:
+    """The first ten ``indices``, comma separated ("..." after them where there are more)."""
+    return ", ".join(str(i) for i in indices[:10]) + (" ..." if len(indices) > 10 else "")
 
 
 def _shown(value: Any) -> str:

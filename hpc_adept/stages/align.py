@@ -341,6 +341,7 @@ def _history(cfg: Config, options: AlignConfig | None, plan: AlignPlan, n_ranks:
                          if result.smooth_check is not None else None),
         "structure_ratio": result.structure_ratio,
         "outlier_angles": result.outlier_angles,
+        "reregistered_angles": result.reregistered_angles,
         "layer_interfaces_um": list(plan.layer_interfaces_um),
         # where the data's layers sit against that stack, along z (None: no stack fitted)
         "stack_offset_um": (None if result.stack_offset_px is None
