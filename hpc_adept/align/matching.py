@@ -856,11 +856,11 @@ def _reregister_outliers(options: AlignConfig, level: _Level, frame: _Frame, tra
     its prediction from its start over the whole searched range (``coarse_search_px``),
     low-passed by ``coarse_lowpass_px``, by half of it and not at all, and moved to the
     peak of lowest residual where that is lower than at its shift and at least
-    :data:`REREGISTER_MIN_MOVE_PX` away. The level then runs
-    again from the shifts (its iterations numbered on, no cross-correlation rounds), its
-    volume from the FBP: one warm from the first run keeps what it fitted to the wrong
-    shifts (on the procedural phantom at the demo's size the projection moved ended at
-    7.6 times the median residual, 0.16 px off).
+    :data:`REREGISTER_MIN_MOVE_PX` away. The level then runs again from the shifts (its
+    iterations numbered on, no cross-correlation rounds), its volume from the FBP: one
+    warm from the first run keeps what it fitted to the wrong shifts (on the procedural
+    phantom at the demo's size the projection moved ended at 7.6 times the median
+    residual, 0.16 px off).
     """
     named = _outlier_angles(track.residuals)
     if not named:
@@ -869,11 +869,10 @@ def _reregister_outliers(options: AlignConfig, level: _Level, frame: _Frame, tra
     before = _residual_at(options, level, frame, track.shifts, model, named)
     before = np.where(np.isfinite(before), before, math.inf)  # named for being not finite
     candidate, after = track.shifts.copy(), before.copy()
-    for lowpass_px in (options.coarse_lowpass_px, options.coarse_lowpass_px / 2, 0.0):
-        shifts, residual = _searched(options, level, frame, track, model, named, lowpass_px)
+    for shifts, residual in _searched(options, level, frame, track, model, named):
         better = residual < after  # False where not finite
-        candidate[np.asarray(named)[better]] = shifts[np.asarray(named)[better]]
-        after = np.where(better, residual, after)
+        rows = np.asarray(named)[better]
+        candidate[rows], after = shifts[rows], np.where(better, residual, after)
     # a peak within a pixel is the same match: the level's own steps reach it
     far = np.abs(candidate - track.shifts).max(axis=1) >= REREGISTER_MIN_MOVE_PX
     moved = [i for i, a, b in zip(named, after, before, strict=True) if a < b and far[i]]
@@ -918,35 +917,44 @@ def _held_out_model(level: _Level, frame: _Frame, track: _Track, named: list[int
     return _reconstruct(now, data, [None], REREGISTER_ITERATIONS)[named]
 
 
+def _named_data(level: _Level, frame: _Frame, shifts: np.ndarray, model: torch.Tensor,
+                named: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``named`` projections [k, h, w] at ``shifts``, less the planes of their
+    difference from ``model`` [k, h, w], and their weights [k, h, w] there."""
+    weights = _with_measured(level, frame, shifts).weights[named]
+    data = _without_planes(frame.aligned(shifts, level.factor)[named], model, weights,
+                           level.basis)[0]
+    return data, weights
+
+
 def _residual_at(options: AlignConfig, level: _Level, frame: _Frame, shifts: np.ndarray,
                  model: torch.Tensor, named: list[int]) -> np.ndarray:
     """The residual [k] (float64) of the ``named`` projections at ``shifts`` against their
     ``model`` [k, h, w], their planes removed (as an iteration's)."""
-    there = _with_measured(level, frame, shifts)
-    weights = there.weights[named]
-    data = _without_planes(frame.aligned(shifts, level.factor)[named], model, weights,
-                           level.basis)[0]
+    data, weights = _named_data(level, frame, shifts, model, named)
     return _weighted_residual(data, model, weights, options.highpass_sigma_px).cpu().numpy()
 
 
 def _searched(options: AlignConfig, level: _Level, frame: _Frame, track: _Track,
-              model: torch.Tensor, named: list[int], lowpass_px: float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """The shifts [n, 2] with those of ``named`` at the peak of their cross-correlation
-    (low-passed by ``lowpass_px``, full-resolution pixels) with their ``model`` [k, h, w]
-    within ``track.reach_px`` of their start, and their residual [k] there."""
-    factor = level.factor
-    start = np.zeros_like(track.shifts) if track.start is None else track.start
+              model: torch.Tensor, named: list[int]
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each low-pass of the search (``coarse_lowpass_px``, half of it, none): the shifts
+    [n, 2] with those of ``named`` at the peak of their cross-correlation with their
+    ``model`` [k, h, w] within ``track.reach_px`` of their start, and their residual [k]
+    there."""
+    factor, start = level.factor, track.origin()
     shifts = track.shifts.copy()
     shifts[named] = start[named]
-    weights = _with_measured(level, frame, shifts).weights[named]
-    data = _without_planes(frame.aligned(shifts, factor)[named], model, weights,
-                           level.basis)[0]
-    found = xcorr_shift(data, model, weights.mean(dim=0), lowpass_px / factor,
-                        track.reach_px / factor)
-    shifts[named] = np.clip(start[named] + found.cpu().numpy() * factor,
-                            start[named] - track.reach_px, start[named] + track.reach_px)
-    return shifts, _residual_at(options, level, frame, shifts, model, named)
+    data, weights = _named_data(level, frame, shifts, model, named)
+    found = []
+    for lowpass_px in (options.coarse_lowpass_px, options.coarse_lowpass_px / 2, 0.0):
+        peak = xcorr_shift(data, model, weights.mean(dim=0), lowpass_px / factor,
+                           track.reach_px / factor).cpu().numpy()
+        shifts = shifts.copy()
+        shifts[named] = np.clip(start[named] + peak * factor, start[named] - track.reach_px,
+                                start[named] + track.reach_px)
+        found.append((shifts, _residual_at(options, level, frame, shifts, model, named)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -1021,7 +1029,7 @@ def _smooth_check(options: AlignConfig, level: _Level, frame: _Frame, track: _Tr
                  "(align.smooth_check_px)")
         return None
     pattern = pattern * options.smooth_check_px / size
-    start = np.zeros_like(track.shifts) if track.start is None else track.start
+    start = track.origin()
     probed = np.clip(track.shifts + pattern.reshape(-1, 2), start - track.reach_px,
                      start + track.reach_px)
     added = (probed - track.shifts).reshape(-1)  # what the clip left of the pattern
@@ -1248,7 +1256,7 @@ class _Track:
         weighted out and the steps would stop meaning anything. Clipping adds a little
         drift back, so drift removal and clipping alternate (the bound wins).
         """
-        start = np.zeros_like(shifts) if self.start is None else self.start
+        start = self.origin()
         held = rigid_drift_basis(self.angles, self.tilt_deg)[:, :, 2] * \
             (self.held_height or 0.0)
         for _ in range(4):
@@ -1277,8 +1285,12 @@ class _Track:
                         "held the shifts at that bound", offset, row_px, self.reach_px)
         return offset
 
+    def origin(self) -> np.ndarray:
+        """``start`` [n, 2], zeros where there is none."""
+        return np.zeros_like(self.shifts) if self.start is None else self.start
+
     def held(self, shifts: np.ndarray) -> list[int]:
         """The projections whose shift is at ``start +- reach_px``."""
-        start = np.zeros_like(shifts) if self.start is None else self.start
+        start = self.origin()
         at = np.abs(shifts - start) >= self.reach_px * (1.0 - 1e-12)
         return [int(i) for i in np.nonzero(at.any(axis=1))[0]]
