@@ -710,6 +710,15 @@ class AlignConfig:
         one crop 0.275 -> 0.062 px, the other 15 within 0.01 px or better; at 24 x 32 x 32
         within 0.001 px on the seven that align, 0.07 px on the others). Measured on
         stacks of several layers only.
+    place_on_stack : bool
+        Where the joint last level fitted a layer stack: keep the z translation it measured
+        (``stack_offset_um``) in the shifts, so that the aligned projections, and the
+        volumes reconstructed from them, hold the data's layers at the stack's heights
+        (the volume's bottom face at ``layer_base_um``), not wherever the sample's drift
+        left them (a sub-voxel offset puts thin layers across two slices;
+        docs/extended_samples.md, "The volume placed on the stack"). False: the shifts are
+        free of all three translations, as without a stack. The x and y translations are
+        not observed by any projection matching and are always removed.
     """
 
     enabled: bool = True
@@ -742,6 +751,7 @@ class AlignConfig:
     layer_interfaces_um: tuple[float, ...] = ()
     layer_base_um: float = 0.0
     layer_momentum: float = 0.3
+    place_on_stack: bool = True
 
     def check(self) -> None:
         _choices("align", self)

@@ -30,6 +30,9 @@ from .conftest import IC_DEF, IC_LEF
 TILT = 61.0
 VOXEL_M = 2.72e-8
 PHASE_PER_VOXEL = 0.026  # rad per voxel of metal (as the other alignment tests)
+# the layout's first slice with metal at VOXEL_M (metal1; slices 13-37 hold metal1-metal3
+# around (40, 28) um): small regions start here to hold wires and vias
+METAL_SLICE = 14
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,14 @@ class Sample:
 
 
 def phantom(shape: tuple[int, int, int], kind: str, seed: int,
-            corner_um: tuple[float, float]) -> np.ndarray:
+            corner_um: tuple[float, float], bottom_slice: int = 0) -> np.ndarray:
     """Phase per voxel [nz, ny, nx] float64: the real layout with its corner at
-    ``corner_um`` (procedural with ``seed`` when the layout is absent or ``kind`` says so)."""
+    ``corner_um`` and its first slice ``bottom_slice`` slices above the substrate
+    (procedural with ``seed`` when the layout is absent or ``kind`` says so)."""
     if kind == "layout" and IC_DEF.is_file() and IC_LEF.is_file():
-        occ = make_phantom("layout", shape, VOXEL_M, layout_def=IC_DEF, layout_lef=IC_LEF,
-                           crop_origin_um=corner_um)
+        tall = (shape[0] + bottom_slice, shape[1], shape[2])
+        occ = make_phantom("layout", tall, VOXEL_M, layout_def=IC_DEF, layout_lef=IC_LEF,
+                           crop_origin_um=corner_um)[bottom_slice:]
     else:
         occ = make_phantom("procedural", shape, VOXEL_M, seed=seed)
     return occ.astype(np.float64) * PHASE_PER_VOXEL
@@ -90,7 +95,8 @@ def plane_images(planes: np.ndarray, window: tuple[int, int]) -> np.ndarray:
 def extended_sample(region: tuple[int, int, int], n_angles: int, seed: int, *,
                     extended: bool = True, kind: str = "layout",
                     corner_um: tuple[float, float] = (40.0, 28.0), shift_sigma_px: float = 2.0,
-                    noise: float = 0.02, plane_rad: float = 0.0) -> Sample:
+                    noise: float = 0.02, plane_rad: float = 0.0,
+                    bottom_slice: int = 0) -> Sample:
     """Misaligned projections of ``region`` inside a chip (``extended``) or alone.
 
     Parameters
@@ -111,6 +117,10 @@ def extended_sample(region: tuple[int, int, int], n_angles: int, seed: int, *,
         Gaussian noise, relative to the RMS of the projections.
     plane_rad : float, rad
         Largest per-projection offset and ramp (0: none).
+    bottom_slice : int
+        Slices of the layout's stack below the region (0: it starts at the substrate,
+        whose lowest 0.33 um hold no metal: a region of 12 slices there is empty;
+        :data:`METAL_SLICE` starts one at metal1).
     """
     rng = np.random.default_rng(seed)
     window = auto_projection_shape(region, TILT)
@@ -121,7 +131,7 @@ def extended_sample(region: tuple[int, int, int], n_angles: int, seed: int, *,
     margin = lateral_margin_px(region, grown, TILT) if extended else 0
     wide = extended_shape(region, margin)
     corner = (corner_um[0] - margin * VOXEL_M * 1e6, corner_um[1] - margin * VOXEL_M * 1e6)
-    volume = phantom(wide, kind, seed, corner)
+    volume = phantom(wide, kind, seed, corner, bottom_slice)
     angles = np.arange(n_angles) * 360.0 / n_angles
     op = LaminoOperator(Geometry(angles, TILT, wide, grown), kernel="torch")
     with torch.no_grad():

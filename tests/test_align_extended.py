@@ -53,7 +53,13 @@ from hpc_adept.lamino import Geometry, LaminoOperator
 from hpc_adept.lamino.region import lateral_margin_px
 
 from .conftest import IC_DEF, IC_LEF
-from .extended_sample import TILT, extended_sample, shift_error, shift_error_px
+from .extended_sample import (
+    METAL_SLICE,
+    TILT,
+    extended_sample,
+    shift_error,
+    shift_error_px,
+)
 
 REGION = (24, 32, 32)
 # small windows (46 x 48 px): a high-pass and taper of 3 px leave them their structure, and
@@ -168,7 +174,8 @@ def test_joint_last_level_with_coverage_runs_all_its_iterations():
     """With ``coverage_power`` > 0 the joint last level of a widened volume has no tolerance
     stop (its steps along smooth patterns are small, not converged); with 0 a tolerance that
     any step meets stops it after one."""
-    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0),
+                             bottom_slice=METAL_SLICE)
     base = AlignConfig(binning=(2, 1), max_iterations=4, highpass_sigma_px=2.0,
                        coarse_lowpass_px=4.0, volume_shape=(12, 16, 16),
                        sample="extended", tolerance_px=100.0)
@@ -186,7 +193,8 @@ def test_smooth_check_runs_after_the_joint_level_and_leaves_the_estimate(caplog)
     and an isolated sample's method (no widened volume) has none."""
     import logging
 
-    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0),
+                             bottom_slice=METAL_SLICE)
     base = AlignConfig(binning=(2, 1), max_iterations=3, highpass_sigma_px=2.0,
                        coarse_lowpass_px=4.0, volume_shape=(12, 16, 16), sample="extended")
     with caplog.at_level(logging.INFO, logger="hpc_adept"):
@@ -230,7 +238,8 @@ def test_a_probe_level_stops_when_its_own_test_says_so():
         _Track,
     )
 
-    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0),
+                             bottom_slice=METAL_SLICE)
     options = _resolved(AlignConfig(binning=(2, 1), max_iterations=6, coarse_rounds=2,
                                     highpass_sigma_px=2.0, coarse_lowpass_px=4.0,
                                     volume_shape=(12, 16, 16), sample="extended"),
@@ -267,7 +276,8 @@ def test_coarse_rounds_stop_where_the_residual_rises(monkeypatch):
     from hpc_adept.align import matching
 
     n = 8
-    sample = extended_sample((12, 16, 16), n, 4, corner_um=(40.0, 28.0))
+    sample = extended_sample((12, 16, 16), n, 4, corner_um=(40.0, 28.0),
+                             bottom_slice=METAL_SLICE)
     options = matching._resolved(AlignConfig(binning=(2,), max_iterations=1,
                                              coarse_rounds=6, volume_shape=(12, 16, 16),
                                              sample="extended"), sample.measured)

@@ -162,9 +162,10 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
         _resolved,
         _with_voxels,
     )
-    from tests.extended_sample import TILT, extended_sample
+    from tests.extended_sample import METAL_SLICE, TILT, extended_sample
 
-    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0))
+    sample = extended_sample((12, 16, 16), 16, 4, corner_um=(40.0, 28.0),
+                             bottom_slice=METAL_SLICE)
     options = _resolved(AlignConfig(binning=(2, 1), max_iterations=3, highpass_sigma_px=2.0,
                                     coarse_lowpass_px=4.0, volume_shape=(12, 16, 16),
                                     sample="extended"), sample.measured)
@@ -196,7 +197,8 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
                                      layer_edges_px=edges)
     assert np.all(np.isfinite(result.shifts_px))
     assert result.stack_offset_px is not None  # the stack's level measured the height
-    assert abs(fit_rigid_drift(result.shifts_px, sample.angles, TILT)[2]) < 1e-6
+    assert fit_rigid_drift(result.shifts_px, sample.angles, TILT)[2] == pytest.approx(
+        result.stack_offset_px, abs=1e-6)  # placed on the stack (the default)
     stacks = [r.getMessage() for r in caplog.records if "stack of" in r.getMessage()]
     assert len(stacks) == 1 and "binning 1 fits a stack of 4 layers" in stacks[0], stacks
 
@@ -291,8 +293,9 @@ def test_the_stage_plans_the_stack_and_converts_it_to_voxels(tmp_path, caplog):
 def test_a_stack_measures_where_the_data_layers_sit(ic_files):
     """The stack is fixed in height, so the layered level observes the z translation that
     voxels cannot: the data's height against the stack comes back (the shifts' own z
-    translation, up on one crop and down on another), and the returned shifts are drift
-    free and aligned."""
+    translation, up on one crop and down on another), and the returned shifts keep it
+    (``align.place_on_stack``, the default: the data shifted by them have the truth's
+    height), are otherwise drift free, and aligned."""
     from hpc_adept.align import projection_matching
     from hpc_adept.align.drift import fit_rigid_drift
     from tests.extended_sample import TILT, VOXEL_M, extended_sample, shift_error_px
@@ -306,7 +309,8 @@ def test_a_stack_measures_where_the_data_layers_sit(ic_files):
                                      layer_edges_px=edges)
         assert abs(result.stack_offset_px - height) < 0.1, (seed, result.stack_offset_px,
                                                             height)
-        assert np.abs(fit_rigid_drift(result.shifts_px, sample.angles, TILT)).max() < 1e-9
+        np.testing.assert_allclose(fit_rigid_drift(result.shifts_px, sample.angles, TILT),
+                                   [0.0, 0.0, result.stack_offset_px], atol=1e-9)
         assert shift_error_px(result.shifts_px, sample.shifts, sample.angles) < 0.15
 
 
@@ -334,3 +338,31 @@ def test_the_height_a_stack_kept_leaves_the_result(caplog):
         assert ("likely off" in caplog.text) == warned, caplog.text
         if not warned:  # nothing clipped: drift free
             assert np.abs(fit_rigid_drift(track.shifts, angles, 61.0)).max() < 1e-9
+
+
+def test_placed_on_the_stack_the_shifts_keep_its_height():
+    """With ``align.place_on_stack`` the z translation a stack's level measured stays in the
+    shifts (the aligned data's layers sit at the stack's heights) while their x and y
+    translations are removed; the offset returned is the same as without it, and the
+    stage's option reaches the track (the default places)."""
+    from hpc_adept.align import fit_rigid_drift, rigid_drift_basis
+    from hpc_adept.align.matching import _Track
+
+    angles = np.arange(16) * 22.5
+    basis = rigid_drift_basis(angles, 61.0)
+    lateral = np.random.default_rng(3).uniform(-0.5, 0.5, (16, 2))
+    shifts = lateral + basis @ np.array([0.3, -0.2, 0.4])
+
+    def track() -> _Track:
+        return _Track(shifts.copy(), angles, 61.0, torch.zeros(16, 3), np.zeros((16, 2)),
+                      reach_px=3.0, drift_axes=(0, 1))
+
+    placed, free = track(), track()
+    assert placed.end_drift_free(keep_height=True) == pytest.approx(free.end_drift_free())
+    height = fit_rigid_drift(shifts, angles, 61.0)[2]
+    np.testing.assert_allclose(fit_rigid_drift(placed.shifts, angles, 61.0),
+                               [0.0, 0.0, height], atol=1e-9)
+    np.testing.assert_allclose(placed.shifts - free.shifts, basis[:, :, 2] * height,
+                               atol=1e-9)
+    assert placed.end_drift_free(keep_height=True) is None
+    assert AlignConfig().place_on_stack

@@ -240,7 +240,7 @@ def test_a_bad_stored_kind_is_a_clear_error(samples, tmp_path):
 def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_files):
     """``adept align`` given the chip's LEF (``align.layer_lef``) fits the stack on its last
     level, aligns the crop and writes ``stack_offset_um``: the shifts' own z translation
-    (0.38 voxels of 27.2 nm here) within 0.1 voxel."""
+    (0.38 voxels of 27.2 nm here) within 0.1 voxel, which the shifts written keep."""
     from hpc_adept.align import fit_rigid_drift
 
     from .extended_sample import shift_error_px
@@ -248,6 +248,9 @@ def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_
     sample, history, _ = _align_the_chip_crop(tmp_path, layer_lef=str(ic_files[1]))
     height_um = fit_rigid_drift(sample.shifts, sample.angles, TILT)[2] * 2.72e-2
     assert abs(history["stack_offset_um"] - height_um) < 0.1 * 2.72e-2, history["stack_offset_um"]
+    # the written shifts keep that height (align.place_on_stack, the default)
+    kept = fit_rigid_drift(np.asarray(history["shifts_px"]), sample.angles, TILT)
+    assert kept[2] * 2.72e-2 == pytest.approx(history["stack_offset_um"], abs=1e-9)
     assert len(history["layer_interfaces_um"]) > 0
     assert shift_error_px(np.asarray(history["shifts_px"]), sample.shifts, sample.angles) < 0.15
 

@@ -365,6 +365,13 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
         "reregistered_angles": [2, 5], "outlier_angles": [], "smooth_check": CHECK}))
     assert "2 of 8 projections (indices 2, 5) ended the last level at 3 times" in moved
     assert "searched again and moved" in moved and "not to be trusted" not in moved
+    assert "layer stack" not in moved
+    placed = _alignment_text(_aligned_run(tmp_path / "placed", {
+        "stack_offset_um": -0.0172, "options": {"place_on_stack": True}, "smooth_check": CHECK}))
+    assert "layers sat -0.0172 um along z from it; the shifts keep" in placed
+    kept = _alignment_text(_aligned_run(tmp_path / "kept", {
+        "stack_offset_um": 0.0172, "options": {}, "smooth_check": CHECK}))
+    assert "sat +0.0172 um" in kept and "lowering `align.layer_base_um`" in kept
     unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None,
                                                                "structure_ratio": None}))
     assert "No smooth-pattern check" in unchecked and "eigenvalue" not in unchecked
@@ -386,6 +393,11 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     ({"outlier_angles": [8]}, "outlier_angles is not a list of projection indices"),
     ({"reregistered_angles": [0, 8]}, "reregistered_angles is not a list of projection"),
     ({"reregistered_angles": {"13": 1}}, "reregistered_angles is not a list"),
+    ({"stack_offset_um": "0.1"}, "stack_offset_um is not a number in [-100, 100]"),
+    ({"stack_offset_um": -1e9}, "stack_offset_um is not a number in [-100, 100]"),
+    ({"stack_offset_um": 0.01, "options": {"place_on_stack": "yes"}},
+     "options.place_on_stack is not true or false"),
+    ({"stack_offset_um": 0.01, "options": [1]}, "options.place_on_stack is not true or"),
     ({"smooth_check": {**CHECK, "smooth_distance": "<b>1</b>"}},
      "smooth_check.smooth_distance is not a number"),
     ({"smooth_check": {**CHECK, "smooth_distance": 2 ** 1100}},

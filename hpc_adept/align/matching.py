@@ -288,7 +288,8 @@ class AlignResult:
         Where a joint last level fitted a layer stack (``layer_edges_px``): the z
         translation (voxels, up positive) of the data's layers from that stack, which the
         stack observes (that level's entries of ``shifts_per_iteration`` hold it); the
-        returned shifts are drift free all the same. None otherwise.
+        returned shifts keep it with ``options.place_on_stack`` (their z translation is
+        this), else they are drift free. None otherwise.
     structure_ratio : float or None
         The measured projections' median ratio of the small to the large eigenvalue of
         their high-passed structure tensors (0: every projection's structure runs one
@@ -407,7 +408,7 @@ def projection_matching(
     # stack's, which takes back what voxels do not (extended_samples.md, "The stack observes")
     check = _smooth_check(options, _with_voxels(level, options), frame, track) \
         if level is not None and level.joint and options.smooth_check_px > 0 else None
-    stack_offset = track.end_drift_free()
+    stack_offset = track.end_drift_free(options.place_on_stack)
     return AlignResult(
         shifts_px=track.shifts, stack_offset_px=stack_offset, reregistered_angles=moved,
         history=track.history,
@@ -1265,18 +1266,27 @@ class _Track:
             shifts = np.clip(shifts + held, start - self.reach_px, start + self.reach_px)
         return shifts
 
-    def end_drift_free(self) -> float | None:
-        """Remove the z translation that a stack's level kept (it placed the data's layers
-        against the stack; the shifts end drift free all the same) and return it, voxels
-        (up positive); None where every level removed it."""
+    def end_drift_free(self, keep_height: bool = False) -> float | None:
+        """The z translation that a stack's level kept (it placed the data's layers against
+        the stack), voxels (up positive); None where every level removed it. The shifts
+        end free of it unless ``keep_height`` (``align.place_on_stack``): then it is held,
+        and the data shifted by them have their layers at the stack's heights."""
         if self.drift_axes == (0, 1, 2):
             return None
         offset = float(fit_rigid_drift(self.shifts, self.angles, self.tilt_deg)[2])
         self.drift_axes = (0, 1, 2)
+        if keep_height:
+            self.held_height = offset
+            log.info("projection matching: the data's layers sat %+.2f voxels along z from "
+                     "the stack given; the shifts keep that translation, so the aligned "
+                     "projections hold them at the stack's heights (align.place_on_stack; "
+                     "stack_offset_um in align_history.json)", offset)
+        else:
+            log.info("projection matching: the data's layers sit %+.2f voxels along z from "
+                     "the stack given (to move the stack onto them, lower "
+                     "align.layer_base_um by that height: stack_offset_um in "
+                     "align_history.json)", offset)
         self.shifts = self._bounded(self.shifts)
-        log.info("projection matching: the data's layers sit %+.2f voxels along z from the "
-                 "stack given (to move the stack onto them, lower align.layer_base_um by "
-                 "that height: stack_offset_um in align_history.json)", offset)
         row_px = abs(offset) * math.cos(math.radians(90.0 - self.tilt_deg))
         if row_px > 0.5 * self.reach_px:
             log.warning("projection matching: the data's layers sit %+.2f voxels from the "

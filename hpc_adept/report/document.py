@@ -314,6 +314,9 @@ def section_circuit(run_dir: Path, config: dict[str, Any]) -> Section:
     return sec
 
 
+# a chip's metal stack is ~10 um thick: an offset beyond this is a broken record
+MAX_STACK_OFFSET_UM = 100.0
+
 # how adept align treats each kind of sample (aligned.h5's root attribute sample)
 SAMPLE_METHODS = {
     "extended": "a chip around the region: widened volume, blind to phase offsets and ramps",
@@ -382,6 +385,7 @@ def _alignment_trust(history: dict[str, Any] | None, n_angles: int
         paragraphs.append(("Structure of the projections: median eigenvalue ratio {} ({}; "
                            "below {} counts as one way).",
                            (f"{ratio:.2f}", verdict, f"{ONE_WAY_RATIO:g}")))
+    paragraphs += _stack_placement(history)
     moved = _angle_indices(history.get("reregistered_angles"), "reregistered_angles",
                            n_angles)
     if moved:
@@ -422,6 +426,27 @@ def _alignment_trust(history: dict[str, Any] | None, n_angles: int
                            verdict))]
 
 
+def _stack_placement(history: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Where the data's layers sat against the chip's layer stack (``stack_offset_um``) and
+    whether the shifts put them onto it (``align.place_on_stack``; records from before
+    that option did not); nothing without a stack."""
+    offset = history.get("stack_offset_um")
+    if offset is None:
+        return []
+    offset = _in_range(offset, "stack_offset_um", high=MAX_STACK_OFFSET_UM,
+                       low=-MAX_STACK_OFFSET_UM)
+    options = history.get("options", {})
+    placed = options.get("place_on_stack", False) if isinstance(options, dict) else None
+    if not isinstance(placed, bool):
+        raise Unreadable(HISTORY_NAME, "options.place_on_stack is not true or false")
+    where = ("the shifts keep that translation, so the aligned projections and the volumes "
+             "hold the layers at the stack's heights (`align.place_on_stack`)" if placed else
+             "the shifts left them there: lowering `align.layer_base_um` by it puts the "
+             "stack onto them")
+    return [("Chip's layer stack, fitted on the last level: the data's layers sat {} um "
+             "along z from it; {}.", (f"{offset:+.4f}", where))]
+
+
 def _listed(indices: list[int]) -> str:
     """The first ten ``indices``, comma separated ("..." after them where there are more)."""
     return ", ".join(str(i) for i in indices[:10]) + (" ..." if len(indices) > 10 else "")
@@ -447,17 +472,18 @@ def _angle_indices(value: Any, name: str, n_angles: int) -> list[int]:
     return value
 
 
-def _in_range(value: Any, name: str, high: float = math.inf) -> float:
-    """``value`` as a number in [0, ``high``]; :class:`Unreadable` (align_history.json)
-    otherwise (also for a bool, a string, NaN, infinity or an int too large for a float)."""
+def _in_range(value: Any, name: str, high: float = math.inf, low: float = 0.0) -> float:
+    """``value`` as a number in [``low``, ``high``]; :class:`Unreadable`
+    (align_history.json) otherwise (also for a bool, a string, NaN, infinity or an int too
+    large for a float)."""
     number = math.nan
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             number = float(value)
         except OverflowError:
             pass
-    if not (math.isfinite(number) and 0.0 <= number <= high):
-        raise Unreadable(HISTORY_NAME, f"{name} is not a number in [0, {high:g}]: "
+    if not (math.isfinite(number) and low <= number <= high):
+        raise Unreadable(HISTORY_NAME, f"{name} is not a number in [{low:g}, {high:g}]: "
                          f"{_shown(value)}")
     return number
 
