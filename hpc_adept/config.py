@@ -698,9 +698,10 @@ class AlignConfig:
     layer_base_um : float, um
         Height above the substrate of the volume's bottom face (the LEF's heights are
         above the substrate); the simulator's regions start there (0). The alignment
-        measures the rest (``stack_offset_um`` in ``align_history.json``: lower this by
-        that much to put the stack onto the data's layers), within a row shift of
-        ``coarse_search_px``.
+        measures the rest (``stack_offset_um`` in ``align_history.json``), within a row
+        shift of ``coarse_search_px``, and with ``place_on_stack`` moves the data onto
+        the stack by it; without (or where it looked too large to be drift) lower this by
+        that much to put the stack onto the data's layers.
     layer_momentum : float, in [0, 1)
         ``momentum`` of the joint last level's steps where it fits the layer stack
         (``layer_lef`` or ``layer_interfaces_um``; with ``coverage_power`` > 0, else that
@@ -716,9 +717,12 @@ class AlignConfig:
         volumes reconstructed from them, hold the data's layers at the stack's heights
         (the volume's bottom face at ``layer_base_um``), not wherever the sample's drift
         left them (a sub-voxel offset puts thin layers across two slices;
-        docs/extended_samples.md, "The volume placed on the stack"). False: the shifts are
-        free of all three translations, as without a stack. The x and y translations are
-        not observed by any projection matching and are always removed.
+        docs/extended_samples.md, "The volume placed on the stack"). Not where the offset
+        looks like a wrong ``layer_base_um`` (a row shift over half ``coarse_search_px``,
+        or a shift held at that bound: warned, ``placed_on_stack: false`` in the history).
+        False: the shifts are free of all three translations, as without a stack. The x
+        and y translations are not observed by any projection matching and are always
+        removed.
     """
 
     enabled: bool = True

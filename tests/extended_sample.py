@@ -30,8 +30,8 @@ from .conftest import IC_DEF, IC_LEF
 TILT = 61.0
 VOXEL_M = 2.72e-8
 PHASE_PER_VOXEL = 0.026  # rad per voxel of metal (as the other alignment tests)
-# the layout's first slice with metal at VOXEL_M (metal1; slices 13-37 hold metal1-metal3
-# around (40, 28) um): small regions start here to hold wires and vias
+# the layout's first slice full of metal1 at VOXEL_M (metal1 starts at 0.37 um, 13.6
+# slices; slices 14-37 hold metal1-metal3 around (40, 28) um): small regions start here
 METAL_SLICE = 14
 
 

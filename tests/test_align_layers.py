@@ -197,6 +197,7 @@ def test_only_the_joint_last_level_fits_a_stack(caplog):
                                      layer_edges_px=edges)
     assert np.all(np.isfinite(result.shifts_px))
     assert result.stack_offset_px is not None  # the stack's level measured the height
+    assert result.placed_on_stack
     assert fit_rigid_drift(result.shifts_px, sample.angles, TILT)[2] == pytest.approx(
         result.stack_offset_px, abs=1e-6)  # placed on the stack (the default)
     stacks = [r.getMessage() for r in caplog.records if "stack of" in r.getMessage()]
@@ -317,7 +318,8 @@ def test_a_stack_measures_where_the_data_layers_sit(ic_files):
 def test_the_height_a_stack_kept_leaves_the_result(caplog):
     """The z translation a stack's level kept is returned as the stack's offset and removed
     from the shifts, which stay within the searched range of their start (the bound wins);
-    an offset of more than half that range warns that the stack's height is off."""
+    an offset of more than half that range warns that the stack's height is off, and is
+    then not kept even where ``place`` asks for it (clipping would keep part of it)."""
     from hpc_adept.align import fit_rigid_drift, rigid_drift_basis
     from hpc_adept.align.matching import _Track
 
@@ -326,26 +328,30 @@ def test_the_height_a_stack_kept_leaves_the_result(caplog):
     rng = np.random.default_rng(2)
     for height, reach, warned in ((0.4, 3.0, False), (1.5, 1.0, True)):
         lateral = rng.uniform(-0.5, 0.5, (16, 2))
-        track = _Track(lateral + basis @ np.array([0.0, 0.0, height]), angles, 61.0,
-                       torch.zeros(16, 3), np.zeros((16, 2)), reach_px=reach,
-                       drift_axes=(0, 1))
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="hpc_adept"):
-            offset = track.end_drift_free()
-        assert offset == pytest.approx(height + fit_rigid_drift(lateral, angles, 61.0)[2])
-        assert track.drift_axes == (0, 1, 2) and track.end_drift_free() is None
-        assert np.abs(track.shifts).max() <= reach + 1e-12
-        assert ("likely off" in caplog.text) == warned, caplog.text
-        if not warned:  # nothing clipped: drift free
-            assert np.abs(fit_rigid_drift(track.shifts, angles, 61.0)).max() < 1e-9
+        for place in (False, True):
+            track = _Track(lateral + basis @ np.array([0.0, 0.0, height]), angles, 61.0,
+                           torch.zeros(16, 3), np.zeros((16, 2)), reach_px=reach,
+                           drift_axes=(0, 1))
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="hpc_adept"):
+                offset, placed = track.end_stack_level(place)
+            assert offset == pytest.approx(height + fit_rigid_drift(lateral, angles, 61.0)[2])
+            assert placed == (place and not warned)
+            assert track.drift_axes == (0, 1, 2) and track.end_stack_level(place) == (None,
+                                                                                    False)
+            assert np.abs(track.shifts).max() <= reach + 1e-12
+            assert ("likely off" in caplog.text) == warned, caplog.text
+            assert ("not placed on the stack" in caplog.text) == (warned and place)
+            if not warned and not place:  # nothing clipped: drift free
+                assert np.abs(fit_rigid_drift(track.shifts, angles, 61.0)).max() < 1e-9
 
 
-def test_placed_on_the_stack_the_shifts_keep_its_height():
+def test_placed_on_the_stack_the_shifts_keep_its_height(monkeypatch):
     """With ``align.place_on_stack`` the z translation a stack's level measured stays in the
     shifts (the aligned data's layers sit at the stack's heights) while their x and y
-    translations are removed; the offset returned is the same as without it, and the
-    stage's option reaches the track (the default places)."""
-    from hpc_adept.align import fit_rigid_drift, rigid_drift_basis
+    translations are removed; the offset returned is the same as without it, and
+    :func:`projection_matching` passes the option on (the default places)."""
+    from hpc_adept.align import fit_rigid_drift, matching, projection_matching, rigid_drift_basis
     from hpc_adept.align.matching import _Track
 
     angles = np.arange(16) * 22.5
@@ -358,11 +364,20 @@ def test_placed_on_the_stack_the_shifts_keep_its_height():
                       reach_px=3.0, drift_axes=(0, 1))
 
     placed, free = track(), track()
-    assert placed.end_drift_free(keep_height=True) == pytest.approx(free.end_drift_free())
+    offset, was_placed = placed.end_stack_level(place=True)
+    assert was_placed and free.end_stack_level() == (pytest.approx(offset), False)
     height = fit_rigid_drift(shifts, angles, 61.0)[2]
     np.testing.assert_allclose(fit_rigid_drift(placed.shifts, angles, 61.0),
                                [0.0, 0.0, height], atol=1e-9)
     np.testing.assert_allclose(placed.shifts - free.shifts, basis[:, :, 2] * height,
                                atol=1e-9)
-    assert placed.end_drift_free(keep_height=True) is None
     assert AlignConfig().place_on_stack
+    asked = []
+    monkeypatch.setattr(matching._Track, "end_stack_level",
+                        lambda self, place=False: asked.append(place) or (None, False))
+    measured = torch.zeros(16, 24, 24, dtype=torch.float64)
+    for place in (True, False):
+        options = AlignConfig(binning=(1,), max_iterations=1, volume_shape=(8, 16, 16),
+                              sample="isolated", place_on_stack=place)
+        projection_matching(measured, angles, 61.0, options)
+    assert asked == [True, False]

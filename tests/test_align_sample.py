@@ -249,6 +249,7 @@ def test_adept_align_with_the_chip_lef_writes_where_its_layers_sit(tmp_path, ic_
     height_um = fit_rigid_drift(sample.shifts, sample.angles, TILT)[2] * 2.72e-2
     assert abs(history["stack_offset_um"] - height_um) < 0.1 * 2.72e-2, history["stack_offset_um"]
     # the written shifts keep that height (align.place_on_stack, the default)
+    assert history["placed_on_stack"] is True
     kept = fit_rigid_drift(np.asarray(history["shifts_px"]), sample.angles, TILT)
     assert kept[2] * 2.72e-2 == pytest.approx(history["stack_offset_um"], abs=1e-9)
     assert len(history["layer_interfaces_um"]) > 0

@@ -367,10 +367,14 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     assert "searched again and moved" in moved and "not to be trusted" not in moved
     assert "layer stack" not in moved
     placed = _alignment_text(_aligned_run(tmp_path / "placed", {
-        "stack_offset_um": -0.0172, "options": {"place_on_stack": True}, "smooth_check": CHECK}))
+        "stack_offset_um": -0.0172, "placed_on_stack": True, "smooth_check": CHECK}))
     assert "layers sat -0.0172 um along z from it; the shifts keep" in placed
+    from hpc_adept.report.document import write_report
+
+    markdown = write_report(tmp_path / "placed")[1].read_text()
+    assert "stack's heights (`align.place_on_stack`)." in markdown  # code, not escaped
     kept = _alignment_text(_aligned_run(tmp_path / "kept", {
-        "stack_offset_um": 0.0172, "options": {}, "smooth_check": CHECK}))
+        "stack_offset_um": 0.0172, "smooth_check": CHECK}))  # a record from before
     assert "sat +0.0172 um" in kept and "lowering `align.layer_base_um`" in kept
     unchecked = _alignment_text(_aligned_run(tmp_path / "off", {"smooth_check": None,
                                                                "structure_ratio": None}))
@@ -395,9 +399,9 @@ def test_alignment_section_says_how_far_the_shifts_hold(tmp_path):
     ({"reregistered_angles": {"13": 1}}, "reregistered_angles is not a list"),
     ({"stack_offset_um": "0.1"}, "stack_offset_um is not a number in [-100, 100]"),
     ({"stack_offset_um": -1e9}, "stack_offset_um is not a number in [-100, 100]"),
-    ({"stack_offset_um": 0.01, "options": {"place_on_stack": "yes"}},
-     "options.place_on_stack is not true or false"),
-    ({"stack_offset_um": 0.01, "options": [1]}, "options.place_on_stack is not true or"),
+    ({"stack_offset_um": 0.01, "placed_on_stack": "yes"}, "placed_on_stack is not true or"),
+    ({"stack_offset_um": True}, "stack_offset_um is not a number in [-100, 100]"),
+    ({"stack_offset_um": float("nan")}, "stack_offset_um is not a number in [-100, 100]"),
     ({"smooth_check": {**CHECK, "smooth_distance": "<b>1</b>"}},
      "smooth_check.smooth_distance is not a number"),
     ({"smooth_check": {**CHECK, "smooth_distance": 2 ** 1100}},

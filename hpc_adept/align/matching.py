@@ -258,7 +258,8 @@ class AlignResult:
     shifts_px : ndarray, float64, [n_angles, 2]
         ``(row, col)`` displacement found in each measured projection, full-resolution
         pixels: ``measured[r, c] = ideal[r - s_r, c - s_c]``; rigid-drift free (nearly,
-        where a projection is held at ``align.coarse_search_px``). A level with held-out
+        where a projection is held at ``align.coarse_search_px``) but for the z
+        translation ``stack_offset_px`` where ``placed_on_stack``. A level with held-out
         folds ends at its shifts of lowest held-out residual (its last entry of
         ``shifts_per_iteration`` holds them).
     history : list of dict
@@ -288,8 +289,12 @@ class AlignResult:
         Where a joint last level fitted a layer stack (``layer_edges_px``): the z
         translation (voxels, up positive) of the data's layers from that stack, which the
         stack observes (that level's entries of ``shifts_per_iteration`` hold it); the
-        returned shifts keep it with ``options.place_on_stack`` (their z translation is
-        this), else they are drift free. None otherwise.
+        returned shifts keep it where ``placed_on_stack`` (their z translation is this),
+        else they are drift free. None otherwise.
+    placed_on_stack : bool
+        Whether the shifts keep ``stack_offset_px`` (``options.place_on_stack``, unless the
+        offset looked like a wrong stack height: over half ``coarse_search_px`` as a row
+        shift, or a shift at that bound; a warning says so).
     structure_ratio : float or None
         The measured projections' median ratio of the small to the large eigenvalue of
         their high-passed structure tensors (0: every projection's structure runs one
@@ -313,6 +318,7 @@ class AlignResult:
     smooth_check: SmoothCheck | None = None
     structure_ratio: float | None = None
     stack_offset_px: float | None = None
+    placed_on_stack: bool = False
     outlier_angles: list[int] = field(default_factory=list)
     reregistered_angles: list[int] = field(default_factory=list)
 
@@ -408,10 +414,10 @@ def projection_matching(
     # stack's, which takes back what voxels do not (extended_samples.md, "The stack observes")
     check = _smooth_check(options, _with_voxels(level, options), frame, track) \
         if level is not None and level.joint and options.smooth_check_px > 0 else None
-    stack_offset = track.end_drift_free(options.place_on_stack)
+    stack_offset, placed = track.end_stack_level(options.place_on_stack)
     return AlignResult(
-        shifts_px=track.shifts, stack_offset_px=stack_offset, reregistered_angles=moved,
-        history=track.history,
+        shifts_px=track.shifts, stack_offset_px=stack_offset, placed_on_stack=placed,
+        reregistered_angles=moved, history=track.history,
         residual_per_angle=(np.stack(track.residuals, axis=1) if track.residuals
                             else np.zeros((n, 0))),
         shifts_per_iteration=(np.stack(track.snapshots) if track.snapshots
@@ -1203,7 +1209,7 @@ class _Track:
     """The shift estimates and the history of the iterations so far."""
 
     shifts: np.ndarray        # float64 [n, 2], full-resolution pixels, free of the
-    #                           translations ``drift_axes``
+    #                           translations ``drift_axes`` but for ``held_height``
     angles: np.ndarray
     tilt_deg: float
     planes: torch.Tensor      # float64 [n, 3] on the device: offset rad, slopes rad/px
@@ -1212,7 +1218,8 @@ class _Track:
     reach_px: float = math.inf       # how far from ``start`` a shift may go, per axis
     drift_axes: tuple[int, ...] = (0, 1, 2)  # the translations removed (z kept: a stack)
     # a z translation (voxels) kept through each removal: a probe of a stack's level holds
-    # the estimate's height (None: a stack's level fits it, other levels remove it)
+    # the estimate's height, and so do the shifts placed on the stack at the end (None: a
+    # stack's level fits it, other levels remove it)
     held_height: float | None = None
     history: list[dict] = field(default_factory=list)
     residuals: list[np.ndarray] = field(default_factory=list)
@@ -1266,17 +1273,31 @@ class _Track:
             shifts = np.clip(shifts + held, start - self.reach_px, start + self.reach_px)
         return shifts
 
-    def end_drift_free(self, keep_height: bool = False) -> float | None:
-        """The z translation that a stack's level kept (it placed the data's layers against
-        the stack), voxels (up positive); None where every level removed it. The shifts
-        end free of it unless ``keep_height`` (``align.place_on_stack``): then it is held,
-        and the data shifted by them have their layers at the stack's heights."""
+    def end_stack_level(self, place: bool = False) -> tuple[float | None, bool]:
+        """End a stack's level: the z translation it kept (it placed the data's layers
+        against the stack), voxels (up positive; None where every level removed it), and
+        whether the shifts keep it. They do with ``place`` (``align.place_on_stack``: the
+        data shifted by them then have their layers at the stack's heights) unless the
+        offset is large or a shift sits at the search bound (the stack's height is then
+        likely off, and clipping would keep only part of it); else they end free of it."""
         if self.drift_axes == (0, 1, 2):
-            return None
+            return None, False
         offset = float(fit_rigid_drift(self.shifts, self.angles, self.tilt_deg)[2])
+        row_px = abs(offset) * math.cos(math.radians(90.0 - self.tilt_deg))
+        at_bound = bool(self.held(self.shifts))
+        suspect = row_px > 0.5 * self.reach_px or at_bound
+        placed = place and not suspect
         self.drift_axes = (0, 1, 2)
-        if keep_height:
-            self.held_height = offset
+        self.held_height = offset if placed else None
+        self.shifts = self._bounded(self.shifts)
+        if suspect:
+            log.warning("projection matching: the data's layers sit %+.2f voxels from the "
+                        "stack, a row shift of %.2f px against align.coarse_search_px = %g%s: "
+                        "the stack's height (align.layer_base_um) is likely off; the shifts "
+                        "are returned free of it%s", offset, row_px, self.reach_px,
+                        ", shifts held at that bound" if at_bound else "",
+                        " (not placed on the stack)" if place else "")
+        elif placed:
             log.info("projection matching: the data's layers sat %+.2f voxels along z from "
                      "the stack given; the shifts keep that translation, so the aligned "
                      "projections hold them at the stack's heights (align.place_on_stack; "
@@ -1286,14 +1307,7 @@ class _Track:
                      "the stack given (to move the stack onto them, lower "
                      "align.layer_base_um by that height: stack_offset_um in "
                      "align_history.json)", offset)
-        self.shifts = self._bounded(self.shifts)
-        row_px = abs(offset) * math.cos(math.radians(90.0 - self.tilt_deg))
-        if row_px > 0.5 * self.reach_px:
-            log.warning("projection matching: the data's layers sit %+.2f voxels from the "
-                        "stack, a row shift of %.2f px against align.coarse_search_px = %g: "
-                        "the stack's height (align.layer_base_um) is likely off and may have "
-                        "held the shifts at that bound", offset, row_px, self.reach_px)
-        return offset
+        return offset, placed
 
     def origin(self) -> np.ndarray:
         """``start`` [n, 2], zeros where there is none."""

@@ -367,8 +367,9 @@ def section_alignment(run_dir: Path, config: dict[str, Any]) -> Section:
 def _alignment_trust(history: dict[str, Any] | None, n_angles: int
                      ) -> list[tuple[str, tuple[Any, ...]]]:
     """The paragraphs (template, values) of what ``align_history.json`` says about how far
-    the ``n_angles`` shifts can be trusted: how one-way the projections' structure is, the
-    projections on a wrong match and the smooth-pattern check (``align.smooth_check_px``);
+    the ``n_angles`` shifts can be trusted: how one-way the projections' structure is,
+    where the data's layers sat against the chip's stack, the projections on a wrong match
+    and the smooth-pattern check (``align.smooth_check_px``);
     :class:`Unreadable` when a value is missing, out of range or contradicts another (no
     verdict from a broken record)."""
     if history is None:
@@ -428,23 +429,25 @@ def _alignment_trust(history: dict[str, Any] | None, n_angles: int
 
 def _stack_placement(history: dict[str, Any]) -> list[tuple[str, tuple[Any, ...]]]:
     """Where the data's layers sat against the chip's layer stack (``stack_offset_um``) and
-    whether the shifts put them onto it (``align.place_on_stack``; records from before
-    that option did not); nothing without a stack."""
+    whether the shifts put them onto it (``placed_on_stack``; records from before that
+    option did not); nothing without a stack."""
     offset = history.get("stack_offset_um")
     if offset is None:
         return []
     offset = _in_range(offset, "stack_offset_um", high=MAX_STACK_OFFSET_UM,
                        low=-MAX_STACK_OFFSET_UM)
-    options = history.get("options", {})
-    placed = options.get("place_on_stack", False) if isinstance(options, dict) else None
+    placed = history.get("placed_on_stack", False)
     if not isinstance(placed, bool):
-        raise Unreadable(HISTORY_NAME, "options.place_on_stack is not true or false")
-    where = ("the shifts keep that translation, so the aligned projections and the volumes "
-             "hold the layers at the stack's heights (`align.place_on_stack`)" if placed else
-             "the shifts left them there: lowering `align.layer_base_um` by it puts the "
-             "stack onto them")
+        raise Unreadable(HISTORY_NAME, "placed_on_stack is not true or false")
+    if placed:
+        return [("Chip's layer stack, fitted on the last level: the data's layers sat {} um "
+                 "along z from it; the shifts keep that translation, so the aligned "
+                 "projections and the volumes hold the layers at the stack's heights "
+                 "(`align.place_on_stack`).", (f"{offset:+.4f}",))]
     return [("Chip's layer stack, fitted on the last level: the data's layers sat {} um "
-             "along z from it; {}.", (f"{offset:+.4f}", where))]
+             "along z from it; the shifts left them there (`align.place_on_stack` off, or "
+             "an offset that looked like a wrong stack height: see the log): lowering "
+             "`align.layer_base_um` by it puts the stack onto them.", (f"{offset:+.4f}",))]
 
 
 def _listed(indices: list[int]) -> str:

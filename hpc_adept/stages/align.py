@@ -346,6 +346,8 @@ def _history(cfg: Config, options: AlignConfig | None, plan: AlignPlan, n_ranks:
         # where the data's layers sit against that stack, along z (None: no stack fitted)
         "stack_offset_um": (None if result.stack_offset_px is None
                             else result.stack_offset_px * pixel_m * 1e6),
+        # whether /shifts_px keep it (align.place_on_stack): the layers at the stack's heights
+        "placed_on_stack": result.placed_on_stack,
     }
 
 
